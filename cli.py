@@ -1,0 +1,234 @@
+"""mcdrop command line: Monte Carlo dropout uncertainty from one ONNX file.
+
+Heavy modules (numpy, onnxruntime, Pillow) are imported inside the commands, so --help is quick.
+"""
+
+import functools
+import json
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from runtime.errors import InputError, McdropError
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_MODEL = HERE / "models" / "cnn.onnx"
+OUT_FORMATS = (".json", ".npz", ".csv")
+# Below this many inputs a run is quick enough that a progress bar is only noise.
+PROGRESS_MIN_INPUTS = 32
+
+app = typer.Typer(help=__doc__.splitlines()[0], add_completion=False, no_args_is_help=True,
+                  pretty_exceptions_show_locals=False)
+
+
+def reports_errors(command):
+    """A McdropError is the user's to fix: one 'error: ...' line on stderr and its exit code, no
+    traceback. Warnings become one 'warning: ...' line each."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            try:
+                return command(*args, **kwargs)
+            except McdropError as err:
+                typer.echo(f"error: {err}", err=True)
+                raise typer.Exit(err.exit_code) from None
+
+    return wrapper
+
+
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    typer.echo(f"warning: {message}", err=True)
+
+
+@app.command()
+@reports_errors
+def infer(
+    inputs: List[str] = typer.Argument(..., help="Images, folders of images, globs, .npy / .npz batches."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="The exported mcdrop ONNX file."),
+    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible results [default: fresh]."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    no_dropout: bool = typer.Option(False, "--no-dropout", help="One deterministic pass, dropout off."),
+    top_k: int = typer.Option(3, help="Classes listed per input (categorical heads)."),
+    threshold: float = typer.Option(0.5, help="Decision threshold (binary / multi-label heads)."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    out: Optional[Path] = typer.Option(None, help="Also write the results to .json, .npz or .csv."),
+    max_chunk_mb: float = typer.Option(256, help="Largest activation memory of one run, MiB."),
+):
+    """Predict with uncertainty: per input the label, its confidence, std and mutual information."""
+    if out is not None and out.suffix.lower() not in OUT_FORMATS:
+        raise InputError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; "
+                         f"use one of {', '.join(OUT_FORMATS)}")
+    if passes is not None and passes < 1:
+        raise InputError(f"--passes must be >= 1, got {passes}")
+    if top_k < 1:
+        raise InputError(f"--top-k must be >= 1, got {top_k}")
+    if not 0 <= threshold <= 1:
+        raise InputError(f"--threshold must lie in [0, 1], got {threshold}")
+    if not max_chunk_mb > 0:
+        raise InputError(f"--max-chunk-mb must be > 0, got {max_chunk_mb}")
+
+    from runtime.inputs import load_inputs
+    from runtime.session import MCSession
+
+    session = MCSession(model, device=device, seed=seed, max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)))
+    names, x = load_inputs(inputs, session.info)
+    prediction = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names))
+    document = {"model": str(model), "provider": session.provider, "passes": prediction.passes,
+                "stochastic": prediction.stochastic, "seed": seed,
+                "predictions": [{"input": name, **prediction.to_dict(i)} for i, name in enumerate(names)]}
+    if out is not None:
+        _write_results(out, document, prediction, names)
+    if as_json:
+        typer.echo(json.dumps(document, allow_nan=False, indent=2))
+    else:
+        _print_table(document, prediction, names)
+
+
+def _predict(session, x, passes, dropout, threshold, top_k, count):
+    if count <= PROGRESS_MIN_INPUTS:
+        return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k)
+    runs = len(session.chunk_plan(len(x), session.default_passes if passes is None else passes))
+    with typer.progressbar(length=runs if dropout else 1, label="Monte Carlo runs", file=sys.stderr) as bar:
+        return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k,
+                               progress=lambda done, total: bar.update(1))
+
+
+def _summary(prediction, i: int) -> dict:
+    """The table's cells for input i: label, confidence, std and mutual information of the decision."""
+    m, head = prediction.measures, prediction.head
+    if head in ("softmax", "logits"):
+        label = int(m["label"][i])
+        return {"label": str(m["label_name"][i]) if "label_name" in m else str(label),
+                "confidence": f"{m['confidence'][i]:.3f}", "std": f"{m['std'][i][label]:.3f}",
+                "mutual_information": f"{m['mutual_information'][i]:.3f}"}
+    if head == "binary":
+        p, decided = float(m["probability"][i]), bool(m["decision"][i])
+        return {"label": str(m["label_name"][i]) if "label_name" in m else str(int(decided)),
+                "confidence": f"{p if decided else 1 - p:.3f}", "std": f"{m['std'][i]:.3f}",
+                "mutual_information": f"{m['mutual_information'][i]:.3f}"}
+    if head == "multilabel":
+        active = m["active_labels"][i] if "active_labels" in m else m["active"][i]
+        p = m["probability"][i]
+        # The weakest of the per-label decisions is the one to look at.
+        return {"label": ",".join(map(str, active)) or "-",
+                "confidence": f"{min(max(q, 1 - q) for q in p):.3f}", "std": f"{max(m['std'][i]):.3f}",
+                "mutual_information": f"{max(m['mutual_information'][i]):.3f}"}
+    return {"label": " ".join(f"{v:.4g}" for v in prediction.mean[i].reshape(-1)), "confidence": "-",
+            "std": " ".join(f"{v:.3g}" for v in m["std"][i].reshape(-1)), "mutual_information": "-"}
+
+
+def _print_table(document: dict, prediction, names: List[str]) -> None:
+    typer.echo(f"model {document['model']}  provider {document['provider']}  "
+               f"passes {document['passes']}" + ("" if document["stochastic"] else " (dropout off)"))
+    header = ["input", "label", "confidence", "std", "mutual_information", ""]
+    rows = []
+    for i, name in enumerate(names):
+        cells = _summary(prediction, i)
+        rows.append([name, cells["label"], cells["confidence"], cells["std"], cells["mutual_information"],
+                     "UNCERTAIN" if prediction.uncertain[i] else ""])
+    widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
+    for row in [header, *rows]:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+def _write_results(out: Path, document: dict, prediction, names: List[str]) -> None:
+    """Write through a temporary file in the same folder, so `out` is never half written."""
+    out = out.resolve()
+    if not out.parent.is_dir():
+        raise InputError(f"--out {out}: folder {out.parent} does not exist")
+    fd, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if out.suffix.lower() == ".json":
+                f.write(json.dumps(document, allow_nan=False, indent=2).encode())
+            elif out.suffix.lower() == ".npz":
+                import numpy as np
+
+                np.savez(f, names=np.array(names), **prediction.arrays())
+            else:
+                f.write(_csv_text(prediction, names).encode())
+        os.replace(temporary, out)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def _csv_text(prediction, names: List[str]) -> str:
+    """One row per input: name, uncertain, then each per-input value (vectors as name_0, name_1, ...)."""
+    import csv
+    import io
+
+    import numpy as np
+
+    columns = {"input": names, "uncertain": prediction.uncertain.tolist()}
+    per_input = {"mean": prediction.mean, "variance": prediction.variance, **prediction.measures}
+    for name, value in per_input.items():
+        if isinstance(value, list):  # variable length per input, e.g. active labels
+            columns[name] = [";".join(map(str, item)) for item in value]
+        elif isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == len(names):
+            flat = value.reshape(len(names), -1)
+            if value.ndim == 1:
+                columns[name] = flat[:, 0].tolist()
+            else:
+                columns.update({f"{name}_{j}": flat[:, j].tolist() for j in range(flat.shape[1])})
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(columns)
+    writer.writerows(zip(*columns.values()))
+    return buffer.getvalue()
+
+
+@app.command()
+@reports_errors
+def info(
+    model: Path = typer.Argument(DEFAULT_MODEL, help="The exported mcdrop ONNX file."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda: where it would run."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+):
+    """What an exported model holds: head, labels, shapes, stochastic layers, preprocessing."""
+    from dataclasses import asdict
+
+    from runtime.session import MCSession
+
+    session = MCSession(model, device=device)
+    meta = session.info
+    document = {
+        "model": str(model), "provider": session.provider, "head": meta.head, "labels": meta.labels,
+        "default_passes": meta.default_passes,
+        "inputs": {name: list(shape) for name, shape in meta.inputs.items()},
+        "outputs": {name: list(shape) for name, shape in meta.outputs.items()},
+        "stochastic_layers": [asdict(layer) for layer in meta.stochastic_layers],
+        "preprocessing": None if meta.preprocessing is None else asdict(meta.preprocessing),
+        "activation_floats_per_sample": meta.activation_floats_per_sample,
+        "source": meta.metadata.get("source"), "versions": meta.metadata.get("versions"),
+    }
+    if as_json:
+        typer.echo(json.dumps(document, indent=2))
+        return
+    typer.echo(f"model            {document['model']}")
+    typer.echo(f"provider         {document['provider']}")
+    typer.echo(f"head             {meta.head}")
+    typer.echo(f"labels           {', '.join(meta.labels) if meta.labels else '-'}")
+    typer.echo(f"default passes   {meta.default_passes}")
+    for kind in ("inputs", "outputs"):
+        for name, shape in document[kind].items():
+            shown = ", ".join("?" if d is None else str(d) for d in shape)
+            typer.echo(f"{kind[:-1]:<16} {name} [{shown}]")
+    for layer in meta.stochastic_layers:
+        typer.echo(f"stochastic layer {layer.name} ({layer.kind}, rate {layer.rate})")
+    pre = meta.preprocessing
+    typer.echo("preprocessing    " + ("- (arrays only)" if pre is None else
+                                      f"{pre.width}x{pre.height} {pre.color_mode}, "
+                                      f"x = pixel * {pre.scale:.6g} + {pre.offset:g}"))
+
+
+if __name__ == "__main__":
+    app()

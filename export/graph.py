@@ -1,0 +1,256 @@
+"""Build the MC graph: a tf.function with the T passes batched inside, converted by tf2onnx.
+
+The noise layers read their random tensors from extra function inputs (`noise_<i>`), so the
+converted graph has no TF random op for tf2onnx to drop, seed to 0 or fold into a constant.
+`attach_random_nodes` then turns each of those inputs into an ONNX random node with its own
+seed; before that step the graph is the test-only "masks as inputs" variant the parity tests
+feed with Keras's own masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import tensorflow as tf
+from onnx import TensorProto, helper, numpy_helper
+
+from runtime.errors import ExportError
+
+from .noise import spec_for
+from .trace import Walk, split_passes, tile_passes
+
+OPSET = 17
+IR_VERSION = 8  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 writes 14 unless told
+RANDOM_PREFIX = "mcdrop_random/"
+_TINY = np.finfo(np.float32).tiny
+RANDOM_OPS = {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Multinomial", "Bernoulli"}
+
+
+def random_nodes(graph):
+    return [n for n in graph.node if n.op_type in RANDOM_OPS]
+
+
+def seed_of(node):
+    return next((a.f for a in node.attribute if a.name == "seed"), None)
+
+
+@dataclass
+class NoiseCall:
+    layer: object
+    rank: int
+
+    @property
+    def spec(self):
+        return spec_for(self.layer)
+
+
+def find_noise_calls(model, selected):
+    """Trace once symbolically to learn which noise layers run, in order, and their ranks."""
+    calls = []
+
+    def record(layer, x, index):
+        calls.append(NoiseCall(layer, len(x.shape)))
+        return x
+
+    @tf.function
+    def probe(x):
+        Walk(record, tf.constant(1, tf.int64), selected).run(model, [x], [False])
+        return x
+
+    probe.get_concrete_function(input_spec(model))
+    return calls
+
+
+def input_spec(model, name="input"):
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise ExportError(
+            f"model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
+            "mcdrop exports models with one input and one output"
+        )
+    shape = model.inputs[0].shape
+    return tf.TensorSpec([None, *shape[1:]], tf.float32, name=name)
+
+
+def _entropy(p, axis=None):
+    # 0 * log 0 = 0: clamp inside the log only.
+    terms = p * tf.math.log(tf.maximum(p, _TINY))
+    return -tf.reduce_sum(terms, axis) if axis is not None else -terms
+
+
+def head_outputs(samples, head):
+    """mean, variance (population, two-pass) and the entropy measures the graph can compute."""
+    mean = tf.reduce_mean(samples, 0)
+    variance = tf.reduce_mean(tf.square(samples - mean), 0)
+    out = {"samples": samples, "mean": mean, "variance": variance}
+    if head in ("softmax", "logits"):
+        predictive = _entropy(mean, -1)
+        expected = tf.reduce_mean(_entropy(samples, -1), 0)
+    elif head in ("binary", "multilabel"):
+
+        def bernoulli(p):
+            return _entropy(p) + _entropy(1.0 - p)
+
+        predictive = bernoulli(mean)
+        expected = tf.reduce_mean(bernoulli(samples), 0)
+    else:
+        return out
+    out.update(
+        predictive_entropy=predictive,
+        expected_entropy=expected,
+        mutual_information=tf.maximum(predictive - expected, 0.0),
+    )
+    return out
+
+
+def mc_function(model, head, calls, selected):
+    """The tf.function: (input, passes, stochastic, noise_0..k) -> samples, mean, variance, ..."""
+    signature = [
+        input_spec(model),
+        tf.TensorSpec([], tf.int64, name="passes"),
+        tf.TensorSpec([], tf.bool, name="stochastic"),
+    ] + [tf.TensorSpec([None] * c.rank, tf.float32, name=f"noise_{i}") for i, c in enumerate(calls)]
+
+    stats = {}
+
+    @tf.function(input_signature=signature)
+    def fn(x, passes, stochastic, *noise):
+        on = tf.cast(stochastic, tf.float32)
+        shapes = []
+
+        def apply(layer, h, index):
+            spec = spec_for(layer)
+            shapes.append(tf.cast(spec.noise_shape(layer, h), tf.int64))
+            return spec.apply(layer, h, noise[index], on)
+
+        walk = Walk(apply, passes, selected)
+        (y,), (tiled,) = walk.run(model, [x], [False])
+        if not tiled:
+            y = tile_passes(y, passes)  # deterministic export: T identical passes
+        samples = split_passes(tf.cast(y, tf.float32), passes)
+        if head == "logits":
+            samples = tf.nn.softmax(samples, -1)
+        out = head_outputs(samples, head)
+        out.update({f"noise_shape_{i}": s for i, s in enumerate(shapes)})
+        stats.update(activation_floats=walk.activation_floats, tiled_at=walk.tiled_at)
+        return out
+
+    return fn, signature, stats
+
+
+def convert(model, head, calls, selected, opset=OPSET):
+    """tf2onnx conversion of mc_function; returns the masks-as-inputs ModelProto and trace stats."""
+    import tf2onnx
+
+    fn, signature, stats = mc_function(model, head, calls, selected)
+    try:
+        proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
+    except Exception as err:  # tf2onnx raises bare exceptions for unsupported ops
+        raise ExportError(f"tf2onnx could not convert the model: {str(err).splitlines()[0]}") from err
+    proto.ir_version = IR_VERSION
+    set_defaults(proto)
+    return proto, stats
+
+
+def set_defaults(proto, passes=1):
+    """`passes` and `stochastic` become overridable: an initializer of the same name is the default."""
+    graph = proto.graph
+    for name, value in (("passes", np.array(passes, np.int64)), ("stochastic", np.array(True))):
+        existing = [i for i in graph.initializer if i.name == name]
+        for i in existing:
+            graph.initializer.remove(i)
+        graph.initializer.append(numpy_helper.from_array(value, name))
+
+
+def drop_outputs(proto, prefix):
+    keep = [o for o in proto.graph.output if not o.name.startswith(prefix)]
+    del proto.graph.output[:]
+    proto.graph.output.extend(keep)
+
+
+def masks_as_inputs(proto):
+    """The test-only variant: noise tensors stay graph inputs."""
+    variant = onnx.ModelProto()
+    variant.CopyFrom(proto)
+    drop_outputs(variant, "noise_shape_")
+    return variant
+
+
+def attach_random_nodes(proto, calls, seeds):
+    """Replace each noise_<i> input by ConstantOfShape(noise_shape_<i>) -> Random*Like(seed).
+
+    Seeds are distinct per node: onnxruntime seeds each node's generator from its own attribute,
+    and equal seeds would give equal masks. The runtime rewrites them per session.
+    """
+    graph = proto.graph
+    names = {f"noise_{i}" for i in range(len(calls))}
+    inputs = [i for i in graph.input if i.name not in names]
+    del graph.input[:]
+    graph.input.extend(inputs)
+    drop_outputs(proto, "noise_shape_")
+
+    nodes = []
+    for i, (call, seed) in enumerate(zip(calls, seeds)):
+        base = RANDOM_PREFIX + call.layer.name
+        # ConstantOfShape gives RandomXLike a tensor of the noise shape, which is dynamic (T*B).
+        nodes.append(
+            helper.make_node(
+                "ConstantOfShape",
+                [f"noise_shape_{i}"],
+                [base + "/like"],
+                name=base + "/like",
+                value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]),
+            )
+        )
+        kind = "RandomUniformLike" if call.spec.distribution == "uniform" else "RandomNormalLike"
+        nodes.append(
+            helper.make_node(kind, [base + "/like"], [f"noise_{i}"], name=base, dtype=TensorProto.FLOAT, seed=float(seed))
+        )
+    graph.node.extend(nodes)
+    topological_sort(graph)
+    return proto
+
+
+def _needs(node):
+    """Names a node reads, including those its subgraphs (Loop, If, Scan) read from outside."""
+    names = list(node.input)
+    for attr in node.attribute:
+        for sub in list(attr.g.node if attr.HasField("g") else []) + [n for g in attr.graphs for n in g.node]:
+            names += _needs(sub)
+    return names
+
+
+def topological_sort(graph):
+    """ONNX wants producers before consumers; the noise inputs we replaced were readable anywhere."""
+    produced = {out for n in graph.node for out in n.output}
+    needs = [[name for name in _needs(n) if name in produced] for n in graph.node]
+    known, ordered, pending = set(), [], list(zip(graph.node, needs))
+    while pending:
+        still = [(n, deps) for n, deps in pending if not all(d in known for d in deps)]
+        if len(still) == len(pending):
+            raise ExportError("internal: the converted graph has a cycle")
+        for n, deps in pending:
+            if all(d in known for d in deps):
+                ordered.append(n)
+        for n in ordered[len(ordered) - (len(pending) - len(still)) :]:
+            known.update(n.output)
+        pending = still
+    ordered = [_copy(n) for n in ordered]  # detach before clearing the repeated field
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _copy(node):
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    return copy
+
+
+def make_seeds(count, rng=None):
+    """Distinct, large, float32-exact seeds (small or adjacent seeds give correlated minstd streams)."""
+    rng = rng or np.random.default_rng()
+    seeds = {}
+    while len(seeds) < count:
+        seeds[int(rng.integers(2**16, 2**23)) << 8] = None  # multiples of 256 below 2**31 are float32-exact
+    return list(seeds)

@@ -1,0 +1,113 @@
+"""One small declared spec per Keras noise layer kind.
+
+Each spec says which distribution its random tensor is drawn from, what shape that tensor has,
+and how the layer applies it: the exact formula of Keras's own `call(training=True)`, written
+against an explicit random tensor so the exporter can later replace that tensor by an ONNX
+random node (and tests can feed Keras's own masks in its place).
+
+`on` is a float scalar, 1.0 for the Monte Carlo passes and 0.0 for the deterministic pass: it
+scales the rate/stddev, and with rate 0 every formula below is the exact identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import tensorflow as tf
+
+# SELU constants, as in keras.layers.AlphaDropout.
+_ALPHA = 1.6732632423543772848170429916717
+_SCALE = 1.0507009873554804934193349852946
+ALPHA_P = -_ALPHA * _SCALE
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    kind: str
+    distribution: str  # "uniform" on [0, 1) or "normal" N(0, 1)
+    strength: Callable  # layer -> float: the rate, or the stddev for GaussianNoise
+    noise_shape: Callable  # (layer, x) -> shape tensor of the random tensor
+    apply: Callable  # (layer, x, r, on) -> tensor
+
+
+def _full_shape(layer, x):
+    return tf.shape(x)
+
+
+def _dropout_noise_shape(layer, x):
+    # keras.backend.tensorflow.random._get_concrete_noise_shape: None entries take the input's size.
+    if layer.noise_shape is None:
+        return tf.shape(x)
+    shape = tf.shape(x)
+    return tf.stack([shape[i] if v is None else tf.constant(v, tf.int32) for i, v in enumerate(layer.noise_shape)])
+
+
+def _spatial_noise_shape(layer, x):
+    # Whole feature maps drop together: keep batch and channel axes, broadcast the spatial ones.
+    shape = tf.shape(x)
+    rank = len(x.shape)
+    channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
+    keep = {0, 1} if channels_first else {0, rank - 1}
+    return tf.stack([shape[i] if i in keep else tf.constant(1, tf.int32) for i in range(rank)])
+
+
+def _dropout(layer, x, r, on):
+    rate = layer.rate * on
+    keep = tf.cast(r >= rate, x.dtype)
+    return x * (1.0 / (1.0 - rate)) * keep
+
+
+def _gaussian_dropout(layer, x, r, on):
+    stddev = math.sqrt(layer.rate / (1.0 - layer.rate)) * on
+    return x * (1.0 + stddev * r)
+
+
+def _gaussian_noise(layer, x, r, on):
+    return x + (layer.stddev * on) * r
+
+
+def _alpha_dropout(layer, x, r, on):
+    rate = layer.rate * on
+    kept = tf.cast(r >= rate, x.dtype)
+    a = ((1.0 - rate) * (1.0 + rate * ALPHA_P**2)) ** -0.5
+    b = -a * ALPHA_P * rate
+    return a * (x * kept + ALPHA_P * (1.0 - kept)) + b
+
+
+def _rate(layer):
+    return float(layer.rate)
+
+
+SPECS = {
+    spec.kind: spec
+    for spec in (
+        NoiseSpec("Dropout", "uniform", _rate, _dropout_noise_shape, _dropout),
+        NoiseSpec("SpatialDropout1D", "uniform", _rate, _spatial_noise_shape, _dropout),
+        NoiseSpec("SpatialDropout2D", "uniform", _rate, _spatial_noise_shape, _dropout),
+        NoiseSpec("SpatialDropout3D", "uniform", _rate, _spatial_noise_shape, _dropout),
+        NoiseSpec("GaussianDropout", "normal", _rate, _full_shape, _gaussian_dropout),
+        NoiseSpec("GaussianNoise", "normal", lambda layer: float(layer.stddev), _full_shape, _gaussian_noise),
+        NoiseSpec("AlphaDropout", "uniform", _rate, _dropout_noise_shape, _alpha_dropout),
+    )
+}
+
+
+def spec_for(layer) -> NoiseSpec | None:
+    """The noise spec of a Keras layer, or None for a deterministic layer.
+
+    Matched on the class's own name and its bases, so subclasses of Dropout (a common way to
+    write "always-on" MC dropout) are recognised too.
+    """
+    for cls in type(layer).__mro__:
+        spec = SPECS.get(cls.__name__)
+        if spec is not None and cls.__module__.startswith("keras"):
+            return spec
+    return None
+
+
+def is_active(layer) -> bool:
+    """A noise layer with rate/stddev 0 is the identity in Keras too: no random node for it."""
+    spec = spec_for(layer)
+    return spec is not None and spec.strength(layer) > 0

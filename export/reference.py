@@ -1,0 +1,74 @@
+"""What Keras itself computes, as the reference every parity check compares against.
+
+Both functions call Keras's own noise layers (`layer(x, training=True)`) with every other layer in
+inference mode, through the same walk the exporter uses for batching the passes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .noise import ALPHA_P, spec_for
+from .trace import Walk, split_passes, tile_passes
+
+
+def _samples(model, x, passes, noise, selected=None):
+    x = tf.convert_to_tensor(np.asarray(x, np.float32))
+    t = tf.constant(passes, tf.int64)
+    walk = Walk(noise, t, selected)
+    (y,), (tiled,) = walk.run(model, [x], [False])
+    if not tiled:
+        y = tile_passes(y, t)
+    return split_passes(tf.cast(y, tf.float32), t).numpy()
+
+
+def keras_mc_samples(model, x, passes, selected=None, chunk=250):
+    """[T, B, ...] samples with Keras's own noise layers on (its own random draws)."""
+    out = []
+    for start in range(0, passes, chunk):
+        n = min(chunk, passes - start)
+        out.append(_samples(model, x, n, lambda layer, h, i: layer(h, training=True), selected))
+    return np.concatenate(out, 0)
+
+
+def keras_masked_samples(model, x, passes, selected=None):
+    """One Keras MC run that also records, per noise call, the random tensor Keras drew.
+
+    Keras 3 draws noise statelessly from (shape, seed): saving the layer's seed state, calling it
+    on a probe of the noise shape and restoring the state replays the very draw the real call
+    makes. The probe's output is turned back into the standard uniform/normal tensor the ONNX
+    graph expects in place of its random node. Returns (samples, [noise tensors]).
+    """
+    recorded = []
+
+    def noise(layer, h, index):
+        spec = spec_for(layer)
+        shape = spec.noise_shape(layer, h)
+        state = layer.seed_generator.state.numpy()
+        if spec.kind == "GaussianNoise":
+            probe = layer(tf.zeros(shape), training=True)
+            r = probe / layer.stddev
+        elif spec.kind == "GaussianDropout":
+            probe = layer(tf.ones(shape), training=True)
+            r = (probe - 1.0) / np.sqrt(layer.rate / (1.0 - layer.rate))
+        else:
+            # Dropout kinds and AlphaDropout keep an element iff its uniform draw >= rate;
+            # 1.0 / 0.0 reproduce exactly that decision.
+            probe = layer(tf.ones(shape), training=True)
+            r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
+        layer.seed_generator.state.assign(state)
+        recorded.append(r.numpy())
+        return layer(h, training=True)
+
+    samples = _samples(model, x, passes, noise, selected)
+    return samples, recorded
+
+
+def _dropped_value(layer, kind):
+    if kind != "AlphaDropout":
+        return 0.0
+    rate = layer.rate
+    a = ((1 - rate) * (1 + rate * ALPHA_P**2)) ** -0.5
+    b = -a * ALPHA_P * rate
+    return a * ALPHA_P + b  # a * (1 * 0 + ALPHA_P * 1) + b for a dropped 1.0

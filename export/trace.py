@@ -1,0 +1,136 @@
+"""Run a Keras model's layer graph ourselves, so noise layers can be swapped and passes batched.
+
+Keras's own call applies one `training` flag to every layer; MC dropout needs the noise layers
+on and everything else (BatchNorm above all) in inference mode, whatever `training=` the model
+was built with. The walk also tracks, per tensor, whether it already carries the T passes
+(batch T*B, pass-major) or still the plain batch B: a layer runs on the plain batch until
+randomness first reaches one of its inputs, so the deterministic part of the model runs once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import tensorflow as tf
+from keras import tree
+
+from runtime.errors import ExportError
+
+from .noise import is_active, spec_for
+
+
+def tile_passes(x, passes):
+    """[B, ...] -> [T*B, ...], pass-major (row t*B + b is pass t of input b)."""
+    multiples = tf.concat([tf.reshape(tf.cast(passes, tf.int32), [1]), tf.ones([len(x.shape) - 1], tf.int32)], 0)
+    return tf.tile(x, multiples)
+
+
+def split_passes(y, passes):
+    """[T*B, ...] -> [T, B, ...]."""
+    shape = tf.shape(y)
+    return tf.reshape(y, tf.concat([tf.reshape(tf.cast(passes, tf.int32), [1]), [-1], shape[1:]], 0))
+
+
+def sub_model(layer):
+    """The functional graph inside a nested model, or None for a plain layer."""
+    import keras
+
+    if isinstance(layer, keras.Sequential):
+        if layer._functional is None:
+            raise ExportError(f"nested Sequential '{layer.name}' has no input shape; build it with keras.Input first")
+        return layer._functional
+    if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth"):
+        return layer
+    return None
+
+
+def noise_layers_inside(layer):
+    return [sub for sub in layer._flatten_layers(include_self=False) if spec_for(sub) is not None]
+
+
+@dataclass
+class Walk:
+    """One walk through the model.
+
+    noise: called as noise(layer, x, call_index) for every selected, active noise layer call, with
+    x already tiled to T*B; returns the layer's output.
+    selected: names of the noise layers to keep stochastic (None = all).
+    """
+
+    noise: Callable
+    passes: object
+    selected: set | None = None
+    calls: list = field(default_factory=list)  # noise layers called, in order
+    activation_floats: int = 0  # per-sample activations of the repeated part, for the memory bound
+    tiled_at: list = field(default_factory=list)  # layers where the passes start repeating
+
+    def is_stochastic(self, layer) -> bool:
+        return is_active(layer) and (self.selected is None or layer.name in self.selected)
+
+    def run(self, model, inputs: list, tiled: list[bool]):
+        graph = sub_model(model)
+        if graph is None:
+            raise ExportError(
+                f"'{model.name}' is a subclassed model; mcdrop can export Sequential and Functional models "
+                "(nested ones too), whose layer graph it can read"
+            )
+        values = {}
+        for ref, value, is_tiled in zip(graph.inputs, inputs, tiled):
+            values[id(ref)] = (value, is_tiled)
+        for depth in sorted(graph._nodes_by_depth, reverse=True):
+            for node in graph._nodes_by_depth[depth]:
+                if node.is_input or not node.operation:
+                    continue
+                self._run_node(node, values)
+        outputs = [values[id(ref)] for ref in graph.outputs]
+        return [v for v, _ in outputs], [t for _, t in outputs]
+
+    def _run_node(self, node, values):
+        layer = node.operation
+        refs = node.input_tensors
+        any_tiled = any(values[id(r)][1] for r in refs)
+        stochastic = spec_for(layer) is not None and self.is_stochastic(layer)
+        if any_tiled or stochastic:
+            # Randomness joins here: every input must carry the T passes.
+            if not all(values[id(r)][1] for r in refs):
+                self.tiled_at.append(layer.name)
+            local = {id(r): values[id(r)][0] if values[id(r)][1] else tile_passes(values[id(r)][0], self.passes) for r in refs}
+            out_tiled = True
+        else:
+            local = {id(r): values[id(r)][0] for r in refs}
+            out_tiled = False
+        args, kwargs = node.arguments.fill_in(local)
+
+        if stochastic:
+            self.calls.append(layer)
+            outputs = self.noise(layer, args[0], len(self.calls) - 1)
+        elif spec_for(layer) is not None:
+            outputs = args[0]  # inactive or not selected: Keras's inference mode is the identity
+        elif sub_model(layer) is not None:
+            flat = tree.flatten(args[0]) if args else tree.flatten(kwargs.get("inputs"))
+            outs, outs_tiled = self.run(layer, flat, [out_tiled] * len(flat))
+            # A nested model may leave some outputs untouched by noise; keep them as they are.
+            outputs = outs if len(outs) > 1 else outs[0]
+            for ref, is_tiled, value in zip(node.outputs, outs_tiled, outs):
+                values[id(ref)] = (value, is_tiled)
+            return
+        else:
+            if noise_layers_inside(layer):
+                raise ExportError(
+                    f"layer '{layer.name}' ({type(layer).__name__}) hides noise layers inside a custom call; "
+                    "mcdrop cannot reach them"
+                )
+            kwargs["training"] = False  # BatchNorm & co. stay in inference mode
+            outputs = layer(*args, **kwargs)
+
+        for ref, value in zip(node.outputs, tree.flatten(outputs)):
+            values[id(ref)] = (value, out_tiled)
+            if out_tiled:
+                self.activation_floats += per_sample_size(ref.shape)
+
+
+def per_sample_size(shape) -> int:
+    dims = [d for d in shape[1:]]
+    return int(np.prod([d if d is not None else 1 for d in dims])) if dims else 1

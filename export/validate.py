@@ -1,0 +1,188 @@
+"""Checks an exported graph must pass before its file is written.
+
+`validate_export` runs them all and raises ValidationError naming the first that fails; the
+CLI, the tests and `export_model` all call it. The comparison helpers are shared with the
+parity tests.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from runtime.errors import ValidationError
+
+from .graph import RANDOM_PREFIX, random_nodes, seed_of
+
+DETERMINISTIC_ATOL = 1e-5
+MC_PASSES = 1000
+Z_LIMIT = 5.0
+
+
+@dataclass
+class Check:
+    name: str
+    detail: str
+
+
+def ort_session(model_bytes, level="all", optimized_path=None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = {
+        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[level]
+    opts.log_severity_level = 3
+    if optimized_path:
+        opts.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+
+
+def run(session, x, passes, stochastic=True, outputs=None):
+    feeds = {"input": np.asarray(x, np.float32), "passes": np.array(passes, np.int64), "stochastic": np.array(stochastic)}
+    names = outputs or [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, feeds)))
+
+
+def max_abs_diff(a, b):
+    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+
+
+def z_scores(samples_a, samples_b):
+    """Largest |difference| / standard error of the mean and of the variance, [T, ...] each.
+
+    The standard error of a sample variance is sqrt((m4 - var^2) / T). Elements with no spread on
+    either side must agree exactly (to float32 rounding) instead.
+    """
+    worst = {}
+    for stat in ("mean", "variance"):
+        est, se2 = [], []
+        for s in (np.asarray(samples_a, np.float64), np.asarray(samples_b, np.float64)):
+            t = s.shape[0]
+            mean = s.mean(0)
+            centred = s - mean
+            var = (centred**2).mean(0)
+            if stat == "mean":
+                est.append(mean)
+                se2.append(var / t)
+            else:
+                est.append(var)
+                se2.append(np.maximum((centred**4).mean(0) - var**2, 0) / t)
+        diff = np.abs(est[0] - est[1])
+        se = np.sqrt(se2[0] + se2[1])
+        z = np.where(se > 1e-12, diff / np.maximum(se, 1e-12), np.where(diff <= 1e-6, 0.0, np.inf))
+        worst[stat] = float(z.max())
+    return worst
+
+
+def validation_inputs(model, metadata, count=2, seed=0):
+    """Inputs in the range the model expects: [0, 1] images when pixels are scaled by 1/255."""
+    rng = np.random.default_rng(seed)
+    shape = (count, *model.inputs[0].shape[1:])
+    pre = metadata.get("preprocessing") or {}
+    if pre.get("scale"):
+        return (rng.integers(0, 256, shape) * pre["scale"] + pre.get("offset", 0.0)).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def keras_deterministic(model, x, head):
+    y = np.asarray(model(x, training=False), np.float32)
+    if head == "logits":
+        y = np.exp(y - y.max(-1, keepdims=True))
+        y /= y.sum(-1, keepdims=True)
+    return y
+
+
+def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progress=lambda msg: None) -> list[Check]:
+    """Raise ValidationError on the first failed check; return what passed, for the report."""
+    from .reference import keras_mc_samples
+
+    done = []
+    expected = len(metadata["stochastic_layers"])
+    head = metadata["head"]
+
+    def check(name, ok, detail, failure):
+        if not ok:
+            raise ValidationError(f"validation failed ({name}): {failure}")
+        done.append(Check(name, detail))
+        progress(f"  ok  {name}: {detail}")
+
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as err:  # checker raises several exception types
+        raise ValidationError(f"validation failed (onnx checker): {str(err).splitlines()[0]}") from err
+    check("onnx checker", True, "valid ONNX", "")
+
+    foreign = sorted({f"{n.domain}:{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
+    check("convertible ops", not foreign, "standard ONNX ops only", f"unconverted ops left: {', '.join(foreign)}")
+
+    nodes = random_nodes(proto.graph)
+    seeds = [seed_of(n) for n in nodes]
+    check(
+        "random nodes",
+        len(nodes) == expected and all(n.name.startswith(RANDOM_PREFIX) for n in nodes),
+        f"{len(nodes)} random nodes for {expected} stochastic layers",
+        f"{len(nodes)} random nodes for {expected} stochastic layers",
+    )
+    check(
+        "distinct seeds",
+        None not in seeds and len(set(seeds)) == len(seeds),
+        "every random node has its own seed",
+        f"seeds {seeds} are missing or shared",
+    )
+
+    data = proto.SerializeToString()
+    with tempfile.TemporaryDirectory() as tmp:
+        for level in ("disable", "basic", "extended", "all"):
+            path = os.path.join(tmp, f"{level}.onnx")
+            try:
+                ort_session(data, level, path)
+            except Exception as err:  # onnxruntime raises its own exception types
+                raise ValidationError(f"validation failed (onnxruntime {level}): {str(err).splitlines()[0]}") from err
+            kept = len(random_nodes(onnx.load(path).graph))
+            check(
+                f"optimiser {level}",
+                kept == expected,
+                f"{kept} random nodes survive",
+                f"onnxruntime at level '{level}' left {kept} of {expected} random nodes",
+            )
+
+    session = ort_session(data)
+    if x is None:
+        x = validation_inputs(model, metadata)
+    reference = keras_deterministic(model, x, head)
+    got = run(session, x, 1, stochastic=False)["mean"]
+    diff = max_abs_diff(got, reference)
+    check(
+        "deterministic parity",
+        got.shape == reference.shape and diff <= DETERMINISTIC_ATOL,
+        f"max |onnx - keras| = {diff:.1e}",
+        f"deterministic pass differs from Keras predict by {diff:.2e} (shape {got.shape} vs {reference.shape})",
+    )
+    if not expected:
+        return done
+
+    first = run(session, x, 8)["samples"]
+    second = run(session, x, 8)["samples"]
+    check("runs differ", not np.array_equal(first, second), "two runs give different samples", "two runs gave identical samples")
+    spread = max_abs_diff(first.min(0), first.max(0))
+    check("passes differ", spread > 0, "passes within a run differ", "all passes of a run are identical (mask frozen?)")
+
+    progress(f"  ..  statistical parity with Keras MC at T={mc_passes}")
+    onnx_samples = run(session, x, mc_passes, outputs=["samples"])["samples"]
+    keras_samples = keras_mc_samples(model, x, mc_passes, selected=metadata.get("mc_layers"))
+    z = z_scores(onnx_samples, keras_samples)
+    check(
+        "statistical parity",
+        max(z.values()) <= Z_LIMIT,
+        f"T={mc_passes}: worst z mean {z['mean']:.1f}, variance {z['variance']:.1f} (limit {Z_LIMIT:g})",
+        f"MC mean/variance differ from Keras's own MC beyond {Z_LIMIT:g} standard errors: {z}",
+    )
+    return done

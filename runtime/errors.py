@@ -1,0 +1,33 @@
+"""Typed errors shared by the runtime, the exporter and the CLI.
+
+Every error a user can cause is a subclass of McdropError; the CLI prints its message on one
+line and exits with its exit_code. Anything else is a bug and keeps its traceback.
+"""
+
+
+class McdropError(Exception):
+    """Base class: a problem the user can fix, reported in one line."""
+
+    exit_code = 2
+
+
+class InputError(McdropError):
+    """Bad input data: missing or unreadable file, wrong shape or dtype, NaN, bad option value."""
+
+
+class ModelFileError(McdropError):
+    """A model file that cannot be used: missing, not ONNX, not an mcdrop export, unsupported Keras model."""
+
+
+class DeviceError(McdropError):
+    """The requested execution provider cannot run here."""
+
+
+class ExportError(McdropError):
+    """The Keras model cannot be exported as asked (no stochastic layer, ambiguous head, ...)."""
+
+
+class ValidationError(ExportError):
+    """The exported graph failed a validation check; the file was not written."""
+
+    exit_code = 3

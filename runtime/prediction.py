@@ -1,0 +1,249 @@
+"""One batch of Monte Carlo predictions with the uncertainty measures that fit its head."""
+
+import json
+import operator
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+
+from runtime import measures as M
+from runtime.errors import InputError
+
+CATEGORICAL_HEADS = ("softmax", "logits")
+SIGMOID_HEADS = ("binary", "multilabel")
+HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
+
+# `Prediction.uncertain` rule. A heuristic, not a calibrated test: tune it for your model.
+# Categorical: flagged when mutual_information > UNCERTAIN_MUTUAL_INFORMATION (nats) or
+#   confidence < UNCERTAIN_CONFIDENCE.
+# Binary / multi-label: flagged when any label's mutual_information > UNCERTAIN_MUTUAL_INFORMATION
+#   or any label's probability is strictly closer than UNCERTAIN_THRESHOLD_DISTANCE to its threshold.
+# Regression: never flagged (no rule; read `std`).
+UNCERTAIN_MUTUAL_INFORMATION = 0.1
+UNCERTAIN_CONFIDENCE = 0.6
+UNCERTAIN_THRESHOLD_DISTANCE = 0.1
+
+UNITS = "nats"
+ORIENTATION = "higher entropy / mutual_information / variation_ratio / variance = less certain"
+
+# Measures that describe the model, not one input: kept whole when one input is picked.
+_MODEL_WIDE = ("threshold", "thresholds")
+# Tolerance for float32 probabilities a hair outside [0, 1].
+_PROBABILITY_SLACK = 1e-5
+
+
+@dataclass(eq=False)
+class Prediction:
+    """Mean, variance and measures of one batch; arrays are batch first, float32 for floats."""
+
+    head: str
+    mean: np.ndarray
+    variance: np.ndarray
+    measures: Dict[str, object]
+    passes: int
+    stochastic: bool = True
+    provider: Optional[str] = None
+    labels: Optional[Sequence[str]] = None
+    samples: Optional[np.ndarray] = field(default=None, repr=False)
+
+    @classmethod
+    def from_samples(cls, samples, head: str, labels: Optional[Sequence[str]] = None,
+                     threshold: float = 0.5, thresholds: Optional[Sequence[float]] = None,
+                     top_k: int = 3, passes: Optional[int] = None, stochastic: bool = True,
+                     provider: Optional[str] = None, keep_samples: bool = True) -> "Prediction":
+        """Build from `samples` [T, batch, ...out]: probabilities for classifier heads, raw values
+        for regression. `thresholds` (one per label) overrides `threshold` for sigmoid heads."""
+        if head not in HEADS:
+            raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
+        samples = np.asarray(samples, dtype=np.float32)
+        if head == "regression":
+            if samples.ndim < 2:
+                raise InputError(f"regression samples need shape [T, batch, ...], got {samples.shape}")
+        else:
+            _check_probabilities(samples, head)
+        if samples.shape[0] < 1:
+            raise InputError("samples hold no passes")
+        if passes is not None and passes != samples.shape[0]:
+            raise InputError(f"passes={passes} but samples hold {samples.shape[0]} passes")
+        if labels is not None:
+            labels = [str(name) for name in labels]
+
+        mean64, variance64 = M.mean_and_variance(samples)
+        if head in CATEGORICAL_HEADS:
+            found = _categorical(samples, mean64, variance64, labels, top_k)
+        elif head in SIGMOID_HEADS:
+            found = _sigmoid(samples, mean64, variance64, head, labels, threshold, thresholds)
+        else:
+            found = {"mean": mean64, "std": M.standard_deviation(variance64)}
+        return cls(head=head, mean=mean64.astype(np.float32), variance=variance64.astype(np.float32),
+                   measures={name: _float32(value) for name, value in found.items()},
+                   passes=int(samples.shape[0]), stochastic=bool(stochastic), provider=provider,
+                   labels=labels, samples=samples if keep_samples else None)
+
+    def __len__(self) -> int:
+        return int(self.mean.shape[0])
+
+    def __getitem__(self, index) -> dict:
+        return self.to_dict(index)
+
+    @property
+    def uncertain(self) -> np.ndarray:
+        """bool [batch]: the heuristic rule documented at the top of this module."""
+        m = self.measures
+        if self.head in CATEGORICAL_HEADS:
+            return ((m["mutual_information"] > UNCERTAIN_MUTUAL_INFORMATION)
+                    | (m["confidence"] < UNCERTAIN_CONFIDENCE))
+        if self.head in SIGMOID_HEADS:
+            batch = len(self)
+            information = m["mutual_information"].reshape(batch, -1)
+            probability = m["probability"].reshape(batch, -1)
+            limit = m["threshold"] if self.head == "binary" else m["thresholds"]
+            near = np.abs(probability - limit) < UNCERTAIN_THRESHOLD_DISTANCE
+            return (information > UNCERTAIN_MUTUAL_INFORMATION).any(axis=1) | near.any(axis=1)
+        return np.zeros(len(self), dtype=bool)
+
+    def to_dict(self, index: Optional[int] = None) -> dict:
+        """JSON-safe python: the whole batch, or one input when `index` is given.
+
+        Non-finite values (only a broken model produces them) become None."""
+        if index is None:
+            rows, where = slice(None), {"batch": len(self)}
+        else:
+            rows = operator.index(index)
+            if not -len(self) <= rows < len(self):
+                raise IndexError(f"index {rows} out of range for a batch of {len(self)}")
+            rows %= len(self)
+            where = {"index": rows}
+        return {
+            "head": self.head,
+            "passes": self.passes,
+            "stochastic": self.stochastic,
+            "provider": self.provider,
+            **where,
+            "units": UNITS,
+            "orientation": ORIENTATION,
+            "mean": _jsonable(self.mean[rows]),
+            "variance": _jsonable(self.variance[rows]),
+            "measures": {name: _jsonable(value if name in _MODEL_WIDE else value[rows])
+                         for name, value in self.measures.items()},
+            "uncertain": _jsonable(self.uncertain[rows]),
+        }
+
+    def to_json(self, index: Optional[int] = None, **kwargs) -> str:
+        """`to_dict` as a strict JSON string (no NaN / Infinity)."""
+        return json.dumps(self.to_dict(index), allow_nan=False, **kwargs)
+
+    def arrays(self) -> Dict[str, np.ndarray]:
+        """name -> ndarray for np.savez: numeric measures, `uncertain`, then `mean` and `variance`
+        in the model's output shape (these win over same-named measures), and `samples` if kept."""
+        out = {name: value for name, value in self.measures.items()
+               if isinstance(value, np.ndarray) and value.dtype.kind in "biuf"}
+        out.update(uncertain=self.uncertain, mean=self.mean, variance=self.variance)
+        if self.samples is not None:
+            out["samples"] = self.samples
+        return out
+
+
+def _check_probabilities(samples: np.ndarray, head: str) -> None:
+    if samples.ndim != 3:
+        raise InputError(f"{head} samples need shape [T, batch, units], got {samples.shape}")
+    if head == "binary" and samples.shape[-1] != 1:
+        raise InputError(f"binary samples need one unit (P positive), got shape {samples.shape}")
+    if samples.shape[-1] < 1:
+        raise InputError(f"{head} samples have no classes, shape {samples.shape}")
+    inside = (samples >= -_PROBABILITY_SLACK) & (samples <= 1 + _PROBABILITY_SLACK)
+    if not inside.all():  # NaN fails too
+        raise InputError(f"{head} samples must be probabilities in [0, 1]")
+
+
+def _check_labels(labels, count: int, head: str) -> None:
+    if labels is not None and len(labels) != count:
+        raise InputError(f"{head} head needs {count} labels, got {len(labels)}")
+
+
+def _categorical(samples, mean, variance, labels, k) -> dict:
+    _check_labels(labels, mean.shape[-1], "categorical")
+    indices, probs = M.top_k(mean, k)
+    found = {
+        "std": M.standard_deviation(variance),
+        "label": mean.argmax(axis=-1),
+        "confidence": M.confidence(mean),
+        "margin": M.margin(mean),
+        "predictive_entropy": M.predictive_entropy(samples),
+        "expected_entropy": M.expected_entropy(samples),
+        "mutual_information": M.mutual_information(samples),
+        "variation_ratio": M.variation_ratio(samples),
+        "top_k_indices": indices,
+        "top_k_probs": probs,
+    }
+    if labels is not None:
+        names = np.array(labels)
+        found["label_name"] = names[found["label"]]
+        found["top_k_labels"] = names[indices]
+    return found
+
+
+def _sigmoid(samples, mean, variance, head, labels, threshold, thresholds) -> dict:
+    units = mean.shape[-1]
+    try:
+        limits = np.asarray(threshold if thresholds is None else thresholds, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError("thresholds must be numbers") from None
+    if thresholds is None:
+        if limits.ndim:
+            raise InputError("threshold must be one number; pass thresholds for one per label")
+        limits = np.full(units, limits)
+    limits = limits.reshape(-1)
+    if limits.shape != (units,):
+        raise InputError(f"{head} head needs {units} thresholds, got {limits.size}")
+    if not ((limits >= 0) & (limits <= 1)).all():
+        raise InputError(f"thresholds must lie in [0, 1], got {limits.tolist()}")
+    found = {
+        "probability": mean,
+        "variance": variance,
+        "std": M.standard_deviation(variance),
+        "entropy": M.bernoulli_entropy(mean),
+        "expected_entropy": M.bernoulli_expected_entropy(samples),
+        "mutual_information": M.bernoulli_mutual_information(samples),
+    }
+    # Decide on the float32 values that are reported, so the output never contradicts itself.
+    decision = mean.astype(np.float32) >= limits
+    if head == "binary":
+        # One unit: report per input, [batch] instead of [batch, 1].
+        found = {name: value[:, 0] for name, value in found.items()}
+        found.update(threshold=limits.reshape(()), decision=decision[:, 0])
+        _check_labels(labels, 2, "binary ([negative, positive])")
+        if labels is not None:
+            found["label_name"] = np.array(labels)[decision[:, 0].astype(int)]
+        return found
+    _check_labels(labels, units, "multilabel")
+    active = [np.flatnonzero(row).tolist() for row in decision]
+    found.update(thresholds=limits, decision=decision, active=active)
+    if labels is not None:
+        found["active_labels"] = [[labels[j] for j in row] for row in active]
+    return found
+
+
+def _float32(value):
+    """Floating arrays are stored as float32, like the model's outputs; the rest as is."""
+    if isinstance(value, np.ndarray) and value.dtype.kind == "f":
+        return value.astype(np.float32)
+    return value
+
+
+def _jsonable(value):
+    if isinstance(value, (np.ndarray, np.generic)):
+        array = np.asarray(value)
+        if array.dtype == np.float32:
+            # Shortest text that reads back as the same float32: 0.4, not 0.4000000059604645.
+            array = array.astype(str).astype(np.float64)
+        if array.dtype.kind == "f":
+            finite = np.isfinite(array)
+            if not finite.all():
+                array = array.astype(object)
+                array[~finite] = None
+        return array.tolist()
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
