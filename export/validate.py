@@ -92,12 +92,17 @@ def validation_inputs(model, metadata, count=2, seed=0):
     return rng.standard_normal(shape).astype(np.float32)
 
 
-def keras_deterministic(model, x, head):
-    y = np.asarray(model(x, training=False), np.float32)
+def apply_head(y, head):
+    """The graph applies softmax to each pass of a logits head; do the same to Keras's outputs."""
+    y = np.asarray(y, np.float32)
     if head == "logits":
         y = np.exp(y - y.max(-1, keepdims=True))
         y /= y.sum(-1, keepdims=True)
     return y
+
+
+def keras_deterministic(model, x, head):
+    return apply_head(model(x, training=False), head)
 
 
 def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progress=lambda msg: None) -> list[Check]:
@@ -177,7 +182,7 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
 
     progress(f"  ..  statistical parity with Keras MC at T={mc_passes}")
     onnx_samples = run(session, x, mc_passes, outputs=["samples"])["samples"]
-    keras_samples = keras_mc_samples(model, x, mc_passes, selected=metadata.get("mc_layers"))
+    keras_samples = apply_head(keras_mc_samples(model, x, mc_passes, selected=metadata.get("mc_layers")), head)
     z = z_scores(onnx_samples, keras_samples)
     check(
         "statistical parity",

@@ -1,0 +1,149 @@
+"""Reproduce the shipped models: train, export, measure, write the model card and the samples.
+
+    python models/build_models.py
+
+Data: scikit-learn's bundled handwritten digits (1797 images, 8x8, 17 grey levels), upscaled to
+28x28 grayscale in [0, 1]; nothing is downloaded. Training is seeded; on a 2-core CPU the whole
+script takes a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+SIZE = 28
+SEED = 0
+PASSES = 50
+LABELS = [str(d) for d in range(10)]
+
+
+def digits_28x28():
+    """Images as uint8 0-255 (28x28, ink bright as in MNIST) and labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    small = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    big = np.stack([np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BICUBIC)) for img in small])
+    return big, digits.target.astype(np.int64)
+
+
+def split(images, labels):
+    from sklearn.model_selection import train_test_split
+
+    return train_test_split(images, labels, test_size=0.25, random_state=SEED, stratify=labels)
+
+
+def mlp():
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input((SIZE * SIZE,)),
+            layers.Dense(512, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(512, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_mlp",
+    )
+
+
+def cnn():
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 1)),
+            layers.Conv2D(128, 7, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Conv2D(64, 3, activation="relu"),
+            layers.Dropout(0.2),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dropout(0.25),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="digits_cnn",
+    )
+
+
+def train(model, x, y, epochs):
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=0, validation_split=0.1)
+    return model
+
+
+def to_input(images, flat):
+    x = images.astype(np.float32) / 255.0
+    return x.reshape(len(x), -1) if flat else x[..., None]
+
+
+def not_a_digit():
+    """A ring-free scribble of random strokes: no digit, but image statistics like the data."""
+    rng = np.random.default_rng(7)
+    img = (rng.random((8, 8)) * 255).astype(np.uint8)
+    return np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BICUBIC))
+
+
+def main():
+    import keras
+
+    from export import export_model
+    from runtime import MCSession
+
+    keras.utils.set_random_seed(SEED)
+    images, labels = digits_28x28()
+    train_img, test_img, train_y, test_y = split(images, labels)
+    card = {}
+    (HERE / "labels.txt").write_text("\n".join(LABELS) + "\n")
+
+    for name, build, flat, epochs in (("mlp", mlp, True, 30), ("cnn", cnn, False, 15)):
+        model = train(build(), to_input(train_img, flat), train_y, epochs)
+        keras_path = HERE / f"{name}.keras"
+        model.save(keras_path)
+        onnx_path = HERE / f"{name}.onnx"
+        flags = {"image_size": (SIZE, SIZE)} if flat else {}
+        report = export_model(keras_path, onnx_path, passes=PASSES, labels=HERE / "labels.txt", seed=SEED, progress=print, **flags)
+        print("\n".join(report.lines()))
+
+        x_test = to_input(test_img, flat)
+        deterministic = np.asarray(model(x_test, training=False)).argmax(-1)
+        prediction = MCSession(onnx_path, seed=SEED).predict(x_test, passes=PASSES)
+        card[name] = {
+            "keras_deterministic_accuracy": float((deterministic == test_y).mean()),
+            "mcdrop_mc_accuracy": float((prediction.mean.argmax(-1) == test_y).mean()),
+            "held_out_images": int(len(test_y)),
+            "passes": PASSES,
+            "mean_mutual_information_nats": float(prediction.measures["mutual_information"].mean()),
+        }
+
+    samples = HERE / "samples"
+    samples.mkdir(exist_ok=True)
+    # Clear digits: the first held-out image of a few classes. Ambiguous: the held-out image the
+    # shipped CNN is least sure of (highest predictive entropy).
+    for digit in (3, 7, 8):
+        Image.fromarray(test_img[np.flatnonzero(test_y == digit)[0]]).save(samples / f"digit_{digit}.png")
+    session = MCSession(HERE / "cnn.onnx", seed=SEED)
+    entropy = session.predict(to_input(test_img, False), passes=PASSES).measures["predictive_entropy"]
+    worst = int(np.argmax(entropy))
+    Image.fromarray(test_img[worst]).save(samples / "ambiguous.png")
+    Image.fromarray(not_a_digit()).save(samples / "not_a_digit.png")
+    card["samples"] = {"ambiguous_true_label": int(test_y[worst])}
+
+    (HERE / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    print(json.dumps(card, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The one parity helper every export test uses.
+
+    model, kwargs = zoo.multi_branch()
+    result = assert_parity(model, tmp_path, **kwargs)
+
+It exports with validation on (deterministic parity <= 1e-5, statistical parity at T=1000 within
+5 standard errors, random nodes counted at every onnxruntime optimisation level), then checks
+mask-for-mask parity against Keras's own draws and that no two stochastic layers share a mask.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from export import build_graph, export_model
+from export.graph import random_nodes
+from export.reference import keras_masked_samples
+from export.validate import DETERMINISTIC_ATOL, apply_head, max_abs_diff, ort_session, run, validation_inputs
+
+MASK_PASSES = 3
+
+
+@dataclass
+class ParityResult:
+    path: object
+    proto: onnx.ModelProto
+    metadata: dict
+    report: object
+    mask_diff: float
+
+
+def mask_for_mask(model, variant, metadata, x, passes=MASK_PASSES):
+    """Feed Keras's own random draws to the masks-as-inputs graph; return max |difference|."""
+    keras_samples, noise = keras_masked_samples(model, x, passes, selected=metadata.get("mc_layers"))
+    session = ort_session(variant.SerializeToString())
+    feeds = {"input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True)}
+    feeds.update({f"noise_{i}": r.astype(np.float32) for i, r in enumerate(noise)})
+    (onnx_samples,) = session.run(["samples"], feeds)
+    keras_samples = apply_head(keras_samples, metadata["head"])
+    assert onnx_samples.shape == keras_samples.shape
+    return max_abs_diff(onnx_samples, keras_samples)
+
+
+def random_node_outputs(proto, x, passes=4):
+    """Run the graph with every random node's tensor exposed as an output."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    names = [n.output[0] for n in random_nodes(probe.graph)]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=name) for name in names)
+    return run(ort_session(probe.SerializeToString()), x, passes, outputs=names)
+
+
+def assert_masks_independent(proto, x):
+    outs = list(random_node_outputs(proto, x).values())
+    for i in range(len(outs)):
+        for j in range(i + 1, len(outs)):
+            if outs[i].shape == outs[j].shape:
+                a, b = outs[i].ravel(), outs[j].ravel()
+                assert not np.array_equal(a, b), "two stochastic layers drew the same random tensor"
+                if a.size >= 200:
+                    assert abs(np.corrcoef(a, b)[0, 1]) < 0.2
+
+
+def assert_parity(model, tmp_path, name="model", **export_kwargs):
+    source = tmp_path / f"{name}.keras"
+    model.save(source)
+    path = tmp_path / f"{name}.onnx"
+    report = export_model(source, path, seed=0, **export_kwargs)  # validation on: raises on failure
+    proto = onnx.load(path)
+    metadata = __import__("json").loads(proto.metadata_props[0].value)
+
+    _, variant, _, _ = build_graph(
+        model, metadata["head"], passes=MASK_PASSES, mc_layers=export_kwargs.get("mc_layers"), seed=0
+    )
+    x = validation_inputs(model, metadata, count=3, seed=1)
+    diff = mask_for_mask(model, variant, metadata, x)
+    assert diff <= DETERMINISTIC_ATOL, f"mask-for-mask parity off by {diff:.2e}"
+    assert_masks_independent(proto, x)
+    return ParityResult(path, proto, metadata, report, diff)

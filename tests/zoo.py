@@ -1,0 +1,198 @@
+"""Small Keras models covering every layer kind and model shape the exporter promises.
+
+Each builder returns (model, export kwargs). Weights are seeded; BatchNorm gets non-trivial
+moving statistics so a BatchNorm that wrongly ran on batch statistics would show.
+"""
+
+import keras
+import numpy as np
+from keras import layers
+
+
+def _seeded():
+    keras.utils.set_random_seed(1234)
+
+
+def _randomise_batchnorm(model):
+    rng = np.random.default_rng(0)
+    for layer in model._flatten_layers():
+        if isinstance(layer, layers.BatchNormalization):
+            gamma, beta, mean, var = layer.get_weights()
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, gamma.shape),
+                    rng.normal(0, 0.3, beta.shape),
+                    rng.normal(0, 0.5, mean.shape),
+                    rng.uniform(0.5, 2.0, var.shape),
+                ]
+            )
+    return model
+
+
+def sequential_mlp():
+    _seeded()
+    return keras.Sequential(
+        [
+            keras.Input((12,)),
+            layers.Dense(16, activation="relu"),
+            layers.Dropout(0.3),
+            layers.Dense(16, activation="relu"),
+            layers.Dropout(0.3),  # same shape as the first: masks must still differ
+            layers.Dense(4, activation="softmax"),
+        ]
+    ), {}
+
+
+def cnn2d_batchnorm_pooling():
+    _seeded()
+    inp = keras.Input((10, 10, 2))
+    x = layers.Conv2D(6, 3, padding="same")(inp)
+    x = layers.BatchNormalization()(x)
+    x = layers.Activation("relu")(x)
+    x = layers.MaxPooling2D()(x)
+    x = layers.SpatialDropout2D(0.3)(x)
+    x = layers.Conv2D(4, 3, activation="relu")(x)
+    x = layers.AveragePooling2D(2, padding="same")(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.2)(x)
+    out = layers.Dense(3, activation="softmax")(x)
+    return _randomise_batchnorm(keras.Model(inp, out)), {}
+
+
+def multi_branch():
+    """Branch a is deterministic and joins the stochastic branch b at the Concatenate."""
+    _seeded()
+    inp = keras.Input((8,))
+    a = layers.Dense(6, activation="tanh", name="deterministic_branch")(inp)
+    b = layers.Dense(6, activation="relu")(inp)
+    b = layers.Dropout(0.4)(b)
+    x = layers.Concatenate()([a, b])
+    out = layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inp, out), {}
+
+
+def nested_models():
+    _seeded()
+    inner = keras.Sequential([keras.Input((8,)), layers.Dense(8, activation="relu"), layers.Dropout(0.3)], name="inner")
+    inp = keras.Input((6,))
+    x = layers.Dense(8)(inp)
+    x = inner(x)
+    x = layers.GaussianNoise(0.2)(x)
+    out = layers.Dense(2, activation="softmax")(x)
+    return keras.Model(inp, out), {}
+
+
+def training_true_recipe():
+    """The common recipe: dropout called with training=True so it stays on at inference."""
+    _seeded()
+    inp = keras.Input((8,))
+    x = layers.Dense(16, activation="relu")(inp)
+    x = layers.BatchNormalization()(x, training=True)  # must still run in inference mode
+    x = layers.Dropout(0.5)(x, training=True)
+    out = layers.Dense(3, activation="softmax")(x)
+    return _randomise_batchnorm(keras.Model(inp, out)), {}
+
+
+def gaussian_and_alpha():
+    _seeded()
+    return keras.Sequential(
+        [
+            keras.Input((10,)),
+            layers.Dense(12, activation="selu"),
+            layers.AlphaDropout(0.2),
+            layers.Dense(12, activation="relu"),
+            layers.GaussianDropout(0.3),
+            layers.GaussianNoise(0.5),
+            layers.Dense(3, activation="softmax"),
+        ]
+    ), {}
+
+
+def conv1d_spatial_lstm():
+    _seeded()
+    inp = keras.Input((12, 3))
+    x = layers.Conv1D(8, 3, activation="relu")(inp)
+    x = layers.SpatialDropout1D(0.3)(x)
+    x = layers.MaxPooling1D()(x)
+    x = layers.LSTM(6)(x)
+    x = layers.Dropout(0.25)(x)
+    out = layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inp, out), {}
+
+
+def conv3d_spatial():
+    _seeded()
+    inp = keras.Input((4, 6, 6, 1))
+    x = layers.Conv3D(4, 3, activation="relu")(inp)
+    x = layers.SpatialDropout3D(0.3)(x)
+    x = layers.GlobalAveragePooling3D()(x)
+    out = layers.Dense(2, activation="softmax")(x)
+    return keras.Model(inp, out), {}
+
+
+def stochastic_depth():
+    """A residual block dropped per sample: Dropout with noise_shape=(None, 1, 1)."""
+    _seeded()
+    inp = keras.Input((5, 4))
+    branch = layers.Dense(4, activation="relu")(inp)
+    branch = layers.Dropout(0.3, noise_shape=(None, 1, 1))(branch)
+    x = layers.Add()([inp, branch])
+    x = layers.GlobalAveragePooling1D()(x)
+    out = layers.Dense(3, activation="softmax")(x)
+    return keras.Model(inp, out), {}
+
+
+def binary_sigmoid():
+    _seeded()
+    return keras.Sequential(
+        [keras.Input((6,)), layers.Dense(8, activation="relu"), layers.Dropout(0.3), layers.Dense(1, activation="sigmoid")]
+    ), {}
+
+
+def multilabel_sigmoid():
+    _seeded()
+    return keras.Sequential(
+        [keras.Input((6,)), layers.Dense(8, activation="relu"), layers.Dropout(0.3), layers.Dense(4, activation="sigmoid")]
+    ), {}
+
+
+def logits_head():
+    _seeded()
+    return keras.Sequential([keras.Input((6,)), layers.Dense(8, activation="relu"), layers.Dropout(0.3), layers.Dense(5)]), {
+        "head": "logits"
+    }
+
+
+def regression_head():
+    _seeded()
+    return keras.Sequential([keras.Input((6,)), layers.Dense(8, activation="relu"), layers.Dropout(0.3), layers.Dense(2)]), {
+        "head": "regression"
+    }
+
+
+def separate_softmax_activation():
+    _seeded()
+    return keras.Sequential(
+        [keras.Input((6,)), layers.Dense(8, activation="relu"), layers.Dropout(0.3), layers.Dense(3), layers.Activation("softmax")]
+    ), {}
+
+
+ZOO = {
+    f.__name__: f
+    for f in (
+        sequential_mlp,
+        cnn2d_batchnorm_pooling,
+        multi_branch,
+        nested_models,
+        training_true_recipe,
+        gaussian_and_alpha,
+        conv1d_spatial_lstm,
+        conv3d_spatial,
+        stochastic_depth,
+        binary_sigmoid,
+        multilabel_sigmoid,
+        logits_head,
+        regression_head,
+        separate_softmax_activation,
+    )
+}
