@@ -75,6 +75,9 @@ def infer(
     if not max_chunk_mb > 0:
         raise InputError(f"--max-chunk-mb must be > 0, got {max_chunk_mb}")
 
+    if model == DEFAULT_MODEL and not model.exists():
+        raise InputError(f"no model at {model}; export one with `python cli.py export`, or pass --model")
+
     from runtime.inputs import load_inputs
     from runtime.session import MCSession
 
@@ -95,8 +98,8 @@ def infer(
 def _predict(session, x, passes, dropout, threshold, top_k, count):
     if count <= PROGRESS_MIN_INPUTS:
         return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k)
-    runs = len(session.chunk_plan(len(x), session.default_passes if passes is None else passes))
-    with typer.progressbar(length=runs if dropout else 1, label="Monte Carlo runs", file=sys.stderr) as bar:
+    runs = len(session.chunk_plan(len(x), (passes or session.default_passes) if dropout else 1))
+    with typer.progressbar(length=runs, label="Monte Carlo runs", file=sys.stderr) as bar:
         return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k,
                                progress=lambda done, total: bar.update(1))
 

@@ -88,11 +88,11 @@ def _load_array(path: str) -> np.ndarray:
 def _load_image(path: str, info: ModelInfo) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # only image inputs need Pillow
 
+    _check_file(path)
     pre = info.preprocessing
     if pre is None:
         raise InputError(f"{path}: this model has no image preprocessing in its metadata; "
                          "pass preprocessed arrays (.npy / .npz)")
-    _check_file(path)
     try:
         with Image.open(path) as image:
             image.seek(0)  # first frame of an animation

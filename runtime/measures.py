@@ -52,12 +52,12 @@ def categorical_entropy(p, axis: int = -1) -> np.ndarray:
 
 
 def predictive_entropy(samples) -> np.ndarray:
-    """Entropy of the mean over passes (total uncertainty), nats -> [batch]; higher = less certain."""
+    """Entropy of the mean over passes (total uncertainty), nats -> [batch]; higher = less sure."""
     return categorical_entropy(_samples(samples).mean(axis=0))
 
 
 def expected_entropy(samples) -> np.ndarray:
-    """Mean over passes of each pass's entropy (aleatoric), nats -> [batch]; higher = less certain."""
+    """Mean over passes of each pass's entropy (aleatoric), nats -> [batch]; higher = less sure."""
     return categorical_entropy(_samples(samples)).mean(axis=0)
 
 

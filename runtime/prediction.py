@@ -18,7 +18,8 @@ HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
 # Categorical: flagged when mutual_information > UNCERTAIN_MUTUAL_INFORMATION (nats) or
 #   confidence < UNCERTAIN_CONFIDENCE.
 # Binary / multi-label: flagged when any label's mutual_information > UNCERTAIN_MUTUAL_INFORMATION
-#   or any label's probability is strictly closer than UNCERTAIN_THRESHOLD_DISTANCE to its threshold.
+#   or any label's probability is strictly closer than UNCERTAIN_THRESHOLD_DISTANCE to its
+#   threshold.
 # Regression: never flagged (no rule; read `std`).
 UNCERTAIN_MUTUAL_INFORMATION = 0.1
 UNCERTAIN_CONFIDENCE = 0.6
@@ -59,7 +60,8 @@ class Prediction:
         samples = np.asarray(samples, dtype=np.float32)
         if head == "regression":
             if samples.ndim < 2:
-                raise InputError(f"regression samples need shape [T, batch, ...], got {samples.shape}")
+                raise InputError(
+                    f"regression samples need shape [T, batch, ...], got {samples.shape}")
         else:
             _check_probabilities(samples, head)
         if samples.shape[0] < 1:
@@ -76,7 +78,8 @@ class Prediction:
             found = _sigmoid(samples, mean64, variance64, head, labels, threshold, thresholds)
         else:
             found = {"mean": mean64, "std": M.standard_deviation(variance64)}
-        return cls(head=head, mean=mean64.astype(np.float32), variance=variance64.astype(np.float32),
+        return cls(head=head, mean=mean64.astype(np.float32),
+                   variance=variance64.astype(np.float32),
                    measures={name: _float32(value) for name, value in found.items()},
                    passes=int(samples.shape[0]), stochastic=bool(stochastic), provider=provider,
                    labels=labels, samples=samples if keep_samples else None)

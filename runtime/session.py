@@ -98,7 +98,8 @@ class MCSession:
         after each run.
         """
         x = self._check_input(x)
-        passes, stochastic = (self._check_passes(passes), True) if dropout else (1, False)
+        passes = self._check_passes(passes)
+        passes, stochastic = (passes, True) if dropout else (1, False)
         plan = self.chunk_plan(len(x), passes)
         by_batch: List[np.ndarray] = []
         done = 0

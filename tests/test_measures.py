@@ -81,7 +81,8 @@ def test_predictive_and_expected_entropy_match_loops():
         mean = [sum(samples[t, b, c] for t in range(T)) / T for c in range(C)]
         assert M.predictive_entropy(samples)[b] == pytest.approx(scipy_entropy(mean), rel=1e-12)
         per_pass = [scipy_entropy(samples[t, b]) for t in range(T)]
-        assert M.expected_entropy(samples)[b] == pytest.approx(statistics.fmean(per_pass), rel=1e-12)
+        assert M.expected_entropy(samples)[b] == pytest.approx(statistics.fmean(per_pass),
+                                                               rel=1e-12)
         assert M.mutual_information(samples)[b] == pytest.approx(
             scipy_entropy(mean) - statistics.fmean(per_pass), rel=1e-9)
 

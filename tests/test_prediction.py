@@ -69,7 +69,8 @@ def test_categorical_head(head):
     assert m["label_name"].tolist() == ["eel", "cat", "cat"]
     np.testing.assert_allclose(m["confidence"], [1.0, 0.55, 0.8], rtol=1e-6)
     np.testing.assert_allclose(m["margin"], [1.0, 0.10, 0.6], rtol=1e-5)
-    np.testing.assert_allclose(m["predictive_entropy"], [0.0, h(0.55, 0.45), h(0.8, 0.2)], rtol=1e-5)
+    np.testing.assert_allclose(m["predictive_entropy"], [0.0, h(0.55, 0.45), h(0.8, 0.2)],
+                               rtol=1e-5)
     np.testing.assert_allclose(m["expected_entropy"], [0.0, h(0.55, 0.45), h(0.2, 0.8) / 4],
                                rtol=1e-5)
     np.testing.assert_allclose(m["mutual_information"],
@@ -257,7 +258,8 @@ def test_one_input(pred):
 
 
 def test_one_input_keeps_model_wide_thresholds():
-    pred = Prediction.from_samples(np.full((2, 2, 3), 0.5), "multilabel", thresholds=[0.1, 0.5, 0.9])
+    pred = Prediction.from_samples(np.full((2, 2, 3), 0.5), "multilabel",
+                                   thresholds=[0.1, 0.5, 0.9])
     assert pred[0]["measures"]["thresholds"] == [0.1, 0.5, 0.9]
     assert pred[0]["measures"]["active"] == [0, 1]
 

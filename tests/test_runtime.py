@@ -1,0 +1,294 @@
+"""MCSession on toy models: seeds, determinism, graph parity, chunking, threads, input checks."""
+
+import json
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from conftest import ROOT
+from runtime import seeds
+from runtime.errors import InputError, ModelFileError
+from runtime.session import MCSession, RawPixelWarning
+from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
+
+X = np.random.default_rng(42).normal(size=(5, 4)).astype(np.float32)
+
+
+def samples_of(session, passes=16, x=X):
+    return session.predict(x, passes=passes).samples
+
+
+# Seeds -------------------------------------------------------------------------------------
+
+def test_fresh_seeds_are_large_distinct_and_float32_exact():
+    drawn = seeds.fresh_seeds(200, seed=5)
+    assert len(set(drawn)) == 200
+    for value in drawn:
+        assert seeds.LOWEST_SEED <= value <= seeds.HIGHEST_SEED
+        assert float(np.float32(value)) == value == int(value)
+    assert seeds.fresh_seeds(10, seed=5) == drawn[:10]
+    assert seeds.fresh_seeds(10) != seeds.fresh_seeds(10)
+
+
+def test_rewrite_replaces_exactly_the_random_nodes_seeds(toy_model_path):
+    original = open(toy_model_path, "rb").read()
+    assert sorted(value for _, value in seeds.find_seeds(original)) == sorted(SEEDS)
+    rewritten, old = seeds.rewrite_seeds(original, seed=3)
+    assert old == list(SEEDS) and len(rewritten) == len(original)
+    assert [value for _, value in seeds.find_seeds(rewritten)] == seeds.fresh_seeds(2, seed=3)
+    # Nothing but the 4 bytes of each seed changed.
+    changed = [i for i, (a, b) in enumerate(zip(original, rewritten)) if a != b]
+    offsets = [offset for offset, _ in seeds.find_seeds(original)]
+    assert all(any(o <= i < o + 4 for o in offsets) for i in changed)
+
+
+def test_seeds_that_disagree_with_the_metadata_are_refused(tmp_path):
+    path = build_toy_model(tmp_path / "edited.onnx", metadata_seeds=(1.0, 2.0))
+    with pytest.raises(ModelFileError, match="do not match the metadata"):
+        MCSession(path)
+
+
+def test_two_sessions_without_seed_differ(toy_model_path):
+    assert not np.array_equal(samples_of(MCSession(toy_model_path)), samples_of(MCSession(toy_model_path)))
+
+
+def test_same_integer_seed_reproduces_and_calls_differ(toy_model_path):
+    a, b = MCSession(toy_model_path, seed=11), MCSession(toy_model_path, seed=11)
+    first_a, first_b = samples_of(a), samples_of(b)
+    np.testing.assert_array_equal(first_a, first_b)
+    second_a = samples_of(a)
+    assert not np.array_equal(first_a, second_a)  # the generator advances within a session
+    np.testing.assert_array_equal(second_a, samples_of(b))
+    assert not np.array_equal(first_a, samples_of(MCSession(toy_model_path, seed=12)))
+
+
+def test_same_seed_in_another_process_reproduces(toy_model_path):
+    script = (
+        "import json, sys, numpy as np; sys.path.insert(0, '.');"
+        "from runtime import MCSession;"
+        f"x = np.array({X.tolist()}, dtype=np.float32);"
+        f"s = MCSession({toy_model_path!r}, device='cpu', seed=21);"
+        "print(json.dumps(s.predict(x, passes=16).samples.tolist()))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    there = np.array(json.loads(done.stdout), dtype=np.float32)
+    np.testing.assert_array_equal(there, samples_of(MCSession(toy_model_path, device="cpu", seed=21)))
+
+
+# What is computed ----------------------------------------------------------------------------
+
+def test_no_dropout_is_the_deterministic_graph_in_numpy(toy_head_model):
+    head, path = toy_head_model
+    session = MCSession(path, seed=0)
+    prediction = session.predict(X, passes=30, dropout=False)
+    assert prediction.passes == 1 and prediction.stochastic is False
+    assert prediction.samples.shape[0] == 1
+    expected = deterministic_forward(X, head, toy_weights(head, 4))
+    np.testing.assert_allclose(prediction.mean, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(prediction.variance, 0)
+
+
+def test_dropout_changes_the_passes(toy_head_model):
+    head, path = toy_head_model
+    samples = MCSession(path, seed=1).predict(X, passes=20).samples
+    assert samples.shape[:2] == (20, len(X))
+    assert np.ptp(samples, axis=0).max() > 1e-3
+
+
+def test_graph_measures_agree_with_numpy(toy_head_model):
+    head, path = toy_head_model
+    session = MCSession(path, seed=2)
+    raw = session.run_raw(X, passes=64)
+    samples = raw["samples"].astype(np.float64)
+    assert samples.shape == (64, len(X), session.info.output_shape[1])
+    np.testing.assert_allclose(raw["mean"], samples.mean(axis=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(raw["variance"], samples.var(axis=0), rtol=1e-4, atol=1e-6)
+    if head == "regression":
+        return
+    # The numpy measures of the Prediction built from the same samples.
+    from runtime.prediction import Prediction
+
+    measures = Prediction.from_samples(raw["samples"], head).measures
+    found = {"predictive_entropy": measures.get("predictive_entropy", measures.get("entropy")),
+             "expected_entropy": measures["expected_entropy"],
+             "mutual_information": measures["mutual_information"]}
+    for name, value in found.items():
+        graph = raw[name].reshape(value.shape)
+        np.testing.assert_allclose(np.maximum(graph, 0) if name == "mutual_information" else graph,
+                                   value, atol=2e-5, err_msg=name)
+
+
+def test_probabilities_and_shapes_per_head(toy_head_model):
+    head, path = toy_head_model
+    prediction = MCSession(path, seed=3).predict(X, passes=10)
+    units = 3 if head in ("softmax", "multilabel") else (1 if head == "binary" else 2)
+    assert prediction.mean.shape == prediction.variance.shape == (len(X), units)
+    assert prediction.samples.shape == (10, len(X), units)
+    assert prediction.uncertain.shape == (len(X),)
+    if head == "softmax":
+        np.testing.assert_allclose(prediction.samples.sum(axis=-1), 1, atol=1e-5)
+    json.loads(prediction.to_json())
+
+
+def test_default_passes_and_keep_samples(toy_model_path):
+    session = MCSession(toy_model_path)
+    prediction = session.predict(X, keep_samples=False)
+    assert prediction.passes == session.default_passes == 8
+    assert prediction.samples is None
+    assert session.head == "softmax" and session.labels == ["cat", "dog", "bird"]
+
+
+# Chunking ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("max_chunk_bytes, batch", [(64 * 4 * 3, 7), (64 * 4 * 50, 5), (1, 4)])
+def test_chunks_stay_within_the_bound_and_cover_the_work(toy_model_path, max_chunk_bytes, batch):
+    session = MCSession(toy_model_path, seed=4, max_chunk_bytes=max_chunk_bytes)
+    per_sample = session.info.activation_floats_per_sample * 4
+    passes = 37
+    plan = session.chunk_plan(batch, passes)
+    covered = np.zeros((passes, batch), dtype=int)
+    done = {}
+    for rows, count in plan:
+        assert count >= 1 and rows.stop > rows.start
+        assert count * (rows.stop - rows.start) * per_sample <= max(max_chunk_bytes, per_sample)
+        start = done.get(rows.start, 0)
+        covered[start:start + count, rows] += 1
+        done[rows.start] = start + count
+    np.testing.assert_array_equal(covered, 1)
+
+    x = np.random.default_rng(0).normal(size=(batch, 4)).astype(np.float32)
+    before = session.run_count
+    prediction = session.predict(x, passes=passes)
+    assert session.run_count - before == len(plan) > 1
+    assert prediction.samples.shape == (passes, batch, 3)
+    assert prediction.mean.shape == (batch, 3)
+
+
+def test_one_chunk_when_everything_fits(toy_model_path):
+    session = MCSession(toy_model_path)
+    before = session.run_count
+    session.predict(X, passes=50)
+    assert session.run_count - before == len(session.chunk_plan(len(X), 50)) == 1
+
+
+def test_chunked_mean_matches_unchunked_statistically(toy_model_path):
+    passes = 3000
+    whole = MCSession(toy_model_path, seed=5).predict(X, passes=passes)
+    chunked = MCSession(toy_model_path, seed=6, max_chunk_bytes=64 * 4 * 40).predict(X, passes=passes)
+    assert len(MCSession(toy_model_path, max_chunk_bytes=64 * 4 * 40).chunk_plan(len(X), passes)) > 100
+    spread = np.sqrt((whole.variance + chunked.variance) / passes)
+    assert (np.abs(whole.mean - chunked.mean) <= 5 * spread + 1e-6).all()
+    np.testing.assert_allclose(whole.variance, chunked.variance, rtol=0.15, atol=1e-4)
+
+
+# Threads -----------------------------------------------------------------------------------
+
+def test_many_threads_share_one_session(toy_model_path):
+    session = MCSession(toy_model_path, threads=1)
+    failures, results = [], []
+
+    def work(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(200):
+                batch = int(rng.integers(1, 4))
+                prediction = session.predict(rng.normal(size=(batch, 4)), passes=int(rng.integers(1, 6)))
+                results.append((batch, prediction))
+        except Exception as err:  # reported below; a thread's exception would be lost
+            failures.append(err)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures
+    assert len(results) == 1600
+    for batch, prediction in results:
+        assert prediction.mean.shape == (batch, 3)
+        assert np.isfinite(prediction.samples).all()
+        np.testing.assert_allclose(prediction.samples.sum(axis=-1), 1, atol=1e-5)
+
+
+# The model file --------------------------------------------------------------------------
+
+def test_model_file_errors(tmp_path, toy_model_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        MCSession(tmp_path / "missing.onnx")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ModelFileError, match="empty file"):
+        MCSession(tmp_path / "empty.onnx")
+    (tmp_path / "text.onnx").write_text("hello, not a model")
+    with pytest.raises(ModelFileError, match="not an ONNX file"):
+        MCSession(tmp_path / "text.onnx")
+    plain = build_toy_model(tmp_path / "plain.onnx", with_metadata=False)
+    with pytest.raises(ModelFileError, match="not an mcdrop export .*cli.py export"):
+        MCSession(plain)
+
+
+def test_info_lists_names_and_shapes(toy_model_path):
+    info = MCSession(toy_model_path).info
+    assert info.inputs == {"input": (None, 4)}
+    assert set(info.outputs) >= {"samples", "mean", "variance", "mutual_information"}
+    assert info.input_shape == (None, 4) and info.output_shape == (None, 3)
+    assert [layer.random_node for layer in info.stochastic_layers] == ["mcdrop_random/dropout_0",
+                                                                      "mcdrop_random/dropout_1"]
+
+
+def test_importing_runtime_loads_no_tensorflow_or_onnx(toy_model_path):
+    script = ("import sys, numpy as np; sys.path.insert(0, '.'); import runtime;"
+              f"p = runtime.MCSession({toy_model_path!r}).predict(np.zeros((1, 4)), passes=2);"
+              "print(sorted({'tensorflow', 'keras', 'tf2onnx', 'onnx'} & set(sys.modules)))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+# Inputs to predict -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("x, message", [
+    (np.zeros(4), "without the batch axis"),
+    (np.zeros((2, 5)), r"expects \[batch, 4\]"),
+    (np.zeros((2, 4, 1)), r"expects \[batch, 4\]"),
+    (np.zeros((0, 4)), "empty"),
+    (np.array([["a"] * 4]), "real numbers"),
+    (np.zeros((1, 4), dtype=complex), "real numbers"),
+    (np.zeros((1, 4), dtype=bool), "real numbers"),
+    (np.array([[0, 1, 2, None]], dtype=object), "real numbers"),
+    (np.array([[0, np.nan, 0, 0]]), "NaN"),
+    (np.array([[0, np.inf, 0, 0]]), "infinite"),
+])
+def test_bad_inputs_are_refused(toy_model_path, x, message):
+    with pytest.raises(InputError, match=message):
+        MCSession(toy_model_path).predict(x)
+
+
+@pytest.mark.parametrize("passes", [0, -1, 2.5, True, "3"])
+def test_bad_passes_are_refused(toy_model_path, passes):
+    with pytest.raises(InputError, match="passes"):
+        MCSession(toy_model_path).predict(X, passes=passes)
+
+
+def test_integer_inputs_are_accepted(toy_model_path):
+    prediction = MCSession(toy_model_path).predict(np.ones((2, 4), dtype=np.int64), passes=3)
+    assert prediction.mean.shape == (2, 3)
+
+
+def test_raw_pixels_warn(grayscale_model_path):
+    session = MCSession(grayscale_model_path)
+    with pytest.warns(RawPixelWarning, match="raw 0-255 pixels"):
+        session.predict(np.full((1, 2, 3, 1), 200.0), passes=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        session.predict(np.full((1, 2, 3, 1), 0.8), passes=2)
+
+
+def test_session_options(toy_model_path):
+    assert MCSession(toy_model_path, device="cpu").provider == "CPUExecutionProvider"
+    for bad in (dict(max_chunk_bytes=0), dict(threads=-1), dict(seed=-3), dict(seed=1.5)):
+        with pytest.raises(InputError):
+            MCSession(toy_model_path, **bad)
+    assert "CPUExecutionProvider" in ort.get_available_providers()
