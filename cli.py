@@ -191,6 +191,62 @@ def _csv_text(prediction, names: List[str]) -> str:
 
 @app.command()
 @reports_errors
+def export(
+    source: Path = typer.Argument(..., help="A .keras file, a legacy .h5 file or a SavedModel directory."),
+    output: Path = typer.Option(..., "-o", "--output", help="The ONNX file to write."),
+    passes: int = typer.Option(50, help="Default Monte Carlo passes stored in the file."),
+    head: str = typer.Option("auto", help="auto, softmax, sigmoid, logits or regression."),
+    labels: Optional[Path] = typer.Option(None, help="Class names, one per line."),
+    mc_layers: Optional[str] = typer.Option(None, help="Comma-separated noise layers to keep stochastic [default: all]."),
+    opset: int = typer.Option(17, help="ONNX opset."),
+    validate: bool = typer.Option(True, "--validate/--no-validate", help="Check the graph against Keras before writing."),
+    deterministic: bool = typer.Option(False, "--deterministic", help="Allow a model with no stochastic layer."),
+    image_size: Optional[str] = typer.Option(None, help="HxW of images for a flat input, e.g. 28x28."),
+    color_mode: Optional[str] = typer.Option(None, help="grayscale or rgb [default: from the input shape]."),
+    scale: Optional[float] = typer.Option(None, help="Pixel scale, x = pixel * scale + offset [default: 1/255]."),
+    offset: float = typer.Option(0.0, help="Pixel offset."),
+    seed: Optional[int] = typer.Option(None, help="Seed for the stored random-node seeds."),
+):
+    """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
+    size = None
+    if image_size is not None:
+        try:
+            size = tuple(int(v) for v in image_size.lower().split("x"))
+            assert len(size) == 2 and min(size) > 0
+        except (ValueError, AssertionError):
+            raise InputError(f"--image-size {image_size!r}: expected HxW, e.g. 28x28") from None
+    if color_mode not in (None, "grayscale", "rgb"):
+        raise InputError(f"--color-mode {color_mode!r}: expected grayscale or rgb")
+    if passes < 1:
+        raise InputError(f"--passes must be >= 1, got {passes}")
+
+    from runtime.providers import quiet_stderr
+
+    # TensorFlow and tf2onnx log to stderr from C++ while they load and convert; the user sees
+    # our progress lines on the real stderr instead.
+    with quiet_stderr() as terminal:
+        def progress(message):
+            os.write(terminal, (message + "\n").encode())
+
+        try:
+            import logging
+
+            from export import export_model
+
+            logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+        except ImportError as err:
+            raise InputError(f"export needs the export extra ({err.name} is missing): pip install -e '.[export]'") from None
+        report = export_model(
+            source, output, passes=passes, head=head, labels=labels,
+            mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
+            opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
+            scale=scale, offset=offset, seed=seed, progress=progress,
+        )
+    typer.echo("\n".join(report.lines()))
+
+
+@app.command()
+@reports_errors
 def info(
     model: Path = typer.Argument(DEFAULT_MODEL, help="The exported mcdrop ONNX file."),
     device: str = typer.Option("auto", help="auto, cpu or cuda: where it would run."),
@@ -233,5 +289,23 @@ def info(
                                       f"x = pixel * {pre.scale:.6g} + {pre.offset:g}"))
 
 
+def main():
+    # standalone_mode=False hands usage errors (a missing argument, a bad number) back to us, so
+    # they too print as one line instead of a usage box.
+    try:
+        result = app(standalone_mode=False)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    except typer.Exit as err:
+        sys.exit(err.exit_code)
+    except Exception as err:
+        if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+            raise  # not a usage error: a bug, keep the traceback
+        typer.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
 if __name__ == "__main__":
-    app()
+    main()

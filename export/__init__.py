@@ -153,11 +153,11 @@ def read_labels(path, head, units):
     return labels
 
 
-def build_graph(model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None):
+def build_graph(model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None):
     """Trace, convert and randomise: returns (ModelProto, masks-as-inputs variant, calls, extras)."""
     import numpy as np
 
-    from .graph import attach_random_nodes, convert, find_noise_calls, make_seeds, masks_as_inputs, set_defaults
+    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, make_seeds, masks_as_inputs, set_defaults
     from .noise import is_active
 
     selected = None
@@ -177,7 +177,9 @@ def build_graph(model, head="softmax", passes=50, mc_layers=None, allow_determin
             "the model has no active stochastic layer (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, "
             "GaussianNoise, AlphaDropout), so every pass is the same; pass --deterministic to export it anyway"
         )
-    proto, stats = convert(model, head, calls, selected)
+    if not 13 <= (opset or OPSET) <= 21:
+        raise ExportError(f"--opset {opset}: mcdrop builds graphs for opsets 13 to 21")
+    proto, stats = convert(model, head, calls, selected, opset or OPSET)
     variant = masks_as_inputs(proto)
     attach_random_nodes(proto, calls, make_seeds(len(calls), np.random.default_rng(seed)))
     set_defaults(proto, passes)
@@ -272,6 +274,7 @@ def export_model(
     head="auto",
     labels=None,
     mc_layers=None,
+    opset=None,
     validate=True,
     allow_deterministic=False,
     image_size=None,
@@ -295,7 +298,7 @@ def export_model(
     preprocessing = image_preprocessing(model, image_size, color_mode, scale, offset)
 
     progress(f"tracing and converting (head: {head})")
-    proto, _, calls, extras = build_graph(model, head, passes, mc_layers, allow_deterministic, seed)
+    proto, _, calls, extras = build_graph(model, head, passes, mc_layers, allow_deterministic, seed, opset)
     metadata = build_metadata(model, source, head, label_names, passes, calls, extras, preprocessing)
     attach_metadata(proto, metadata)
 

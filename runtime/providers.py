@@ -46,7 +46,7 @@ def create_session(model_bytes: bytes, device: str, options: "ort.SessionOptions
                           "install onnxruntime-gpu, or use --device cpu")
     if device != "cpu" and cuda_listed:
         try:
-            with _quiet_stderr():
+            with quiet_stderr():
                 session = factory(model_bytes, sess_options=options, providers=[CUDA, CPU])
         except Exception:
             if device == "cuda":
@@ -61,14 +61,15 @@ def create_session(model_bytes: bytes, device: str, options: "ort.SessionOptions
 
 
 @contextlib.contextmanager
-def _quiet_stderr():
-    """Send file descriptor 2 to /dev/null: onnxruntime's C++ logger writes there directly."""
+def quiet_stderr():
+    """Send file descriptor 2 to /dev/null: C++ loggers (onnxruntime, TensorFlow) write there
+    directly. Yields a duplicate of the real stderr for what the user should still see."""
     sys.stderr.flush()
     saved = os.dup(2)
     try:
         with open(os.devnull, "wb") as devnull:
             os.dup2(devnull.fileno(), 2)
-        yield
+        yield saved
     finally:
         os.dup2(saved, 2)
         os.close(saved)
