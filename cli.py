@@ -7,7 +7,6 @@ import functools
 import json
 import os
 import sys
-import tempfile
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -147,21 +146,17 @@ def _write_results(out: Path, document: dict, prediction, names: List[str]) -> N
     out = out.resolve()
     if not out.parent.is_dir():
         raise InputError(f"--out {out}: folder {out.parent} does not exist")
-    fd, temporary = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if out.suffix.lower() == ".json":
-                f.write(json.dumps(document, allow_nan=False, indent=2).encode())
-            elif out.suffix.lower() == ".npz":
-                import numpy as np
+    from runtime.files import atomic_writer
 
-                np.savez(f, names=np.array(names), **prediction.arrays())
-            else:
-                f.write(_csv_text(prediction, names).encode())
-        os.replace(temporary, out)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    with atomic_writer(out) as f:
+        if out.suffix.lower() == ".json":
+            f.write(json.dumps(document, allow_nan=False, indent=2).encode())
+        elif out.suffix.lower() == ".npz":
+            import numpy as np
+
+            np.savez(f, names=np.array(names), **prediction.arrays())
+        else:
+            f.write(_csv_text(prediction, names).encode())
 
 
 def _csv_text(prediction, names: List[str]) -> str:

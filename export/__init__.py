@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,13 +151,18 @@ def read_labels(path, head, units):
     return labels
 
 
-def build_graph(model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None):
+def build_graph(
+    model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False
+):
     """Trace, convert and randomise: returns (ModelProto, masks-as-inputs variant, calls, extras)."""
     import numpy as np
 
     from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, make_seeds, masks_as_inputs, set_defaults
     from .noise import is_active
 
+    from .trace import layer_graph
+
+    layer_graph(model)  # refuses subclassed models before anything reads their inputs
     selected = None
     if mc_layers:
         known = {layer.name for layer in _noise_layers(model)}
@@ -179,7 +182,7 @@ def build_graph(model, head="softmax", passes=50, mc_layers=None, allow_determin
         )
     if not 13 <= (opset or OPSET) <= 21:
         raise ExportError(f"--opset {opset}: mcdrop builds graphs for opsets 13 to 21")
-    proto, stats = convert(model, head, calls, selected, opset or OPSET)
+    proto, stats = convert(model, head, calls, selected, opset or OPSET, repeat_all)
     variant = masks_as_inputs(proto)
     attach_random_nodes(proto, calls, make_seeds(len(calls), np.random.default_rng(seed)))
     set_defaults(proto, passes)
@@ -254,16 +257,12 @@ def attach_metadata(proto, metadata):
 
 
 def write_atomically(data: bytes, output):
+    from runtime.files import atomic_writer
+
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{output.name}.", dir=output.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, output)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with atomic_writer(output) as f:
+        f.write(data)
 
 
 def export_model(
@@ -292,6 +291,9 @@ def export_model(
     started = time.perf_counter()
     progress(f"loading {source}")
     model = load_keras_model(source)
+    from .trace import layer_graph
+
+    layer_graph(model)
     head = resolve_head(model, head)
     units = model.outputs[0].shape[-1]
     label_names = read_labels(labels, head, units)

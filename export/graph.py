@@ -104,8 +104,12 @@ def head_outputs(samples, head):
     return out
 
 
-def mc_function(model, head, calls, selected):
-    """The tf.function: (input, passes, stochastic, noise_0..k) -> samples, mean, variance, ..."""
+def mc_function(model, head, calls, selected, repeat_all=False):
+    """The tf.function: (input, passes, stochastic, noise_0..k) -> samples, mean, variance, ...
+
+    repeat_all tiles the input itself, so every layer runs T times: only the benchmark that
+    measures what running the deterministic part once saves uses it.
+    """
     signature = [
         input_spec(model),
         tf.TensorSpec([], tf.int64, name="passes"),
@@ -125,7 +129,9 @@ def mc_function(model, head, calls, selected):
             return spec.apply(layer, h, noise[index], on)
 
         walk = Walk(apply, passes, selected)
-        (y,), (tiled,) = walk.run(model, [x], [False])
+        if repeat_all:
+            x = tile_passes(x, passes)
+        (y,), (tiled,) = walk.run(model, [x], [repeat_all])
         if not tiled:
             y = tile_passes(y, passes)  # deterministic export: T identical passes
         samples = split_passes(tf.cast(y, tf.float32), passes)
@@ -139,11 +145,11 @@ def mc_function(model, head, calls, selected):
     return fn, signature, stats
 
 
-def convert(model, head, calls, selected, opset=OPSET):
+def convert(model, head, calls, selected, opset=OPSET, repeat_all=False):
     """tf2onnx conversion of mc_function; returns the masks-as-inputs ModelProto and trace stats."""
     import tf2onnx
 
-    fn, signature, stats = mc_function(model, head, calls, selected)
+    fn, signature, stats = mc_function(model, head, calls, selected, repeat_all)
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
     except Exception as err:  # tf2onnx raises bare exceptions for unsupported ops

@@ -46,6 +46,17 @@ def sub_model(layer):
     return None
 
 
+def layer_graph(model):
+    """The functional graph of a model; a subclassed model has none we can read."""
+    graph = sub_model(model)
+    if graph is None:
+        raise ExportError(
+            f"'{model.name}' is a subclassed model; mcdrop can export Sequential and Functional models "
+            "(nested ones too), whose layer graph it can read"
+        )
+    return graph
+
+
 def noise_layers_inside(layer):
     return [sub for sub in layer._flatten_layers(include_self=False) if spec_for(sub) is not None]
 
@@ -70,12 +81,7 @@ class Walk:
         return is_active(layer) and (self.selected is None or layer.name in self.selected)
 
     def run(self, model, inputs: list, tiled: list[bool]):
-        graph = sub_model(model)
-        if graph is None:
-            raise ExportError(
-                f"'{model.name}' is a subclassed model; mcdrop can export Sequential and Functional models "
-                "(nested ones too), whose layer graph it can read"
-            )
+        graph = layer_graph(model)
         values = {}
         for ref, value, is_tiled in zip(graph.inputs, inputs, tiled):
             values[id(ref)] = (value, is_tiled)

@@ -108,6 +108,8 @@ def _load_image(path: str, info: ModelInfo) -> np.ndarray:
     example_shape = tuple(info.input_shape[1:])
     if x.ndim == 2 and len(example_shape) == 3:
         x = x[..., None]  # grayscale: the channel axis of NHWC
+    if len(example_shape) == 1 and x.size == example_shape[0]:
+        x = x.reshape(example_shape)  # a flat (MLP) input takes the pixels row by row
     if x.shape != example_shape:
         raise InputError(f"{path}: the image becomes shape {list(x.shape)} but the model expects "
                          f"{list(example_shape)}")

@@ -1,0 +1,169 @@
+"""`cli.py export` and export_model: options, errors, and nothing written unless validation passes."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("tf2onnx")
+
+import keras  # noqa: E402
+from keras import layers  # noqa: E402
+from parity import assert_parity  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+import cli  # noqa: E402
+import export  # noqa: E402
+from export.validate import ort_session  # noqa: E402
+from runtime.errors import ValidationError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def save(model, tmp_path, name="m.keras"):
+    path = tmp_path / name
+    model.save(path)
+    return path
+
+
+def mlp(final_units=3, activation="softmax", dropout=True):
+    keras.utils.set_random_seed(0)
+    stack = [keras.Input((5,)), layers.Dense(8, activation="relu", name="hidden")]
+    if dropout:
+        stack += [layers.Dropout(0.3, name="drop_a"), layers.Dense(8, activation="relu"), layers.Dropout(0.3, name="drop_b")]
+    stack.append(layers.Dense(final_units, activation=activation))
+    return keras.Sequential(stack)
+
+
+def invoke(*args):
+    result = CliRunner().invoke(cli.app, ["export", *map(str, args)])
+    return result.exit_code, result.output
+
+
+def assert_one_line_error(code, output, fragment):
+    assert code == 2, output
+    errors = [line for line in output.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and fragment in errors[0], output
+    assert "Traceback" not in output
+
+
+@pytest.mark.parametrize(
+    "model, fragment",
+    [
+        (lambda: mlp(activation=None), "--head logits"),
+        (lambda: mlp(final_units=1, activation="softmax"), "single unit"),
+        (lambda: mlp(dropout=False), "--deterministic"),
+    ],
+    ids=["ambiguous-head", "softmax-one-unit", "no-stochastic-layer"],
+)
+def test_refused_models(model, fragment, tmp_path):
+    code, output = invoke(save(model(), tmp_path), "-o", tmp_path / "out.onnx")
+    assert_one_line_error(code, output, fragment)
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    source = save(mlp(), tmp_path)
+    corrupt = tmp_path / "corrupt.keras"
+    corrupt.write_bytes(b"not a zip file")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a\nb\n")
+    cases = [
+        ((tmp_path / "missing.keras", "-o", tmp_path / "o.onnx"), "no such file"),
+        ((corrupt, "-o", tmp_path / "o.onnx"), "cannot load"),
+        ((source, "-o", tmp_path / "o.onnx", "--mc-layers", "nope"), "no noise layer named nope"),
+        ((source, "-o", tmp_path / "o.onnx", "--labels", labels), "2 labels"),
+        ((source, "-o", tmp_path / "o.onnx", "--head", "banana"), "unknown head"),
+        ((source, "-o", tmp_path / "o.onnx", "--passes", "0"), "--passes"),
+        ((source, "-o", tmp_path / "o.onnx", "--opset", "7"), "--opset"),
+    ]
+    for args, fragment in cases:
+        assert_one_line_error(*invoke(*args), fragment)
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_deterministic_export_has_zero_variance(tmp_path):
+    code, output = invoke(save(mlp(dropout=False), tmp_path), "-o", tmp_path / "d.onnx", "--deterministic")
+    assert code == 0, output
+    session = ort_session((tmp_path / "d.onnx").read_bytes())
+    x = np.random.default_rng(0).random((2, 5), dtype=np.float32)
+    samples, variance = session.run(["samples", "variance"], {"input": x, "passes": np.array(4, np.int64)})
+    assert samples.shape == (4, 2, 3) and np.all(variance == 0)
+
+
+def test_default_passes_and_labels_are_stored(tmp_path):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\ndog\nfox\n")
+    code, output = invoke(save(mlp(), tmp_path), "-o", tmp_path / "p.onnx", "--passes", "7", "--labels", labels, "--no-validate")
+    assert code == 0, output
+    proto = onnx.load(tmp_path / "p.onnx")
+    meta = json.loads(proto.metadata_props[0].value)
+    assert meta["labels"] == ["cat", "dog", "fox"] and meta["default_passes"] == 7
+    assert [layer["name"] for layer in meta["stochastic_layers"]] == ["drop_a", "drop_b"]
+    session = ort_session(proto.SerializeToString())
+    (samples,) = session.run(["samples"], {"input": np.zeros((3, 5), np.float32)})  # passes left to its default
+    assert samples.shape == (7, 3, 3)
+
+
+def test_mc_layers_keeps_only_the_named_layers(tmp_path):
+    result = assert_parity(mlp(), tmp_path, "only_b", mc_layers=["drop_b"])
+    assert [layer["name"] for layer in result.metadata["stochastic_layers"]] == ["drop_b"]
+    assert result.metadata["repeated_from"] == ["drop_b"]  # hidden and drop_a run once
+
+
+def test_nothing_is_written_when_validation_fails(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise ValidationError("validation failed (test): forced")
+
+    monkeypatch.setattr("export.validate.validate_export", fail)
+    with pytest.raises(ValidationError):
+        export.export_model(save(mlp(), tmp_path), tmp_path / "never.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+def test_legacy_h5_exports(tmp_path):
+    path = tmp_path / "legacy.h5"
+    mlp().save(path)
+    report = export.export_model(path, tmp_path / "h5.onnx")
+    assert report.checks and (tmp_path / "h5.onnx").exists()
+
+
+def test_inference_only_saved_model_is_refused_with_reason(tmp_path):
+    mlp().export(tmp_path / "saved", verbose=False)
+    code, output = invoke(tmp_path / "saved", "-o", tmp_path / "s.onnx")
+    assert_one_line_error(code, output, "inference graph only")
+
+
+def test_subclassed_model_is_refused(tmp_path):
+    class Net(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = layers.Dense(3, activation="softmax")
+            self.drop = layers.Dropout(0.2)
+
+        def call(self, x, training=False):
+            return self.dense(self.drop(x, training=training))
+
+    model = Net()
+    model(np.zeros((1, 4), np.float32))
+    with pytest.raises(export.ExportError, match="subclassed"):
+        export.build_graph(model)
+
+
+def test_cli_process_shows_progress_and_report(tmp_path):
+    source = save(mlp(), tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "cli.py"), "export", str(source), "-o", str(tmp_path / "c.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "validating" in done.stderr and "statistical parity" in done.stderr
+    assert done.stdout.startswith("wrote ") and "2 random nodes" not in done.stdout
+    assert "I0000" not in done.stderr  # TensorFlow's C++ log lines stay off the terminal

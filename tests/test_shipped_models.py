@@ -1,0 +1,83 @@
+"""The shipped digits models: they export with validation, the runtime matches Keras, the card is measured."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tf2onnx")
+
+import keras  # noqa: E402
+
+from export import export_model  # noqa: E402
+from export.reference import keras_mc_samples  # noqa: E402
+from export.validate import DETERMINISTIC_ATOL, Z_LIMIT, z_scores  # noqa: E402
+from runtime import MCSession, load_inputs  # noqa: E402
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+SAMPLES = MODELS / "samples"
+pytestmark = pytest.mark.slow
+
+
+def held_out():
+    import build_models
+
+    images, labels = build_models.digits_28x28()
+    _, test_img, _, test_y = build_models.split(images, labels)
+    return test_img, test_y
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _models_on_path():
+    import sys
+
+    sys.path.insert(0, str(MODELS))
+    yield
+    sys.path.remove(str(MODELS))
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_shipped_model_exports_with_validation(name, tmp_path):
+    flags = {"image_size": (28, 28)} if name == "mlp" else {}
+    report = export_model(MODELS / f"{name}.keras", tmp_path / "out.onnx", labels=MODELS / "labels.txt", **flags)
+    assert (tmp_path / "out.onnx").exists()
+    assert {c.name for c in report.checks} >= {"deterministic parity", "statistical parity", "optimiser all"}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn"])
+def test_runtime_matches_keras(name):
+    model = keras.models.load_model(MODELS / f"{name}.keras", compile=False)
+    session = MCSession(MODELS / f"{name}.onnx", seed=0)
+    _, x = load_inputs([str(p) for p in sorted(SAMPLES.glob("*.png"))], session.info)
+
+    deterministic = session.predict(x, dropout=False).mean
+    assert np.max(np.abs(deterministic - np.asarray(model(x, training=False)))) <= DETERMINISTIC_ATOL
+
+    passes = 1000
+    ours = session.predict(x[:2], passes=passes).samples
+    theirs = keras_mc_samples(model, x[:2], passes)
+    assert max(z_scores(ours, theirs).values()) <= Z_LIMIT
+
+
+def test_model_card_accuracy_is_measured():
+    card = json.loads((MODELS / "model_card.json").read_text())
+    test_img, test_y = held_out()
+    for name in ("mlp", "cnn"):
+        model = keras.models.load_model(MODELS / f"{name}.keras", compile=False)
+        x = test_img.astype(np.float32) / 255.0
+        x = x.reshape(len(x), -1) if name == "mlp" else x[..., None]
+        accuracy = float((np.asarray(model(x, training=False)).argmax(-1) == test_y).mean())
+        assert accuracy == pytest.approx(card[name]["keras_deterministic_accuracy"], abs=1e-9)
+        assert accuracy > 0.9
+
+
+def test_clear_digit_is_certain_and_non_digit_is_not():
+    session = MCSession(MODELS / "cnn.onnx", seed=0)
+    names, x = load_inputs([str(SAMPLES / "digit_3.png"), str(SAMPLES / "not_a_digit.png")], session.info)
+    prediction = session.predict(x, passes=500)
+    digit, other = prediction.measures["mutual_information"]
+    assert prediction.measures["label"][0] == 3
+    assert digit < 0.05
+    assert other > 5 * digit
+    assert list(prediction.uncertain) == [False, True]
