@@ -21,6 +21,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def cpu_name():
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def median_ms(session, x, passes, repeats):
     feeds = {"input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True)}
     session.run(["mean"], feeds)  # warm-up: first-call allocations
@@ -37,7 +47,6 @@ def main():
     parser.add_argument("--model", default=str(ROOT / "models" / "mlp.keras"))
     parser.add_argument("--passes", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads (0 = all cores)")
     args = parser.parse_args()
 
     from export import build_graph, load_keras_model
@@ -50,12 +59,10 @@ def main():
     for name, repeat_all in (("mcdrop (deterministic part once)", False), ("every layer T times", True)):
         proto, *_ = build_graph(model, head, args.passes, seed=0, repeat_all=repeat_all)
         sessions[name] = ort_session(proto.SerializeToString())
-        if args.threads:
-            sessions[name].set_providers(["CPUExecutionProvider"])
 
     rng = np.random.default_rng(0)
     shape = model.inputs[0].shape[1:]
-    print(f"model {Path(args.model).name}, T={args.passes}, onnxruntime CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}")
+    print(f"model {Path(args.model).name}, T={args.passes}, onnxruntime CPU, {os.cpu_count()} cores, {cpu_name()}")
     print(f"| batch | {' | '.join(sessions)} | saving |")
     print("|---|---|---|---|")
     for batch in (1, 32):

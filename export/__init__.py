@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,25 +74,25 @@ def _load_saved_model(path):
     if not (path / "saved_model.pb").exists():
         raise ModelFileError(f"{path}: a directory without saved_model.pb is not a SavedModel")
     if (path / "keras_metadata.pb").exists():
-        # Keras 2 SavedModels keep the layer config; tf_keras (Keras 2) reads it, and Keras 3 takes
-        # the config and the weights.
+        # Keras 2 SavedModels keep the layer config; tf_keras (Keras 2) reads it and writes the
+        # legacy .h5 form, which Keras 3 loads with its layers intact.
         try:
             import tf_keras
         except ImportError as err:
             raise ModelFileError(f"{path}: a Keras 2 SavedModel needs the tf_keras package (pip install tf_keras)") from err
-        legacy = tf_keras.models.load_model(path, compile=False)
-        model = keras.models.model_from_json(legacy.to_json())
-        model.set_weights(legacy.get_weights())
-        return model
+        with tempfile.TemporaryDirectory() as tmp:
+            tf_keras.models.load_model(path, compile=False).save(Path(tmp) / "model.h5")
+            return keras.models.load_model(Path(tmp) / "model.h5", compile=False)
     raise ModelFileError(
         f"{path}: this SavedModel holds a traced inference graph only (no Keras layers), so its dropout is gone; "
         "export from the .keras file instead"
     )
 
 
-def _first_line(err):
+def _first_line(err, limit=200):
     text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def _noise_layers(model):

@@ -133,6 +133,17 @@ def test_legacy_h5_exports(tmp_path):
     assert report.checks and (tmp_path / "h5.onnx").exists()
 
 
+def test_keras2_saved_model_exports(tmp_path):
+    tf_keras = pytest.importorskip("tf_keras")
+    legacy = tf_keras.Sequential(
+        [tf_keras.Input((5,)), tf_keras.layers.Dense(8, activation="relu"), tf_keras.layers.Dropout(0.3),
+         tf_keras.layers.Dense(3, activation="softmax")]
+    )
+    legacy.save(tmp_path / "k2", save_format="tf")
+    report = export.export_model(tmp_path / "k2", tmp_path / "k2.onnx")
+    assert [layer["kind"] for layer in report.stochastic_layers] == ["Dropout"] and report.checks
+
+
 def test_inference_only_saved_model_is_refused_with_reason(tmp_path):
     mlp().export(tmp_path / "saved", verbose=False)
     code, output = invoke(tmp_path / "saved", "-o", tmp_path / "s.onnx")
