@@ -156,9 +156,9 @@ def build_graph(
     model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False
 ):
     """Trace, convert and randomise: returns (ModelProto, masks-as-inputs variant, calls, extras)."""
-    import numpy as np
+    from runtime.seeds import fresh_seeds
 
-    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, make_seeds, masks_as_inputs, set_defaults
+    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs, set_defaults
     from .noise import is_active
 
     from .trace import layer_graph
@@ -185,7 +185,7 @@ def build_graph(
         raise ExportError(f"--opset {opset}: mcdrop builds graphs for opsets 13 to 21")
     proto, stats = convert(model, head, calls, selected, opset or OPSET, repeat_all)
     variant = masks_as_inputs(proto)
-    attach_random_nodes(proto, calls, make_seeds(len(calls), np.random.default_rng(seed)))
+    attach_random_nodes(proto, calls, fresh_seeds(len(calls), seed))
     set_defaults(proto, passes)
     set_defaults(variant, passes)
     return proto, variant, calls, {**stats, "selected": selected}

@@ -251,12 +251,3 @@ def _copy(node):
     copy = onnx.NodeProto()
     copy.CopyFrom(node)
     return copy
-
-
-def make_seeds(count, rng=None):
-    """Distinct, large, float32-exact seeds (small or adjacent seeds give correlated minstd streams)."""
-    rng = rng or np.random.default_rng()
-    seeds = {}
-    while len(seeds) < count:
-        seeds[int(rng.integers(2**16, 2**23)) << 8] = None  # multiples of 256 below 2**31 are float32-exact
-    return list(seeds)
