@@ -246,6 +246,7 @@ def info(
     model: Path = typer.Argument(DEFAULT_MODEL, help="The exported mcdrop ONNX file."),
     device: str = typer.Option("auto", help="auto, cpu or cuda: where it would run."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+    check: bool = typer.Option(False, "--check", help="Also check here that its randomness is live."),
 ):
     """What an exported model holds: head, labels, shapes, stochastic layers, preprocessing."""
     from dataclasses import asdict
@@ -264,6 +265,8 @@ def info(
         "activation_floats_per_sample": meta.activation_floats_per_sample,
         "source": meta.metadata.get("source"), "versions": meta.metadata.get("versions"),
     }
+    if check:
+        document["checks"] = [asdict(c) for c in session.self_check()]
     if as_json:
         typer.echo(json.dumps(document, indent=2))
         return
@@ -282,6 +285,8 @@ def info(
     typer.echo("preprocessing    " + ("- (arrays only)" if pre is None else
                                       f"{pre.width}x{pre.height} {pre.color_mode}, "
                                       f"x = pixel * {pre.scale:.6g} + {pre.offset:g}"))
+    for passed in document.get("checks", []):
+        typer.echo(f"check            ok  {passed['name']}: {passed['detail']}")
 
 
 def main():

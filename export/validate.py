@@ -9,24 +9,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
-
 import numpy as np
 import onnx
 
 from runtime.errors import ValidationError
+from runtime.validate import Checklist, check_live_randomness, sample_inputs
 
 from .graph import RANDOM_PREFIX, random_nodes, seed_of
 
 DETERMINISTIC_ATOL = 1e-5
 MC_PASSES = 1000
 Z_LIMIT = 5.0
-
-
-@dataclass
-class Check:
-    name: str
-    detail: str
 
 
 def ort_session(model_bytes, level="all", optimized_path=None):
@@ -83,13 +76,7 @@ def z_scores(samples_a, samples_b):
 
 
 def validation_inputs(model, metadata, count=2, seed=0):
-    """Inputs in the range the model expects: [0, 1] images when pixels are scaled by 1/255."""
-    rng = np.random.default_rng(seed)
-    shape = (count, *model.inputs[0].shape[1:])
-    pre = metadata.get("preprocessing") or {}
-    if pre.get("scale"):
-        return (rng.integers(0, 256, shape) * pre["scale"] + pre.get("offset", 0.0)).astype(np.float32)
-    return rng.standard_normal(shape).astype(np.float32)
+    return sample_inputs(model.inputs[0].shape, metadata.get("preprocessing"), count, seed)
 
 
 def apply_head(y, head):
@@ -105,25 +92,20 @@ def keras_deterministic(model, x, head):
     return apply_head(model(x, training=False), head)
 
 
-def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progress=lambda msg: None) -> list[Check]:
-    """Raise ValidationError on the first failed check; return what passed, for the report."""
+def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progress=lambda msg: None):
+    """Raise ValidationError on the first failed check; return the passed checks, for the report."""
     from .reference import keras_mc_samples
 
-    done = []
+    checks = Checklist(progress)
+    check = checks.check
     expected = len(metadata["stochastic_layers"])
     head = metadata["head"]
-
-    def check(name, ok, detail, failure):
-        if not ok:
-            raise ValidationError(f"validation failed ({name}): {failure}")
-        done.append(Check(name, detail))
-        progress(f"  ok  {name}: {detail}")
 
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as err:  # checker raises several exception types
         raise ValidationError(f"validation failed (onnx checker): {str(err).splitlines()[0]}") from err
-    check("onnx checker", True, "valid ONNX", "")
+    check("onnx checker", True, "valid ONNX", "")  # reached only when the checker passed
 
     foreign = sorted({f"{n.domain}:{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
     check("convertible ops", not foreign, "standard ONNX ops only", f"unconverted ops left: {', '.join(foreign)}")
@@ -172,13 +154,9 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
         f"deterministic pass differs from Keras predict by {diff:.2e} (shape {got.shape} vs {reference.shape})",
     )
     if not expected:
-        return done
+        return checks.passed
 
-    first = run(session, x, 8)["samples"]
-    second = run(session, x, 8)["samples"]
-    check("runs differ", not np.array_equal(first, second), "two runs give different samples", "two runs gave identical samples")
-    spread = max_abs_diff(first.min(0), first.max(0))
-    check("passes differ", spread > 0, "passes within a run differ", "all passes of a run are identical (mask frozen?)")
+    check_live_randomness(checks, lambda x, t, on: run(session, x, t, on, ["samples"])["samples"], x)
 
     progress(f"  ..  statistical parity with Keras MC at T={mc_passes}")
     onnx_samples = run(session, x, mc_passes, outputs=["samples"])["samples"]
@@ -190,4 +168,4 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
         f"T={mc_passes}: worst z mean {z['mean']:.1f}, variance {z['variance']:.1f} (limit {Z_LIMIT:g})",
         f"MC mean/variance differ from Keras's own MC beyond {Z_LIMIT:g} standard errors: {z}",
     )
-    return done
+    return checks.passed

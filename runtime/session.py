@@ -121,6 +121,20 @@ class MCSession:
         """Every graph output of one run, unchunked (for checking the graph itself)."""
         return self._run(self._check_input(x), self._check_passes(passes), bool(stochastic), None)
 
+    def self_check(self, x=None) -> list:
+        """Check on this device that the file's randomness is live (runs and passes differ, the
+        deterministic pass repeats); raise ValidationError otherwise. Returns the passed checks."""
+        from runtime.validate import Checklist, check_live_randomness, sample_inputs
+
+        checks = Checklist()
+        checks.check("random nodes", True, f"{len(self._info.stochastic_layers)} seeded random nodes, as the metadata "
+                     "lists", "")  # reached only when __init__'s check_seeds passed
+        if self._info.stochastic_layers:
+            if x is None:
+                x = sample_inputs(self._info.input_shape, self._info.metadata.get("preprocessing"))
+            check_live_randomness(checks, lambda x, t, on: self._run(self._check_input(x), t, on)[SAMPLES], x)
+        return checks.passed
+
     def chunk_plan(self, batch: int, passes: int) -> List[Tuple[slice, int]]:
         """The runs predict makes: (rows of the batch, passes), each within max_chunk_bytes.
 

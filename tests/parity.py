@@ -62,6 +62,33 @@ def assert_masks_independent(proto, x):
                     assert abs(np.corrcoef(a, b)[0, 1]) < 0.2
 
 
+def assert_graph_measures_match_numpy(proto, head, x, passes=16):
+    """The entropies the graph computes equal runtime.measures on the graph's own samples."""
+    from runtime import measures
+
+    out = run(ort_session(proto.SerializeToString()), x, passes)
+    mean, variance = measures.mean_and_variance(out["samples"])
+    np.testing.assert_allclose(out["mean"], mean, atol=1e-6)
+    np.testing.assert_allclose(out["variance"], variance, atol=1e-6)
+    if head in ("softmax", "logits"):
+        expected = {
+            "predictive_entropy": measures.predictive_entropy(out["samples"]),
+            "expected_entropy": measures.expected_entropy(out["samples"]),
+            "mutual_information": measures.mutual_information(out["samples"]),
+        }
+    elif head in ("binary", "multilabel"):
+        expected = {
+            "predictive_entropy": measures.bernoulli_entropy(mean),
+            "expected_entropy": measures.bernoulli_expected_entropy(out["samples"]),
+            "mutual_information": measures.bernoulli_mutual_information(out["samples"]),
+        }
+    else:
+        assert "mutual_information" not in out
+        return
+    for name, value in expected.items():
+        np.testing.assert_allclose(out[name], value, atol=2e-5, err_msg=name)
+
+
 def assert_parity(model, tmp_path, name="model", **export_kwargs):
     source = tmp_path / f"{name}.keras"
     model.save(source)
@@ -77,4 +104,5 @@ def assert_parity(model, tmp_path, name="model", **export_kwargs):
     diff = mask_for_mask(model, variant, metadata, x)
     assert diff <= DETERMINISTIC_ATOL, f"mask-for-mask parity off by {diff:.2e}"
     assert_masks_independent(proto, x)
+    assert_graph_measures_match_numpy(proto, metadata["head"], x)
     return ParityResult(path, proto, metadata, report, diff)

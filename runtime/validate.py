@@ -1,0 +1,57 @@
+"""Checks that need only numpy and onnxruntime: is the file's randomness live?
+
+The exporter runs them before it writes a file (export/validate.py adds the Keras parity checks);
+the runtime runs them on a device with `MCSession.self_check()` / `cli.py info --check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from runtime.errors import ValidationError
+
+
+@dataclass
+class Check:
+    name: str
+    detail: str
+
+
+class Checklist:
+    """Collects passed checks; the first failure raises ValidationError naming the check."""
+
+    def __init__(self, progress: Callable[[str], None] = lambda message: None):
+        self.passed: List[Check] = []
+        self.progress = progress
+
+    def check(self, name: str, ok: bool, detail: str, failure: str) -> None:
+        if not ok:
+            raise ValidationError(f"validation failed ({name}): {failure}")
+        self.passed.append(Check(name, detail))
+        self.progress(f"  ok  {name}: {detail}")
+
+
+def sample_inputs(input_shape, preprocessing: Optional[dict], count=2, seed=0) -> np.ndarray:
+    """Inputs in the range the model expects: scaled 0-255 pixels for image models, else N(0, 1)."""
+    rng = np.random.default_rng(seed)
+    shape = (count, *input_shape[1:])
+    if preprocessing and preprocessing.get("scale"):
+        pixels = rng.integers(0, 256, shape)
+        return (pixels * preprocessing["scale"] + preprocessing.get("offset", 0.0)).astype(np.float32)
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def check_live_randomness(checks: Checklist, samples: Callable, x: np.ndarray, passes: int = 8) -> None:
+    """samples(x, passes, stochastic) -> [T, B, ...]. Masks must change between runs and passes,
+    and the deterministic pass must not change at all."""
+    first, second = samples(x, passes, True), samples(x, passes, True)
+    checks.check("runs differ", not np.array_equal(first, second), "two runs give different samples",
+                 "two runs gave identical samples (a fixed seed or a folded mask?)")
+    spread = float(np.max(first.max(0) - first.min(0)))
+    checks.check("passes differ", spread > 0, "passes within a run differ",
+                 "all passes of a run are identical (one mask shared by every pass?)")
+    checks.check("deterministic pass repeats", np.array_equal(samples(x, 1, False), samples(x, 1, False)),
+                 "dropout off gives the same output every time", "dropout off still varies between runs")

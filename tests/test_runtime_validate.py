@@ -1,0 +1,61 @@
+"""runtime.validate: the live-randomness checks shared by export validation and MCSession.self_check."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime import MCSession
+from runtime.errors import ValidationError
+from runtime.validate import Checklist, check_live_randomness, sample_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fake_samples(vary_runs, vary_passes, vary_deterministic=False):
+    rng = np.random.default_rng(0)
+
+    def samples(x, passes, stochastic):
+        if not stochastic:
+            return rng.random((1, len(x), 2)) if vary_deterministic else np.zeros((1, len(x), 2))
+        base = rng.random((1, len(x), 2)) if vary_runs else np.full((1, len(x), 2), 0.5)
+        per_pass = rng.random((passes, len(x), 2)) if vary_passes else np.zeros((passes, len(x), 2))
+        return base + per_pass
+
+    return samples
+
+
+@pytest.mark.parametrize(
+    "samples, failed",
+    [
+        (fake_samples(vary_runs=False, vary_passes=False), "runs differ"),
+        (fake_samples(vary_runs=True, vary_passes=False), "passes differ"),
+        (fake_samples(vary_runs=True, vary_passes=True, vary_deterministic=True), "deterministic pass repeats"),
+    ],
+)
+def test_frozen_or_unstable_randomness_is_caught(samples, failed):
+    with pytest.raises(ValidationError, match=f"validation failed \\({failed}\\)"):
+        check_live_randomness(Checklist(), samples, np.zeros((2, 3), np.float32))
+
+
+def test_live_randomness_passes_every_check():
+    checks = Checklist()
+    check_live_randomness(checks, fake_samples(True, True), np.zeros((2, 3), np.float32))
+    assert [c.name for c in checks.passed] == ["runs differ", "passes differ", "deterministic pass repeats"]
+
+
+def test_sample_inputs_follow_the_preprocessing():
+    pixels = sample_inputs([None, 4, 4, 1], {"scale": 1 / 255, "offset": 0.0}, count=3)
+    assert pixels.shape == (3, 4, 4, 1) and pixels.min() >= 0 and pixels.max() <= 1
+    assert sample_inputs([None, 5], None).shape == (2, 5)
+
+
+def test_session_self_check_and_cli(toy_model_path):
+    names = [c.name for c in MCSession(toy_model_path).self_check()]
+    assert names == ["random nodes", "runs differ", "passes differ", "deterministic pass repeats"]
+    done = subprocess.run([sys.executable, str(ROOT / "cli.py"), "info", str(toy_model_path), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "ok  runs differ" in done.stdout
