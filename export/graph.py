@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from runtime.errors import ExportError
 
-from .noise import spec_for
+from .noise import as_shape, dims_of, spec_for
 from .trace import Walk, split_passes, tile_passes
 
 OPSET = 17
@@ -50,7 +50,7 @@ def find_noise_calls(model, selected):
     """Trace once symbolically to learn which noise layers run, in order, and their ranks."""
     calls = []
 
-    def record(layer, x, index):
+    def record(layer, x, index, tiled):
         calls.append(NoiseCall(layer, len(x.shape)))
         return x
 
@@ -121,14 +121,21 @@ def mc_function(model, head, calls, selected, repeat_all=False):
     @tf.function(input_signature=signature)
     def fn(x, passes, stochastic, *noise):
         on = tf.cast(stochastic, tf.float32)
+        rows = passes * tf.shape(x, out_type=tf.int64)[0]  # T*B
         shapes = []
 
-        def apply(layer, h, index):
+        def apply(layer, h, index, tiled):
             spec = spec_for(layer)
-            shapes.append(tf.cast(spec.noise_shape(layer, h), tf.int64))
-            return spec.apply(layer, h, noise[index], on)
+            dims = spec.noise_shape(layer, dims_of(h, rows))
+            shapes.append(as_shape(dims))
+            if tiled:
+                return spec.apply(layer, h, noise[index], on)
+            # The passes start here: view the draw as [T, B, ...] and let h [1, B, ...] broadcast.
+            r = tf.reshape(noise[index], as_shape([passes, -1, *dims[1:]]))
+            out = spec.apply(layer, h[None], r, on)
+            return tf.reshape(out, as_shape([-1, *dims_of(h)[1:]]))
 
-        walk = Walk(apply, passes, selected)
+        walk = Walk(apply, passes, selected, broadcast_noise=True)
         if repeat_all:
             x = tile_passes(x, passes)
         (y,), (tiled,) = walk.run(model, [x], [repeat_all])
@@ -199,14 +206,15 @@ def attach_random_nodes(proto, calls, seeds):
     nodes = []
     for i, (call, seed) in enumerate(zip(calls, seeds)):
         base = RANDOM_PREFIX + call.layer.name
-        # ConstantOfShape gives RandomXLike a tensor of the noise shape, which is dynamic (T*B).
+        # ConstantOfShape gives RandomXLike a tensor of the noise shape, which is dynamic (T*B);
+        # only its shape is read, so make it bool: a quarter of the bytes to fill.
         nodes.append(
             helper.make_node(
                 "ConstantOfShape",
                 [f"noise_shape_{i}"],
                 [base + "/like"],
                 name=base + "/like",
-                value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]),
+                value=helper.make_tensor("value", TensorProto.BOOL, [1], [False]),
             )
         )
         kind = "RandomUniformLike" if call.spec.distribution == "uniform" else "RandomNormalLike"

@@ -28,35 +28,50 @@ class NoiseSpec:
     kind: str
     distribution: str  # "uniform" on [0, 1) or "normal" N(0, 1)
     strength: Callable  # layer -> float: the rate, or the stddev for GaussianNoise
-    noise_shape: Callable  # (layer, x) -> shape tensor of the random tensor
-    apply: Callable  # (layer, x, r, on) -> tensor
+    noise_shape: Callable  # (layer, dims of the input) -> dims of the random tensor
+    apply: Callable  # (layer, x, r, on) -> tensor; x broadcasts against r
 
 
-def _full_shape(layer, x):
-    return tf.shape(x)
+def dims_of(x, rows=None):
+    """Per-axis sizes of x: ints where the shape is static, int64 scalars elsewhere.
+
+    Static sizes let the random tensor's shape depend on the batch alone, not on the layer's
+    computed input, so onnxruntime may draw it while the layers before it still run.
+    """
+    dynamic = tf.shape(x, out_type=tf.int64)
+    dims = [d if d is not None else dynamic[i] for i, d in enumerate(x.shape)]
+    if rows is not None:
+        dims[0] = rows
+    return dims
 
 
-def _dropout_noise_shape(layer, x):
+def as_shape(dims):
+    return tf.stack([tf.cast(d, tf.int64) for d in dims])
+
+
+def _full_shape(layer, dims):
+    return dims
+
+
+def _dropout_noise_shape(layer, dims):
     # keras.backend.tensorflow.random._get_concrete_noise_shape: None entries take the input's size.
     if layer.noise_shape is None:
-        return tf.shape(x)
-    shape = tf.shape(x)
-    return tf.stack([shape[i] if v is None else tf.constant(v, tf.int32) for i, v in enumerate(layer.noise_shape)])
+        return dims
+    return [dims[i] if v is None else v for i, v in enumerate(layer.noise_shape)]
 
 
-def _spatial_noise_shape(layer, x):
+def _spatial_noise_shape(layer, dims):
     # Whole feature maps drop together: keep batch and channel axes, broadcast the spatial ones.
-    shape = tf.shape(x)
-    rank = len(x.shape)
     channels_first = getattr(layer, "data_format", "channels_last") == "channels_first"
-    keep = {0, 1} if channels_first else {0, rank - 1}
-    return tf.stack([shape[i] if i in keep else tf.constant(1, tf.int32) for i in range(rank)])
+    keep = {0, 1} if channels_first else {0, len(dims) - 1}
+    return [d if i in keep else 1 for i, d in enumerate(dims)]
 
 
 def _dropout(layer, x, r, on):
+    # Scale x first: where the passes start, x is still the plain batch, B rows instead of T*B.
+    # (tf.where would save the Cast, but tf2onnx turns a broadcasting SelectV2 into arithmetic.)
     rate = layer.rate * on
-    keep = tf.cast(r >= rate, x.dtype)
-    return x * (1.0 / (1.0 - rate)) * keep
+    return (x * (1.0 / (1.0 - rate))) * tf.cast(r >= rate, x.dtype)
 
 
 def _gaussian_dropout(layer, x, r, on):

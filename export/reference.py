@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .noise import ALPHA_P, spec_for
+from .noise import ALPHA_P, as_shape, dims_of, spec_for
 from .trace import Walk, split_passes, tile_passes
 
 
@@ -28,7 +28,7 @@ def keras_mc_samples(model, x, passes, selected=None, chunk=250):
     out = []
     for start in range(0, passes, chunk):
         n = min(chunk, passes - start)
-        out.append(_samples(model, x, n, lambda layer, h, i: layer(h, training=True), selected))
+        out.append(_samples(model, x, n, lambda layer, h, i, tiled: layer(h, training=True), selected))
     return np.concatenate(out, 0)
 
 
@@ -42,9 +42,9 @@ def keras_masked_samples(model, x, passes, selected=None):
     """
     recorded = []
 
-    def noise(layer, h, index):
+    def noise(layer, h, index, tiled):
         spec = spec_for(layer)
-        shape = spec.noise_shape(layer, h)
+        shape = as_shape(spec.noise_shape(layer, dims_of(h)))
         state = layer.seed_generator.state.numpy()
         if spec.kind == "GaussianNoise":
             probe = layer(tf.zeros(shape), training=True)

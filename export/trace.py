@@ -65,14 +65,17 @@ def noise_layers_inside(layer):
 class Walk:
     """One walk through the model.
 
-    noise: called as noise(layer, x, call_index) for every selected, active noise layer call, with
-    x already tiled to T*B; returns the layer's output.
+    noise: called as noise(layer, x, call_index, tiled) for every selected, active noise layer call;
+    returns the layer's output with T*B rows. x has T*B rows already (tiled=True), or, where the
+    passes start at this very layer and broadcast_noise is set, still the plain batch (tiled=False):
+    the noise op itself can then broadcast it, and no tiled copy of x is ever made.
     selected: names of the noise layers to keep stochastic (None = all).
     """
 
     noise: Callable
     passes: object
     selected: set | None = None
+    broadcast_noise: bool = False
     calls: list = field(default_factory=list)  # noise layers called, in order
     activation_floats: int = 0  # per-sample activations of the repeated part, for the memory bound
     tiled_at: list = field(default_factory=list)  # layers where the passes start repeating
@@ -98,7 +101,11 @@ class Walk:
         refs = node.input_tensors
         any_tiled = any(values[id(r)][1] for r in refs)
         stochastic = spec_for(layer) is not None and self.is_stochastic(layer)
-        if any_tiled or stochastic:
+        if stochastic and self.broadcast_noise and not any_tiled:
+            self.tiled_at.append(layer.name)
+            local = {id(r): values[id(r)][0] for r in refs}
+            out_tiled = True
+        elif any_tiled or stochastic:
             # Randomness joins here: every input must carry the T passes.
             if not all(values[id(r)][1] for r in refs):
                 self.tiled_at.append(layer.name)
@@ -111,7 +118,7 @@ class Walk:
 
         if stochastic:
             self.calls.append(layer)
-            outputs = self.noise(layer, args[0], len(self.calls) - 1)
+            outputs = self.noise(layer, args[0], len(self.calls) - 1, any_tiled)
         elif spec_for(layer) is not None:
             outputs = args[0]  # inactive or not selected: Keras's inference mode is the identity
         elif sub_model(layer) is not None:

@@ -1,6 +1,7 @@
 """Reproduce the shipped models: train, export, measure, write the model card and the samples.
 
-    python models/build_models.py
+    python models/build_models.py               # train, export, measure
+    python models/build_models.py --export-only # re-export the saved .keras files, measure
 
 Data: scikit-learn's bundled handwritten digits (1797 images, 8x8, 17 grey levels), upscaled to
 28x28 grayscale in [0, 1]; nothing is downloaded. Training is seeded; on a 2-core CPU the whole
@@ -96,7 +97,7 @@ def not_a_digit():
     return np.asarray(Image.fromarray(img).resize((SIZE, SIZE), Image.BICUBIC))
 
 
-def main():
+def main(retrain=True):
     import keras
 
     from export import export_model
@@ -108,14 +109,16 @@ def main():
     (HERE / "labels.txt").write_text("\n".join(LABELS) + "\n")
 
     for name, build, flat, epochs in (("mlp", mlp, True, 30), ("cnn", cnn, False, 20)):
-        keras.backend.clear_session()  # layer names restart at dropout, dropout_1, ...
-        keras.utils.set_random_seed(SEED)  # each model reproducible on its own
-        trained = train(build(), to_input(train_img, flat), train_y, epochs)
-        keras.backend.clear_session()
-        model = build()  # a clean copy: the file carries weights, not the optimizer's state
-        model.set_weights(trained.get_weights())
         keras_path = HERE / f"{name}.keras"
-        model.save(keras_path)
+        if retrain:
+            keras.backend.clear_session()  # layer names restart at dropout, dropout_1, ...
+            keras.utils.set_random_seed(SEED)  # each model reproducible on its own
+            trained = train(build(), to_input(train_img, flat), train_y, epochs)
+            keras.backend.clear_session()
+            model = build()  # a clean copy: the file carries weights, not the optimizer's state
+            model.set_weights(trained.get_weights())
+            model.save(keras_path)
+        model = keras.models.load_model(keras_path, compile=False)
         onnx_path = HERE / f"{name}.onnx"
         flags = {"image_size": (SIZE, SIZE)} if flat else {}
         report = export_model(keras_path, onnx_path, passes=PASSES, labels=HERE / "labels.txt", seed=SEED, progress=print, **flags)
@@ -193,4 +196,4 @@ image of their class; `ambiguous.png` is the held-out image the CNN is least sur
 
 
 if __name__ == "__main__":
-    main()
+    main(retrain="--export-only" not in sys.argv[1:])
