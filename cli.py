@@ -201,6 +201,8 @@ def export(
     scale: Optional[float] = typer.Option(None, help="Pixel scale, x = pixel * scale + offset [default: 1/255]."),
     offset: float = typer.Option(0.0, help="Pixel offset."),
     seed: Optional[int] = typer.Option(None, help="Seed for the stored random-node seeds."),
+    quantize: str = typer.Option("none", help="none or int8 (weights and activations of Conv/MatMul/Gemm)."),
+    calibration: Optional[Path] = typer.Option(None, help="int8 calibration inputs, preprocessed (.npy/.npz)."),
 ):
     """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
     size = None
@@ -235,7 +237,8 @@ def export(
             source, output, passes=passes, head=head, labels=labels,
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
             opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
-            scale=scale, offset=offset, seed=seed, progress=progress,
+            scale=scale, offset=offset, seed=seed, quantize=None if quantize == "none" else quantize,
+            calibration=calibration, progress=progress,
         )
     typer.echo("\n".join(report.lines()))
 

@@ -33,6 +33,8 @@ class ExportReport:
     checks: list = field(default_factory=list)
     seconds: float = 0.0
     size_bytes: int = 0
+    quantization: dict | None = None
+    drift: dict | None = None
 
     def lines(self):
         layers = ", ".join(f"{s['name']} ({s['kind']} {s['rate']:g})" for s in self.stochastic_layers) or "none"
@@ -42,6 +44,13 @@ class ExportReport:
             f"  stochastic layers: {layers}",
             f"  passes repeat from: {', '.join(self.repeated_from) or 'the output (deterministic export)'}",
         ]
+        if self.quantization:
+            out.append(f"  quantized: int8 {', '.join(self.quantization['ops'])} (calibration: {self.quantization['calibration']})")
+        if self.drift:
+            out.append(
+                "  int8 drift from float: deterministic {deterministic:.2g}, MC mean {mc_mean:.2g}, "
+                "MC variance {mc_variance:.2g} (max |difference|)".format(**self.drift)
+            )
         if self.checks:
             out.append(f"  validation: {len(self.checks)} checks passed")
         else:
@@ -282,6 +291,8 @@ def export_model(
     scale=None,
     offset=0.0,
     seed=None,
+    quantize=None,
+    calibration=None,
     progress=lambda msg: None,
 ) -> ExportReport:
     from .heads import resolve_head
@@ -289,6 +300,8 @@ def export_model(
 
     if passes < 1:
         raise ExportError(f"--passes must be >= 1, got {passes}")
+    if quantize not in (None, "none", "int8"):
+        raise ExportError(f"--quantize {quantize!r}: choose none or int8")
     started = time.perf_counter()
     progress(f"loading {source}")
     model = load_keras_model(source)
@@ -309,6 +322,10 @@ def export_model(
     if validate:
         progress("validating")
         checks = validate_export(proto, model, metadata, progress=progress)
+    drift = None
+    if quantize == "int8":
+        proto, drift, more_checks = _quantize(proto, model, metadata, calibration, validate, progress)
+        checks += more_checks
     data = proto.SerializeToString()
     write_atomically(data, output)
     return ExportReport(
@@ -320,4 +337,49 @@ def export_model(
         checks=checks,
         seconds=time.perf_counter() - started,
         size_bytes=len(data),
+        quantization=metadata.get("quantization"),
+        drift=drift,
     )
+
+
+def _quantize(proto, model, metadata, calibration, validate, progress):
+    """int8 copy of the validated float graph; its structure is validated, its drift measured."""
+    from runtime.validate import Checklist, sample_inputs
+
+    from .quantize import QUANTIZED_OPS, quantize_int8
+    from .validate import quantized_drift, validate_structure, validation_inputs
+
+    progress("quantizing to int8")
+    shape = model.inputs[0].shape
+    if calibration is None:
+        data, source = sample_inputs(shape, metadata.get("preprocessing"), count=64, seed=1), "synthetic inputs in range"
+    else:
+        data, source = load_calibration(calibration, shape), Path(calibration).name
+    quantized = quantize_int8(proto, data)
+    metadata["quantization"] = {"kind": "int8", "ops": QUANTIZED_OPS, "format": "QDQ", "calibration": source}
+    attach_metadata(quantized, metadata)
+    if not validate:
+        return quantized, None, []
+    progress("validating the int8 graph")
+    checks = Checklist(progress)
+    x = validation_inputs(model, metadata)
+    validate_structure(checks, quantized, metadata, x)
+    return quantized, quantized_drift(proto, quantized, x), checks.passed
+
+
+def load_calibration(path, shape):
+    """Preprocessed model inputs, batch first, from a .npy file (or an .npz holding one array)."""
+    import numpy as np
+
+    try:
+        data = np.load(path)
+        if hasattr(data, "files"):
+            if len(data.files) != 1:
+                raise ExportError(f"{path}: an .npz for --calibration must hold one array, it holds {data.files}")
+            data = data[data.files[0]]
+    except (OSError, ValueError) as err:
+        raise ExportError(f"{path}: cannot read calibration data ({_first_line(err)})") from err
+    expected = tuple(shape[1:])
+    if data.ndim != len(shape) or any(e is not None and e != d for e, d in zip(expected, data.shape[1:])):
+        raise ExportError(f"{path}: calibration data has shape {data.shape}; the model takes [batch, {', '.join(map(str, expected))}]")
+    return data.astype(np.float32)

@@ -92,15 +92,11 @@ def keras_deterministic(model, x, head):
     return apply_head(model(x, training=False), head)
 
 
-def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progress=lambda msg: None):
-    """Raise ValidationError on the first failed check; return the passed checks, for the report."""
-    from .reference import keras_mc_samples
-
-    checks = Checklist(progress)
+def validate_structure(checks, proto, metadata, x):
+    """What any mcdrop file must pass, float or quantized: valid ONNX, standard ops, one seeded
+    random node per stochastic layer at every optimisation level, live randomness."""
     check = checks.check
     expected = len(metadata["stochastic_layers"])
-    head = metadata["head"]
-
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as err:  # checker raises several exception types
@@ -140,10 +136,23 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
                 f"{kept} random nodes survive",
                 f"onnxruntime at level '{level}' left {kept} of {expected} random nodes",
             )
-
     session = ort_session(data)
+    if expected:
+        check_live_randomness(checks, lambda x, t, on: run(session, x, t, on, ["samples"])["samples"], x)
+    return session
+
+
+def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progress=lambda msg: None):
+    """Raise ValidationError on the first failed check; return the passed checks, for the report."""
+    from .reference import keras_mc_samples
+
+    checks = Checklist(progress)
+    check = checks.check
+    head = metadata["head"]
     if x is None:
         x = validation_inputs(model, metadata)
+    session = validate_structure(checks, proto, metadata, x)
+
     reference = keras_deterministic(model, x, head)
     got = run(session, x, 1, stochastic=False)["mean"]
     diff = max_abs_diff(got, reference)
@@ -153,10 +162,8 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
         f"max |onnx - keras| = {diff:.1e}",
         f"deterministic pass differs from Keras predict by {diff:.2e} (shape {got.shape} vs {reference.shape})",
     )
-    if not expected:
+    if not metadata["stochastic_layers"]:
         return checks.passed
-
-    check_live_randomness(checks, lambda x, t, on: run(session, x, t, on, ["samples"])["samples"], x)
 
     progress(f"  ..  statistical parity with Keras MC at T={mc_passes}")
     onnx_samples = run(session, x, mc_passes, outputs=["samples"])["samples"]
@@ -169,3 +176,18 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
         f"MC mean/variance differ from Keras's own MC beyond {Z_LIMIT:g} standard errors: {z}",
     )
     return checks.passed
+
+
+def quantized_drift(float_proto, quantized_proto, x, passes=MC_PASSES):
+    """How far the int8 graph's outputs move from the float graph's, on the same inputs.
+
+    Deterministic: max |difference| of the outputs. MC: max |difference| of the mean and of the
+    variance, each of T passes (their own sampling noise included)."""
+    sessions = [ort_session(p.SerializeToString()) for p in (float_proto, quantized_proto)]
+    det = [run(s, x, 1, stochastic=False)["mean"] for s in sessions]
+    mc = [run(s, x, passes, outputs=["mean", "variance"]) for s in sessions]
+    return {
+        "deterministic": max_abs_diff(*det),
+        "mc_mean": max_abs_diff(mc[0]["mean"], mc[1]["mean"]),
+        "mc_variance": max_abs_diff(mc[0]["variance"], mc[1]["variance"]),
+    }

@@ -178,3 +178,50 @@ def test_cli_process_shows_progress_and_report(tmp_path):
     assert "validating" in done.stderr and "statistical parity" in done.stderr
     assert done.stdout.startswith("wrote ") and "2 random nodes" not in done.stdout
     assert "I0000" not in done.stderr  # TensorFlow's C++ log lines stay off the terminal
+
+
+def small_cnn():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential(
+        [keras.Input((8, 8, 1)), layers.Conv2D(8, 3, activation="relu"), layers.Dropout(0.3, name="drop_conv"),
+         layers.Flatten(), layers.Dense(16, activation="relu"), layers.Dropout(0.3, name="drop_dense"),
+         layers.Dense(4, activation="softmax")]
+    )
+
+
+def test_int8_keeps_the_random_masks_in_float(tmp_path):
+    model = small_cnn()
+    calibration = tmp_path / "calibration.npy"
+    np.save(calibration, np.random.default_rng(0).random((64, 8, 8, 1), dtype=np.float32))
+    code, output = invoke(save(model, tmp_path), "-o", tmp_path / "q.onnx", "--quantize", "int8", "--calibration", calibration)
+    assert code == 0, output
+    assert "int8 drift from float" in output
+
+    proto = onnx.load(tmp_path / "q.onnx")
+    ops = [n.op_type for n in proto.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    randoms = [n for n in proto.graph.node if n.op_type == "RandomUniformLike"]
+    assert len(randoms) == 2
+    def consumers(names):
+        return [n for n in proto.graph.node if set(n.input) & set(names)]
+
+    # The draw (reshaped where the passes start) is compared with the rate in float, never quantized.
+    first = consumers([r.output[0] for r in randoms])
+    reshaped = consumers([n.output[0] for n in first if n.op_type == "Reshape"])
+    assert {n.op_type for n in first} <= {"GreaterOrEqual", "Reshape"}
+    assert {n.op_type for n in reshaped} <= {"GreaterOrEqual"}
+    meta = json.loads(proto.metadata_props[0].value)
+    assert meta["quantization"]["kind"] == "int8" and meta["quantization"]["calibration"] == "calibration.npy"
+
+    x = np.random.default_rng(1).random((4, 8, 8, 1), dtype=np.float32)
+    session = ort_session(proto.SerializeToString())
+    (quantized,) = session.run(["mean"], {"input": x, "passes": np.array(1, np.int64), "stochastic": np.array(False)})
+    assert np.max(np.abs(quantized - np.asarray(model(x, training=False)))) < 0.05
+
+
+def test_bad_calibration_is_a_one_line_error(tmp_path):
+    wrong = tmp_path / "wrong.npy"
+    np.save(wrong, np.zeros((4, 5, 5, 1), np.float32))
+    code, output = invoke(save(small_cnn(), tmp_path), "-o", tmp_path / "q.onnx", "--quantize", "int8", "--calibration", wrong)
+    assert_one_line_error(code, output, "calibration data has shape")
+    assert not (tmp_path / "q.onnx").exists()

@@ -72,6 +72,17 @@ def test_model_card_accuracy_is_measured():
         assert accuracy > 0.9
 
 
+def test_int8_card_accuracy_is_measured():
+    card = json.loads((MODELS / "model_card.json").read_text())["cnn_int8"]
+    test_img, test_y = held_out()
+    session = MCSession(MODELS / "cnn_int8.onnx")
+    assert session.info.metadata["quantization"]["kind"] == "int8"
+    accuracy = float((session.predict(test_img[..., None] / np.float32(255), dropout=False).mean.argmax(-1) == test_y).mean())
+    assert accuracy == pytest.approx(card["int8_deterministic_accuracy"], abs=1e-9)
+    float_accuracy = json.loads((MODELS / "model_card.json").read_text())["cnn"]["keras_deterministic_accuracy"]
+    assert abs(accuracy - float_accuracy) <= 0.01  # within 1 point of the float model
+
+
 def test_clear_digit_is_certain_and_non_digit_is_not():
     session = MCSession(MODELS / "cnn.onnx", seed=0)
     names, x = load_inputs([str(SAMPLES / "digit_3.png"), str(SAMPLES / "not_a_digit.png")], session.info)
