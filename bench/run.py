@@ -1,0 +1,454 @@
+"""mcdrop against the usual ways of running Monte Carlo dropout, in one process run.
+
+    python bench/run.py            # full run: prints markdown tables, writes docs/bench_scaling.png
+    python bench/run.py --quick    # fewer cases and repeats; writes under bench/out/ only
+
+For the shipped MLP and CNN, on the same inputs (uniform [0, 1) images, fixed seed), it times per
+call (median of N repeats after one warm-up; N gives about 1.5 s per cell, at least 3):
+  1. Keras loop: T eager calls model(x, training=True), stacked, mean and variance;
+  2. Keras batched: one tf.function tiling the batch T times, one call, mean and variance;
+  3. the ordinary tf2onnx export (dropout stripped) run by onnxruntime on T*B rows tiled in numpy:
+     the cost of the network alone at T*B rows, no randomness;
+  4. mcdrop: MCSession.predict (the user path: chunking, measures) and the graph's own run.
+Then the matrix-multiply ceiling and the random-number cost of onnxruntime measured in the same
+run, peak memory of mcdrop's chunked runs in child processes, whole-process cold starts, and the
+scaling of mcdrop with T and batch (plotted). The report is printed and saved to bench/out/.
+"""
+
+import argparse
+import datetime
+import io
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "bench" / "out"
+sys.path.insert(0, str(ROOT))
+
+MODELS = ("mlp", "cnn")
+SAMPLE = "models/samples/digit_3.png"
+TF_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+MIB = 2**20
+
+FULL = dict(passes=(10, 50, 100), batches=(1, 32), budget_s=1.5, min_repeats=3,
+            sweep_passes=(10, 50, 100, 200, 500), sweep_batches=(1, 8, 32, 128),
+            memory_cases=((1000, 256), (100, 32)), cold_repeats=5, plot=ROOT / "docs" / "bench_scaling.png",
+            report=OUT / "report.md")
+QUICK = dict(passes=(10, 50), batches=(1, 32), budget_s=0.3, min_repeats=3,
+             sweep_passes=(10, 50, 100), sweep_batches=(1, 8, 32),
+             memory_cases=((100, 32),), cold_repeats=2, plot=OUT / "bench_scaling_quick.png",
+             report=OUT / "report-quick.md")
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing and child processes
+
+
+def median_ms(call, budget_s, min_repeats):
+    """Median wall time of call() in ms: one warm-up call, then enough repeats for ~budget_s."""
+    start = time.perf_counter()
+    call()  # warm-up: traces, first-call allocations, arena growth
+    first = time.perf_counter() - start
+    repeats = max(min_repeats, int(budget_s / max(first, 1e-6)))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def run_child(args, env=None):
+    """Run a whole process; (wall s, peak RSS MiB of that process, stdout).
+
+    The peak is the child's VmHWM, polled every 2 ms until it exits. getrusage/wait4 cannot be
+    used here: Linux carries ru_maxrss across fork and exec, so every child would report this
+    process's own multi-GiB peak.
+    """
+    with tempfile.TemporaryFile() as stdout:
+        start = time.perf_counter()
+        child = subprocess.Popen(args, cwd=ROOT, env=env, stdout=stdout, stderr=subprocess.DEVNULL)
+        peak_kib = 0
+        while child.poll() is None:
+            try:
+                with open(f"/proc/{child.pid}/status") as status:
+                    peak_kib = max([peak_kib] + [int(line.split()[1]) for line in status if line.startswith("VmHWM")])
+            except (FileNotFoundError, ProcessLookupError):
+                pass  # exited between poll() and open()
+            time.sleep(0.002)
+        wall = time.perf_counter() - start
+        if child.returncode:
+            raise RuntimeError(f"{' '.join(map(str, args))} exited with {child.returncode}")
+        stdout.seek(0)
+        return wall, peak_kib / 1024, stdout.read().decode()
+
+
+def memory_child(passes, batch):
+    """Child process body (--memory-child): one chunked mcdrop predict on the CNN; JSON on stdout."""
+    import psutil
+
+    from runtime import MCSession
+
+    session = MCSession(ROOT / "models" / "cnn.onnx", seed=0)
+    x = np.random.default_rng(0).random((batch, *session.info.input_shape[1:]), dtype=np.float32)
+    before = psutil.Process().memory_info().rss
+    start = time.perf_counter()
+    session.predict(x, passes=passes)
+    print(json.dumps({"wall_s": time.perf_counter() - start, "runs": session.run_count,
+                      "rss_before_mib": before / MIB, "max_chunk_mib": session.max_chunk_bytes / MIB,
+                      "floats_per_sample": session.info.activation_floats_per_sample}))
+
+
+# ---------------------------------------------------------------------------------------------
+# The four ways of running T passes
+
+
+def keras_loop(model, passes):
+    import tensorflow as tf
+
+    def call(x):
+        samples = tf.stack([model(x, training=True) for _ in range(passes)])
+        return tf.reduce_mean(samples, 0).numpy(), tf.math.reduce_variance(samples, 0).numpy()
+
+    return call
+
+
+def keras_batched(model):
+    """One tf.function for every T and batch (both dynamic), so it is traced once."""
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec(model.inputs[0].shape, tf.float32),
+                                  tf.TensorSpec([], tf.int32)])
+    def mc(x, passes):
+        multiples = tf.concat([[passes], tf.ones([tf.rank(x) - 1], tf.int32)], 0)
+        y = model(tf.tile(x, multiples), training=True)  # pass-major: row t*B + b
+        y = tf.reshape(y, tf.concat([[passes, tf.shape(x)[0]], tf.shape(y)[1:]], 0))
+        return tf.reduce_mean(y, 0), tf.math.reduce_variance(y, 0)
+
+    return mc
+
+
+def plain_onnx_session(model):
+    """The ordinary export: tf2onnx of the inference call (dropout stripped), dynamic batch."""
+    import onnxruntime as ort
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="x")
+    fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
+    proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=17)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def plain_onnx_tiled(session, passes):
+    name = session.get_inputs()[0].name
+
+    def call(x):
+        y = session.run(None, {name: np.tile(x, (passes,) + (1,) * (x.ndim - 1))})[0]
+        y = y.reshape(passes, len(x), *y.shape[1:])
+        return y.mean(0), y.var(0)
+
+    return call
+
+
+def mcdrop_graph(session, passes):
+    """The graph alone: one onnxruntime run, no chunking, no measures."""
+    def call(x):
+        return session._session.run(["mean", "variance"], {
+            "input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True)})
+
+    return call
+
+
+# ---------------------------------------------------------------------------------------------
+# Work counts and onnxruntime's own ceilings
+
+
+def work(model):
+    """Per input row: FLOPs before the first Dropout, FLOPs after it, dropout-masked elements.
+
+    FLOPs are 2 * multiply-adds of Dense and Conv layers (kernel size times output positions).
+    The shipped models are Sequential, so layer order is graph order: mcdrop runs the layers
+    before the first Dropout on B rows and the rest on T*B rows (docs/DESIGN.md). Their Dropout
+    layers have no noise_shape, so each masks its whole input.
+    """
+    import keras
+
+    before = after = masked = 0
+    seen_dropout = False
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dropout):
+            seen_dropout = True
+            masked += int(np.prod(layer.output.shape[1:]))
+        elif isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+            flops = 2 * int(np.prod(layer.kernel.shape)) * int(np.prod(layer.output.shape[1:-1]))
+            if seen_dropout:
+                after += flops
+            else:
+                before += flops
+    return before, after, masked
+
+
+def one_node_session(nodes, inputs, output):
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph(nodes, "bench", inputs, [output])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    onnx.checker.check_model(proto)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def matmul_gflops(size, budget_s, min_repeats):
+    from onnx import TensorProto, helper
+
+    session = one_node_session(
+        [helper.make_node("MatMul", ["a", "b"], ["c"])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [size, size]) for n in "ab"],
+        helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size]))
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.random((size, size), dtype=np.float32) for n in "ab"}
+    ms = median_ms(lambda: session.run(None, feeds), budget_s, min_repeats)
+    return 2 * size**3 / (ms * 1e-3) / 1e9
+
+
+def random_ns_per_element(count, budget_s, min_repeats):
+    """RandomUniformLike alone, fed as mcdrop feeds it: ConstantOfShape(bool) -> RandomUniformLike."""
+    from onnx import TensorProto, helper
+
+    session = one_node_session(
+        [helper.make_node("ConstantOfShape", ["shape"], ["fill"],
+                          value=helper.make_tensor("v", TensorProto.BOOL, [1], [True])),
+         helper.make_node("RandomUniformLike", ["fill"], ["u"], dtype=TensorProto.FLOAT, seed=12345.0)],
+        [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+        helper.make_tensor_value_info("u", TensorProto.FLOAT, [None]))
+    feeds = {"shape": np.array([count], np.int64)}
+    return median_ms(lambda: session.run(None, feeds), budget_s, min_repeats) * 1e6 / count
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def machine_line():
+    import onnxruntime
+    import tensorflow as tf
+
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as f:
+        cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return (f"Machine: {cpu}, {os.cpu_count()} cores; onnxruntime {onnxruntime.__version__} "
+            f"(CPUExecutionProvider, ORT_ENABLE_ALL, default threads), tensorflow {tf.__version__}; "
+            f"run on {datetime.date.today().isoformat()}.")
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    print("\n".join(lines) + "\n")
+
+
+def ms(value):
+    return f"{value:.3g}" if value < 10 else f"{value:.0f}"
+
+
+def plot(path, sweep, cfg):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_t, by_b) = plt.subplots(1, 2, figsize=(11, 4.4))
+    series = [(by_t, f"{name.upper()}, batch {b}", cfg["sweep_passes"], [sweep[name, t, b] for t in cfg["sweep_passes"]])
+              for name in MODELS for b in cfg["batches"]]
+    series += [(by_b, f"{name.upper()}, T=50", cfg["sweep_batches"], [sweep[name, 50, b] for b in cfg["sweep_batches"]])
+               for name in MODELS]
+    for axis, label, xs, ys in series:
+        line, = axis.plot(xs, ys, "o-", label=label)
+        # Proportional guide through the largest point: linear growth runs parallel to it.
+        axis.plot(xs, [ys[-1] * x / xs[-1] for x in xs], ":", color=line.get_color(), alpha=0.5)
+    for axis, xlabel, title in ((by_t, "Monte Carlo passes T", "mcdrop: time against passes"),
+                                (by_b, "batch", "mcdrop: time against batch (T=50)")):
+        axis.set(xscale="log", yscale="log", xlabel=xlabel, ylabel="ms per predict call", title=title)
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    fig.text(0.5, 0.01, "dotted: proportional to T (left) or batch (right), through the largest point; "
+             "MCSession.predict, onnxruntime CPU", ha="center", fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+
+
+def report(cfg):
+    import keras
+    import tensorflow as tf
+
+    from runtime import MCSession
+
+    print(machine_line() + "\n")
+    budget, minimum = cfg["budget_s"], cfg["min_repeats"]
+    rng = np.random.default_rng(0)
+    keras_models = {name: keras.models.load_model(ROOT / "models" / f"{name}.keras", compile=False) for name in MODELS}
+    sessions = {name: MCSession(ROOT / "models" / f"{name}.onnx", seed=0) for name in MODELS}
+    counts = {name: work(model) for name, model in keras_models.items()}
+    inputs = {(name, b): rng.random((b, *model.inputs[0].shape[1:]), dtype=np.float32)
+              for name, model in keras_models.items() for b in sorted({*cfg["batches"], *cfg["sweep_batches"]})}
+
+    def predict_ms(name, passes, batch):
+        session, x = sessions[name], inputs[name, batch]
+        return median_ms(lambda: session.predict(x, passes=passes), budget, minimum)
+
+    # 1-4: the four ways, every case.
+    results = {}
+    for name, model in keras_models.items():
+        batched, plain = keras_batched(model), plain_onnx_session(model)
+        for passes in cfg["passes"]:
+            for batch in cfg["batches"]:
+                x = inputs[name, batch]
+                results[name, passes, batch] = {
+                    "loop": median_ms(lambda: keras_loop(model, passes)(x), budget, minimum),
+                    "batched": median_ms(lambda: [v.numpy() for v in batched(x, tf.constant(passes))],
+                                         budget, minimum),
+                    "plain": median_ms(lambda: plain_onnx_tiled(plain, passes)(x), budget, minimum),
+                    "predict": predict_ms(name, passes, batch),
+                    "graph": median_ms(lambda: mcdrop_graph(sessions[name], passes)(x), budget, minimum),
+                }
+    ceiling = matmul_gflops(2048, budget, minimum)
+    random_ns = random_ns_per_element(10_000_000, budget, minimum)
+
+    print("## Milliseconds per call (median)\n")
+    print("Same inputs for every method; `tf2onnx + ORT, tiled` has no dropout (the network alone at "
+          "T*B rows). mcdrop predict is MCSession.predict (chunking at 256 MiB, measures); mcdrop graph "
+          "is one onnxruntime run of the file.\n")
+    table(["model", "T", "batch", "Keras loop", "Keras batched", "tf2onnx + ORT, tiled", "mcdrop predict",
+           "mcdrop graph"],
+          [[name.upper(), t, b, *(ms(r[k]) for k in ("loop", "batched", "plain", "predict", "graph"))]
+           for (name, t, b), r in results.items()])
+
+    print("## Ratios and throughput\n")
+    print(f"Effective GFLOP/s count 2 x multiply-adds of the Dense/Conv layers for the work each method "
+          f"does: Keras batched runs every layer on T*B rows, mcdrop the layers before the first dropout "
+          f"on B rows. Ceiling: onnxruntime MatMul 2048x2048 float32 in this run, "
+          f"**{ceiling:.0f} GFLOP/s**.\n")
+    rows = []
+    for (name, t, b), r in results.items():
+        before, after, _ = counts[name]
+        keras_gflop, mcdrop_gflop = t * b * (before + after) / 1e9, (b * before + t * b * after) / 1e9
+        rows.append([name.upper(), t, b, f"{r['predict'] / r['batched']:.2f}", f"{r['loop'] / r['predict']:.1f}",
+                     f"{mcdrop_gflop / (r['graph'] * 1e-3):.1f}", f"{keras_gflop / (r['batched'] * 1e-3):.1f}",
+                     f"{mcdrop_gflop / (r['graph'] * 1e-3) / ceiling:.0%}"])
+    table(["model", "T", "batch", "mcdrop predict / Keras batched", "Keras loop / mcdrop predict",
+           "mcdrop graph GFLOP/s", "Keras batched GFLOP/s", "mcdrop graph / MatMul ceiling"], rows)
+
+    print("## Random-number cost\n")
+    print(f"onnxruntime RandomUniformLike alone (ConstantOfShape(bool) -> RandomUniformLike, 10M elements): "
+          f"**{random_ns:.2f} ns per element**. Masked elements per input per pass: "
+          + ", ".join(f"{name.upper()} {counts[name][2]:,}" for name in MODELS) + ".\n")
+    table(["model", "T", "batch", "uniforms drawn per call", "drawing (est.)", "mcdrop graph", "share"],
+          [[name.upper(), t, b, f"{counts[name][2] * t * b:,}", f"{counts[name][2] * t * b * random_ns * 1e-6:.3g} ms",
+            f"{ms(r['graph'])} ms", f"{counts[name][2] * t * b * random_ns * 1e-6 / r['graph']:.0%}"]
+           for (name, t, b), r in results.items()])
+
+    # Scaling of the user path; cells already timed above are reused.
+    sweep = {}
+    for name in MODELS:
+        cells = {*((t, b) for t in cfg["sweep_passes"] for b in cfg["batches"]),
+                 *((50, b) for b in cfg["sweep_batches"])}
+        for t, b in sorted(cells):
+            known = results.get((name, t, b))
+            sweep[name, t, b] = known["predict"] if known else predict_ms(name, t, b)
+    print(f"## Scaling of mcdrop predict (ms per call; plotted in {cfg['plot'].relative_to(ROOT)})\n")
+    table(["model", "batch", *(f"T={t}" for t in cfg["sweep_passes"]), "ms per pass x input at the largest T"],
+          [[name.upper(), b, *(ms(sweep[name, t, b]) for t in cfg["sweep_passes"]),
+            f"{sweep[name, cfg['sweep_passes'][-1], b] / (cfg['sweep_passes'][-1] * b):.3g}"]
+           for name in MODELS for b in cfg["batches"]])
+    table(["model", "T", *(f"batch {b}" for b in cfg["sweep_batches"])],
+          [[name.upper(), 50, *(ms(sweep[name, 50, b]) for b in cfg["sweep_batches"])] for name in MODELS])
+    plot(cfg["plot"], sweep, cfg)
+
+    print("## Peak memory of chunked mcdrop (CNN, child process, max_chunk_bytes default)\n")
+    rows = []
+    for passes, batch in cfg["memory_cases"]:
+        wall, peak, stdout = run_child([sys.executable, __file__, "--memory-child", str(passes), str(batch)])
+        child = json.loads(stdout)
+        unchunked = child["floats_per_sample"] * 4 * passes * batch / MIB
+        rows.append([f"T={passes}, batch {batch}", child["runs"], f"{child['wall_s']:.1f} s", f"{wall:.1f} s",
+                     f"{child['rss_before_mib']:.0f}", f"{peak:.0f}", f"{peak - child['rss_before_mib']:.0f}",
+                     f"{child['max_chunk_mib']:.0f}", f"{unchunked:,.0f}"])
+    table(["case", "onnxruntime runs", "predict wall", "process wall", "RSS before predict (MiB)",
+           "peak RSS (MiB)", "peak - before (MiB)", "bound: max_chunk_bytes (MiB)", "unchunked activations (MiB)"],
+          rows)
+
+    print(f"## Cold start: whole processes, median of {cfg['cold_repeats']} (run one after another)\n")
+    commands = {
+        "mcdrop: `python cli.py infer " + SAMPLE + "`": [sys.executable, "cli.py", "infer", SAMPLE],
+        "Keras: `python bench/cold_start.py " + SAMPLE + "` (load, Pillow, 50 passes batched)":
+            [sys.executable, "bench/cold_start.py", SAMPLE],
+        'TensorFlow import alone: `python -c "import tensorflow"`': [sys.executable, "-c", "import tensorflow"],
+    }
+    cold = {}
+    for label, args in commands.items():
+        runs = [run_child(args, TF_ENV) for _ in range(cfg["cold_repeats"])]
+        cold[label] = (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
+                       _label(runs[0][2]))
+    infer_s, tf_s = cold[next(iter(commands))][0], cold[list(commands)[-1]][0]
+    table(["process", "wall (s)", "peak RSS (MB)", "printed label"],
+          [[label, f"{wall:.2f}", f"{rss * MIB / 1e6:.0f}", printed] for label, (wall, rss, printed) in cold.items()])
+    print(f"mcdrop infer / import tensorflow: **{infer_s / tf_s:.2f}x** the wall time.\n")
+
+
+def _label(stdout):
+    """The label a cold-start child printed: the cli table's row for the sample, or a bare number."""
+    for line in stdout.splitlines():
+        if line.startswith(SAMPLE):
+            return line.split()[1]
+    return stdout.strip() or "-"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cases and repeats; output under bench/out/")
+    parser.add_argument("--memory-child", nargs=2, type=int, metavar=("T", "BATCH"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    cfg = QUICK if args.quick else FULL
+    start = time.perf_counter()
+    buffer = io.StringIO()
+
+    class Tee(io.TextIOBase):  # print live and keep a copy for the saved report
+        def write(self, text):
+            sys.__stdout__.write(text)
+            sys.__stdout__.flush()
+            return buffer.write(text)
+
+    with redirect_stdout(Tee()):
+        report(cfg)
+        print(f"Total wall time of this run: {time.perf_counter() - start:.0f} s "
+              f"(peak RSS of this process {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB).")
+    OUT.mkdir(parents=True, exist_ok=True)
+    cfg["report"].write_text(buffer.getvalue())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""The memory bound holds in a real process: resident memory grows by at most max_chunk_bytes."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from runtime import MCSession
+
+def mib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+
+session = MCSession({model!r}, seed=0, max_chunk_bytes={bound})
+x = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
+session.predict(x[:1], passes=1)  # kernels and thread pool set up before measuring
+before, runs = mib("VmRSS"), session.run_count
+session.predict(x, passes=60)  # unchunked, this would hold about 540 MiB of activations
+print(mib("VmHWM") - before, session.run_count - runs)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")
+@pytest.mark.parametrize("bound_mib", [64, 128])
+def test_peak_memory_stays_within_max_chunk_bytes(bound_mib):
+    code = CHILD.format(root=str(ROOT), model=str(ROOT / "models" / "cnn.onnx"), bound=bound_mib * 2**20)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    grown, runs = done.stdout.split()
+    assert int(runs) > 1
+    assert float(grown) <= bound_mib * 1.1, f"grew {grown} MiB for a {bound_mib} MiB bound"
