@@ -366,6 +366,8 @@ def report(cfg):
             f"{ms(r['graph'])} ms", f"{counts[name][2] * t * b * random_ns * 1e-6 / r['graph']:.0%}"]
            for (name, t, b), r in results.items()])
 
+    int8_section(results, inputs, cfg)
+
     # Scaling of the user path; cells already timed above are reused.
     sweep = {}
     for name in MODELS:
@@ -412,6 +414,41 @@ def report(cfg):
     table(["process", "wall (s)", "peak RSS (MB)", "printed label"],
           [[label, f"{wall:.2f}", f"{rss * MIB / 1e6:.0f}", printed] for label, (wall, rss, printed) in cold.items()])
     print(f"mcdrop infer / import tensorflow: **{infer_s / tf_s:.2f}x** the wall time.\n")
+
+
+def int8_section(results, inputs, cfg):
+    """The shipped CNN's int8 file (export --quantize int8) beside the float one: speed, held-out
+    digits accuracy, and how far its MC mean and variance move on the same digits."""
+    sys.path.insert(0, str(ROOT / "models"))
+    import build_models
+
+    from runtime import MCSession
+
+    float_session = MCSession(ROOT / "models" / "cnn.onnx", seed=0)
+    int8_session = MCSession(ROOT / "models" / "cnn_int8.onnx", seed=0)
+    rows = []
+    for passes in cfg["passes"]:
+        for batch in cfg["batches"]:
+            x, r = inputs["cnn", batch], results["cnn", passes, batch]
+            int8_ms = median_ms(lambda: int8_session.predict(x, passes=passes), cfg["budget_s"], cfg["min_repeats"])
+            rows.append(["CNN", passes, batch, ms(r["predict"]), ms(int8_ms), f"{int8_ms / r['predict']:.2f}",
+                         f"{int8_ms / r['batched']:.2f}"])
+    print("## int8 (models/cnn_int8.onnx)\n")
+    table(["model", "T", "batch", "mcdrop float ms", "mcdrop int8 ms", "int8 / float", "int8 / Keras batched"], rows)
+
+    images, labels = build_models.digits_28x28()
+    _, test_img, _, test_y = build_models.split(images, labels)
+    x = build_models.to_input(test_img, flat=False)
+    passes = 200
+    preds = {name: s.predict(x, passes=passes) for name, s in (("float", float_session), ("int8", int8_session))}
+    accuracy = {name: float((p.mean.argmax(-1) == test_y).mean()) for name, p in preds.items()}
+    mean_drift = np.abs(preds["int8"].mean - preds["float"].mean)
+    var_drift = np.abs(preds["int8"].variance - preds["float"].variance)
+    print(f"Held-out digits ({len(test_y)} images, MC mean of T={passes}): float {accuracy['float']:.2%}, "
+          f"int8 {accuracy['int8']:.2%} ({(accuracy['int8'] - accuracy['float']) * 100:+.2f} points). "
+          f"int8 - float on the same images: MC mean max {mean_drift.max():.3f}, mean {mean_drift.mean():.4f}; "
+          f"MC variance max {var_drift.max():.3f}, mean {var_drift.mean():.4f} (each side's sampling noise "
+          f"included).\n")
 
 
 def _label(stdout):

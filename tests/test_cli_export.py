@@ -225,3 +225,22 @@ def test_bad_calibration_is_a_one_line_error(tmp_path):
     code, output = invoke(save(small_cnn(), tmp_path), "-o", tmp_path / "q.onnx", "--quantize", "int8", "--calibration", wrong)
     assert_one_line_error(code, output, "calibration data has shape")
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_contract_export_then_infer(tmp_path):
+    """export MODEL -o OUT.onnx, then infer X.npy --out R.npz: mean/variance of the model's shape;
+    --no-dropout equals Keras predict."""
+    model = mlp()
+    assert invoke(save(model, tmp_path), "-o", tmp_path / "out.onnx")[0] == 0
+    x = np.random.default_rng(3).standard_normal((4, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    runner = CliRunner()
+    for flags, out in (([], "mc.npz"), (["--no-dropout"], "det.npz")):
+        args = ["infer", str(tmp_path / "x.npy"), "--model", str(tmp_path / "out.onnx"), "--passes", "30",
+                "--seed", "1", "--out", str(tmp_path / out), *flags]
+        assert runner.invoke(cli.app, args).exit_code == 0
+    with np.load(tmp_path / "mc.npz") as mc, np.load(tmp_path / "det.npz") as det:
+        assert mc["mean"].shape == mc["variance"].shape == (4, 3)
+        assert np.all(mc["variance"] > 0)
+        assert np.max(np.abs(det["mean"] - np.asarray(model(x, training=False)))) <= 1e-5
+        assert np.all(det["variance"] == 0)

@@ -20,18 +20,27 @@ def mib(key):
             return int(line.split()[1]) / 1024
 
 session = MCSession({model!r}, seed=0, max_chunk_bytes={bound})
-x = np.random.default_rng(0).random((16, 28, 28, 1), dtype=np.float32)
+x = np.random.default_rng(0).random(({batch}, 28, 28, 1), dtype=np.float32)
 session.predict(x[:1], passes=1)  # kernels and thread pool set up before measuring
 before, runs = mib("VmRSS"), session.run_count
-session.predict(x, passes=60)  # unchunked, this would hold about 540 MiB of activations
+session.predict(x, passes={passes})
 print(mib("VmHWM") - before, session.run_count - runs)
 """
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")
-@pytest.mark.parametrize("bound_mib", [64, 128])
-def test_peak_memory_stays_within_max_chunk_bytes(bound_mib):
-    code = CHILD.format(root=str(ROOT), model=str(ROOT / "models" / "cnn.onnx"), bound=bound_mib * 2**20)
+@pytest.mark.parametrize(
+    "bound_mib, batch, passes",
+    [
+        (64, 16, 60),  # the passes are split (unchunked: about 540 MiB of activations)
+        (128, 16, 60),
+        (64, 64, 4),  # the batch is split too, into unequal parts unless the plan evens them out
+    ],
+)
+def test_peak_memory_stays_within_max_chunk_bytes(bound_mib, batch, passes):
+    code = CHILD.format(
+        root=str(ROOT), model=str(ROOT / "models" / "cnn.onnx"), bound=bound_mib * 2**20, batch=batch, passes=passes
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     grown, runs = done.stdout.split()
