@@ -102,10 +102,15 @@ def memory_child(passes, batch):
 
     session = MCSession(ROOT / "models" / "cnn.onnx", seed=0)
     x = np.random.default_rng(0).random((batch, *session.info.input_shape[1:]), dtype=np.float32)
-    before = psutil.Process().memory_info().rss
+    loaded = psutil.Process().memory_info().rss
+    # The session's first run sets up thread pools and kernel state once, whatever its size; the
+    # bound is on what a predict adds to a session that has run.
+    session.predict(x[:1], passes=1)
+    before, runs = psutil.Process().memory_info().rss, session.run_count
     start = time.perf_counter()
     session.predict(x, passes=passes)
-    print(json.dumps({"wall_s": time.perf_counter() - start, "runs": session.run_count,
+    print(json.dumps({"wall_s": time.perf_counter() - start, "runs": session.run_count - runs,
+                      "first_run_mib": (before - loaded) / MIB,
                       "rss_before_mib": before / MIB, "max_chunk_mib": session.max_chunk_bytes / MIB,
                       "floats_per_sample": session.info.activation_floats_per_sample}))
 
@@ -392,11 +397,11 @@ def report(cfg):
         child = json.loads(stdout)
         unchunked = child["floats_per_sample"] * 4 * passes * batch / MIB
         rows.append([f"T={passes}, batch {batch}", child["runs"], f"{child['wall_s']:.1f} s", f"{wall:.1f} s",
-                     f"{child['rss_before_mib']:.0f}", f"{peak:.0f}", f"{peak - child['rss_before_mib']:.0f}",
-                     f"{child['max_chunk_mib']:.0f}", f"{unchunked:,.0f}"])
-    table(["case", "onnxruntime runs", "predict wall", "process wall", "RSS before predict (MiB)",
-           "peak RSS (MiB)", "peak - before (MiB)", "bound: max_chunk_bytes (MiB)", "unchunked activations (MiB)"],
-          rows)
+                     f"{child['first_run_mib']:.0f}", f"{child['rss_before_mib']:.0f}", f"{peak:.0f}",
+                     f"{peak - child['rss_before_mib']:.0f}", f"{child['max_chunk_mib']:.0f}", f"{unchunked:,.0f}"])
+    table(["case", "onnxruntime runs", "predict wall", "process wall", "first run of the session (MiB)",
+           "RSS before predict (MiB)", "peak RSS (MiB)", "peak - before (MiB)", "bound: max_chunk_bytes (MiB)",
+           "unchunked activations (MiB)"], rows)
 
     print(f"## Cold start: whole processes, median of {cfg['cold_repeats']} (run one after another)\n")
     commands = {

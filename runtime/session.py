@@ -18,6 +18,10 @@ FLOAT_BYTES = 4
 # run needs (measured on the shipped CNN: 520 MiB for runs planned at 250 MiB). Plan each run at
 # half the bound so the process stays within it.
 ARENA_GROWTH = 2
+# The samples a predict returns ([T, B, outputs] float32) are held too: per-chunk pieces, their
+# concatenation and the float64 temporaries of the measures come to about 8 copies (measured: the
+# measures of a softmax head peak at 6x the samples' bytes).
+SAMPLE_COPIES = 8
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 
 
@@ -140,7 +144,8 @@ class MCSession:
         return checks.passed
 
     def chunk_plan(self, batch: int, passes: int) -> List[Tuple[slice, int]]:
-        """The runs predict makes: (rows of the batch, passes), each within max_chunk_bytes.
+        """The runs predict makes: (rows of the batch, passes), each within max_chunk_bytes less
+        what the returned samples and their measures take.
 
         One run holds passes x rows copies of the activations. Split the batch only when one pass
         over all of it is too big, then the passes; at least 1 pass of 1 row per run. Chunks are
@@ -148,7 +153,9 @@ class MCSession:
         then grows past the bound (seen: 423 MiB for 256 with runs of 228 and 28 rows).
         """
         per_sample = max(1, self._info.activation_floats_per_sample) * FLOAT_BYTES * ARENA_GROWTH
-        fits = max(1, self.max_chunk_bytes // per_sample)  # pass x row samples per run
+        outputs = int(np.prod([d or 1 for d in self._info.output_shape[1:]]))
+        reserved = SAMPLE_COPIES * passes * batch * outputs * FLOAT_BYTES
+        fits = max(1, (self.max_chunk_bytes - reserved) // per_sample)  # pass x row samples per run
         rows = _even_split(batch, min(batch, fits))
         passes_per_run = _even_split(passes, min(passes, max(1, fits // rows)))
         return [(slice(start, min(start + rows, batch)), min(passes_per_run, passes - done))
