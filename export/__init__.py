@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -129,7 +130,7 @@ def image_preprocessing(model, size=None, color_mode=None, scale=None, offset=0.
         raise ExportError(f"--image-size {size[0]}x{size[1]} does not match the model input {shape}")
     mode = color_mode or mode
     pixels = height * width * (1 if mode == "grayscale" else 3)
-    if None not in shape and int(__import__("numpy").prod(shape)) != pixels:
+    if None not in shape and math.prod(shape) != pixels:
         raise ExportError(f"a {height}x{width} {mode} image has {pixels} values; the model input {shape} does not")
     if scale is None:
         first = _first_layer(model)
@@ -169,7 +170,6 @@ def build_graph(
 
     from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs, set_defaults
     from .noise import is_active
-
     from .trace import layer_graph
 
     layer_graph(model)  # refuses subclassed models before anything reads their inputs
@@ -296,6 +296,7 @@ def export_model(
     progress=lambda msg: None,
 ) -> ExportReport:
     from .heads import resolve_head
+    from .trace import layer_graph
     from .validate import validate_export
 
     if passes < 1:
@@ -305,9 +306,7 @@ def export_model(
     started = time.perf_counter()
     progress(f"loading {source}")
     model = load_keras_model(source)
-    from .trace import layer_graph
-
-    layer_graph(model)
+    layer_graph(model)  # a subclassed model has no outputs to read the head from
     head = resolve_head(model, head)
     units = model.outputs[0].shape[-1]
     label_names = read_labels(labels, head, units)

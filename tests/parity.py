@@ -8,6 +8,7 @@ It exports with validation on (deterministic parity <= 1e-5, statistical parity 
 mask-for-mask parity against Keras's own draws and that no two stochastic layers share a mask.
 """
 
+import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,7 @@ def assert_parity(model, tmp_path, name="model", **export_kwargs):
     path = tmp_path / f"{name}.onnx"
     report = export_model(source, path, seed=0, **export_kwargs)  # validation on: raises on failure
     proto = onnx.load(path)
-    metadata = __import__("json").loads(proto.metadata_props[0].value)
+    metadata = json.loads(proto.metadata_props[0].value)
 
     _, variant, _, _ = build_graph(
         model, metadata["head"], passes=MASK_PASSES, mc_layers=export_kwargs.get("mc_layers"), seed=0
