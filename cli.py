@@ -83,7 +83,7 @@ def infer(
     session = MCSession(model, device=device, seed=seed, max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)))
     names, x = load_inputs(inputs, session.info)
     prediction = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names))
-    document = {"model": str(model), "provider": session.provider, "passes": prediction.passes,
+    document = {"model": _shown(model), "provider": session.provider, "passes": prediction.passes,
                 "stochastic": prediction.stochastic, "seed": seed,
                 "predictions": [{"input": name, **prediction.to_dict(i)} for i, name in enumerate(names)]}
     if out is not None:
@@ -92,6 +92,15 @@ def infer(
         typer.echo(json.dumps(document, allow_nan=False, indent=2))
     else:
         _print_table(document, prediction, names)
+
+
+def _shown(path: Path) -> str:
+    """The path as the user would type it: relative to the working folder when it lies inside."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive, on Windows
+        return str(path)
+    return str(path) if relative.startswith("..") else relative
 
 
 def _predict(session, x, passes, dropout, threshold, top_k, count):
@@ -259,7 +268,7 @@ def info(
     session = MCSession(model, device=device)
     meta = session.info
     document = {
-        "model": str(model), "provider": session.provider, "head": meta.head, "labels": meta.labels,
+        "model": _shown(model), "provider": session.provider, "head": meta.head, "labels": meta.labels,
         "default_passes": meta.default_passes,
         "inputs": {name: list(shape) for name, shape in meta.inputs.items()},
         "outputs": {name: list(shape) for name, shape in meta.outputs.items()},
