@@ -248,6 +248,7 @@ def build_metadata(model, source, head, labels, passes, calls, extras, preproces
         "stochastic_layers": layers,
         "mc_layers": sorted(extras["selected"]) if extras["selected"] else None,
         "activation_floats_per_sample": int(extras["activation_floats"]),
+        "once_floats_per_input": int(extras["once_floats"]),
         "repeated_from": extras["tiled_at"],
         "source": {"path": Path(source).name, "name": model.name, "sha256": _sha256(source)},
         "versions": _versions(),

@@ -146,7 +146,7 @@ def mc_function(model, head, calls, selected, repeat_all=False):
             samples = tf.nn.softmax(samples, -1)
         out = head_outputs(samples, head)
         out.update({f"noise_shape_{i}": s for i, s in enumerate(shapes)})
-        stats.update(activation_floats=walk.activation_floats, tiled_at=walk.tiled_at)
+        stats.update(activation_floats=walk.activation_floats, once_floats=walk.once_floats, tiled_at=walk.tiled_at)
         return out
 
     return fn, signature, stats

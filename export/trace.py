@@ -78,6 +78,7 @@ class Walk:
     broadcast_noise: bool = False
     calls: list = field(default_factory=list)  # noise layers called, in order
     activation_floats: int = 0  # per-sample activations of the repeated part, for the memory bound
+    once_floats: int = 0  # per-input activations of the part that runs once
     tiled_at: list = field(default_factory=list)  # layers where the passes start repeating
 
     def is_stochastic(self, layer) -> bool:
@@ -142,6 +143,8 @@ class Walk:
             values[id(ref)] = (value, out_tiled)
             if out_tiled:
                 self.activation_floats += per_sample_size(ref.shape)
+            else:
+                self.once_floats += per_sample_size(ref.shape)
 
 
 def per_sample_size(shape) -> int:

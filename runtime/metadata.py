@@ -46,6 +46,7 @@ class ModelInfo:
     preprocessing: Optional[Preprocessing]
     stochastic_layers: Tuple[StochasticLayer, ...]
     activation_floats_per_sample: int
+    once_floats_per_input: int  # activations of the layers that run once per input (0 if unknown)
     inputs: Dict[str, Shape]  # graph input name -> shape
     outputs: Dict[str, Shape]
     metadata: dict  # the whole JSON, for fields the runtime does not use (source, versions, ...)
@@ -73,6 +74,7 @@ class ModelInfo:
                     float(pre["scale"]), float(pre["offset"])),
                 stochastic_layers=tuple(_layer(layer) for layer in meta["stochastic_layers"]),
                 activation_floats_per_sample=int(meta["activation_floats_per_sample"]),
+                once_floats_per_input=int(meta.get("once_floats_per_input", 0)),
                 inputs={arg.name: _shape(arg.shape) for arg in session.get_inputs()},
                 outputs={arg.name: _shape(arg.shape) for arg in session.get_outputs()},
                 metadata=meta,

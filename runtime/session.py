@@ -147,17 +147,20 @@ class MCSession:
         """The runs predict makes: (rows of the batch, passes), each within max_chunk_bytes less
         what the returned samples and their measures take.
 
-        One run holds passes x rows copies of the activations. Split the batch only when one pass
-        over all of it is too big, then the passes; at least 1 pass of 1 row per run. Chunks are
-        as equal as the counts allow: runs of alternating sizes fragment onnxruntime's arena, which
-        then grows past the bound (seen: 423 MiB for 256 with runs of 228 and 28 rows).
+        A run over `rows` inputs and `p` passes holds rows x once_floats_per_input activations of
+        the layers that run once and rows x p x activation_floats_per_sample of the repeated part.
+        Split the batch only when one pass over all of it is too big, then the passes; at least 1
+        pass of 1 row per run. Chunks are as equal as the counts allow: runs of alternating sizes
+        fragment onnxruntime's arena, which then grows past the bound (seen: 423 MiB for 256 with
+        runs of 228 and 28 rows).
         """
-        per_sample = max(1, self._info.activation_floats_per_sample) * FLOAT_BYTES * ARENA_GROWTH
+        scale = FLOAT_BYTES * ARENA_GROWTH
+        per_sample = max(1, self._info.activation_floats_per_sample) * scale
+        per_input = self._info.once_floats_per_input * scale
         outputs = int(np.prod([d or 1 for d in self._info.output_shape[1:]]))
-        reserved = SAMPLE_COPIES * passes * batch * outputs * FLOAT_BYTES
-        fits = max(1, (self.max_chunk_bytes - reserved) // per_sample)  # pass x row samples per run
-        rows = _even_split(batch, min(batch, fits))
-        passes_per_run = _even_split(passes, min(passes, max(1, fits // rows)))
+        budget = self.max_chunk_bytes - SAMPLE_COPIES * passes * batch * outputs * FLOAT_BYTES
+        rows = _even_split(batch, min(batch, max(1, budget // (per_input + per_sample))))
+        passes_per_run = _even_split(passes, min(passes, max(1, (budget - rows * per_input) // (rows * per_sample))))
         return [(slice(start, min(start + rows, batch)), min(passes_per_run, passes - done))
                 for start in range(0, batch, rows)
                 for done in range(0, passes, passes_per_run)]

@@ -148,13 +148,15 @@ def test_default_passes_and_keep_samples(toy_model_path):
 def test_chunks_stay_within_the_bound_and_cover_the_work(toy_model_path, max_chunk_bytes, batch):
     session = MCSession(toy_model_path, seed=4, max_chunk_bytes=max_chunk_bytes)
     per_sample = session.info.activation_floats_per_sample * 4
+    per_input = session.info.once_floats_per_input * 4
     passes = 37
     plan = session.chunk_plan(batch, passes)
     covered = np.zeros((passes, batch), dtype=int)
     done = {}
     for rows, count in plan:
         assert count >= 1 and rows.stop > rows.start
-        assert count * (rows.stop - rows.start) * per_sample <= max(max_chunk_bytes, per_sample)
+        size = rows.stop - rows.start
+        assert size * per_input + count * size * per_sample <= max(max_chunk_bytes, per_input + per_sample)
         start = done.get(rows.start, 0)
         covered[start:start + count, rows] += 1
         done[rows.start] = start + count

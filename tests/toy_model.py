@@ -134,6 +134,7 @@ def build_toy_model(path, head: str = "softmax", example_shape: Sequence[int] = 
             "input_shape": [None, *example_shape], "output_shape": [None, units],
             "preprocessing": preprocessing, "stochastic_layers": layers,
             "activation_floats_per_sample": activation_floats_per_sample,
+            "once_floats_per_input": 4,
             "repeated_from": ["dropout_0"],
             "source": {"path": "toy.keras", "name": "toy", "sha256": "0" * 64},
             "versions": {"mcdrop": "0.1.0", "onnx": onnx.__version__},
