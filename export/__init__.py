@@ -270,8 +270,6 @@ def attach_metadata(proto, metadata):
 def write_atomically(data: bytes, output):
     from runtime.files import atomic_writer
 
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
     with atomic_writer(output) as f:
         f.write(data)
 
@@ -302,6 +300,8 @@ def export_model(
 
     if passes < 1:
         raise ExportError(f"--passes must be >= 1, got {passes}")
+    if Path(output).is_dir():
+        raise ExportError(f"{output}: is a folder; give a file name")
     if quantize not in (None, "none", "int8"):
         raise ExportError(f"--quantize {quantize!r}: choose none or int8")
     started = time.perf_counter()

@@ -5,12 +5,23 @@ import os
 import tempfile
 from pathlib import Path
 
+from runtime.errors import InputError
+
 
 @contextlib.contextmanager
 def atomic_writer(path):
-    """Yield a binary file object; on success it replaces `path`, on any error it is removed."""
+    """Yield a binary file object; on success it replaces `path`, on any error it is removed.
+
+    A path that cannot be written (a folder, a missing or read-only folder) is an InputError.
+    """
     path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise InputError(f"{path}: cannot write here ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

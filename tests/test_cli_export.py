@@ -81,6 +81,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         ((source, "-o", tmp_path / "o.onnx", "--head", "banana"), "unknown head"),
         ((source, "-o", tmp_path / "o.onnx", "--passes", "0"), "--passes"),
         ((source, "-o", tmp_path / "o.onnx", "--opset", "7"), "--opset"),
+        ((source, "-o", tmp_path), "is a folder"),
     ]
     for args, fragment in cases:
         assert_one_line_error(*invoke(*args), fragment)
