@@ -225,23 +225,23 @@ def export(
         raise InputError(f"--color-mode {color_mode!r}: expected grayscale or rgb")
     if passes < 1:
         raise InputError(f"--passes must be >= 1, got {passes}")
+    import importlib.util
+    import logging
 
+    missing = [name for name in ("tensorflow", "keras", "tf2onnx", "onnx") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"export needs the export extra ({', '.join(missing)} missing): pip install -e '.[export]'")
+
+    from export import export_model
     from runtime.providers import quiet_stderr
 
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     # TensorFlow and tf2onnx log to stderr from C++ while they load and convert; the user sees
     # our progress lines on the real stderr instead.
     with quiet_stderr() as terminal:
         def progress(message):
             os.write(terminal, (message + "\n").encode())
 
-        try:
-            import logging
-
-            from export import export_model
-
-            logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-        except ImportError as err:
-            raise InputError(f"export needs the export extra ({err.name} is missing): pip install -e '.[export]'") from None
         report = export_model(
             source, output, passes=passes, head=head, labels=labels,
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,

@@ -245,3 +245,12 @@ def test_contract_export_then_infer(tmp_path):
         assert np.all(mc["variance"] > 0)
         assert np.max(np.abs(det["mean"] - np.asarray(model(x, training=False)))) <= 1e-5
         assert np.all(det["variance"] == 0)
+
+
+def test_missing_export_extra_is_a_one_line_error(tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tf2onnx" else real(name, *a))
+    code, output = invoke(tmp_path / "m.keras", "-o", tmp_path / "o.onnx")
+    assert_one_line_error(code, output, "pip install -e '.[export]'")
