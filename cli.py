@@ -175,9 +175,13 @@ def _csv_text(prediction, names: List[str]) -> str:
 
     import numpy as np
 
+    from runtime.prediction import MODEL_WIDE
+
     columns = {"input": names, "uncertain": prediction.uncertain.tolist()}
     per_input = {"mean": prediction.mean, "variance": prediction.variance, **prediction.measures}
     for name, value in per_input.items():
+        if name in MODEL_WIDE:
+            continue  # one value for the model (thresholds), not a column per input
         if isinstance(value, list):  # variable length per input, e.g. active labels
             columns[name] = [";".join(map(str, item)) for item in value]
         elif isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == len(names):
@@ -218,8 +222,9 @@ def export(
     if image_size is not None:
         try:
             size = tuple(int(v) for v in image_size.lower().split("x"))
-            assert len(size) == 2 and min(size) > 0
-        except (ValueError, AssertionError):
+            if len(size) != 2 or min(size) < 1:
+                raise ValueError
+        except ValueError:
             raise InputError(f"--image-size {image_size!r}: expected HxW, e.g. 28x28") from None
     if color_mode not in (None, "grayscale", "rgb"):
         raise InputError(f"--color-mode {color_mode!r}: expected grayscale or rgb")

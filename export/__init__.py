@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import ExportError, ModelFileError
+from runtime.errors import ExportError, ModelFileError, first_line
 
 __all__ = ["export_model", "load_keras_model", "build_graph", "ExportReport"]
 
@@ -75,7 +75,7 @@ def load_keras_model(path):
     except ModelFileError:
         raise
     except Exception as err:  # keras raises many types for unreadable files
-        raise ModelFileError(f"{path}: cannot load the Keras model ({_first_line(err)})") from err
+        raise ModelFileError(f"{path}: cannot load the Keras model ({first_line(err)})") from err
 
 
 def _load_saved_model(path):
@@ -99,12 +99,6 @@ def _load_saved_model(path):
     )
 
 
-def _first_line(err, limit=200):
-    text = str(err).strip()
-    line = text.splitlines()[0] if text else type(err).__name__
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 def _noise_layers(model):
     from .noise import spec_for
 
@@ -123,7 +117,7 @@ def image_preprocessing(model, size=None, color_mode=None, scale=None, offset=0.
         mode = "grayscale" if shape[-1] == 1 else "rgb"
     elif size:
         height, width = size
-        mode = color_mode or "grayscale"
+        mode = "rgb" if shape and shape[-1] == 3 else "grayscale"
     else:
         return None
     if size and (height, width) != tuple(size):
@@ -155,7 +149,7 @@ def read_labels(path, head, units):
     try:
         labels = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
     except (OSError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path}: cannot read labels ({_first_line(err)})") from err
+        raise ExportError(f"{path}: cannot read labels ({first_line(err)})") from err
     wanted = 2 if head == "binary" else units
     if head == "regression" or len(labels) != wanted:
         raise ExportError(f"{path}: {len(labels)} labels for a {head} head with {wanted} outputs")
@@ -190,9 +184,10 @@ def build_graph(
             "the model has no active stochastic layer (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, "
             "GaussianNoise, AlphaDropout), so every pass is the same; pass --deterministic to export it anyway"
         )
-    if not 13 <= (opset or OPSET) <= 21:
+    opset = OPSET if opset is None else opset
+    if not 13 <= opset <= 21:
         raise ExportError(f"--opset {opset}: mcdrop builds graphs for opsets 13 to 21")
-    proto, stats = convert(model, head, calls, selected, opset or OPSET, repeat_all)
+    proto, stats = convert(model, head, calls, selected, opset, repeat_all)
     variant = masks_as_inputs(proto)
     attach_random_nodes(proto, calls, fresh_seeds(len(calls), seed))
     set_defaults(proto, passes)
@@ -221,11 +216,11 @@ def _sha256(path):
 
 
 def build_metadata(model, source, head, labels, passes, calls, extras, preprocessing):
-    from .graph import RANDOM_PREFIX
+    from .graph import random_node_names
     from .noise import spec_for
 
     layers = []
-    for call in calls:
+    for call, node in zip(calls, random_node_names(calls)):
         spec = spec_for(call.layer)
         layers.append(
             {
@@ -234,7 +229,7 @@ def build_metadata(model, source, head, labels, passes, calls, extras, preproces
                 "rate": spec.strength(call.layer),
                 "noise_shape": list(getattr(call.layer, "noise_shape", None) or []) or None,
                 "distribution": spec.distribution,
-                "random_node": RANDOM_PREFIX + call.layer.name,
+                "random_node": node,
             }
         )
     return {
@@ -247,6 +242,7 @@ def build_metadata(model, source, head, labels, passes, calls, extras, preproces
         "preprocessing": preprocessing,
         "stochastic_layers": layers,
         "mc_layers": sorted(extras["selected"]) if extras["selected"] else None,
+        "quantization": None,
         "activation_floats_per_sample": int(extras["activation_floats"]),
         "once_floats_per_input": int(extras["once_floats"]),
         "repeated_from": extras["tiled_at"],
@@ -304,6 +300,8 @@ def export_model(
         raise ExportError(f"{output}: is a folder; give a file name")
     if quantize not in (None, "none", "int8"):
         raise ExportError(f"--quantize {quantize!r}: choose none or int8")
+    if calibration is not None and quantize != "int8":
+        raise ExportError("--calibration is for --quantize int8 only")
     started = time.perf_counter()
     progress(f"loading {source}")
     model = load_keras_model(source)
@@ -378,7 +376,9 @@ def load_calibration(path, shape):
                 raise ExportError(f"{path}: an .npz for --calibration must hold one array, it holds {data.files}")
             data = data[data.files[0]]
     except (OSError, ValueError) as err:
-        raise ExportError(f"{path}: cannot read calibration data ({_first_line(err)})") from err
+        raise ExportError(f"{path}: cannot read calibration data ({first_line(err)})") from err
+    if data.dtype.kind not in "fiu":
+        raise ExportError(f"{path}: calibration data must be numbers, not {data.dtype}")
     expected = tuple(shape[1:])
     if data.ndim != len(shape) or any(e is not None and e != d for e, d in zip(expected, data.shape[1:])):
         raise ExportError(f"{path}: calibration data has shape {data.shape}; the model takes [batch, {', '.join(map(str, expected))}]")

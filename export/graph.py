@@ -16,7 +16,7 @@ import onnx
 import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import ExportError
+from runtime.errors import ExportError, first_line
 
 from .noise import as_shape, dims_of, spec_for
 from .trace import Walk, split_passes, tile_passes
@@ -160,7 +160,7 @@ def convert(model, head, calls, selected, opset=OPSET, repeat_all=False):
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
     except Exception as err:  # tf2onnx raises bare exceptions for unsupported ops
-        raise ExportError(f"tf2onnx could not convert the model: {str(err).splitlines()[0]}") from err
+        raise ExportError(f"tf2onnx could not convert the model: {first_line(err)}") from err
     proto.ir_version = IR_VERSION
     set_defaults(proto)
     return proto, stats
@@ -190,6 +190,16 @@ def masks_as_inputs(proto):
     return variant
 
 
+def random_node_names(calls):
+    """One name per noise call: the layer's name, with /2, /3... for a layer called again."""
+    seen, names = {}, []
+    for call in calls:
+        seen[call.layer.name] = seen.get(call.layer.name, 0) + 1
+        count = seen[call.layer.name]
+        names.append(RANDOM_PREFIX + call.layer.name + (f"/{count}" if count > 1 else ""))
+    return names
+
+
 def attach_random_nodes(proto, calls, seeds):
     """Replace each noise_<i> input by ConstantOfShape(noise_shape_<i>) -> Random*Like(seed).
 
@@ -204,8 +214,7 @@ def attach_random_nodes(proto, calls, seeds):
     drop_outputs(proto, "noise_shape_")
 
     nodes = []
-    for i, (call, seed) in enumerate(zip(calls, seeds)):
-        base = RANDOM_PREFIX + call.layer.name
+    for i, (call, seed, base) in enumerate(zip(calls, seeds, random_node_names(calls))):
         # ConstantOfShape gives RandomXLike a tensor of the noise shape, which is dynamic (T*B);
         # only its shape is read, so make it bool: a quarter of the bytes to fill.
         nodes.append(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from runtime.errors import ExportError
+from runtime.errors import ExportError, first_line
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 CALIBRATION_PASSES = 4
@@ -43,18 +43,22 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray) -> onnx.Model
     with tempfile.TemporaryDirectory() as tmp:
         source, prepared, target = (Path(tmp) / name for name in ("fp32.onnx", "prep.onnx", "int8.onnx"))
         onnx.save(proto, source)
-        # Symbolic shape inference and folding first, as onnxruntime recommends before quantizing.
-        quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        quantize_static(
-            str(prepared),
-            str(target),
-            _Calibration(np.asarray(calibration, np.float32)),
-            quant_format=QuantFormat.QDQ,
-            op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-        )
+        try:
+            # onnxruntime's recommended pre-processing (ONNX shape inference and graph
+            # optimisation; symbolic shape inference is skipped, the batch stays symbolic).
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            quantize_static(
+                str(prepared),
+                str(target),
+                _Calibration(np.asarray(calibration, np.float32)),
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=QUANTIZED_OPS,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+            )
+        except Exception as err:  # onnxruntime.quantization raises many types
+            raise ExportError(f"int8 quantization failed: {first_line(err)}") from err
         quantized = onnx.load(target)
     quantized.ir_version = proto.ir_version
     del quantized.metadata_props[:]

@@ -12,7 +12,7 @@ import tempfile
 import numpy as np
 import onnx
 
-from runtime.errors import ValidationError
+from runtime.errors import ValidationError, first_line
 from runtime.validate import Checklist, check_live_randomness, sample_inputs
 
 from .graph import RANDOM_PREFIX, random_nodes, seed_of
@@ -100,7 +100,7 @@ def validate_structure(checks, proto, metadata, x):
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as err:  # checker raises several exception types
-        raise ValidationError(f"validation failed (onnx checker): {str(err).splitlines()[0]}") from err
+        raise ValidationError(f"validation failed (onnx checker): {first_line(err)}") from err
     check("onnx checker", True, "valid ONNX", "")  # reached only when the checker passed
 
     foreign = sorted({f"{n.domain}:{n.op_type}" for n in proto.graph.node if n.domain not in ("", "ai.onnx")})
@@ -128,7 +128,7 @@ def validate_structure(checks, proto, metadata, x):
             try:
                 ort_session(data, level, path)
             except Exception as err:  # onnxruntime raises its own exception types
-                raise ValidationError(f"validation failed (onnxruntime {level}): {str(err).splitlines()[0]}") from err
+                raise ValidationError(f"validation failed (onnxruntime {level}): {first_line(err)}") from err
             kept = len(random_nodes(onnx.load(path).graph))
             check(
                 f"optimiser {level}",

@@ -5,6 +5,13 @@ line and exits with its exit_code. Anything else is a bug and keeps its tracebac
 """
 
 
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if it has none), cut to `limit`."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class McdropError(Exception):
     """Base class: a problem the user can fix, reported in one line."""
 

@@ -6,7 +6,7 @@ from typing import List, Sequence, Tuple
 
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, first_line
 from runtime.metadata import ModelInfo
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
@@ -79,7 +79,7 @@ def _load_array(path: str) -> np.ndarray:
                                      "or save only one")
                 loaded = loaded[key]
     except (ValueError, OSError, EOFError) as err:  # corrupt, truncated, or pickled objects
-        raise InputError(f"{path}: cannot read array ({str(err).splitlines()[0]})") from None
+        raise InputError(f"{path}: cannot read array ({first_line(err)})") from None
     if loaded.ndim == 0:
         raise InputError(f"{path}: holds a single number, not a batch")
     return loaded
@@ -102,7 +102,7 @@ def _load_image(path: str, info: ModelInfo) -> np.ndarray:
                 image = image.resize((pre.width, pre.height), Image.Resampling.LANCZOS)
             pixels = np.asarray(image, dtype=np.float32)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise InputError(f"{path}: cannot read image ({str(err).splitlines()[0] or type(err).__name__})") \
+        raise InputError(f"{path}: cannot read image ({first_line(err)})") \
             from None
     x = pixels * np.float32(pre.scale) + np.float32(pre.offset)
     example_shape = tuple(info.input_shape[1:])

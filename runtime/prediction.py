@@ -29,7 +29,7 @@ UNITS = "nats"
 ORIENTATION = "higher entropy / mutual_information / variation_ratio / variance = less certain"
 
 # Measures that describe the model, not one input: kept whole when one input is picked.
-_MODEL_WIDE = ("threshold", "thresholds")
+MODEL_WIDE = ("threshold", "thresholds")
 # Tolerance for float32 probabilities a hair outside [0, 1].
 _PROBABILITY_SLACK = 1e-5
 
@@ -128,7 +128,7 @@ class Prediction:
             "orientation": ORIENTATION,
             "mean": _jsonable(self.mean[rows]),
             "variance": _jsonable(self.variance[rows]),
-            "measures": {name: _jsonable(value if name in _MODEL_WIDE else value[rows])
+            "measures": {name: _jsonable(value if name in MODEL_WIDE else value[rows])
                          for name, value in self.measures.items()},
             "uncertain": _jsonable(self.uncertain[rows]),
         }

@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import providers, seeds
-from runtime.errors import InputError, ModelFileError
+from runtime.errors import InputError, ModelFileError, first_line
 from runtime.metadata import ModelInfo
 from runtime.prediction import Prediction
 
@@ -60,7 +60,7 @@ class MCSession:
             self._session = providers.create_session(model_bytes, device, options, session_factory)
         except Exception as err:
             if type(err).__module__.startswith("onnxruntime"):
-                raise ModelFileError(f"{self.path}: not an ONNX file ({_first_line(err)})") from None
+                raise ModelFileError(f"{self.path}: not an ONNX file ({first_line(err)})") from None
             raise
         self._info = ModelInfo.from_session(self._session, self.path)
         seeds.check_seeds(old_seeds, [layer.seed for layer in self._info.stochastic_layers], self.path)
@@ -158,7 +158,10 @@ class MCSession:
         per_sample = max(1, self._info.activation_floats_per_sample) * scale
         per_input = self._info.once_floats_per_input * scale
         outputs = int(np.prod([d or 1 for d in self._info.output_shape[1:]]))
-        budget = self.max_chunk_bytes - SAMPLE_COPIES * passes * batch * outputs * FLOAT_BYTES
+        samples = SAMPLE_COPIES * passes * batch * outputs * FLOAT_BYTES
+        # The samples are the result and cannot be chunked away: they take at most half the bound,
+        # else runs would shrink to one row and one pass (10,000 inputs x 100 passes: 1M runs).
+        budget = max(self.max_chunk_bytes - samples, self.max_chunk_bytes // 2)
         rows = _even_split(batch, min(batch, max(1, budget // (per_input + per_sample))))
         passes_per_run = _even_split(passes, min(passes, max(1, (budget - rows * per_input) // (rows * per_sample))))
         return [(slice(start, min(start + rows, batch)), min(passes_per_run, passes - done))
@@ -187,7 +190,7 @@ class MCSession:
         try:
             x = np.asarray(x)
         except (ValueError, TypeError) as err:  # ragged nested lists
-            raise InputError(f"input is not an array ({_first_line(err)})") from None
+            raise InputError(f"input is not an array ({first_line(err)})") from None
         if x.dtype.kind not in "fiu":
             raise InputError(f"input must be real numbers, got dtype {x.dtype}")
         expected = self._info.input_shape
@@ -241,6 +244,3 @@ def _read_model(path: str) -> bytes:
     return data
 
 
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

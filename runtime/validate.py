@@ -13,6 +13,8 @@ import numpy as np
 
 from runtime.errors import ValidationError
 
+VARIABLE_SIZE = 8  # what a dimension the model leaves open (a sequence length, say) gets in checks
+
 
 @dataclass
 class Check:
@@ -37,7 +39,7 @@ class Checklist:
 def sample_inputs(input_shape, preprocessing: Optional[dict], count=2, seed=0) -> np.ndarray:
     """Inputs in the range the model expects: scaled 0-255 pixels for image models, else N(0, 1)."""
     rng = np.random.default_rng(seed)
-    shape = (count, *input_shape[1:])
+    shape = (count, *(d if isinstance(d, int) else VARIABLE_SIZE for d in input_shape[1:]))
     if preprocessing and preprocessing.get("scale"):
         pixels = rng.integers(0, 256, shape)
         return (pixels * preprocessing["scale"] + preprocessing.get("offset", 0.0)).astype(np.float32)

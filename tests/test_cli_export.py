@@ -82,6 +82,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
         ((source, "-o", tmp_path / "o.onnx", "--passes", "0"), "--passes"),
         ((source, "-o", tmp_path / "o.onnx", "--opset", "7"), "--opset"),
         ((source, "-o", tmp_path), "is a folder"),
+        ((source, "-o", tmp_path / "o.onnx", "--calibration", labels), "--quantize int8 only"),
     ]
     for args, fragment in cases:
         assert_one_line_error(*invoke(*args), fragment)
@@ -225,6 +226,10 @@ def test_bad_calibration_is_a_one_line_error(tmp_path):
     np.save(wrong, np.zeros((4, 5, 5, 1), np.float32))
     code, output = invoke(save(small_cnn(), tmp_path), "-o", tmp_path / "q.onnx", "--quantize", "int8", "--calibration", wrong)
     assert_one_line_error(code, output, "calibration data has shape")
+    words = tmp_path / "words.npy"
+    np.save(words, np.array([["a"] * 8] * 8))
+    code, output = invoke(save(small_cnn(), tmp_path), "-o", tmp_path / "q.onnx", "--quantize", "int8", "--calibration", words)
+    assert_one_line_error(code, output, "must be numbers")
     assert not (tmp_path / "q.onnx").exists()
 
 

@@ -142,6 +142,28 @@ def stochastic_depth():
     return keras.Model(inp, out), {}
 
 
+def shared_dropout_layer():
+    """One Dropout layer called on two branches: two random nodes, independent masks."""
+    _seeded()
+    inp = keras.Input((6,))
+    drop = layers.Dropout(0.3, name="shared_drop")
+    a = drop(layers.Dense(8, activation="relu")(inp))
+    b = drop(layers.Dense(8, activation="tanh")(inp))
+    out = layers.Dense(3, activation="softmax")(layers.Concatenate()([a, b]))
+    return keras.Model(inp, out), {}
+
+
+def variable_length_sequence():
+    """The time axis is left open (None): validation inputs must still get a size for it."""
+    _seeded()
+    inp = keras.Input((None, 3))
+    x = layers.Conv1D(6, 3, activation="relu")(inp)
+    x = layers.Dropout(0.3)(x)
+    x = layers.GlobalMaxPooling1D()(x)
+    out = layers.Dense(2, activation="softmax")(x)
+    return keras.Model(inp, out), {}
+
+
 def binary_sigmoid():
     _seeded()
     return keras.Sequential(
@@ -189,6 +211,8 @@ ZOO = {
         conv1d_spatial_lstm,
         conv3d_spatial,
         stochastic_depth,
+        shared_dropout_layer,
+        variable_length_sequence,
         binary_sigmoid,
         multilabel_sigmoid,
         logits_head,
