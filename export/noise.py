@@ -74,8 +74,20 @@ def _dropout(layer, x, r, on):
     return (x * (1.0 / (1.0 - rate))) * tf.cast(r >= rate, x.dtype)
 
 
+def gaussian_dropout_stddev(rate):
+    """keras.layers.GaussianDropout's noise stddev for a drop rate."""
+    return math.sqrt(rate / (1.0 - rate))
+
+
+def alpha_affine(rate):
+    """keras.layers.AlphaDropout's (a, b): output = a * x + b, with dropped x set to ALPHA_P.
+    Works on floats and on tensors (the rate is scaled by `on` in the graph)."""
+    a = ((1.0 - rate) * (1.0 + rate * ALPHA_P**2)) ** -0.5
+    return a, -a * ALPHA_P * rate
+
+
 def _gaussian_dropout(layer, x, r, on):
-    stddev = math.sqrt(layer.rate / (1.0 - layer.rate)) * on
+    stddev = gaussian_dropout_stddev(layer.rate) * on
     return x * (1.0 + stddev * r)
 
 
@@ -86,8 +98,7 @@ def _gaussian_noise(layer, x, r, on):
 def _alpha_dropout(layer, x, r, on):
     rate = layer.rate * on
     kept = tf.cast(r >= rate, x.dtype)
-    a = ((1.0 - rate) * (1.0 + rate * ALPHA_P**2)) ** -0.5
-    b = -a * ALPHA_P * rate
+    a, b = alpha_affine(rate)
     return a * (x * kept + ALPHA_P * (1.0 - kept)) + b
 
 

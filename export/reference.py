@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from .noise import ALPHA_P, as_shape, dims_of, spec_for
+from .noise import ALPHA_P, alpha_affine, as_shape, dims_of, gaussian_dropout_stddev, spec_for
 from .trace import Walk, split_passes, tile_passes
 
 
@@ -51,7 +51,7 @@ def keras_masked_samples(model, x, passes, selected=None):
             r = probe / layer.stddev
         elif spec.kind == "GaussianDropout":
             probe = layer(tf.ones(shape), training=True)
-            r = (probe - 1.0) / np.sqrt(layer.rate / (1.0 - layer.rate))
+            r = (probe - 1.0) / gaussian_dropout_stddev(layer.rate)
         else:
             # Dropout kinds and AlphaDropout keep an element iff its uniform draw >= rate;
             # 1.0 / 0.0 reproduce exactly that decision.
@@ -68,7 +68,5 @@ def keras_masked_samples(model, x, passes, selected=None):
 def _dropped_value(layer, kind):
     if kind != "AlphaDropout":
         return 0.0
-    rate = layer.rate
-    a = ((1 - rate) * (1 + rate * ALPHA_P**2)) ** -0.5
-    b = -a * ALPHA_P * rate
+    a, b = alpha_affine(layer.rate)
     return a * ALPHA_P + b  # a * (1 * 0 + ALPHA_P * 1) + b for a dropped 1.0
