@@ -19,11 +19,21 @@ from runtime.errors import ModelFileError
 
 SEED_MARKER = b"\x0a\x04seed\x15"
 
-# onnxruntime casts the float to uint32 and seeds a minstd generator (modulus 2**31 - 1) with it.
-# Small or nearby seeds give correlated streams, so seeds are drawn large and spread out, and
-# exactly representable as float32 so the cast gives back the drawn integer.
-LOWEST_SEED = 2**24
-HIGHEST_SEED = 2**31 - 2
+# onnxruntime casts the float to uint32 and seeds a std::minstd_rand0 generator with it (libstdc++
+# and libc++; MSVC's default engine is mt19937). minstd walks one cycle through every state
+# 1..2**31-2: state x is followed by 16807 x mod (2**31 - 1). A seed is a starting point on that
+# cycle, and two seeds a distance d apart give the same stream shifted by d draws, so random seeds
+# let a big layer's stream run into another's within a call (for the shipped CNN at T=50, batch
+# 32, whose two big layers draw 99M and 41M of the 2.1G states per call: about 6.5% of calls). The seeds are spread around the cycle instead: stream j starts in the
+# first half of the j-th of `count` equal arcs. The spot within that half is random, because
+# exactly even spacing makes the seeds multiples of each other by roots of unity: two seeds half
+# the cycle apart give the streams x and -x, uniforms u and 1 - u.
+MINSTD_MODULUS = 2**31 - 1
+MINSTD_MULTIPLIER = 16807
+
+
+def _float32_exact(value: int) -> bool:
+    return float(np.float32(value)) == value
 
 
 def find_seeds(model_bytes: bytes) -> List[Tuple[int, float]]:
@@ -38,25 +48,39 @@ def find_seeds(model_bytes: bytes) -> List[Tuple[int, float]]:
 
 
 def fresh_seeds(count: int, seed: Optional[int] = None) -> List[float]:
-    """`count` distinct float32-exact integers in [LOWEST_SEED, HIGHEST_SEED] from SeedSequence(seed);
-    seed=None draws fresh OS entropy."""
-    words = np.random.default_rng(np.random.SeedSequence(seed))
+    """`count` seeds spread around minstd's cycle, from SeedSequence(seed) (None: OS entropy).
+
+    Each stream can draw (2**31 - 2) / (2 count) numbers before it reaches the next one's start.
+    The seeds are float32-exact integers, so the float attribute casts back to the state chosen:
+    the first exact state at or after the spot drawn, a few dozen steps on at most.
+    """
+    if count == 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence(seed))
+    arc = (MINSTD_MODULUS - 1) // count
+    start = int(rng.integers(MINSTD_MODULUS - 1))
     drawn: List[float] = []
-    while len(drawn) < count:
-        word = int(words.integers(2**32, dtype=np.uint32))
-        # float32 keeps 24 bits, so rounding lands on a representable integer; the span stops
-        # 128 (float32's step there) below 2**31, so rounding up never leaves the range.
-        value = float(np.float32(LOWEST_SEED + word % (HIGHEST_SEED - 127 - LOWEST_SEED)))
-        if value not in drawn:  # a collision is about one in a million for ten nodes
-            drawn.append(value)
+    for j in range(count):
+        position = (start + j * arc + int(rng.integers(arc // 2))) % (MINSTD_MODULUS - 1)
+        state = pow(MINSTD_MULTIPLIER, position, MINSTD_MODULUS)
+        while not _float32_exact(state):
+            state = state * MINSTD_MULTIPLIER % MINSTD_MODULUS
+        drawn.append(float(state))
     return drawn
 
 
-def rewrite_seeds(model_bytes: bytes, seed: Optional[int]) -> Tuple[bytes, List[float]]:
-    """(the model with fresh seeds, the seeds it had, in file order)."""
+def stream_seeds(count: int, seed: Optional[int], stream: int, streams: int) -> List[float]:
+    """Seeds for session `stream` of `streams` that share one seed: each session takes its own
+    `count` of the count * streams seeds spread around the cycle."""
+    return fresh_seeds(count * streams, seed)[stream * count:(stream + 1) * count]
+
+
+def rewrite_seeds(model_bytes: bytes, seed: Optional[int], stream: int = 0,
+                  streams: int = 1) -> Tuple[bytes, List[float]]:
+    """(the model with fresh seeds, the seeds it had, in file order); see stream_seeds."""
     found = find_seeds(model_bytes)
     rewritten = bytearray(model_bytes)
-    for (offset, _), value in zip(found, fresh_seeds(len(found), seed)):
+    for (offset, _), value in zip(found, stream_seeds(len(found), seed, stream, streams)):
         rewritten[offset:offset + 4] = np.float32(value).tobytes()
     return bytes(rewritten), [value for _, value in found]
 

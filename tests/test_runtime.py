@@ -25,16 +25,6 @@ def samples_of(session, passes=16, x=X):
 
 # Seeds -------------------------------------------------------------------------------------
 
-def test_fresh_seeds_are_large_distinct_and_float32_exact():
-    drawn = seeds.fresh_seeds(200, seed=5)
-    assert len(set(drawn)) == 200
-    for value in drawn:
-        assert seeds.LOWEST_SEED <= value <= seeds.HIGHEST_SEED
-        assert float(np.float32(value)) == value == int(value)
-    assert seeds.fresh_seeds(10, seed=5) == drawn[:10]
-    assert seeds.fresh_seeds(10) != seeds.fresh_seeds(10)
-
-
 def test_rewrite_replaces_exactly_the_random_nodes_seeds(toy_model_path):
     original = open(toy_model_path, "rb").read()
     assert sorted(value for _, value in seeds.find_seeds(original)) == sorted(SEEDS)
