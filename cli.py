@@ -54,6 +54,7 @@ def infer(
     passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
     seed: Optional[int] = typer.Option(None, help="Seed for reproducible results [default: fresh]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads [default: every core this process may use]."),
     no_dropout: bool = typer.Option(False, "--no-dropout", help="One deterministic pass, dropout off."),
     top_k: int = typer.Option(3, help="Classes listed per input (categorical heads)."),
     threshold: float = typer.Option(0.5, help="Decision threshold (binary / multi-label heads)."),
@@ -73,6 +74,8 @@ def infer(
         raise InputError(f"--threshold must lie in [0, 1], got {threshold}")
     if not max_chunk_mb > 0:
         raise InputError(f"--max-chunk-mb must be > 0, got {max_chunk_mb}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
 
     if model == DEFAULT_MODEL and not model.exists():
         raise InputError(f"no model at {model}; export one with `python cli.py export`, or pass --model")
@@ -80,7 +83,8 @@ def infer(
     from runtime.inputs import load_inputs
     from runtime.session import MCSession
 
-    session = MCSession(model, device=device, seed=seed, max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)))
+    session = MCSession(model, device=device, seed=seed, threads=threads,
+                        max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)))
     names, x = load_inputs(inputs, session.info)
     prediction = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names))
     document = {"model": _shown(model), "provider": session.provider, "passes": prediction.passes,

@@ -1,7 +1,9 @@
 """MCSession: load an mcdrop ONNX file once, then run Monte Carlo predictions on it."""
 
+import os
 import threading
 import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -14,27 +16,59 @@ from runtime.prediction import Prediction
 
 INPUT, PASSES, STOCHASTIC, SAMPLES = "input", "passes", "stochastic", "samples"
 FLOAT_BYTES = 4
-# onnxruntime's CPU arena grows by doubling, so after the first runs it holds up to twice what one
-# run needs (measured on the shipped CNN: 520 MiB for runs planned at 250 MiB). Plan each run at
-# half the bound so the process stays within it.
-ARENA_GROWTH = 2
+# A run's resident memory is more than its activations: onnxruntime's arena holds freed blocks
+# and rounds its growth. Measured on the shipped CNN, runs of 12 to 211 MiB of activations
+# (activation_floats_per_sample) peaked at 2.04x to 2.51x that, so runs are planned at 2.5x.
+ARENA_GROWTH = 2.5
 # The samples a predict returns ([T, B, outputs] float32) are held too: per-chunk pieces, their
 # concatenation and the float64 temporaries of the measures come to about 8 copies (measured: the
 # measures of a softmax head peak at 6x the samples' bytes).
 SAMPLE_COPIES = 8
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+# onnxruntime's CPU random kernels draw on one thread and lock their generator, so one session draws
+# masks on one core however many threads it has (two runs of one session side by side take as long
+# as one after the other). Separate single-threaded sessions ("workers"), each with its own seeds,
+# draw on every core: shipped CNN, T=50, batch 32, 2 cores: 1.42 s in one session, 0.96 s in two.
+# Each worker holds its own copy of the weights, about twice the file's size (measured: 13.9 MiB
+# for the 6.6 MiB shipped CNN). The copies come out of max_chunk_bytes and take at most a quarter
+# of it; a model too big for that runs in the main session alone.
+SESSION_COPY = 2
+WEIGHTS_SHARE = 4
+# Handing runs to workers costs about 0.3 ms a predict: below about 0.5M activation floats the
+# main session is faster (2 cores, shipped MLP: T=100, batch 1, 0.15M floats: 1.5 ms in the main
+# session, 2.1 ms with workers; T=10, batch 32, 0.5M: 3.9 and 3.5 ms). Workers also cost their
+# creation (about 20 ms each for the shipped CNN) and memory, which a one-off predict does not win
+# back (`cli.py infer` on one image: 0.52 s and 134 MB in the main session, 0.58 s and 167 MB with
+# workers). So a predict of PARALLEL_MIN_FLOATS activation floats or more goes to the workers once
+# the session has made such a predict before, or at once from PARALLEL_AT_ONCE_FLOATS (about 0.3 s
+# of work for the shipped CNN).
+PARALLEL_MIN_FLOATS = 2**19
+PARALLEL_AT_ONCE_FLOATS = 2**24
 
 
 class RawPixelWarning(UserWarning):
     """The input looks like 0-255 pixels, but the model expects them scaled."""
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
 class MCSession:
-    """One onnxruntime session with fresh dropout seeds.
+    """An mcdrop ONNX file loaded for Monte Carlo prediction, with fresh dropout seeds.
+
+    A main onnxruntime session with `threads` threads runs small predicts, run_raw and everything
+    on CUDA. On the CPU provider, large predicts are split into runs shared by `threads`
+    single-threaded sessions (workers), each with its own seeds, so that random masks are drawn
+    on every core; they are created when first needed (see PARALLEL_MIN_FLOATS).
 
     seed=None: new seeds per session, so two sessions never replay the same masks. An integer
     seed reproduces the same results for the same sequence of calls with the same chunking
-    (max_chunk_bytes), in any process. Calls within one session always differ.
+    (max_chunk_bytes, threads), in any process. Calls within one session always differ.
     predict() and run_raw() may be called from several threads at once.
     """
 
@@ -46,26 +80,56 @@ class MCSession:
                 or max_chunk_bytes < 1:
             raise InputError(f"max_chunk_bytes must be a positive integer, got {max_chunk_bytes!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
-            raise InputError(f"threads must be an integer >= 0 (0: onnxruntime decides), got {threads!r}")
+            raise InputError(f"threads must be an integer >= 0 (0: every core), got {threads!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise InputError(f"seed must be an integer >= 0, got {seed!r}")
         self.max_chunk_bytes = int(max_chunk_bytes)
-        model_bytes, old_seeds = seeds.rewrite_seeds(_read_model(self.path), seed)
+        self.threads = threads or usable_cores()
+        model_bytes = _read_model(self.path)
+        self._session_bytes = SESSION_COPY * len(model_bytes)
+        self._max_workers = min(self.threads, max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
+        if self._max_workers < 2:
+            self._max_workers = 0  # one single-threaded worker would only be slower than the main session
+        # One spread of seeds for all workers (see runtime/seeds.py), drawn from fresh entropy
+        # when no seed is given.
+        self._entropy = np.random.SeedSequence(seed).entropy
+        self._factory = session_factory
+        self._session, self._info = self._create_session(model_bytes, 0, device, self.threads)
+        if self.provider != providers.CPU:
+            self._max_workers = 0  # the GPU draws in parallel inside one session
+        # The bytes stay for the workers, created on the first predict that wants them.
+        self._model_bytes = model_bytes if self._max_workers else None
+        self._workers: List = []
+        self._executors: List[ThreadPoolExecutor] = []
+        self._parallel_predicts = 0
+        self._lock = threading.Lock()
+        self._run_count = 0
 
+    def _create_session(self, model_bytes: bytes, stream: int, device: str,
+                        threads: int) -> Tuple["ort.InferenceSession", ModelInfo]:
+        """A session and what its file says; its seeds are stream `stream` of the session's seed
+        (0: the main session, 1 and on: the workers)."""
+        model_bytes, old_seeds = seeds.rewrite_seeds(model_bytes, self._entropy, stream, 1 + self._max_workers)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            options.intra_op_num_threads = threads
+        options.intra_op_num_threads = threads
         try:
-            self._session = providers.create_session(model_bytes, device, options, session_factory)
+            session = providers.create_session(model_bytes, device, options, self._factory)
         except Exception as err:
             if type(err).__module__.startswith("onnxruntime"):
                 raise ModelFileError(f"{self.path}: not an ONNX file ({first_line(err)})") from None
             raise
-        self._info = ModelInfo.from_session(self._session, self.path)
-        seeds.check_seeds(old_seeds, [layer.seed for layer in self._info.stochastic_layers], self.path)
-        self._lock = threading.Lock()
-        self._run_count = 0
+        info = ModelInfo.from_session(session, self.path)
+        seeds.check_seeds(old_seeds, [layer.seed for layer in info.stochastic_layers], self.path)
+        return session, info
+
+    def _workers_for(self, wanted: int) -> List:
+        """The first `wanted` workers, created (with their threads) on first need."""
+        with self._lock:
+            while len(self._workers) < wanted:
+                self._workers.append(self._create_session(self._model_bytes, len(self._workers) + 1, "cpu", 1)[0])
+                self._executors.append(ThreadPoolExecutor(1, thread_name_prefix="mcdrop-worker"))
+            return self._workers[:wanted]
 
     # What the file says, and where it runs.
     @property
@@ -108,22 +172,41 @@ class MCSession:
         x = self._check_input(x)
         passes = self._check_passes(passes)
         passes, stochastic = (passes, True) if dropout else (1, False)
-        plan = self.chunk_plan(len(x), passes)
-        by_batch: List[np.ndarray] = []
-        done = 0
-        for rows, chunk_passes in _group_by_rows(plan):
-            per_pass = []
-            for count in chunk_passes:
-                per_pass.append(self._run(x[rows], count, stochastic)[SAMPLES])
-                done += 1
-                if progress:
-                    progress(done, len(plan))
-            by_batch.append(np.concatenate(per_pass, axis=0))
+        plan, workers = self._plan(len(x), passes)
+        if self._big(len(x), passes):
+            with self._lock:
+                self._parallel_predicts += 1
+        pieces = iter(self._run_plan(x, plan, workers, stochastic, progress))
+        by_batch = [np.concatenate([next(pieces) for _ in counts], axis=0) for _, counts in _group_by_rows(plan)]
         samples = np.concatenate(by_batch, axis=1)
         return Prediction.from_samples(
             samples, self.head, labels=self.labels, threshold=threshold, thresholds=thresholds,
             top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,
             keep_samples=keep_samples)
+
+    def _run_plan(self, x, plan, workers: int, stochastic, progress) -> List[np.ndarray]:
+        """The samples of every run of the plan, in plan order. Run i goes to worker i mod W, and
+        each worker takes its runs in order, so a seeded session repeats its results."""
+        if workers == 0:
+            out = []
+            for done, (rows, count) in enumerate(plan, 1):
+                out.append(self._run(x[rows], count, stochastic)[SAMPLES])
+                if progress:
+                    progress(done, len(plan))
+            return out
+        workers = self._workers_for(workers)
+        futures = [self._executors[i % len(workers)].submit(
+                       self._run, x[rows], count, stochastic, (SAMPLES,), workers[i % len(workers)])
+                   for i, (rows, count) in enumerate(plan)]
+        try:
+            for done, future in enumerate(as_completed(futures), 1):
+                future.result()  # the first failure stops the predict
+                if progress:
+                    progress(done, len(plan))
+        finally:
+            for future in futures:
+                future.cancel()
+        return [future.result()[SAMPLES] for future in futures]
 
     def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True) -> Dict[str, np.ndarray]:
         """Every graph output of one run, unchunked (for checking the graph itself)."""
@@ -144,36 +227,58 @@ class MCSession:
         return checks.passed
 
     def chunk_plan(self, batch: int, passes: int) -> List[Tuple[slice, int]]:
-        """The runs predict makes: (rows of the batch, passes), each within max_chunk_bytes less
-        what the returned samples and their measures take.
+        """The runs predict makes: (rows of the batch, passes); see _plan."""
+        return self._plan(batch, passes)[0]
+
+    def _plan(self, batch: int, passes: int) -> Tuple[List[Tuple[slice, int]], int]:
+        """(The runs predict makes, the workers that share them). Runs are (rows of the batch, passes), each within max_chunk_bytes less
+        what the returned samples and their measures take, shared by the runs in flight at once.
 
         A run over `rows` inputs and `p` passes holds rows x once_floats_per_input activations of
         the layers that run once and rows x p x activation_floats_per_sample of the repeated part.
         Split the batch only when one pass over all of it is too big, then the passes; at least 1
-        pass of 1 row per run. Chunks are as equal as the counts allow: runs of alternating sizes
+        pass of 1 row per run. Chunks differ by one row or pass at most: runs of alternating sizes
         fragment onnxruntime's arena, which then grows past the bound (seen: 423 MiB for 256 with
-        runs of 228 and 28 rows).
+        runs of 228 and 28 rows). A predict with work for several workers gives each of them the
+        same number of runs, where the passes and rows allow.
         """
         scale = FLOAT_BYTES * ARENA_GROWTH
-        per_sample = max(1, self._info.activation_floats_per_sample) * scale
-        per_input = self._info.once_floats_per_input * scale
+        per_sample = int(max(1, self._info.activation_floats_per_sample) * scale)
+        per_input = int(self._info.once_floats_per_input * scale)
         outputs = int(np.prod([d or 1 for d in self._info.output_shape[1:]]))
         samples = SAMPLE_COPIES * passes * batch * outputs * FLOAT_BYTES
         # The samples are the result and cannot be chunked away: they take at most half the bound,
         # else runs would shrink to one row and one pass (10,000 inputs x 100 passes: 1M runs).
         budget = max(self.max_chunk_bytes - samples, self.max_chunk_bytes // 2)
-        rows = _even_split(batch, min(batch, max(1, budget // (per_input + per_sample))))
-        passes_per_run = _even_split(passes, min(passes, max(1, (budget - rows * per_input) // (rows * per_sample))))
-        return [(slice(start, min(start + rows, batch)), min(passes_per_run, passes - done))
-                for start in range(0, batch, rows)
-                for done in range(0, passes, passes_per_run)]
+        floats = passes * batch * self._info.activation_floats_per_sample
+        workers = self._max_workers if self._big(batch, passes) and (
+            self._workers or self._parallel_predicts or floats >= PARALLEL_AT_ONCE_FLOATS) else 0
+        budget = (budget - workers * self._session_bytes) // max(1, workers)  # runs in flight at once
+        row_parts = -(-batch // min(batch, max(1, budget // (per_input + per_sample))))
+        rows = -(-batch // row_parts)
+        pass_parts = -(-passes // min(passes, max(1, (budget - rows * per_input) // (rows * per_sample))))
+        # Every worker gets the same number of runs: split the passes further, then the rows.
+        while workers and (row_parts * pass_parts) % workers and pass_parts < passes:
+            pass_parts += 1
+        while workers and (row_parts * pass_parts) % workers and row_parts < batch:
+            row_parts += 1
+        plan, start = [], 0
+        for size in _even_sizes(batch, row_parts):
+            plan += [(slice(start, start + size), count) for count in _even_sizes(passes, pass_parts)]
+            start += size
+        return plan, (workers if len(plan) >= workers else 0)  # too few runs to share: the main session
+
+    def _big(self, batch: int, passes: int) -> bool:
+        """Whether a predict is big enough for the workers (once they pay off, see PARALLEL_*)."""
+        return bool(self._max_workers) and passes * batch * self._info.activation_floats_per_sample >= PARALLEL_MIN_FLOATS
 
     def _run(self, x: np.ndarray, passes: int, stochastic: bool,
-             outputs: Optional[List[str]] = (SAMPLES,)) -> Dict[str, np.ndarray]:
+             outputs: Optional[List[str]] = (SAMPLES,), session=None) -> Dict[str, np.ndarray]:
+        session = session or self._session
         feed = {INPUT: x, PASSES: np.array(passes, dtype=np.int64),
                 STOCHASTIC: np.array(stochastic, dtype=np.bool_)}
-        names = list(outputs) if outputs else [arg.name for arg in self._session.get_outputs()]
-        result = self._session.run(names, feed)
+        names = list(outputs) if outputs else [arg.name for arg in session.get_outputs()]
+        result = session.run(names, feed)
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))
@@ -212,10 +317,10 @@ class MCSession:
         return x
 
 
-def _even_split(total: int, most: int) -> int:
-    """The chunk size that splits total into as few chunks of at most `most` as possible, evenly."""
-    chunks = -(-total // most)
-    return -(-total // chunks)
+def _even_sizes(total: int, parts: int) -> List[int]:
+    """total split into `parts` sizes that differ by one at most, the larger first."""
+    size, larger = divmod(total, parts)
+    return [size + 1] * larger + [size] * (parts - larger)
 
 
 def _group_by_rows(plan):

@@ -108,7 +108,7 @@ def test_images_through_the_cli(grayscale_model_path, tmp_path):
 def test_many_inputs_show_progress_on_stderr_only(toy_model_path, tmp_path):
     np.save(tmp_path / "many.npy", np.zeros((40, 4), dtype=np.float32))
     result = invoke("infer", tmp_path / "many.npy", "--model", toy_model_path, "--passes", 30,
-                    "--max-chunk-mb", 0.0005, "--json")
+                    "--max-chunk-mb", 0.0005, "--threads", 2, "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["predictions"]) == 40
 
@@ -177,6 +177,7 @@ ERROR_CASES = {
     "missing model": ("good.npy", "nowhere.onnx", [], "no such model file"),
     "no metadata": ("good.npy", "plain.onnx", [], "not an mcdrop export"),
     "passes 0": ("good.npy", "toy", ["--passes", "0"], "--passes must be >= 1"),
+    "threads 0": ("good.npy", "toy", ["--threads", "0"], "--threads must be >= 1"),
     "unknown device": ("good.npy", "toy", ["--device", "tpu"], "auto, cpu, cuda"),
     "bad threshold": ("good.npy", "toy", ["--threshold", "1.5"], "--threshold"),
 }

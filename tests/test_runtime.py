@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT
 from runtime import seeds
 from runtime.errors import InputError, ModelFileError
-from runtime.session import MCSession, RawPixelWarning
+from runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND, MCSession, RawPixelWarning
 from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
 
 X = np.random.default_rng(42).normal(size=(5, 4)).astype(np.float32)
@@ -204,6 +204,84 @@ def test_many_threads_share_one_session(toy_model_path):
         assert prediction.mean.shape == (batch, 3)
         assert np.isfinite(prediction.samples).all()
         np.testing.assert_allclose(prediction.samples.sum(axis=-1), 1, atol=1e-5)
+
+
+# Workers: single-threaded sessions side by side --------------------------------------------
+
+class CountingFactory:
+    """Creates real sessions, remembering each one's intra-op threads; claims CUDA if asked to."""
+
+    def __init__(self, claim_cuda=False):
+        self.threads, self.claim_cuda = [], claim_cuda
+
+    def __call__(self, model_bytes, sess_options, providers):
+        self.threads.append(sess_options.intra_op_num_threads)
+        session = ort.InferenceSession(model_bytes, sess_options=sess_options, providers=["CPUExecutionProvider"])
+        if self.claim_cuda:
+            session.get_providers = lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        return session
+
+
+@pytest.fixture
+def heavy_toy(tmp_path):
+    # The toy network, with metadata saying each sample holds a million activation floats: every
+    # predict is big enough to share, and a few passes already need several runs.
+    return build_toy_model(tmp_path / "heavy.onnx", activation_floats_per_sample=2**20)
+
+
+def test_small_predicts_stay_in_the_main_session_with_every_thread(toy_model_path):
+    factory = CountingFactory()
+    session = MCSession(toy_model_path, threads=2, session_factory=factory)
+    for _ in range(3):
+        session.predict(X, passes=8)
+    assert factory.threads == [2]
+
+
+def test_big_predicts_are_shared_by_workers_with_their_own_seeds(heavy_toy):
+    factory = CountingFactory()
+    session = MCSession(heavy_toy, threads=2, seed=1, session_factory=factory)
+    first = session.predict(X[:1], passes=8).samples  # 8M floats: a one-off would not pay for workers
+    assert factory.threads == [2]
+    plan = session.chunk_plan(1, 8)
+    assert len(plan) % 2 == 0 and {count for _, count in plan} == {8 // len(plan)}
+    samples = session.predict(X[:1], passes=8).samples  # the second: worth the workers
+    assert factory.threads == [2, 1, 1]
+    assert not np.array_equal(samples, first)
+    run = plan[0][1]
+    # The first two runs went to different workers: equal if both drew from the same seeds.
+    assert not np.array_equal(samples[:run], samples[run:2 * run])
+    # Run i goes to worker i mod 2 and each worker keeps its order: a seed repeats the results.
+    again = MCSession(heavy_toy, threads=2, seed=1)
+    np.testing.assert_array_equal(again.predict(X[:1], passes=8).samples, first)
+    np.testing.assert_array_equal(again.predict(X[:1], passes=8).samples, samples)
+    np.testing.assert_array_equal(again.predict(X, passes=8).samples, session.predict(X, passes=8).samples)
+
+
+def test_a_predict_big_enough_takes_the_workers_at_once(heavy_toy):
+    factory = CountingFactory()
+    session = MCSession(heavy_toy, threads=3, session_factory=factory)
+    session.predict(X, passes=4)  # 20M floats
+    assert factory.threads == [3, 1, 1, 1]
+
+
+def test_progress_counts_every_run_across_workers(heavy_toy):
+    session = MCSession(heavy_toy, threads=2)
+    calls = []
+    session.predict(X, passes=8, progress=lambda done, total: calls.append((done, total)))
+    runs = len(session.chunk_plan(len(X), 8))
+    assert runs > 2 and calls == [(done, runs) for done in range(1, runs + 1)]
+
+
+@pytest.mark.parametrize("case", ["one thread", "weights too big for the bound", "cuda"])
+def test_no_workers_where_they_do_not_pay(heavy_toy, case):
+    factory = CountingFactory(claim_cuda=case == "cuda")
+    threads, bound = (1, DEFAULT_BOUND) if case == "one thread" else (4, DEFAULT_BOUND)
+    if case == "weights too big for the bound":
+        bound = 4 * 2 * 2 * len(open(heavy_toy, "rb").read()) - 1  # two copies would pass a quarter
+    session = MCSession(heavy_toy, threads=threads, max_chunk_bytes=bound, session_factory=factory)
+    for _ in range(2):
+        session.predict(X, passes=8)
+    assert factory.threads == [threads]
 
 
 # The model file --------------------------------------------------------------------------

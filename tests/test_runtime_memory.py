@@ -19,7 +19,7 @@ def mib(key):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
 
-session = MCSession({model!r}, seed=0, max_chunk_bytes={bound})
+session = MCSession({model!r}, seed=0, max_chunk_bytes={bound}, threads={threads})
 x = np.random.default_rng(0).random(({batch}, 28, 28, 1), dtype=np.float32)
 session.predict(x[:1], passes=1)  # kernels and thread pool set up before measuring
 before, runs = mib("VmRSS"), session.run_count
@@ -35,12 +35,13 @@ print(mib("VmHWM") - before, session.run_count - runs)
         (64, 16, 60),  # the passes are split (unchunked: about 540 MiB of activations)
         (128, 16, 60),
         (64, 64, 4),  # the batch is split too, into unequal parts unless the plan evens them out
+        (256, 32, 50),
     ],
 )
-def test_peak_memory_stays_within_max_chunk_bytes(bound_mib, batch, passes):
-    code = CHILD.format(
-        root=str(ROOT), model=str(ROOT / "models" / "cnn.onnx"), bound=bound_mib * 2**20, batch=batch, passes=passes
-    )
+@pytest.mark.parametrize("threads", [1, 2])  # 2: two sessions' runs in flight at once
+def test_peak_memory_stays_within_max_chunk_bytes(bound_mib, batch, passes, threads):
+    code = CHILD.format(root=str(ROOT), model=str(ROOT / "models" / "cnn.onnx"), bound=bound_mib * 2**20,
+                        batch=batch, passes=passes, threads=threads)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     grown, runs = done.stdout.split()
