@@ -4,13 +4,16 @@
     python bench/run.py --quick    # fewer cases and repeats; writes under bench/out/ only
 
 For the shipped MLP and CNN, on the same inputs (uniform [0, 1) images, fixed seed), it times per
-call (median of N repeats after one warm-up; N gives about 1.5 s per cell, at least 3):
+call (medians after one warm-up, about 1.5 s per cell, at least 3 repeats; methods 2-4 timed in
+interleaved rounds so that a slow spell of a shared machine weighs on each alike):
   1. Keras loop: T eager calls model(x, training=True), stacked, mean and variance;
   2. Keras batched: one tf.function tiling the batch T times, one call, mean and variance;
   3. the ordinary tf2onnx export (dropout stripped) run by onnxruntime on T*B rows tiled in numpy:
      the cost of the network alone at T*B rows, no randomness;
-  4. mcdrop: MCSession.predict (the user path: chunking, measures) and the graph's own run.
-Then the matrix-multiply ceiling and the random-number cost of onnxruntime measured in the same
+  4. mcdrop: MCSession.predict (the user path: chunking, measures, one single-threaded session
+     per core) and one run of the file in a default onnxruntime session (what another binding
+     gets without mcdrop's runtime).
+Then the matrix-multiply ceiling and the cost of a random mask in onnxruntime measured in the same
 run, peak memory of mcdrop's chunked runs in child processes, whole-process cold starts, and the
 scaling of mcdrop with T and batch (plotted). The report is printed and saved to bench/out/.
 """
@@ -67,6 +70,25 @@ def median_ms(call, budget_s, min_repeats):
         call()
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1e3
+
+
+def interleaved_ms(calls, budget_s, min_repeats):
+    """Median wall time in ms of each named call, timed in rounds that take each call once in turn,
+    so that a slow spell of the machine (a shared VM) weighs on every method alike. One warm-up
+    round first; each call gets about budget_s, at least min_repeats rounds."""
+    first = {}
+    for name, call in calls.items():
+        start = time.perf_counter()
+        call()
+        first[name] = time.perf_counter() - start
+    rounds = max(min_repeats, int(budget_s / max(max(first.values()), 1e-6)))
+    times = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            start = time.perf_counter()
+            call()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def run_child(args, env=None):
@@ -169,10 +191,17 @@ def plain_onnx_tiled(session, passes):
     return call
 
 
+def default_session(path):
+    """The file in an onnxruntime session with default settings, as any binding would load it."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
 def mcdrop_graph(session, passes):
     """The graph alone: one onnxruntime run, no chunking, no measures."""
     def call(x):
-        return session._session.run(["mean", "variance"], {
+        return session.run(["mean", "variance"], {
             "input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True)})
 
     return call
@@ -207,7 +236,7 @@ def work(model):
     return before, after, masked
 
 
-def one_node_session(nodes, inputs, output):
+def one_node_session(nodes, inputs, output, threads=0):
     import onnx
     import onnxruntime as ort
     from onnx import helper
@@ -218,6 +247,7 @@ def one_node_session(nodes, inputs, output):
     onnx.checker.check_model(proto)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
@@ -234,18 +264,36 @@ def matmul_gflops(size, budget_s, min_repeats):
     return 2 * size**3 / (ms * 1e-3) / 1e9
 
 
-def random_ns_per_element(count, budget_s, min_repeats):
-    """RandomUniformLike alone, fed as mcdrop feeds it: ConstantOfShape(bool) -> RandomUniformLike."""
+def random_mask_ns(count, budget_s, min_repeats, sessions=1):
+    """ns per element of a dropout mask as mcdrop's graph draws it (ConstantOfShape(bool) ->
+    RandomUniformLike -> GreaterOrEqual -> Cast), `count` elements per call. sessions > 1: that
+    many single-threaded sessions with their own seeds draw count / sessions each, side by side,
+    as MCSession's workers do."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from onnx import TensorProto, helper
 
-    session = one_node_session(
-        [helper.make_node("ConstantOfShape", ["shape"], ["fill"],
-                          value=helper.make_tensor("v", TensorProto.BOOL, [1], [True])),
-         helper.make_node("RandomUniformLike", ["fill"], ["u"], dtype=TensorProto.FLOAT, seed=12345.0)],
-        [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
-        helper.make_tensor_value_info("u", TensorProto.FLOAT, [None]))
-    feeds = {"shape": np.array([count], np.int64)}
-    return median_ms(lambda: session.run(None, feeds), budget_s, min_repeats) * 1e6 / count
+    from runtime.seeds import fresh_seeds
+
+    def session(seed, threads):
+        return one_node_session(
+            [helper.make_node("ConstantOfShape", ["shape"], ["fill"],
+                              value=helper.make_tensor("v", TensorProto.BOOL, [1], [True])),
+             helper.make_node("RandomUniformLike", ["fill"], ["u"], dtype=TensorProto.FLOAT, seed=seed),
+             helper.make_node("GreaterOrEqual", ["u", "rate"], ["kept"]),
+             helper.make_node("Cast", ["kept"], ["mask"], to=TensorProto.FLOAT)],
+            [helper.make_tensor_value_info("shape", TensorProto.INT64, [1]),
+             helper.make_tensor_value_info("rate", TensorProto.FLOAT, [])],
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, [None]), threads)
+
+    feeds = {"shape": np.array([count // sessions], np.int64), "rate": np.array(0.2, np.float32)}
+    if sessions == 1:
+        single = session(fresh_seeds(1, 0)[0], 0)
+        return median_ms(lambda: single.run(None, feeds), budget_s, min_repeats) * 1e6 / count
+    workers = [session(seed, 1) for seed in fresh_seeds(sessions, 0)]
+    with ThreadPoolExecutor(sessions) as pool:
+        return median_ms(lambda: list(pool.map(lambda w: w.run(None, feeds), workers)),
+                         budget_s, min_repeats) * 1e6 / count
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,6 +360,7 @@ def report(cfg):
     rng = np.random.default_rng(0)
     keras_models = {name: keras.models.load_model(ROOT / "models" / f"{name}.keras", compile=False) for name in MODELS}
     sessions = {name: MCSession(ROOT / "models" / f"{name}.onnx", seed=0) for name in MODELS}
+    graphs = {name: default_session(ROOT / "models" / f"{name}.onnx") for name in MODELS}
     counts = {name: work(model) for name, model in keras_models.items()}
     inputs = {(name, b): rng.random((b, *model.inputs[0].shape[1:]), dtype=np.float32)
               for name, model in keras_models.items() for b in sorted({*cfg["batches"], *cfg["sweep_batches"]})}
@@ -327,21 +376,26 @@ def report(cfg):
         for passes in cfg["passes"]:
             for batch in cfg["batches"]:
                 x = inputs[name, batch]
-                results[name, passes, batch] = {
-                    "loop": median_ms(lambda: keras_loop(model, passes)(x), budget, minimum),
-                    "batched": median_ms(lambda: [v.numpy() for v in batched(x, tf.constant(passes))],
-                                         budget, minimum),
-                    "plain": median_ms(lambda: plain_onnx_tiled(plain, passes)(x), budget, minimum),
-                    "predict": predict_ms(name, passes, batch),
-                    "graph": median_ms(lambda: mcdrop_graph(sessions[name], passes)(x), budget, minimum),
-                }
+                session = sessions[name]
+                fast = interleaved_ms({
+                    "batched": lambda: [v.numpy() for v in batched(x, tf.constant(passes))],
+                    "plain": lambda: plain_onnx_tiled(plain, passes)(x),
+                    "predict": lambda: session.predict(x, passes=passes),
+                    "graph": lambda: mcdrop_graph(graphs[name], passes)(x),
+                }, budget, minimum)
+                # The loop takes seconds per call: timed on its own, fewer repeats.
+                results[name, passes, batch] = {"loop": median_ms(lambda: keras_loop(model, passes)(x), budget, minimum),
+                                                **fast}
     ceiling = matmul_gflops(2048, budget, minimum)
-    random_ns = random_ns_per_element(10_000_000, budget, minimum)
+    cores = sessions["cnn"].threads
+    random_ns = random_mask_ns(10_000_000, budget, minimum)
+    random_workers_ns = random_mask_ns(10_000_000, budget, minimum, sessions=cores)
 
     print("## Milliseconds per call (median)\n")
     print("Same inputs for every method; `tf2onnx + ORT, tiled` has no dropout (the network alone at "
-          "T*B rows). mcdrop predict is MCSession.predict (chunking at 256 MiB, measures); mcdrop graph "
-          "is one onnxruntime run of the file.\n")
+          "T*B rows). mcdrop predict is MCSession.predict (chunking at 256 MiB, measures, the runs shared "
+          f"by {cores} single-threaded sessions); mcdrop graph is one onnxruntime run of the file in a "
+          "default session (all threads).\n")
     table(["model", "T", "batch", "Keras loop", "Keras batched", "tf2onnx + ORT, tiled", "mcdrop predict",
            "mcdrop graph"],
           [[name.upper(), t, b, *(ms(r[k]) for k in ("loop", "batched", "plain", "predict", "graph"))]
@@ -363,15 +417,18 @@ def report(cfg):
            "mcdrop graph GFLOP/s", "Keras batched GFLOP/s", "mcdrop graph / MatMul ceiling"], rows)
 
     print("## Random-number cost\n")
-    print(f"onnxruntime RandomUniformLike alone (ConstantOfShape(bool) -> RandomUniformLike, 10M elements): "
-          f"**{random_ns:.2f} ns per element**. Masked elements per input per pass: "
+    print(f"A dropout mask as mcdrop's graph draws it (ConstantOfShape(bool) -> RandomUniformLike -> "
+          f"GreaterOrEqual -> Cast, 10M elements per call): **{random_ns:.2f} ns per masked element** in one "
+          f"session, **{random_workers_ns:.2f} ns** drawn by {cores} single-threaded sessions side by side "
+          f"(MCSession's workers). Masked elements per input per pass: "
           + ", ".join(f"{name.upper()} {counts[name][2]:,}" for name in MODELS) + ".\n")
-    table(["model", "T", "batch", "uniforms drawn per call", "drawing (est.)", "mcdrop graph", "share"],
+    table(["model", "T", "batch", "masks drawn per call", "drawing in one session (est.)", "mcdrop graph", "share"],
           [[name.upper(), t, b, f"{counts[name][2] * t * b:,}", f"{counts[name][2] * t * b * random_ns * 1e-6:.3g} ms",
             f"{ms(r['graph'])} ms", f"{counts[name][2] * t * b * random_ns * 1e-6 / r['graph']:.0%}"]
            for (name, t, b), r in results.items()])
+    cuda_section(inputs)
 
-    int8_section(results, inputs, cfg)
+    int8_section(keras_batched(keras_models["cnn"]), inputs, cfg)
 
     # Scaling of the user path; cells already timed above are reused.
     sweep = {}
@@ -421,9 +478,34 @@ def report(cfg):
     print(f"mcdrop infer / import tensorflow: **{infer_s / tf_s:.2f}x** the wall time.\n")
 
 
-def int8_section(results, inputs, cfg):
-    """The shipped CNN's int8 file (export --quantize int8) beside the float one: speed, held-out
-    digits accuracy, and how far its MC mean and variance move on the same digits."""
+def cuda_section(inputs, passes=100, batch=256):
+    """mcdrop on the CUDA provider beside the CPU, T=100, batch 256, where a GPU answers."""
+    from runtime import MCSession
+    from runtime.errors import DeviceError
+
+    print(f"## CUDA provider (T={passes}, batch {batch})\n")
+    rows = []
+    for name in MODELS:
+        path = ROOT / "models" / f"{name}.onnx"
+        try:
+            gpu = MCSession(path, device="cuda", seed=0)
+        except DeviceError as err:
+            print(f"Not measured: {err}\n")
+            return
+        x = np.repeat(inputs[name, 32], batch // 32, axis=0)
+        cpu = MCSession(path, device="cpu", seed=0)
+        gpu_ms = median_ms(lambda: gpu.predict(x, passes=passes), 1.5, 3)
+        cpu_ms = median_ms(lambda: cpu.predict(x, passes=passes), 1.5, 3)
+        rows.append([name.upper(), passes, batch, ms(cpu_ms), ms(gpu_ms), f"{cpu_ms / gpu_ms:.1f}"])
+    table(["model", "T", "batch", "mcdrop CPU ms", "mcdrop CUDA ms", "CPU / CUDA"], rows)
+
+
+def int8_section(batched, inputs, cfg):
+    """The shipped CNN's int8 file (export --quantize int8) beside the float one and Keras batched
+    (timed in interleaved rounds): speed, held-out digits accuracy, and how far its MC mean and
+    variance move on the same digits."""
+    import tensorflow as tf
+
     sys.path.insert(0, str(ROOT / "models"))
     import build_models
 
@@ -434,12 +516,17 @@ def int8_section(results, inputs, cfg):
     rows = []
     for passes in cfg["passes"]:
         for batch in cfg["batches"]:
-            x, r = inputs["cnn", batch], results["cnn", passes, batch]
-            int8_ms = median_ms(lambda: int8_session.predict(x, passes=passes), cfg["budget_s"], cfg["min_repeats"])
-            rows.append(["CNN", passes, batch, ms(r["predict"]), ms(int8_ms), f"{int8_ms / r['predict']:.2f}",
-                         f"{int8_ms / r['batched']:.2f}"])
+            x = inputs["cnn", batch]
+            r = interleaved_ms({
+                "batched": lambda: [v.numpy() for v in batched(x, tf.constant(passes))],
+                "float": lambda: float_session.predict(x, passes=passes),
+                "int8": lambda: int8_session.predict(x, passes=passes),
+            }, cfg["budget_s"], cfg["min_repeats"])
+            rows.append(["CNN", passes, batch, ms(r["batched"]), ms(r["float"]), ms(r["int8"]),
+                         f"{r['int8'] / r['float']:.2f}", f"{r['int8'] / r['batched']:.2f}"])
     print("## int8 (models/cnn_int8.onnx)\n")
-    table(["model", "T", "batch", "mcdrop float ms", "mcdrop int8 ms", "int8 / float", "int8 / Keras batched"], rows)
+    table(["model", "T", "batch", "Keras batched ms", "mcdrop float ms", "mcdrop int8 ms", "int8 / float",
+           "int8 / Keras batched"], rows)
 
     images, labels = build_models.digits_28x28()
     _, test_img, _, test_y = build_models.split(images, labels)
