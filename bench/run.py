@@ -72,19 +72,23 @@ def median_ms(call, budget_s, min_repeats):
     return statistics.median(times) * 1e3
 
 
-def interleaved_ms(calls, budget_s, min_repeats):
+def interleaved_ms(calls, budget_s, min_repeats, pause_s=0.1, max_rounds=25):
     """Median wall time in ms of each named call, timed in rounds that take each call once in turn,
-    so that a slow spell of the machine (a shared VM) weighs on every method alike. One warm-up
-    round first; each call gets about budget_s, at least min_repeats rounds."""
+    so that a slow spell of the machine (a shared VM) weighs on every method alike. A pause before
+    each call lets the previous one's thread pools stop spinning (onnxruntime's and TensorFlow's
+    idle threads spin for a while, and took a core from the next method: Keras batched on the MLP,
+    T=100, batch 32, 48 ms right after mcdrop, 40 ms after a 0.1 s pause). One warm-up round
+    first; rounds for about budget_s of the slowest call, at least min_repeats."""
     first = {}
     for name, call in calls.items():
         start = time.perf_counter()
         call()
         first[name] = time.perf_counter() - start
-    rounds = max(min_repeats, int(budget_s / max(max(first.values()), 1e-6)))
+    rounds = min(max_rounds, max(min_repeats, int(budget_s / max(max(first.values()), 1e-6))))
     times = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
+            time.sleep(pause_s)
             start = time.perf_counter()
             call()
             times[name].append(time.perf_counter() - start)
@@ -195,7 +199,9 @@ def default_session(path):
     """The file in an onnxruntime session with default settings, as any binding would load it."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # the "initializer appears in graph inputs" notice, on purpose
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def mcdrop_graph(session, passes):

@@ -22,12 +22,15 @@ SEED_MARKER = b"\x0a\x04seed\x15"
 # onnxruntime casts the float to uint32 and seeds a std::minstd_rand0 generator with it (libstdc++
 # and libc++; MSVC's default engine is mt19937). minstd walks one cycle through every state
 # 1..2**31-2: state x is followed by 16807 x mod (2**31 - 1). A seed is a starting point on that
-# cycle, and two seeds a distance d apart give the same stream shifted by d draws, so random seeds
-# let a big layer's stream run into another's within a call (for the shipped CNN at T=50, batch
-# 32, whose two big layers draw 99M and 41M of the 2.1G states per call: about 6.5% of calls). The seeds are spread around the cycle instead: stream j starts in the
-# first half of the j-th of `count` equal arcs. The spot within that half is random, because
-# exactly even spacing makes the seeds multiples of each other by roots of unity: two seeds half
-# the cycle apart give the streams x and -x, uniforms u and 1 - u.
+# cycle, and two seeds a distance d apart give the same stream shifted by d draws. Two streams that
+# draw at the same pace, such as one layer's node in each of MCSession's worker sessions, keep
+# their distance: started too close (random seeds, 50M draws per call per worker for the shipped
+# CNN at T=50, batch 32: about 5% of pairs), they would repeat each other in every call. So the
+# seeds are spread around the cycle: stream j of n starts in the first half of the j-th of n equal
+# arcs. Streams of different layers draw at different paces and still meet now and then, as with
+# any seeds. The spot within the half arc is random, because exactly even spacing makes the
+# seeds multiples of each other by roots of unity: two seeds half the cycle apart give the
+# streams x and -x, uniforms u and 1 - u.
 MINSTD_MODULUS = 2**31 - 1
 MINSTD_MULTIPLIER = 16807
 

@@ -29,10 +29,11 @@ DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 # masks on one core however many threads it has (two runs of one session side by side take as long
 # as one after the other). Separate single-threaded sessions ("workers"), each with its own seeds,
 # draw on every core: shipped CNN, T=50, batch 32, 2 cores: 1.42 s in one session, 0.96 s in two.
-# Each worker holds its own copy of the weights, about twice the file's size (measured: 13.9 MiB
-# for the 6.6 MiB shipped CNN). The copies come out of max_chunk_bytes and take at most a quarter
-# of it; a model too big for that runs in the main session alone.
-SESSION_COPY = 2
+# Each worker holds its own copy of the weights and kernel buffers: 13.9 MiB for the 6.6 MiB
+# shipped CNN after one small run, and with 2x the file counted a T=1000, batch 256 predict grew
+# 266 MiB for a 256 MiB bound, so 3x is counted. The copies come out of max_chunk_bytes and take
+# at most a quarter of it; a model too big for that runs in the main session alone.
+SESSION_COPY = 3
 WEIGHTS_SHARE = 4
 # Handing runs to workers costs about 0.3 ms a predict: below about 0.5M activation floats the
 # main session is faster (2 cores, shipped MLP: T=100, batch 1, 0.15M floats: 1.5 ms in the main
@@ -176,9 +177,7 @@ class MCSession:
         if self._big(len(x), passes):
             with self._lock:
                 self._parallel_predicts += 1
-        pieces = iter(self._run_plan(x, plan, workers, stochastic, progress))
-        by_batch = [np.concatenate([next(pieces) for _ in counts], axis=0) for _, counts in _group_by_rows(plan)]
-        samples = np.concatenate(by_batch, axis=1)
+        samples = _assemble(self._run_plan(x, plan, workers, stochastic, progress), plan)
         return Prediction.from_samples(
             samples, self.head, labels=self.labels, threshold=threshold, thresholds=thresholds,
             top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,
@@ -321,6 +320,14 @@ def _even_sizes(total: int, parts: int) -> List[int]:
     """total split into `parts` sizes that differ by one at most, the larger first."""
     size, larger = divmod(total, parts)
     return [size + 1] * larger + [size] * (parts - larger)
+
+
+def _assemble(pieces: List[np.ndarray], plan) -> np.ndarray:
+    """The runs' samples, in plan order, as one [T, B, ...] array. The pieces go as they are
+    copied, so that the measures computed next share memory with the samples alone."""
+    pieces.reverse()
+    by_batch = [np.concatenate([pieces.pop() for _ in counts], axis=0) for _, counts in _group_by_rows(plan)]
+    return np.concatenate(by_batch, axis=1)
 
 
 def _group_by_rows(plan):

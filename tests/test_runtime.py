@@ -13,7 +13,8 @@ import pytest
 from conftest import ROOT
 from runtime import seeds
 from runtime.errors import InputError, ModelFileError
-from runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND, MCSession, RawPixelWarning
+from runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
+from runtime.session import SESSION_COPY, WEIGHTS_SHARE, MCSession, RawPixelWarning
 from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
 
 X = np.random.default_rng(42).normal(size=(5, 4)).astype(np.float32)
@@ -277,7 +278,7 @@ def test_no_workers_where_they_do_not_pay(heavy_toy, case):
     factory = CountingFactory(claim_cuda=case == "cuda")
     threads, bound = (1, DEFAULT_BOUND) if case == "one thread" else (4, DEFAULT_BOUND)
     if case == "weights too big for the bound":
-        bound = 4 * 2 * 2 * len(open(heavy_toy, "rb").read()) - 1  # two copies would pass a quarter
+        bound = WEIGHTS_SHARE * SESSION_COPY * 2 * len(open(heavy_toy, "rb").read()) - 1  # 2 copies: over a quarter
     session = MCSession(heavy_toy, threads=threads, max_chunk_bytes=bound, session_factory=factory)
     for _ in range(2):
         session.predict(X, passes=8)
