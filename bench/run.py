@@ -72,26 +72,33 @@ def median_ms(call, budget_s, min_repeats):
     return statistics.median(times) * 1e3
 
 
-def interleaved_ms(calls, budget_s, min_repeats, pause_s=0.1, max_rounds=25):
-    """Median wall time in ms of each named call, timed in rounds that take each call once in turn,
-    so that a slow spell of the machine (a shared VM) weighs on every method alike. A pause before
-    each call lets the previous one's thread pools stop spinning (onnxruntime's and TensorFlow's
-    idle threads spin for a while, and took a core from the next method: Keras batched on the MLP,
-    T=100, batch 32, 48 ms right after mcdrop, 40 ms after a 0.1 s pause). One warm-up round
-    first; rounds for about budget_s of the slowest call, at least min_repeats."""
+def interleaved_ms(calls, budget_s, min_repeats, block=3, short_s=0.2, max_rounds=25):
+    """Median wall time in ms of each named call over rounds that take every call in turn, so that
+    a slow spell of the machine (a shared VM) weighs on every method alike.
+
+    Within a round each call runs as a short block: for calls under short_s, one untimed call and
+    then `block` timed ones, so that the timed calls find warm caches and no thread pool of the
+    previous method still spinning (onnxruntime's and TensorFlow's idle threads spin for a while;
+    a 0.1 s pause instead left small calls cold, the shipped MLP at T=10, batch 1 twice as slow);
+    longer calls are timed once per round. One warm-up call each first; about budget_s of timed
+    calls per method, at least min_repeats rounds."""
     first = {}
     for name, call in calls.items():
         start = time.perf_counter()
         call()
         first[name] = time.perf_counter() - start
-    rounds = min(max_rounds, max(min_repeats, int(budget_s / max(max(first.values()), 1e-6))))
+    timed = {name: block if first[name] < short_s else 1 for name in calls}
+    per_round = max(first[name] * timed[name] for name in calls)
+    rounds = min(max_rounds, max(min_repeats, int(budget_s / max(per_round, 1e-6))))
     times = {name: [] for name in calls}
     for _ in range(rounds):
         for name, call in calls.items():
-            time.sleep(pause_s)
-            start = time.perf_counter()
-            call()
-            times[name].append(time.perf_counter() - start)
+            if timed[name] > 1:
+                call()
+            for _ in range(timed[name]):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
@@ -179,9 +186,19 @@ def plain_onnx_session(model):
     spec = tf.TensorSpec(model.inputs[0].shape, tf.float32, name="x")
     fn = tf.function(lambda x: model(x, training=False), input_signature=[spec])
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=17)
+    return ort.InferenceSession(proto.SerializeToString(), quiet_options(), providers=["CPUExecutionProvider"])
+
+
+def quiet_options():
+    """Default onnxruntime settings, except that idle threads do not spin: a spinning pool took a
+    core from whichever method the interleaved rounds timed next (Keras batched on the MLP, T=100,
+    batch 32: 67 ms after these sessions, 48 ms with spinning off; their own times did not move)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3  # the "initializer appears in graph inputs" notice, on purpose
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
 
 
 def plain_onnx_tiled(session, passes):
@@ -196,12 +213,11 @@ def plain_onnx_tiled(session, passes):
 
 
 def default_session(path):
-    """The file in an onnxruntime session with default settings, as any binding would load it."""
+    """The file in an onnxruntime session with default settings (idle threads aside), as any
+    binding would load it."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # the "initializer appears in graph inputs" notice, on purpose
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), quiet_options(), providers=["CPUExecutionProvider"])
 
 
 def mcdrop_graph(session, passes):
