@@ -52,7 +52,8 @@ def infer(
     inputs: List[str] = typer.Argument(..., help="Images, folders of images, globs, .npy / .npz batches."),
     model: Path = typer.Option(DEFAULT_MODEL, help="The exported mcdrop ONNX file."),
     passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
-    seed: Optional[int] = typer.Option(None, help="Seed for reproducible results [default: fresh]."),
+    seed: Optional[int] = typer.Option(
+        None, help="Seed for reproducible results, with the same --threads and --max-chunk-mb [default: fresh]."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads [default: every core this process may use]."),
     no_dropout: bool = typer.Option(False, "--no-dropout", help="One deterministic pass, dropout off."),

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import providers, seeds
-from runtime.errors import InputError, ModelFileError, first_line
+from runtime.errors import DeviceError, InputError, ModelFileError, first_line
 from runtime.metadata import ModelInfo
 from runtime.prediction import Prediction
 
@@ -45,6 +45,13 @@ WEIGHTS_SHARE = 4
 # of work for the shipped CNN).
 PARALLEL_MIN_FLOATS = 2**19
 PARALLEL_AT_ONCE_FLOATS = 2**24
+# Seeds come from one spread of this many streams (runtime/seeds.py): the main session takes
+# stream 0 and worker i stream i, so the main session's masks do not depend on the core count.
+SEED_STREAMS = 64
+# A large predict on the main session gives its arena back afterwards: the workers that take the
+# next large predicts are given the whole bound (measured: 317 MiB for a 256 MiB bound when a
+# 15-pass predict on the main session came before a 50-pass one on the workers).
+SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 class RawPixelWarning(UserWarning):
@@ -68,8 +75,9 @@ class MCSession:
     on every core; they are created when first needed (see PARALLEL_MIN_FLOATS).
 
     seed=None: new seeds per session, so two sessions never replay the same masks. An integer
-    seed reproduces the same results for the same sequence of calls with the same chunking
-    (max_chunk_bytes, threads), in any process. Calls within one session always differ.
+    seed reproduces the same results for the same sequence of calls with the same chunking and
+    workers (max_chunk_bytes, threads: pass threads to reproduce results on another machine), in
+    any process. Calls within one session always differ.
     predict() and run_raw() may be called from several threads at once.
     """
 
@@ -88,7 +96,8 @@ class MCSession:
         self.threads = threads or usable_cores()
         model_bytes = _read_model(self.path)
         self._session_bytes = SESSION_COPY * len(model_bytes)
-        self._max_workers = min(self.threads, max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
+        self._max_workers = min(self.threads, SEED_STREAMS - 1,
+                                max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
         if self._max_workers < 2:
             self._max_workers = 0  # one single-threaded worker would only be slower than the main session
         # One spread of seeds for all workers (see runtime/seeds.py), drawn from fresh entropy
@@ -110,7 +119,7 @@ class MCSession:
                         threads: int) -> Tuple["ort.InferenceSession", ModelInfo]:
         """A session and what its file says; its seeds are stream `stream` of the session's seed
         (0: the main session, 1 and on: the workers)."""
-        model_bytes, old_seeds = seeds.rewrite_seeds(model_bytes, self._entropy, stream, 1 + self._max_workers)
+        model_bytes, old_seeds = seeds.rewrite_seeds(model_bytes, self._entropy, stream, SEED_STREAMS)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
@@ -118,6 +127,9 @@ class MCSession:
             session = providers.create_session(model_bytes, device, options, self._factory)
         except Exception as err:
             if type(err).__module__.startswith("onnxruntime"):
+                if stream:  # the file loaded already, for the main session
+                    raise DeviceError(f"{self.path}: could not start worker session {stream} "
+                                      f"({first_line(err)}); use threads=1") from None
                 raise ModelFileError(f"{self.path}: not an ONNX file ({first_line(err)})") from None
             raise
         info = ModelInfo.from_session(session, self.path)
@@ -177,19 +189,21 @@ class MCSession:
         if self._big(len(x), passes):
             with self._lock:
                 self._parallel_predicts += 1
-        samples = _assemble(self._run_plan(x, plan, workers, stochastic, progress), plan)
+        shrink = workers == 0 and self._big(len(x), passes)
+        samples = _assemble(self._run_plan(x, plan, workers, stochastic, progress, shrink), plan)
         return Prediction.from_samples(
             samples, self.head, labels=self.labels, threshold=threshold, thresholds=thresholds,
             top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,
             keep_samples=keep_samples)
 
-    def _run_plan(self, x, plan, workers: int, stochastic, progress) -> List[np.ndarray]:
+    def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False) -> List[np.ndarray]:
         """The samples of every run of the plan, in plan order. Run i goes to worker i mod W, and
-        each worker takes its runs in order, so a seeded session repeats its results."""
+        each worker takes its runs in order, so a seeded session repeats its results. workers=0:
+        the main session, which gives its arena back after the last run if `shrink`."""
         if workers == 0:
             out = []
             for done, (rows, count) in enumerate(plan, 1):
-                out.append(self._run(x[rows], count, stochastic)[SAMPLES])
+                out.append(self._run(x[rows], count, stochastic, shrink=shrink and done == len(plan))[SAMPLES])
                 if progress:
                     progress(done, len(plan))
             return out
@@ -272,12 +286,16 @@ class MCSession:
         return bool(self._max_workers) and passes * batch * self._info.activation_floats_per_sample >= PARALLEL_MIN_FLOATS
 
     def _run(self, x: np.ndarray, passes: int, stochastic: bool,
-             outputs: Optional[List[str]] = (SAMPLES,), session=None) -> Dict[str, np.ndarray]:
+             outputs: Optional[List[str]] = (SAMPLES,), session=None, shrink=False) -> Dict[str, np.ndarray]:
         session = session or self._session
         feed = {INPUT: x, PASSES: np.array(passes, dtype=np.int64),
                 STOCHASTIC: np.array(stochastic, dtype=np.bool_)}
         names = list(outputs) if outputs else [arg.name for arg in session.get_outputs()]
-        result = session.run(names, feed)
+        options = None
+        if shrink:
+            options = ort.RunOptions()
+            options.add_run_config_entry(*SHRINK_MAIN_ARENA)
+        result = session.run(names, feed, options)
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))

@@ -258,6 +258,14 @@ def test_big_predicts_are_shared_by_workers_with_their_own_seeds(heavy_toy):
     np.testing.assert_array_equal(again.predict(X, passes=8).samples, session.predict(X, passes=8).samples)
 
 
+def test_a_seed_gives_the_same_small_predicts_whatever_the_thread_count(toy_model_path):
+    # The main session's seeds are stream 0 of a fixed spread, not of one sized by the cores.
+    results = [MCSession(toy_model_path, seed=3, threads=threads).predict(X, passes=8).samples
+               for threads in (1, 2, 4, 8)]
+    for other in results[1:]:
+        np.testing.assert_array_equal(other, results[0])
+
+
 def test_a_predict_big_enough_takes_the_workers_at_once(heavy_toy):
     factory = CountingFactory()
     session = MCSession(heavy_toy, threads=3, session_factory=factory)

@@ -47,3 +47,32 @@ def test_peak_memory_stays_within_max_chunk_bytes(bound_mib, batch, passes, thre
     grown, runs = done.stdout.split()
     assert int(runs) > 1
     assert float(grown) <= bound_mib * 1.1, f"grew {grown} MiB for a {bound_mib} MiB bound"
+
+
+SEQUENCE = """
+import sys
+import numpy as np
+sys.path.insert(0, {root!r})
+from runtime import MCSession
+
+def mib(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key):
+            return int(line.split()[1]) / 1024
+
+session = MCSession({model!r}, seed=0, threads=2)
+x = np.random.default_rng(0).random((32, 28, 28, 1), dtype=np.float32)
+session.predict(x[:1], passes=1)
+before = mib("VmRSS")
+session.predict(x[:8], passes=15)  # big enough for workers, but a first one: the main session
+session.predict(x, passes=50)  # the workers, given the whole bound
+print(mib("VmHWM") - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads peak memory from /proc")
+def test_a_large_predict_on_the_main_session_leaves_room_for_the_workers():
+    code = SEQUENCE.format(root=str(ROOT), model=str(ROOT / "models" / "cnn.onnx"))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert float(done.stdout) <= 256 * 1.1, f"grew {done.stdout.strip()} MiB for a 256 MiB bound"
