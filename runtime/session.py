@@ -186,11 +186,11 @@ class MCSession:
         passes = self._check_passes(passes)
         passes, stochastic = (passes, True) if dropout else (1, False)
         plan, workers = self._plan(len(x), passes)
-        if self._big(len(x), passes):
+        big = self._big(len(x), passes)
+        if big:
             with self._lock:
                 self._parallel_predicts += 1
-        shrink = workers == 0 and self._big(len(x), passes)
-        samples = _assemble(self._run_plan(x, plan, workers, stochastic, progress, shrink), plan)
+        samples = _assemble(self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers), plan)
         return Prediction.from_samples(
             samples, self.head, labels=self.labels, threshold=threshold, thresholds=thresholds,
             top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,

@@ -8,7 +8,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-CHILD = """
+# What both child processes share: the runtime on the path and a reader of /proc/self/status.
+PREAMBLE = """
 import sys
 import numpy as np
 sys.path.insert(0, {root!r})
@@ -18,7 +19,9 @@ def mib(key):
     for line in open("/proc/self/status"):
         if line.startswith(key):
             return int(line.split()[1]) / 1024
+"""
 
+CHILD = PREAMBLE + """
 session = MCSession({model!r}, seed=0, max_chunk_bytes={bound}, threads={threads})
 x = np.random.default_rng(0).random(({batch}, 28, 28, 1), dtype=np.float32)
 session.predict(x[:1], passes=1)  # kernels and thread pool set up before measuring
@@ -49,17 +52,7 @@ def test_peak_memory_stays_within_max_chunk_bytes(bound_mib, batch, passes, thre
     assert float(grown) <= bound_mib * 1.1, f"grew {grown} MiB for a {bound_mib} MiB bound"
 
 
-SEQUENCE = """
-import sys
-import numpy as np
-sys.path.insert(0, {root!r})
-from runtime import MCSession
-
-def mib(key):
-    for line in open("/proc/self/status"):
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-
+SEQUENCE = PREAMBLE + """
 session = MCSession({model!r}, seed=0, threads=2)
 x = np.random.default_rng(0).random((32, 28, 28, 1), dtype=np.float32)
 session.predict(x[:1], passes=1)
