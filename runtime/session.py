@@ -49,8 +49,8 @@ PARALLEL_AT_ONCE_FLOATS = 2**24
 # stream 0 and worker i stream i, so the main session's masks do not depend on the core count.
 SEED_STREAMS = 64
 # A large predict on the main session gives its arena back afterwards: the workers that take the
-# next large predicts are given the whole bound (measured: 317 MiB for a 256 MiB bound when a
-# 15-pass predict on the main session came before a 50-pass one on the workers).
+# next large predicts are given the whole bound (without it: 313-317 MiB for a 256 MiB bound
+# when a 15-pass predict on the main session came before a 50-pass one on the workers).
 SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
@@ -140,7 +140,8 @@ class MCSession:
         """The first `wanted` workers, created (with their threads) on first need."""
         with self._lock:
             while len(self._workers) < wanted:
-                self._workers.append(self._create_session(self._model_bytes, len(self._workers) + 1, "cpu", 1)[0])
+                worker, _ = self._create_session(self._model_bytes, len(self._workers) + 1, "cpu", 1)
+                self._workers.append(worker)
                 self._executors.append(ThreadPoolExecutor(1, thread_name_prefix="mcdrop-worker"))
             return self._workers[:wanted]
 
@@ -190,7 +191,8 @@ class MCSession:
         if big:
             with self._lock:
                 self._parallel_predicts += 1
-        samples = _assemble(self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers), plan)
+        pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers)
+        samples = _assemble(pieces, plan)
         return Prediction.from_samples(
             samples, self.head, labels=self.labels, threshold=threshold, thresholds=thresholds,
             top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,
@@ -244,8 +246,9 @@ class MCSession:
         return self._plan(batch, passes)[0]
 
     def _plan(self, batch: int, passes: int) -> Tuple[List[Tuple[slice, int]], int]:
-        """(The runs predict makes, the workers that share them). Runs are (rows of the batch, passes), each within max_chunk_bytes less
-        what the returned samples and their measures take, shared by the runs in flight at once.
+        """(The runs predict makes, the workers that share them). A run is (rows of the batch,
+        passes), within max_chunk_bytes less what the returned samples and their measures take,
+        shared by the runs in flight at once.
 
         A run over `rows` inputs and `p` passes holds rows x once_floats_per_input activations of
         the layers that run once and rows x p x activation_floats_per_sample of the repeated part.
@@ -283,7 +286,8 @@ class MCSession:
 
     def _big(self, batch: int, passes: int) -> bool:
         """Whether a predict is big enough for the workers (once they pay off, see PARALLEL_*)."""
-        return bool(self._max_workers) and passes * batch * self._info.activation_floats_per_sample >= PARALLEL_MIN_FLOATS
+        floats = passes * batch * self._info.activation_floats_per_sample
+        return bool(self._max_workers) and floats >= PARALLEL_MIN_FLOATS
 
     def _run(self, x: np.ndarray, passes: int, stochastic: bool,
              outputs: Optional[List[str]] = (SAMPLES,), session=None, shrink=False) -> Dict[str, np.ndarray]:
