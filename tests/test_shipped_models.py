@@ -60,6 +60,14 @@ def test_runtime_matches_keras(name):
     assert max(z_scores(ours, theirs).values()) <= Z_LIMIT
 
 
+# Held-out accuracies are compared with the card within a few of its 450 images: float32 results
+# differ in the last bits between instruction sets (AVX2, AVX-512, NEON) and can move a borderline
+# image; int8 convolutions differ more (VNNI or not: 97.33% and 97.56% for the same file, see
+# models/MODEL_CARD.md).
+FLOAT_ACCURACY_TOLERANCE = 2.5 / 450
+INT8_ACCURACY_TOLERANCE = 0.01
+
+
 def test_model_card_accuracy_is_measured():
     card = json.loads((MODELS / "model_card.json").read_text())
     test_img, test_y = held_out()
@@ -68,7 +76,7 @@ def test_model_card_accuracy_is_measured():
         x = test_img.astype(np.float32) / 255.0
         x = x.reshape(len(x), -1) if name == "mlp" else x[..., None]
         accuracy = float((np.asarray(model(x, training=False)).argmax(-1) == test_y).mean())
-        assert accuracy == pytest.approx(card[name]["keras_deterministic_accuracy"], abs=1e-9)
+        assert accuracy == pytest.approx(card[name]["keras_deterministic_accuracy"], abs=FLOAT_ACCURACY_TOLERANCE)
         assert accuracy > 0.9
 
 
@@ -78,9 +86,9 @@ def test_int8_card_accuracy_is_measured():
     session = MCSession(MODELS / "cnn_int8.onnx")
     assert session.info.metadata["quantization"]["kind"] == "int8"
     accuracy = float((session.predict(test_img[..., None] / np.float32(255), dropout=False).mean.argmax(-1) == test_y).mean())
-    assert accuracy == pytest.approx(card["int8_deterministic_accuracy"], abs=1e-9)
+    assert accuracy == pytest.approx(card["int8_deterministic_accuracy"], abs=INT8_ACCURACY_TOLERANCE)
     float_accuracy = json.loads((MODELS / "model_card.json").read_text())["cnn"]["keras_deterministic_accuracy"]
-    assert abs(accuracy - float_accuracy) <= 0.01  # within 1 point of the float model
+    assert abs(accuracy - float_accuracy) <= INT8_ACCURACY_TOLERANCE  # within 1 point of the float model
 
 
 def test_clear_digit_is_certain_and_non_digit_is_not():
