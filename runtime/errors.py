@@ -26,6 +26,16 @@ class ModelFileError(McdropError):
     """A model file that cannot be used: missing, not ONNX, not an mcdrop export, unsupported Keras model."""
 
 
+class UnsafeModelError(ModelFileError):
+    """A model file that would run code of its own when loaded (a Keras Lambda layer, a custom
+    object from outside Keras); refused unless the user trusts it (--trust-model-code)."""
+
+
+class ModelRunError(McdropError):
+    """onnxruntime failed while running a model it had accepted (a broken or hostile graph, or
+    an allocation the machine cannot give)."""
+
+
 class DeviceError(McdropError):
     """The requested execution provider cannot run here."""
 

@@ -1,35 +1,145 @@
-"""Write a file so that it is either complete or absent: a temp file beside it, then a rename."""
+"""Reading and writing files that may come from anyone.
+
+Reads: only regular files (a FIFO would block, /dev/zero never ends), opened without blocking and
+checked with fstat on the open descriptor, with a size cap checked before reading.
+
+Writes: a file is either complete or absent: a temporary file beside it, then a rename. A symbolic
+link at the target is refused rather than followed, so a link planted where results go cannot
+redirect them. Temporary files carry the writer's process id, so one left by a killed writer
+(SIGKILL gives no chance to clean up) is removed by the next write to the same target.
+"""
+
+from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+from typing import Type
 
-from runtime.errors import InputError
+from runtime.errors import InputError, McdropError
+
+TEMP_SUFFIX = ".tmp"
+
+
+def open_regular(path, error: Type[McdropError] = InputError, what: str = "file") -> int:
+    """A read-only descriptor of `path`, which must be a regular file (a link to one is fine).
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; the fstat on
+    the descriptor then refuses it, with no race between the check and the open."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what}") from None
+    except OSError as err:
+        raise error(f"{path}: cannot read ({err.strerror or err})") from None
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISDIR(mode):
+        os.close(fd)
+        raise error(f"{path}: is a folder, not a {what}")
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{path}: not a regular file (a device, FIFO or socket); mcdrop reads {what}s "
+                    "from regular files only")
+    if hasattr(os, "set_blocking"):
+        os.set_blocking(fd, True)
+    return fd
+
+
+def read_regular(path, max_bytes: int, error: Type[McdropError] = InputError, what: str = "file",
+                 limit_name: str = "input_mb") -> bytes:
+    """The bytes of the regular file `path`, refused before reading when over max_bytes."""
+    fd = open_regular(path, error, what)
+    with os.fdopen(fd, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise error(f"{path}: {size / 2**20:.1f} MiB is over the {limit_name} limit "
+                        f"({max_bytes / 2**20:g} MiB); raise it with --limit {limit_name}=N if you trust it")
+        data = f.read(max_bytes + 1)  # a file that grows while read still stops at the cap
+    if len(data) > max_bytes:
+        raise error(f"{path}: grew past the {limit_name} limit while being read")
+    if not data:
+        raise error(f"{path}: empty file")
+    return data
+
+
+def check_writable_target(path, make_folder: bool = False) -> Path:
+    """`path` as given (not resolved: the suffix the user typed decides the format), refused if it
+    is a folder or a symbolic link, or its folder does not exist (and is not to be made)."""
+    path = Path(os.path.abspath(path))
+    if make_folder:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InputError(f"{path}: cannot write here ({err.strerror or err})") from None
+    if path.is_symlink():
+        raise InputError(f"{path}: is a symbolic link; mcdrop does not write through links "
+                         "(remove it or choose another name)")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder; give a file name")
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder {path.parent} does not exist")
+    return path
 
 
 @contextlib.contextmanager
 def atomic_writer(path):
-    """Yield a binary file object; on success it replaces `path`, on any error it is removed.
+    """Yield a binary file object; on success it replaces `path`, on any error (KeyboardInterrupt
+    and SystemExit too: the CLI turns SIGTERM into SystemExit) it is removed.
 
-    A path that cannot be written (a folder, a missing or read-only folder) is an InputError.
+    A path that cannot be written (a folder, a link, a missing or read-only folder) is an InputError.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder; give a file name")
+    path = check_writable_target(path, make_folder=True)
+    remove_stale_temporaries(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                         suffix=TEMP_SUFFIX)
     except OSError as err:
         raise InputError(f"{path}: cannot write here ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+        if path.is_symlink():  # planted while we wrote: os.replace would swap the link, refuse anyway
+            raise InputError(f"{path}: became a symbolic link while being written; not replaced")
         os.replace(temporary, path)
     except BaseException:
-        os.unlink(temporary)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
+
+
+def remove_stale_temporaries(path: Path) -> None:
+    """Remove `.NAME.PID.*.tmp` files beside `path` whose process no longer runs."""
+    prefix = f".{path.name}."
+    try:
+        names = os.listdir(path.parent)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(TEMP_SUFFIX)):
+            continue
+        pid = name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                entry = path.parent / name
+                if entry.is_file() and not entry.is_symlink():
+                    entry.unlink()
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # someone else's process: leave its file alone
+    return True
 
 
 def _umask():

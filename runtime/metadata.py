@@ -33,6 +33,7 @@ class Preprocessing:
     color_mode: str  # "grayscale" or "rgb"
     scale: float
     offset: float
+    background: float = 0.0  # 0-255 grey that transparent pixels are composited on
 
 
 @dataclass(frozen=True)
