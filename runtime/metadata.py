@@ -1,14 +1,28 @@
 """What an mcdrop ONNX file says about itself: the "mcdrop" metadata JSON (docs/FORMAT.md) plus the
-graph's input and output names and shapes, read from an onnxruntime session."""
+graph's input and output names and shapes, read from an onnxruntime session.
+
+The file may come from anyone, so the JSON is read defensively: bytes that are not UTF-8, JSON
+nested too deep, fields of the wrong type or out of range, and a graph whose inputs and outputs
+differ from the contract are each one ModelFileError, raised before any run.
+"""
 
 import json
+import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from runtime.errors import ModelFileError
+from runtime.limits import DEFAULT, Limits
 
 METADATA_KEY = "mcdrop"
 FORMAT_VERSION = 1
+HEADS = ("softmax", "logits", "binary", "multilabel", "regression")
+COLOR_CHANNELS = {"grayscale": 1, "rgb": 3}
+# The graph's contract (docs/FORMAT.md): input name -> onnxruntime type; samples must be an output.
+INPUT_TYPES = {"input": "tensor(float)", "passes": "tensor(int64)", "stochastic": "tensor(bool)"}
+SAMPLES = "samples"
+# Deep JSON ends in RecursionError inside json; no real metadata nests beyond a few levels.
+MAX_JSON_DEPTH = 16
 # Shapes with None (or a name) for dimensions fixed only at run time, such as the batch.
 Shape = Tuple[Optional[int], ...]
 
@@ -53,44 +67,235 @@ class ModelInfo:
     metadata: dict  # the whole JSON, for fields the runtime does not use (source, versions, ...)
 
     @classmethod
-    def from_session(cls, session, path: str) -> "ModelInfo":
-        text = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    def from_session(cls, session, path: str, text: Optional[bytes] = None,
+                     limits: Limits = DEFAULT) -> "ModelInfo":
+        """The file's metadata (`text`: the raw "mcdrop" entry; None: asked of the session) checked
+        against the session's graph."""
+        if text is None:
+            try:
+                found = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+            except UnicodeDecodeError:
+                raise ModelFileError(f"{path}: broken '{METADATA_KEY}' metadata (not UTF-8)") from None
+            text = None if found is None else found.encode()
         if text is None:
             raise ModelFileError(f"{path}: not an mcdrop export (no '{METADATA_KEY}' metadata); "
                                  "export it with `python cli.py export`")
+        meta = parse_metadata(text, path, limits)
+        inputs = {arg.name: _shape(arg.shape) for arg in session.get_inputs()}
+        outputs = {arg.name: _shape(arg.shape) for arg in session.get_outputs()}
         try:
-            meta = json.loads(text)
-            if meta.get("format") != FORMAT_VERSION:
-                raise ValueError(f"format {meta.get('format')!r}, this runtime reads {FORMAT_VERSION}")
-            pre = meta.get("preprocessing")
-            return cls(
-                path=path,
-                head=str(meta["head"]),
-                labels=None if meta.get("labels") is None else [str(x) for x in meta["labels"]],
-                default_passes=int(meta["default_passes"]),
-                input_shape=tuple(meta["input_shape"]),
-                output_shape=tuple(meta["output_shape"]),
-                preprocessing=None if pre is None else Preprocessing(
-                    int(pre["height"]), int(pre["width"]), str(pre["color_mode"]),
-                    float(pre["scale"]), float(pre["offset"])),
-                stochastic_layers=tuple(_layer(layer) for layer in meta["stochastic_layers"]),
-                activation_floats_per_sample=int(meta["activation_floats_per_sample"]),
-                once_floats_per_input=int(meta.get("once_floats_per_input", 0)),
-                inputs={arg.name: _shape(arg.shape) for arg in session.get_inputs()},
-                outputs={arg.name: _shape(arg.shape) for arg in session.get_outputs()},
-                metadata=meta,
-            )
-        except (ValueError, KeyError, TypeError) as err:
-            raise ModelFileError(f"{path}: broken '{METADATA_KEY}' metadata ({err!r}); "
-                                 "export the model again") from None
+            info = cls._from_json(meta, path, inputs, outputs, limits)
+        except _Bad as err:
+            raise ModelFileError(f"{path}: broken '{METADATA_KEY}' metadata ({err}); export the model again") from None
+        check_contract(session, info)
+        return info
+
+    @classmethod
+    def _from_json(cls, meta: dict, path, inputs, outputs, limits: Limits) -> "ModelInfo":
+        if meta.get("format") != FORMAT_VERSION:
+            raise _Bad(f"format {_short(meta.get('format'))}, this runtime reads {FORMAT_VERSION}")
+        head = _choice(meta, "head", HEADS)
+        input_shape = _shape_field(meta, "input_shape")
+        output_shape = _shape_field(meta, "output_shape")
+        labels = _labels(meta, head, output_shape)
+        default_passes = _integer(meta, "default_passes", 1)
+        if default_passes > limits.passes:
+            raise _Bad(f"default_passes {default_passes:,} is over the passes limit ({limits.passes:,}); "
+                       "raise it with --limit passes=N if you trust this file")
+        layers = meta.get("stochastic_layers")
+        if not isinstance(layers, list):
+            raise _Bad("stochastic_layers must be a list")
+        return cls(
+            path=path, head=head, labels=labels, default_passes=default_passes,
+            input_shape=input_shape, output_shape=output_shape,
+            preprocessing=_preprocessing(meta.get("preprocessing"), input_shape, limits),
+            stochastic_layers=tuple(_layer(entry) for entry in layers),
+            activation_floats_per_sample=_integer(meta, "activation_floats_per_sample", 0),
+            once_floats_per_input=_integer(meta, "once_floats_per_input", 0, default=0),
+            inputs=inputs, outputs=outputs, metadata=meta)
 
 
-def _layer(entry: dict) -> StochasticLayer:
+class _Bad(ValueError):
+    """A metadata field is missing, of the wrong type or out of range."""
+
+
+def parse_metadata(text: bytes, path: str, limits: Limits = DEFAULT) -> dict:
+    """The metadata JSON object, or a ModelFileError saying what is wrong with it."""
+    broken = f"{path}: broken '{METADATA_KEY}' metadata"
+    if len(text) > limits.metadata_kb * 1024:
+        raise ModelFileError(f"{broken} ({len(text) / 1024:.0f} KiB, over the metadata_kb limit "
+                             f"of {limits.metadata_kb}; raise it with --limit metadata_kb=N if you trust this file)")
+    try:
+        decoded = text.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ModelFileError(f"{broken} (not UTF-8 at byte {err.start}); export the model again") from None
+    if _nesting(decoded) > MAX_JSON_DEPTH:
+        raise ModelFileError(f"{broken} (nested more than {MAX_JSON_DEPTH} levels deep)")
+    try:
+        meta = json.loads(decoded, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as err:
+        raise ModelFileError(f"{broken} (not JSON: {str(err).splitlines()[0][:120]}); "
+                             "export the model again") from None
+    if not isinstance(meta, dict):
+        raise ModelFileError(f"{broken} (a JSON {type(meta).__name__}, not an object); export the model again")
+    return meta
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a number")
+
+
+def _nesting(text: str) -> int:
+    """Deepest nesting of [ and { outside strings, without recursion."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    return deepest
+
+
+def check_contract(session, info: ModelInfo) -> None:
+    """The graph's inputs and outputs are those of docs/FORMAT.md and match the metadata, so that
+    no run fails on a shape or name the file got wrong."""
+    path = info.path
+    overridable = {arg.name: arg for arg in getattr(session, "get_overridable_initializers", lambda: [])()}
+    given = {arg.name: arg for arg in session.get_inputs()}
+    required = {"input"}
+    for name, wanted in INPUT_TYPES.items():
+        arg = given.get(name) or overridable.get(name)
+        if arg is None:
+            raise ModelFileError(f"{path}: the graph has no '{name}' input; not an mcdrop export "
+                                 "(docs/FORMAT.md)")
+        if arg.type != wanted:
+            raise ModelFileError(f"{path}: graph input '{name}' is {arg.type}, the contract says {wanted}")
+    extra = sorted(set(given) - set(INPUT_TYPES))
+    if extra:
+        raise ModelFileError(f"{path}: the graph has inputs the contract does not know: {', '.join(extra)}")
+    missing = sorted(required - set(given))
+    if missing:
+        raise ModelFileError(f"{path}: the graph's '{missing[0]}' input is fixed by an initializer")
+    graph_shape = _shape(given["input"].shape)
+    if not _compatible(graph_shape, info.input_shape):
+        raise ModelFileError(f"{path}: the graph's input shape {_shown(graph_shape)} differs from the "
+                             f"metadata's input_shape {_shown(info.input_shape)}")
+    outputs = {arg.name: arg for arg in session.get_outputs()}
+    if SAMPLES not in outputs:
+        raise ModelFileError(f"{path}: the graph has no '{SAMPLES}' output; not an mcdrop export")
+    if outputs[SAMPLES].type != "tensor(float)":
+        raise ModelFileError(f"{path}: graph output '{SAMPLES}' is {outputs[SAMPLES].type}, not tensor(float)")
+    samples_shape = _shape(outputs[SAMPLES].shape)
+    if not _compatible(samples_shape, (None, *info.output_shape)):
+        raise ModelFileError(f"{path}: the graph's samples shape {_shown(samples_shape)} differs from "
+                             f"[passes, {_shown(info.output_shape)[1:]}")
+
+
+def _compatible(graph: Shape, meta: Shape) -> bool:
+    """Same rank, and equal wherever both give a size (onnxruntime may know a size the metadata
+    leaves open, or the other way round)."""
+    return len(graph) == len(meta) and all(g is None or m is None or g == m for g, m in zip(graph, meta))
+
+
+def _shown(shape: Shape) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _integer(meta: dict, key: str, minimum: int, default=None) -> int:
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _Bad(f"{key} must be an integer >= {minimum}, got {_short(value)}")
+    return value
+
+
+def _number(meta: dict, key: str, default=None) -> float:
+    value = meta.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _Bad(f"{key} must be a finite number, got {_short(value)}")
+    return float(value)
+
+
+def _string(meta: dict, key: str, default=None) -> str:
+    value = meta.get(key, default)
+    if not isinstance(value, str):
+        raise _Bad(f"{key} must be a string, got {_short(value)}")
+    return value
+
+
+def _choice(meta: dict, key: str, choices) -> str:
+    value = meta.get(key)
+    if value not in choices:
+        raise _Bad(f"{key} {_short(value)} is not one of {', '.join(choices)}")
+    return value
+
+
+def _shape_field(meta: dict, key: str) -> Shape:
+    value = meta.get(key)
+    if not isinstance(value, list) or len(value) < 2 or len(value) > 8 or value[0] is not None or any(
+            d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1) for d in value[1:]):
+        raise _Bad(f"{key} must be [null, sizes >= 1 or null, ...] (2 to 8 axes), got {_short(value)}")
+    return tuple(value)
+
+
+def _labels(meta: dict, head: str, output_shape: Shape) -> Optional[List[str]]:
+    labels = meta.get("labels")
+    if labels is None:
+        return None
+    if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
+        raise _Bad("labels must be a list of strings")
+    wanted = 2 if head == "binary" else output_shape[-1]
+    if head == "regression" or (wanted is not None and len(labels) != wanted):
+        raise _Bad(f"{len(labels)} labels for a {head} head with {wanted} outputs")
+    return labels
+
+
+def _preprocessing(pre: Any, input_shape: Shape, limits: Limits) -> Optional[Preprocessing]:
+    if pre is None:
+        return None
+    if not isinstance(pre, dict):
+        raise _Bad("preprocessing must be an object or null")
+    height, width = _integer(pre, "height", 1), _integer(pre, "width", 1)
+    mode = _choice(pre, "color_mode", tuple(COLOR_CHANNELS))
+    if height * width > limits.image_pixels:
+        raise _Bad(f"image size {width}x{height} is over the image_pixels limit ({limits.image_pixels:,}); "
+                   "raise it with --limit image_pixels=N if you trust this file")
+    example = input_shape[1:]
+    if None not in example and math.prod(example) != height * width * COLOR_CHANNELS[mode]:
+        raise _Bad(f"a {width}x{height} {mode} image does not fill the input {_shown(input_shape)}")
+    background = _number(pre, "background", 0.0)
+    if not 0 <= background <= 255:
+        raise _Bad(f"background must be a 0-255 grey, got {background:g}")
+    return Preprocessing(height, width, mode, _number(pre, "scale"), _number(pre, "offset"), background)
+
+
+def _layer(entry: Any) -> StochasticLayer:
+    if not isinstance(entry, dict):
+        raise _Bad("each stochastic layer must be an object")
     rate = entry.get("rate")
+    noise_shape = entry.get("noise_shape")
+    if noise_shape is not None and not isinstance(noise_shape, list):
+        raise _Bad("noise_shape must be a list or null")
     return StochasticLayer(
-        name=str(entry["name"]), kind=str(entry["kind"]), rate=None if rate is None else float(rate),
-        noise_shape=entry.get("noise_shape"), distribution=str(entry.get("distribution")),
-        random_node=str(entry["random_node"]), seed=float(entry["seed"]))
+        name=_string(entry, "name"), kind=_string(entry, "kind"),
+        rate=None if rate is None else _number(entry, "rate"), noise_shape=noise_shape,
+        distribution=str(entry.get("distribution")), random_node=_string(entry, "random_node"),
+        seed=_number(entry, "seed"))
 
 
 def _shape(dims) -> Shape:

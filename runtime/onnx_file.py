@@ -61,7 +61,7 @@ class ModelFile:
     metadata: Dict[str, bytes] = field(default_factory=dict)
     metadata_spans: Dict[str, Tuple[int, int]] = field(default_factory=dict)  # key -> the entry's bytes
     random_nodes: List[RandomNode] = field(default_factory=list)
-    external_data: List[str] = field(default_factory=list)  # names of tensors stored outside the file
+    external_data: List[Tuple[str, str]] = field(default_factory=list)  # (tensor, location) stored outside
     has_graph: bool = False
 
 
@@ -154,16 +154,19 @@ def _attribute(view, span, model: ModelFile, depth: int):
 
 
 def _tensor(view, span, model: ModelFile) -> None:
-    name, external = "", False
+    name, external, location = "", False, ""
     for number, wire, value, _, _ in _fields(view, *span):
         if number == TENSOR_NAME and wire == LENGTH:
             name = _text(view, value)
         elif number == TENSOR_EXTERNAL and wire == LENGTH:
             external = True
+            key, text = _entry(view, value)
+            if key == "location":
+                location = text.decode("utf-8", "backslashreplace")
         elif number == TENSOR_LOCATION and wire == VARINT and value == EXTERNAL:
             external = True
     if external:
-        model.external_data.append(name)
+        model.external_data.append((name, location))
 
 
 def _sparse_tensor(view, span, model: ModelFile) -> None:

@@ -3,12 +3,9 @@
 onnxruntime seeds each RandomUniformLike / RandomNormalLike node once, from its float `seed`
 attribute, when the session is created; without a rewrite every session of one file would replay
 the same dropout masks. The rewrite works on the bytes, without the onnx package: protobuf writes
-an AttributeProto {name: "seed", f: <float>} as
-
-    0A 04 73 65 65 64   field 1 (name), length 4, "seed"
-    15 <float32 LE>     field 2 (f), fixed 32 bits
-
-so the 4 bytes after each marker are swapped in place and the file length does not change.
+the attribute's float as 4 little-endian bytes (field 2, fixed 32 bits), which runtime/onnx_file.py
+finds by walking the graph's nodes; they are swapped in place and the file length does not change.
+Only the graph's random nodes are touched, never bytes elsewhere that happen to look like a seed.
 """
 
 from typing import List, Optional, Tuple
@@ -16,8 +13,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from runtime.errors import ModelFileError
-
-SEED_MARKER = b"\x0a\x04seed\x15"
+from runtime.onnx_file import ModelFile, read_model
 
 # onnxruntime casts the float to uint32 and seeds a std::minstd_rand0 generator with it (libstdc++
 # and libc++; MSVC's default engine is mt19937). minstd walks one cycle through every state
@@ -39,15 +35,11 @@ def _float32_exact(value: int) -> bool:
     return float(np.float32(value)) == value
 
 
-def find_seeds(model_bytes: bytes) -> List[Tuple[int, float]]:
-    """(offset of the float, value) of every float `seed` attribute, in file order."""
-    found = []
-    start = model_bytes.find(SEED_MARKER)
-    while start != -1:
-        offset = start + len(SEED_MARKER)
-        found.append((offset, float(np.frombuffer(model_bytes, "<f4", 1, offset)[0])))
-        start = model_bytes.find(SEED_MARKER, offset)
-    return found
+def find_seeds(model_bytes: bytes, parsed: Optional[ModelFile] = None) -> List[Tuple[int, float]]:
+    """(offset of the float, value) of every random node's `seed` attribute, in file order."""
+    parsed = parsed or read_model(model_bytes)
+    return [(node.seed_offset, float(np.float32(node.seed))) for node in parsed.random_nodes
+            if node.seed_offset is not None]
 
 
 def fresh_seeds(count: int, seed: Optional[int] = None) -> List[float]:
@@ -78,20 +70,30 @@ def stream_seeds(count: int, seed: Optional[int], stream: int, streams: int) -> 
     return fresh_seeds(count * streams, seed)[stream * count:(stream + 1) * count]
 
 
-def rewrite_seeds(model_bytes: bytes, seed: Optional[int], stream: int = 0,
-                  streams: int = 1) -> Tuple[bytes, List[float]]:
+def rewrite_seeds(model_bytes: bytes, seed: Optional[int], stream: int = 0, streams: int = 1,
+                  parsed: Optional[ModelFile] = None) -> Tuple[bytes, List[float]]:
     """(the model with fresh seeds, the seeds it had, in file order); see stream_seeds."""
-    found = find_seeds(model_bytes)
+    found = find_seeds(model_bytes, parsed)
     rewritten = bytearray(model_bytes)
     for (offset, _), value in zip(found, stream_seeds(len(found), seed, stream, streams)):
         rewritten[offset:offset + 4] = np.float32(value).tobytes()
     return bytes(rewritten), [value for _, value in found]
 
 
-def check_seeds(old: List[float], listed: List[float], path: str) -> None:
-    """The seeds found must be the ones the metadata lists for its random nodes; anything else
-    means a "seed" pattern the rewrite should not have touched, or a hand-edited file."""
+def check_seeds(parsed: ModelFile, layers, path: str) -> None:
+    """The graph's random nodes must be the ones the metadata lists, each with its listed float
+    seed: a node the runtime cannot reseed would replay the same masks in every session."""
+    unseeded = [node.name for node in parsed.random_nodes if node.seed_offset is None]
+    if unseeded:
+        raise ModelFileError(f"{path}: random node {unseeded[0]!r} has no float seed attribute; "
+                             "export the model again")
+    names = sorted(node.name for node in parsed.random_nodes)
+    listed_names = sorted(layer.random_node for layer in layers)
+    if names != listed_names:
+        raise ModelFileError(f"{path}: the graph's random nodes ({len(names)}) are not the "
+                             f"{len(listed_names)} the metadata lists; export the model again")
+    old = [float(np.float32(node.seed)) for node in parsed.random_nodes]
+    listed = [layer.seed for layer in layers]
     if sorted(old) != sorted(float(np.float32(value)) for value in listed):
-        raise ModelFileError(
-            f"{path}: the random nodes' seeds {sorted(old)} do not match the metadata's "
-            f"{sorted(listed)}; export the model again")
+        raise ModelFileError(f"{path}: the random nodes' seeds do not match the metadata's; "
+                             "export the model again")

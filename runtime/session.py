@@ -9,9 +9,12 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from runtime import providers, seeds
-from runtime.errors import DeviceError, InputError, ModelFileError, first_line
-from runtime.metadata import ModelInfo
+from runtime import integrity, providers, seeds
+from runtime.errors import DeviceError, InputError, McdropError, ModelFileError, ModelRunError, first_line
+from runtime.files import read_regular
+from runtime.limits import DEFAULT, Limits, usable_cores
+from runtime.metadata import METADATA_KEY, ModelInfo
+from runtime.onnx_file import ModelFile, read_model
 from runtime.prediction import Prediction
 
 INPUT, PASSES, STOCHASTIC, SAMPLES = "input", "passes", "stochastic", "samples"
@@ -52,18 +55,12 @@ SEED_STREAMS = 64
 # next large predicts are given the whole bound (without it: 313-317 MiB for a 256 MiB bound
 # when a 15-pass predict on the main session came before a 50-pass one on the workers).
 SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+# Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
+EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
 
 class RawPixelWarning(UserWarning):
     """The input looks like 0-255 pixels, but the model expects them scaled."""
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 class MCSession:
@@ -79,12 +76,20 @@ class MCSession:
     workers (max_chunk_bytes, threads: pass threads to reproduce results on another machine), in
     any process. Calls within one session always differ.
     predict() and run_raw() may be called from several threads at once.
+
+    The file is untrusted until checked: it must be a regular file within limits.model_mb, carry
+    the exporter's integrity checksum (verify=False skips that), keep all its data inside
+    (allow_external_data=True reads external data from the model's own folder only), and its
+    metadata and graph must match the contract (docs/FORMAT.md), all before any run. Every
+    failure is a McdropError.
     """
 
     def __init__(self, path, device: str = "auto", seed: Optional[int] = None,
                  threads: Optional[int] = None, max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES,
-                 session_factory: Optional[Callable] = None):
+                 session_factory: Optional[Callable] = None, limits: Limits = DEFAULT,
+                 verify: bool = True, allow_external_data: bool = False):
         self.path = str(path)
+        self.limits = limits
         if isinstance(max_chunk_bytes, bool) or not isinstance(max_chunk_bytes, (int, np.integer)) \
                 or max_chunk_bytes < 1:
             raise InputError(f"max_chunk_bytes must be a positive integer, got {max_chunk_bytes!r}")
@@ -92,9 +97,16 @@ class MCSession:
             raise InputError(f"threads must be an integer >= 0 (0: every core), got {threads!r}")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
             raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+        if threads:
+            limits.check("threads", threads, f"threads {threads} (this machine lets the process use "
+                         f"{usable_cores()} cores)")
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.threads = threads or usable_cores()
-        model_bytes = _read_model(self.path)
+        model_bytes = read_regular(self.path, limits.model_bytes, ModelFileError, "model file", "model_mb")
+        self._parsed = read_model(model_bytes, self.path)
+        if verify:
+            integrity.verify(model_bytes, self._parsed, self.path)
+        self._external_folder = _external_data_folder(self._parsed, self.path, allow_external_data)
         self._session_bytes = SESSION_COPY * len(model_bytes)
         self._max_workers = min(self.threads, SEED_STREAMS - 1,
                                 max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
@@ -119,21 +131,25 @@ class MCSession:
                         threads: int) -> Tuple["ort.InferenceSession", ModelInfo]:
         """A session and what its file says; its seeds are stream `stream` of the session's seed
         (0: the main session, 1 and on: the workers)."""
-        model_bytes, old_seeds = seeds.rewrite_seeds(model_bytes, self._entropy, stream, SEED_STREAMS)
+        model_bytes, _ = seeds.rewrite_seeds(model_bytes, self._entropy, stream, SEED_STREAMS, self._parsed)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
+        if self._external_folder:
+            options.add_session_config_entry(EXTERNAL_DATA_FOLDER, self._external_folder)
         try:
             session = providers.create_session(model_bytes, device, options, self._factory)
+        except McdropError:
+            raise
         except Exception as err:
-            if type(err).__module__.startswith("onnxruntime"):
+            if _from_onnxruntime(err) or isinstance(err, (MemoryError, OverflowError)):
                 if stream:  # the file loaded already, for the main session
                     raise DeviceError(f"{self.path}: could not start worker session {stream} "
                                       f"({first_line(err)}); use threads=1") from None
-                raise ModelFileError(f"{self.path}: not an ONNX file ({first_line(err)})") from None
+                raise ModelFileError(f"{self.path}: onnxruntime cannot load it ({first_line(err)})") from None
             raise
-        info = ModelInfo.from_session(session, self.path)
-        seeds.check_seeds(old_seeds, [layer.seed for layer in info.stochastic_layers], self.path)
+        info = ModelInfo.from_session(session, self.path, self._parsed.metadata.get(METADATA_KEY), self.limits)
+        seeds.check_seeds(self._parsed, info.stochastic_layers, self.path)
         return session, info
 
     def _workers_for(self, wanted: int) -> List:
@@ -252,8 +268,10 @@ class MCSession:
 
         A run over `rows` inputs and `p` passes holds rows x once_floats_per_input activations of
         the layers that run once and rows x p x activation_floats_per_sample of the repeated part.
-        Split the batch only when one pass over all of it is too big, then the passes; at least 1
-        pass of 1 row per run. Chunks differ by one row or pass at most: runs of alternating sizes
+        Runs keep all the passes of their rows where one row's passes fit, so the layers before the
+        first stochastic layer run once per input (splitting passes first recomputed them in every
+        pass: batch 10,000 at T=50 took 21,750 runs of 1 pass); only an input whose passes do not
+        fit alone has its passes split. At least 1 pass of 1 row per run. Chunks differ by one row or pass at most: runs of alternating sizes
         fragment onnxruntime's arena, which then grows past the bound (seen: 423 MiB for 256 with
         runs of 228 and 28 rows). A predict with work for several workers gives each of them the
         same number of runs, where the passes and rows allow.
@@ -270,14 +288,17 @@ class MCSession:
         workers = self._max_workers if self._big(batch, passes) and (
             self._workers or self._parallel_predicts or floats >= PARALLEL_AT_ONCE_FLOATS) else 0
         budget = (budget - workers * self._session_bytes) // max(1, workers)  # runs in flight at once
-        row_parts = -(-batch // min(batch, max(1, budget // (per_input + per_sample))))
-        rows = -(-batch // row_parts)
-        pass_parts = -(-passes // min(passes, max(1, (budget - rows * per_input) // (rows * per_sample))))
-        # Every worker gets the same number of runs: split the passes further, then the rows.
-        while workers and (row_parts * pass_parts) % workers and pass_parts < passes:
-            pass_parts += 1
+        rows_fit = budget // (per_input + passes * per_sample)
+        if rows_fit >= 1:
+            row_parts, pass_parts = -(-batch // min(batch, rows_fit)), 1
+        else:
+            row_parts = batch
+            pass_parts = -(-passes // min(passes, max(1, (budget - per_input) // per_sample)))
+        # Every worker gets the same number of runs: split the rows further, then the passes.
         while workers and (row_parts * pass_parts) % workers and row_parts < batch:
             row_parts += 1
+        while workers and (row_parts * pass_parts) % workers and pass_parts < passes:
+            pass_parts += 1
         plan, start = [], 0
         for size in _even_sizes(batch, row_parts):
             plan += [(slice(start, start + size), count) for count in _even_sizes(passes, pass_parts)]
@@ -299,7 +320,13 @@ class MCSession:
         if shrink:
             options = ort.RunOptions()
             options.add_run_config_entry(*SHRINK_MAIN_ARENA)
-        result = session.run(names, feed, options)
+        try:
+            result = session.run(names, feed, options)
+        except Exception as err:
+            if _from_onnxruntime(err) or isinstance(err, MemoryError):
+                raise ModelRunError(f"{self.path}: onnxruntime failed to run the model "
+                                    f"({first_line(err)})") from None
+            raise
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))
@@ -309,6 +336,7 @@ class MCSession:
             return self.default_passes
         if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 1:
             raise InputError(f"passes must be an integer >= 1, got {passes!r}")
+        self.limits.check("passes", passes, f"passes {passes:,}")
         return int(passes)
 
     def _check_input(self, x) -> np.ndarray:
@@ -363,18 +391,32 @@ def _group_by_rows(plan):
     return grouped
 
 
-def _read_model(path: str) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except FileNotFoundError:
-        raise ModelFileError(f"{path}: no such model file") from None
-    except IsADirectoryError:
-        raise ModelFileError(f"{path}: is a folder, not an ONNX file") from None
-    except OSError as err:
-        raise ModelFileError(f"{path}: cannot read ({err.strerror})") from None
-    if not data:
-        raise ModelFileError(f"{path}: empty file, not an ONNX file")
-    return data
+def _from_onnxruntime(err: BaseException) -> bool:
+    """onnxruntime's Python errors (Fail, InvalidArgument, RuntimeException, ...) live in its
+    pybind module; a RuntimeError it raises for allocation failures does too."""
+    return type(err).__module__.startswith("onnxruntime")
+
+
+def _external_data_folder(parsed: ModelFile, path: str, allowed: bool) -> Optional[str]:
+    """None for a self-contained file. External data is refused unless allowed, and then read only
+    from the model's own folder: onnxruntime would otherwise resolve it against the working
+    folder of whoever runs the model."""
+    if not parsed.external_data:
+        return None
+    tensor, location = parsed.external_data[0]
+    if not allowed:
+        raise ModelFileError(f"{path}: tensor {tensor!r} keeps its data in another file ({location!r}); "
+                             "mcdrop files are self-contained, so this is refused (pass "
+                             "--allow-external-data to read it from the model's own folder)")
+    folder = os.path.dirname(os.path.realpath(path))
+    for tensor, location in parsed.external_data:
+        target = os.path.realpath(os.path.join(folder, location))
+        if os.path.isabs(location) or os.path.commonpath([folder, target]) != folder:
+            raise ModelFileError(f"{path}: tensor {tensor!r} points outside the model's folder "
+                                 f"({location!r}); refused")
+        if not os.path.isfile(target):
+            raise ModelFileError(f"{path}: tensor {tensor!r}: external data {location!r} is not a "
+                                 "regular file in the model's folder")
+    return folder
 
 

@@ -13,11 +13,14 @@ import pytest
 from conftest import ROOT
 from runtime import seeds
 from runtime.errors import InputError, ModelFileError
+from runtime.limits import Limits
 from runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
 from runtime.session import SESSION_COPY, WEIGHTS_SHARE, MCSession, RawPixelWarning
 from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
 
 X = np.random.default_rng(42).normal(size=(5, 4)).astype(np.float32)
+# Some tests run more workers than this machine has cores, which the default limits refuse.
+MORE_THREADS = Limits(threads=8)
 
 
 def samples_of(session, passes=16, x=X):
@@ -260,7 +263,7 @@ def test_big_predicts_are_shared_by_workers_with_their_own_seeds(heavy_toy):
 
 def test_a_seed_gives_the_same_small_predicts_whatever_the_thread_count(toy_model_path):
     # The main session's seeds are stream 0 of a fixed spread, not of one sized by the cores.
-    results = [MCSession(toy_model_path, seed=3, threads=threads).predict(X, passes=8).samples
+    results = [MCSession(toy_model_path, seed=3, threads=threads, limits=MORE_THREADS).predict(X, passes=8).samples
                for threads in (1, 2, 4, 8)]
     for other in results[1:]:
         np.testing.assert_array_equal(other, results[0])
@@ -268,7 +271,7 @@ def test_a_seed_gives_the_same_small_predicts_whatever_the_thread_count(toy_mode
 
 def test_a_predict_big_enough_takes_the_workers_at_once(heavy_toy):
     factory = CountingFactory()
-    session = MCSession(heavy_toy, threads=3, session_factory=factory)
+    session = MCSession(heavy_toy, threads=3, session_factory=factory, limits=MORE_THREADS)
     session.predict(X, passes=4)  # 20M floats
     assert factory.threads == [3, 1, 1, 1]
 
@@ -287,7 +290,8 @@ def test_no_workers_where_they_do_not_pay(heavy_toy, case):
     threads, bound = (1, DEFAULT_BOUND) if case == "one thread" else (4, DEFAULT_BOUND)
     if case == "weights too big for the bound":
         bound = WEIGHTS_SHARE * SESSION_COPY * 2 * len(open(heavy_toy, "rb").read()) - 1  # 2 copies: over a quarter
-    session = MCSession(heavy_toy, threads=threads, max_chunk_bytes=bound, session_factory=factory)
+    session = MCSession(heavy_toy, threads=threads, max_chunk_bytes=bound, session_factory=factory,
+                        limits=MORE_THREADS)
     for _ in range(2):
         session.predict(X, passes=8)
     assert factory.threads == [threads]

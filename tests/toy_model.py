@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from runtime.integrity import seal
+
 HEADS = {"softmax": 3, "binary": 1, "multilabel": 3, "regression": 2}
 LABELS = {"softmax": ["cat", "dog", "bird"], "binary": ["no", "yes"], "multilabel": ["a", "b", "c"],
           "regression": None}
@@ -51,9 +53,10 @@ def deterministic_forward(x: np.ndarray, head: str, weights: dict) -> np.ndarray
 def build_toy_model(path, head: str = "softmax", example_shape: Sequence[int] = (4,),
                     preprocessing: Optional[dict] = None, seeds: Sequence[float] = SEEDS,
                     metadata_seeds: Optional[Sequence[float]] = None, with_metadata: bool = True,
-                    activation_floats_per_sample: int = 64, weights_seed: int = 0) -> str:
+                    activation_floats_per_sample: int = 64, weights_seed: int = 0,
+                    sealed: bool = True) -> str:
     """Write the toy model to `path` and return it as a str. metadata_seeds lets a test make the
-    metadata disagree with the graph."""
+    metadata disagree with the graph; sealed=False leaves out the integrity checksum."""
     units = HEADS[head]
     features = int(np.prod(example_shape))
     weights = toy_weights(head, features, weights_seed)
@@ -141,7 +144,8 @@ def build_toy_model(path, head: str = "softmax", example_shape: Sequence[int] = 
         }
         helper.set_model_props(model, {"mcdrop": json.dumps(meta)})
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    with open(path, "wb") as f:
+        f.write(seal(model.SerializeToString()) if sealed else model.SerializeToString())
     return str(path)
 
 
