@@ -6,7 +6,9 @@ Heavy modules (numpy, onnxruntime, Pillow) are imported inside the commands, so 
 import functools
 import json
 import os
+import signal
 import sys
+import unicodedata
 import warnings
 from pathlib import Path
 from typing import List, Optional
@@ -20,6 +22,9 @@ DEFAULT_MODEL = HERE / "models" / "cnn.onnx"
 OUT_FORMATS = (".json", ".npz", ".csv")
 # Below this many inputs a run is quick enough that a progress bar is only noise.
 PROGRESS_MIN_INPUTS = 32
+ON_ERROR = ("report", "skip", "stop")
+LIMIT_HELP = ("Raise a bound, NAME=VALUE, repeatable: model_mb, passes, input_mb, image_pixels, metadata_kb, "
+              "threads (README: Trust model).")
 
 app = typer.Typer(help=__doc__.splitlines()[0], add_completion=False, no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -36,14 +41,52 @@ def reports_errors(command):
             try:
                 return command(*args, **kwargs)
             except McdropError as err:
-                typer.echo(f"error: {err}", err=True)
+                typer.echo(f"error: {terminal_safe(str(err))}", err=True)
                 raise typer.Exit(err.exit_code) from None
 
     return wrapper
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    typer.echo(f"warning: {message}", err=True)
+    typer.echo(f"warning: {terminal_safe(str(message))}", err=True)
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every control, format (bidi overrides), surrogate or unassigned character
+    written as an escape, so names and labels from files cannot move the cursor, recolour or
+    rewrite the terminal, or break a one-line message or a table row. Bytes of a file name that
+    are not UTF-8 (surrogate escapes) show as \\xNN."""
+    out = []
+    for char in text:
+        if unicodedata.category(char)[0] != "C":
+            out.append(char)
+            continue
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
+
+
+def valid_text(text: str) -> str:
+    """A file name as valid UTF-8 for JSON, CSV and npz: bytes that are not UTF-8 (surrogate
+    escapes from the file system) become the text \\xNN."""
+    return os.fsencode(text).decode("utf-8", "backslashreplace") if _has_surrogates(text) else text
+
+
+def _has_surrogates(text: str) -> bool:
+    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
+
+
+def _limits(settings: List[str]):
+    from runtime.limits import Limits
+
+    return Limits.parse(settings or [])
 
 
 @app.command()
@@ -62,21 +105,37 @@ def infer(
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     out: Optional[Path] = typer.Option(None, help="Also write the results to .json, .npz or .csv."),
     max_chunk_mb: float = typer.Option(256, help="Largest activation memory of one run, MiB."),
+    on_error: str = typer.Option("report", help="A bad input: report (all, then exit 2), skip (warn) or stop."),
+    limit: List[str] = typer.Option([], help=LIMIT_HELP),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Load a file whose integrity checksum is missing or wrong."),
+    allow_external_data: bool = typer.Option(
+        False, "--allow-external-data", help="Read tensors stored in other files, from the model's own folder only."),
 ):
     """Predict with uncertainty: per input the label, its confidence, std and mutual information."""
+    limits = _limits(limit)
     if out is not None and out.suffix.lower() not in OUT_FORMATS:
         raise InputError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; "
                          f"use one of {', '.join(OUT_FORMATS)}")
     if passes is not None and passes < 1:
         raise InputError(f"--passes must be >= 1, got {passes}")
+    if passes is not None:
+        limits.check("passes", passes, f"--passes {passes:,}")
     if top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {top_k}")
     if not 0 <= threshold <= 1:
         raise InputError(f"--threshold must lie in [0, 1], got {threshold}")
-    if not max_chunk_mb > 0:
-        raise InputError(f"--max-chunk-mb must be > 0, got {max_chunk_mb}")
+    if not 0 < max_chunk_mb < 2**40:
+        raise InputError(f"--max-chunk-mb must be > 0 and finite, got {max_chunk_mb}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")
+    if threads is not None:
+        limits.check("threads", threads, f"--threads {threads:,}")
+    if on_error not in ON_ERROR:
+        raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
+    if out is not None:
+        from runtime.files import check_writable_target
+
+        check_writable_target(out)  # refused before any work: a link, a folder, a missing folder
 
     if model == DEFAULT_MODEL and not model.exists():
         raise InputError(f"no model at {model}; export one with `python cli.py export`, or pass --model")
@@ -85,18 +144,30 @@ def infer(
     from runtime.session import MCSession
 
     session = MCSession(model, device=device, seed=seed, threads=threads,
-                        max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)))
-    names, x = load_inputs(inputs, session.info)
+                        max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)), limits=limits,
+                        verify=not no_verify, allow_external_data=allow_external_data)
+    failures = None if on_error == "stop" else []
+    names, x = load_inputs(inputs, session.info, limits=limits, failures=failures)
+    for _, message in failures or []:
+        typer.echo(f"{'error' if on_error == 'report' else 'warning: skipped'}: {terminal_safe(message)}", err=True)
+    if not names:
+        if failures and on_error == "report":
+            raise typer.Exit(InputError.exit_code)  # each bad input had its line
+        raise InputError(f"none of the {len(failures)} inputs could be read" if failures else "no inputs given")
     prediction = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names))
-    document = {"model": _shown(model), "provider": session.provider, "passes": prediction.passes,
+    shown = [valid_text(name) for name in names]
+    document = {"model": valid_text(_shown(model)), "provider": session.provider, "passes": prediction.passes,
                 "stochastic": prediction.stochastic, "seed": seed,
-                "predictions": [{"input": name, **prediction.to_dict(i)} for i, name in enumerate(names)]}
+                "predictions": [{"input": name, **prediction.to_dict(i)} for i, name in enumerate(shown)],
+                "failed": [{"input": valid_text(path), "error": valid_text(message)} for path, message in failures or []]}
     if out is not None:
-        _write_results(out, document, prediction, names)
+        _write_results(out, document, prediction, shown)
     if as_json:
         typer.echo(json.dumps(document, allow_nan=False, indent=2))
     else:
-        _print_table(document, prediction, names)
+        _print_table(document, prediction, shown)
+    if failures and on_error == "report":
+        raise typer.Exit(InputError.exit_code)
 
 
 def _shown(path: Path) -> str:
@@ -142,26 +213,25 @@ def _summary(prediction, i: int) -> dict:
 
 
 def _print_table(document: dict, prediction, names: List[str]) -> None:
-    typer.echo(f"model {document['model']}  provider {document['provider']}  "
+    typer.echo(f"model {terminal_safe(document['model'])}  provider {document['provider']}  "
                f"passes {document['passes']}" + ("" if document["stochastic"] else " (dropout off)"))
     header = ["input", "label", "confidence", "std", "mutual_information", ""]
     rows = []
     for i, name in enumerate(names):
         cells = _summary(prediction, i)
-        rows.append([name, cells["label"], cells["confidence"], cells["std"], cells["mutual_information"],
-                     "UNCERTAIN" if prediction.uncertain[i] else ""])
+        rows.append([terminal_safe(name), terminal_safe(cells["label"]), cells["confidence"], cells["std"],
+                     cells["mutual_information"], "UNCERTAIN" if prediction.uncertain[i] else ""])
     widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
     for row in [header, *rows]:
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def _write_results(out: Path, document: dict, prediction, names: List[str]) -> None:
-    """Write through a temporary file in the same folder, so `out` is never half written."""
-    out = out.resolve()
-    if not out.parent.is_dir():
-        raise InputError(f"--out {out}: folder {out.parent} does not exist")
-    from runtime.files import atomic_writer
+    """Write through a temporary file in the same folder, so `out` is never half written. The
+    format is the suffix of the path as typed (a link at `out` is refused, never followed)."""
+    from runtime.files import atomic_writer, check_writable_target
 
+    out = check_writable_target(out)
     with atomic_writer(out) as f:
         if out.suffix.lower() == ".json":
             f.write(json.dumps(document, allow_nan=False, indent=2).encode())
@@ -221,6 +291,9 @@ def export(
     seed: Optional[int] = typer.Option(None, help="Seed for the stored random-node seeds."),
     quantize: str = typer.Option("none", help="none or int8 (weights and activations of Conv/MatMul/Gemm)."),
     calibration: Optional[Path] = typer.Option(None, help="int8 calibration inputs, preprocessed (.npy/.npz)."),
+    trust_model_code: bool = typer.Option(
+        False, "--trust-model-code",
+        help="Load a model that runs its own Python code (Lambda layers, custom objects): only for files you trust."),
 ):
     """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
     size = None
@@ -257,7 +330,7 @@ def export(
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
             opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
             scale=scale, offset=offset, seed=seed, quantize=None if quantize == "none" else quantize,
-            calibration=calibration, progress=progress,
+            calibration=calibration, progress=progress, trust_model_code=trust_model_code,
         )
     typer.echo("\n".join(report.lines()))
 
@@ -269,16 +342,21 @@ def info(
     device: str = typer.Option("auto", help="auto, cpu or cuda: where it would run."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
     check: bool = typer.Option(False, "--check", help="Also check here that its randomness is live."),
+    limit: List[str] = typer.Option([], help=LIMIT_HELP),
+    no_verify: bool = typer.Option(False, "--no-verify", help="Load a file whose integrity checksum is missing or wrong."),
+    allow_external_data: bool = typer.Option(
+        False, "--allow-external-data", help="Read tensors stored in other files, from the model's own folder only."),
 ):
     """What an exported model holds: head, labels, shapes, stochastic layers, preprocessing."""
     from dataclasses import asdict
 
     from runtime.session import MCSession
 
-    session = MCSession(model, device=device)
+    session = MCSession(model, device=device, limits=_limits(limit), verify=not no_verify,
+                        allow_external_data=allow_external_data)
     meta = session.info
     document = {
-        "model": _shown(model), "provider": session.provider, "head": meta.head, "labels": meta.labels,
+        "model": valid_text(_shown(model)), "provider": session.provider, "head": meta.head, "labels": meta.labels,
         "default_passes": meta.default_passes,
         "inputs": {name: list(shape) for name, shape in meta.inputs.items()},
         "outputs": {name: list(shape) for name, shape in meta.outputs.items()},
@@ -292,17 +370,17 @@ def info(
     if as_json:
         typer.echo(json.dumps(document, indent=2))
         return
-    typer.echo(f"model            {document['model']}")
+    typer.echo(f"model            {terminal_safe(document['model'])}")
     typer.echo(f"provider         {document['provider']}")
     typer.echo(f"head             {meta.head}")
-    typer.echo(f"labels           {', '.join(meta.labels) if meta.labels else '-'}")
+    typer.echo(f"labels           {terminal_safe(', '.join(meta.labels)) if meta.labels else '-'}")
     typer.echo(f"default passes   {meta.default_passes}")
     for kind in ("inputs", "outputs"):
         for name, shape in document[kind].items():
             shown = ", ".join("?" if d is None else str(d) for d in shape)
-            typer.echo(f"{kind[:-1]:<16} {name} [{shown}]")
+            typer.echo(f"{kind[:-1]:<16} {terminal_safe(name)} [{shown}]")
     for layer in meta.stochastic_layers:
-        typer.echo(f"stochastic layer {layer.name} ({layer.kind}, rate {layer.rate})")
+        typer.echo(terminal_safe(f"stochastic layer {layer.name} ({layer.kind}, rate {layer.rate})"))
     pre = meta.preprocessing
     typer.echo("preprocessing    " + ("- (arrays only)" if pre is None else
                                       f"{pre.width}x{pre.height} {pre.color_mode}, "
@@ -311,9 +389,15 @@ def info(
         typer.echo(f"check            ok  {passed['name']}: {passed['detail']}")
 
 
+def _terminate(signum, frame):
+    """SIGTERM unwinds like Ctrl-C does, so temporary files are removed on the way out."""
+    raise SystemExit(128 + signum)
+
+
 def main():
     # standalone_mode=False hands usage errors (a missing argument, a bad number) back to us, so
     # they too print as one line instead of a usage box.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)
     except typer.Abort:
@@ -324,7 +408,7 @@ def main():
     except Exception as err:
         if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
             raise  # not a usage error: a bug, keep the traceback
-        typer.echo(f"error: {err.format_message()}", err=True)
+        typer.echo(f"error: {terminal_safe(err.format_message())}", err=True)
         sys.exit(err.exit_code)
     sys.exit(result if isinstance(result, int) else 0)
 

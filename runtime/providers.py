@@ -20,8 +20,9 @@ from runtime.errors import DeviceError
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
-# onnxruntime's ERROR level: quiet while probing, real failures still raise.
-QUIET_LOG_LEVEL = 3
+# onnxruntime's FATAL level: its errors would also print straight to fd 2, beside the one line the
+# CLI prints for them; real failures still raise.
+QUIET_LOG_LEVEL = 4
 
 CONFLICT_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu "
                 "(or `pip install onnxruntime` on machines without CUDA)")

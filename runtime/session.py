@@ -55,6 +55,8 @@ SEED_STREAMS = 64
 # next large predicts are given the whole bound (without it: 313-317 MiB for a 256 MiB bound
 # when a 15-pass predict on the main session came before a 50-pass one on the workers).
 SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+# onnxruntime's FATAL level for runs: errors come back as exceptions, typed below.
+RUN_LOG_LEVEL = 4
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -316,9 +318,10 @@ class MCSession:
         feed = {INPUT: x, PASSES: np.array(passes, dtype=np.int64),
                 STOCHASTIC: np.array(stochastic, dtype=np.bool_)}
         names = list(outputs) if outputs else [arg.name for arg in session.get_outputs()]
-        options = None
+        # A failing kernel would also print its error straight to fd 2; the exception carries it.
+        options = ort.RunOptions()
+        options.log_severity_level = RUN_LOG_LEVEL
         if shrink:
-            options = ort.RunOptions()
             options.add_run_config_entry(*SHRINK_MAIN_ARENA)
         try:
             result = session.run(names, feed, options)
