@@ -353,8 +353,14 @@ def _decode(path: str, image) -> None:
     (TypeError from a garbled TIFF tag, ...); whatever they raise here is the file's fault."""
     from PIL import Image
 
+    from runtime.providers import quiet_stderr
+
     try:
-        image.load()
+        if image.format == "TIFF":  # libtiff prints its warnings on a corrupt file straight to fd 2
+            with quiet_stderr():
+                image.load()
+        else:
+            image.load()
     except (Image.DecompressionBombError, MemoryError):
         raise
     except Exception as err:  # noqa: BLE001 - one line for the user, never a traceback
