@@ -400,8 +400,8 @@ def main():
     signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)
-    except typer.Abort:
-        typer.echo("error: aborted", err=True)
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: temporaries were removed on the way out
+        typer.echo("error: interrupted", err=True)
         sys.exit(130)
     except typer.Exit as err:
         sys.exit(err.exit_code)

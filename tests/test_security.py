@@ -126,23 +126,30 @@ def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next(tmp_path, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
 
 
-def test_sigterm_while_writing_leaves_no_temporary_file(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_infer_leaves_no_temporary_file(tmp_path, stop):
+    """The real CLI, stopped while it writes --out (the write is slowed down to be caught)."""
     script = f"""
-import signal, sys, time
+import os, sys, time
 sys.path.insert(0, {str(ROOT)!r})
+sys.argv = ["cli.py", "infer", {str(SAMPLES / 'digit_3.png')!r}, "--out", {str(tmp_path / 'r.json')!r}]
 import cli
-from runtime.files import atomic_writer
-signal.signal(signal.SIGTERM, cli._terminate)
-with atomic_writer({str(tmp_path / 'out.npz')!r}) as f:
-    f.write(b"partial")
+from runtime import files
+real = files.os.replace
+def slow_replace(*args):
     print("writing", flush=True)
     time.sleep(60)
+    real(*args)
+files.os.replace = slow_replace
+cli.main()
 """
-    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
     assert child.stdout.readline().strip() == "writing"
-    assert len(list(tmp_path.iterdir())) == 1  # the temporary file exists while writing
-    child.send_signal(signal.SIGTERM)
-    assert child.wait(timeout=30) == 128 + signal.SIGTERM
+    assert len(list(tmp_path.iterdir())) == 1  # the temporary file, complete but not yet renamed
+    child.send_signal(stop)
+    assert child.wait(timeout=30) == (128 + stop if stop == signal.SIGTERM else 130)
+    assert "Traceback" not in child.stderr.read()
     assert list(tmp_path.iterdir()) == []
 
 
