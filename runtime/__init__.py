@@ -11,7 +11,7 @@ Names are imported on first use, so `import runtime` (and `runtime.errors`) stay
 import importlib
 
 from runtime import errors
-from runtime.errors import DeviceError, InputError, McdropError, ModelFileError
+from runtime.errors import DeviceError, InputError, McdropError, ModelFileError, ModelRunError, UnsafeModelError
 
 _LAZY = {
     "MCSession": "runtime.session",
@@ -19,9 +19,11 @@ _LAZY = {
     "Prediction": "runtime.prediction",
     "ModelInfo": "runtime.metadata",
     "load_inputs": "runtime.inputs",
+    "Limits": "runtime.limits",
 }
 
-__all__ = ["errors", "McdropError", "InputError", "ModelFileError", "DeviceError", *_LAZY]
+__all__ = ["errors", "McdropError", "InputError", "ModelFileError", "ModelRunError", "UnsafeModelError",
+           "DeviceError", *_LAZY]
 
 
 def __getattr__(name):
