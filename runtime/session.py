@@ -211,6 +211,9 @@ class MCSession:
                 self._parallel_predicts += 1
         pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers)
         samples = _assemble(pieces, plan)
+        if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
+            raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
+                                "or infinite outputs for finite inputs")
         return Prediction.from_samples(
             samples, self.head, labels=self.labels, threshold=threshold, thresholds=thresholds,
             top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,

@@ -67,6 +67,7 @@ for i in range(count):
         session = MCSession(mutant, seed=0, threads=1, verify=verify)
         prediction = session.predict(x, passes=2)
         assert prediction.mean.shape[0] == 1
+        json.loads(prediction.to_json())  # what --json and --out print must serialise
         report["ran"] += 1
     except McdropError as err:
         assert "\\n" not in str(err), f"mutant {i}: a multi-line message"

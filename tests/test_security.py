@@ -314,6 +314,16 @@ def test_runtime_failure_inside_onnxruntime_is_a_typed_error(tmp_path, npy):
     assert_refused(["infer", npy, "--model", model], "onnxruntime failed to run")
 
 
+def test_a_model_that_outputs_nan_is_a_typed_error(tmp_path, npy):
+    proto = toy_proto(tmp_path)
+    weights = next(t for t in proto.graph.initializer if t.name == "W3")
+    weights.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(weights).shape, np.nan, np.float32), "W3"))
+    model = write_model(proto, tmp_path / "nan.onnx")
+    with pytest.raises(ModelRunError, match="NaN or infinite outputs"):
+        MCSession(model).predict(X)
+    assert_refused(["infer", npy, "--model", model, "--json"], "NaN or infinite outputs")
+
+
 def test_graph_that_breaks_the_contract_is_refused_on_load(tmp_path):
     proto = toy_proto(tmp_path)
     proto.graph.input.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, [1]))
