@@ -35,17 +35,23 @@ SAMPLES = ROOT / "models" / "samples"
 # `cli.py infer` on the shipped CNN peaks at about 150 MiB (README); a bomb that got through
 # would take gigabytes.
 PEAK_BOUND_MIB = 512
-# Runs the CLI and writes the process's peak resident memory (KiB on Linux) to $PEAK_FILE.
+# Runs the CLI and writes the process's peak resident memory in KiB to $PEAK_FILE: VmHWM, the
+# high-water mark of this process's own memory map (ru_maxrss would carry over the parent's peak
+# across fork and exec: a pytest worker that loaded TensorFlow reads 1 GB). 0 where /proc is absent.
 MEASURED = """
-import os, resource, sys
+import os, sys
 sys.path.insert(0, os.getcwd())
 sys.argv = ["cli.py", *sys.argv[1:]]
 import cli
 try:
     cli.main()
 finally:
+    peak = 0
+    if os.path.exists("/proc/self/status"):
+        with open("/proc/self/status") as status:
+            peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
     with open(os.environ["PEAK_FILE"], "w") as f:
-        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+        f.write(str(peak))
 """
 
 
