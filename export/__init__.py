@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import stat
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -22,6 +24,8 @@ from runtime.errors import ExportError, ModelFileError, first_line
 __all__ = ["export_model", "load_keras_model", "build_graph", "ExportReport"]
 
 VERSION = "0.1.0"
+MAX_SOURCE_BYTES = 4 * 2**30  # a model file or SavedModel folder, all files together
+MAX_LABELS_BYTES = 16 * 2**20
 
 
 @dataclass
@@ -59,44 +63,122 @@ class ExportReport:
         return out
 
 
-def load_keras_model(path):
-    """A .keras file, a legacy .h5 file or a SavedModel directory written by Keras."""
+def load_keras_model(path, trust_model_code=False, max_source_bytes=MAX_SOURCE_BYTES):
+    """A .keras file, a legacy .h5 file or a SavedModel directory written by Keras.
+
+    Its config is read as data first (export.model_code): a model that would run Python code of
+    its own while loading (a Lambda layer, a module outside Keras) is an UnsafeModelError unless
+    `trust_model_code`. The source must be a regular file or a folder of them (see source_files).
+    """
     import keras
+
+    from .model_code import check_model_code
 
     path = Path(path)
     if not path.exists():
         raise ModelFileError(f"{path}: no such file or directory")
+    if not path.is_dir() and path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise ModelFileError(f"{path}: expected a .keras file, an .h5 file or a SavedModel directory")
+    source_files(path, max_source_bytes)
+    if not trust_model_code:
+        check_model_code(path)
     try:
         if path.is_dir():
-            return _load_saved_model(path)
-        if path.suffix not in (".keras", ".h5", ".hdf5"):
-            raise ModelFileError(f"{path}: expected a .keras file, an .h5 file or a SavedModel directory")
-        return keras.models.load_model(path, compile=False)
+            return _load_saved_model(path, trust_model_code)
+        return keras.models.load_model(path, compile=False, safe_mode=not trust_model_code)
     except ModelFileError:
         raise
     except Exception as err:  # keras raises many types for unreadable files
         raise ModelFileError(f"{path}: cannot load the Keras model ({first_line(err)})") from err
 
 
-def _load_saved_model(path):
+def _load_saved_model(path, trust_model_code=False):
     import keras
 
     if not (path / "saved_model.pb").exists():
         raise ModelFileError(f"{path}: a directory without saved_model.pb is not a SavedModel")
     if (path / "keras_metadata.pb").exists():
         # Keras 2 SavedModels keep the layer config; tf_keras (Keras 2) reads it and writes the
-        # legacy .h5 form, which Keras 3 loads with its layers intact.
+        # legacy .h5 form, which Keras 3 loads with its layers intact. tf_keras runs a Lambda's
+        # code even in safe mode: check_model_code is what keeps an untrusted one from loading.
         try:
             import tf_keras
         except ImportError as err:
             raise ModelFileError(f"{path}: a Keras 2 SavedModel needs the tf_keras package (pip install tf_keras)") from err
+        safe = not trust_model_code
         with tempfile.TemporaryDirectory() as tmp:
-            tf_keras.models.load_model(path, compile=False).save(Path(tmp) / "model.h5")
-            return keras.models.load_model(Path(tmp) / "model.h5", compile=False)
+            tf_keras.models.load_model(path, compile=False, safe_mode=safe).save(Path(tmp) / "model.h5")
+            return keras.models.load_model(Path(tmp) / "model.h5", compile=False, safe_mode=safe)
     raise ModelFileError(
         f"{path}: this SavedModel holds a traced inference graph only (no Keras layers), so its dropout is gone; "
         "export from the .keras file instead"
     )
+
+
+def source_files(path, max_bytes=MAX_SOURCE_BYTES):
+    """The regular files a model source is made of, sorted; for a SavedModel folder, every file in it.
+
+    Refuses what would make reading the source hang, leak or never end: a FIFO, device or socket,
+    a symbolic link whose target lies outside the folder (or is not there), and more than
+    `max_bytes` in all. Links inside the folder are allowed; their targets are listed once, as
+    the files they are."""
+    from runtime.files import open_regular
+
+    path = Path(path)
+    if not path.is_dir():
+        fd = open_regular(path, ModelFileError, "model file")
+        size = os.fstat(fd).st_size
+        os.close(fd)
+        _check_source_size(path, size, max_bytes)
+        return [path]
+    root, files, total, folders = os.path.realpath(path), [], 0, [str(path)]
+    while folders:
+        with _scan(folders.pop(), path) as entries:
+            for entry in entries:
+                name = os.path.relpath(entry.path, path)
+                if entry.is_symlink():
+                    _check_link(entry.path, root, path, name)
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    files.append(Path(entry.path))
+                    total += entry.stat(follow_symlinks=False).st_size
+                    _check_source_size(path, total, max_bytes)
+                else:
+                    raise ModelFileError(f"{path}: {name} is not a regular file or folder (a FIFO, device or socket); refused")
+    return sorted(files)
+
+
+def _scan(folder, source):
+    try:
+        return os.scandir(folder)
+    except OSError as err:
+        raise ModelFileError(f"{source}: cannot read {folder} ({err.strerror or err})") from None
+
+
+def _check_link(link, root, source, name):
+    """A link in a SavedModel folder must lead to a file or folder inside it."""
+    target = os.path.realpath(link)
+    if os.path.commonpath([root, target]) != root:
+        raise ModelFileError(f"{source}: {name} is a symbolic link to {target}, outside the folder; refused")
+    try:
+        mode = os.stat(target).st_mode
+    except OSError:
+        raise ModelFileError(f"{source}: {name} is a symbolic link to nothing; refused") from None
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        raise ModelFileError(f"{source}: {name} links to something that is not a regular file or folder; refused")
+
+
+def _check_source_size(source, size, max_bytes):
+    if size > max_bytes:
+        raise ModelFileError(f"{source}: more than {_amount(max_bytes)}; refused (raise max_source_bytes if you trust it)")
+
+
+def _amount(size):
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"
 
 
 def _noise_layers(model):
@@ -146,10 +228,15 @@ def _first_layer(model):
 def read_labels(path, head, units):
     if path is None:
         return None
+    from runtime.files import read_regular
+
+    data = read_regular(path, MAX_LABELS_BYTES, error=ExportError, what="labels file", limit_name="labels",
+                        raise_hint="one label per line never needs that much")
     try:
-        labels = [line.strip() for line in Path(path).read_text().splitlines() if line.strip()]
-    except (OSError, UnicodeDecodeError) as err:
-        raise ExportError(f"{path}: cannot read labels ({first_line(err)})") from err
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ExportError(f"{path}: labels file is not UTF-8 text ({first_line(err)})") from None
+    labels = [line.strip() for line in text.splitlines() if line.strip()]
     wanted = 2 if head == "binary" else units
     if head == "regression" or len(labels) != wanted:
         raise ExportError(f"{path}: {len(labels)} labels for a {head} head with {wanted} outputs")
@@ -207,15 +294,22 @@ def _versions():
     return out
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    files = sorted(p for p in Path(path).rglob("*") if p.is_file()) if Path(path).is_dir() else [Path(path)]
-    for f in files:
-        digest.update(f.read_bytes())
+def _sha256(path, max_bytes=MAX_SOURCE_BYTES):
+    """SHA-256 of the source's files, in path order: regular files only, never through a link out
+    of a folder, and stopped once more than `max_bytes` have been read."""
+    from runtime.files import open_regular
+
+    digest, total = hashlib.sha256(), 0
+    for name in source_files(path, max_bytes):
+        with os.fdopen(open_regular(name, ModelFileError, "model file"), "rb") as f:
+            while chunk := f.read(2**20):
+                total += len(chunk)
+                _check_source_size(path, total, max_bytes)
+                digest.update(chunk)
     return digest.hexdigest()
 
 
-def build_metadata(model, source, head, labels, passes, calls, extras, preprocessing):
+def build_metadata(model, source, head, labels, passes, calls, extras, preprocessing, max_source_bytes=MAX_SOURCE_BYTES):
     from .graph import random_node_names
     from .noise import spec_for
 
@@ -246,7 +340,7 @@ def build_metadata(model, source, head, labels, passes, calls, extras, preproces
         "activation_floats_per_sample": int(extras["activation_floats"]),
         "once_floats_per_input": int(extras["once_floats"]),
         "repeated_from": extras["tiled_at"],
-        "source": {"path": Path(source).name, "name": model.name, "sha256": _sha256(source)},
+        "source": {"path": Path(source).name, "name": model.name, "sha256": _sha256(source, max_source_bytes)},
         "versions": _versions(),
     }
 
@@ -288,8 +382,12 @@ def export_model(
     seed=None,
     quantize=None,
     calibration=None,
+    trust_model_code=False,
+    max_source_bytes=MAX_SOURCE_BYTES,
     progress=lambda msg: None,
 ) -> ExportReport:
+    from runtime.integrity import seal
+
     from .heads import resolve_head
     from .trace import layer_graph
     from .validate import validate_export
@@ -304,7 +402,7 @@ def export_model(
         raise ExportError("--calibration is for --quantize int8 only")
     started = time.perf_counter()
     progress(f"loading {source}")
-    model = load_keras_model(source)
+    model = load_keras_model(source, trust_model_code, max_source_bytes)
     layer_graph(model)  # a subclassed model has no outputs to read the head from
     head = resolve_head(model, head)
     units = model.outputs[0].shape[-1]
@@ -313,7 +411,7 @@ def export_model(
 
     progress(f"tracing and converting (head: {head})")
     proto, _, calls, extras = build_graph(model, head, passes, mc_layers, allow_deterministic, seed, opset)
-    metadata = build_metadata(model, source, head, label_names, passes, calls, extras, preprocessing)
+    metadata = build_metadata(model, source, head, label_names, passes, calls, extras, preprocessing, max_source_bytes)
     attach_metadata(proto, metadata)
 
     checks = []
@@ -324,7 +422,7 @@ def export_model(
     if quantize == "int8":
         proto, drift, more_checks = _quantize(proto, model, metadata, calibration, validate, progress)
         checks += more_checks
-    data = proto.SerializeToString()
+    data = seal(proto.SerializeToString())  # the runtime checks this checksum before loading
     write_atomically(data, output)
     return ExportReport(
         output=str(output),
@@ -366,17 +464,14 @@ def _quantize(proto, model, metadata, calibration, validate, progress):
 
 
 def load_calibration(path, shape):
-    """Preprocessed model inputs, batch first, from a .npy file (or an .npz holding one array)."""
+    """Preprocessed model inputs, batch first, from a .npy file (or an .npz holding one array, or
+    one named x or input), read as the runtime reads inputs: regular files only, the header's
+    size checked against the input limit before anything is read or inflated."""
     import numpy as np
 
-    try:
-        data = np.load(path)
-        if hasattr(data, "files"):
-            if len(data.files) != 1:
-                raise ExportError(f"{path}: an .npz for --calibration must hold one array, it holds {data.files}")
-            data = data[data.files[0]]
-    except (OSError, ValueError) as err:
-        raise ExportError(f"{path}: cannot read calibration data ({first_line(err)})") from err
+    from runtime.inputs import load_array
+
+    data = load_array(path)
     if data.dtype.kind not in "fiu":
         raise ExportError(f"{path}: calibration data must be numbers, not {data.dtype}")
     expected = tuple(shape[1:])

@@ -50,14 +50,16 @@ def open_regular(path, error: Type[McdropError] = InputError, what: str = "file"
 
 
 def read_regular(path, max_bytes: int, error: Type[McdropError] = InputError, what: str = "file",
-                 limit_name: str = "input_mb") -> bytes:
-    """The bytes of the regular file `path`, refused before reading when over max_bytes."""
+                 limit_name: str = "input_mb", raise_hint: str = "") -> bytes:
+    """The bytes of the regular file `path`, refused before reading when over max_bytes (the
+    message says how to raise the limit: `raise_hint`, or the --limit flag named limit_name)."""
     fd = open_regular(path, error, what)
     with os.fdopen(fd, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size > max_bytes:
+            hint = raise_hint or f"raise it with --limit {limit_name}=N if you trust it"
             raise error(f"{path}: {size / 2**20:.1f} MiB is over the {limit_name} limit "
-                        f"({max_bytes / 2**20:g} MiB); raise it with --limit {limit_name}=N if you trust it")
+                        f"({max_bytes / 2**20:g} MiB); {hint}")
         data = f.read(max_bytes + 1)  # a file that grows while read still stops at the cap
     if len(data) > max_bytes:
         raise error(f"{path}: grew past the {limit_name} limit while being read")

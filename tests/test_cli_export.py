@@ -229,7 +229,7 @@ def test_bad_calibration_is_a_one_line_error(tmp_path):
     words = tmp_path / "words.npy"
     np.save(words, np.array([["a"] * 8] * 8))
     code, output = invoke(save(small_cnn(), tmp_path), "-o", tmp_path / "q.onnx", "--quantize", "int8", "--calibration", words)
-    assert_one_line_error(code, output, "must be numbers")
+    assert_one_line_error(code, output, "must be real numbers")
     assert not (tmp_path / "q.onnx").exists()
 
 
