@@ -164,6 +164,15 @@ def test_chunks_stay_within_the_bound_and_cover_the_work(toy_model_path, max_chu
     assert prediction.mean.shape == (batch, 3)
 
 
+def test_a_big_batch_keeps_each_inputs_passes_in_one_run(toy_model_path):
+    """Where one input's passes fit in a run, the batch is split and the passes are not, so the
+    layers before the first dropout run once per input (docs/DESIGN.md, Bounded work)."""
+    session = MCSession(toy_model_path, max_chunk_bytes=2**20, threads=1)
+    plan = session.chunk_plan(5000, 50)
+    assert len(plan) > 1 and all(count == 50 for _, count in plan)
+    assert sum(rows.stop - rows.start for rows, _ in plan) == 5000
+
+
 def test_one_chunk_when_everything_fits(toy_model_path):
     session = MCSession(toy_model_path)
     before = session.run_count
