@@ -157,13 +157,39 @@ def convert(model, head, calls, selected, opset=OPSET, repeat_all=False):
     import tf2onnx
 
     fn, signature, stats = mc_function(model, head, calls, selected, repeat_all)
+    concrete = fn.get_concrete_function(*signature)  # tf2onnx traces the same (cached) function
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)
     except Exception as err:  # tf2onnx raises bare exceptions for unsupported ops
         raise ExportError(f"tf2onnx could not convert the model: {first_line(err)}") from err
     proto.ir_version = IR_VERSION
+    freeze_captured_constants(proto, concrete, len(signature))
     set_defaults(proto)
     return proto, stats
+
+
+def freeze_captured_constants(proto, concrete, arguments):
+    """Turn the graph inputs that tf2onnx made of captured constant tensors into initializers.
+
+    A layer that keeps its state as a plain tensor rather than a variable (Normalization's mean
+    and variance, adapted or given) is captured by the tf.function as an extra input; tf2onnx
+    freezes captured variables but lists every other capture as a graph input, which nobody can
+    feed. The function's own inputs come first, then one per capture, in order.
+    """
+    captured = {}
+    for placeholder, value in zip(concrete.inputs[arguments:], concrete.captured_inputs):
+        if value.dtype != tf.resource:
+            captured[placeholder.name] = value
+    inputs = [i for i in proto.graph.input if i.name in captured]
+    for graph_input in inputs:
+        proto.graph.input.remove(graph_input)
+        proto.graph.initializer.append(numpy_helper.from_array(np.asarray(captured[graph_input.name]),
+                                                               graph_input.name))
+    expected = {spec.name for spec in concrete.structured_input_signature[0]}
+    extra = sorted(i.name for i in proto.graph.input if i.name not in expected)
+    if extra:
+        raise ExportError(f"the converted graph has inputs nobody can feed ({', '.join(extra[:3])}); "
+                          "a layer's state was not frozen into the file")
 
 
 def set_defaults(proto, passes=1):

@@ -199,6 +199,20 @@ def separate_softmax_activation():
     ), {}
 
 
+def normalization_adapted_and_given():
+    """Normalization keeps its statistics as plain tensors, which tf2onnx once left as graph
+    inputs nobody could feed: one adapted on data, one given mean and variance."""
+    _seeded()
+    adapted = layers.Normalization()
+    adapted.adapt(np.random.default_rng(3).normal(2.0, 3.0, (256, 6)).astype("float32"))
+    inp = keras.Input((6,))
+    x = adapted(inp)
+    x = layers.Dense(8, activation="relu")(x)
+    x = layers.Normalization(mean=[0.5] * 8, variance=[2.0] * 8)(x)
+    x = layers.Dropout(0.3)(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
 ZOO = {
     f.__name__: f
     for f in (
@@ -218,5 +232,6 @@ ZOO = {
         logits_head,
         regression_head,
         separate_softmax_activation,
+        normalization_adapted_and_given,
     )
 }
