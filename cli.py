@@ -294,6 +294,8 @@ def export(
     trust_model_code: bool = typer.Option(
         False, "--trust-model-code",
         help="Load a model that runs its own Python code (Lambda layers, custom objects): only for files you trust."),
+    ignore_random_layers: Optional[str] = typer.Option(
+        None, help="Comma-separated layers whose own randomness (RNN dropout, custom random layers) may be dropped."),
 ):
     """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
     size = None
@@ -331,6 +333,8 @@ def export(
             opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
             scale=scale, offset=offset, seed=seed, quantize=None if quantize == "none" else quantize,
             calibration=calibration, progress=progress, trust_model_code=trust_model_code,
+            ignore_random_layers=[n.strip() for n in ignore_random_layers.split(",") if n.strip()]
+            if ignore_random_layers else None,
         )
     typer.echo("\n".join(report.lines()))
 

@@ -244,13 +244,18 @@ def read_labels(path, head, units):
 
 
 def build_graph(
-    model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False
+    model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False,
+    ignore_random_layers=None,
 ):
-    """Trace, convert and randomise: returns (ModelProto, masks-as-inputs variant, calls, extras)."""
+    """Trace, convert and randomise: returns (ModelProto, masks-as-inputs variant, calls, extras).
+
+    A layer that draws random numbers mcdrop cannot keep live is an ExportError unless it is
+    named in ignore_random_layers (export/randomness.py)."""
     from runtime.seeds import fresh_seeds
 
-    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs, set_defaults
+    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, input_spec, masks_as_inputs, set_defaults
     from .noise import is_active
+    from .randomness import check_no_lost_randomness
     from .trace import layer_graph
 
     layer_graph(model)  # refuses subclassed models before anything reads their inputs
@@ -265,6 +270,8 @@ def build_graph(
         if is_active(layer) and getattr(layer, "rate", 0) >= 1:
             raise ExportError(f"layer '{layer.name}' has rate {layer.rate}: it drops everything")
 
+    check_no_lost_randomness(model, input_spec(model), {layer.name for layer in _noise_layers(model)},
+                             ignore_random_layers)
     calls = find_noise_calls(model, selected)
     if not calls and not allow_deterministic:
         raise ExportError(
@@ -384,6 +391,7 @@ def export_model(
     calibration=None,
     trust_model_code=False,
     max_source_bytes=MAX_SOURCE_BYTES,
+    ignore_random_layers=None,
     progress=lambda msg: None,
 ) -> ExportReport:
     from runtime.integrity import seal
@@ -410,7 +418,8 @@ def export_model(
     preprocessing = image_preprocessing(model, image_size, color_mode, scale, offset)
 
     progress(f"tracing and converting (head: {head})")
-    proto, _, calls, extras = build_graph(model, head, passes, mc_layers, allow_deterministic, seed, opset)
+    proto, _, calls, extras = build_graph(model, head, passes, mc_layers, allow_deterministic, seed, opset,
+                                          ignore_random_layers=ignore_random_layers)
     metadata = build_metadata(model, source, head, label_names, passes, calls, extras, preprocessing, max_source_bytes)
     attach_metadata(proto, metadata)
 
