@@ -432,6 +432,7 @@ def export_model(
         proto, drift, more_checks = _quantize(proto, model, metadata, calibration, validate, progress)
         checks += more_checks
     data = seal(proto.SerializeToString())  # the runtime checks this checksum before loading
+    _check_as_the_runtime_would(data, output)
     write_atomically(data, output)
     return ExportReport(
         output=str(output),
@@ -445,6 +446,18 @@ def export_model(
         quantization=metadata.get("quantization"),
         drift=drift,
     )
+
+
+def _check_as_the_runtime_would(data, output):
+    """The runtime's own load-time checks, also under --no-validate: no file that `infer` or
+    `info` would refuse is ever written."""
+    from runtime.errors import ValidationError
+    from runtime.session import check_model_bytes
+
+    try:
+        check_model_bytes(data, str(output))
+    except ModelFileError as err:
+        raise ValidationError(f"validation failed (runtime contract): {err}") from None
 
 
 def _quantize(proto, model, metadata, calibration, validate, progress):

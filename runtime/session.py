@@ -397,6 +397,27 @@ def _group_by_rows(plan):
     return grouped
 
 
+def check_model_bytes(model_bytes: bytes, path: str, limits: Limits = DEFAULT) -> ModelInfo:
+    """What MCSession checks before the first run (checksum, self-contained data, metadata, the
+    graph's contract, random nodes and seeds), on bytes not yet written: the exporter runs it on
+    every file, --no-validate or not, so that nothing the runtime would refuse is ever written."""
+    parsed = read_model(model_bytes, path)
+    integrity.verify(model_bytes, parsed, path)
+    _external_data_folder(parsed, path, allowed=False)
+    options = ort.SessionOptions()
+    options.log_severity_level = providers.QUIET_LOG_LEVEL
+    options.intra_op_num_threads = 1
+    try:
+        session = ort.InferenceSession(model_bytes, options, providers=[providers.CPU])
+    except Exception as err:
+        if _from_onnxruntime(err):
+            raise ModelFileError(f"{path}: onnxruntime cannot load it ({first_line(err)})") from None
+        raise
+    info = ModelInfo.from_session(session, path, parsed.metadata.get(METADATA_KEY), limits)
+    seeds.check_seeds(parsed, info.stochastic_layers, path)
+    return info
+
+
 def _from_onnxruntime(err: BaseException) -> bool:
     """onnxruntime's Python errors (Fail, InvalidArgument, RuntimeException, ...) live in its
     pybind module; a RuntimeError it raises for allocation failures does too."""

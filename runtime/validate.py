@@ -50,6 +50,10 @@ def check_live_randomness(checks: Checklist, samples: Callable, x: np.ndarray, p
     """samples(x, passes, stochastic) -> [T, B, ...]. Masks must change between runs and passes,
     and the deterministic pass must not change at all."""
     first, second = samples(x, passes, True), samples(x, passes, True)
+    constant = float(np.ptp(first)) == 0 and np.array_equal(first, second)
+    checks.check("output varies", not constant, "outputs depend on the input and the masks",
+                 "the model's output is the same for every input and every pass (a flat head, e.g. "
+                 "untrained or saturated weights), so no randomness can show; check the model's weights")
     checks.check("runs differ", not np.array_equal(first, second), "two runs give different samples",
                  "two runs gave identical samples (a fixed seed or a folded mask?)")
     spread = float(np.max(first.max(0) - first.min(0)))

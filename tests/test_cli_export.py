@@ -128,6 +128,18 @@ def test_nothing_is_written_when_validation_fails(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
 
 
+def test_no_validate_still_refuses_a_file_the_runtime_would_refuse(tmp_path, monkeypatch):
+    """--no-validate skips the Keras comparisons, not the runtime's load-time checks: a graph left
+    with an input nobody can feed (Normalization's statistics, unfrozen) is never written."""
+    from zoo import normalization_adapted_and_given
+
+    monkeypatch.setattr("export.graph.freeze_captured_constants", lambda *args: None)
+    model, _ = normalization_adapted_and_given()
+    with pytest.raises(ValidationError, match="runtime contract.*inputs the contract does not know"):
+        export.export_model(save(model, tmp_path), tmp_path / "never.onnx", validate=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
 def test_legacy_h5_exports(tmp_path):
     path = tmp_path / "legacy.h5"
     mlp().save(path)
