@@ -286,8 +286,11 @@ def export(
     deterministic: bool = typer.Option(False, "--deterministic", help="Allow a model with no stochastic layer."),
     image_size: Optional[str] = typer.Option(None, help="HxW of images for a flat input, e.g. 28x28."),
     color_mode: Optional[str] = typer.Option(None, help="grayscale or rgb [default: from the input shape]."),
-    scale: Optional[float] = typer.Option(None, help="Pixel scale, x = pixel * scale + offset [default: 1/255]."),
-    offset: float = typer.Option(0.0, help="Pixel offset."),
+    preprocess: Optional[str] = typer.Option(
+        None, help="Pixels as Keras preprocess_input(mode=...) wants them: tf, torch, caffe, raw (0-255) or unit (/255) "
+                   "(default: from the model, else unit)."),
+    scale: Optional[float] = typer.Option(None, help="Custom pipeline instead: x = pixel * scale + offset (default 1/255)."),
+    offset: Optional[float] = typer.Option(None, help="Pixel offset of the custom pipeline (default 0)."),
     seed: Optional[int] = typer.Option(None, help="Seed for the stored random-node seeds."),
     quantize: str = typer.Option("none", help="none or int8 (weights and activations of Conv/MatMul/Gemm)."),
     calibration: Optional[Path] = typer.Option(None, help="int8 calibration inputs, preprocessed (.npy/.npz)."),
@@ -310,6 +313,9 @@ def export(
         raise InputError(f"--color-mode {color_mode!r}: expected grayscale or rgb")
     if passes < 1:
         raise InputError(f"--passes must be >= 1, got {passes}")
+    from export import check_preprocess_options  # no TensorFlow yet: a bad option fails at once
+
+    check_preprocess_options(preprocess, scale, offset)
     import importlib.util
     import logging
 
@@ -331,7 +337,7 @@ def export(
             source, output, passes=passes, head=head, labels=labels,
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
             opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
-            scale=scale, offset=offset, seed=seed, quantize=None if quantize == "none" else quantize,
+            scale=scale, offset=offset, preprocess=preprocess, seed=seed, quantize=None if quantize == "none" else quantize,
             calibration=calibration, progress=progress, trust_model_code=trust_model_code,
             ignore_random_layers=[n.strip() for n in ignore_random_layers.split(",") if n.strip()]
             if ignore_random_layers else None,
@@ -385,10 +391,9 @@ def info(
             typer.echo(f"{kind[:-1]:<16} {terminal_safe(name)} [{shown}]")
     for layer in meta.stochastic_layers:
         typer.echo(terminal_safe(f"stochastic layer {layer.name} ({layer.kind}, rate {layer.rate})"))
-    pre = meta.preprocessing
-    typer.echo("preprocessing    " + ("- (arrays only)" if pre is None else
-                                      f"{pre.width}x{pre.height} {pre.color_mode}, "
-                                      f"x = pixel * {pre.scale:.6g} + {pre.offset:g}"))
+    from runtime.metadata import describe_preprocessing
+
+    typer.echo(f"preprocessing    {describe_preprocessing(document['preprocessing'])}")
     for passed in document.get("checks", []):
         typer.echo(f"check            ok  {passed['name']}: {passed['detail']}")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import stat
 import tempfile
@@ -20,8 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import ExportError, ModelFileError, first_line
+from runtime.metadata import describe_preprocessing
 
-__all__ = ["export_model", "load_keras_model", "build_graph", "ExportReport"]
+from .preprocess import PREPROCESS_MODES, UNKNOWN_PREPROCESS, check_preprocess_options, image_preprocessing
+
+__all__ = ["export_model", "load_keras_model", "build_graph", "ExportReport", "PREPROCESS_MODES", "UNKNOWN_PREPROCESS",
+           "check_preprocess_options", "image_preprocessing"]
 
 VERSION = "0.1.0"
 MAX_SOURCE_BYTES = 4 * 2**30  # a model file or SavedModel folder, all files together
@@ -40,6 +43,8 @@ class ExportReport:
     size_bytes: int = 0
     quantization: dict | None = None
     drift: dict | None = None
+    preprocessing: dict | None = None  # the metadata's, None for models that take arrays only
+    preprocessing_reason: str = ""  # where the pixel pipeline came from: given, the model, a default
 
     def lines(self):
         layers = ", ".join(f"{s['name']} ({s['kind']} {s['rate']:g})" for s in self.stochastic_layers) or "none"
@@ -48,6 +53,7 @@ class ExportReport:
             f"  head: {self.head}; default passes: {self.default_passes}",
             f"  stochastic layers: {layers}",
             f"  passes repeat from: {', '.join(self.repeated_from) or 'the output (deterministic export)'}",
+            f"  preprocessing: {describe_preprocessing(self.preprocessing, self.preprocessing_reason)}",
         ]
         if self.quantization:
             out.append(f"  quantized: int8 {', '.join(self.quantization['ops'])} (calibration: {self.quantization['calibration']})")
@@ -185,44 +191,6 @@ def _noise_layers(model):
     from .noise import spec_for
 
     return [layer for layer in model._flatten_layers(include_self=False) if spec_for(layer) is not None]
-
-
-def image_preprocessing(model, size=None, color_mode=None, scale=None, offset=0.0):
-    """How an image becomes the model input: from the model's input shape, or from flags.
-
-    An input of shape (H, W, 1|3) is an image; a flat input needs --image-size. Pixel scaling
-    defaults to 1/255 unless the model starts with a Rescaling layer (it scales itself).
-    """
-    shape = tuple(model.inputs[0].shape[1:])
-    if len(shape) == 3 and shape[-1] in (1, 3) and None not in shape[:2]:
-        height, width = shape[0], shape[1]
-        mode = "grayscale" if shape[-1] == 1 else "rgb"
-    elif size:
-        height, width = size
-        mode = "rgb" if shape and shape[-1] == 3 else "grayscale"
-    else:
-        return None
-    if size and (height, width) != tuple(size):
-        raise ExportError(f"--image-size {size[0]}x{size[1]} does not match the model input {shape}")
-    mode = color_mode or mode
-    pixels = height * width * (1 if mode == "grayscale" else 3)
-    if None not in shape and math.prod(shape) != pixels:
-        raise ExportError(f"a {height}x{width} {mode} image has {pixels} values; the model input {shape} does not")
-    if scale is None:
-        first = _first_layer(model)
-        scale = 1.0 if type(first).__name__ == "Rescaling" else 1.0 / 255.0
-    return {"height": height, "width": width, "color_mode": mode, "scale": float(scale), "offset": float(offset)}
-
-
-def _first_layer(model):
-    from .trace import sub_model
-
-    graph = sub_model(model)
-    for depth in sorted(graph._nodes_by_depth, reverse=True):
-        for node in graph._nodes_by_depth[depth]:
-            if not node.is_input and node.operation:
-                return node.operation
-    return None
 
 
 def read_labels(path, head, units):
@@ -385,7 +353,8 @@ def export_model(
     image_size=None,
     color_mode=None,
     scale=None,
-    offset=0.0,
+    offset=None,
+    preprocess=None,
     seed=None,
     quantize=None,
     calibration=None,
@@ -415,7 +384,7 @@ def export_model(
     head = resolve_head(model, head)
     units = model.outputs[0].shape[-1]
     label_names = read_labels(labels, head, units)
-    preprocessing = image_preprocessing(model, image_size, color_mode, scale, offset)
+    preprocessing, preprocessing_reason = image_preprocessing(model, image_size, color_mode, scale, offset, preprocess)
 
     progress(f"tracing and converting (head: {head})")
     proto, _, calls, extras = build_graph(model, head, passes, mc_layers, allow_deterministic, seed, opset,
@@ -445,6 +414,8 @@ def export_model(
         size_bytes=len(data),
         quantization=metadata.get("quantization"),
         drift=drift,
+        preprocessing=preprocessing,
+        preprocessing_reason=preprocessing_reason,
     )
 
 

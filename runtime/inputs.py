@@ -457,7 +457,8 @@ def _resize_float(grey: np.ndarray, pre: Preprocessing) -> np.ndarray:
 
 
 def _to_model_input(path: str, pixels: np.ndarray, pre: Preprocessing, info: ModelInfo) -> np.ndarray:
-    x = pixels * np.float32(pre.scale) + np.float32(pre.offset)
+    """0..255 pixels (HxW grey or HxWx3 RGB, whichever path decoded them) -> one model input."""
+    x = _normalize(pixels * np.float32(pre.scale) + np.float32(pre.offset), pre)
     example_shape = tuple(info.input_shape[1:])
     if x.ndim == 2 and len(example_shape) == 3:
         x = x[..., None]  # grayscale: the channel axis of NHWC
@@ -466,4 +467,14 @@ def _to_model_input(path: str, pixels: np.ndarray, pre: Preprocessing, info: Mod
     if x.shape != example_shape:
         raise InputError(f"{path}: the image becomes shape {list(x.shape)} but the model expects "
                          f"{list(example_shape)}")
+    return x
+
+
+def _normalize(x: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """Channel order, then (x - mean[c]) / std[c] per channel, on the last (channel) axis, before
+    a flat input is reshaped. Files without these fields skip both: their numbers stay as they were."""
+    if pre.channel_order == "bgr":
+        x = np.ascontiguousarray(x[..., ::-1])  # a reversed view would reach onnxruntime strided
+    if pre.normalizes:
+        x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
     return x

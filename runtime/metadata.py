@@ -8,6 +8,7 @@ differ from the contract are each one ModelFileError, raised before any run.
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -18,6 +19,9 @@ METADATA_KEY = "mcdrop"
 FORMAT_VERSION = 1
 HEADS = ("softmax", "logits", "binary", "multilabel", "regression")
 COLOR_CHANNELS = {"grayscale": 1, "rgb": 3}
+CHANNEL_ORDERS = ("rgb", "bgr")
+# A pipeline's name is shown to users: a short plain word ("tf", "torch", "caffe", "custom", ...).
+PIPELINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # The graph's contract (docs/FORMAT.md): input name -> onnxruntime type; samples must be an output.
 INPUT_TYPES = {"input": "tensor(float)", "passes": "tensor(int64)", "stochastic": "tensor(bool)"}
 SAMPLES = "samples"
@@ -40,7 +44,11 @@ class StochasticLayer:
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Image -> model input: resize to height x width, then x = pixel * scale + offset."""
+    """Image -> model input: resize to height x width, put the channels in channel_order, then
+    x = (pixel * scale + offset - mean[c]) / std[c] for each channel c of the model's input.
+
+    Files written before channel_order, mean, std and mode existed get the defaults, which leave
+    x = pixel * scale + offset exactly as it was."""
 
     height: int
     width: int
@@ -48,6 +56,15 @@ class Preprocessing:
     scale: float
     offset: float
     background: float = 0.0  # 0-255 grey that transparent pixels are composited on
+    channel_order: str = "rgb"  # "bgr": the model takes blue first (Keras's caffe mode)
+    mean: Tuple[float, ...] = (0.0,)  # 1 value for every channel, or one per channel (model order)
+    std: Tuple[float, ...] = (1.0,)
+    mode: Optional[str] = None  # the pipeline's name, for people ("tf", "torch", ...); None: not given
+
+    @property
+    def normalizes(self) -> bool:
+        """Whether mean/std change anything (False for every file written before they existed)."""
+        return any(m != 0 for m in self.mean) or any(s != 1 for s in self.std)
 
 
 @dataclass(frozen=True)
@@ -281,7 +298,38 @@ def _preprocessing(pre: Any, input_shape: Shape, limits: Limits) -> Optional[Pre
     background = _number(pre, "background", 0.0)
     if not 0 <= background <= 255:
         raise _Bad(f"background must be a 0-255 grey, got {background:g}")
-    return Preprocessing(height, width, mode, _number(pre, "scale"), _number(pre, "offset"), background)
+    channels = COLOR_CHANNELS[mode]
+    return Preprocessing(height, width, mode, _number(pre, "scale"), _number(pre, "offset"), background,
+                         channel_order=_channel_order(pre, mode), mean=_per_channel(pre, "mean", 0.0, channels),
+                         std=_per_channel(pre, "std", 1.0, channels), mode=_pipeline_name(pre))
+
+
+def _channel_order(pre: dict, color_mode: str) -> str:
+    order = pre.get("channel_order", "rgb")
+    if order not in CHANNEL_ORDERS:
+        raise _Bad(f"channel_order {_short(order)} is not one of {', '.join(CHANNEL_ORDERS)}")
+    if order != "rgb" and color_mode != "rgb":
+        raise _Bad(f"channel_order {order} needs color_mode rgb, not {color_mode}")
+    return order
+
+
+def _per_channel(pre: dict, key: str, default: float, channels: int) -> Tuple[float, ...]:
+    """mean or std: a list of 1 value (every channel) or one per channel; std must be > 0."""
+    values = pre.get(key, [default])
+    lengths = "1" if channels == 1 else f"1 or {channels}"
+    if not isinstance(values, list) or len(values) not in (1, channels):
+        raise _Bad(f"{key} must be a list of {lengths} numbers for {channels} channel(s), got {_short(values)}")
+    numbers = tuple(_number({key: value}, key) for value in values)
+    if key == "std" and min(numbers) <= 0:
+        raise _Bad(f"std must be > 0, got {_short(values)}")
+    return numbers
+
+
+def _pipeline_name(pre: dict) -> Optional[str]:
+    name = pre.get("mode")
+    if name is not None and (not isinstance(name, str) or not PIPELINE_NAME.fullmatch(name)):
+        raise _Bad(f"preprocessing mode must be a short name (letters, digits, _.-), got {_short(name)}")
+    return name
 
 
 def _layer(entry: Any) -> StochasticLayer:
@@ -296,6 +344,39 @@ def _layer(entry: Any) -> StochasticLayer:
         rate=None if rate is None else _number(entry, "rate"), noise_shape=noise_shape,
         distribution=str(entry.get("distribution")), random_node=_string(entry, "random_node"),
         seed=_number(entry, "seed"))
+
+
+def describe_preprocessing(pre: Optional[dict], reason: str = "") -> str:
+    """One line for people: size, channels, the formula with its numbers, and where it came from
+    (`pre`: the metadata's preprocessing object; used by the export report and `cli.py info`)."""
+    if pre is None:
+        return f"none ({reason})" if reason else "none (arrays only)"
+    channels = pre["color_mode"] + (" (fed as bgr)" if pre.get("channel_order") == "bgr" else "")
+    mode = f"mode {pre['mode']}: " if pre.get("mode") else ""  # files from before modes have none
+    line = f"{pre['width']}x{pre['height']} {channels}, {mode}{_formula(pre)}"
+    return f"{line} ({reason})" if reason else line
+
+
+def _formula(pre):
+    scale, offset = pre["scale"], pre["offset"]
+    term = "pixel" if scale == 1 else _scaled(scale)
+    if offset:
+        term += f" + {offset:g}" if offset > 0 else f" - {-offset:g}"
+    mean, std = pre.get("mean", [0.0]), pre.get("std", [1.0])
+    centred, spread = any(mean), any(s != 1 for s in std)
+    term = f"{term} - mean" if centred else term
+    term = f"({term}) / std" if spread else term
+    shown = [f"{name} [{', '.join(f'{v:g}' for v in values)}]"
+             for name, values, used in (("mean", mean, centred), ("std", std, spread)) if used]
+    return ", ".join([f"x = {term}", *shown])
+
+
+def _scaled(scale):
+    """pixel / 127.5 reads better than pixel * 0.00784314; a scale of no round inverse stays a product."""
+    inverse = 1 / scale
+    if abs(inverse * 2 - round(inverse * 2)) < 1e-9 * abs(inverse):
+        return f"pixel / {inverse:g}"
+    return f"pixel * {scale:.6g}"
 
 
 def _shape(dims) -> Shape:

@@ -366,7 +366,7 @@ class MCSession:
         if not np.isfinite(x).all():
             raise InputError(f"input has {np.count_nonzero(~np.isfinite(x))} NaN or infinite values")
         pre = self._info.preprocessing
-        if pre is not None and abs(pre.scale * 255 - 1) < 1e-3 and x.max() > 1.5:
+        if pre is not None and abs(pre.scale * 255 - 1) < 1e-3 and not pre.normalizes and x.max() > 1.5:
             warnings.warn("input looks like raw 0-255 pixels but the model expects [0,1] (scale 1/255)",
                           RawPixelWarning, stacklevel=3)
         return x

@@ -42,7 +42,10 @@ def sample_inputs(input_shape, preprocessing: Optional[dict], count=2, seed=0) -
     shape = (count, *(d if isinstance(d, int) else VARIABLE_SIZE for d in input_shape[1:]))
     if preprocessing and preprocessing.get("scale"):
         pixels = rng.integers(0, 256, shape)
-        return (pixels * preprocessing["scale"] + preprocessing.get("offset", 0.0)).astype(np.float32)
+        x = pixels * preprocessing["scale"] + preprocessing.get("offset", 0.0)
+        # Per-channel mean and std (torch, caffe modes) act on the last axis, the channels.
+        x = (x - np.asarray(preprocessing.get("mean", [0.0]))) / np.asarray(preprocessing.get("std", [1.0]))
+        return x.astype(np.float32)
     return rng.standard_normal(shape).astype(np.float32)
 
 
