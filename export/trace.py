@@ -131,12 +131,15 @@ class Walk:
                 values[id(ref)] = (value, is_tiled)
             return
         else:
-            if noise_layers_inside(layer):
-                raise ExportError(
-                    f"layer '{layer.name}' ({type(layer).__name__}) hides noise layers inside a custom call; "
-                    "mcdrop cannot reach them"
-                )
-            kwargs["training"] = False  # BatchNorm & co. stay in inference mode
+            # Functional graphs may also hold bare keras.ops operations (MobileNetV3's adds and
+            # multiplies): they have neither sublayers nor a training mode.
+            if hasattr(layer, "_flatten_layers"):
+                if noise_layers_inside(layer):
+                    raise ExportError(
+                        f"layer '{layer.name}' ({type(layer).__name__}) hides noise layers inside a custom call; "
+                        "mcdrop cannot reach them"
+                    )
+                kwargs["training"] = False  # BatchNorm & co. stay in inference mode
             outputs = layer(*args, **kwargs)
 
         for ref, value in zip(node.outputs, tree.flatten(outputs)):
