@@ -299,6 +299,8 @@ def export(
         help="Load a model that runs its own Python code (Lambda layers, custom objects): only for files you trust."),
     ignore_random_layers: Optional[str] = typer.Option(
         None, help="Comma-separated layers whose own randomness (RNN dropout, custom random layers) may be dropped."),
+    custom_objects: Optional[Path] = typer.Option(
+        None, help="A Python file registering your custom layers; it is imported first, which runs its code."),
 ):
     """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
     size = None
@@ -340,7 +342,7 @@ def export(
             scale=scale, offset=offset, preprocess=preprocess, seed=seed, quantize=None if quantize == "none" else quantize,
             calibration=calibration, progress=progress, trust_model_code=trust_model_code,
             ignore_random_layers=[n.strip() for n in ignore_random_layers.split(",") if n.strip()]
-            if ignore_random_layers else None,
+            if ignore_random_layers else None, custom_objects=custom_objects,
         )
     typer.echo("\n".join(report.lines()))
 

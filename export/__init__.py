@@ -69,7 +69,7 @@ class ExportReport:
         return out
 
 
-def load_keras_model(path, trust_model_code=False, max_source_bytes=MAX_SOURCE_BYTES):
+def load_keras_model(path, trust_model_code=False, max_source_bytes=MAX_SOURCE_BYTES, registered=()):
     """A .keras file, a legacy .h5 file or a SavedModel directory written by Keras.
 
     Its config is read as data first (export.model_code): a model that would run Python code of
@@ -87,7 +87,7 @@ def load_keras_model(path, trust_model_code=False, max_source_bytes=MAX_SOURCE_B
         raise ModelFileError(f"{path}: expected a .keras file, an .h5 file or a SavedModel directory")
     source_files(path, max_source_bytes)
     if not trust_model_code:
-        check_model_code(path)
+        check_model_code(path, registered)
     try:
         if path.is_dir():
             return _load_saved_model(path, trust_model_code)
@@ -361,6 +361,7 @@ def export_model(
     trust_model_code=False,
     max_source_bytes=MAX_SOURCE_BYTES,
     ignore_random_layers=None,
+    custom_objects=None,
     progress=lambda msg: None,
 ) -> ExportReport:
     from runtime.integrity import seal
@@ -379,7 +380,13 @@ def export_model(
         raise ExportError("--calibration is for --quantize int8 only")
     started = time.perf_counter()
     progress(f"loading {source}")
-    model = load_keras_model(source, trust_model_code, max_source_bytes)
+    registered = ()
+    if custom_objects is not None:
+        from .custom_objects import import_custom_objects
+
+        progress(f"importing custom objects from {custom_objects} (runs that file's code)")
+        registered = import_custom_objects(custom_objects)
+    model = load_keras_model(source, trust_model_code, max_source_bytes, registered)
     layer_graph(model)  # a subclassed model has no outputs to read the head from
     head = resolve_head(model, head)
     units = model.outputs[0].shape[-1]

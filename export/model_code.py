@@ -47,12 +47,13 @@ UNREAD_TOP_LEVEL = ("compile_config", "training_config")
 METADATA_NODES, NODE_METADATA = 1, 5
 
 
-def check_model_code(path) -> None:
+def check_model_code(path, registered: Iterable[str] = ()) -> None:
     """UnsafeModelError if loading `path` would run Python code that the file brings along;
-    ModelFileError if its config cannot be read."""
+    ModelFileError if its config cannot be read. `registered`: names of custom objects the user's
+    own module registered (--custom-objects); those load the user's code, not the file's."""
     findings: List[str] = []
     for config in model_configs(path):
-        findings += find_code(config, path)
+        findings += find_code(config, path, frozenset(registered))
     if findings:
         unique = list(dict.fromkeys(findings))  # a SavedModel lists a layer in its model and on its own
         more = f"; and {len(unique) - SHOWN} more" if len(unique) > SHOWN else ""
@@ -176,7 +177,7 @@ def _parse_json(text, path):
         raise _cannot_load(path, f"its config is not JSON: {first_line(err)}") from None
 
 
-def find_code(config, path="model") -> List[str]:
+def find_code(config, path="model", registered: frozenset = frozenset()) -> List[str]:
     """One line per object in `config` whose loading would run code from the file, naming the
     layer that holds it. Iterative, so a deeply nested config is a ModelFileError, not a crash."""
     findings: List[str] = []
@@ -193,7 +194,7 @@ def find_code(config, path="model") -> List[str]:
             children: Iterable = node
         elif isinstance(node, dict):
             owner = _owner(node, owner)
-            finding = _object_finding(node, owner)
+            finding = None if _user_registered(node, registered) else _object_finding(node, owner)
             if finding:
                 findings.append(finding)
                 continue  # its insides are refused with it
@@ -202,6 +203,13 @@ def find_code(config, path="model") -> List[str]:
             continue
         stack.extend((child, depth + 1, owner) for child in reversed(list(children)))
     return findings
+
+
+def _user_registered(node: dict, registered: frozenset) -> bool:
+    """A custom object the user's --custom-objects module registered: Keras finds it in its
+    registry by this name, so its code is the user's (what it holds is still checked)."""
+    name = node.get("registered_name")
+    return isinstance(name, str) and name in registered
 
 
 def _owner(node: dict, outer):
