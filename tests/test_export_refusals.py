@@ -1,0 +1,96 @@
+"""Broken or unsupported models: every one stops the export with one line naming the cause, and
+no file is written, with validation and with --no-validate."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras import layers
+
+pytest.importorskip("tf2onnx")
+
+from export import build_graph, export_model  # noqa: E402
+from runtime.errors import McdropError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@keras.saving.register_keras_serializable(package="refusals")
+class Jitter(layers.Layer):
+    def call(self, x):
+        return x + keras.random.normal(keras.ops.shape(x), stddev=0.1)
+
+
+@keras.saving.register_keras_serializable(package="refusals")
+class Erfinv(layers.Layer):
+    """An op tf2onnx leaves unconverted."""
+
+    def call(self, x):
+        return tf.math.erfinv(tf.clip_by_value(x, -0.5, 0.5))
+
+
+class Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__()
+        self.dense, self.drop, self.out = layers.Dense(4), layers.Dropout(0.3), layers.Dense(2, activation="softmax")
+
+    def call(self, x):
+        return self.out(self.drop(self.dense(x)))
+
+
+def mlp(*middle, head=None):
+    return keras.Sequential([keras.Input((4,)), layers.Dense(4, activation="relu"), *middle,
+                             head or layers.Dense(3, activation="softmax")])
+
+
+def two_inputs():
+    a, b = keras.Input((4,)), keras.Input((4,))
+    x = layers.Dropout(0.3)(layers.Concatenate()([a, b]))
+    return keras.Model([a, b], layers.Dense(2, activation="softmax")(x))
+
+
+def constant_output():
+    model = mlp(layers.Dropout(0.3))
+    last = model.layers[-1]
+    last.set_weights([np.zeros_like(w) for w in last.get_weights()])
+    return model
+
+
+# name: (model builder, fragment of the one-line message, also refused under --no-validate)
+CASES = {
+    "custom random layer": (lambda: mlp(Jitter(name="jitter"), layers.Dropout(0.2)), "'jitter' (Jitter) draws random", True),
+    "recurrent dropout": (lambda: keras.Sequential([keras.Input((5, 3)), layers.GRU(4, recurrent_dropout=0.3, name="gru"),
+                                                    layers.Dense(2, activation="softmax")]), "'gru' (GRU) draws random", True),
+    "unconvertible op": (lambda: mlp(Erfinv(), layers.Dropout(0.2)), "Erfinv", True),
+    "subclassed model": (Subclassed, "subclassed model", True),
+    "two inputs": (two_inputs, "2 inputs", True),
+    "no stochastic layer": (lambda: mlp(), "no active stochastic layer", True),
+    "dropout rate 1": (lambda: mlp(layers.Dropout(1.0, name="all")), "drops everything", True),
+    "softmax over one unit": (lambda: mlp(layers.Dropout(0.2), head=layers.Dense(1, activation="softmax")), "single unit", True),
+    "ambiguous head": (lambda: mlp(layers.Dropout(0.2), head=layers.Dense(3)), "--head", True),
+    "lambda layer": (lambda: mlp(layers.Lambda(lambda x: x * 2.0, name="twice"), layers.Dropout(0.2)), "Lambda layer", True),
+    "constant output": (constant_output, "same for every input", False),
+}
+
+
+# A constant output is a structurally sound file: only validation's runs can see it.
+RUNS = [pytest.param(case, validate, id=f"{case}-{'validate' if validate else 'no-validate'}")
+        for case in CASES for validate in (True, False) if validate or CASES[case][2]]
+
+
+@pytest.mark.parametrize("case, validate", RUNS)
+def test_broken_model_is_refused_in_one_line_and_writes_nothing(case, validate, tmp_path):
+    build, message, _ = CASES[case]
+    model = build()
+    if isinstance(model, Subclassed):  # no .keras file holds it without a config: refused from Python
+        model(np.zeros((1, 4), np.float32))
+        with pytest.raises(McdropError, match=message):
+            build_graph(model)
+        return
+    source = tmp_path / "m.keras"
+    model.save(source)
+    with pytest.raises(McdropError) as caught:
+        export_model(source, tmp_path / "m.onnx", validate=validate, trust_model_code=case != "lambda layer")
+    text = str(caught.value)
+    assert message in text and "\n" not in text, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
