@@ -10,15 +10,10 @@ from keras import layers
 pytest.importorskip("tf2onnx")
 
 from export import build_graph, export_model  # noqa: E402
+from test_lost_randomness import JitterNoise  # noqa: E402
 from runtime.errors import McdropError  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-@keras.saving.register_keras_serializable(package="refusals")
-class Jitter(layers.Layer):
-    def call(self, x):
-        return x + keras.random.normal(keras.ops.shape(x), stddev=0.1)
 
 
 @keras.saving.register_keras_serializable(package="refusals")
@@ -58,7 +53,8 @@ def constant_output():
 
 # name: (model builder, fragment of the one-line message, also refused under --no-validate)
 CASES = {
-    "custom random layer": (lambda: mlp(Jitter(name="jitter"), layers.Dropout(0.2)), "'jitter' (Jitter) draws random", True),
+    "custom random layer": (lambda: mlp(JitterNoise(name="jitter"), layers.Dropout(0.2)), "'jitter' (JitterNoise) draws random",
+                            True),
     "recurrent dropout": (lambda: keras.Sequential([keras.Input((5, 3)), layers.GRU(4, recurrent_dropout=0.3, name="gru"),
                                                     layers.Dense(2, activation="softmax")]), "'gru' (GRU) draws random", True),
     "unconvertible op": (lambda: mlp(Erfinv(), layers.Dropout(0.2)), "Erfinv", True),
