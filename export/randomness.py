@@ -15,8 +15,10 @@ from typing import Dict, Iterable, List, Optional
 
 from runtime.errors import ExportError
 
-# TensorFlow op types that draw random numbers (stateful and stateless kernels alike).
-RANDOM_OP_MARKERS = ("Random", "Multinomial", "TruncatedNormal", "Binomial", "Poisson", "Gamma")
+# TensorFlow op types that draw random numbers, stateful and stateless alike: every one of them
+# has one of these in its name (RandomUniform, StatelessRandomNormalV2, RandomGamma, Multinomial,
+# TruncatedNormal, ParameterizedTruncatedNormal, ...).
+RANDOM_OP_MARKERS = ("Random", "Multinomial", "TruncatedNormal")
 
 
 def layers_drawing_random_numbers(model, input_spec) -> Dict[str, List[str]]:

@@ -166,20 +166,11 @@ def _check_budget(path: str, nbytes: int, limits: Limits, used: int) -> None:
                      f"{used / 2**20:.1f} MiB before it); raise it with --limit input_mb=N")
 
 
-def _shown_shape(shape) -> str:
-    return "[batch, " + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 def _check_array_for_model(path: str, array: np.ndarray, info: ModelInfo) -> None:
     """The file is named in the error (MCSession's own check sees only the stacked batch)."""
-    expected = tuple(info.input_shape[1:])
-    wanted = _shown_shape(expected)
-    if array.shape == expected:
-        raise InputError(f"{path}: holds shape {list(array.shape)}, one example without the batch "
-                         f"axis; the model expects {wanted}: add one (x[None])")
-    if array.ndim != len(expected) + 1 or any(d is not None and d != n
-                                              for d, n in zip(expected, array.shape[1:])):
-        raise InputError(f"{path}: holds shape {list(array.shape)}, the model expects {wanted}")
+    problem = info.shape_problem(array.shape)
+    if problem:
+        raise InputError(f"{path}: holds {problem}")
     if array.dtype.kind == "f":
         bad = np.count_nonzero(~np.isfinite(array))
         if bad:

@@ -12,15 +12,13 @@ from __future__ import annotations
 import hashlib
 
 from runtime.errors import ModelFileError
-from runtime.onnx_file import ModelFile, encode_entry
+from runtime.onnx_file import ModelFile, encode_entry, read_model
 
 CHECKSUM_KEY = "mcdrop.sha256"
 
 
 def seal(model_bytes: bytes) -> bytes:
     """The file with its checksum entry appended (an old one is replaced)."""
-    from runtime.onnx_file import read_model
-
     parsed = read_model(model_bytes)
     if CHECKSUM_KEY in parsed.metadata_spans:
         start, end = parsed.metadata_spans[CHECKSUM_KEY]

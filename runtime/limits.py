@@ -9,7 +9,6 @@ Python, `--limit passes=100000` on the command line. The defaults are chosen in 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 from dataclasses import dataclass, fields
@@ -87,9 +86,6 @@ class Limits:
             if known[name].type in ("int", "Optional[int]") and not float(values[name]).is_integer():
                 raise InputError(f"--limit {setting!r}: {name} takes a whole number")
         return cls(**values)
-
-    def replace(self, **changes) -> "Limits":
-        return dataclasses.replace(self, **changes)
 
 
 def _number(value) -> str:

@@ -83,6 +83,18 @@ class ModelInfo:
     outputs: Dict[str, Shape]
     metadata: dict  # the whole JSON, for fields the runtime does not use (source, versions, ...)
 
+    def shape_problem(self, shape) -> Optional[str]:
+        """Why a batch of this shape cannot be fed to the model ("shape [...], the model expects
+        [batch, ...]"), or None. Shared by MCSession and the input loader, which names the file."""
+        expected = tuple(self.input_shape[1:])
+        wanted = "[batch, " + ", ".join("?" if d is None else str(d) for d in expected) + "]"
+        if tuple(shape) == expected:
+            return (f"shape {list(shape)}, one example without the batch axis; the model expects "
+                    f"{wanted}: add one (x[None])")
+        if len(shape) != len(expected) + 1 or any(d is not None and d != n for d, n in zip(expected, shape[1:])):
+            return f"shape {list(shape)}, the model expects {wanted}"
+        return None
+
     @classmethod
     def from_session(cls, session, path: str, text: Optional[bytes] = None,
                      limits: Limits = DEFAULT) -> "ModelInfo":

@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 
 from runtime import integrity, providers, seeds
-from runtime.errors import DeviceError, InputError, McdropError, ModelFileError, ModelRunError, first_line
+from runtime.errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from runtime.files import read_regular
 from runtime.limits import DEFAULT, Limits, usable_cores
 from runtime.metadata import METADATA_KEY, ModelInfo
@@ -55,8 +55,6 @@ SEED_STREAMS = 64
 # next large predicts are given the whole bound (without it: 313-317 MiB for a 256 MiB bound
 # when a 15-pass predict on the main session came before a 50-pass one on the workers).
 SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
-# onnxruntime's FATAL level for runs: errors come back as exceptions, typed below.
-RUN_LOG_LEVEL = 4
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -105,10 +103,7 @@ class MCSession:
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.threads = threads or usable_cores()
         model_bytes = read_regular(self.path, limits.model_bytes, ModelFileError, "model file", "model_mb")
-        self._parsed = read_model(model_bytes, self.path)
-        if verify:
-            integrity.verify(model_bytes, self._parsed, self.path)
-        self._external_folder = _external_data_folder(self._parsed, self.path, allow_external_data)
+        self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data)
         self._session_bytes = SESSION_COPY * len(model_bytes)
         self._max_workers = min(self.threads, SEED_STREAMS - 1,
                                 max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
@@ -141,18 +136,14 @@ class MCSession:
             options.add_session_config_entry(EXTERNAL_DATA_FOLDER, self._external_folder)
         try:
             session = providers.create_session(model_bytes, device, options, self._factory)
-        except McdropError:
-            raise
         except Exception as err:
-            if _from_onnxruntime(err) or isinstance(err, (MemoryError, OverflowError)):
-                if stream:  # the file loaded already, for the main session
-                    raise DeviceError(f"{self.path}: could not start worker session {stream} "
-                                      f"({first_line(err)}); use threads=1") from None
-                raise ModelFileError(f"{self.path}: onnxruntime cannot load it ({first_line(err)})") from None
-            raise
-        info = ModelInfo.from_session(session, self.path, self._parsed.metadata.get(METADATA_KEY), self.limits)
-        seeds.check_seeds(self._parsed, info.stochastic_layers, self.path)
-        return session, info
+            if not _load_failure(err):
+                raise
+            if stream:  # the file loaded already, for the main session
+                raise DeviceError(f"{self.path}: could not start worker session {stream} "
+                                  f"({first_line(err)}); use threads=1") from None
+            raise _load_error(err, self.path) from None
+        return session, _model_info(session, self._parsed, self.path, self.limits)
 
     def _workers_for(self, wanted: int) -> List:
         """The first `wanted` workers, created (with their threads) on first need."""
@@ -276,8 +267,8 @@ class MCSession:
         Runs keep all the passes of their rows where one row's passes fit, so the layers before the
         first stochastic layer run once per input (splitting passes first recomputed them in every
         pass: batch 10,000 at T=50 took 21,750 runs of 1 pass); only an input whose passes do not
-        fit alone has its passes split. At least 1 pass of 1 row per run. Chunks differ by one row or pass at most: runs of alternating sizes
-        fragment onnxruntime's arena, which then grows past the bound (seen: 423 MiB for 256 with
+        fit alone has its passes split. At least 1 pass of 1 row per run. Chunks differ by one row
+        or pass at most: runs of alternating sizes fragment onnxruntime's arena, which then grows past the bound (seen: 423 MiB for 256 with
         runs of 228 and 28 rows). A predict with work for several workers gives each of them the
         same number of runs, where the passes and rows allow.
         """
@@ -323,7 +314,7 @@ class MCSession:
         names = list(outputs) if outputs else [arg.name for arg in session.get_outputs()]
         # A failing kernel would also print its error straight to fd 2; the exception carries it.
         options = ort.RunOptions()
-        options.log_severity_level = RUN_LOG_LEVEL
+        options.log_severity_level = providers.QUIET_LOG_LEVEL
         if shrink:
             options.add_run_config_entry(*SHRINK_MAIN_ARENA)
         try:
@@ -353,13 +344,9 @@ class MCSession:
             raise InputError(f"input is not an array ({first_line(err)})") from None
         if x.dtype.kind not in "fiu":
             raise InputError(f"input must be real numbers, got dtype {x.dtype}")
-        expected = self._info.input_shape
-        shown = "[batch, " + ", ".join(str(d) for d in expected[1:]) + "]"
-        if tuple(x.shape) == tuple(expected[1:]):
-            raise InputError(f"input has shape {list(x.shape)}, one example without the batch axis; "
-                             f"the model expects {shown}: add one (x[None])")
-        if x.ndim != len(expected) or any(d is not None and d != n for d, n in zip(expected[1:], x.shape[1:])):
-            raise InputError(f"input has shape {list(x.shape)}, the model expects {shown}")
+        problem = self._info.shape_problem(x.shape)
+        if problem:
+            raise InputError(f"input has {problem}")
         if x.shape[0] == 0:
             raise InputError("input batch is empty")
         x = x.astype(np.float32, copy=False)
@@ -401,21 +388,42 @@ def check_model_bytes(model_bytes: bytes, path: str, limits: Limits = DEFAULT) -
     """What MCSession checks before the first run (checksum, self-contained data, metadata, the
     graph's contract, random nodes and seeds), on bytes not yet written: the exporter runs it on
     every file, --no-validate or not, so that nothing the runtime would refuse is ever written."""
-    parsed = read_model(model_bytes, path)
-    integrity.verify(model_bytes, parsed, path)
-    _external_data_folder(parsed, path, allowed=False)
+    parsed, _ = _checked_file(model_bytes, path, verify=True, allow_external_data=False)
     options = ort.SessionOptions()
-    options.log_severity_level = providers.QUIET_LOG_LEVEL
     options.intra_op_num_threads = 1
     try:
-        session = ort.InferenceSession(model_bytes, options, providers=[providers.CPU])
+        session = providers.create_session(model_bytes, "cpu", options)
     except Exception as err:
-        if _from_onnxruntime(err):
-            raise ModelFileError(f"{path}: onnxruntime cannot load it ({first_line(err)})") from None
-        raise
+        if not _load_failure(err):
+            raise
+        raise _load_error(err, path) from None
+    return _model_info(session, parsed, path, limits)
+
+
+def _checked_file(model_bytes: bytes, path: str, verify: bool,
+                  allow_external_data: bool) -> Tuple[ModelFile, Optional[str]]:
+    """(the parsed file, the folder of its external data or None), once its checksum (if
+    `verify`) and its data's whereabouts are checked."""
+    parsed = read_model(model_bytes, path)
+    if verify:
+        integrity.verify(model_bytes, parsed, path)
+    return parsed, _external_data_folder(parsed, path, allow_external_data)
+
+
+def _model_info(session, parsed: ModelFile, path: str, limits: Limits) -> ModelInfo:
+    """What the file says, checked against the session's graph and its random nodes' seeds."""
     info = ModelInfo.from_session(session, path, parsed.metadata.get(METADATA_KEY), limits)
     seeds.check_seeds(parsed, info.stochastic_layers, path)
     return info
+
+
+def _load_failure(err: BaseException) -> bool:
+    """onnxruntime refusing or failing to hold the file: the file's problem, not a bug."""
+    return _from_onnxruntime(err) or isinstance(err, (MemoryError, OverflowError))
+
+
+def _load_error(err: BaseException, path: str) -> ModelFileError:
+    return ModelFileError(f"{path}: onnxruntime cannot load it ({first_line(err)})")
 
 
 def _from_onnxruntime(err: BaseException) -> bool:
