@@ -187,12 +187,6 @@ def _amount(size):
     return f"{size} bytes"
 
 
-def _noise_layers(model):
-    from .noise import spec_for
-
-    return [layer for layer in model._flatten_layers(include_self=False) if spec_for(layer) is not None]
-
-
 def read_labels(path, head, units):
     if path is None:
         return None
@@ -222,29 +216,30 @@ def build_graph(
     from runtime.seeds import fresh_seeds
 
     from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, input_spec, masks_as_inputs, set_defaults
-    from .noise import is_active
+    from .noise import is_active, noise_layers, spec_for
     from .randomness import check_no_lost_randomness
     from .trace import layer_graph
 
     layer_graph(model)  # refuses subclassed models before anything reads their inputs
     selected = None
     if mc_layers:
-        known = {layer.name for layer in _noise_layers(model)}
+        known = {layer.name for layer in noise_layers(model)}
         unknown = sorted(set(mc_layers) - known)
         if unknown:
             raise ExportError(f"--mc-layers: no noise layer named {', '.join(unknown)} (the model has: {', '.join(sorted(known)) or 'none'})")
         selected = set(mc_layers)
-    for layer in _noise_layers(model):
-        if is_active(layer) and getattr(layer, "rate", 0) >= 1:
+    for layer in noise_layers(model):
+        if spec_for(layer) is not None and is_active(layer) and getattr(layer, "rate", 0) >= 1:
             raise ExportError(f"layer '{layer.name}' has rate {layer.rate}: it drops everything")
 
-    check_no_lost_randomness(model, input_spec(model), {layer.name for layer in _noise_layers(model)},
+    check_no_lost_randomness(model, input_spec(model), {layer.name for layer in noise_layers(model)},
                              ignore_random_layers)
     calls = find_noise_calls(model, selected)
     if not calls and not allow_deterministic:
         raise ExportError(
             "the model has no active stochastic layer (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, "
-            "GaussianNoise, AlphaDropout), so every pass is the same; pass --deterministic to export it anyway"
+            "GaussianNoise, AlphaDropout, or LSTM/GRU/SimpleRNN dropout), so every pass is the same; "
+            "pass --deterministic to export it anyway"
         )
     opset = OPSET if opset is None else opset
     if not 13 <= opset <= 21:
@@ -286,21 +281,21 @@ def _sha256(path, max_bytes=MAX_SOURCE_BYTES):
 
 def build_metadata(model, source, head, labels, passes, calls, extras, preprocessing, max_source_bytes=MAX_SOURCE_BYTES):
     from .graph import random_node_names
-    from .noise import spec_for
 
     layers = []
     for call, node in zip(calls, random_node_names(calls)):
-        spec = spec_for(call.layer)
         layers.append(
             {
                 "name": call.layer.name,
-                "kind": spec.kind,
-                "rate": spec.strength(call.layer),
-                "noise_shape": list(getattr(call.layer, "noise_shape", None) or []) or None,
-                "distribution": spec.distribution,
+                "kind": call.kind,
+                "rate": call.rate,
+                "noise_shape": None if call.recurrent else list(getattr(call.layer, "noise_shape", None) or []) or None,
+                "distribution": call.distribution,
                 "random_node": node,
             }
         )
+        if call.recurrent:
+            layers[-1]["masks"] = call.recurrent.count  # one per gate, drawn together
     return {
         "format": 1,
         "head": head,

@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 from runtime.errors import ExportError, first_line
 
 from .noise import as_shape, dims_of, spec_for
+from .recurrent import RecurrentDraw, call_with_masks, draw_dims, is_recurrent, masks_from_uniform, recurrent_draws, recurrent_kind
 from .trace import Walk, split_passes, tile_passes
 
 OPSET = 17
@@ -38,21 +39,45 @@ def seed_of(node):
 
 @dataclass
 class NoiseCall:
+    """One random tensor of the graph: a noise layer call's, or one mask kind of an RNN call's."""
+
     layer: object
     rank: int
+    recurrent: RecurrentDraw | None = None
 
     @property
     def spec(self):
         return spec_for(self.layer)
+
+    @property
+    def distribution(self):
+        return "uniform" if self.recurrent else self.spec.distribution
+
+    @property
+    def kind(self):
+        if self.recurrent:
+            return f"{recurrent_kind(self.layer)} {self.recurrent.part}"
+        return self.spec.kind
+
+    @property
+    def rate(self):
+        return self.recurrent.rate if self.recurrent else self.spec.strength(self.layer)
+
+    @property
+    def part(self):
+        return self.recurrent.part if self.recurrent else ""
 
 
 def find_noise_calls(model, selected):
     """Trace once symbolically to learn which noise layers run, in order, and their ranks."""
     calls = []
 
-    def record(layer, x, index, tiled):
-        calls.append(NoiseCall(layer, len(x.shape)))
-        return x
+    def record(layer, args, kwargs, index, tiled):
+        if is_recurrent(layer):
+            calls.extend(NoiseCall(layer, 3, draw) for draw in recurrent_draws(layer))
+            return layer(*args, **{**kwargs, "training": False})
+        calls.append(NoiseCall(layer, len(args[0].shape)))
+        return args[0]
 
     @tf.function
     def probe(x):
@@ -124,7 +149,14 @@ def mc_function(model, head, calls, selected, repeat_all=False):
         rows = passes * tf.shape(x, out_type=tf.int64)[0]  # T*B
         shapes = []
 
-        def apply(layer, h, index, tiled):
+        def apply(layer, args, kwargs, index, tiled):
+            if is_recurrent(layer):
+                masks = []
+                for k, draw in enumerate(recurrent_draws(layer)):
+                    shapes.append(as_shape(draw_dims(draw, args[0], rows)))
+                    masks.append((draw, masks_from_uniform(noise[index + k], draw.rate * on, draw.count)))
+                return call_with_masks(layer, args, kwargs, masks)
+            h = args[0]
             spec = spec_for(layer)
             dims = spec.noise_shape(layer, dims_of(h, rows))
             shapes.append(as_shape(dims))
@@ -220,9 +252,9 @@ def random_node_names(calls):
     """One name per noise call: the layer's name, with /2, /3... for a layer called again."""
     seen, names = {}, []
     for call in calls:
-        seen[call.layer.name] = seen.get(call.layer.name, 0) + 1
-        count = seen[call.layer.name]
-        names.append(RANDOM_PREFIX + call.layer.name + (f"/{count}" if count > 1 else ""))
+        name = call.layer.name + (f"/{call.part}" if call.part else "")
+        seen[name] = seen.get(name, 0) + 1
+        names.append(RANDOM_PREFIX + name + (f"/{seen[name]}" if seen[name] > 1 else ""))
     return names
 
 
@@ -252,7 +284,7 @@ def attach_random_nodes(proto, calls, seeds):
                 value=helper.make_tensor("value", TensorProto.BOOL, [1], [False]),
             )
         )
-        kind = "RandomUniformLike" if call.spec.distribution == "uniform" else "RandomNormalLike"
+        kind = "RandomUniformLike" if call.distribution == "uniform" else "RandomNormalLike"
         nodes.append(
             helper.make_node(kind, [base + "/like"], [f"noise_{i}"], name=base, dtype=TensorProto.FLOAT, seed=float(seed))
         )

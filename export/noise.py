@@ -133,7 +133,42 @@ def spec_for(layer) -> NoiseSpec | None:
     return None
 
 
+def is_noise_layer(layer) -> bool:
+    """A layer whose training-mode randomness mcdrop keeps live: a noise layer, or an RNN whose cells
+    have dropout (export/recurrent.py). Rate 0 included: such a layer is simply inactive."""
+    from .recurrent import is_recurrent, rnn_parts
+
+    if spec_for(layer) is not None:
+        return True
+    return is_recurrent(layer) and any(rnn.cell.dropout > 0 or rnn.cell.recurrent_dropout > 0
+                                       for _, rnn in rnn_parts(layer))
+
+
 def is_active(layer) -> bool:
-    """A noise layer with rate/stddev 0 is the identity in Keras too: no random node for it."""
+    """A layer with no random draw is the identity (a noise layer with rate/stddev 0) or plain
+    inference (an RNN whose rates are 0, or 1, which Keras's cells ignore): no random node."""
+    from .recurrent import is_recurrent, recurrent_draws
+
     spec = spec_for(layer)
-    return spec is not None and spec.strength(layer) > 0
+    if spec is not None:
+        return spec.strength(layer) > 0
+    return is_recurrent(layer) and bool(recurrent_draws(layer))
+
+
+def noise_layers(model) -> list:
+    """Every noise layer of a model (nested models included), not looking inside one: a
+    Bidirectional's own copies of its RNN are part of it."""
+    found, seen = [], set()
+
+    def visit(layer):
+        for sub in layer._flatten_layers(include_self=False, recursive=False):
+            if id(sub) in seen:
+                continue
+            seen.add(id(sub))
+            if is_noise_layer(sub):
+                found.append(sub)
+            else:
+                visit(sub)
+
+    visit(model)
+    return found

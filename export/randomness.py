@@ -86,16 +86,18 @@ def check_no_lost_randomness(model, input_spec, kept: Iterable[str], ignored: Op
     it in `ignored` (--ignore-random-layers). `kept`: the noise layers the file keeps live or the
     user deliberately left out."""
     kept, ignored = set(kept), set(ignored or ())
-    lost = {name: ops for name, ops in layers_drawing_random_numbers(model, input_spec).items()
-            if name not in kept}
     names = {layer.name: layer for layer in model._flatten_layers(include_self=False)}
     unknown = sorted(ignored - set(names))
     if unknown:
         raise ExportError(f"--ignore-random-layers: the model has no layer named {', '.join(unknown)}")
     chains = _ancestors(model)
-    # Ignoring a layer ignores what it contains (a Bidirectional wrapper, a nested model).
-    lost = {name: ops for name, ops in lost.items()
-            if not ({name} | {parent.name for parent in chains.get(id(names.get(name)), [])}) & ignored}
+
+    def within(name):  # the layer and the layers holding it
+        return {name} | {parent.name for parent in chains.get(id(names.get(name)), [])}
+
+    # Keeping or ignoring a layer covers what it contains (a Bidirectional's RNNs, a nested model).
+    lost = {name: ops for name, ops in layers_drawing_random_numbers(model, input_spec).items()
+            if not within(name) & (kept | ignored)}
     refused = sorted(lost)
     if refused:
         shown = ", ".join(f"'{name}' ({type(names[name]).__name__})" for name in refused[:3])

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from .noise import ALPHA_P, alpha_affine, as_shape, dims_of, gaussian_dropout_stddev, spec_for
+from .recurrent import is_recurrent, keras_drawn_masks
 from .trace import Walk, split_passes, tile_passes
 
 
@@ -23,12 +24,17 @@ def _samples(model, x, passes, noise, selected=None):
     return split_passes(tf.cast(y, tf.float32), t).numpy()
 
 
+def _keras_call(layer, args, kwargs):
+    return layer(*args, **{**kwargs, "training": True})
+
+
 def keras_mc_samples(model, x, passes, selected=None, chunk=250):
     """[T, B, ...] samples with Keras's own noise layers on (its own random draws)."""
     out = []
     for start in range(0, passes, chunk):
         n = min(chunk, passes - start)
-        out.append(_samples(model, x, n, lambda layer, h, i, tiled: layer(h, training=True), selected))
+        out.append(_samples(model, x, n, lambda layer, args, kwargs, i, tiled: _keras_call(layer, args, kwargs),
+                            selected))
     return np.concatenate(out, 0)
 
 
@@ -42,7 +48,12 @@ def keras_masked_samples(model, x, passes, selected=None):
     """
     recorded = []
 
-    def noise(layer, h, index, tiled):
+    def noise(layer, args, kwargs, index, tiled):
+        if is_recurrent(layer):
+            # Keras draws them as its call would and keeps them cached for that very call.
+            recorded.extend(keras_drawn_masks(layer, args))
+            return _keras_call(layer, args, kwargs)
+        h = args[0]
         spec = spec_for(layer)
         shape = as_shape(spec.noise_shape(layer, dims_of(h)))
         state = layer.seed_generator.state.numpy()
@@ -59,7 +70,7 @@ def keras_masked_samples(model, x, passes, selected=None):
             r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
         layer.seed_generator.state.assign(state)
         recorded.append(r.numpy())
-        return layer(h, training=True)
+        return _keras_call(layer, args, kwargs)
 
     samples = _samples(model, x, passes, noise, selected)
     return samples, recorded

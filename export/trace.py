@@ -18,7 +18,8 @@ from keras import tree
 
 from runtime.errors import ExportError
 
-from .noise import is_active, spec_for
+from .noise import is_active, is_noise_layer, spec_for
+from .recurrent import is_recurrent, recurrent_draws
 
 
 def tile_passes(x, passes):
@@ -58,17 +59,24 @@ def layer_graph(model):
 
 
 def noise_layers_inside(layer):
-    return [sub for sub in layer._flatten_layers(include_self=False) if spec_for(sub) is not None]
+    return [sub for sub in layer._flatten_layers(include_self=False) if is_noise_layer(sub)]
+
+
+def draws_of(layer) -> list:
+    """The random tensors one call of an active noise layer reads: one for a noise layer, one per
+    mask kind and direction for a recurrent layer (export/recurrent.py)."""
+    return recurrent_draws(layer) if is_recurrent(layer) else [None]
 
 
 @dataclass
 class Walk:
     """One walk through the model.
 
-    noise: called as noise(layer, x, call_index, tiled) for every selected, active noise layer call;
-    returns the layer's output with T*B rows. x has T*B rows already (tiled=True), or, where the
-    passes start at this very layer and broadcast_noise is set, still the plain batch (tiled=False):
-    the noise op itself can then broadcast it, and no tiled copy of x is ever made.
+    noise: called as noise(layer, args, kwargs, first_draw, tiled) for every selected, active noise
+    layer call; returns the layer's output with T*B rows. first_draw is the index of the call's
+    first random tensor (draws_of lists them). args[0] has T*B rows already (tiled=True), or, where
+    the passes start at a noise layer (not an RNN) and broadcast_noise is set, still the plain
+    batch (tiled=False): the noise op itself can then broadcast it, and no tiled copy is made.
     selected: names of the noise layers to keep stochastic (None = all).
     """
 
@@ -77,6 +85,7 @@ class Walk:
     selected: set | None = None
     broadcast_noise: bool = False
     calls: list = field(default_factory=list)  # noise layers called, in order
+    draws: int = 0  # random tensors read so far
     activation_floats: int = 0  # per-sample activations of the repeated part, for the memory bound
     once_floats: int = 0  # per-input activations of the part that runs once
     tiled_at: list = field(default_factory=list)  # layers where the passes start repeating
@@ -101,8 +110,9 @@ class Walk:
         layer = node.operation
         refs = node.input_tensors
         any_tiled = any(values[id(r)][1] for r in refs)
-        stochastic = spec_for(layer) is not None and self.is_stochastic(layer)
-        if stochastic and self.broadcast_noise and not any_tiled:
+        stochastic = is_noise_layer(layer) and self.is_stochastic(layer)
+        broadcast = stochastic and self.broadcast_noise and not any_tiled and spec_for(layer) is not None
+        if broadcast:
             self.tiled_at.append(layer.name)
             local = {id(r): values[id(r)][0] for r in refs}
             out_tiled = True
@@ -119,9 +129,12 @@ class Walk:
 
         if stochastic:
             self.calls.append(layer)
-            outputs = self.noise(layer, args[0], len(self.calls) - 1, any_tiled)
+            outputs = self.noise(layer, args, kwargs, self.draws, not broadcast)
+            self.draws += len(draws_of(layer))
         elif spec_for(layer) is not None:
             outputs = args[0]  # inactive or not selected: Keras's inference mode is the identity
+        elif is_noise_layer(layer):
+            outputs = layer(*args, **{**kwargs, "training": False})  # an RNN left deterministic
         elif sub_model(layer) is not None:
             flat = tree.flatten(args[0]) if args else tree.flatten(kwargs.get("inputs"))
             outs, outs_tiled = self.run(layer, flat, [out_tiled] * len(flat))

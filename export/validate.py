@@ -76,7 +76,24 @@ def z_scores(samples_a, samples_b):
 
 
 def validation_inputs(model, metadata, count=2, seed=0):
-    return sample_inputs(model.inputs[0].shape, metadata.get("preprocessing"), count, seed)
+    """Inputs in the model's range: token ids (0, the padding id, included) for a model that
+    feeds its input to an Embedding, else runtime.validate.sample_inputs."""
+    x = sample_inputs(model.inputs[0].shape, metadata.get("preprocessing"), count, seed)
+    vocabulary = embedding_vocabulary(model)
+    if vocabulary is not None:
+        x = np.random.default_rng(seed).integers(0, vocabulary, x.shape).astype(np.float32)
+    return x
+
+
+def embedding_vocabulary(model):
+    """The smallest input_dim of the Embedding layers that read the model's input, or None."""
+    import keras
+
+    source = model.inputs[0]
+    sizes = [layer.input_dim for layer in model._flatten_layers(include_self=False)
+             if isinstance(layer, keras.layers.Embedding)
+             and any(t is source for node in layer._inbound_nodes for t in node.input_tensors)]
+    return min(sizes) if sizes else None
 
 
 def apply_head(y, head):

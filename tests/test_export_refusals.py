@@ -55,8 +55,9 @@ def constant_output():
 CASES = {
     "custom random layer": (lambda: mlp(JitterNoise(name="jitter"), layers.Dropout(0.2)), "'jitter' (JitterNoise) draws random",
                             True),
-    "recurrent dropout": (lambda: keras.Sequential([keras.Input((5, 3)), layers.GRU(4, recurrent_dropout=0.3, name="gru"),
-                                                    layers.Dense(2, activation="softmax")]), "'gru' (GRU) draws random", True),
+    "conv lstm dropout": (lambda: keras.Sequential([keras.Input((5, 6, 2)), layers.ConvLSTM1D(2, 3, dropout=0.3, name="clstm"),
+                                                    layers.Flatten(), layers.Dense(2, activation="softmax")]),
+                          "'clstm' (ConvLSTM1D) draws random", True),
     "unconvertible op": (lambda: mlp(Erfinv(), layers.Dropout(0.2)), "Erfinv", True),
     "subclassed model": (Subclassed, "subclassed model", True),
     "two inputs": (two_inputs, "2 inputs", True),

@@ -213,6 +213,50 @@ def normalization_adapted_and_given():
     return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
 
 
+def _sequence_classifier(rnn, steps=6, features=3, classes=3):
+    _seeded()
+    inp = keras.Input((steps, features))
+    return keras.Model(inp, layers.Dense(classes, activation="softmax")(rnn(inp)))
+
+
+def lstm_recurrent_dropout_only():
+    """The acceptance case: the model's only randomness is recurrent_dropout (4 gate masks)."""
+    return _sequence_classifier(layers.LSTM(5, recurrent_dropout=0.3)), {}
+
+
+def lstm_input_dropout_fused_gates():
+    """dropout alone: Keras's fused implementation, one input mask shared by the 4 gates."""
+    return _sequence_classifier(layers.LSTM(5, dropout=0.3)), {}
+
+
+def gru_both_masks_backwards():
+    return _sequence_classifier(layers.GRU(5, dropout=0.2, recurrent_dropout=0.3, go_backwards=True)), {}
+
+
+def simple_rnn_both_masks():
+    return _sequence_classifier(layers.SimpleRNN(5, dropout=0.2, recurrent_dropout=0.3)), {}
+
+
+def bidirectional_lstm_sequences():
+    """Four draws (input and recurrent, each direction), then a Dropout on the sequence."""
+    _seeded()
+    inp = keras.Input((6, 3))
+    x = layers.Bidirectional(layers.LSTM(4, dropout=0.2, recurrent_dropout=0.3, return_sequences=True))(inp)
+    x = layers.GlobalAveragePooling1D()(layers.Dropout(0.2)(x))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+def masked_gru_cell_stack():
+    """Padded sequences (Embedding's mask, tiled with the passes) into keras.layers.RNN(GRUCell),
+    then a second recurrent layer: the masks of each reach the right rows."""
+    _seeded()
+    inp = keras.Input((7,))
+    x = layers.Embedding(10, 4, mask_zero=True)(inp)
+    x = layers.RNN(layers.GRUCell(5, dropout=0.25, recurrent_dropout=0.25), return_sequences=True)(x)
+    x = layers.LSTM(4, recurrent_dropout=0.2)(x)
+    return keras.Model(inp, layers.Dense(2, activation="softmax")(x)), {}
+
+
 ZOO = {
     f.__name__: f
     for f in (
@@ -233,5 +277,11 @@ ZOO = {
         regression_head,
         separate_softmax_activation,
         normalization_adapted_and_given,
+        lstm_recurrent_dropout_only,
+        lstm_input_dropout_fused_gates,
+        gru_both_masks_backwards,
+        simple_rnn_both_masks,
+        bidirectional_lstm_sequences,
+        masked_gru_cell_stack,
     )
 }

@@ -1,0 +1,140 @@
+"""Recurrent dropout kept live: LSTM, GRU and SimpleRNN (also in keras.layers.RNN and Bidirectional).
+
+Keras 3 draws an RNN's masks once per call, per sequence, and reuses them at every timestep
+(keras/src/layers/rnn/dropout_rnn_cell.py): `cell.get_dropout_mask(step_input)` for the inputs
+and `cell.get_recurrent_dropout_mask(state)` for the previous output, each cached on the cell
+until the layer's call ends. With `recurrent_dropout > 0` (or `implementation=1`) the LSTM cell
+draws 4 independent masks, one per gate, and the GRU cell 3; otherwise one mask shared by the
+gates. A mask is `ones * (u >= rate) / (1 - rate)` for u uniform on [0, 1).
+
+The exporter fills that cache with masks built from its own random tensors before calling the
+layer with training=True, so the cell's own code applies them: the gate layout, go_backwards,
+masking and return_sequences are Keras's by construction. Each mask kind is one random tensor of
+shape [count, rows, features]; `rows` is T*B, so every pass of every sequence has its own masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import tensorflow as tf
+
+# Cells whose call reads the cached masks as shown above; other cells (ConvLSTM, stacked cells,
+# user cells) are refused by name by export/randomness.py when they would draw.
+CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
+
+
+@dataclass(frozen=True)
+class RecurrentDraw:
+    """One random tensor of a recurrent layer call: the input or the recurrent masks of one cell."""
+
+    cell: object
+    mask: str  # "dropout" (the inputs) or "recurrent_dropout" (the previous output)
+    direction: str  # "" for a plain RNN, "forward" or "backward" inside Bidirectional
+    rate: float
+    count: int  # masks drawn at once: 4 for an LSTM's gates, 3 for a GRU's, else 1
+
+    @property
+    def part(self) -> str:
+        return f"{self.direction}/{self.mask}" if self.direction else self.mask
+
+
+def _cell_kind(cell):
+    for cls in type(cell).__mro__:
+        if cls.__name__ in CELLS and cls.__module__.startswith("keras"):
+            return cls.__name__
+    return None
+
+
+def rnn_parts(layer):
+    """[(direction, RNN layer)] for an RNN or a Bidirectional wrapper of one; [] for other layers."""
+    import keras
+
+    if isinstance(layer, keras.layers.Bidirectional):
+        return [("forward", layer.forward_layer), ("backward", layer.backward_layer)]
+    if isinstance(layer, keras.layers.RNN):
+        return [("", layer)]
+    return []
+
+
+def is_recurrent(layer) -> bool:
+    """An RNN (or Bidirectional) whose every cell is one whose masks mcdrop can fill."""
+    parts = rnn_parts(layer)
+    return bool(parts) and all(_cell_kind(rnn.cell) is not None for _, rnn in parts)
+
+
+def recurrent_kind(layer) -> str:
+    """'LSTM', 'GRU', 'SimpleRNN' (or 'Bidirectional LSTM'...): what the export report shows."""
+    kind = _cell_kind(rnn_parts(layer)[0][1].cell)[: -len("Cell")]
+    return f"Bidirectional {kind}" if rnn_parts(layer)[0][0] else kind
+
+
+def recurrent_draws(layer) -> List[RecurrentDraw]:
+    """The random tensors a call of this layer reads, in a fixed order. Keras applies a mask only
+    for 0 < rate < 1 (a rate of 1 drops nothing there), so only those get a draw."""
+    draws = []
+    for direction, rnn in rnn_parts(layer):
+        cell = rnn.cell
+        count = getattr(cell, "dropout_mask_count", None) or 1
+        for mask in ("dropout", "recurrent_dropout"):
+            rate = float(getattr(cell, mask))
+            if 0.0 < rate < 1.0:
+                draws.append(RecurrentDraw(cell, mask, direction, rate, count))
+    return draws
+
+
+def draw_dims(draw: RecurrentDraw, sequences, rows) -> list:
+    """[count, rows, features] of one draw: the step input's features, or the state's units."""
+    if draw.mask == "dropout":
+        features = sequences.shape[-1]
+    else:
+        size = draw.cell.state_size
+        features = size[0] if isinstance(size, (list, tuple)) else size
+    if features is None:
+        raise ValueError("an RNN's feature size must be known")
+    return [draw.count, rows, int(features)]
+
+
+def masks_from_uniform(u, rate, count):
+    """Keras's `dropout(ones, rate)` on a uniform draw: (u >= rate) / (1 - rate); one tensor, or a
+    list of `count` for cells that keep one mask per gate. `rate` may be a tensor (0 turns it off)."""
+    masks = tf.cast(u >= rate, tf.float32) * (1.0 / (1.0 - rate))
+    return [masks[i] for i in range(count)] if count > 1 else masks[0]
+
+
+def call_with_masks(layer, args, kwargs, masks_by_draw):
+    """layer(*args, training=True) with each cell's masks taken from `masks_by_draw`
+    ([(RecurrentDraw, mask or list of masks)]) instead of drawn by Keras."""
+    cells = []
+    for draw, masks in masks_by_draw:
+        setattr(draw.cell, "_dropout_mask" if draw.mask == "dropout" else "_recurrent_dropout_mask", masks)
+        cells.append(draw.cell)
+    try:
+        return layer(*args, **{**kwargs, "training": True})
+    finally:
+        for cell in cells:  # Keras resets them at the end of a call; also after a failed one
+            cell.reset_dropout_mask()
+            cell.reset_recurrent_dropout_mask()
+
+
+def keras_drawn_masks(layer, args):
+    """Let Keras draw the masks of this call as its own call would (its seed generator, its
+    shapes) and leave them cached for that call: returns one [count, rows, features] array per
+    draw, in recurrent_draws order, of 1.0 kept / 0.0 dropped: the uniform-equivalent tensors the
+    exported graph reads in place of its random nodes."""
+    import keras
+
+    sequences = args[0]
+    rows = tf.shape(sequences)[0]
+    out = []
+    for draw in recurrent_draws(layer):
+        dims = draw_dims(draw, sequences, rows)
+        probe = keras.ops.ones(dims[1:])
+        if draw.mask == "dropout":
+            masks = draw.cell.get_dropout_mask(probe)
+        else:
+            masks = draw.cell.get_recurrent_dropout_mask(probe)
+        stacked = tf.stack(masks if isinstance(masks, (list, tuple)) else [masks])
+        out.append(tf.cast(stacked > 0, tf.float32).numpy())
+    return out
