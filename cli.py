@@ -155,18 +155,23 @@ def infer(
         if failures and on_error == "report":
             raise typer.Exit(InputError.exit_code)  # each bad input had its line
         raise InputError(f"none of the {len(failures)} inputs could be read" if failures else "no inputs given")
-    prediction = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names))
+    predicted = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names))
+    # {output name: Prediction}; a one-output model's results keep their flat form (None).
+    by_output = predicted if isinstance(predicted, dict) else {None: predicted}
+    first = next(iter(by_output.values()))
     shown = [valid_text(name) for name in names]
-    document = {"model": valid_text(_shown(model)), "provider": session.provider, "passes": prediction.passes,
-                "stochastic": prediction.stochastic, "seed": seed,
-                "predictions": [{"input": name, **prediction.to_dict(i)} for i, name in enumerate(shown)],
+    document = {"model": valid_text(_shown(model)), "provider": session.provider, "passes": first.passes,
+                "stochastic": first.stochastic, "seed": seed,
+                "predictions": [{"input": name, **by_output[None].to_dict(i)} if None in by_output else
+                                {"input": name, "outputs": {output: p.to_dict(i) for output, p in by_output.items()}}
+                                for i, name in enumerate(shown)],
                 "failed": [{"input": valid_text(path), "error": valid_text(message)} for path, message in failures or []]}
     if out is not None:
-        _write_results(out, document, prediction, shown)
+        _write_results(out, document, by_output, shown)
     if as_json:
         typer.echo(json.dumps(document, allow_nan=False, indent=2))
     else:
-        _print_table(document, prediction, shown)
+        _print_table(document, by_output, shown)
     if failures and on_error == "report":
         raise typer.Exit(InputError.exit_code)
 
@@ -183,7 +188,7 @@ def _shown(path: Path) -> str:
 def _predict(session, x, passes, dropout, threshold, top_k, count):
     if count <= PROGRESS_MIN_INPUTS:
         return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k)
-    runs = len(session.chunk_plan(len(x), (passes or session.default_passes) if dropout else 1))
+    runs = len(session.chunk_plan(count, (passes or session.default_passes) if dropout else 1))
     with typer.progressbar(length=runs, label="Monte Carlo runs", file=sys.stderr) as bar:
         return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k,
                                progress=lambda done, total: bar.update(1))
@@ -213,23 +218,28 @@ def _summary(prediction, i: int) -> dict:
             "std": " ".join(f"{v:.3g}" for v in m["std"][i].reshape(-1)), "mutual_information": "-"}
 
 
-def _print_table(document: dict, prediction, names: List[str]) -> None:
+def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
+    """One table, or one per output (under its name and head) for a model with several."""
     typer.echo(f"model {terminal_safe(document['model'])}  provider {document['provider']}  "
                f"passes {document['passes']}" + ("" if document["stochastic"] else " (dropout off)"))
-    header = ["input", "label", "confidence", "std", "mutual_information", ""]
-    rows = []
-    for i, name in enumerate(names):
-        cells = _summary(prediction, i)
-        rows.append([terminal_safe(name), terminal_safe(cells["label"]), cells["confidence"], cells["std"],
-                     cells["mutual_information"], "UNCERTAIN" if prediction.uncertain[i] else ""])
-    widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
-    for row in [header, *rows]:
-        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+    for output, prediction in by_output.items():
+        if output is not None:
+            typer.echo(f"\noutput {terminal_safe(output)} ({prediction.head})")
+        header = ["input", "label", "confidence", "std", "mutual_information", ""]
+        rows = []
+        for i, name in enumerate(names):
+            cells = _summary(prediction, i)
+            rows.append([terminal_safe(name), terminal_safe(cells["label"]), cells["confidence"], cells["std"],
+                         cells["mutual_information"], "UNCERTAIN" if prediction.uncertain[i] else ""])
+        widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
+        for row in [header, *rows]:
+            typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
-def _write_results(out: Path, document: dict, prediction, names: List[str]) -> None:
+def _write_results(out: Path, document: dict, by_output: dict, names: List[str]) -> None:
     """Write through a temporary file in the same folder, so `out` is never half written. The
-    format is the suffix of the path as typed (a link at `out` is refused, never followed)."""
+    format is the suffix of the path as typed (a link at `out` is refused, never followed). With
+    several outputs, .npz arrays and .csv columns carry their output's name: digit/mean, ..."""
     from runtime.files import atomic_writer
 
     with atomic_writer(out) as f:
@@ -238,13 +248,20 @@ def _write_results(out: Path, document: dict, prediction, names: List[str]) -> N
         elif out.suffix.lower() == ".npz":
             import numpy as np
 
-            np.savez(f, names=np.array(names), **prediction.arrays())
+            arrays = {_prefixed(output, key): value for output, prediction in by_output.items()
+                      for key, value in prediction.arrays().items()}
+            np.savez(f, names=np.array(names), **arrays)
         else:
-            f.write(_csv_text(prediction, names).encode())
+            f.write(_csv_text(by_output, names).encode())
 
 
-def _csv_text(prediction, names: List[str]) -> str:
-    """One row per input: name, uncertain, then each per-input value (vectors as name_0, name_1, ...)."""
+def _prefixed(output: Optional[str], key: str) -> str:
+    return key if output is None else f"{output}/{key}"
+
+
+def _csv_text(by_output: dict, names: List[str]) -> str:
+    """One row per input: name, then per output uncertain and each per-input value (vectors as
+    name_0, name_1, ...; prefixed by the output's name for a model with several)."""
     import csv
     import io
 
@@ -252,19 +269,22 @@ def _csv_text(prediction, names: List[str]) -> str:
 
     from runtime.prediction import MODEL_WIDE
 
-    columns = {"input": names, "uncertain": prediction.uncertain.tolist()}
-    per_input = {"mean": prediction.mean, "variance": prediction.variance, **prediction.measures}
-    for name, value in per_input.items():
-        if name in MODEL_WIDE:
-            continue  # one value for the model (thresholds), not a column per input
-        if isinstance(value, list):  # variable length per input, e.g. active labels
-            columns[name] = [";".join(map(str, item)) for item in value]
-        elif isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == len(names):
-            flat = value.reshape(len(names), -1)
-            if value.ndim == 1:
-                columns[name] = flat[:, 0].tolist()
-            else:
-                columns.update({f"{name}_{j}": flat[:, j].tolist() for j in range(flat.shape[1])})
+    columns = {"input": names}
+    for output, prediction in by_output.items():
+        columns[_prefixed(output, "uncertain")] = prediction.uncertain.tolist()
+        per_input = {"mean": prediction.mean, "variance": prediction.variance, **prediction.measures}
+        for name, value in per_input.items():
+            name_ = _prefixed(output, name)
+            if name in MODEL_WIDE:
+                continue  # one value for the model (thresholds), not a column per input
+            if isinstance(value, list):  # variable length per input, e.g. active labels
+                columns[name_] = [";".join(map(str, item)) for item in value]
+            elif isinstance(value, np.ndarray) and value.ndim >= 1 and len(value) == len(names):
+                flat = value.reshape(len(names), -1)
+                if value.ndim == 1:
+                    columns[name_] = flat[:, 0].tolist()
+                else:
+                    columns.update({f"{name_}_{j}": flat[:, j].tolist() for j in range(flat.shape[1])})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(columns)
@@ -278,8 +298,10 @@ def export(
     source: Path = typer.Argument(..., help="A .keras file, a legacy .h5 file or a SavedModel directory."),
     output: Path = typer.Option(..., "-o", "--output", help="The ONNX file to write."),
     passes: int = typer.Option(50, help="Default Monte Carlo passes stored in the file."),
-    head: str = typer.Option("auto", help="auto, softmax, sigmoid, logits or regression."),
-    labels: Optional[Path] = typer.Option(None, help="Class names, one per line."),
+    head: str = typer.Option("auto", help="auto, softmax, sigmoid, logits or regression; "
+                             "NAME=HEAD,NAME=HEAD for a model with several outputs."),
+    labels: Optional[str] = typer.Option(None, help="Class names, one per line; NAME=FILE,NAME=FILE for a model "
+                                         "with several outputs."),
     mc_layers: Optional[str] = typer.Option(None, help="Comma-separated noise layers to keep stochastic [default: all]."),
     opset: int = typer.Option(17, help="ONNX opset."),
     validate: bool = typer.Option(True, "--validate/--no-validate", help="Check the graph against Keras before writing."),
@@ -336,7 +358,8 @@ def export(
             os.write(terminal, (message + "\n").encode())
 
         report = export_model(
-            source, output, passes=passes, head=head, labels=labels,
+            source, output, passes=passes, head=head,
+            labels=Path(labels) if labels is not None and ("=" not in labels or Path(labels).exists()) else labels,
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
             opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
             scale=scale, offset=offset, preprocess=preprocess, seed=seed, quantize=None if quantize == "none" else quantize,
@@ -368,6 +391,7 @@ def info(
     meta = session.info
     document = {
         "model": valid_text(_shown(model)), "provider": session.provider, "head": meta.head, "labels": meta.labels,
+        "heads": {o.name: {"head": o.head, "labels": o.labels} for o in meta.model_outputs},
         "default_passes": meta.default_passes,
         "inputs": {name: list(shape) for name, shape in meta.inputs.items()},
         "outputs": {name: list(shape) for name, shape in meta.outputs.items()},
@@ -383,8 +407,10 @@ def info(
         return
     typer.echo(f"model            {terminal_safe(document['model'])}")
     typer.echo(f"provider         {document['provider']}")
-    typer.echo(f"head             {meta.head}")
-    typer.echo(f"labels           {terminal_safe(', '.join(meta.labels)) if meta.labels else '-'}")
+    for output in meta.model_outputs:
+        named = "" if len(meta.model_outputs) == 1 else f"{terminal_safe(output.name)}: "
+        typer.echo(f"head             {named}{output.head}")
+        typer.echo(f"labels           {named}{terminal_safe(', '.join(output.labels)) if output.labels else '-'}")
     typer.echo(f"default passes   {meta.default_passes}")
     for kind in ("inputs", "outputs"):
         for name, shape in document[kind].items():

@@ -206,16 +206,18 @@ def read_labels(path, head, units):
 
 
 def build_graph(
-    model, head="softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False,
+    model, head: str | list = "softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False,
     ignore_random_layers=None,
 ):
     """Trace, convert and randomise: returns (ModelProto, masks-as-inputs variant, calls, extras).
+    `head`: one per model output (a single one for a single output).
 
     A layer that draws random numbers mcdrop cannot keep live is an ExportError unless it is
     named in ignore_random_layers (export/randomness.py)."""
     from runtime.seeds import fresh_seeds
 
-    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, input_spec, masks_as_inputs, set_defaults
+    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs, set_defaults
+    from .signature import input_specs
     from .noise import is_active, noise_layers, spec_for
     from .randomness import check_no_lost_randomness
     from .trace import layer_graph
@@ -232,7 +234,7 @@ def build_graph(
         if spec_for(layer) is not None and is_active(layer) and getattr(layer, "rate", 0) >= 1:
             raise ExportError(f"layer '{layer.name}' has rate {layer.rate}: it drops everything")
 
-    check_no_lost_randomness(model, input_spec(model), {layer.name for layer in noise_layers(model)},
+    check_no_lost_randomness(model, input_specs(model), {layer.name for layer in noise_layers(model)},
                              ignore_random_layers)
     calls = find_noise_calls(model, selected)
     if not calls and not allow_deterministic:
@@ -244,7 +246,8 @@ def build_graph(
     opset = OPSET if opset is None else opset
     if not 13 <= opset <= 21:
         raise ExportError(f"--opset {opset}: mcdrop builds graphs for opsets 13 to 21")
-    proto, stats = convert(model, head, calls, selected, opset, repeat_all)
+    heads = [head] if isinstance(head, str) else list(head)
+    proto, stats = convert(model, heads, calls, selected, opset, repeat_all)
     variant = masks_as_inputs(proto)
     attach_random_nodes(proto, calls, fresh_seeds(len(calls), seed))
     set_defaults(proto, passes)
@@ -279,8 +282,10 @@ def _sha256(path, max_bytes=MAX_SOURCE_BYTES):
     return digest.hexdigest()
 
 
-def build_metadata(model, source, head, labels, passes, calls, extras, preprocessing, max_source_bytes=MAX_SOURCE_BYTES):
+def build_metadata(model, source, outputs, passes, calls, extras, preprocessing, max_source_bytes=MAX_SOURCE_BYTES):
+    """The file's "mcdrop" metadata (docs/FORMAT.md); `outputs`: export.signature.ModelOutput each."""
     from .graph import random_node_names
+    from .signature import input_names
 
     layers = []
     for call, node in zip(calls, random_node_names(calls)):
@@ -298,11 +303,14 @@ def build_metadata(model, source, head, labels, passes, calls, extras, preproces
             layers[-1]["masks"] = call.recurrent.count  # one per gate, drawn together
     return {
         "format": 1,
-        "head": head,
-        "labels": labels,
+        "head": outputs[0].head,  # the first output's, as in files from before several outputs
+        "labels": outputs[0].labels,
         "default_passes": passes,
         "input_shape": list(model.inputs[0].shape),
-        "output_shape": list(model.outputs[0].shape),
+        "output_shape": outputs[0].shape,
+        "inputs": [{"name": name, "shape": list(tensor.shape)} for name, tensor in zip(input_names(model), model.inputs)],
+        "outputs": [{"name": o.name, "prefix": o.prefix, "head": o.head, "labels": o.labels, "shape": o.shape}
+                    for o in outputs],
         "preprocessing": preprocessing,
         "stochastic_layers": layers,
         "mc_layers": sorted(extras["selected"]) if extras["selected"] else None,
@@ -361,7 +369,8 @@ def export_model(
 ) -> ExportReport:
     from runtime.integrity import seal
 
-    from .heads import resolve_head
+    from .heads import resolve_heads
+    from .signature import ModelOutput, output_names, output_prefixes, per_output
     from .trace import layer_graph
     from .validate import validate_export
 
@@ -383,15 +392,20 @@ def export_model(
         registered = import_custom_objects(custom_objects)
     model = load_keras_model(source, trust_model_code, max_source_bytes, registered)
     layer_graph(model)  # a subclassed model has no outputs to read the head from
-    head = resolve_head(model, head)
-    units = model.outputs[0].shape[-1]
-    label_names = read_labels(labels, head, units)
+    heads = resolve_heads(model, head)
+    names = output_names(model)
+    label_files = per_output(labels, names, "labels")
+    outputs = [ModelOutput(name, prefix, head_, list(tensor.shape),
+                           read_labels(label_files[name], head_, tensor.shape[-1]))
+               for name, prefix, head_, tensor in zip(names, output_prefixes(model), heads, model.outputs)]
     preprocessing, preprocessing_reason = image_preprocessing(model, image_size, color_mode, scale, offset, preprocess)
+    if quantize == "int8" and len(model.inputs) > 1:
+        raise ExportError("--quantize int8 takes models with one input (its calibration data is one array)")
 
-    progress(f"tracing and converting (head: {head})")
-    proto, _, calls, extras = build_graph(model, head, passes, mc_layers, allow_deterministic, seed, opset,
+    progress(f"tracing and converting (head: {', '.join(heads)})")
+    proto, _, calls, extras = build_graph(model, heads, passes, mc_layers, allow_deterministic, seed, opset,
                                           ignore_random_layers=ignore_random_layers)
-    metadata = build_metadata(model, source, head, label_names, passes, calls, extras, preprocessing, max_source_bytes)
+    metadata = build_metadata(model, source, outputs, passes, calls, extras, preprocessing, max_source_bytes)
     attach_metadata(proto, metadata)
 
     checks = []
@@ -407,7 +421,7 @@ def export_model(
     write_atomically(data, output)
     return ExportReport(
         output=str(output),
-        head=head,
+        head=", ".join(f"{o.name}: {o.head}" for o in outputs) if len(outputs) > 1 else outputs[0].head,
         stochastic_layers=metadata["stochastic_layers"],
         default_passes=passes,
         repeated_from=metadata["repeated_from"],

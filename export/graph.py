@@ -20,6 +20,7 @@ from runtime.errors import ExportError, first_line
 
 from .noise import as_shape, dims_of, spec_for
 from .recurrent import RecurrentDraw, call_with_masks, draw_dims, is_recurrent, masks_from_uniform, recurrent_draws, recurrent_kind
+from .signature import input_specs, output_prefixes
 from .trace import Walk, split_passes, tile_passes
 
 OPSET = 17
@@ -79,23 +80,15 @@ def find_noise_calls(model, selected):
         calls.append(NoiseCall(layer, len(args[0].shape)))
         return args[0]
 
-    @tf.function
-    def probe(x):
-        Walk(record, tf.constant(1, tf.int64), selected).run(model, [x], [False])
-        return x
+    specs = input_specs(model)
 
-    probe.get_concrete_function(input_spec(model))
+    @tf.function(input_signature=specs)
+    def probe(*xs):
+        Walk(record, tf.constant(1, tf.int64), selected).run(model, list(xs), [False] * len(xs))
+        return xs[0]
+
+    probe.get_concrete_function()
     return calls
-
-
-def input_spec(model, name="input"):
-    if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ExportError(
-            f"model has {len(model.inputs)} inputs and {len(model.outputs)} outputs; "
-            "mcdrop exports models with one input and one output"
-        )
-    shape = model.inputs[0].shape
-    return tf.TensorSpec([None, *shape[1:]], tf.float32, name=name)
 
 
 def _entropy(p, axis=None):
@@ -129,24 +122,27 @@ def head_outputs(samples, head):
     return out
 
 
-def mc_function(model, head, calls, selected, repeat_all=False):
-    """The tf.function: (input, passes, stochastic, noise_0..k) -> samples, mean, variance, ...
+def mc_function(model, heads, calls, selected, repeat_all=False):
+    """The tf.function: (inputs..., passes, stochastic, noise_0..k) -> samples, mean, variance, ...
+    for each output (named with its prefix, export/signature.py), one head per output.
 
     repeat_all tiles the input itself, so every layer runs T times: only the benchmark that
     measures what running the deterministic part once saves uses it.
     """
-    signature = [
-        input_spec(model),
+    inputs = input_specs(model)
+    signature = inputs + [
         tf.TensorSpec([], tf.int64, name="passes"),
         tf.TensorSpec([], tf.bool, name="stochastic"),
     ] + [tf.TensorSpec([None] * c.rank, tf.float32, name=f"noise_{i}") for i, c in enumerate(calls)]
+    prefixes = output_prefixes(model)
 
     stats = {}
 
     @tf.function(input_signature=signature)
-    def fn(x, passes, stochastic, *noise):
+    def fn(*args):
+        xs, (passes, stochastic), noise = list(args[:len(inputs)]), args[len(inputs):len(inputs) + 2], args[len(inputs) + 2:]
         on = tf.cast(stochastic, tf.float32)
-        rows = passes * tf.shape(x, out_type=tf.int64)[0]  # T*B
+        rows = passes * tf.shape(xs[0], out_type=tf.int64)[0]  # T*B
         shapes = []
 
         def apply(layer, args, kwargs, index, tiled):
@@ -169,14 +165,16 @@ def mc_function(model, head, calls, selected, repeat_all=False):
 
         walk = Walk(apply, passes, selected, broadcast_noise=True)
         if repeat_all:
-            x = tile_passes(x, passes)
-        (y,), (tiled,) = walk.run(model, [x], [repeat_all])
-        if not tiled:
-            y = tile_passes(y, passes)  # deterministic export: T identical passes
-        samples = split_passes(tf.cast(y, tf.float32), passes)
-        if head == "logits":
-            samples = tf.nn.softmax(samples, -1)
-        out = head_outputs(samples, head)
+            xs = [tile_passes(x, passes) for x in xs]
+        ys, tiled = walk.run(model, xs, [repeat_all] * len(xs))
+        out = {}
+        for y, is_tiled, head, prefix in zip(ys, tiled, heads, prefixes):
+            if not is_tiled:
+                y = tile_passes(y, passes)  # an output no randomness reaches: T identical passes
+            samples = split_passes(tf.cast(y, tf.float32), passes)
+            if head == "logits":
+                samples = tf.nn.softmax(samples, -1)
+            out.update({prefix + name: value for name, value in head_outputs(samples, head).items()})
         out.update({f"noise_shape_{i}": s for i, s in enumerate(shapes)})
         stats.update(activation_floats=walk.activation_floats, once_floats=walk.once_floats, tiled_at=walk.tiled_at)
         return out
@@ -184,11 +182,11 @@ def mc_function(model, head, calls, selected, repeat_all=False):
     return fn, signature, stats
 
 
-def convert(model, head, calls, selected, opset=OPSET, repeat_all=False):
+def convert(model, heads, calls, selected, opset=OPSET, repeat_all=False):
     """tf2onnx conversion of mc_function; returns the masks-as-inputs ModelProto and trace stats."""
     import tf2onnx
 
-    fn, signature, stats = mc_function(model, head, calls, selected, repeat_all)
+    fn, signature, stats = mc_function(model, heads, calls, selected, repeat_all)
     concrete = fn.get_concrete_function(*signature)  # tf2onnx traces the same (cached) function
     try:
         proto, _ = tf2onnx.convert.from_function(fn, input_signature=signature, opset=opset)

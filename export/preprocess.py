@@ -47,6 +47,11 @@ def image_preprocessing(model, size=None, color_mode=None, scale=None, offset=No
     pipeline is `preprocess` (a PREPROCESS_MODES name), else a custom scale/offset, else what the
     model shows (a Keras Applications name, a leading Rescaling layer), else "unit" (x / 255).
     """
+    if len(model.inputs) > 1:
+        if any(v is not None for v in (size, preprocess, scale, offset)):
+            raise ExportError("--preprocess/--scale/--offset/--image-size are for models with one image input; "
+                              f"this one has {len(model.inputs)} inputs, fed as arrays by name")
+        return None, f"{len(model.inputs)} inputs: pass preprocessed arrays by input name (.npz)"
     shape = tuple(model.inputs[0].shape[1:])
     if len(shape) == 3 and shape[-1] in (1, 3) and None not in shape[:2]:
         height, width = shape[0], shape[1]

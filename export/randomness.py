@@ -21,7 +21,7 @@ from runtime.errors import ExportError
 RANDOM_OP_MARKERS = ("Random", "Multinomial", "TruncatedNormal")
 
 
-def layers_drawing_random_numbers(model, input_spec) -> Dict[str, List[str]]:
+def layers_drawing_random_numbers(model, input_specs) -> Dict[str, List[str]]:
     """{layer name: [random op types]} for every layer whose call draws random numbers in training
     mode, each op laid at the innermost layer that created it (also inside an RNN's loop body,
     which is a graph of its own), then reported at its outermost drawing layer (an LSTM, not its
@@ -42,11 +42,13 @@ def layers_drawing_random_numbers(model, input_spec) -> Dict[str, List[str]]:
         layer.call = timed  # an instance attribute, removed below
         wrapped.append(layer)
     try:
-        @tf.function
-        def trace(x):
-            return model(x, training=True)
+        from .signature import as_model_inputs
 
-        trace.get_concrete_function(input_spec)
+        @tf.function(input_signature=input_specs)
+        def trace(*xs):
+            return model(as_model_inputs(model, xs), training=True)
+
+        trace.get_concrete_function()
     finally:
         for layer in wrapped:
             del layer.call
@@ -81,7 +83,7 @@ def _ancestors(model) -> Dict[int, list]:
     return chains
 
 
-def check_no_lost_randomness(model, input_spec, kept: Iterable[str], ignored: Optional[Iterable[str]]) -> None:
+def check_no_lost_randomness(model, input_specs, kept: Iterable[str], ignored: Optional[Iterable[str]]) -> None:
     """ExportError naming each layer whose randomness the file would drop, unless the user listed
     it in `ignored` (--ignore-random-layers). `kept`: the noise layers the file keeps live or the
     user deliberately left out."""
@@ -96,7 +98,7 @@ def check_no_lost_randomness(model, input_spec, kept: Iterable[str], ignored: Op
         return {name} | {parent.name for parent in chains.get(id(names.get(name)), [])}
 
     # Keeping or ignoring a layer covers what it contains (a Bidirectional's RNNs, a nested model).
-    lost = {name: ops for name, ops in layers_drawing_random_numbers(model, input_spec).items()
+    lost = {name: ops for name, ops in layers_drawing_random_numbers(model, input_specs).items()
             if not within(name) & (kept | ignored)}
     refused = sorted(lost)
     if refused:

@@ -11,17 +11,29 @@ import tensorflow as tf
 
 from .noise import ALPHA_P, alpha_affine, as_shape, dims_of, gaussian_dropout_stddev, spec_for
 from .recurrent import is_recurrent, keras_drawn_masks
+from .signature import input_names
 from .trace import Walk, split_passes, tile_passes
 
 
+def model_inputs(model, x) -> list:
+    """x (an array for a one-input model, or a dict by graph input name) as a list in model order."""
+    if isinstance(x, dict):
+        return [np.asarray(x[name], np.float32) for name in input_names(model)]
+    return [np.asarray(x, np.float32)]
+
+
 def _samples(model, x, passes, noise, selected=None):
-    x = tf.convert_to_tensor(np.asarray(x, np.float32))
+    """One [T, B, ...] array per model output."""
+    xs = [tf.convert_to_tensor(v) for v in model_inputs(model, x)]
     t = tf.constant(passes, tf.int64)
     walk = Walk(noise, t, selected)
-    (y,), (tiled,) = walk.run(model, [x], [False])
-    if not tiled:
-        y = tile_passes(y, t)
-    return split_passes(tf.cast(y, tf.float32), t).numpy()
+    ys, tiled = walk.run(model, xs, [False] * len(xs))
+    return [split_passes(tf.cast(y if is_tiled else tile_passes(y, t), tf.float32), t).numpy()
+            for y, is_tiled in zip(ys, tiled)]
+
+
+def _one_or_list(outputs):
+    return outputs[0] if len(outputs) == 1 else outputs
 
 
 def _keras_call(layer, args, kwargs):
@@ -29,13 +41,14 @@ def _keras_call(layer, args, kwargs):
 
 
 def keras_mc_samples(model, x, passes, selected=None, chunk=250):
-    """[T, B, ...] samples with Keras's own noise layers on (its own random draws)."""
-    out = []
+    """[T, B, ...] samples with Keras's own noise layers on (its own random draws): one array per
+    model output, the array itself for a one-output model."""
+    runs = []
     for start in range(0, passes, chunk):
         n = min(chunk, passes - start)
-        out.append(_samples(model, x, n, lambda layer, args, kwargs, i, tiled: _keras_call(layer, args, kwargs),
-                            selected))
-    return np.concatenate(out, 0)
+        runs.append(_samples(model, x, n, lambda layer, args, kwargs, i, tiled: _keras_call(layer, args, kwargs),
+                             selected))
+    return _one_or_list([np.concatenate(pieces, 0) for pieces in zip(*runs)])
 
 
 def keras_masked_samples(model, x, passes, selected=None):
@@ -44,7 +57,8 @@ def keras_masked_samples(model, x, passes, selected=None):
     Keras 3 draws noise statelessly from (shape, seed): saving the layer's seed state, calling it
     on a probe of the noise shape and restoring the state replays the very draw the real call
     makes. The probe's output is turned back into the standard uniform/normal tensor the ONNX
-    graph expects in place of its random node. Returns (samples, [noise tensors]).
+    graph expects in place of its random node. Returns (samples as keras_mc_samples gives them,
+    [noise tensors]).
     """
     recorded = []
 
@@ -72,7 +86,7 @@ def keras_masked_samples(model, x, passes, selected=None):
         recorded.append(r.numpy())
         return _keras_call(layer, args, kwargs)
 
-    samples = _samples(model, x, passes, noise, selected)
+    samples = _one_or_list(_samples(model, x, passes, noise, selected))
     return samples, recorded
 
 

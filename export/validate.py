@@ -38,8 +38,13 @@ def ort_session(model_bytes, level="all", optimized_path=None):
     return ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
 
 
+def feeds_for(x) -> dict:
+    """The graph's model inputs: x is an array (a one-input model's `input`) or a dict by name."""
+    return {name: np.asarray(v, np.float32) for name, v in (x.items() if isinstance(x, dict) else [("input", x)])}
+
+
 def run(session, x, passes, stochastic=True, outputs=None):
-    feeds = {"input": np.asarray(x, np.float32), "passes": np.array(passes, np.int64), "stochastic": np.array(stochastic)}
+    feeds = {**feeds_for(x), "passes": np.array(passes, np.int64), "stochastic": np.array(stochastic)}
     names = outputs or [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 
@@ -76,20 +81,25 @@ def z_scores(samples_a, samples_b):
 
 
 def validation_inputs(model, metadata, count=2, seed=0):
-    """Inputs in the model's range: token ids (0, the padding id, included) for a model that
-    feeds its input to an Embedding, else runtime.validate.sample_inputs."""
-    x = sample_inputs(model.inputs[0].shape, metadata.get("preprocessing"), count, seed)
-    vocabulary = embedding_vocabulary(model)
-    if vocabulary is not None:
-        x = np.random.default_rng(seed).integers(0, vocabulary, x.shape).astype(np.float32)
-    return x
+    """Inputs in the model's range: token ids (0, the padding id, included) for an input that
+    feeds an Embedding, else runtime.validate.sample_inputs. An array for a one-input model, else
+    a dict by graph input name."""
+    from .signature import input_names
+
+    out = {}
+    for i, (name, tensor) in enumerate(zip(input_names(model), model.inputs)):
+        x = sample_inputs(tensor.shape, metadata.get("preprocessing"), count, seed + i)
+        vocabulary = embedding_vocabulary(model, tensor)
+        if vocabulary is not None:
+            x = np.random.default_rng(seed + i).integers(0, vocabulary, x.shape).astype(np.float32)
+        out[name] = x
+    return out if len(out) > 1 else out["input"]
 
 
-def embedding_vocabulary(model):
-    """The smallest input_dim of the Embedding layers that read the model's input, or None."""
+def embedding_vocabulary(model, source):
+    """The smallest input_dim of the Embedding layers that read the model input `source`, or None."""
     import keras
 
-    source = model.inputs[0]
     sizes = [layer.input_dim for layer in model._flatten_layers(include_self=False)
              if isinstance(layer, keras.layers.Embedding)
              and any(t is source for node in layer._inbound_nodes for t in node.input_tensors)]
@@ -105,8 +115,27 @@ def apply_head(y, head):
     return y
 
 
-def keras_deterministic(model, x, head):
-    return apply_head(model(x, training=False), head)
+def keras_deterministic(model, x, heads):
+    """Keras's predict, one array per output, each with its head applied."""
+    from .reference import model_inputs
+    from .signature import as_model_inputs
+
+    outputs = model(as_model_inputs(model, model_inputs(model, x)), training=False)
+    outputs = [outputs[name] for name in sorted(outputs)] if isinstance(outputs, dict) else outputs
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [apply_head(y, head) for y, head in zip(outputs, heads)]
+
+
+def output_heads(metadata):
+    """[(output prefix, head)] of a file's metadata; files from before several outputs have one."""
+    return [(o["prefix"], o["head"]) for o in metadata.get("outputs") or [{"prefix": "", "head": metadata["head"]}]]
+
+
+def all_samples(session, x, passes, stochastic, metadata):
+    """Every output's samples in one [T, B, features] array, for the checks that need no head."""
+    names = [prefix + "samples" for prefix, _ in output_heads(metadata)]
+    out = run(session, x, passes, stochastic, names)
+    return np.concatenate([out[name].reshape(*out[name].shape[:2], -1) for name in names], -1)
 
 
 def validate_structure(checks, proto, metadata, x):
@@ -155,7 +184,7 @@ def validate_structure(checks, proto, metadata, x):
             )
     session = ort_session(data)
     if expected:
-        check_live_randomness(checks, lambda x, t, on: run(session, x, t, on, ["samples"])["samples"], x)
+        check_live_randomness(checks, lambda x, t, on: all_samples(session, x, t, on, metadata), x)
     return session
 
 
@@ -165,33 +194,39 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
 
     checks = Checklist(progress)
     check = checks.check
-    head = metadata["head"]
+    outputs = output_heads(metadata)
+    several = len(outputs) > 1
     if x is None:
         x = validation_inputs(model, metadata)
     session = validate_structure(checks, proto, metadata, x)
 
-    reference = keras_deterministic(model, x, head)
-    got = run(session, x, 1, stochastic=False)["mean"]
-    diff = max_abs_diff(got, reference)
-    check(
-        "deterministic parity",
-        got.shape == reference.shape and diff <= DETERMINISTIC_ATOL,
-        f"max |onnx - keras| = {diff:.1e}",
-        f"deterministic pass differs from Keras predict by {diff:.2e} (shape {got.shape} vs {reference.shape})",
-    )
+    references = keras_deterministic(model, x, [head for _, head in outputs])
+    for (prefix, _), reference in zip(outputs, references):
+        got = run(session, x, 1, stochastic=False)[prefix + "mean"]
+        diff = max_abs_diff(got, reference) if got.shape == reference.shape else float("inf")
+        where = f" of {prefix[:-1]}" if several else ""
+        check(
+            f"deterministic parity{where}",
+            diff <= DETERMINISTIC_ATOL,
+            f"max |onnx - keras| = {diff:.1e}",
+            f"deterministic pass{where} differs from Keras predict by {diff:.2e} (shape {got.shape} vs {reference.shape})",
+        )
     if not metadata["stochastic_layers"]:
         return checks.passed
 
     progress(f"  ..  statistical parity with Keras MC at T={mc_passes}")
-    onnx_samples = run(session, x, mc_passes, outputs=["samples"])["samples"]
-    keras_samples = apply_head(keras_mc_samples(model, x, mc_passes, selected=metadata.get("mc_layers")), head)
-    z = z_scores(onnx_samples, keras_samples)
-    check(
-        "statistical parity",
-        max(z.values()) <= Z_LIMIT,
-        f"T={mc_passes}: worst z mean {z['mean']:.1f}, variance {z['variance']:.1f} (limit {Z_LIMIT:g})",
-        f"MC mean/variance differ from Keras's own MC beyond {Z_LIMIT:g} standard errors: {z}",
-    )
+    onnx_samples = run(session, x, mc_passes, outputs=[prefix + "samples" for prefix, _ in outputs])
+    keras_samples = keras_mc_samples(model, x, mc_passes, selected=metadata.get("mc_layers"))
+    keras_samples = keras_samples if several else [keras_samples]
+    for (prefix, head), theirs in zip(outputs, keras_samples):
+        z = z_scores(onnx_samples[prefix + "samples"], apply_head(theirs, head))
+        where = f" of {prefix[:-1]}" if several else ""
+        check(
+            f"statistical parity{where}",
+            max(z.values()) <= Z_LIMIT,
+            f"T={mc_passes}: worst z mean {z['mean']:.1f}, variance {z['variance']:.1f} (limit {Z_LIMIT:g})",
+            f"MC mean/variance{where} differ from Keras's own MC beyond {Z_LIMIT:g} standard errors: {z}",
+        )
     return checks.passed
 
 

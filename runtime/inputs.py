@@ -64,30 +64,38 @@ def load_inputs(paths: Sequence[str], info: ModelInfo, limits: Limits = DEFAULT,
 
     An image becomes one input, preprocessed for the model; a .npy / .npz array is taken as an
     already preprocessed batch (axis 0 is the batch). Everything is stacked along the batch axis;
-    dtype and values are checked again by MCSession.predict.
+    dtype and values are checked again by MCSession.predict. For a model with several inputs each
+    file is an .npz with one array per input name, and the batch is a dict by input name.
 
     failures None: the first bad input raises InputError. failures a list: each bad input is
     appended as (path, one-line message) and skipped; the good ones are returned (no names and
     x None when none is good).
     """
     names: List[str] = []
-    parts: List[np.ndarray] = []
+    parts: List[dict] = []
     used = 0  # bytes of the inputs kept so far, against limits.input_bytes
     for path in _expand(paths, failures):
         try:
-            part, part_names = _load_one(path, info, limits, used)
-            _check_batch_shape(path, part, parts)
+            if len(info.model_inputs) > 1:
+                part, part_names = _load_named(path, info, limits, used)
+            else:
+                array, part_names = _load_one(path, info, limits, used)
+                part = {None: array}
+            for key, array in part.items():
+                _check_batch_shape(path, array, [earlier[key] for earlier in parts])
         except InputError as err:
             _refuse(failures, path, err)
             continue
-        used += part.nbytes
+        used += sum(array.nbytes for array in part.values())
         names.extend(part_names)
         parts.append(part)
     if not parts:
         if failures is None:
             raise InputError("no inputs given")
         return names, None
-    return names, parts[0] if len(parts) == 1 else np.concatenate(parts)
+    batch = {key: parts[0][key] if len(parts) == 1 else np.concatenate([part[key] for part in parts])
+             for key in parts[0]}
+    return names, batch.pop(None) if None in batch else batch
 
 
 def load_array(path, limits: Limits = DEFAULT) -> np.ndarray:
@@ -154,6 +162,40 @@ def _load_one(path: str, info: ModelInfo, limits: Limits, used: int) -> Tuple[np
                      f"images ({', '.join(IMAGE_EXTENSIONS)}) and arrays ({', '.join(ARRAY_EXTENSIONS)})")
 
 
+def _load_named(path: str, info: ModelInfo, limits: Limits, used: int) -> Tuple[dict, List[str]]:
+    """An .npz with one array per input name, for a model with several inputs."""
+    wanted = info.input_names
+    if not path.lower().endswith(".npz"):
+        raise InputError(f"{path}: the model takes {len(wanted)} inputs ({', '.join(wanted)}); give an .npz "
+                         "holding one array per input name")
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            _check_zip_directory(f, path)
+            with zipfile.ZipFile(f) as archive:
+                members = {i.filename[:-4]: i for i in archive.infolist() if i.filename.endswith(".npy")}
+                missing = [name for name in wanted if name not in members]
+                if missing:
+                    raise InputError(f"{path}: has no array named {', '.join(missing)} (the model's inputs: "
+                                     f"{', '.join(wanted)}; the file holds {', '.join(list(members)[:8]) or 'none'})")
+                arrays = {}
+                for name in wanted:
+                    member = members[name]
+                    _check_budget(f"{path}[{name}]", max(member.file_size - NPY_HEADER_BYTES, 0), limits, used)
+                    with archive.open(member) as stream:
+                        arrays[name] = _read_npy(stream, f"{path}[{name}]", member.file_size, limits, used)
+                    used += arrays[name].nbytes
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, ValueError, OSError) as err:
+            raise InputError(f"{path}: cannot read arrays ({first_line(err)})") from None
+    for name, array in arrays.items():
+        _check_array_for_model(f"{path}[{name}]", array, info, name)
+    sizes = {len(array) for array in arrays.values()}
+    if len(sizes) > 1:
+        raise InputError(f"{path}: its arrays differ in batch size ("
+                         + ", ".join(f"{name} {len(array)}" for name, array in arrays.items()) + ")")
+    return arrays, [f"{path}[{i}]" for i in range(sizes.pop())]
+
+
 def _check_budget(path: str, nbytes: int, limits: Limits, used: int) -> None:
     """nbytes more must keep all inputs within limits.input_bytes."""
     if used + nbytes <= limits.input_bytes:
@@ -166,9 +208,9 @@ def _check_budget(path: str, nbytes: int, limits: Limits, used: int) -> None:
                      f"{used / 2**20:.1f} MiB before it); raise it with --limit input_mb=N")
 
 
-def _check_array_for_model(path: str, array: np.ndarray, info: ModelInfo) -> None:
+def _check_array_for_model(path: str, array: np.ndarray, info: ModelInfo, name: Optional[str] = None) -> None:
     """The file is named in the error (MCSession's own check sees only the stacked batch)."""
-    problem = info.shape_problem(array.shape)
+    problem = info.shape_problem(array.shape, name)
     if problem:
         raise InputError(f"{path}: holds {problem}")
     if array.dtype.kind == "f":

@@ -22,9 +22,15 @@ COLOR_CHANNELS = {"grayscale": 1, "rgb": 3}
 CHANNEL_ORDERS = ("rgb", "bgr")
 # A pipeline's name is shown to users: a short plain word ("tf", "torch", "caffe", "custom", ...).
 PIPELINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
-# The graph's contract (docs/FORMAT.md): input name -> onnxruntime type; samples must be an output.
-INPUT_TYPES = {"input": "tensor(float)", "passes": "tensor(int64)", "stochastic": "tensor(bool)"}
+# The graph's contract (docs/FORMAT.md): input name -> onnxruntime type; samples must be an output
+# (<output name>/samples for each output of a file with several).
+INPUT = "input"
+CONTROL_TYPES = {"passes": "tensor(int64)", "stochastic": "tensor(bool)"}
+FLOAT = "tensor(float)"
 SAMPLES = "samples"
+# An input or output name of a file with several (export/signature.py writes them).
+TENSOR_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+MAX_TENSORS = 64
 # Deep JSON ends in RecursionError inside json; no real metadata nests beyond a few levels.
 MAX_JSON_DEPTH = 16
 # Shapes with None (or a name) for dimensions fixed only at run time, such as the batch.
@@ -40,6 +46,21 @@ class StochasticLayer:
     distribution: str
     random_node: str
     seed: float
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    name: str  # the graph input's name: "input" for a one-input model
+    shape: Shape
+
+
+@dataclass(frozen=True)
+class ModelOutput:
+    name: str
+    prefix: str  # of its graph outputs: "" for a one-output model, else "<name>/"
+    head: str
+    labels: Optional[List[str]]
+    shape: Shape
 
 
 @dataclass(frozen=True)
@@ -82,11 +103,20 @@ class ModelInfo:
     inputs: Dict[str, Shape]  # graph input name -> shape
     outputs: Dict[str, Shape]
     metadata: dict  # the whole JSON, for fields the runtime does not use (source, versions, ...)
+    # The model's inputs and outputs (the first of each is input_shape, head, labels, output_shape).
+    model_inputs: Tuple[ModelInput, ...] = ()
+    model_outputs: Tuple[ModelOutput, ...] = ()
 
-    def shape_problem(self, shape) -> Optional[str]:
-        """Why a batch of this shape cannot be fed to the model ("shape [...], the model expects
-        [batch, ...]"), or None. Shared by MCSession and the input loader, which names the file."""
-        expected = tuple(self.input_shape[1:])
+    @property
+    def input_names(self) -> List[str]:
+        return [i.name for i in self.model_inputs]
+
+    def shape_problem(self, shape, name: Optional[str] = None) -> Optional[str]:
+        """Why a batch of this shape cannot be fed to the model input `name` (default: the first)
+        ("shape [...], the model expects [batch, ...]"), or None. Shared by MCSession and the input
+        loader, which names the file."""
+        wanted_shape = next((i.shape for i in self.model_inputs if i.name == name), self.input_shape)
+        expected = tuple(wanted_shape[1:])
         wanted = "[batch, " + ", ".join("?" if d is None else str(d) for d in expected) + "]"
         if tuple(shape) == expected:
             return (f"shape {list(shape)}, one example without the batch axis; the model expects "
@@ -134,6 +164,10 @@ class ModelInfo:
         layers = meta.get("stochastic_layers")
         if not isinstance(layers, list):
             raise _Bad("stochastic_layers must be a list")
+        model_inputs = _model_inputs(meta, input_shape)
+        model_outputs = _model_outputs(meta, head, labels, output_shape)
+        if len(model_inputs) > 1 and meta.get("preprocessing") is not None:
+            raise _Bad("preprocessing is for files with one input")
         return cls(
             path=path, head=head, labels=labels, default_passes=default_passes,
             input_shape=input_shape, output_shape=output_shape,
@@ -141,7 +175,7 @@ class ModelInfo:
             stochastic_layers=tuple(_layer(entry) for entry in layers),
             activation_floats_per_sample=_integer(meta, "activation_floats_per_sample", 0),
             once_floats_per_input=_integer(meta, "once_floats_per_input", 0, default=0),
-            inputs=inputs, outputs=outputs, metadata=meta)
+            inputs=inputs, outputs=outputs, metadata=meta, model_inputs=model_inputs, model_outputs=model_outputs)
 
 
 class _Bad(ValueError):
@@ -202,33 +236,86 @@ def check_contract(session, info: ModelInfo) -> None:
     path = info.path
     overridable = {arg.name: arg for arg in getattr(session, "get_overridable_initializers", lambda: [])()}
     given = {arg.name: arg for arg in session.get_inputs()}
-    required = {"input"}
-    for name, wanted in INPUT_TYPES.items():
+    for name, wanted in {**{i.name: FLOAT for i in info.model_inputs}, **CONTROL_TYPES}.items():
         arg = given.get(name) or overridable.get(name)
         if arg is None:
             raise ModelFileError(f"{path}: the graph has no '{name}' input; not an mcdrop export "
                                  "(docs/FORMAT.md)")
         if arg.type != wanted:
             raise ModelFileError(f"{path}: graph input '{name}' is {arg.type}, the contract says {wanted}")
-    extra = sorted(set(given) - set(INPUT_TYPES))
+    extra = sorted(set(given) - set(info.input_names) - set(CONTROL_TYPES))
     if extra:
         raise ModelFileError(f"{path}: the graph has inputs the contract does not know: {', '.join(extra)}")
-    missing = sorted(required - set(given))
-    if missing:
-        raise ModelFileError(f"{path}: the graph's '{missing[0]}' input is fixed by an initializer")
-    graph_shape = _shape(given["input"].shape)
-    if not _compatible(graph_shape, info.input_shape):
-        raise ModelFileError(f"{path}: the graph's input shape {_shown(graph_shape)} differs from the "
-                             f"metadata's input_shape {_shown(info.input_shape)}")
+    for model_input in info.model_inputs:
+        if model_input.name not in given:
+            raise ModelFileError(f"{path}: the graph's '{model_input.name}' input is fixed by an initializer")
+        graph_shape = _shape(given[model_input.name].shape)
+        if not _compatible(graph_shape, model_input.shape):
+            raise ModelFileError(f"{path}: the graph's {model_input.name} shape {_shown(graph_shape)} differs "
+                                 f"from the metadata's {_shown(model_input.shape)}")
     outputs = {arg.name: arg for arg in session.get_outputs()}
-    if SAMPLES not in outputs:
-        raise ModelFileError(f"{path}: the graph has no '{SAMPLES}' output; not an mcdrop export")
-    if outputs[SAMPLES].type != "tensor(float)":
-        raise ModelFileError(f"{path}: graph output '{SAMPLES}' is {outputs[SAMPLES].type}, not tensor(float)")
-    samples_shape = _shape(outputs[SAMPLES].shape)
-    if not _compatible(samples_shape, (None, *info.output_shape)):
-        raise ModelFileError(f"{path}: the graph's samples shape {_shown(samples_shape)} differs from "
-                             f"[passes, {_shown(info.output_shape)[1:]}")
+    for model_output in info.model_outputs:
+        name = model_output.prefix + SAMPLES
+        if name not in outputs:
+            raise ModelFileError(f"{path}: the graph has no '{name}' output; not an mcdrop export")
+        if outputs[name].type != FLOAT:
+            raise ModelFileError(f"{path}: graph output '{name}' is {outputs[name].type}, not {FLOAT}")
+        samples_shape = _shape(outputs[name].shape)
+        if not _compatible(samples_shape, (None, *model_output.shape)):
+            raise ModelFileError(f"{path}: the graph's {name} shape {_shown(samples_shape)} differs from "
+                                 f"[passes, {_shown(model_output.shape)[1:]}")
+
+
+def _model_inputs(meta: dict, input_shape: Shape) -> Tuple[ModelInput, ...]:
+    """The "inputs" list; files from before several inputs have one, named "input"."""
+    entries = meta.get("inputs")
+    if entries is None:
+        return (ModelInput(INPUT, input_shape),)
+    found = tuple(ModelInput(_tensor_name(entry, "input"), _shape_field(entry, "shape"))
+                  for entry in _entries(entries, "inputs"))
+    if len(found) == 1 and found[0].name != INPUT:
+        raise _Bad(f"a file with one input names it {INPUT!r}, not {_short(found[0].name)}")
+    if len({i.name for i in found}) != len(found) or any(i.name in CONTROL_TYPES for i in found):
+        raise _Bad("input names must be distinct, and neither passes nor stochastic")
+    if found[0].shape != input_shape:
+        raise _Bad("input_shape must be the first input's shape")
+    return found
+
+
+def _model_outputs(meta: dict, head: str, labels, output_shape: Shape) -> Tuple[ModelOutput, ...]:
+    """The "outputs" list; files from before several outputs have one, with unprefixed names."""
+    entries = meta.get("outputs")
+    if entries is None:
+        return (ModelOutput("output", "", head, labels, output_shape),)
+    found = []
+    entries = _entries(entries, "outputs")
+    for entry in entries:
+        name = _tensor_name(entry, "output")
+        prefix = _string(entry, "prefix")
+        if prefix != ("" if len(entries) == 1 else f"{name}/"):
+            raise _Bad(f"output {name}'s prefix must be {'empty' if len(entries) == 1 else name + '/'}")
+        entry_head = _choice(entry, "head", HEADS)
+        shape = _shape_field(entry, "shape")
+        found.append(ModelOutput(name, prefix, entry_head, _labels(entry, entry_head, shape), shape))
+    if len({o.name for o in found}) != len(found):
+        raise _Bad("output names must be distinct")
+    first = found[0]
+    if (first.head, first.labels, first.shape) != (head, labels, output_shape):
+        raise _Bad("head, labels and output_shape must be the first output's")
+    return tuple(found)
+
+
+def _entries(value: Any, key: str) -> list:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_TENSORS or not all(isinstance(e, dict) for e in value):
+        raise _Bad(f"{key} must be a list of 1 to {MAX_TENSORS} objects")
+    return value
+
+
+def _tensor_name(entry: dict, what: str) -> str:
+    name = _string(entry, "name")
+    if not TENSOR_NAME.fullmatch(name):
+        raise _Bad(f"{what} name {_short(name)} is not a plain name (letters, digits, _.-)")
+    return name
 
 
 def _compatible(graph: Shape, meta: Shape) -> bool:

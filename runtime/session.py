@@ -17,7 +17,7 @@ from runtime.metadata import METADATA_KEY, ModelInfo
 from runtime.onnx_file import ModelFile, read_model
 from runtime.prediction import Prediction
 
-INPUT, PASSES, STOCHASTIC, SAMPLES = "input", "passes", "stochastic", "samples"
+PASSES, STOCHASTIC, SAMPLES = "passes", "stochastic", "samples"
 FLOAT_BYTES = 4
 # A run's resident memory is more than its activations: onnxruntime's arena holds freed blocks
 # and rounds its growth. Measured on the shipped CNN, runs of 12 to 211 MiB of activations
@@ -114,6 +114,7 @@ class MCSession:
         self._entropy = np.random.SeedSequence(seed).entropy
         self._factory = session_factory
         self._session, self._info = self._create_session(model_bytes, 0, device, self.threads)
+        self._samples = tuple(output.prefix + SAMPLES for output in self._info.model_outputs)
         if self.provider != providers.CPU:
             self._max_workers = 0  # the GPU draws in parallel inside one session
         # The bytes stay for the workers, created on the first predict that wants them.
@@ -181,49 +182,64 @@ class MCSession:
         with self._lock:
             return self._run_count
 
+    @property
+    def input_names(self) -> List[str]:
+        return self._info.input_names
+
+    @property
+    def output_names(self) -> List[str]:
+        return [output.name for output in self._info.model_outputs]
+
     def predict(self, x, passes: Optional[int] = None, dropout: bool = True, threshold: float = 0.5,
                 thresholds: Optional[Sequence[float]] = None, top_k: int = 3,
                 keep_samples: bool = True,
-                progress: Optional[Callable[[int, int], None]] = None) -> Prediction:
-        """Monte Carlo prediction for the batch `x` (already preprocessed, batch first).
+                progress: Optional[Callable[[int, int], None]] = None):
+        """Monte Carlo prediction for the batch `x` (already preprocessed, batch first): an array
+        for a one-input model, else a dict by input name (a list in input order also works).
 
-        passes defaults to the exported default; dropout=False gives the deterministic pass.
-        The work is split into runs of at most max_chunk_bytes of activations; the result does not
-        depend on the split other than through the random stream. progress(done, total) is called
-        after each run.
+        Returns a Prediction, or for a model with several outputs a dict of them by output name,
+        each with its own head, labels and measures (threshold, thresholds and top_k apply to
+        each). passes defaults to the exported default; dropout=False gives the deterministic
+        pass. The work is split into runs of at most max_chunk_bytes of activations; the result
+        does not depend on the split other than through the random stream. progress(done, total)
+        is called after each run.
         """
-        x = self._check_input(x)
+        x = self._check_inputs(x)
+        batch = len(next(iter(x.values())))
         passes = self._check_passes(passes)
         passes, stochastic = (passes, True) if dropout else (1, False)
-        plan, workers = self._plan(len(x), passes)
-        big = self._big(len(x), passes)
+        plan, workers = self._plan(batch, passes)
+        big = self._big(batch, passes)
         if big:
             with self._lock:
                 self._parallel_predicts += 1
         pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers)
-        samples = _assemble(pieces, plan)
-        if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
-            raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
-                                "or infinite outputs for finite inputs")
-        return Prediction.from_samples(
-            samples, self.head, labels=self.labels, threshold=threshold, thresholds=thresholds,
-            top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,
-            keep_samples=keep_samples)
+        predictions = {}
+        for output, name in zip(self._info.model_outputs, self._samples):
+            samples = _assemble([piece[name] for piece in pieces], plan)
+            if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
+                raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
+                                    "or infinite outputs for finite inputs")
+            predictions[output.name] = Prediction.from_samples(
+                samples, output.head, labels=output.labels, threshold=threshold, thresholds=thresholds,
+                top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,
+                keep_samples=keep_samples)
+        return next(iter(predictions.values())) if len(predictions) == 1 else predictions
 
-    def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False) -> List[np.ndarray]:
-        """The samples of every run of the plan, in plan order. Run i goes to worker i mod W, and
+    def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False) -> List[Dict[str, np.ndarray]]:
+        """The samples of every run of the plan ({output's samples name: array}), in plan order. Run i goes to worker i mod W, and
         each worker takes its runs in order, so a seeded session repeats its results. workers=0:
         the main session, which gives its arena back after the last run if `shrink`."""
         if workers == 0:
             out = []
             for done, (rows, count) in enumerate(plan, 1):
-                out.append(self._run(x[rows], count, stochastic, shrink=shrink and done == len(plan))[SAMPLES])
+                out.append(self._run(_rows(x, rows), count, stochastic, shrink=shrink and done == len(plan)))
                 if progress:
                     progress(done, len(plan))
             return out
         workers = self._workers_for(workers)
         futures = [self._executors[i % len(workers)].submit(
-                       self._run, x[rows], count, stochastic, (SAMPLES,), workers[i % len(workers)])
+                       self._run, _rows(x, rows), count, stochastic, None, workers[i % len(workers)])
                    for i, (rows, count) in enumerate(plan)]
         try:
             for done, future in enumerate(as_completed(futures), 1):
@@ -233,11 +249,11 @@ class MCSession:
         finally:
             for future in futures:
                 future.cancel()
-        return [future.result()[SAMPLES] for future in futures]
+        return [future.result() for future in futures]
 
     def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True) -> Dict[str, np.ndarray]:
         """Every graph output of one run, unchunked (for checking the graph itself)."""
-        return self._run(self._check_input(x), self._check_passes(passes), bool(stochastic), None)
+        return self._run(self._check_inputs(x), self._check_passes(passes), bool(stochastic), ())
 
     def self_check(self, x=None) -> list:
         """Check on this device that the file's randomness is live (runs and passes differ, the
@@ -249,9 +265,15 @@ class MCSession:
                      "lists", "")  # reached only when __init__'s check_seeds passed
         if self._info.stochastic_layers:
             if x is None:
-                x = sample_inputs(self._info.input_shape, self._info.metadata.get("preprocessing"))
-            check_live_randomness(checks, lambda x, t, on: self._run(self._check_input(x), t, on)[SAMPLES], x)
+                x = {i.name: sample_inputs(i.shape, self._info.metadata.get("preprocessing"), seed=n)
+                     for n, i in enumerate(self._info.model_inputs)}
+            check_live_randomness(checks, lambda x, t, on: self._all_samples(self._check_inputs(x), t, on), x)
         return checks.passed
+
+    def _all_samples(self, x, passes, stochastic) -> np.ndarray:
+        """Every output's samples of one run side by side, [T, B, features]."""
+        out = self._run(x, passes, stochastic)
+        return np.concatenate([out[name].reshape(*out[name].shape[:2], -1) for name in self._samples], -1)
 
     def chunk_plan(self, batch: int, passes: int) -> List[Tuple[slice, int]]:
         """The runs predict makes: (rows of the batch, passes); see _plan."""
@@ -275,7 +297,7 @@ class MCSession:
         scale = FLOAT_BYTES * ARENA_GROWTH
         per_sample = int(max(1, self._info.activation_floats_per_sample) * scale)
         per_input = int(self._info.once_floats_per_input * scale)
-        outputs = int(np.prod([d or 1 for d in self._info.output_shape[1:]]))
+        outputs = sum(int(np.prod([d or 1 for d in output.shape[1:]])) for output in self._info.model_outputs)
         samples = SAMPLE_COPIES * passes * batch * outputs * FLOAT_BYTES
         # The samples are the result and cannot be chunked away: they take at most half the bound,
         # else runs would shrink to one row and one pass (10,000 inputs x 100 passes: 1M runs).
@@ -306,12 +328,12 @@ class MCSession:
         floats = passes * batch * self._info.activation_floats_per_sample
         return bool(self._max_workers) and floats >= PARALLEL_MIN_FLOATS
 
-    def _run(self, x: np.ndarray, passes: int, stochastic: bool,
-             outputs: Optional[List[str]] = (SAMPLES,), session=None, shrink=False) -> Dict[str, np.ndarray]:
+    def _run(self, x: Dict[str, np.ndarray], passes: int, stochastic: bool,
+             outputs: Optional[Sequence[str]] = None, session=None, shrink=False) -> Dict[str, np.ndarray]:
+        """One onnxruntime run; outputs: None for every output's samples, () for every graph output."""
         session = session or self._session
-        feed = {INPUT: x, PASSES: np.array(passes, dtype=np.int64),
-                STOCHASTIC: np.array(stochastic, dtype=np.bool_)}
-        names = list(outputs) if outputs else [arg.name for arg in session.get_outputs()]
+        feed = {**x, PASSES: np.array(passes, dtype=np.int64), STOCHASTIC: np.array(stochastic, dtype=np.bool_)}
+        names = list(self._samples if outputs is None else outputs) or [arg.name for arg in session.get_outputs()]
         # A failing kernel would also print its error straight to fd 2; the exception carries it.
         options = ort.RunOptions()
         options.log_severity_level = providers.QUIET_LOG_LEVEL
@@ -336,27 +358,55 @@ class MCSession:
         self.limits.check("passes", passes, f"passes {passes:,}")
         return int(passes)
 
-    def _check_input(self, x) -> np.ndarray:
-        """x as float32 [batch, *input shape], or an InputError saying what is wrong."""
+    def _check_inputs(self, x) -> Dict[str, np.ndarray]:
+        """x as {graph input name: float32 [batch, *shape]}, one batch size for all, or an
+        InputError saying what is wrong. x: an array (one-input model), a dict by input name, or a
+        list or tuple in input order."""
+        names = self._info.input_names
+        if isinstance(x, dict):
+            unknown = sorted(map(str, set(x) - set(names)))
+            missing = [name for name in names if name not in x]
+            if unknown or missing:
+                raise InputError(f"the model's inputs are {', '.join(names)}; "
+                                 + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(unknown)}"))
+            arrays = {name: self._check_array(x[name], name) for name in names}
+        elif len(names) > 1:
+            if not isinstance(x, (list, tuple)) or len(x) != len(names):
+                raise InputError(f"the model takes {len(names)} inputs ({', '.join(names)}): pass a dict by name")
+            arrays = {name: self._check_array(value, name) for name, value in zip(names, x)}
+        else:
+            arrays = {names[0]: self._check_array(x, names[0])}
+        sizes = {name: len(value) for name, value in arrays.items()}
+        if len(set(sizes.values())) > 1:
+            raise InputError("inputs differ in batch size: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+        return arrays
+
+    def _check_array(self, x, name: str) -> np.ndarray:
+        """One input as float32 [batch, *its shape]."""
+        what = "input" if len(self._info.model_inputs) == 1 else f"input {name!r}"
         try:
             x = np.asarray(x)
         except (ValueError, TypeError) as err:  # ragged nested lists
-            raise InputError(f"input is not an array ({first_line(err)})") from None
+            raise InputError(f"{what} is not an array ({first_line(err)})") from None
         if x.dtype.kind not in "fiu":
-            raise InputError(f"input must be real numbers, got dtype {x.dtype}")
-        problem = self._info.shape_problem(x.shape)
+            raise InputError(f"{what} must be real numbers, got dtype {x.dtype}")
+        problem = self._info.shape_problem(x.shape, name)
         if problem:
-            raise InputError(f"input has {problem}")
+            raise InputError(f"{what} has {problem}")
         if x.shape[0] == 0:
-            raise InputError("input batch is empty")
+            raise InputError(f"{what} batch is empty")
         x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
-            raise InputError(f"input has {np.count_nonzero(~np.isfinite(x))} NaN or infinite values")
+            raise InputError(f"{what} has {np.count_nonzero(~np.isfinite(x))} NaN or infinite values")
         pre = self._info.preprocessing
         if pre is not None and abs(pre.scale * 255 - 1) < 1e-3 and not pre.normalizes and x.max() > 1.5:
             warnings.warn("input looks like raw 0-255 pixels but the model expects [0,1] (scale 1/255)",
-                          RawPixelWarning, stacklevel=3)
+                          RawPixelWarning, stacklevel=4)
         return x
+
+
+def _rows(x: Dict[str, np.ndarray], rows: slice) -> Dict[str, np.ndarray]:
+    return {name: value[rows] for name, value in x.items()}
 
 
 def _even_sizes(total: int, parts: int) -> List[int]:

@@ -17,7 +17,8 @@ import onnx
 from export import build_graph, export_model
 from export.graph import random_nodes
 from export.reference import keras_masked_samples
-from export.validate import DETERMINISTIC_ATOL, apply_head, max_abs_diff, ort_session, run, validation_inputs
+from export.validate import (DETERMINISTIC_ATOL, apply_head, feeds_for, max_abs_diff, ort_session, output_heads, run,
+                             validation_inputs)
 
 MASK_PASSES = 3
 
@@ -32,15 +33,21 @@ class ParityResult:
 
 
 def mask_for_mask(model, variant, metadata, x, passes=MASK_PASSES):
-    """Feed Keras's own random draws to the masks-as-inputs graph; return max |difference|."""
+    """Feed Keras's own random draws to the masks-as-inputs graph; return max |difference| over
+    every output."""
     keras_samples, noise = keras_masked_samples(model, x, passes, selected=metadata.get("mc_layers"))
+    outputs = output_heads(metadata)
+    keras_samples = keras_samples if len(outputs) > 1 else [keras_samples]
     session = ort_session(variant.SerializeToString())
-    feeds = {"input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True)}
+    feeds = {**feeds_for(x), "passes": np.array(passes, np.int64), "stochastic": np.array(True)}
     feeds.update({f"noise_{i}": r.astype(np.float32) for i, r in enumerate(noise)})
-    (onnx_samples,) = session.run(["samples"], feeds)
-    keras_samples = apply_head(keras_samples, metadata["head"])
-    assert onnx_samples.shape == keras_samples.shape
-    return max_abs_diff(onnx_samples, keras_samples)
+    onnx_samples = session.run([prefix + "samples" for prefix, _ in outputs], feeds)
+    diffs = []
+    for ours, theirs, (_, head) in zip(onnx_samples, keras_samples, outputs):
+        theirs = apply_head(theirs, head)
+        assert ours.shape == theirs.shape
+        diffs.append(max_abs_diff(ours, theirs))
+    return max(diffs)
 
 
 def random_node_outputs(proto, x, passes=4):
@@ -63,11 +70,18 @@ def assert_masks_independent(proto, x):
                     assert abs(np.corrcoef(a, b)[0, 1]) < 0.2
 
 
-def assert_graph_measures_match_numpy(proto, head, x, passes=16):
-    """The entropies the graph computes equal runtime.measures on the graph's own samples."""
+def assert_graph_measures_match_numpy(proto, metadata, x, passes=16):
+    """The entropies the graph computes equal runtime.measures on the graph's own samples, for
+    every output."""
+    everything = run(ort_session(proto.SerializeToString()), x, passes)
+    for prefix, head in output_heads(metadata):
+        _assert_measures(head, {name[len(prefix):]: value for name, value in everything.items()
+                                if name.startswith(prefix) and "/" not in name[len(prefix):]})
+
+
+def _assert_measures(head, out):
     from runtime import measures
 
-    out = run(ort_session(proto.SerializeToString()), x, passes)
     mean, variance = measures.mean_and_variance(out["samples"])
     np.testing.assert_allclose(out["mean"], mean, atol=1e-6)
     np.testing.assert_allclose(out["variance"], variance, atol=1e-6)
@@ -99,11 +113,12 @@ def assert_parity(model, tmp_path, name="model", **export_kwargs):
     metadata = json.loads(proto.metadata_props[0].value)
 
     _, variant, _, _ = build_graph(
-        model, metadata["head"], passes=MASK_PASSES, mc_layers=export_kwargs.get("mc_layers"), seed=0
+        model, [head for _, head in output_heads(metadata)], passes=MASK_PASSES,
+        mc_layers=export_kwargs.get("mc_layers"), seed=0
     )
     x = validation_inputs(model, metadata, count=3, seed=1)
     diff = mask_for_mask(model, variant, metadata, x)
     assert diff <= DETERMINISTIC_ATOL, f"mask-for-mask parity off by {diff:.2e}"
     assert_masks_independent(proto, x)
-    assert_graph_measures_match_numpy(proto, metadata["head"], x)
+    assert_graph_measures_match_numpy(proto, metadata, x)
     return ParityResult(path, proto, metadata, report, diff)

@@ -38,8 +38,8 @@ def mlp(*middle, head=None):
                              head or layers.Dense(3, activation="softmax")])
 
 
-def two_inputs():
-    a, b = keras.Input((4,)), keras.Input((4,))
+def input_named_passes():
+    a, b = keras.Input((4,), name="passes"), keras.Input((4,), name="meta")
     x = layers.Dropout(0.3)(layers.Concatenate()([a, b]))
     return keras.Model([a, b], layers.Dense(2, activation="softmax")(x))
 
@@ -60,7 +60,7 @@ CASES = {
                           "'clstm' (ConvLSTM1D) draws random", True),
     "unconvertible op": (lambda: mlp(Erfinv(), layers.Dropout(0.2)), "Erfinv", True),
     "subclassed model": (Subclassed, "subclassed model", True),
-    "two inputs": (two_inputs, "2 inputs", True),
+    "input named passes": (input_named_passes, "'passes' cannot name a graph input", True),
     "no stochastic layer": (lambda: mlp(), "no active stochastic layer", True),
     "dropout rate 1": (lambda: mlp(layers.Dropout(1.0, name="all")), "drops everything", True),
     "softmax over one unit": (lambda: mlp(layers.Dropout(0.2), head=layers.Dense(1, activation="softmax")), "single unit", True),

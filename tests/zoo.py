@@ -257,6 +257,19 @@ def masked_gru_cell_stack():
     return keras.Model(inp, layers.Dense(2, activation="softmax")(x)), {}
 
 
+def two_inputs_two_outputs():
+    """An image and a vector in; a softmax and a regression out, each with its own head and
+    measures. Only the regression's path meets the GaussianNoise."""
+    _seeded()
+    image, meta = keras.Input((6, 6, 1), name="image"), keras.Input((3,), name="meta")
+    x = layers.Flatten()(layers.SpatialDropout2D(0.2)(layers.Conv2D(4, 3, activation="relu")(image)))
+    m = layers.Dense(4, activation="relu")(meta)
+    x = layers.Dropout(0.3)(layers.Concatenate()([x, m]))
+    digit = layers.Dense(3, activation="softmax", name="digit")(x)
+    size = layers.Dense(2, name="size")(layers.GaussianNoise(0.3)(m))
+    return keras.Model([image, meta], [digit, size]), {"head": "size=regression"}
+
+
 ZOO = {
     f.__name__: f
     for f in (
@@ -283,5 +296,6 @@ ZOO = {
         simple_rnn_both_masks,
         bidirectional_lstm_sequences,
         masked_gru_cell_stack,
+        two_inputs_two_outputs,
     )
 }
