@@ -22,6 +22,7 @@ from .noise import as_shape, dims_of, spec_for
 from .recurrent import RecurrentDraw, call_with_masks, draw_dims, is_recurrent, masks_from_uniform, recurrent_draws, recurrent_kind
 from .signature import input_specs, output_prefixes
 from .trace import Walk, split_passes, tile_passes
+from .workarounds import keep_zero_pads_out_of_maxpool
 
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 writes 14 unless told
@@ -194,6 +195,7 @@ def convert(model, heads, calls, selected, opset=OPSET, repeat_all=False):
         raise ExportError(f"tf2onnx could not convert the model: {first_line(err)}") from err
     proto.ir_version = IR_VERSION
     freeze_captured_constants(proto, concrete, len(signature))
+    keep_zero_pads_out_of_maxpool(proto)
     set_defaults(proto)
     return proto, stats
 

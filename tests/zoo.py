@@ -270,6 +270,17 @@ def two_inputs_two_outputs():
     return keras.Model([image, meta], [digit, size]), {"head": "size=regression"}
 
 
+def zero_padding_before_max_pool():
+    """ZeroPadding2D then MaxPooling2D on values that go negative (ResNet50V2's stem): onnxruntime's
+    Pad_Fusion would pool the border over -inf instead of the zeros (export/workarounds.py)."""
+    _seeded()
+    inp = keras.Input((8, 8, 2))
+    x = layers.Conv2D(4, 3, padding="same", bias_initializer=keras.initializers.Constant(-0.5))(inp)
+    x = layers.MaxPooling2D(3, strides=2)(layers.ZeroPadding2D(1)(x))
+    x = layers.Dropout(0.3)(layers.Flatten()(x))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
 ZOO = {
     f.__name__: f
     for f in (
@@ -297,5 +308,6 @@ ZOO = {
         bidirectional_lstm_sequences,
         masked_gru_cell_stack,
         two_inputs_two_outputs,
+        zero_padding_before_max_pool,
     )
 }
