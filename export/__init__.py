@@ -231,8 +231,9 @@ def build_graph(
             raise ExportError(f"--mc-layers: no noise layer named {', '.join(unknown)} (the model has: {', '.join(sorted(known)) or 'none'})")
         selected = set(mc_layers)
     for layer in noise_layers(model):
-        if spec_for(layer) is not None and is_active(layer) and getattr(layer, "rate", 0) >= 1:
-            raise ExportError(f"layer '{layer.name}' has rate {layer.rate}: it drops everything")
+        spec = spec_for(layer)
+        if spec is not None and spec.kind != "GaussianNoise" and spec.strength(layer) >= 1:
+            raise ExportError(f"layer '{layer.name}' has rate {spec.strength(layer)}: it drops everything")
 
     check_no_lost_randomness(model, input_specs(model), {layer.name for layer in noise_layers(model)},
                              ignore_random_layers)
@@ -240,7 +241,7 @@ def build_graph(
     if not calls and not allow_deterministic:
         raise ExportError(
             "the model has no active stochastic layer (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, "
-            "GaussianNoise, AlphaDropout, or LSTM/GRU/SimpleRNN dropout), so every pass is the same; "
+            "GaussianNoise, AlphaDropout, StochasticDepth, or LSTM/GRU/SimpleRNN dropout), so every pass is the same; "
             "pass --deterministic to export it anyway"
         )
     opset = OPSET if opset is None else opset

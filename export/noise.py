@@ -102,6 +102,16 @@ def _alpha_dropout(layer, x, r, on):
     return a * (x * kept + ALPHA_P * (1.0 - kept)) + b
 
 
+def _stochastic_depth(layer, x, r, on):
+    # keras.src.applications.convnext.StochasticDepth: (x / keep) * floor(keep + u), per sample.
+    keep = 1.0 - layer.drop_path_rate * on
+    return (x / keep) * tf.floor(keep + r)
+
+
+def _per_sample_shape(layer, dims):
+    return [dims[0]] + [1] * (len(dims) - 1)
+
+
 def _rate(layer):
     return float(layer.rate)
 
@@ -116,6 +126,8 @@ SPECS = {
         NoiseSpec("GaussianDropout", "normal", _rate, _full_shape, _gaussian_dropout),
         NoiseSpec("GaussianNoise", "normal", lambda layer: float(layer.stddev), _full_shape, _gaussian_noise),
         NoiseSpec("AlphaDropout", "uniform", _rate, _dropout_noise_shape, _alpha_dropout),
+        NoiseSpec("StochasticDepth", "uniform", lambda layer: float(layer.drop_path_rate), _per_sample_shape,
+                  _stochastic_depth),
     )
 }
 

@@ -70,7 +70,8 @@ def keras_masked_samples(model, x, passes, selected=None):
         h = args[0]
         spec = spec_for(layer)
         shape = as_shape(spec.noise_shape(layer, dims_of(h)))
-        state = layer.seed_generator.state.numpy()
+        generator = _seed_generator(layer)
+        state = generator.state.numpy()
         if spec.kind == "GaussianNoise":
             probe = layer(tf.zeros(shape), training=True)
             r = probe / layer.stddev
@@ -82,12 +83,19 @@ def keras_masked_samples(model, x, passes, selected=None):
             # 1.0 / 0.0 reproduce exactly that decision.
             probe = layer(tf.ones(shape), training=True)
             r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
-        layer.seed_generator.state.assign(state)
+        generator.state.assign(state)
         recorded.append(r.numpy())
         return _keras_call(layer, args, kwargs)
 
     samples = _one_or_list(_samples(model, x, passes, noise, selected))
     return samples, recorded
+
+
+def _seed_generator(layer):
+    """The layer's own seed generator, else Keras's global one (StochasticDepth draws from it)."""
+    from keras.src.random.seed_generator import global_seed_generator
+
+    return getattr(layer, "seed_generator", None) or global_seed_generator()
 
 
 def _dropped_value(layer, kind):

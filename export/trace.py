@@ -18,6 +18,7 @@ from keras import tree
 
 from runtime.errors import ExportError
 
+from .convertible_ops import convertible_ops
 from .noise import is_active, is_noise_layer, spec_for
 from .recurrent import is_recurrent, recurrent_draws
 
@@ -153,7 +154,8 @@ class Walk:
                         "mcdrop cannot reach them"
                     )
                 kwargs["training"] = False  # BatchNorm & co. stay in inference mode
-            outputs = layer(*args, **kwargs)
+            with convertible_ops():
+                outputs = layer(*args, **kwargs)
 
         for ref, value in zip(node.outputs, tree.flatten(outputs)):
             values[id(ref)] = (value, out_tiled)

@@ -281,6 +281,34 @@ def zero_padding_before_max_pool():
     return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
 
 
+def convnext_stochastic_depth():
+    """ConvNeXt's own StochasticDepth (per-sample DropPath on a residual branch, drawn from
+    Keras's global seed generator) kept live; its LayerScale is plain arithmetic."""
+    from keras.src.applications.convnext import LayerScale, StochasticDepth
+
+    _seeded()
+    inp = keras.Input((5, 4))
+    branch = LayerScale(0.5, 4)(layers.Dense(4, activation="gelu")(inp))
+    x = layers.Add()([inp, StochasticDepth(0.3)(branch)])
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+def grouped_convolutions_exact_gelu():
+    """Convolutions Keras's TF backend compiles with XLA (groups > 1: depthwise, grouped with a
+    stride, grouped with dilation, causal 1-D depthwise) and exact GELU (Keras's default), which
+    tf2onnx cannot convert as Keras traces them (export/convertible_ops.py)."""
+    _seeded()
+    image, sequence = keras.Input((9, 9, 4), name="image"), keras.Input((7, 4), name="sequence")
+    x = layers.Activation("gelu")(layers.Conv2D(4, 3, padding="same", groups=4)(image))
+    x = layers.Conv2D(8, 3, strides=2, groups=4, activation="relu")(x)
+    x = layers.Conv2D(8, 3, dilation_rate=2, padding="same", groups=2)(x)
+    x = layers.Dropout(0.3)(layers.Flatten()(x))
+    y = layers.Flatten()(layers.SpatialDropout1D(0.2)(layers.Conv1D(4, 3, padding="causal", groups=4)(sequence)))
+    out = layers.Dense(3, activation="softmax")(layers.Concatenate()([x, y]))
+    return keras.Model([image, sequence], out), {}
+
+
 ZOO = {
     f.__name__: f
     for f in (
@@ -309,5 +337,7 @@ ZOO = {
         masked_gru_cell_stack,
         two_inputs_two_outputs,
         zero_padding_before_max_pool,
+        convnext_stochastic_depth,
+        grouped_convolutions_exact_gelu,
     )
 }
