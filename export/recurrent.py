@@ -20,6 +20,8 @@ from typing import List
 
 import tensorflow as tf
 
+from runtime.errors import ExportError
+
 # Cells whose call reads the cached masks as shown above; other cells (ConvLSTM, stacked cells,
 # user cells) are refused by name by export/randomness.py when they would draw.
 CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
@@ -92,7 +94,7 @@ def draw_dims(draw: RecurrentDraw, sequences, rows) -> list:
         size = draw.cell.state_size
         features = size[0] if isinstance(size, (list, tuple)) else size
     if features is None:
-        raise ValueError("an RNN's feature size must be known")
+        raise ExportError(f"an RNN cell's {draw.mask} mask needs a known feature size")
     return [draw.count, rows, int(features)]
 
 

@@ -168,25 +168,7 @@ def _load_named(path: str, info: ModelInfo, limits: Limits, used: int) -> Tuple[
     if not path.lower().endswith(".npz"):
         raise InputError(f"{path}: the model takes {len(wanted)} inputs ({', '.join(wanted)}); give an .npz "
                          "holding one array per input name")
-    fd = open_regular(path)
-    with os.fdopen(fd, "rb") as f:
-        try:
-            _check_zip_directory(f, path)
-            with zipfile.ZipFile(f) as archive:
-                members = {i.filename[:-4]: i for i in archive.infolist() if i.filename.endswith(".npy")}
-                missing = [name for name in wanted if name not in members]
-                if missing:
-                    raise InputError(f"{path}: has no array named {', '.join(missing)} (the model's inputs: "
-                                     f"{', '.join(wanted)}; the file holds {', '.join(list(members)[:8]) or 'none'})")
-                arrays = {}
-                for name in wanted:
-                    member = members[name]
-                    _check_budget(f"{path}[{name}]", max(member.file_size - NPY_HEADER_BYTES, 0), limits, used)
-                    with archive.open(member) as stream:
-                        arrays[name] = _read_npy(stream, f"{path}[{name}]", member.file_size, limits, used)
-                    used += arrays[name].nbytes
-        except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, zlib.error, ValueError, OSError) as err:
-            raise InputError(f"{path}: cannot read arrays ({first_line(err)})") from None
+    arrays = _read_array(path, limits, used, names=wanted)
     for name, array in arrays.items():
         _check_array_for_model(f"{path}[{name}]", array, info, name)
     sizes = {len(array) for array in arrays.values()}
@@ -229,7 +211,9 @@ def _check_batch_shape(path: str, part: np.ndarray, parts: List[np.ndarray]) -> 
 
 # Arrays -----------------------------------------------------------------------------------------
 
-def _read_array(path: str, limits: Limits, used: int) -> np.ndarray:
+def _read_array(path: str, limits: Limits, used: int, names: Optional[Sequence[str]] = None):
+    """The array of an .npy file or of an .npz's member (see _npz_members); with `names`, the
+    .npz members of those names, as {name: array}."""
     fd = open_regular(path)
     with os.fdopen(fd, "rb") as f:
         size = os.fstat(f.fileno()).st_size
@@ -237,16 +221,17 @@ def _read_array(path: str, limits: Limits, used: int) -> np.ndarray:
             raise InputError(f"{path}: empty file")
         try:
             if path.lower().endswith(".npz"):
-                array = _read_npz(f, path, limits, used)
+                arrays = _read_npz(f, path, limits, used, names)
             else:
-                array = _read_npy(f, path, size, limits, used)
+                arrays = {None: _read_npy(f, path, size, limits, used)}
         except (ValueError, OSError, EOFError, SyntaxError, tokenize.TokenError, zlib.error, RuntimeError,
                 NotImplementedError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
             # corrupt or truncated data, a garbled header, an encrypted or unknown-compression member
             raise InputError(f"{path}: cannot read array ({first_line(err)})") from None
-    if array.ndim == 0:
-        raise InputError(f"{path}: holds a single number, not a batch")
-    return array
+    for name, array in arrays.items():
+        if array.ndim == 0:
+            raise InputError(f"{path if name is None else f'{path}[{name}]'}: holds a single number, not a batch")
+    return arrays if names is not None else arrays[None]
 
 
 def _header_reader(version) -> Callable:
@@ -290,15 +275,19 @@ def _read_exactly(stream: BinaryIO, nbytes: int, path: str) -> bytearray:
     return data
 
 
-def _read_npz(f: BinaryIO, path: str, limits: Limits, used: int) -> np.ndarray:
+def _read_npz(f: BinaryIO, path: str, limits: Limits, used: int, names: Optional[Sequence[str]] = None) -> dict:
+    """{None: the array} of the member _npz_members picks, or {name: array} of the named members."""
     _check_zip_directory(f, path)
+    arrays = {}
     with zipfile.ZipFile(f) as archive:
-        member = _npz_member(archive, path)
-        # The declared uncompressed size bounds what inflating can produce (zipfile stops there).
-        _check_budget(f"{path}[{member.filename}]", max(member.file_size - NPY_HEADER_BYTES, 0),
-                      limits, used)
-        with archive.open(member) as stream:
-            return _read_npy(stream, path, member.file_size, limits, used)
+        for key, member in _npz_members(archive, path, names).items():
+            where = f"{path}[{member.filename if key is None else key}]"
+            # The declared uncompressed size bounds what inflating can produce (zipfile stops there).
+            _check_budget(where, max(member.file_size - NPY_HEADER_BYTES, 0), limits, used)
+            with archive.open(member) as stream:
+                arrays[key] = _read_npy(stream, path if key is None else where, member.file_size, limits, used)
+            used += arrays[key].nbytes
+    return arrays
 
 
 def _check_zip_directory(f: BinaryIO, path: str) -> None:
@@ -315,9 +304,16 @@ def _check_zip_directory(f: BinaryIO, path: str) -> None:
                          "too many members for an input file)")
 
 
-def _npz_member(archive: zipfile.ZipFile, path: str) -> zipfile.ZipInfo:
-    """The member to use: the only array, or the one named 'x' or 'input' (as np.load names them)."""
+def _npz_members(archive: zipfile.ZipFile, path: str, names: Optional[Sequence[str]] = None) -> dict:
+    """{None: the member to use}: the only array, or the one named 'x' or 'input' (as np.load
+    names them); with `names`, {name: member} for each of them."""
     arrays = {info.filename[:-4]: info for info in archive.infolist() if info.filename.endswith(".npy")}
+    if names is not None:
+        missing = [name for name in names if name not in arrays]
+        if missing:
+            raise InputError(f"{path}: has no array named {', '.join(missing)} (the model's inputs: "
+                             f"{', '.join(names)}; the file holds {', '.join(list(arrays)[:8]) or 'none'})")
+        return {name: arrays[name] for name in names}
     if not arrays:
         raise InputError(f"{path}: holds no arrays (.npy members)")
     keys = list(arrays)
@@ -325,7 +321,7 @@ def _npz_member(archive: zipfile.ZipFile, path: str) -> zipfile.ZipInfo:
     if key is None:
         shown = keys[:8] + (["..."] if len(keys) > 8 else [])
         raise InputError(f"{path}: holds arrays {shown}; name the input 'x' or 'input', or save only one")
-    return arrays[key]
+    return {None: arrays[key]}
 
 
 # Images -----------------------------------------------------------------------------------------

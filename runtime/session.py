@@ -258,7 +258,7 @@ class MCSession:
     def self_check(self, x=None) -> list:
         """Check on this device that the file's randomness is live (runs and passes differ, the
         deterministic pass repeats); raise ValidationError otherwise. Returns the passed checks."""
-        from runtime.validate import Checklist, check_live_randomness, sample_inputs
+        from runtime.validate import Checklist, check_live_randomness, sample_inputs, side_by_side
 
         checks = Checklist()
         checks.check("random nodes", True, f"{len(self._info.stochastic_layers)} seeded random nodes, as the metadata "
@@ -267,13 +267,9 @@ class MCSession:
             if x is None:
                 x = {i.name: sample_inputs(i.shape, self._info.metadata.get("preprocessing"), seed=n)
                      for n, i in enumerate(self._info.model_inputs)}
-            check_live_randomness(checks, lambda x, t, on: self._all_samples(self._check_inputs(x), t, on), x)
+            check_live_randomness(checks, lambda x, t, on: side_by_side(self._run(self._check_inputs(x), t, on),
+                                                                        self._samples), x)
         return checks.passed
-
-    def _all_samples(self, x, passes, stochastic) -> np.ndarray:
-        """Every output's samples of one run side by side, [T, B, features]."""
-        out = self._run(x, passes, stochastic)
-        return np.concatenate([out[name].reshape(*out[name].shape[:2], -1) for name in self._samples], -1)
 
     def chunk_plan(self, batch: int, passes: int) -> List[Tuple[slice, int]]:
         """The runs predict makes: (rows of the batch, passes); see _plan."""

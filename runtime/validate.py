@@ -49,6 +49,12 @@ def sample_inputs(input_shape, preprocessing: Optional[dict], count=2, seed=0) -
     return rng.standard_normal(shape).astype(np.float32)
 
 
+def side_by_side(outputs: dict, names) -> np.ndarray:
+    """The named [T, B, ...] sample arrays of one run as one [T, B, features] array: every output
+    of a model with several, for the checks that need no head."""
+    return np.concatenate([outputs[name].reshape(*outputs[name].shape[:2], -1) for name in names], -1)
+
+
 def check_live_randomness(checks: Checklist, samples: Callable, x: np.ndarray, passes: int = 8) -> None:
     """samples(x, passes, stochastic) -> [T, B, ...]. Masks must change between runs and passes,
     and the deterministic pass must not change at all."""

@@ -127,3 +127,28 @@ def test_metadata_that_misdescribes_the_inputs_or_outputs_is_refused(exported, t
     (tmp_path / "bad.onnx").write_bytes(seal(proto.SerializeToString()))
     with pytest.raises(ModelFileError, match=message):
         MCSession(tmp_path / "bad.onnx")
+
+
+def test_an_npz_member_that_cannot_be_read_is_one_line(exported, tmp_path):
+    """Named members are read as any .npz input is (runtime/inputs.py): a member stored with a
+    compression method zipfile does not know is a one-line error, not a traceback."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, value in X.items():
+            member = io.BytesIO()
+            np.save(member, value)
+            archive.writestr(f"{name}.npy", member.getvalue())
+    data = bytearray(buffer.getvalue())
+    for signature, offset in ((b"PK\x03\x04", 8), (b"PK\x01\x02", 10)):  # local headers, central directory
+        start = data.find(signature)
+        while start != -1:  # every member's compression method becomes 99, which no zip reader knows
+            data[start + offset:start + offset + 2] = (99).to_bytes(2, "little")
+            start = data.find(signature, start + 4)
+    (tmp_path / "odd.npz").write_bytes(bytes(data))
+    done = cli("infer", tmp_path / "odd.npz", "--model", exported[1] / "m.onnx")
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1 and "cannot read array" in errors[0]
