@@ -470,7 +470,7 @@ def _quantize(proto, model, metadata, calibration, validate, progress):
     checks = Checklist(progress)
     x = validation_inputs(model, metadata)
     validate_structure(checks, quantized, metadata, x)
-    return quantized, quantized_drift(proto, quantized, x), checks.passed
+    return quantized, quantized_drift(proto, quantized, x, metadata), checks.passed
 
 
 def load_calibration(path, shape):

@@ -225,16 +225,19 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
     return checks.passed
 
 
-def quantized_drift(float_proto, quantized_proto, x, passes=MC_PASSES):
-    """How far the int8 graph's outputs move from the float graph's, on the same inputs.
+def quantized_drift(float_proto, quantized_proto, x, metadata, passes=MC_PASSES):
+    """How far the int8 graph's outputs move from the float graph's, on the same inputs, over
+    every output of the model.
 
     Deterministic: max |difference| of the outputs. MC: max |difference| of the mean and of the
     variance, each of T passes (their own sampling noise included)."""
     sessions = [ort_session(p.SerializeToString()) for p in (float_proto, quantized_proto)]
-    det = [run(s, x, 1, stochastic=False)["mean"] for s in sessions]
-    mc = [run(s, x, passes, outputs=["mean", "variance"]) for s in sessions]
-    return {
-        "deterministic": max_abs_diff(*det),
-        "mc_mean": max_abs_diff(mc[0]["mean"], mc[1]["mean"]),
-        "mc_variance": max_abs_diff(mc[0]["variance"], mc[1]["variance"]),
-    }
+    prefixes = [prefix for prefix, _ in output_heads(metadata)]
+    means = [prefix + "mean" for prefix in prefixes]
+    det = [run(s, x, 1, stochastic=False, outputs=means) for s in sessions]
+    mc = [run(s, x, passes, outputs=means + [prefix + "variance" for prefix in prefixes]) for s in sessions]
+
+    def drift(runs, stat):
+        return max(max_abs_diff(runs[0][prefix + stat], runs[1][prefix + stat]) for prefix in prefixes)
+
+    return {"deterministic": drift(det, "mean"), "mc_mean": drift(mc, "mean"), "mc_variance": drift(mc, "variance")}

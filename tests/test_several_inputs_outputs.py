@@ -152,3 +152,27 @@ def test_an_npz_member_that_cannot_be_read_is_one_line(exported, tmp_path):
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
     assert len(errors) == 1 and "cannot read array" in errors[0]
+
+
+def test_int8_takes_one_input_several_outputs_and_measures_drift_over_all(tmp_path):
+    import keras
+    from keras import layers
+
+    from export import export_model
+
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((6,))
+    x = layers.Dropout(0.3)(layers.Dense(8, activation="relu")(inp))
+    keras.Model(inp, [layers.Dense(3, activation="softmax", name="a")(x), layers.Dense(1, activation="sigmoid",
+                                                                                        name="b")(x)]).save(tmp_path / "m.keras")
+    report = export_model(tmp_path / "m.keras", tmp_path / "m.onnx", quantize="int8")
+    assert set(report.drift) == {"deterministic", "mc_mean", "mc_variance"}
+    assert all(0 <= value < 0.1 for value in report.drift.values())  # 0.01 and less measured here
+    assert set(MCSession(tmp_path / "m.onnx").predict(np.ones((2, 6), np.float32), passes=4)) == {"a", "b"}
+
+
+def test_int8_refuses_several_inputs_in_one_line(exported, tmp_path):
+    done = cli("export", exported[1] / "m.keras", "-o", tmp_path / "q.onnx", "--head", "size=regression",
+               "--quantize", "int8")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and not (tmp_path / "q.onnx").exists()
+    assert "--quantize int8 takes models with one input" in done.stderr
