@@ -61,6 +61,8 @@ class ModelOutput:
     head: str
     labels: Optional[List[str]]
     shape: Shape
+    # What `cli.py calibrate` fitted (docs/FORMAT.md: Calibration); None: not calibrated.
+    calibration: Optional[dict] = None
 
 
 @dataclass(frozen=True)
@@ -296,13 +298,52 @@ def _model_outputs(meta: dict, head: str, labels, output_shape: Shape) -> Tuple[
             raise _Bad(f"output {name}'s prefix must be {'empty' if len(entries) == 1 else name + '/'}")
         entry_head = _choice(entry, "head", HEADS)
         shape = _shape_field(entry, "shape")
-        found.append(ModelOutput(name, prefix, entry_head, _labels(entry, entry_head, shape), shape))
+        found.append(ModelOutput(name, prefix, entry_head, _labels(entry, entry_head, shape), shape,
+                                 _calibration(entry.get("calibration"), entry_head, shape)))
     if len({o.name for o in found}) != len(found):
         raise _Bad("output names must be distinct")
     first = found[0]
     if (first.head, first.labels, first.shape) != (head, labels, output_shape):
         raise _Bad("head, labels and output_shape must be the first output's")
     return tuple(found)
+
+
+def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
+    """The fields of an output's "calibration" that change what the runtime reports, checked; the
+    rest (what it was fitted on, what it achieved) is for people and kept as it is."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _Bad("calibration must be an object or null")
+    from runtime.decision import Rule
+    from runtime.errors import InputError
+
+    temperature = _number(value, "temperature", 1.0)
+    if not temperature > 0:
+        raise _Bad(f"calibration temperature must be > 0, got {temperature:g}")
+    rule = value.get("uncertain_rule")
+    if rule is not None:
+        if not isinstance(rule, str) or len(rule) > 256:
+            raise _Bad("calibration uncertain_rule must be a short string")
+        try:
+            Rule.parse(rule, head)
+        except InputError as err:
+            raise _Bad(f"calibration {err}") from None
+    thresholds = value.get("thresholds")
+    if thresholds is not None:
+        units = shape[-1]
+        if head not in ("binary", "multilabel") or not isinstance(thresholds, list) or (
+                units is not None and len(thresholds) != units) or not all(
+                not isinstance(t, bool) and isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds):
+            raise _Bad("calibration thresholds must be one number in [0, 1] per unit of a binary or multilabel head")
+    conformal = value.get("conformal")
+    if conformal is not None:
+        if head not in ("softmax", "logits") or not isinstance(conformal, dict):
+            raise _Bad("calibration conformal is an object, for softmax and logits heads")
+        quantile = _number(conformal, "quantile")
+        if not 0 <= quantile <= 1:
+            raise _Bad(f"calibration conformal quantile must lie in [0, 1], got {quantile:g}")
+    return value
 
 
 def _entries(value: Any, key: str) -> list:

@@ -7,23 +7,12 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
+from runtime import decision
 from runtime import measures as M
+from runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
 from runtime.errors import InputError
 
-CATEGORICAL_HEADS = ("softmax", "logits")
-SIGMOID_HEADS = ("binary", "multilabel")
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
-
-# `Prediction.uncertain` rule. A heuristic, not a calibrated test: tune it for your model.
-# Categorical: flagged when mutual_information > UNCERTAIN_MUTUAL_INFORMATION (nats) or
-#   confidence < UNCERTAIN_CONFIDENCE.
-# Binary / multi-label: flagged when any label's mutual_information > UNCERTAIN_MUTUAL_INFORMATION
-#   or any label's probability is strictly closer than UNCERTAIN_THRESHOLD_DISTANCE to its
-#   threshold.
-# Regression: never flagged (no rule; read `std`).
-UNCERTAIN_MUTUAL_INFORMATION = 0.1
-UNCERTAIN_CONFIDENCE = 0.6
-UNCERTAIN_THRESHOLD_DISTANCE = 0.1
 
 UNITS = "nats"
 ORIENTATION = "higher entropy / mutual_information / variation_ratio / variance = less certain"
@@ -47,14 +36,19 @@ class Prediction:
     provider: Optional[str] = None
     labels: Optional[Sequence[str]] = None
     samples: Optional[np.ndarray] = field(default=None, repr=False)
+    rule: Optional[decision.Rule] = None  # when UNCERTAIN; None: the default rule (runtime/decision.py)
 
     @classmethod
     def from_samples(cls, samples, head: str, labels: Optional[Sequence[str]] = None,
                      threshold: float = 0.5, thresholds: Optional[Sequence[float]] = None,
                      top_k: int = 3, passes: Optional[int] = None, stochastic: bool = True,
-                     provider: Optional[str] = None, keep_samples: bool = True) -> "Prediction":
+                     provider: Optional[str] = None, keep_samples: bool = True,
+                     rule: Optional[decision.Rule] = None,
+                     conformal_quantile: Optional[float] = None) -> "Prediction":
         """Build from `samples` [T, batch, ...out]: probabilities for classifier heads, raw values
-        for regression. `thresholds` (one per label) overrides `threshold` for sigmoid heads."""
+        for regression. `thresholds` (one per label) overrides `threshold` for sigmoid heads.
+        `rule` decides `uncertain`; `conformal_quantile` q (categorical heads) adds the conformal
+        `prediction_set`: the classes whose mean probability is at least 1 - q."""
         if head not in HEADS:
             raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
         samples = np.asarray(samples, dtype=np.float32)
@@ -78,11 +72,19 @@ class Prediction:
             found = _sigmoid(samples, mean64, variance64, head, labels, threshold, thresholds)
         else:
             found = {"mean": mean64, "std": M.standard_deviation(variance64)}
+        if conformal_quantile is not None:
+            if head not in CATEGORICAL_HEADS:
+                raise InputError(f"conformal sets are for categorical heads, not {head}")
+            # Decided in float32 like the graph's prediction_set output: mean >= 1 - q.
+            chosen = mean64.astype(np.float32) >= np.float32(1) - np.float32(conformal_quantile)
+            found["prediction_set"] = chosen
+            if labels is not None:
+                found["prediction_set_labels"] = [[labels[j] for j in np.flatnonzero(row)] for row in chosen]
         return cls(head=head, mean=mean64.astype(np.float32),
                    variance=variance64.astype(np.float32),
                    measures={name: _float32(value) for name, value in found.items()},
                    passes=int(samples.shape[0]), stochastic=bool(stochastic), provider=provider,
-                   labels=labels, samples=samples if keep_samples else None)
+                   labels=labels, samples=samples if keep_samples else None, rule=rule)
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
@@ -92,19 +94,8 @@ class Prediction:
 
     @property
     def uncertain(self) -> np.ndarray:
-        """bool [batch]: the heuristic rule documented at the top of this module."""
-        m = self.measures
-        if self.head in CATEGORICAL_HEADS:
-            return ((m["mutual_information"] > UNCERTAIN_MUTUAL_INFORMATION)
-                    | (m["confidence"] < UNCERTAIN_CONFIDENCE))
-        if self.head in SIGMOID_HEADS:
-            batch = len(self)
-            information = m["mutual_information"].reshape(batch, -1)
-            probability = m["probability"].reshape(batch, -1)
-            limit = m["threshold"] if self.head == "binary" else m["thresholds"]
-            near = np.abs(probability - limit) < UNCERTAIN_THRESHOLD_DISTANCE
-            return (information > UNCERTAIN_MUTUAL_INFORMATION).any(axis=1) | near.any(axis=1)
-        return np.zeros(len(self), dtype=bool)
+        """bool [batch]: flagged by `rule`, or by the default rule (runtime/decision.py)."""
+        return (self.rule or decision.default_rule(self.head)).evaluate(self)
 
     def to_dict(self, index: Optional[int] = None) -> dict:
         """JSON-safe python: the whole batch, or one input when `index` is given.

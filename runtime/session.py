@@ -9,7 +9,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from runtime import integrity, providers, seeds
+from runtime import decision, integrity, providers, seeds
 from runtime.errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from runtime.files import read_regular
 from runtime.limits import DEFAULT, Limits, usable_cores
@@ -190,10 +190,11 @@ class MCSession:
     def output_names(self) -> List[str]:
         return [output.name for output in self._info.model_outputs]
 
-    def predict(self, x, passes: Optional[int] = None, dropout: bool = True, threshold: float = 0.5,
+    def predict(self, x, passes: Optional[int] = None, dropout: bool = True, threshold: Optional[float] = None,
                 thresholds: Optional[Sequence[float]] = None, top_k: int = 3,
                 keep_samples: bool = True,
-                progress: Optional[Callable[[int, int], None]] = None):
+                progress: Optional[Callable[[int, int], None]] = None,
+                uncertain_if: Optional[str] = None):
         """Monte Carlo prediction for the batch `x` (already preprocessed, batch first): an array
         for a one-input model, else a dict by input name (a list in input order also works).
 
@@ -203,11 +204,18 @@ class MCSession:
         pass. The work is split into runs of at most max_chunk_bytes of activations; the result
         does not depend on the split other than through the random stream. progress(done, total)
         is called after each run.
+
+        What a calibrated file carries (docs/FORMAT.md: Calibration) is used: its UNCERTAIN rule,
+        its per-label thresholds (unless threshold or thresholds is given) and its conformal
+        prediction sets. uncertain_if ("mutual_information > 0.05 or confidence < 0.7", "never")
+        overrides the rule; without either, the default rule (runtime/decision.py).
         """
         x = self._check_inputs(x)
         batch = len(next(iter(x.values())))
         passes = self._check_passes(passes)
         passes, stochastic = (passes, True) if dropout else (1, False)
+        rules = [decision.Rule.parse(uncertain_if, output.head) if uncertain_if is not None
+                 else decision.file_rule(output.calibration, output.head) for output in self._info.model_outputs]
         plan, workers = self._plan(batch, passes)
         big = self._big(batch, passes)
         if big:
@@ -215,15 +223,19 @@ class MCSession:
                 self._parallel_predicts += 1
         pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers)
         predictions = {}
-        for output, name in zip(self._info.model_outputs, self._samples):
+        for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
+            calibration = output.calibration or {}
+            fitted = calibration.get("thresholds") if threshold is None and thresholds is None else None
+            conformal = calibration.get("conformal")
             samples = _assemble([piece[name] for piece in pieces], plan)
             if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
                 raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
                                     "or infinite outputs for finite inputs")
             predictions[output.name] = Prediction.from_samples(
-                samples, output.head, labels=output.labels, threshold=threshold, thresholds=thresholds,
-                top_k=top_k, passes=passes, stochastic=stochastic, provider=self.provider,
-                keep_samples=keep_samples)
+                samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
+                thresholds=fitted or thresholds, top_k=top_k, passes=passes, stochastic=stochastic,
+                provider=self.provider, keep_samples=keep_samples, rule=rule,
+                conformal_quantile=conformal["quantile"] if conformal else None)
         return next(iter(predictions.values())) if len(predictions) == 1 else predictions
 
     def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False) -> List[Dict[str, np.ndarray]]:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from runtime import decision
 from runtime import prediction as P
 from runtime.errors import InputError
 from runtime.prediction import Prediction
@@ -81,9 +82,9 @@ def test_categorical_head(head):
 
 def test_uncertain_rule_uses_module_constants(monkeypatch):
     pred = Prediction.from_samples(categorical_samples(), "softmax")
-    monkeypatch.setattr(P, "UNCERTAIN_CONFIDENCE", 0.5)
+    monkeypatch.setattr(decision, "UNCERTAIN_CONFIDENCE", 0.5)
     assert pred.uncertain.tolist() == [False, False, True]  # 0.55 is now confident enough
-    monkeypatch.setattr(P, "UNCERTAIN_MUTUAL_INFORMATION", 1.0)
+    monkeypatch.setattr(decision, "UNCERTAIN_MUTUAL_INFORMATION", 1.0)
     assert pred.uncertain.tolist() == [False, False, False]
 
 
