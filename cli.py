@@ -105,7 +105,11 @@ def infer(
     threads: Optional[int] = typer.Option(None, help="CPU threads [default: every core this process may use]."),
     no_dropout: bool = typer.Option(False, "--no-dropout", help="One deterministic pass, dropout off."),
     top_k: int = typer.Option(3, help="Classes listed per input (categorical heads)."),
-    threshold: float = typer.Option(0.5, help="Decision threshold (binary / multi-label heads)."),
+    threshold: Optional[float] = typer.Option(
+        None, help="Decision threshold (binary / multi-label heads) [default: the file's calibrated ones, else 0.5]."),
+    uncertain_if: Optional[str] = typer.Option(
+        None, help="UNCERTAIN rule instead of the file's, e.g. 'mutual_information > 0.05 or confidence < 0.7', or "
+                   "'never' [default: the calibrated rule, else mutual_information > 0.1 or confidence < 0.6]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     out: Optional[Path] = typer.Option(None, help="Also write the results to .json, .npz or .csv."),
     max_chunk_mb: float = typer.Option(256, help="Largest activation memory of one run, MiB."),
@@ -125,7 +129,7 @@ def infer(
         limits.check("passes", passes, f"--passes {passes:,}")
     if top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {top_k}")
-    if not 0 <= threshold <= 1:
+    if threshold is not None and not 0 <= threshold <= 1:
         raise InputError(f"--threshold must lie in [0, 1], got {threshold}")
     if not 0 < max_chunk_mb < 2**40:
         raise InputError(f"--max-chunk-mb must be > 0 and finite, got {max_chunk_mb}")
@@ -147,6 +151,11 @@ def infer(
     session = MCSession(model, device=device, seed=seed, threads=threads,
                         max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)), limits=limits,
                         verify=not no_verify, allow_external_data=allow_external_data)
+    if uncertain_if is not None:
+        from runtime.decision import Rule
+
+        for output in session.info.model_outputs:  # a bad rule fails before any input is read
+            Rule.parse(uncertain_if, output.head)
     failures = None if on_error == "stop" else []
     names, x = load_inputs(inputs, session.info, limits=limits, failures=failures)
     for _, message in failures or []:
@@ -155,13 +164,14 @@ def infer(
         if failures and on_error == "report":
             raise typer.Exit(InputError.exit_code)  # each bad input had its line
         raise InputError(f"none of the {len(failures)} inputs could be read" if failures else "no inputs given")
-    predicted = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names))
+    predicted = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names), uncertain_if)
     # {output name: Prediction}; a one-output model's results keep their flat form (None).
     by_output = predicted if isinstance(predicted, dict) else {None: predicted}
     first = next(iter(by_output.values()))
     shown = [valid_text(name) for name in names]
     document = {"model": valid_text(_shown(model)), "provider": session.provider, "passes": first.passes,
                 "stochastic": first.stochastic, "seed": seed,
+                "uncertain_rule": _rule(first) if None in by_output else {o: _rule(p) for o, p in by_output.items()},
                 "predictions": [{"input": name, **by_output[None].to_dict(i)} if None in by_output else
                                 {"input": name, "outputs": {output: p.to_dict(i) for output, p in by_output.items()}}
                                 for i, name in enumerate(shown)],
@@ -185,13 +195,22 @@ def _shown(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
-def _predict(session, x, passes, dropout, threshold, top_k, count):
+def _predict(session, x, passes, dropout, threshold, top_k, count, uncertain_if=None):
     if count <= PROGRESS_MIN_INPUTS:
-        return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k)
+        return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k,
+                               uncertain_if=uncertain_if)
     runs = len(session.chunk_plan(count, (passes or session.default_passes) if dropout else 1))
     with typer.progressbar(length=runs, label="Monte Carlo runs", file=sys.stderr) as bar:
         return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k,
-                               progress=lambda done, total: bar.update(1))
+                               progress=lambda done, total: bar.update(1), uncertain_if=uncertain_if)
+
+
+def _rule(prediction) -> dict:
+    """The UNCERTAIN rule a prediction used and where it came from (default, calibrated, override)."""
+    from runtime.decision import default_rule
+
+    rule = prediction.rule or default_rule(prediction.head)
+    return {"rule": str(rule), "source": rule.source}
 
 
 def _summary(prediction, i: int) -> dict:
@@ -225,12 +244,17 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
     for output, prediction in by_output.items():
         if output is not None:
             typer.echo(f"\noutput {terminal_safe(output)} ({prediction.head})")
-        header = ["input", "label", "confidence", "std", "mutual_information", ""]
+        rule = _rule(prediction)
+        typer.echo(f"UNCERTAIN if {terminal_safe(rule['rule'])} ({rule['source']} rule)")
+        sets = prediction.measures.get("prediction_set_labels", prediction.measures.get("prediction_set"))
+        header = ["input", "label", "confidence", "std", "mutual_information"] + (["conformal set"] if sets is not None else []) + [""]
         rows = []
         for i, name in enumerate(names):
             cells = _summary(prediction, i)
+            shown = [] if sets is None else ["{" + ",".join(map(str, sets[i] if isinstance(sets, list) else
+                                                                  [j for j, on in enumerate(sets[i]) if on])) + "}"]
             rows.append([terminal_safe(name), terminal_safe(cells["label"]), cells["confidence"], cells["std"],
-                         cells["mutual_information"], "UNCERTAIN" if prediction.uncertain[i] else ""])
+                         cells["mutual_information"], *map(terminal_safe, shown), "UNCERTAIN" if prediction.uncertain[i] else ""])
         widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
         for row in [header, *rows]:
             typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -423,6 +447,118 @@ def info(
     typer.echo(f"preprocessing    {describe_preprocessing(document['preprocessing'])}")
     for passed in document.get("checks", []):
         typer.echo(f"check            ok  {passed['name']}: {passed['detail']}")
+
+
+@app.command()
+@reports_errors
+def evaluate(
+    model: Path = typer.Argument(..., help="The mcdrop ONNX file."),
+    data: Path = typer.Argument(..., help="Labelled inputs: an .npz with x and y (or one array per input name and y), "
+                                "or a folder with one subfolder of images per class."),
+    ood: Optional[Path] = typer.Option(None, help="Inputs that belong to no class (images, folders, .npy/.npz)."),
+    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible results [default: fresh]."),
+    report: Optional[Path] = typer.Option(None, help="Write report.json, report.md and PNG plots into this folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    output: Optional[str] = typer.Option(None, help="The output to evaluate, for a model with several."),
+    uncertain_if: Optional[str] = typer.Option(None, help="UNCERTAIN rule instead of the file's, e.g. "
+                                               "'mutual_information > 0.05 or confidence < 0.7'."),
+    target_precision: float = typer.Option(0.9, help="Binary / multi-label heads: report the threshold that reaches it."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads [default: every core this process may use]."),
+    max_chunk_mb: float = typer.Option(256, help="Largest activation memory of one run, MiB."),
+    limit: List[str] = LIMIT_OPTION,
+    no_verify: bool = NO_VERIFY_OPTION,
+):
+    """Measure accuracy, calibration and how well the uncertainty ranks errors and spots OOD inputs."""
+    limits = _limits(limit)
+    _check_run_options(passes, max_chunk_mb, threads, limits)
+    if not 0 < target_precision <= 1:
+        raise InputError(f"--target-precision must lie in (0, 1], got {target_precision}")
+    if report is not None and report.exists() and not report.is_dir():
+        raise InputError(f"--report {report}: exists and is not a folder")
+    from runtime.datasets import load_labelled, load_unlabelled, pick_output
+    from runtime.decision import Rule
+    from runtime.evaluation import evaluate as run_evaluation
+    from runtime.session import MCSession
+
+    session = MCSession(model, device=device, seed=seed, threads=threads,
+                        max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)), limits=limits, verify=not no_verify)
+    chosen = pick_output(session.info, output)
+    if uncertain_if is not None:
+        Rule.parse(uncertain_if, chosen.head)  # a bad rule fails before any run
+    labelled = load_labelled(data, session.info, chosen, limits)
+    outside = load_unlabelled(ood, session.info, limits) if ood is not None else None
+    total = 2 * (len(labelled) + (0 if outside is None else len(next(iter(outside.values())) if isinstance(
+        outside, dict) else outside)))
+    with typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
+                           hidden=total < 2 * PROGRESS_MIN_INPUTS) as bar:
+        result = run_evaluation(session, labelled, chosen, passes=passes, ood=outside, progress=bar.update,
+                                target_precision=target_precision, uncertain_if=uncertain_if)
+    result.report = {"model": valid_text(_shown(model)), "data": valid_text(_shown(data)),
+                     "ood": None if ood is None else valid_text(_shown(ood)), "output": chosen.name,
+                     "seed": seed, "provider": session.provider, **result.report}
+    if report is not None:
+        from runtime.report import write_report
+
+        written = write_report(report, result)
+        typer.echo(f"wrote {', '.join(terminal_safe(_shown(path)) for path in written)}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result.report, indent=2, allow_nan=False))
+    else:
+        from runtime.report import summary_lines
+
+        typer.echo("\n".join(terminal_safe(line) for line in summary_lines(result.report)))
+
+
+@app.command()
+@reports_errors
+def calibrate(
+    model: Path = typer.Argument(..., help="The mcdrop ONNX file (calibrated or not)."),
+    data: Path = typer.Argument(..., help="Labelled calibration inputs, not used for training: an .npz with x and y, "
+                                "or a folder with one subfolder of images per class."),
+    output: Path = typer.Option(..., "-o", "--output", help="The calibrated ONNX file to write."),
+    target_accuracy: Optional[float] = typer.Option(
+        None, help="UNCERTAIN rule: flag inputs so that the accepted ones reach this accuracy."),
+    target_coverage: Optional[float] = typer.Option(None, help="UNCERTAIN rule: accept this share of the inputs."),
+    conformal: Optional[float] = typer.Option(None, metavar="ALPHA", help="Add conformal prediction sets that hold "
+                                              "the true class with probability >= 1 - ALPHA."),
+    measure: str = typer.Option("mutual_information", help="The score the UNCERTAIN rule thresholds: mutual_information, "
+                                "predictive_entropy, expected_entropy, one_minus_confidence or top_class_variance."),
+    target_precision: Optional[float] = typer.Option(
+        None, help="Binary / multi-label heads: per-label thresholds reaching this precision [default: best F1]."),
+    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T for fitting [default: the model's]."),
+    seed: int = typer.Option(0, help="Seed of the fitting runs (the fit is reproducible)."),
+    head_output: Optional[str] = typer.Option(None, "--output-name", help="The output to calibrate, for a model with several."),
+    limit: List[str] = LIMIT_OPTION,
+    no_verify: bool = NO_VERIFY_OPTION,
+):
+    """Fit temperature scaling and the UNCERTAIN rule on labelled data and write them into the file."""
+    limits = _limits(limit)
+    _check_run_options(passes, 256, None, limits)
+    import importlib.util
+
+    missing = [name for name in ("onnx", "scipy") if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"calibrate needs the evaluate extra ({', '.join(missing)} missing): pip install -e '.[evaluate]'")
+    from export.calibrate import calibrate_model
+
+    report = calibrate_model(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
+                             conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,
+                             output_name=head_output, seed=seed, verify=not no_verify, limits=limits,
+                             progress=lambda message: typer.echo(message, err=True))
+    typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
+
+
+def _check_run_options(passes, max_chunk_mb, threads, limits) -> None:
+    if passes is not None and passes < 1:
+        raise InputError(f"--passes must be >= 1, got {passes}")
+    if passes is not None:
+        limits.check("passes", passes, f"--passes {passes:,}")
+    if not 0 < max_chunk_mb < 2**40:
+        raise InputError(f"--max-chunk-mb must be > 0 and finite, got {max_chunk_mb}")
+    if threads is not None and threads < 1:
+        raise InputError(f"--threads must be >= 1, got {threads}")
 
 
 def _terminate(signum, frame):

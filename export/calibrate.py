@@ -1,0 +1,287 @@
+"""`cli.py calibrate`: fit temperature scaling and the UNCERTAIN rule on labelled data and write
+both into a copy of an mcdrop file (graph and metadata), validated and written atomically.
+
+Needs onnx and scipy (the `evaluate` extra), never TensorFlow. A calibrated file is refitted from
+its uncalibrated graph: the calibration nodes and metadata are stripped first, so fits never stack.
+See docs/FORMAT.md (Calibration) for what is written, and runtime/calibration.py for the math.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+
+from runtime.errors import InputError, ValidationError
+
+MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy", "one_minus_confidence",
+            "top_class_variance")
+# The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
+# uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
+AGREEMENT = 1e-4
+CHECK_INPUTS = 64
+METADATA_KEY = "mcdrop"
+
+
+@dataclass
+class CalibrationReport:
+    output: str
+    head: str
+    calibration: dict
+    checks: List[str] = field(default_factory=list)
+
+    def lines(self) -> List[str]:
+        c = self.calibration
+        fitted, achieved = c["fitted_on"], c["achieved"]
+        lines = [f"wrote {self.output} ({self.head} head, fitted on {fitted['count']} inputs, {fitted['passes']} passes)",
+                 f"temperature      {c['temperature']:.4f} (MC dropout), {c['deterministic_temperature']:.4f} "
+                 "(deterministic pass)"]
+        if "ece_before" in achieved:
+            lines.append(f"ECE              MC {achieved['ece_before']:.4f} -> {achieved['ece_after']:.4f}, deterministic "
+                         f"{achieved['ece_deterministic_before']:.4f} -> {achieved['ece_deterministic_after']:.4f} "
+                         "(on the calibration set)")
+        lines.append(f"NLL              {achieved['nll_before']:.4f} -> {achieved['nll_after']:.4f}")
+        if c.get("uncertain_rule"):
+            lines.append(f"UNCERTAIN if     {c['uncertain_rule']}")
+        if "accepted_accuracy" in achieved:
+            shown = "-" if achieved["accepted_accuracy"] is None else f"{achieved['accepted_accuracy']:.4f}"
+            lines.append(f"accepted         {achieved['coverage']:.1%} of inputs, accuracy {shown}")
+        if c.get("thresholds") is not None:
+            lines.append("thresholds       " + ", ".join(f"{t:.4f}" for t in c["thresholds"]))
+        if c.get("conformal"):
+            lines.append(f"conformal        alpha {c['conformal']['alpha']}, quantile {c['conformal']['quantile']:.4f}, "
+                         f"set coverage {achieved['set_coverage']:.4f}, mean set size {achieved['mean_set_size']:.2f}")
+        lines.append("graph outputs    " + (", ".join(c["graph_outputs"]) or "-"))
+        return lines + [f"check            ok  {check}" for check in self.checks]
+
+
+def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = None,
+                    target_coverage: Optional[float] = None, conformal: Optional[float] = None,
+                    passes: Optional[int] = None, measure: str = "mutual_information",
+                    target_precision: Optional[float] = None, output_name: Optional[str] = None,
+                    seed: Optional[int] = 0, verify: bool = True, limits=None,
+                    progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
+    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`."""
+    import onnx
+
+    from runtime import calibration as C
+    from runtime.datasets import load_labelled, pick_output
+    from runtime.files import check_writable_target, read_regular
+    from runtime.integrity import seal
+    from runtime.limits import DEFAULT
+    from runtime.session import MCSession
+
+    from .calibration_graph import add_calibration, strip_calibration
+
+    limits = limits or DEFAULT
+    if target_accuracy is not None and target_coverage is not None:
+        raise InputError("give --target-accuracy or --target-coverage, not both")
+    for name, value, low_open in (("--target-accuracy", target_accuracy, True), ("--target-coverage", target_coverage, True),
+                                  ("--target-precision", target_precision, True)):
+        if value is not None and not 0 < value <= 1:
+            raise InputError(f"{name} must lie in (0, 1], got {value}")
+    if conformal is not None and not 0 < conformal < 1:
+        raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
+    if measure not in MEASURES:
+        raise InputError(f"--measure {measure!r}: choose one of {', '.join(MEASURES)}")
+    check_writable_target(Path(output))
+
+    # The file as it was exported: calibration nodes and metadata removed.
+    source_bytes = read_regular(str(source), limits.model_bytes, InputError, "model file", "model_mb")
+    with tempfile.TemporaryDirectory(prefix="mcdrop-calibrate-") as folder:
+        original = Path(folder) / "uncalibrated.onnx"
+        original.write_bytes(source_bytes)
+        MCSession(original, limits=limits, verify=verify)  # the same checks as any load, on the file as given
+        try:
+            proto = onnx.load_from_string(source_bytes)
+        except Exception as err:  # checked above; only a parser disagreement lands here
+            raise InputError(f"{source}: onnx cannot parse it ({err})") from None
+        strip_calibration(proto)
+        metadata = json.loads(next(e.value for e in proto.metadata_props if e.key == METADATA_KEY))
+        for entry in metadata.get("outputs") or []:
+            entry.pop("calibration", None)
+        _set_metadata(proto, metadata)
+        plain = seal(proto.SerializeToString())
+        original.write_bytes(plain)
+        session = MCSession(original, seed=seed, limits=limits)
+        chosen = pick_output(session.info, output_name)
+        if chosen.head == "regression":
+            raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
+                             "thresholds are for classifier heads")
+        if chosen.head in ("binary", "multilabel") and (target_accuracy or target_coverage or conformal):
+            raise InputError(f"{chosen.head} heads get per-label thresholds (--target-precision or best F1); "
+                             "--target-accuracy, --target-coverage and --conformal are for softmax and logits heads")
+        labelled = load_labelled(data, session.info, chosen, limits)
+        progress(f"predicting {len(labelled)} calibration inputs")
+        samples = _samples(session, labelled.x, chosen, passes, True)
+        plain_pass = _samples(session, labelled.x, chosen, passes, False)
+        fitted = _fit(samples, plain_pass, labelled.y, chosen, target_accuracy, target_coverage, conformal, measure,
+                      target_precision, C)
+        fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
+                               "seed": seed, "data": os.path.basename(str(data))}
+        progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
+        graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
+                                        **fitted.pop("graph"))
+        fitted["graph_outputs"] = graph_outputs
+        entries = metadata.get("outputs")
+        if entries:
+            next(e for e in entries if e["name"] == chosen.name)["calibration"] = fitted
+        else:  # a file from before the outputs list: write the list with its one output
+            metadata["outputs"] = [{"name": chosen.name, "prefix": "", "head": chosen.head, "labels": chosen.labels,
+                                    "shape": list(chosen.shape), "calibration": fitted}]
+        _set_metadata(proto, metadata)
+        data_bytes = seal(proto.SerializeToString())
+        checks = _validate(data_bytes, plain, labelled, chosen, fitted, Path(folder), seed, limits, C)
+    from runtime.files import atomic_writer
+
+    with atomic_writer(Path(output)) as f:
+        f.write(data_bytes)
+    return CalibrationReport(str(output), chosen.head, fitted, checks)
+
+
+def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
+    """Samples [T, n, units] of the uncalibrated file (T = 1 without dropout), predicted in blocks."""
+    from runtime.datasets import take
+    from runtime.evaluation import BLOCK
+
+    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    parts = []
+    for start in range(0, count, BLOCK):
+        found = session.predict(take(x, slice(start, start + BLOCK)), passes=passes, dropout=dropout)
+        found = found[output.name] if isinstance(found, dict) else found
+        parts.append(found.samples.reshape(found.samples.shape[0], found.samples.shape[1], -1))
+    return np.concatenate(parts, axis=1)
+
+
+def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
+    """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
+    from runtime import metrics
+    from runtime.decision import default_rule, scores
+    from runtime.prediction import Prediction
+
+    head = output.head
+    # MC dropout's mean and the plain network are different predictors: each gets its own
+    # temperature (on the digits CNN, about 1 and 2.2: docs/DESIGN.md, Calibration).
+    temperature = C.fit_temperature(samples, y, head)
+    plain_temperature = C.fit_temperature(plain_pass, y, head)
+    calibrated = C.apply_temperature(samples, temperature, head)
+    before, after = samples.mean(axis=0), calibrated.mean(axis=0)
+    fitted = {"temperature": float(np.float32(temperature)),
+              "deterministic_temperature": float(np.float32(plain_temperature)),
+              "uncertain_rule": None, "thresholds": None, "conformal": None, "target": None}
+    graph = {"temperature": fitted["temperature"], "deterministic_temperature": fitted["deterministic_temperature"]}
+    if head in ("softmax", "logits"):
+        achieved = {"nll_before": metrics.negative_log_likelihood(before, y),
+                    "nll_after": metrics.negative_log_likelihood(after, y)}
+        plain_after = C.apply_temperature(plain_pass, plain_temperature, head)[0]
+        for name, mean in (("before", before), ("after", after), ("deterministic_before", plain_pass[0]),
+                           ("deterministic_after", plain_after)):
+            achieved[f"ece_{name}"] = metrics.expected_calibration_error(mean.max(-1), mean.argmax(-1) == y)
+        prediction = Prediction.from_samples(calibrated.astype(np.float32), head, keep_samples=False)
+        score = scores(prediction)[measure]
+        correct = prediction.mean.argmax(-1) == y
+        chosen = None
+        if target_accuracy is not None:
+            chosen = C.threshold_for_accuracy(score, correct, target_accuracy)
+            if chosen["accepted"] == 0:
+                best = metrics.accuracy_at_coverage(score, correct, 1 / len(y))
+                raise InputError(f"--target-accuracy {target_accuracy}: not reached on the calibration set even by "
+                                 f"the most certain input by {measure} (accuracy {best:.3f}); lower the target")
+            fitted["target"] = {"accuracy": target_accuracy}
+        elif target_coverage is not None:
+            chosen = C.threshold_for_coverage(score, target_coverage, correct)
+            fitted["target"] = {"coverage": target_coverage}
+        if chosen is not None:
+            # Above the highest calibration score lies no evidence: keep such inputs flagged.
+            threshold = float(np.float32(min(chosen["threshold"], float(score.max()))))
+            fitted["uncertain_rule"] = f"{measure} > {threshold!r}"
+            graph["uncertain"] = (measure, threshold)
+            accepted = score <= threshold
+            achieved.update(coverage=float(accepted.mean()),
+                            accepted_accuracy=float(correct[accepted].mean()) if accepted.any() else None)
+        else:
+            flagged = default_rule(head).evaluate(prediction)
+            achieved.update(coverage=float((~flagged).mean()),
+                            accepted_accuracy=float(correct[~flagged].mean()) if (~flagged).any() else None)
+        if conformal is not None:
+            quantile = min(C.conformal_quantile(C.lac_scores(after, y), conformal), 1.0)
+            quantile = float(np.float32(quantile))
+            fitted["conformal"] = {"method": "lac", "alpha": conformal, "quantile": quantile}
+            graph["conformal_quantile"] = quantile
+            sets = after.astype(np.float32) >= np.float32(1) - np.float32(quantile)
+            achieved.update(set_coverage=float(sets[np.arange(len(y)), y].mean()),
+                            mean_set_size=float(sets.sum(axis=1).mean()))
+    else:
+        clip = lambda p: np.clip(p, 1e-12, 1 - 1e-12)  # noqa: E731
+        bernoulli = lambda p: float(-(y * np.log(clip(p)) + (~y) * np.log(1 - clip(p))).mean())  # noqa: E731
+        achieved = {"nll_before": bernoulli(before), "nll_after": bernoulli(after)}
+        thresholds, per_label = [], []
+        for j in range(after.shape[-1]):
+            if target_precision is not None:
+                found = C.threshold_for_precision(after[:, j], y[:, j], target_precision)
+                if found["threshold"] is None:
+                    raise InputError(f"--target-precision {target_precision}: label {j} never reaches it on the "
+                                     "calibration set; lower the target")
+            else:
+                found = C.best_f1_threshold(after[:, j], y[:, j])
+            thresholds.append(float(np.float32(found["threshold"])))
+            per_label.append({key: found[key] for key in ("precision", "recall", "f1")})
+        fitted["thresholds"] = thresholds
+        fitted["target"] = {"precision": target_precision} if target_precision is not None else {"f1": "max"}
+        rule = default_rule(head)
+        fitted["uncertain_rule"] = str(rule)
+        graph.update(thresholds=thresholds, sigmoid_rule=tuple(c.value for c in rule.conditions))
+        achieved["per_label"] = per_label
+    fitted["achieved"] = achieved
+    fitted["graph"] = graph
+    return fitted
+
+
+def _validate(data_bytes, plain_bytes, labelled, output, fitted, folder: Path, seed, limits, C) -> List[str]:
+    """The runtime's load checks, live randomness, and the calibrated deterministic pass equal to
+    the numpy temperature scaling of the uncalibrated one; the graph's decision outputs equal the
+    runtime's."""
+    from runtime.datasets import take
+    from runtime.session import MCSession, check_model_bytes
+
+    try:
+        check_model_bytes(data_bytes, "calibrated file", limits)
+    except Exception as err:
+        raise ValidationError(f"validation failed (runtime contract): {err}") from None
+    path = folder / "calibrated.onnx"
+    path.write_bytes(data_bytes)
+    calibrated = MCSession(path, seed=seed, limits=limits)
+    plain = MCSession(folder / "uncalibrated.onnx", seed=seed, limits=limits)
+    checks = [f"{len(calibrated.self_check())} live-randomness checks"]
+    x = take(labelled.x, slice(0, CHECK_INPUTS))
+    name = output.prefix + "samples"
+    expected = C.apply_temperature(plain.run_raw(x, passes=1, stochastic=False)[name],
+                                   fitted["deterministic_temperature"], output.head)
+    found = calibrated.run_raw(x, passes=1, stochastic=False)
+    gap = float(np.abs(found[name] - expected).max())
+    if not gap <= AGREEMENT:
+        raise ValidationError(f"validation failed: the calibrated deterministic pass differs from temperature "
+                              f"scaling by {gap:.2e} (> {AGREEMENT:g})")
+    checks.append(f"deterministic pass = temperature scaling of the uncalibrated file ({gap:.1e})")
+    prediction = calibrated.predict(x, dropout=False)
+    prediction = prediction[output.name] if isinstance(prediction, dict) else prediction
+    if output.prefix + "uncertain" in found:
+        disagree = int((found[output.prefix + "uncertain"].reshape(-1) != prediction.uncertain).sum())
+        # Measures within float32 rounding of the threshold may fall either side.
+        if disagree > max(1, len(prediction) // 50):
+            raise ValidationError(f"validation failed: the graph's uncertain output disagrees with the rule on "
+                                  f"{disagree} of {len(prediction)} inputs")
+        checks.append(f"graph's uncertain output = the rule ({disagree} of {len(prediction)} differ)")
+    return checks
+
+
+def _set_metadata(proto, metadata: dict) -> None:
+    """The "mcdrop" entry (the checksum entry is dropped: seal writes it again)."""
+    del proto.metadata_props[:]
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)

@@ -1,0 +1,221 @@
+"""`cli.py evaluate`: how good a model's predictions and its uncertainty are on labelled data.
+
+Every figure is computed twice, for Monte Carlo dropout (T passes) and for the deterministic pass
+(the plain network), so a report shows what MC dropout buys. Scores are "higher = less certain"
+(runtime/decision.py: CATEGORICAL_SCORES); mutual information, variation ratio and the variance
+of the top class are 0 for one pass, so the deterministic column has no figure for them.
+"""
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from runtime import metrics
+from runtime.datasets import Batch, LabelledSet, take
+from runtime.decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
+from runtime.metadata import ModelOutput
+from runtime.prediction import MODEL_WIDE, Prediction
+
+MODES = ("mc", "deterministic")
+COVERAGES = (0.5, 0.8, 0.9, 0.95)
+BINS = 15
+# Scores that are constant for one pass: no ranking, no figure.
+MC_ONLY = ("mutual_information", "variation_ratio", "top_class_variance")
+# Inputs per predict: bounds the samples held at once (T x block x classes floats).
+BLOCK = 1024
+TARGET_PRECISION = 0.9
+
+
+@dataclass
+class Evaluation:
+    """The report (JSON-safe) and the per-input arrays the plots are drawn from."""
+
+    report: dict
+    predictions: Dict[str, Prediction] = field(default_factory=dict)  # mode -> on the labelled set
+    ood: Dict[str, Prediction] = field(default_factory=dict)  # mode -> on the OOD inputs
+    y: Optional[np.ndarray] = None
+
+
+def predict_all(session, x: Batch, output: ModelOutput, passes: Optional[int], dropout: bool,
+                progress: Optional[Callable[[int], None]] = None, uncertain_if: Optional[str] = None) -> Prediction:
+    """One Prediction for the whole set, predicted BLOCK inputs at a time without keeping samples."""
+    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+    parts = []
+    for start in range(0, count, BLOCK):
+        found = session.predict(take(x, slice(start, start + BLOCK)), passes=passes, dropout=dropout,
+                                keep_samples=False, uncertain_if=uncertain_if)
+        parts.append(found[output.name] if isinstance(found, dict) else found)
+        if progress:
+            progress(min(start + BLOCK, count) - start)
+    return concatenate(parts)
+
+
+def concatenate(parts: List[Prediction]) -> Prediction:
+    """Predictions of consecutive blocks as one (model-wide measures kept once)."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    measures = {}
+    for name, value in first.measures.items():
+        if name in MODEL_WIDE:
+            measures[name] = value
+        elif isinstance(value, list):
+            measures[name] = [item for part in parts for item in part.measures[name]]
+        else:
+            measures[name] = np.concatenate([part.measures[name] for part in parts])
+    return Prediction(head=first.head, mean=np.concatenate([p.mean for p in parts]),
+                      variance=np.concatenate([p.variance for p in parts]), measures=measures,
+                      passes=first.passes, stochastic=first.stochastic, provider=first.provider,
+                      labels=first.labels, rule=first.rule)
+
+
+def evaluate(session, data: LabelledSet, output: ModelOutput, passes: Optional[int] = None,
+             ood: Optional[Batch] = None, progress: Optional[Callable[[int], None]] = None,
+             target_precision: float = TARGET_PRECISION, uncertain_if: Optional[str] = None) -> Evaluation:
+    """Every metric that fits the output's head, for MC dropout and the deterministic pass."""
+    result = Evaluation(report={}, y=data.y)
+    for mode in MODES:
+        dropout = mode == "mc"
+        result.predictions[mode] = predict_all(session, data.x, output, passes, dropout, progress, uncertain_if)
+        if ood is not None:
+            result.ood[mode] = predict_all(session, ood, output, passes, dropout, progress, uncertain_if)
+    head = output.head
+    report = {"head": head, "labels": output.labels, "count": len(data), "ood_count": None if ood is None else
+              len(next(iter(ood.values())) if isinstance(ood, dict) else ood),
+              "passes": result.predictions["mc"].passes}
+    for mode in MODES:
+        prediction, outside = result.predictions[mode], result.ood.get(mode)
+        if head in CATEGORICAL_HEADS:
+            report[mode] = categorical_report(prediction, data.y, outside, output)
+        elif head in SIGMOID_HEADS:
+            report[mode] = sigmoid_report(prediction, data.y, output, target_precision)
+        else:
+            report[mode] = regression_report(prediction, data.y)
+    result.report = jsonable(report)
+    return result
+
+
+def categorical_report(prediction: Prediction, y: np.ndarray, ood: Optional[Prediction],
+                       output: ModelOutput) -> dict:
+    probs = prediction.mean.astype(np.float64)
+    classes = probs.shape[-1]
+    predicted = probs.argmax(axis=-1)
+    correct = predicted == y
+    confidence = probs.max(axis=-1)
+    ranked = usable_scores(prediction)
+    report = {
+        "accuracy": metrics.accuracy(probs, y),
+        "nll": metrics.negative_log_likelihood(probs, y),
+        "brier": metrics.brier_score(probs, y),
+        "ece": metrics.expected_calibration_error(confidence, correct, BINS),
+        "mce": metrics.maximum_calibration_error(confidence, correct, BINS),
+        "adaptive_ece": metrics.adaptive_calibration_error(confidence, correct, BINS),
+        "reliability": {key: value.tolist() for key, value in
+                        metrics.reliability_bins(confidence, correct, BINS).items()},
+        "aurc": {name: metrics.aurc(score, correct) for name, score in ranked.items()},
+        "accuracy_at_coverage": {name: {f"{c:.0%}": metrics.accuracy_at_coverage(score, correct, c)
+                                        for c in COVERAGES} for name, score in ranked.items()},
+        "error_auroc": {name: metrics.auroc(score, ~correct) for name, score in ranked.items()},
+        "error_aupr": {name: metrics.aupr(score, ~correct) for name, score in ranked.items()},
+    }
+    names = output.labels or [str(i) for i in range(classes)]
+    per_class = metrics.precision_recall_f1(predicted, y, classes)
+    report["per_class"] = {name: {key: float(per_class[key][i]) if key != "support" else int(per_class[key][i])
+                                  for key in ("precision", "recall", "f1", "support")}
+                           for i, name in enumerate(names)}
+    report["confusion"] = metrics.confusion_matrix(predicted, y, classes).tolist()
+    flagged = prediction.uncertain
+    rule = prediction.rule
+    report["uncertain_rule"] = {
+        "rule": str(rule) if rule else "default", "source": rule.source if rule else "default",
+        "flagged": float(flagged.mean()),
+        "accepted_accuracy": float(correct[~flagged].mean()) if (~flagged).any() else None,
+    }
+    if "prediction_set" in prediction.measures:
+        sets = prediction.measures["prediction_set"]
+        report["conformal"] = {"coverage": float(sets[np.arange(len(y)), y].mean()),
+                               "mean_set_size": float(sets.sum(axis=1).mean())}
+    if ood is not None:
+        inside, outside = ranked, usable_scores(ood)
+        report["ood_auroc"], report["ood_aupr"], report["ood_fpr_at_95_tpr"] = {}, {}, {}
+        for name in inside:
+            both = np.concatenate([inside[name], outside[name]])
+            is_ood = np.concatenate([np.zeros(len(inside[name]), bool), np.ones(len(outside[name]), bool)])
+            report["ood_auroc"][name] = metrics.auroc(both, is_ood)
+            report["ood_aupr"][name] = metrics.aupr(both, is_ood)
+            report["ood_fpr_at_95_tpr"][name] = metrics.fpr_at_tpr(both, is_ood, 0.95)
+    return report
+
+
+def usable_scores(prediction: Prediction) -> Dict[str, np.ndarray]:
+    """The scores that rank inputs for this many passes (all of them for T > 1)."""
+    found = scores(prediction)
+    return {name: found[name] for name in CATEGORICAL_SCORES
+            if prediction.passes > 1 or name not in MC_ONLY}
+
+
+def sigmoid_report(prediction: Prediction, y: np.ndarray, output: ModelOutput, target_precision: float) -> dict:
+    from runtime.calibration import best_f1_threshold, threshold_for_precision
+
+    probs = prediction.mean.astype(np.float64).reshape(len(y), -1)
+    limits = np.asarray(prediction.measures["threshold" if prediction.head == "binary" else "thresholds"],
+                        np.float64).reshape(-1)
+    limits = np.broadcast_to(limits, probs.shape[1:])
+    decisions = probs >= limits
+    at_thresholds = metrics.binary_precision_recall_f1(probs, y, limits)
+    names = (output.labels[1:] if prediction.head == "binary" else output.labels) if output.labels else \
+        [str(i) for i in range(probs.shape[1])]
+    per_label = {}
+    for j, name in enumerate(names):
+        best = best_f1_threshold(probs[:, j], y[:, j])
+        precise = threshold_for_precision(probs[:, j], y[:, j], target_precision)
+        per_label[name] = {
+            "roc_auc": metrics.auroc(probs[:, j], y[:, j]), "pr_auc": metrics.aupr(probs[:, j], y[:, j]),
+            "threshold": float(limits[j]), "precision": float(at_thresholds["precision"][j]),
+            "recall": float(at_thresholds["recall"][j]), "f1": float(at_thresholds["f1"][j]),
+            "best_f1_threshold": best["threshold"], "best_f1": best["f1"],
+            f"threshold_for_precision_{target_precision:g}": precise["threshold"],
+            f"recall_at_precision_{target_precision:g}": precise["recall"] if precise["threshold"] is not None else None,
+        }
+    clipped = np.clip(probs, 1e-12, 1 - 1e-12)
+    report = {"per_label": per_label,
+              "nll": float(-(y * np.log(clipped) + (~y) * np.log(1 - clipped)).mean()),
+              "target_precision": target_precision}
+    if prediction.head == "multilabel":
+        report["subset_accuracy"] = metrics.subset_accuracy(decisions, y)
+        report["hamming_loss"] = metrics.hamming_loss(decisions, y)
+    else:
+        report["accuracy"] = float((decisions == y).mean())
+    report["uncertain_rule"] = {"flagged": float(prediction.uncertain.mean())}
+    return report
+
+
+def regression_report(prediction: Prediction, y: np.ndarray) -> dict:
+    mean, variance = prediction.mean.astype(np.float64), prediction.variance.astype(np.float64)
+    report = {"rmse": metrics.rmse(mean, y), "mae": metrics.mae(mean, y)}
+    if prediction.passes > 1:  # one pass has no spread: no likelihood, no interval
+        std = np.sqrt(variance)
+        report.update(gaussian_nll=metrics.gaussian_nll(mean, variance, y),
+                      coverage_1_sigma=metrics.interval_coverage(mean, std, y, 1.0),
+                      coverage_2_sigma=metrics.interval_coverage(mean, std, y, 2.0),
+                      nominal_1_sigma=0.6827, nominal_2_sigma=0.9545)
+    return report
+
+
+def jsonable(value):
+    """Plain JSON types; NaN and infinities become None (strict JSON)."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return jsonable(value.tolist())
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    return value

@@ -1,0 +1,244 @@
+"""`evaluate --report DIR`: report.json, a report.md a person can read, and PNG plots.
+
+The plots need matplotlib (the `evaluate` extra); it is imported here only, with the Agg backend,
+so a machine without a display draws them too. Every file is written atomically.
+"""
+
+import io
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from runtime import metrics
+from runtime.errors import InputError
+from runtime.evaluation import COVERAGES, Evaluation, usable_scores
+from runtime.files import atomic_writer, check_writable_target
+
+# Every plot is FIGURE_INCHES at DPI: 1500 x 600 pixels, two panels side by side (MC, deterministic).
+FIGURE_INCHES = (10, 4)
+DPI = 150
+MODE_TITLES = {"mc": "MC dropout", "deterministic": "deterministic pass"}
+
+
+def write_report(folder, evaluation: Evaluation) -> List[Path]:
+    """The report's files in `folder` (created if missing); returns their paths."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"--report {folder}: exists and is not a folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"report.json": json.dumps(evaluation.report, indent=2, allow_nan=False).encode(),
+             "report.md": markdown(evaluation.report).encode()}
+    files.update(plots(evaluation))
+    written = []
+    for name, data in files.items():
+        path = folder / name
+        check_writable_target(path)
+        with atomic_writer(path) as f:
+            f.write(data)
+        written.append(path)
+    return written
+
+
+def plots(evaluation: Evaluation) -> Dict[str, bytes]:
+    """PNG bytes by file name: the plots that fit the head (categorical heads get all four)."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise InputError("the report's plots need matplotlib: pip install -e '.[evaluate]'") from None
+    matplotlib.use("Agg")
+    head = evaluation.report["head"]
+    if head in ("softmax", "logits"):
+        return {"reliability.png": _reliability(evaluation), "risk_coverage.png": _risk_coverage(evaluation),
+                "mutual_information.png": _mutual_information(evaluation), "roc.png": _roc(evaluation)}
+    return {}
+
+
+def _figure():
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(1, 2, figsize=FIGURE_INCHES, dpi=DPI)
+
+
+def _png(figure) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.tight_layout()
+    figure.savefig(buffer, format="png", dpi=DPI)  # no bbox="tight": every plot keeps its size
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def _reliability(evaluation: Evaluation) -> bytes:
+    figure, axes = _figure()
+    for axis, mode in zip(axes, ("mc", "deterministic")):
+        bins = evaluation.report[mode]["reliability"]
+        lower, upper = np.array(bins["lower"]), np.array(bins["upper"])
+        accuracy = np.array([np.nan if a is None else a for a in bins["accuracy"]], dtype=float)
+        axis.bar(lower, np.nan_to_num(accuracy), width=upper - lower, align="edge", edgecolor="black",
+                 color="tab:blue", alpha=0.7, label="accuracy")
+        axis.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+        for left, width, value, count in zip(lower, upper - lower, accuracy, bins["count"]):
+            if count:
+                axis.text(left + width / 2, (0 if np.isnan(value) else value) + 0.01, str(count),
+                          ha="center", va="bottom", fontsize=6)
+        axis.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence (top-class mean probability)",
+                 ylabel="accuracy", title=f"{MODE_TITLES[mode]}: ECE {evaluation.report[mode]['ece']:.4f}")
+        axis.legend(loc="upper left", fontsize=7)
+    return _png(figure)
+
+
+def _risk_coverage(evaluation: Evaluation) -> bytes:
+    figure, axes = _figure()
+    correct = {mode: p.mean.argmax(-1) == evaluation.y for mode, p in evaluation.predictions.items()}
+    for axis, mode in zip(axes, ("mc", "deterministic")):
+        for name, score in usable_scores(evaluation.predictions[mode]).items():
+            coverage, risk = metrics.risk_coverage(score, correct[mode])
+            aurc = evaluation.report[mode]["aurc"][name]
+            axis.plot(coverage, risk, label=f"{name} (AURC {aurc:.4f})", linewidth=1.2)
+        axis.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share of inputs accepted)",
+                 ylabel="risk (error rate of accepted)", title=MODE_TITLES[mode])
+        axis.legend(fontsize=6)
+    return _png(figure)
+
+
+def _mutual_information(evaluation: Evaluation) -> bytes:
+    """MI of right, wrong and OOD inputs (MC only: one pass has none), and 1 - confidence of the
+    deterministic pass, the plain network's score, beside it."""
+    figure, axes = _figure()
+    for axis, mode, name in ((axes[0], "mc", "mutual_information"), (axes[1], "deterministic", "one_minus_confidence")):
+        prediction = evaluation.predictions[mode]
+        score = usable_scores(prediction)[name]
+        correct = prediction.mean.argmax(-1) == evaluation.y
+        groups = {"right": score[correct], "wrong": score[~correct]}
+        if mode in evaluation.ood:
+            groups["OOD"] = usable_scores(evaluation.ood[mode])[name]
+        top = max(float(max((g.max() for g in groups.values() if len(g)), default=1.0)), 1e-6)
+        edges = np.linspace(0, top, 31)
+        for label, values in groups.items():
+            if len(values):
+                axis.hist(values, bins=edges, density=True, alpha=0.5, label=f"{label} ({len(values)})")
+        axis.set(xlabel=f"{name} ({'nats' if 'information' in name else 'probability'})",
+                 ylabel="density", title=MODE_TITLES[mode])
+        axis.legend(fontsize=7)
+    return _png(figure)
+
+
+def _roc(evaluation: Evaluation) -> bytes:
+    """Error detection (left) and, with OOD inputs, OOD detection (right): ROC of each score."""
+    figure, axes = _figure()
+    styles = {"mc": "-", "deterministic": "--"}
+    for mode, prediction in evaluation.predictions.items():
+        wrong = prediction.mean.argmax(-1) != evaluation.y
+        inside = usable_scores(prediction)
+        for name in ("mutual_information", "predictive_entropy", "one_minus_confidence"):
+            if name not in inside:
+                continue
+            label = f"{MODE_TITLES[mode]}: {name}"
+            fpr, tpr = metrics.roc_curve(inside[name], wrong)
+            axes[0].plot(fpr, tpr, styles[mode], label=label, linewidth=1.2)
+            if mode in evaluation.ood:
+                outside = usable_scores(evaluation.ood[mode])[name]
+                fpr, tpr = metrics.roc_curve(np.concatenate([inside[name], outside]),
+                                             np.r_[np.zeros(len(inside[name]), bool), np.ones(len(outside), bool)])
+                axes[1].plot(fpr, tpr, styles[mode], label=label, linewidth=1.2)
+    axes[0].set(title="error detection (wrong = positive)")
+    axes[1].set(title="OOD detection (OOD = positive)" if evaluation.ood else "OOD detection (no --ood data)")
+    for axis in axes:
+        axis.plot([0, 1], [0, 1], "k:", linewidth=0.8)
+        axis.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="false positive rate", ylabel="true positive rate")
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=6)
+    return _png(figure)
+
+
+def markdown(report: dict) -> str:
+    """The report as Markdown tables, MC dropout and the deterministic pass side by side."""
+    lines = [f"# mcdrop evaluation: {report.get('model', '')}", "",
+             f"Data: {report.get('data', '')} ({report['count']} inputs"
+             + (f", {report['ood_count']} OOD inputs from {report.get('ood', '')}" if report.get("ood_count") else "")
+             + f"); head {report['head']}; MC dropout with {report['passes']} passes"
+             + (f", seed {report['seed']}" if report.get("seed") is not None else "") + ".", ""]
+    mc, det = report["mc"], report["deterministic"]
+    lines += ["| metric | MC dropout | deterministic |", "|---|---|---|"]
+    for key in ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "subset_accuracy", "hamming_loss",
+                "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma"):
+        if key in mc:
+            lines.append(f"| {key} | {_cell(mc.get(key))} | {_cell(det.get(key))} |")
+    if "conformal" in mc:
+        lines.append(f"| conformal set coverage | {_cell(mc['conformal']['coverage'])} | "
+                     f"{_cell(det.get('conformal', {}).get('coverage'))} |")
+        lines.append(f"| conformal mean set size | {_cell(mc['conformal']['mean_set_size'])} | "
+                     f"{_cell(det.get('conformal', {}).get('mean_set_size'))} |")
+    if "aurc" in mc:
+        lines += ["", "## Uncertainty measures (higher = less certain)", "",
+                  "Each cell: MC dropout / deterministic pass (- where one pass has no such measure).", ""]
+        tables = [("AURC (lower is better)", "aurc"), ("error detection AUROC", "error_auroc"),
+                  ("error detection AUPR", "error_aupr")]
+        if "ood_auroc" in mc:
+            tables += [("OOD AUROC", "ood_auroc"), ("OOD AUPR", "ood_aupr"), ("OOD FPR at 95% TPR", "ood_fpr_at_95_tpr")]
+        header = "| measure | " + " | ".join(title for title, _ in tables) + " | " + " | ".join(
+            f"accuracy at {c:.0%} coverage" for c in COVERAGES) + " |"
+        lines += [header, "|---" * (1 + len(tables) + len(COVERAGES)) + "|"]
+        for name in mc["aurc"]:
+            cells = [f"{_cell(mc[key][name])} / {_cell(det.get(key, {}).get(name))}" for _, key in tables]
+            cells += [f"{_cell(mc['accuracy_at_coverage'][name][f'{c:.0%}'])} / "
+                      f"{_cell(det['accuracy_at_coverage'].get(name, {}).get(f'{c:.0%}'))}" for c in COVERAGES]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rule = mc["uncertain_rule"]
+        lines += ["", f"UNCERTAIN rule ({rule['source']}): `{rule['rule']}` flags {rule['flagged']:.1%} of the "
+                  f"inputs; accuracy of the others {_cell(rule['accepted_accuracy'])} (MC dropout)."]
+        lines += ["", "## Per class (MC dropout)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
+        for name, row in mc["per_class"].items():
+            lines.append(f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | {_cell(row['f1'])} | "
+                         f"{row['support']} |")
+        lines += ["", "## Plots", "", "![reliability](reliability.png)", "", "![risk-coverage](risk_coverage.png)",
+                  "", "![mutual information](mutual_information.png)", "", "![ROC](roc.png)"]
+    if "per_label" in mc:
+        lines += ["", "## Per label (MC dropout / deterministic)", "",
+                  "| label | ROC AUC | PR AUC | precision | recall | F1 | threshold | best-F1 threshold |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, row in mc["per_label"].items():
+            other = det["per_label"][name]
+            lines.append(f"| {name} | " + " | ".join(f"{_cell(row[k])} / {_cell(other[k])}" for k in (
+                "roc_auc", "pr_auc", "precision", "recall", "f1")) + f" | {_cell(row['threshold'])} | "
+                f"{_cell(row['best_f1_threshold'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(report: dict) -> List[str]:
+    """What `evaluate` prints without --json: the main figures, MC dropout beside the deterministic pass."""
+    mc, det = report["mc"], report["deterministic"]
+    lines = [f"model {report.get('model', '')}  data {report.get('data', '')} ({report['count']} inputs"
+             + (f", {report['ood_count']} OOD" if report.get("ood_count") else "") + f")  passes {report['passes']}",
+             f"{'':<26}{'MC dropout':>12}{'deterministic':>15}"]
+    for key in ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "subset_accuracy", "hamming_loss",
+                "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma"):
+        if key in mc:
+            lines.append(f"{key:<26}{_cell(mc.get(key)):>12}{_cell(det.get(key)):>15}")
+    if "conformal" in mc:
+        lines.append(f"{'conformal set coverage':<26}{_cell(mc['conformal']['coverage']):>12}"
+                     f"{_cell(det.get('conformal', {}).get('coverage')):>15}")
+    for title, key in (("AURC", "aurc"), ("error AUROC", "error_auroc"), ("OOD AUROC", "ood_auroc")):
+        for name, value in mc.get(key, {}).items():
+            lines.append(f"{title + ' ' + name:<46}"[:46] + f"{_cell(value):>8}{_cell(det.get(key, {}).get(name)):>15}")
+    if "per_label" in mc:
+        for name, row in mc["per_label"].items():
+            lines.append(f"label {name}: ROC AUC {_cell(row['roc_auc'])}  PR AUC {_cell(row['pr_auc'])}  "
+                         f"F1 {_cell(row['f1'])} at {_cell(row['threshold'])}  best F1 {_cell(row['best_f1'])} at "
+                         f"{_cell(row['best_f1_threshold'])}")
+    rule = mc.get("uncertain_rule")
+    if rule and "rule" in rule:
+        lines.append(f"UNCERTAIN ({rule['source']}: {rule['rule']}): {rule['flagged']:.1%} flagged, accuracy of "
+                     f"the rest {_cell(rule['accepted_accuracy'])}")
+    return lines
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
