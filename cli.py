@@ -244,8 +244,6 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
     for output, prediction in by_output.items():
         if output is not None:
             typer.echo(f"\noutput {terminal_safe(output)} ({prediction.head})")
-        rule = _rule(prediction)
-        typer.echo(f"UNCERTAIN if {terminal_safe(rule['rule'])} ({rule['source']} rule)")
         sets = prediction.measures.get("prediction_set_labels", prediction.measures.get("prediction_set"))
         header = ["input", "label", "confidence", "std", "mutual_information"] + (["conformal set"] if sets is not None else []) + [""]
         rows = []
@@ -258,6 +256,8 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
         widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
         for row in [header, *rows]:
             typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        rule = _rule(prediction)
+        typer.echo(f"UNCERTAIN if {terminal_safe(rule['rule'])} ({rule['source']} rule)")
 
 
 def _write_results(out: Path, document: dict, by_output: dict, names: List[str]) -> None:

@@ -213,17 +213,17 @@ def summary_lines(report: dict) -> List[str]:
     mc, det = report["mc"], report["deterministic"]
     lines = [f"model {report.get('model', '')}  data {report.get('data', '')} ({report['count']} inputs"
              + (f", {report['ood_count']} OOD" if report.get("ood_count") else "") + f")  passes {report['passes']}",
-             f"{'':<26}{'MC dropout':>12}{'deterministic':>15}"]
+             f"{'':<40}{'MC dropout':>12}{'deterministic':>15}"]
     for key in ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "subset_accuracy", "hamming_loss",
                 "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma"):
         if key in mc:
-            lines.append(f"{key:<26}{_cell(mc.get(key)):>12}{_cell(det.get(key)):>15}")
+            lines.append(f"{key:<40}{_cell(mc.get(key)):>12}{_cell(det.get(key)):>15}")
     if "conformal" in mc:
-        lines.append(f"{'conformal set coverage':<26}{_cell(mc['conformal']['coverage']):>12}"
+        lines.append(f"{'conformal set coverage':<40}{_cell(mc['conformal']['coverage']):>12}"
                      f"{_cell(det.get('conformal', {}).get('coverage')):>15}")
     for title, key in (("AURC", "aurc"), ("error AUROC", "error_auroc"), ("OOD AUROC", "ood_auroc")):
         for name, value in mc.get(key, {}).items():
-            lines.append(f"{title + ' ' + name:<46}"[:46] + f"{_cell(value):>8}{_cell(det.get(key, {}).get(name)):>15}")
+            lines.append(f"{title + ' ' + name:<40}{_cell(value):>12}{_cell(det.get(key, {}).get(name)):>15}")
     if "per_label" in mc:
         for name, row in mc["per_label"].items():
             lines.append(f"label {name}: ROC AUC {_cell(row['roc_auc'])}  PR AUC {_cell(row['pr_auc'])}  "

@@ -66,8 +66,9 @@ def test_table_output(toy_model_path, batch_npy):
     lines = result.stdout.splitlines()
     assert "provider CPUExecutionProvider" in lines[0] and "passes 5" in lines[0]
     assert lines[1].split()[:5] == ["input", "label", "confidence", "std", "mutual_information"]
-    assert len(lines) == 2 + len(X)
+    assert len(lines) == 3 + len(X)  # model line, column names, a row each, the UNCERTAIN rule
     assert lines[2].split()[1] in ("cat", "dog", "bird")
+    assert lines[-1] == "UNCERTAIN if mutual_information > 0.1 or confidence < 0.6 (default rule)"
 
 
 def test_json_output_parses(toy_head_model, batch_npy):
@@ -84,7 +85,8 @@ def test_every_head_prints_a_table(toy_head_model, batch_npy):
     _, path = toy_head_model
     result = invoke("infer", batch_npy, "--model", path, "--passes", 4)
     assert result.exit_code == 0, result.output
-    assert len(result.stdout.splitlines()) == 2 + len(X)
+    assert len(result.stdout.splitlines()) == 3 + len(X)
+    assert result.stdout.splitlines()[-1].startswith("UNCERTAIN if ")
 
 
 def test_json_and_csv_out_files(toy_model_path, batch_npy, tmp_path):

@@ -400,7 +400,7 @@ def test_escape_sequences_in_names_and_labels_never_reach_the_terminal(tmp_path)
     done, _ = run_cli("infer", name, "--model", model, "--top-k", 3)
     assert done.returncode == 0, done.stderr
     assert "\x1b" not in done.stdout and "\x07" not in done.stdout and "\u202e" not in done.stdout
-    assert len(done.stdout.splitlines()) == 2 + len(X)  # header line, column names, one row each
+    assert len(done.stdout.splitlines()) == 3 + len(X)  # header line, column names, one row each, the rule
     assert "\\x1b" in done.stdout
     for suffix in (".json", ".csv"):
         out = tmp_path / f"r{suffix}"
