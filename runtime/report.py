@@ -19,6 +19,9 @@ from runtime.files import atomic_writer, check_writable_target
 # Every plot is FIGURE_INCHES at DPI: 1500 x 600 pixels, two panels side by side (MC, deterministic).
 FIGURE_INCHES = (10, 4)
 DPI = 150
+# The one-number metrics of every head, in the order reports list them.
+SCALAR_METRICS = ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "subset_accuracy", "hamming_loss",
+                  "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma")
 MODE_TITLES = {"mc": "MC dropout", "deterministic": "deterministic pass"}
 
 
@@ -163,8 +166,7 @@ def markdown(report: dict) -> str:
              + (f", seed {report['seed']}" if report.get("seed") is not None else "") + ".", ""]
     mc, det = report["mc"], report["deterministic"]
     lines += ["| metric | MC dropout | deterministic |", "|---|---|---|"]
-    for key in ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "subset_accuracy", "hamming_loss",
-                "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma"):
+    for key in SCALAR_METRICS:
         if key in mc:
             lines.append(f"| {key} | {_cell(mc.get(key))} | {_cell(det.get(key))} |")
     if "conformal" in mc:
@@ -214,8 +216,7 @@ def summary_lines(report: dict) -> List[str]:
     lines = [f"model {report.get('model', '')}  data {report.get('data', '')} ({report['count']} inputs"
              + (f", {report['ood_count']} OOD" if report.get("ood_count") else "") + f")  passes {report['passes']}",
              f"{'':<40}{'MC dropout':>12}{'deterministic':>15}"]
-    for key in ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "subset_accuracy", "hamming_loss",
-                "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma"):
+    for key in SCALAR_METRICS:
         if key in mc:
             lines.append(f"{key:<40}{_cell(mc.get(key)):>12}{_cell(det.get(key)):>15}")
     if "conformal" in mc:
