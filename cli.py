@@ -123,18 +123,11 @@ def infer(
     if out is not None and out.suffix.lower() not in OUT_FORMATS:
         raise InputError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; "
                          f"use one of {', '.join(OUT_FORMATS)}")
-    if passes is not None and passes < 1:
-        raise InputError(f"--passes must be >= 1, got {passes}")
-    if passes is not None:
-        limits.check("passes", passes, f"--passes {passes:,}")
+    _check_run_options(limits, passes, max_chunk_mb, threads)
     if top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {top_k}")
     if threshold is not None and not 0 <= threshold <= 1:
         raise InputError(f"--threshold must lie in [0, 1], got {threshold}")
-    if not 0 < max_chunk_mb < 2**40:
-        raise InputError(f"--max-chunk-mb must be > 0 and finite, got {max_chunk_mb}")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads must be >= 1, got {threads}")
     if on_error not in ON_ERROR:
         raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
     if out is not None:
@@ -244,6 +237,7 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
     for output, prediction in by_output.items():
         if output is not None:
             typer.echo(f"\noutput {terminal_safe(output)} ({prediction.head})")
+        flagged = prediction.uncertain  # evaluated once, not once per row
         sets = prediction.measures.get("prediction_set_labels", prediction.measures.get("prediction_set"))
         header = ["input", "label", "confidence", "std", "mutual_information"] + (["conformal set"] if sets is not None else []) + [""]
         rows = []
@@ -252,7 +246,7 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
             shown = [] if sets is None else ["{" + ",".join(map(str, sets[i] if isinstance(sets, list) else
                                                                   [j for j, on in enumerate(sets[i]) if on])) + "}"]
             rows.append([terminal_safe(name), terminal_safe(cells["label"]), cells["confidence"], cells["std"],
-                         cells["mutual_information"], *map(terminal_safe, shown), "UNCERTAIN" if prediction.uncertain[i] else ""])
+                         cells["mutual_information"], *map(terminal_safe, shown), "UNCERTAIN" if flagged[i] else ""])
         widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
         for row in [header, *rows]:
             typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
@@ -472,12 +466,12 @@ def evaluate(
 ):
     """Measure accuracy, calibration and how well the uncertainty ranks errors and spots OOD inputs."""
     limits = _limits(limit)
-    _check_run_options(passes, max_chunk_mb, threads, limits)
+    _check_run_options(limits, passes, max_chunk_mb, threads)
     if not 0 < target_precision <= 1:
         raise InputError(f"--target-precision must lie in (0, 1], got {target_precision}")
     if report is not None and report.exists() and not report.is_dir():
         raise InputError(f"--report {report}: exists and is not a folder")
-    from runtime.datasets import load_labelled, load_unlabelled, pick_output
+    from runtime.datasets import batch_size, load_labelled, load_unlabelled, pick_output
     from runtime.decision import Rule
     from runtime.evaluation import evaluate as run_evaluation
     from runtime.session import MCSession
@@ -489,8 +483,7 @@ def evaluate(
         Rule.parse(uncertain_if, chosen.head)  # a bad rule fails before any run
     labelled = load_labelled(data, session.info, chosen, limits)
     outside = load_unlabelled(ood, session.info, limits) if ood is not None else None
-    total = 2 * (len(labelled) + (0 if outside is None else len(next(iter(outside.values())) if isinstance(
-        outside, dict) else outside)))
+    total = 2 * (len(labelled) + (0 if outside is None else batch_size(outside)))
     with typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
                            hidden=total < 2 * PROGRESS_MIN_INPUTS) as bar:
         result = run_evaluation(session, labelled, chosen, passes=passes, ood=outside, progress=bar.update,
@@ -535,7 +528,7 @@ def calibrate(
 ):
     """Fit temperature scaling and the UNCERTAIN rule on labelled data and write them into the file."""
     limits = _limits(limit)
-    _check_run_options(passes, 256, None, limits)
+    _check_run_options(limits, passes)
     import importlib.util
 
     missing = [name for name in ("onnx", "scipy") if importlib.util.find_spec(name) is None]
@@ -550,12 +543,13 @@ def calibrate(
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
 
 
-def _check_run_options(passes, max_chunk_mb, threads, limits) -> None:
+def _check_run_options(limits, passes, max_chunk_mb=None, threads=None) -> None:
+    """The options infer, evaluate and calibrate share, checked before any work."""
     if passes is not None and passes < 1:
         raise InputError(f"--passes must be >= 1, got {passes}")
     if passes is not None:
         limits.check("passes", passes, f"--passes {passes:,}")
-    if not 0 < max_chunk_mb < 2**40:
+    if max_chunk_mb is not None and not 0 < max_chunk_mb < 2**40:
         raise InputError(f"--max-chunk-mb must be > 0 and finite, got {max_chunk_mb}")
     if threads is not None and threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}")

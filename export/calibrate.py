@@ -136,7 +136,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                                     "shape": list(chosen.shape), "calibration": fitted}]
         _set_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
-        checks = _validate(data_bytes, plain, labelled, chosen, fitted, Path(folder), seed, limits, C)
+        checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
     from runtime.files import atomic_writer
 
     with atomic_writer(Path(output)) as f:
@@ -145,17 +145,11 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
 
 
 def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
-    """Samples [T, n, units] of the uncalibrated file (T = 1 without dropout), predicted in blocks."""
-    from runtime.datasets import take
-    from runtime.evaluation import BLOCK
+    """Samples [T, n, units] of the uncalibrated file (T = 1 without dropout)."""
+    from runtime.evaluation import predict_all
 
-    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
-    parts = []
-    for start in range(0, count, BLOCK):
-        found = session.predict(take(x, slice(start, start + BLOCK)), passes=passes, dropout=dropout)
-        found = found[output.name] if isinstance(found, dict) else found
-        parts.append(found.samples.reshape(found.samples.shape[0], found.samples.shape[1], -1))
-    return np.concatenate(parts, axis=1)
+    samples = predict_all(session, x, output, passes, dropout, keep_samples=True).samples
+    return samples.reshape(samples.shape[0], samples.shape[1], -1)
 
 
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
@@ -242,25 +236,24 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     return fitted
 
 
-def _validate(data_bytes, plain_bytes, labelled, output, fitted, folder: Path, seed, limits, C) -> List[str]:
+def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, seed, limits, C) -> List[str]:
     """The runtime's load checks, live randomness, and the calibrated deterministic pass equal to
     the numpy temperature scaling of the uncalibrated one; the graph's decision outputs equal the
     runtime's."""
     from runtime.datasets import take
-    from runtime.session import MCSession, check_model_bytes
+    from runtime.errors import ModelFileError
+    from runtime.session import MCSession
 
-    try:
-        check_model_bytes(data_bytes, "calibrated file", limits)
-    except Exception as err:
-        raise ValidationError(f"validation failed (runtime contract): {err}") from None
     path = folder / "calibrated.onnx"
     path.write_bytes(data_bytes)
-    calibrated = MCSession(path, seed=seed, limits=limits)
-    plain = MCSession(folder / "uncalibrated.onnx", seed=seed, limits=limits)
+    try:  # the load makes every check the runtime makes (as check_model_bytes does for an export)
+        calibrated = MCSession(path, seed=seed, limits=limits)
+    except ModelFileError as err:
+        raise ValidationError(f"validation failed (runtime contract): {err}") from None
     checks = [f"{len(calibrated.self_check())} live-randomness checks"]
     x = take(labelled.x, slice(0, CHECK_INPUTS))
     name = output.prefix + "samples"
-    expected = C.apply_temperature(plain.run_raw(x, passes=1, stochastic=False)[name],
+    expected = C.apply_temperature(uncalibrated.run_raw(x, passes=1, stochastic=False)[name],
                                    fitted["deterministic_temperature"], output.head)
     found = calibrated.run_raw(x, passes=1, stochastic=False)
     gap = float(np.abs(found[name] - expected).max())

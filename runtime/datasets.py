@@ -58,7 +58,7 @@ def load_labelled(path, info: ModelInfo, output: ModelOutput, limits: Limits = D
     else:
         raise InputError(f"{path}: a labelled set is an .npz with x and y, or a folder with one subfolder of "
                          "images per class")
-    y = check_targets(y, output, len(next(iter(x.values())) if isinstance(x, dict) else x), path)
+    y = check_targets(y, output, batch_size(x), path)
     return LabelledSet(x, y, path, _digest(x, y))
 
 
@@ -153,6 +153,11 @@ def _digest(x: Batch, y: np.ndarray) -> str:
         digest.update(f"{array.dtype.str}{array.shape}".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def batch_size(x: Batch) -> int:
+    """Inputs in a batch (an array, or a dict of arrays by input name, all of one length)."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
 
 
 def take(x: Batch, rows) -> Batch:

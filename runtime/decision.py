@@ -94,9 +94,8 @@ class Rule:
     def evaluate(self, prediction) -> np.ndarray:
         """bool [batch]: which inputs of `prediction` the rule flags."""
         flagged = np.zeros(len(prediction), dtype=bool)
-        values = rule_values(prediction)
         for condition in self.conditions:
-            value = values[condition.measure].reshape(len(prediction), -1)
+            value = measure_value(prediction, condition.measure).reshape(len(prediction), -1)
             met = value > condition.value if condition.op == ">" else value < condition.value
             flagged |= met.any(axis=1)
         return flagged
@@ -120,32 +119,26 @@ def default_rule(head: str) -> Rule:
 def scores(prediction) -> Dict[str, np.ndarray]:
     """Every uncertainty score of a categorical prediction, float64 [batch], higher = less certain
     (CATEGORICAL_SCORES)."""
-    m = prediction.measures
-    mean = prediction.mean.astype(np.float64)
-    label = mean.argmax(axis=-1)
-    top_variance = np.take_along_axis(prediction.variance.astype(np.float64), label[:, None], axis=-1)[:, 0]
-    return {
-        "mutual_information": np.asarray(m["mutual_information"], np.float64),
-        "predictive_entropy": np.asarray(m["predictive_entropy"], np.float64),
-        "expected_entropy": np.asarray(m["expected_entropy"], np.float64),
-        "variation_ratio": np.asarray(m["variation_ratio"], np.float64),
-        "top_class_variance": top_variance,
-        "one_minus_confidence": 1.0 - mean.max(axis=-1),
-    }
+    return {name: measure_value(prediction, name) for name in CATEGORICAL_SCORES}
 
 
-def rule_values(prediction) -> Dict[str, np.ndarray]:
-    """The values a rule may test, by measure name, batch first."""
+def measure_value(prediction, name: str) -> np.ndarray:
+    """One value a rule may test (RULE_MEASURES), batch first: only what the rule names is
+    computed, since `Prediction.uncertain` evaluates the rule on every access."""
     kind = head_kind(prediction.head)
     m = prediction.measures
     if kind == "categorical":
-        return {**scores(prediction), "confidence": np.asarray(m["confidence"]), "margin": np.asarray(m["margin"])}
-    if kind == "sigmoid":
-        limits = m["threshold"] if prediction.head == "binary" else m["thresholds"]
-        return {"mutual_information": m["mutual_information"], "entropy": m["entropy"],
-                "expected_entropy": m["expected_entropy"], "std": m["std"],
-                "threshold_distance": np.abs(m["probability"] - limits)}
-    return {"std": m["std"]}
+        if name in ("confidence", "margin"):
+            return np.asarray(m[name])
+        if name == "top_class_variance":
+            label = prediction.mean.argmax(axis=-1)
+            return np.take_along_axis(prediction.variance.astype(np.float64), label[:, None], axis=-1)[:, 0]
+        if name == "one_minus_confidence":
+            return 1.0 - prediction.mean.astype(np.float64).max(axis=-1)
+        return np.asarray(m[name], np.float64)
+    if kind == "sigmoid" and name == "threshold_distance":
+        return np.abs(m["probability"] - (m["threshold"] if prediction.head == "binary" else m["thresholds"]))
+    return m[name]
 
 
 def file_rule(calibration: Optional[dict], head: str) -> Rule:

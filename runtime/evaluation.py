@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from runtime import metrics
-from runtime.datasets import Batch, LabelledSet, take
+from runtime.datasets import Batch, LabelledSet, batch_size, take
 from runtime.decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
 from runtime.metadata import ModelOutput
 from runtime.prediction import MODEL_WIDE, Prediction
@@ -39,13 +39,15 @@ class Evaluation:
 
 
 def predict_all(session, x: Batch, output: ModelOutput, passes: Optional[int], dropout: bool,
-                progress: Optional[Callable[[int], None]] = None, uncertain_if: Optional[str] = None) -> Prediction:
-    """One Prediction for the whole set, predicted BLOCK inputs at a time without keeping samples."""
-    count = len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+                progress: Optional[Callable[[int], None]] = None, uncertain_if: Optional[str] = None,
+                keep_samples: bool = False) -> Prediction:
+    """One Prediction for the whole set, predicted BLOCK inputs at a time (samples kept only when
+    asked: calibration fits on them)."""
+    count = batch_size(x)
     parts = []
     for start in range(0, count, BLOCK):
         found = session.predict(take(x, slice(start, start + BLOCK)), passes=passes, dropout=dropout,
-                                keep_samples=False, uncertain_if=uncertain_if)
+                                keep_samples=keep_samples, uncertain_if=uncertain_if)
         parts.append(found[output.name] if isinstance(found, dict) else found)
         if progress:
             progress(min(start + BLOCK, count) - start)
@@ -65,10 +67,11 @@ def concatenate(parts: List[Prediction]) -> Prediction:
             measures[name] = [item for part in parts for item in part.measures[name]]
         else:
             measures[name] = np.concatenate([part.measures[name] for part in parts])
+    samples = None if first.samples is None else np.concatenate([p.samples for p in parts], axis=1)
     return Prediction(head=first.head, mean=np.concatenate([p.mean for p in parts]),
                       variance=np.concatenate([p.variance for p in parts]), measures=measures,
                       passes=first.passes, stochastic=first.stochastic, provider=first.provider,
-                      labels=first.labels, rule=first.rule)
+                      labels=first.labels, samples=samples, rule=first.rule)
 
 
 def evaluate(session, data: LabelledSet, output: ModelOutput, passes: Optional[int] = None,
@@ -82,8 +85,8 @@ def evaluate(session, data: LabelledSet, output: ModelOutput, passes: Optional[i
         if ood is not None:
             result.ood[mode] = predict_all(session, ood, output, passes, dropout, progress, uncertain_if)
     head = output.head
-    report = {"head": head, "labels": output.labels, "count": len(data), "ood_count": None if ood is None else
-              len(next(iter(ood.values())) if isinstance(ood, dict) else ood),
+    report = {"head": head, "labels": output.labels, "count": len(data),
+              "ood_count": None if ood is None else batch_size(ood),
               "passes": result.predictions["mc"].passes}
     for mode in MODES:
         prediction, outside = result.predictions[mode], result.ood.get(mode)
