@@ -164,7 +164,8 @@ def infer(
     shown = [valid_text(name) for name in names]
     document = {"model": valid_text(_shown(model)), "provider": session.provider, "passes": first.passes,
                 "stochastic": first.stochastic, "seed": seed,
-                "uncertain_rule": _rule(first) if None in by_output else {o: _rule(p) for o, p in by_output.items()},
+                "uncertain_rule": first.uncertain_rule.to_dict() if None in by_output else
+                {o: p.uncertain_rule.to_dict() for o, p in by_output.items()},
                 "predictions": [{"input": name, **by_output[None].to_dict(i)} if None in by_output else
                                 {"input": name, "outputs": {output: p.to_dict(i) for output, p in by_output.items()}}
                                 for i, name in enumerate(shown)],
@@ -198,12 +199,6 @@ def _predict(session, x, passes, dropout, threshold, top_k, count, uncertain_if=
                                progress=lambda done, total: bar.update(1), uncertain_if=uncertain_if)
 
 
-def _rule(prediction) -> dict:
-    """The UNCERTAIN rule a prediction used and where it came from (default, calibrated, override)."""
-    from runtime.decision import default_rule
-
-    rule = prediction.rule or default_rule(prediction.head)
-    return {"rule": str(rule), "source": rule.source}
 
 
 def _summary(prediction, i: int) -> dict:
@@ -250,8 +245,8 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
         widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
         for row in [header, *rows]:
             typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        rule = _rule(prediction)
-        typer.echo(f"UNCERTAIN if {terminal_safe(rule['rule'])} ({rule['source']} rule)")
+        rule = prediction.uncertain_rule
+        typer.echo(f"UNCERTAIN if {terminal_safe(str(rule))} ({rule.source} rule)")
 
 
 def _write_results(out: Path, document: dict, by_output: dict, names: List[str]) -> None:

@@ -18,14 +18,12 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from runtime.errors import InputError, ValidationError
+from runtime.metadata import METADATA_KEY
 
-MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy", "one_minus_confidence",
-            "top_class_variance")
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
 # uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
 AGREEMENT = 1e-4
 CHECK_INPUTS = 64
-METADATA_KEY = "mcdrop"
 
 
 @dataclass
@@ -76,19 +74,19 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from runtime.limits import DEFAULT
     from runtime.session import MCSession
 
-    from .calibration_graph import add_calibration, strip_calibration
+    from .calibration_graph import UNCERTAIN_MEASURES, add_calibration, strip_calibration
 
     limits = limits or DEFAULT
     if target_accuracy is not None and target_coverage is not None:
         raise InputError("give --target-accuracy or --target-coverage, not both")
-    for name, value, low_open in (("--target-accuracy", target_accuracy, True), ("--target-coverage", target_coverage, True),
-                                  ("--target-precision", target_precision, True)):
+    for name, value in (("--target-accuracy", target_accuracy), ("--target-coverage", target_coverage),
+                        ("--target-precision", target_precision)):
         if value is not None and not 0 < value <= 1:
             raise InputError(f"{name} must lie in (0, 1], got {value}")
     if conformal is not None and not 0 < conformal < 1:
         raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
-    if measure not in MEASURES:
-        raise InputError(f"--measure {measure!r}: choose one of {', '.join(MEASURES)}")
+    if measure not in UNCERTAIN_MEASURES:  # the scores the graph's uncertain output can compute
+        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES)}")
     check_writable_target(Path(output))
 
     # The file as it was exported: calibration nodes and metadata removed.
@@ -199,7 +197,7 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
             achieved.update(coverage=float(accepted.mean()),
                             accepted_accuracy=float(correct[accepted].mean()) if accepted.any() else None)
         else:
-            flagged = default_rule(head).evaluate(prediction)
+            flagged = prediction.uncertain  # no rule given: the default one
             achieved.update(coverage=float((~flagged).mean()),
                             accepted_accuracy=float(correct[~flagged].mean()) if (~flagged).any() else None)
         if conformal is not None:
@@ -211,9 +209,8 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
             achieved.update(set_coverage=float(sets[np.arange(len(y)), y].mean()),
                             mean_set_size=float(sets.sum(axis=1).mean()))
     else:
-        clip = lambda p: np.clip(p, 1e-12, 1 - 1e-12)  # noqa: E731
-        bernoulli = lambda p: float(-(y * np.log(clip(p)) + (~y) * np.log(1 - clip(p))).mean())  # noqa: E731
-        achieved = {"nll_before": bernoulli(before), "nll_after": bernoulli(after)}
+        achieved = {"nll_before": metrics.bernoulli_negative_log_likelihood(before, y),
+                    "nll_after": metrics.bernoulli_negative_log_likelihood(after, y)}
         thresholds, per_label = [], []
         for j in range(after.shape[-1]):
             if target_precision is not None:

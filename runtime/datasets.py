@@ -8,15 +8,14 @@ named as the file's labels (or 0, 1, ... when it has none). An unlabelled set (`
 
 import hashlib
 import os
-import zipfile
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Union
+from typing import Dict, Optional, Union
 
 import numpy as np
 
 from runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
 from runtime.errors import InputError
-from runtime.inputs import IMAGE_EXTENSIONS, _check_array_for_model, _read_array, load_inputs
+from runtime.inputs import IMAGE_EXTENSIONS, _check_array_for_model, _read_array, load_inputs, npz_names
 from runtime.limits import DEFAULT, Limits
 from runtime.metadata import ModelInfo, ModelOutput
 
@@ -65,7 +64,7 @@ def load_labelled(path, info: ModelInfo, output: ModelOutput, limits: Limits = D
 def load_unlabelled(path, info: ModelInfo, limits: Limits = DEFAULT) -> Batch:
     """Inputs with no class (out-of-distribution): whatever `infer` reads; the npz's `y`, if any, is ignored."""
     path = str(path)
-    if path.lower().endswith(".npz") and len(info.model_inputs) == 1 and "y" in _members(path):
+    if path.lower().endswith(".npz") and len(info.model_inputs) == 1 and "y" in npz_names(path):
         arrays = _read_array(path, limits, 0, names=["x"])
         _check_array_for_model(path, arrays["x"], info)
         return arrays["x"]
@@ -100,7 +99,7 @@ def check_targets(y, output: ModelOutput, count: int, where: str) -> np.ndarray:
 
 def _labelled_npz(path: str, info: ModelInfo, limits: Limits):
     names = info.input_names if len(info.model_inputs) > 1 else ["x"]
-    missing = [name for name in names + ["y"] if name not in _members(path)]
+    missing = [name for name in names + ["y"] if name not in npz_names(path)]
     if missing:
         raise InputError(f"{path}: has no array named {', '.join(missing)}; a labelled set holds "
                          f"{', '.join(names)} (inputs) and y (targets)")
@@ -112,14 +111,6 @@ def _labelled_npz(path: str, info: ModelInfo, limits: Limits):
     if len(sizes) > 1:
         raise InputError(f"{path}: its input arrays differ in batch size")
     return (arrays["x"] if "x" in arrays else arrays), y
-
-
-def _members(path: str) -> List[str]:
-    try:
-        with zipfile.ZipFile(path) as archive:
-            return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
-    except (OSError, zipfile.BadZipFile, ValueError) as err:
-        raise InputError(f"{path}: cannot read array ({err})") from None
 
 
 def _class_folders(path: str, info: ModelInfo, output: ModelOutput, limits: Limits):

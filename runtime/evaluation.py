@@ -130,10 +130,8 @@ def categorical_report(prediction: Prediction, y: np.ndarray, ood: Optional[Pred
                            for i, name in enumerate(names)}
     report["confusion"] = metrics.confusion_matrix(predicted, y, classes).tolist()
     flagged = prediction.uncertain
-    rule = prediction.rule
     report["uncertain_rule"] = {
-        "rule": str(rule) if rule else "default", "source": rule.source if rule else "default",
-        "flagged": float(flagged.mean()),
+        **prediction.uncertain_rule.to_dict(), "flagged": float(flagged.mean()),
         "accepted_accuracy": float(correct[~flagged].mean()) if (~flagged).any() else None,
     }
     if "prediction_set" in prediction.measures:
@@ -144,12 +142,16 @@ def categorical_report(prediction: Prediction, y: np.ndarray, ood: Optional[Pred
         inside, outside = ranked, usable_scores(ood)
         report["ood_auroc"], report["ood_aupr"], report["ood_fpr_at_95_tpr"] = {}, {}, {}
         for name in inside:
-            both = np.concatenate([inside[name], outside[name]])
-            is_ood = np.concatenate([np.zeros(len(inside[name]), bool), np.ones(len(outside[name]), bool)])
+            both, is_ood = with_ood(inside[name], outside[name])
             report["ood_auroc"][name] = metrics.auroc(both, is_ood)
             report["ood_aupr"][name] = metrics.aupr(both, is_ood)
             report["ood_fpr_at_95_tpr"][name] = metrics.fpr_at_tpr(both, is_ood, 0.95)
     return report
+
+
+def with_ood(inside: np.ndarray, outside: np.ndarray):
+    """(scores of both sets, bool: the input is OOD), for detection metrics with OOD as positive."""
+    return np.concatenate([inside, outside]), np.r_[np.zeros(len(inside), bool), np.ones(len(outside), bool)]
 
 
 def usable_scores(prediction: Prediction) -> Dict[str, np.ndarray]:
@@ -182,9 +184,7 @@ def sigmoid_report(prediction: Prediction, y: np.ndarray, output: ModelOutput, t
             f"threshold_for_precision_{target_precision:g}": precise["threshold"],
             f"recall_at_precision_{target_precision:g}": precise["recall"] if precise["threshold"] is not None else None,
         }
-    clipped = np.clip(probs, 1e-12, 1 - 1e-12)
-    report = {"per_label": per_label,
-              "nll": float(-(y * np.log(clipped) + (~y) * np.log(1 - clipped)).mean()),
+    report = {"per_label": per_label, "nll": metrics.bernoulli_negative_log_likelihood(probs, y),
               "target_precision": target_precision}
     if prediction.head == "multilabel":
         report["subset_accuracy"] = metrics.subset_accuracy(decisions, y)

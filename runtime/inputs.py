@@ -107,6 +107,20 @@ def load_array(path, limits: Limits = DEFAULT) -> np.ndarray:
     return _read_array(str(path), limits, used=0)
 
 
+def npz_names(path) -> List[str]:
+    """The array names an .npz holds, read with the same guards as its arrays (a regular file, a
+    zip directory of bounded size), nothing inflated."""
+    path = str(path)
+    fd = open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        try:
+            _check_zip_directory(f, path)
+            with zipfile.ZipFile(f) as archive:
+                return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile) as err:
+            raise InputError(f"{path}: cannot read array ({first_line(err)})") from None
+
+
 # Paths ------------------------------------------------------------------------------------------
 
 def _refuse(failures: Failures, path: str, err: InputError) -> None:

@@ -394,6 +394,18 @@ def binary_precision_recall_f1(probs, truth, thresholds) -> Dict[str, np.ndarray
     return _prf(tp, (d & ~t).sum(axis=0), (~d & t).sum(axis=0))
 
 
+def bernoulli_negative_log_likelihood(probs, truth, eps: float = 1e-12) -> float:
+    """Mean over every input and label of -(t log p + (1 - t) log(1 - p)) in nats, p clipped to
+    [eps, 1 - eps]; probs [n, labels], truth bool [n, labels]. Lower = better."""
+    p = _floats(probs, "probs", ndim=2)
+    t = _bools(truth, "truth", ndim=2)
+    _same_shape(p, t, "probs and truth")
+    if not eps > 0:
+        raise InputError(f"eps must be > 0, got {eps!r}")
+    q = np.clip(p, eps, 1 - eps)
+    return float(-np.where(t, np.log(q), np.log(1 - q)).mean())
+
+
 def subset_accuracy(decisions, truth) -> float:
     """Share of inputs whose every label decision is right; decisions, truth bool [n, labels]."""
     d, t = _decisions_and_truth(decisions, truth)

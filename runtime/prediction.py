@@ -93,9 +93,14 @@ class Prediction:
         return self.to_dict(index)
 
     @property
+    def uncertain_rule(self) -> decision.Rule:
+        """The rule `uncertain` applies: `rule`, or the default rule (runtime/decision.py)."""
+        return self.rule or decision.default_rule(self.head)
+
+    @property
     def uncertain(self) -> np.ndarray:
-        """bool [batch]: flagged by `rule`, or by the default rule (runtime/decision.py)."""
-        return (self.rule or decision.default_rule(self.head)).evaluate(self)
+        """bool [batch]: flagged by `uncertain_rule`."""
+        return self.uncertain_rule.evaluate(self)
 
     def to_dict(self, index: Optional[int] = None) -> dict:
         """JSON-safe python: the whole batch, or one input when `index` is given.

@@ -13,7 +13,7 @@ import numpy as np
 
 from runtime import metrics
 from runtime.errors import InputError
-from runtime.evaluation import COVERAGES, Evaluation, usable_scores
+from runtime.evaluation import COVERAGES, Evaluation, usable_scores, with_ood
 from runtime.files import atomic_writer, check_writable_target
 
 # Every plot is FIGURE_INCHES at DPI: 1500 x 600 pixels, two panels side by side (MC, deterministic).
@@ -144,8 +144,7 @@ def _roc(evaluation: Evaluation) -> bytes:
             axes[0].plot(fpr, tpr, styles[mode], label=label, linewidth=1.2)
             if mode in evaluation.ood:
                 outside = usable_scores(evaluation.ood[mode])[name]
-                fpr, tpr = metrics.roc_curve(np.concatenate([inside[name], outside]),
-                                             np.r_[np.zeros(len(inside[name]), bool), np.ones(len(outside), bool)])
+                fpr, tpr = metrics.roc_curve(*with_ood(inside[name], outside))
                 axes[1].plot(fpr, tpr, styles[mode], label=label, linewidth=1.2)
     axes[0].set(title="error detection (wrong = positive)")
     axes[1].set(title="OOD detection (OOD = positive)" if evaluation.ood else "OOD detection (no --ood data)")

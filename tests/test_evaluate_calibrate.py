@@ -173,6 +173,16 @@ def test_evaluate_refuses_bad_data_in_one_line(tmp_path, arrays, message):
     assert message in one_line_error(run_cli("evaluate", MODELS / "cnn.onnx", tmp_path / "bad.npz"))
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "mkfifo"), reason="needs FIFOs")
+def test_evaluate_refuses_a_fifo_instead_of_waiting_on_it(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "data.npz")
+    done = subprocess.run([sys.executable, "cli.py", "evaluate", MODELS / "cnn.onnx", tmp_path / "data.npz"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert "not a regular file" in one_line_error(done)
+
+
 def test_evaluate_refuses_unknown_class_folder_and_bad_rule(tmp_path):
     (tmp_path / "classes" / "seven").mkdir(parents=True)
     Image.new("L", (28, 28)).save(tmp_path / "classes" / "seven" / "a.png")

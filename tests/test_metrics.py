@@ -43,6 +43,22 @@ def test_accuracy_nll_brier_match_sklearn(seed):
         2 * skm.brier_score_loss(labels, binary[:, 1]), rel=1e-12)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_bernoulli_nll_matches_sklearn_log_loss_over_every_label(seed):
+    rng = np.random.default_rng(seed)
+    probs, truth = rng.uniform(0.01, 0.99, (200, 3)), rng.random((200, 3)) < 0.4
+    assert M.bernoulli_negative_log_likelihood(probs, truth) == pytest.approx(
+        skm.log_loss(truth.ravel(), probs.ravel(), labels=[False, True]), rel=1e-12)
+
+
+def test_bernoulli_nll_floors_zero_and_one():
+    # p = 0 for a positive costs -log(1e-12); p = 1 for a negative -log(1 - (1 - 1e-12)) (about the
+    # same, 1 - 1e-12 rounds in float64); p = 0.5 costs log 2.
+    probs, truth = [[0.0, 1.0, 0.5]], [[True, False, True]]
+    assert M.bernoulli_negative_log_likelihood(probs, truth) == pytest.approx(
+        (27.631021115928547 - math.log(1 - (1 - 1e-12)) + math.log(2)) / 3, rel=1e-12)
+
+
 def test_accuracy_ties_go_to_the_lowest_index():
     probs = [[0.4, 0.4, 0.2], [0.3, 0.3, 0.4]]
     assert M.accuracy(probs, [0, 2]) == 1.0
