@@ -57,7 +57,7 @@ def main():
     head = resolve_head(model)
     sessions = {}
     for name, repeat_all in (("mcdrop (deterministic part once)", False), ("every layer T times", True)):
-        proto, *_ = build_graph(model, head, args.passes, seed=0, repeat_all=repeat_all)
+        proto, *_ = build_graph(model, head, seed=0, repeat_all=repeat_all)
         sessions[name] = ort_session(proto.SerializeToString())
 
     rng = np.random.default_rng(0)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.errors import ExportError, ModelFileError, first_line
-from runtime.metadata import describe_preprocessing
+from runtime.metadata import FORMAT_VERSION, describe_preprocessing
 
 from .preprocess import PREPROCESS_MODES, UNKNOWN_PREPROCESS, check_preprocess_options, image_preprocessing
 
@@ -206,7 +206,7 @@ def read_labels(path, head, units):
 
 
 def build_graph(
-    model, head: str | list = "softmax", passes=50, mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False,
+    model, head: str | list = "softmax", mc_layers=None, allow_deterministic=False, seed=None, opset=None, repeat_all=False,
     ignore_random_layers=None,
 ):
     """Trace, convert and randomise: returns (ModelProto, masks-as-inputs variant, calls, extras).
@@ -216,9 +216,9 @@ def build_graph(
     named in ignore_random_layers (export/randomness.py)."""
     from runtime.seeds import fresh_seeds
 
-    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs, set_defaults
+    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs
     from .signature import input_specs
-    from .noise import is_active, noise_layers, spec_for
+    from .noise import noise_layers, spec_for
     from .randomness import check_no_lost_randomness
     from .trace import layer_graph
 
@@ -251,8 +251,6 @@ def build_graph(
     proto, stats = convert(model, heads, calls, selected, opset, repeat_all)
     variant = masks_as_inputs(proto)
     attach_random_nodes(proto, calls, fresh_seeds(len(calls), seed))
-    set_defaults(proto, passes)
-    set_defaults(variant, passes)
     return proto, variant, calls, {**stats, "selected": selected}
 
 
@@ -303,7 +301,7 @@ def build_metadata(model, source, outputs, passes, calls, extras, preprocessing,
         if call.recurrent:
             layers[-1]["masks"] = call.recurrent.count  # one per gate, drawn together
     return {
-        "format": 1,
+        "format": FORMAT_VERSION,
         "head": outputs[0].head,  # the first output's, as in files from before several outputs
         "labels": outputs[0].labels,
         "default_passes": passes,
@@ -404,7 +402,7 @@ def export_model(
         raise ExportError("--quantize int8 takes models with one input (its calibration data is one array)")
 
     progress(f"tracing and converting (head: {', '.join(heads)})")
-    proto, _, calls, extras = build_graph(model, heads, passes, mc_layers, allow_deterministic, seed, opset,
+    proto, _, calls, extras = build_graph(model, heads, mc_layers, allow_deterministic, seed, opset,
                                           ignore_random_layers=ignore_random_layers)
     metadata = build_metadata(model, source, outputs, passes, calls, extras, preprocessing, max_source_bytes)
     attach_metadata(proto, metadata)

@@ -196,7 +196,6 @@ def convert(model, heads, calls, selected, opset=OPSET, repeat_all=False):
     proto.ir_version = IR_VERSION
     freeze_captured_constants(proto, concrete, len(signature))
     keep_zero_pads_out_of_maxpool(proto)
-    set_defaults(proto)
     return proto, stats
 
 
@@ -222,16 +221,6 @@ def freeze_captured_constants(proto, concrete, arguments):
     if extra:
         raise ExportError(f"the converted graph has inputs nobody can feed ({', '.join(extra[:3])}); "
                           "a layer's state was not frozen into the file")
-
-
-def set_defaults(proto, passes=1):
-    """`passes` and `stochastic` become overridable: an initializer of the same name is the default."""
-    graph = proto.graph
-    for name, value in (("passes", np.array(passes, np.int64)), ("stochastic", np.array(True))):
-        existing = [i for i in graph.initializer if i.name == name]
-        for i in existing:
-            graph.initializer.remove(i)
-        graph.initializer.append(numpy_helper.from_array(value, name))
 
 
 def drop_outputs(proto, prefix):

@@ -16,7 +16,10 @@ from runtime.errors import ModelFileError
 from runtime.limits import DEFAULT, Limits
 
 METADATA_KEY = "mcdrop"
-FORMAT_VERSION = 1
+# 2: `passes` and `stochastic` are plain required inputs (1 gave them initializers as defaults,
+# which onnxruntime-node and -web hide, and which warn at every session creation).
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 HEADS = ("softmax", "logits", "binary", "multilabel", "regression")
 COLOR_CHANNELS = {"grayscale": 1, "rgb": 3}
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -142,7 +145,7 @@ class ModelInfo:
             raise ModelFileError(f"{path}: not an mcdrop export (no '{METADATA_KEY}' metadata); "
                                  "export it with `python cli.py export`")
         meta = parse_metadata(text, path, limits)
-        inputs = {arg.name: _shape(arg.shape) for arg in session.get_inputs()}
+        inputs = {arg.name: _shape(arg.shape) for arg in session.get_inputs() if arg.name not in CONTROL_TYPES}
         outputs = {arg.name: _shape(arg.shape) for arg in session.get_outputs()}
         try:
             info = cls._from_json(meta, path, inputs, outputs, limits)
@@ -153,8 +156,9 @@ class ModelInfo:
 
     @classmethod
     def _from_json(cls, meta: dict, path, inputs, outputs, limits: Limits) -> "ModelInfo":
-        if meta.get("format") != FORMAT_VERSION:
-            raise _Bad(f"format {_short(meta.get('format'))}, this runtime reads {FORMAT_VERSION}")
+        if meta.get("format") not in READABLE_FORMATS:
+            raise _Bad(f"format {_short(meta.get('format'))}, this runtime reads "
+                       + " and ".join(map(str, READABLE_FORMATS)))
         head = _choice(meta, "head", HEADS)
         input_shape = _shape_field(meta, "input_shape")
         output_shape = _shape_field(meta, "output_shape")

@@ -113,7 +113,7 @@ def assert_parity(model, tmp_path, name="model", **export_kwargs):
     metadata = json.loads(proto.metadata_props[0].value)
 
     _, variant, _, _ = build_graph(
-        model, [head for _, head in output_heads(metadata)], passes=MASK_PASSES,
+        model, [head for _, head in output_heads(metadata)],
         mc_layers=export_kwargs.get("mc_layers"), seed=0
     )
     x = validation_inputs(model, metadata, count=3, seed=1)

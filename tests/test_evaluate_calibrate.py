@@ -97,7 +97,8 @@ def test_calibrated_file_runs_in_a_plain_onnxruntime_session(digits):
     q = calibration["conformal"]["quantile"]
     np.testing.assert_array_equal(out["prediction_set"], out["mean"] >= np.float32(1) - np.float32(q))
     # MC passes run with their own temperature: a stochastic run's mean is a mean of calibrated passes.
-    stochastic = dict(zip(names, calibrated.run(None, {"input": x})))
+    stochastic = dict(zip(names, calibrated.run(None, {**feed, "passes": np.array(meta["default_passes"], np.int64),
+                                                                 "stochastic": np.array(True)})))
     np.testing.assert_allclose(stochastic["mean"], stochastic["samples"].mean(axis=0), atol=1e-6)
     np.testing.assert_allclose(stochastic["samples"].sum(axis=-1), 1.0, atol=1e-5)
 

@@ -3,6 +3,8 @@ and the terminal escaping, each against a reference: the onnx package, hashlib, 
 
 import hashlib
 import os
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -15,6 +17,7 @@ from runtime.errors import InputError, ModelFileError
 from runtime.integrity import CHECKSUM_KEY, seal, verify
 from runtime.limits import Limits
 from runtime.onnx_file import RANDOM_OPS, read_model
+from runtime.session import MCSession
 from toy_model import build_toy_model
 
 SHIPPED = sorted((ROOT / "models").glob("*.onnx"))
@@ -135,3 +138,32 @@ def test_terminal_safe_escapes_every_control_character(text, shown):
 def test_valid_text_turns_undecodable_file_name_bytes_into_escapes():
     assert cli.valid_text(os.fsdecode(b"a\xffb.png")) == "a\\xffb.png"
     assert cli.valid_text("ok.png") == "ok.png"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_passes_and_stochastic_are_plain_inputs_and_a_plain_session_prints_nothing(path):
+    """Format 2: onnxruntime-node and -web hide initializers listed as graph inputs, and every
+    binding warns about them at session creation, so the controls have none (docs/FORMAT.md)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    assert [i.name for i in proto.graph.input] == ["input", "passes", "stochastic"]
+    assert not {"passes", "stochastic"} & {t.name for t in proto.graph.initializer}
+    script = ("import sys, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']);"
+              "print([i.name for i in s.get_inputs()], [i.name for i in s.get_overridable_initializers()])")
+    done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
+    assert done.stderr == ""
+    assert done.stdout.strip() == "['input', 'passes', 'stochastic'] []"
+
+
+def test_a_format_1_file_with_default_initializers_still_runs(tmp_path):
+    """Files written before format 2 carry `passes` and `stochastic` initializers; the runtime
+    always feeds both, so they run as before."""
+    path = build_toy_model(tmp_path / "toy.onnx", sealed=False)
+    proto = onnx.load(path)
+    proto.graph.initializer.extend([onnx.numpy_helper.from_array(np.array(3, np.int64), "passes"),
+                                    onnx.numpy_helper.from_array(np.array(True), "stochastic")])
+    entry = next(p for p in proto.metadata_props if p.key == "mcdrop")
+    entry.value = entry.value.replace('"format": 2', '"format": 1')
+    assert '"format": 1' in entry.value
+    (tmp_path / "old.onnx").write_bytes(seal(proto.SerializeToString()))
+    prediction = MCSession(tmp_path / "old.onnx", seed=0).predict(np.ones((2, 4), np.float32), passes=5)
+    assert prediction.samples.shape[:2] == (5, 2)

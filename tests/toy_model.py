@@ -62,8 +62,6 @@ def build_toy_model(path, head: str = "softmax", example_shape: Sequence[int] = 
     weights = toy_weights(head, features, weights_seed)
     initializers = [numpy_helper.from_array(value, name) for name, value in weights.items()]
     initializers += [
-        numpy_helper.from_array(np.array(DEFAULT_PASSES, dtype=np.int64), "passes"),
-        numpy_helper.from_array(np.array(True), "stochastic"),
         numpy_helper.from_array(np.array([1], dtype=np.int64), "one_1d"),
         numpy_helper.from_array(np.array([-1, features], dtype=np.int64), "flat_shape"),
         numpy_helper.from_array(np.array([-1, units], dtype=np.int64), "tail_shape"),
@@ -133,7 +131,7 @@ def build_toy_model(path, head: str = "softmax", example_shape: Sequence[int] = 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     if with_metadata:
         meta = {
-            "format": 1, "head": head, "labels": LABELS[head], "default_passes": DEFAULT_PASSES,
+            "format": 2, "head": head, "labels": LABELS[head], "default_passes": DEFAULT_PASSES,
             "input_shape": [None, *example_shape], "output_shape": [None, units],
             "preprocessing": preprocessing, "stochastic_layers": layers,
             "activation_floats_per_sample": activation_floats_per_sample,
