@@ -1,0 +1,697 @@
+// mcdrop for JavaScript: read an mcdrop ONNX file, give it fresh dropout seeds, turn an image into
+// its input, and summarize what onnxruntime returns. One ES module without Node-only APIs, so the
+// same file serves onnxruntime-node (examples/node/) and onnxruntime-web in a browser.
+//
+// The file format is docs/FORMAT.md; each part below mirrors the Python runtime module it names.
+
+// ---------------------------------------------------------------------------------------------
+// Reading the file (runtime/onnx_file.py)
+//
+// A small protobuf walker: it finds the "mcdrop" metadata and every random node with the byte
+// offset of its float `seed` attribute, without an ONNX or protobuf package. Field numbers are
+// those of onnx/onnx.proto.
+
+const METADATA_KEY = "mcdrop";
+const READABLE_FORMATS = [1, 2];
+const RANDOM_OPS = ["RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli", "Multinomial"];
+const MAX_DEPTH = 32; // graphs nest through If / Loop / Scan attributes; real models go a few deep
+const VARINT = 0, FIXED64 = 1, LENGTH = 2, FIXED32 = 5;
+const MODEL = { graph: 7, metadata: 14, training: 20, functions: 25 };
+const GRAPH = { node: 1 };
+const NODE = { name: 3, opType: 4, attribute: 5, domain: 7 };
+const ATTR = { name: 1, f: 2, g: 6, graphs: 11 };
+const ENTRY = { key: 1, value: 2 };
+const TRAINING_GRAPHS = [1, 2]; // TrainingInfoProto: initialization, algorithm
+const FUNCTION_NODE = 7;
+
+class WireError extends Error {}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+function text(bytes, [start, end]) {
+  try {
+    return utf8.decode(bytes.subarray(start, end));
+  } catch {
+    throw new WireError("a name is not UTF-8");
+  }
+}
+
+function varint(bytes, position, end) {
+  let result = 0;
+  for (let shift = 0; ; shift += 7) {
+    if (position >= end || shift > 63) throw new WireError(`bad varint at byte ${position}`);
+    const byte = bytes[position++];
+    result += (byte & 0x7f) * 2 ** shift; // lengths and keys stay well within 2**53
+    if (byte < 0x80) return [result, position];
+  }
+}
+
+// Each field of bytes[start:end] as {number, wire, value, end}: value is a number for varints and
+// fixed32 (as float32), and the [start, end) span of the payload for length-delimited fields.
+function* fields(bytes, start, end) {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  let position = start;
+  while (position < end) {
+    const fieldStart = position;
+    let key, value;
+    [key, position] = varint(bytes, position, end);
+    const number = Math.floor(key / 8), wire = key % 8;
+    if (number === 0) throw new WireError(`field number 0 at byte ${fieldStart}`);
+    if (wire === VARINT) {
+      [value, position] = varint(bytes, position, end);
+    } else if (wire === FIXED64) {
+      if (position + 8 > end) throw new WireError(`truncated field at byte ${fieldStart}`);
+      value = null;
+      position += 8;
+    } else if (wire === LENGTH) {
+      let length;
+      [length, position] = varint(bytes, position, end);
+      if (position + length > end) throw new WireError(`field at byte ${fieldStart} runs past its message`);
+      value = [position, position + length];
+      position += length;
+    } else if (wire === FIXED32) {
+      if (position + 4 > end) throw new WireError(`truncated field at byte ${fieldStart}`);
+      value = view.getFloat32(position, true);
+      position += 4;
+    } else {
+      throw new WireError(`wire type ${wire} at byte ${fieldStart}`);
+    }
+    yield { number, wire, value, end: position };
+  }
+}
+
+function walkGraph(bytes, span, found, depth) {
+  if (depth > MAX_DEPTH) throw new WireError(`graphs nested more than ${MAX_DEPTH} deep`);
+  for (const f of fields(bytes, ...span)) {
+    if (f.wire === LENGTH && f.number === GRAPH.node) walkNode(bytes, f.value, found, depth);
+  }
+}
+
+function walkNode(bytes, span, found, depth) {
+  let name = "", opType = "", domain = "", seed = null, seedOffset = null;
+  for (const f of fields(bytes, ...span)) {
+    if (f.wire !== LENGTH) continue;
+    if (f.number === NODE.name) name = text(bytes, f.value);
+    else if (f.number === NODE.opType) opType = text(bytes, f.value);
+    else if (f.number === NODE.domain) domain = text(bytes, f.value);
+    else if (f.number === NODE.attribute) {
+      const attribute = walkAttribute(bytes, f.value, found, depth);
+      if (attribute) [seed, seedOffset] = attribute;
+    }
+  }
+  if (RANDOM_OPS.includes(opType) && (domain === "" || domain === "ai.onnx")) {
+    found.randomNodes.push({ name, opType, seed, seedOffset });
+  }
+}
+
+// Walks the subgraphs an attribute holds; returns [seed, offset] for a float attribute "seed".
+function walkAttribute(bytes, span, found, depth) {
+  let name = null, value = null, offset = null;
+  for (const f of fields(bytes, ...span)) {
+    if (f.number === ATTR.name && f.wire === LENGTH) name = text(bytes, f.value);
+    else if (f.number === ATTR.f && f.wire === FIXED32) [value, offset] = [f.value, f.end - 4];
+    else if (f.wire === LENGTH && (f.number === ATTR.g || f.number === ATTR.graphs)) {
+      walkGraph(bytes, f.value, found, depth + 1);
+    }
+  }
+  return name === "seed" && value !== null ? [value, offset] : null;
+}
+
+function walkEntry(bytes, span) {
+  let key = "", value = [0, 0];
+  for (const f of fields(bytes, ...span)) {
+    if (f.wire !== LENGTH) continue;
+    if (f.number === ENTRY.key) key = text(bytes, f.value);
+    else if (f.number === ENTRY.value) value = f.value;
+  }
+  return [key, value];
+}
+
+/**
+ * The "mcdrop" metadata (defaults filled as docs/FORMAT.md says) and the random nodes, with the
+ * byte offset of each one's float seed (null: no float seed attribute), of an ONNX file's bytes.
+ * Throws an Error with a one-line message for bytes that are not ONNX or not an mcdrop export.
+ */
+export function readModelFile(bytes) {
+  if (!(bytes instanceof Uint8Array)) throw new Error("readModelFile needs the file's bytes as a Uint8Array");
+  const found = { randomNodes: [], metadata: new Map(), hasGraph: false };
+  try {
+    for (const f of fields(bytes, 0, bytes.length)) {
+      if (f.wire !== LENGTH) continue;
+      if (f.number === MODEL.graph) {
+        found.hasGraph = true;
+        walkGraph(bytes, f.value, found, 1);
+      } else if (f.number === MODEL.metadata) {
+        const [key, span] = walkEntry(bytes, f.value);
+        if (found.metadata.has(key)) throw new WireError(`metadata key ${JSON.stringify(key)} appears twice`);
+        found.metadata.set(key, span);
+      } else if (f.number === MODEL.training) {
+        for (const g of fields(bytes, ...f.value)) {
+          if (g.wire === LENGTH && TRAINING_GRAPHS.includes(g.number)) walkGraph(bytes, g.value, found, 1);
+        }
+      } else if (f.number === MODEL.functions) {
+        for (const g of fields(bytes, ...f.value)) {
+          if (g.wire === LENGTH && g.number === FUNCTION_NODE) walkNode(bytes, g.value, found, 1);
+        }
+      }
+    }
+  } catch (err) {
+    if (err instanceof WireError) throw new Error(`not an ONNX file (malformed protobuf: ${err.message})`);
+    throw err;
+  }
+  if (!found.hasGraph) throw new Error("not an ONNX file (no graph)");
+  const span = found.metadata.get(METADATA_KEY);
+  if (!span) throw new Error(`not an mcdrop export (no '${METADATA_KEY}' metadata); export it with \`python cli.py export\``);
+  return { metadata: parseMetadata(bytes.subarray(...span)), randomNodes: found.randomNodes };
+}
+
+// The metadata JSON with the defaults of files written before a field existed (docs/FORMAT.md:
+// Metadata). Only what this module uses is checked; runtime/metadata.py checks everything.
+function parseMetadata(raw) {
+  let meta;
+  try {
+    meta = JSON.parse(utf8.decode(raw));
+  } catch (err) {
+    throw new Error(`broken '${METADATA_KEY}' metadata (${String(err.message).split("\n")[0]})`);
+  }
+  if (meta === null || typeof meta !== "object" || Array.isArray(meta)) {
+    throw new Error(`broken '${METADATA_KEY}' metadata (not a JSON object)`);
+  }
+  if (!READABLE_FORMATS.includes(meta.format)) {
+    const readable = READABLE_FORMATS.join(" and ");
+    throw new Error(`broken '${METADATA_KEY}' metadata (format ${JSON.stringify(meta.format)}, this reader reads ${readable})`);
+  }
+  if (!Number.isInteger(meta.default_passes) || meta.default_passes < 1) {
+    throw new Error(`broken '${METADATA_KEY}' metadata (default_passes must be an integer >= 1)`);
+  }
+  meta.inputs ??= [{ name: "input", shape: meta.input_shape }];
+  meta.outputs ??= [{ name: "output", prefix: "", head: meta.head, labels: meta.labels ?? null, shape: meta.output_shape }];
+  if (!Array.isArray(meta.inputs) || !meta.inputs.length || !Array.isArray(meta.outputs) || !meta.outputs.length) {
+    throw new Error(`broken '${METADATA_KEY}' metadata (inputs and outputs must be non-empty lists)`);
+  }
+  for (const output of meta.outputs) {
+    output.prefix ??= "";
+    output.labels ??= null;
+    output.calibration ??= null;
+  }
+  if (meta.preprocessing) {
+    meta.preprocessing = { channel_order: "rgb", mean: [0], std: [1], background: 0, ...meta.preprocessing };
+  } else {
+    meta.preprocessing = null;
+  }
+  meta.stochastic_layers ??= [];
+  return meta;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fresh seeds (runtime/seeds.py)
+//
+// onnxruntime seeds each random node's minstd generator from its float `seed` attribute when the
+// session is created, so without a rewrite every session of a file replays the same masks. A seed
+// is a starting point on minstd's single cycle through 1..2**31-2; two seeds a distance d apart
+// give the same stream shifted by d draws, so the seeds are spread around the cycle: stream j of n
+// starts at a random spot in the first half of the j-th of n equal arcs (runtime/seeds.py says
+// why not exactly even). Native onnxruntime (Linux, macOS) uses minstd_rand0, the wasm build of
+// onnxruntime-web minstd_rand: same cycle idea, another multiplier.
+
+export const MINSTD = { node: 16807, wasm: 48271 };
+const MINSTD_MODULUS = 2 ** 31 - 1;
+
+// Uniform integers in [0, n), n <= 2**32, from 32-bit words: seeded (SplitMix64) or crypto.
+function randomSource(seed) {
+  let next;
+  if (seed === undefined || seed === null) {
+    const buffer = new Uint32Array(64);
+    let used = buffer.length;
+    next = () => {
+      if (used === buffer.length) {
+        globalThis.crypto.getRandomValues(buffer);
+        used = 0;
+      }
+      return buffer[used++];
+    };
+  } else {
+    if (!(Number.isSafeInteger(seed) || typeof seed === "bigint") || seed < 0) {
+      throw new Error(`seed must be an integer >= 0, got ${seed}`);
+    }
+    const MASK = (1n << 64n) - 1n;
+    let state = BigInt(seed) & MASK;
+    next = () => {
+      state = (state + 0x9e3779b97f4a7c15n) & MASK;
+      let z = state;
+      z = ((z ^ (z >> 30n)) * 0xbf58476d1ce4e5b9n) & MASK;
+      z = ((z ^ (z >> 27n)) * 0x94d049bb133111ebn) & MASK;
+      return Number((z ^ (z >> 31n)) >> 32n);
+    };
+  }
+  return (n) => {
+    const limit = 2 ** 32 - (2 ** 32 % n); // rejection keeps every value equally likely
+    for (;;) {
+      const word = next();
+      if (word < limit) return word % n;
+    }
+  };
+}
+
+function powMod(base, exponent, modulus) {
+  let result = 1n, b = BigInt(base) % BigInt(modulus), e = BigInt(exponent);
+  const m = BigInt(modulus);
+  while (e > 0n) {
+    if (e & 1n) result = (result * b) % m;
+    b = (b * b) % m;
+    e >>= 1n;
+  }
+  return Number(result);
+}
+
+/**
+ * `count` seeds spread around minstd's cycle for the given multiplier (MINSTD.node or
+ * MINSTD.wasm), each an integer that float32 holds exactly (the attribute is a float, cast back
+ * to an integer state). `seed` (an integer) repeats the same seeds; without it they come from
+ * crypto entropy. They do not equal the Python runtime's for the same seed.
+ */
+export function freshSeeds(count, { seed, multiplier = MINSTD.node } = {}) {
+  if (!Number.isInteger(count) || count < 0) throw new Error(`count must be an integer >= 0, got ${count}`);
+  if (!Number.isInteger(multiplier) || multiplier < 2 || multiplier >= MINSTD_MODULUS) {
+    throw new Error(`multiplier must be a minstd multiplier such as ${MINSTD.node} or ${MINSTD.wasm}`);
+  }
+  if (count === 0) return [];
+  const below = randomSource(seed);
+  const cycle = MINSTD_MODULUS - 1;
+  const arc = Math.floor(cycle / count);
+  const start = below(cycle);
+  const seeds = [];
+  for (let j = 0; j < count; j++) {
+    const position = (start + j * arc + below(Math.max(1, Math.floor(arc / 2)))) % cycle;
+    let state = powMod(multiplier, position, MINSTD_MODULUS);
+    // The first float32-exact state on from the spot: a few dozen steps at most.
+    while (Math.fround(state) !== state) state = Number((BigInt(state) * BigInt(multiplier)) % BigInt(MINSTD_MODULUS));
+    seeds.push(state);
+  }
+  return seeds;
+}
+
+/**
+ * A copy of the file's bytes with each random node's 4 seed bytes (little-endian float32)
+ * replaced by fresh seeds; nothing else changes, the length included. Call it before creating
+ * each session. Throws for a random node without a float seed (it would replay its masks).
+ */
+export function withFreshSeeds(bytes, { seed, multiplier = MINSTD.node } = {}) {
+  const { randomNodes } = readModelFile(bytes);
+  const unseeded = randomNodes.find((node) => node.seedOffset === null);
+  if (unseeded) throw new Error(`random node '${unseeded.name}' has no float seed attribute; export the model again`);
+  const out = bytes.slice();
+  const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  const seeds = freshSeeds(randomNodes.length, { seed, multiplier });
+  randomNodes.forEach((node, i) => view.setFloat32(node.seedOffset, seeds[i], true));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Image -> model input (runtime/inputs.py: _composite, _eight_bit_pixels, _to_model_input,
+// _normalize; docs/FORMAT.md: Metadata, preprocessing)
+//
+// 8-bit steps are Pillow's integer arithmetic, so the result matches the Python runtime's for the
+// same pixels (the resize within 1 grey level, in practice exactly).
+
+const COMPOSITE_BITS = 7; // Pillow's AlphaComposite.c
+const shiftDiv255 = (a) => ((a >>> 8) + a) >>> 8;
+
+// One RGBA pixel over an opaque grey, as Pillow's Image.alpha_composite computes it.
+function compositeOverGrey(value, alpha, grey) {
+  if (alpha === 0) return grey;
+  const blend = 255 * (255 - alpha);
+  const outa255 = alpha * 255 + blend;
+  const coef1 = Math.floor((alpha * 255 * 255 * (1 << COMPOSITE_BITS)) / outa255);
+  const coef2 = 255 * (1 << COMPOSITE_BITS) - coef1;
+  return shiftDiv255(value * coef1 + grey * coef2 + (0x80 << COMPOSITE_BITS)) >>> COMPOSITE_BITS;
+}
+
+// Python's round(): halves to even (the background grey is rounded to a whole level).
+function roundHalfEven(x) {
+  const r = Math.round(x);
+  return Math.abs(x % 1) === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+// Pillow's Resample.c, 8 bits per channel: Lanczos (a = 3), support widened by the scale when
+// shrinking, coefficients in 22-bit fixed point, each pass rounded and clipped to 8 bits.
+const PRECISION_BITS = 32 - 8 - 2;
+
+function sinc(x) {
+  if (x === 0) return 1;
+  x *= Math.PI;
+  return Math.sin(x) / x;
+}
+
+function lanczos(x) {
+  return -3 <= x && x < 3 ? sinc(x) * sinc(x / 3) : 0;
+}
+
+function coefficients(inSize, outSize) {
+  const scale = inSize / outSize;
+  const filterscale = Math.max(scale, 1);
+  const support = 3 * filterscale;
+  const reciprocal = 1 / filterscale; // Pillow multiplies by it: the same rounding
+  const ksize = Math.ceil(support) * 2 + 1;
+  const bounds = new Int32Array(outSize * 2);
+  const kk = new Int32Array(outSize * ksize);
+  const weights = new Float64Array(ksize);
+  for (let xx = 0; xx < outSize; xx++) {
+    const center = (xx + 0.5) * scale;
+    const xmin = Math.max(0, Math.trunc(center - support + 0.5));
+    const count = Math.min(inSize, Math.trunc(center + support + 0.5)) - xmin;
+    let ww = 0;
+    for (let x = 0; x < count; x++) {
+      weights[x] = lanczos((x + xmin - center + 0.5) * reciprocal);
+      ww += weights[x];
+    }
+    for (let x = 0; x < count; x++) {
+      const k = ww !== 0 ? weights[x] / ww : weights[x];
+      kk[xx * ksize + x] = Math.trunc(k < 0 ? -0.5 + k * 2 ** PRECISION_BITS : 0.5 + k * 2 ** PRECISION_BITS);
+    }
+    bounds[xx * 2] = xmin;
+    bounds[xx * 2 + 1] = count;
+  }
+  return { bounds, kk, ksize };
+}
+
+const clip8 = (sum) => Math.min(255, Math.max(0, Math.floor(sum / 2 ** PRECISION_BITS)));
+
+// One pass along one axis of an interleaved 8-bit image [height][width][channels].
+function resamplePass(pixels, width, height, channels, outWidth, outHeight, horizontal) {
+  const { bounds, kk, ksize } = coefficients(horizontal ? width : height, horizontal ? outWidth : outHeight);
+  const out = new Uint8Array(outWidth * outHeight * channels);
+  for (let y = 0; y < outHeight; y++) {
+    for (let x = 0; x < outWidth; x++) {
+      const o = horizontal ? x : y;
+      const first = bounds[o * 2], count = bounds[o * 2 + 1];
+      for (let c = 0; c < channels; c++) {
+        let sum = 1 << (PRECISION_BITS - 1);
+        for (let i = 0; i < count; i++) {
+          const source = horizontal ? (y * width + first + i) : ((first + i) * width + x);
+          sum += pixels[source * channels + c] * kk[o * ksize + i];
+        }
+        out[(y * outWidth + x) * channels + c] = clip8(sum);
+      }
+    }
+  }
+  return out;
+}
+
+// Image.resize(size, LANCZOS): one pass per axis whose size differs. The order changes the
+// rounding between the passes: Pillow 13 runs the vertical pass first when the height shrinks by
+// more than twice as many pixels as the width does (measured against Pillow 13.0 on 2,000 sizes;
+// Pillow 12 and older always run the horizontal pass first).
+function resize(pixels, width, height, channels, outWidth, outHeight) {
+  const verticalFirst = outHeight < height && height - outHeight > 2 * (width - outWidth);
+  if (verticalFirst) {
+    pixels = resamplePass(pixels, width, height, channels, width, outHeight, false);
+    height = outHeight;
+  }
+  if (outWidth !== width) {
+    pixels = resamplePass(pixels, width, height, channels, outWidth, height, true);
+    width = outWidth;
+  }
+  if (outHeight !== height) pixels = resamplePass(pixels, width, height, channels, width, outHeight, false);
+  return pixels;
+}
+
+/**
+ * One model input {data: Float32Array, dims: [1, ...]} from 8-bit pixels {data, width, height,
+ * channels} (1: grey, 2: grey + alpha, 3: RGB, 4: RGBA, interleaved row by row), as the Python
+ * runtime reads an 8-bit image: alpha composited on the background grey, converted to grey (ITU-R
+ * 601-2, Pillow's integers) or RGB, Lanczos-resized to the model's size where it differs, then
+ * x = (pixel * scale + offset - mean[c]) / std[c] in float32, in the model's channel order.
+ */
+export function preprocessImage({ data, width, height, channels }, metadata) {
+  const pre = metadata.preprocessing && { channel_order: "rgb", mean: [0], std: [1], background: 0, ...metadata.preprocessing };
+  if (!pre) throw new Error("this model has no image preprocessing in its metadata; feed it preprocessed arrays");
+  if (![1, 2, 3, 4].includes(channels)) throw new Error(`images have 1 to 4 channels, got ${channels}`);
+  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
+    throw new Error(`bad image size ${width}x${height}`);
+  }
+  if (!data || data.length !== width * height * channels) {
+    throw new Error(`an image of ${width}x${height}x${channels} needs ${width * height * channels} values, got ${data?.length}`);
+  }
+  const grey = pre.color_mode === "grayscale";
+  const pixelCount = width * height;
+  const colour = channels >= 3;
+  const alpha = channels === 2 || channels === 4;
+  // Flatten onto the background (runtime/inputs.py _composite), to RGB.
+  let rgb = new Uint8Array(pixelCount * 3);
+  const background = roundHalfEven(pre.background);
+  let alphaLow = 255, alphaHigh = 0;
+  for (let p = 0; p < pixelCount; p++) {
+    const base = p * channels;
+    const a = alpha ? data[base + channels - 1] : 255;
+    for (let c = 0; c < 3; c++) {
+      const v = colour ? data[base + c] : data[base];
+      rgb[p * 3 + c] = alpha ? compositeOverGrey(v, a, background) : v;
+    }
+    alphaLow = Math.min(alphaLow, a);
+    alphaHigh = Math.max(alphaHigh, a);
+  }
+  if (alpha && alphaLow !== alphaHigh && rgb.every((v, i) => v === rgb[i % 3])) {
+    throw new Error("the picture is only in the alpha (transparency) channel: composited on the model's background "
+      + `grey ${pre.background} it is one flat colour; save it with the picture in its colour channels`);
+  }
+  // Convert to the model's colour mode (Pillow's "L": L = R * 299/1000 + G * 587/1000 + B * 114/1000).
+  let pixels = rgb, depth = 3;
+  if (grey) {
+    pixels = new Uint8Array(pixelCount);
+    for (let p = 0; p < pixelCount; p++) {
+      pixels[p] = (rgb[p * 3] * 19595 + rgb[p * 3 + 1] * 38470 + rgb[p * 3 + 2] * 7471 + 0x8000) >>> 16;
+    }
+    depth = 1;
+  }
+  pixels = resize(pixels, width, height, depth, pre.width, pre.height);
+  // x = pixel * scale + offset, channel order, (x - mean[c]) / std[c], all float32 as numpy does.
+  const f = Math.fround;
+  const scale = f(pre.scale), offset = f(pre.offset);
+  const mean = pre.mean.map(f), std = pre.std.map(f);
+  const normalizes = mean.some((m) => m !== 0) || std.some((s) => s !== 1);
+  const bgr = pre.channel_order === "bgr";
+  const x = new Float32Array(pixels.length);
+  for (let p = 0; p < pixels.length; p += depth) {
+    for (let c = 0; c < depth; c++) {
+      let value = f(f(pixels[p + (bgr ? depth - 1 - c : c)] * scale) + offset);
+      if (normalizes) value = f(f(value - mean[mean.length === 1 ? 0 : c]) / std[std.length === 1 ? 0 : c]);
+      x[p + c] = value;
+    }
+  }
+  const example = metadata.inputs[0].shape.slice(1);
+  let shape = grey ? [pre.height, pre.width] : [pre.height, pre.width, 3];
+  if (grey && example.length === 3) shape = [...shape, 1]; // the channel axis of NHWC
+  if (example.length === 1 && x.length === example[0]) shape = [x.length]; // flat input: row by row
+  if (shape.length !== example.length || shape.some((d, i) => d !== example[i])) {
+    throw new Error(`the image becomes shape [${shape}] but the model expects [${example}]`);
+  }
+  return { data: x, dims: [1, ...shape] };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running (docs/FORMAT.md: Inputs)
+
+function checkPasses(passes) {
+  if (!Number.isSafeInteger(passes) || passes < 1) throw new Error(`passes must be an integer >= 1, got ${passes}`);
+  return passes;
+}
+
+/**
+ * The feeds for session.run: the float32 input (one {data, dims} from preprocessImage, or a list
+ * of them, stacked into one batch), `passes` (int64, default the file's default_passes) and
+ * `stochastic` (bool, default true; false with passes 1 is the deterministic pass).
+ */
+export function feeds(ort, x, { passes, stochastic = true } = {}, metadata) {
+  const parts = Array.isArray(x) ? x : [x];
+  if (!parts.length) throw new Error("no inputs to feed");
+  const example = parts[0].dims.slice(1);
+  for (const part of parts) {
+    if (part.dims.length !== example.length + 1 || part.dims.slice(1).some((d, i) => d !== example[i])) {
+      throw new Error(`inputs of shapes [${parts[0].dims}] and [${part.dims}] cannot form one batch`);
+    }
+  }
+  let data = parts[0].data, batch = parts[0].dims[0];
+  if (parts.length > 1) {
+    batch = parts.reduce((sum, part) => sum + part.dims[0], 0);
+    data = new Float32Array(parts.reduce((sum, part) => sum + part.data.length, 0));
+    let at = 0;
+    for (const part of parts) {
+      data.set(part.data, at);
+      at += part.data.length;
+    }
+  }
+  return {
+    [metadata.inputs[0].name]: new ort.Tensor("float32", Float32Array.from(data), [batch, ...example]),
+    passes: new ort.Tensor("int64", BigInt64Array.of(BigInt(checkPasses(passes ?? metadata.default_passes))), []),
+    stochastic: new ort.Tensor("bool", Uint8Array.of(stochastic ? 1 : 0), []),
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// When UNCERTAIN (runtime/decision.py), categorical heads
+
+const CATEGORICAL_HEADS = ["softmax", "logits"];
+const RULE_MEASURES = ["mutual_information", "predictive_entropy", "expected_entropy", "variation_ratio",
+  "top_class_variance", "one_minus_confidence", "confidence", "margin"];
+export const DEFAULT_RULE = "mutual_information > 0.1 or confidence < 0.6";
+const CONDITION = /^\s*([a-z_]+)\s*([<>])\s*([-+0-9.eE]+|inf)\s*$/;
+
+// Python's "{:.6g}", so rule lines read as the Python runtime prints them.
+function formatG(value) {
+  if (value === 0) return Object.is(value, -0) ? "-0" : "0";
+  const exponent = Math.floor(Math.log10(Math.abs(Number(value.toPrecision(6)))));
+  if (exponent < -4 || exponent >= 6) {
+    const [mantissa, exp] = value.toExponential(5).split("e");
+    const digits = mantissa.includes(".") ? mantissa.replace(/\.?0+$/, "") : mantissa;
+    const power = Number(exp);
+    return `${digits}e${power < 0 ? "-" : "+"}${String(Math.abs(power)).padStart(2, "0")}`;
+  }
+  return String(Number(value.toPrecision(6)));
+}
+
+/**
+ * A rule from its text ("mutual_information > 0.1 or confidence < 0.6", or "never"): conditions
+ * joined by " or " (or commas). Throws for a measure a categorical head does not have.
+ */
+export function parseRule(text, source = "override") {
+  if (typeof text !== "string") throw new Error("an uncertain rule is text");
+  const conditions = [];
+  if (text.trim().toLowerCase() !== "never") {
+    for (const part of text.trim().split(/\s+or\s+|,/)) {
+      const match = CONDITION.exec(part);
+      if (!match) {
+        throw new Error(`uncertain rule ${JSON.stringify(text)}: expected conditions like '${DEFAULT_RULE}', or 'never'`);
+      }
+      const [, measure, op, bound] = match;
+      if (!RULE_MEASURES.includes(measure)) {
+        throw new Error(`uncertain rule: a categorical head has no measure '${measure}'; choose from ${RULE_MEASURES.join(", ")}`);
+      }
+      const value = bound === "inf" ? Infinity : Number(bound);
+      if (Number.isNaN(value)) throw new Error(`uncertain rule: '${bound}' is not a number`);
+      if (!Number.isFinite(value)) throw new Error(`uncertain rule: ${measure} ${op} ${bound}: the bound must be finite`);
+      conditions.push({ measure, op, value });
+    }
+  }
+  const ruleText = conditions.map((c) => `${c.measure} ${c.op} ${formatG(c.value)}`).join(" or ") || "never";
+  return { conditions, text: ruleText, source };
+}
+
+/** Whether one input's measures (as summarize computes them) meet any condition of the rule. */
+export function evaluateRule(rule, measures) {
+  return rule.conditions.some(({ measure, op, value }) => {
+    const v = measures[measure];
+    if (typeof v !== "number") throw new Error(`uncertain rule: no measure '${measure}' to test`);
+    return op === ">" ? v > value : v < value;
+  });
+}
+
+// The rule in effect: an override, else the calibrated file's (docs/FORMAT.md: Calibration), else
+// the default rule of thumb.
+function ruleFor(metadata, rule) {
+  if (rule !== undefined && rule !== null) return typeof rule === "string" ? parseRule(rule, "override") : rule;
+  const calibrated = metadata.outputs[0].calibration?.uncertain_rule;
+  if (calibrated !== undefined && calibrated !== null) return parseRule(calibrated, "calibrated");
+  return parseRule(DEFAULT_RULE, "default");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measures (runtime/measures.py, runtime/prediction.py), float64 from the samples [T, B, classes]
+
+const xlogx = (p) => (p > 0 ? p * Math.log(p) : 0);
+
+function argmax(values) {
+  let best = 0;
+  for (let i = 1; i < values.length; i++) if (values[i] > values[best]) best = i;
+  return best;
+}
+
+function measuresOf(samples, T, B, C, b) {
+  const at = (t, c) => samples[(t * B + b) * C + c];
+  const mean = new Array(C).fill(0), variance = new Array(C).fill(0);
+  for (let c = 0; c < C; c++) {
+    let sum = 0;
+    for (let t = 0; t < T; t++) sum += at(t, c);
+    mean[c] = sum / T;
+    let squares = 0; // two-pass: the mean is subtracted before squaring
+    for (let t = 0; t < T; t++) squares += (at(t, c) - mean[c]) ** 2;
+    variance[c] = squares / T;
+  }
+  const index = argmax(mean);
+  const sorted = [...mean].sort((a, b2) => b2 - a);
+  let expected = 0;
+  const votes = new Array(C).fill(0);
+  for (let t = 0; t < T; t++) {
+    const pass = Array.from({ length: C }, (_, c) => at(t, c));
+    expected -= pass.reduce((sum, p) => sum + xlogx(p), 0);
+    votes[argmax(pass)] += 1;
+  }
+  expected /= T;
+  const predictive = -mean.reduce((sum, p) => sum + xlogx(p), 0);
+  const f = Math.fround; // the Python runtime keeps its measures and mean as float32
+  const meanF = mean.map(f);
+  return {
+    index, mean, variance,
+    confidence: sorted[0],
+    margin: C === 1 ? mean[0] : sorted[0] - sorted[1],
+    std: Math.sqrt(Math.max(variance[index], 0)),
+    predictive_entropy: predictive,
+    expected_entropy: expected,
+    mutual_information: Math.max(predictive - expected, 0),
+    variation_ratio: 1 - Math.max(...votes) / T,
+    top_class_variance: f(variance[argmax(meanF)]),
+    one_minus_confidence: 1 - Math.max(...meanF),
+  };
+}
+
+/**
+ * Per input of the batch: {label, index, confidence, mean, variance, std (of the top class),
+ * predictive_entropy, expected_entropy, mutual_information, margin, variation_ratio, uncertain,
+ * prediction_set (calibrated files with conformal sets), ruleText, ruleSource}, from the outputs of
+ * session.run (its `samples`). The array also carries `ruleText` and `ruleSource` ("override",
+ * "calibrated" or "default"). `rule`: text or a parseRule result overriding the file's rule.
+ */
+export function summarize(outputs, metadata, { rule } = {}) {
+  const output = metadata.outputs[0];
+  if (!CATEGORICAL_HEADS.includes(output.head)) {
+    throw new Error(`this example handles softmax/logits heads; this model's head is ${output.head}`);
+  }
+  const samples = outputs[`${output.prefix}samples`];
+  if (!samples) throw new Error(`the outputs hold no '${output.prefix}samples'; run the session for it`);
+  const [T, B, C] = samples.dims.map(Number);
+  const effective = ruleFor(metadata, rule);
+  const quantile = output.calibration?.conformal?.quantile;
+  const results = [];
+  for (let b = 0; b < B; b++) {
+    const m = measuresOf(samples.data, T, B, C, b);
+    const f = Math.fround;
+    // The rule tests the measures as the Python runtime stores them: float32, except
+    // one_minus_confidence, which it computes in float64 from the float32 mean.
+    const tested = Object.fromEntries(RULE_MEASURES.map((name) => [name, name === "one_minus_confidence" ? m[name] : f(m[name])]));
+    const result = {
+      label: output.labels ? String(output.labels[m.index]) : String(m.index),
+      index: m.index,
+      confidence: m.confidence,
+      mean: m.mean,
+      variance: m.variance,
+      std: m.std,
+      predictive_entropy: m.predictive_entropy,
+      expected_entropy: m.expected_entropy,
+      mutual_information: m.mutual_information,
+      margin: m.margin,
+      variation_ratio: m.variation_ratio,
+      uncertain: evaluateRule(effective, tested),
+      ruleText: effective.text,
+      ruleSource: effective.source,
+    };
+    if (typeof quantile === "number") {
+      // LAC conformal set, decided in float32 like the graph's prediction_set: mean >= 1 - q.
+      const bound = f(1 - f(quantile));
+      result.prediction_set = m.mean.flatMap((p, c) => (f(p) >= bound ? [output.labels ? String(output.labels[c]) : String(c)] : []));
+    }
+    results.push(result);
+  }
+  results.ruleText = effective.text;
+  results.ruleSource = effective.source;
+  return results;
+}

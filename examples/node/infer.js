@@ -1,0 +1,142 @@
+#!/usr/bin/env node
+// Monte Carlo dropout in Node: one mcdrop ONNX file, PNG images in, each one's label with its
+// uncertainty out, like `python cli.py infer` (README.md in this folder).
+//
+//   node examples/node/infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic]
+//                               [--samples] [--json] [--rule "text"]
+//
+// Bad input is one line on stderr and exit code 1; a wrong command line is exit code 2.
+
+import { readFile } from "node:fs/promises";
+import { relative } from "node:path";
+import process from "node:process";
+
+import ort from "onnxruntime-node";
+
+import { MINSTD, feeds, parseRule, preprocessImage, readModelFile, summarize, withFreshSeeds } from "../lib/mcdrop.mjs";
+import { decodePng } from "./png.mjs";
+
+const USAGE = "usage: node infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic] [--samples] [--json] "
+  + '[--rule "text"]';
+
+class UsageError extends Error {}
+
+function parseArgs(argv) {
+  const options = { passes: undefined, seed: undefined, deterministic: false, samples: false, json: false, rule: undefined };
+  const paths = [];
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    const value = () => {
+      if (i + 1 >= argv.length) throw new UsageError(`${arg} needs a value`);
+      return argv[++i];
+    };
+    if (arg === "--help" || arg === "-h") {
+      process.stdout.write(`${USAGE}\n`);
+      process.exit(0);
+    } else if (arg === "--passes") options.passes = positiveInteger(value(), "--passes", 1);
+    else if (arg === "--seed") options.seed = positiveInteger(value(), "--seed", 0);
+    else if (arg === "--rule") options.rule = value();
+    else if (arg === "--deterministic") options.deterministic = true;
+    else if (arg === "--samples") options.samples = true;
+    else if (arg === "--json") options.json = true;
+    else if (arg.startsWith("--")) throw new UsageError(`unknown option ${arg}`);
+    else paths.push(arg);
+  }
+  if (paths.length < 2) throw new UsageError("give a model file and at least one image");
+  return { model: paths[0], images: paths.slice(1), ...options };
+}
+
+function positiveInteger(text, name, least) {
+  if (!/^\d+$/.test(text) || !Number.isSafeInteger(Number(text)) || Number(text) < least) {
+    throw new Error(`${name} must be an integer >= ${least}, got ${JSON.stringify(text)}`);
+  }
+  return Number(text);
+}
+
+async function readBytes(path, what) {
+  try {
+    return new Uint8Array(await readFile(path));
+  } catch (err) {
+    throw new Error(`${path}: cannot read ${what} (${err.code === "ENOENT" ? "no such file" : err.code || err.message})`);
+  }
+}
+
+const firstLine = (text) => String(text).split("\n").find((line) => line.trim()) ?? String(text);
+
+// Names and labels come from files: control characters are shown as escapes, never sent raw.
+const safe = (text) => String(text).replace(/\p{C}/gu, (c) => `\\u${c.codePointAt(0).toString(16).padStart(4, "0")}`);
+
+const shown = (path) => {
+  const rel = relative(process.cwd(), path);
+  return rel.startsWith("..") ? path : rel;
+};
+
+function table(document, results) {
+  const lines = [`model ${safe(document.model)}  passes ${document.passes}${document.stochastic ? "" : " (dropout off)"}`];
+  const sets = results.some((r) => r.prediction_set);
+  const header = ["input", "label", "confidence", "std", "mutual_information", ...(sets ? ["conformal set"] : []), ""];
+  const rows = results.map((r, i) => [safe(document.results[i].input), safe(r.label), r.confidence.toFixed(3), r.std.toFixed(3),
+    r.mutual_information.toFixed(3), ...(sets ? [`{${r.prediction_set.map(safe).join(",")}}`] : []), r.uncertain ? "UNCERTAIN" : ""]);
+  const widths = header.map((_, j) => Math.max(...[header, ...rows].map((row) => row[j].length)));
+  for (const row of [header, ...rows]) lines.push(row.map((cell, j) => cell.padEnd(widths[j])).join("  ").trimEnd());
+  lines.push(`UNCERTAIN if ${safe(results.ruleText)} (${results.ruleSource} rule)`);
+  return lines.join("\n");
+}
+
+// What `make` returns, or its error with the file's name in front.
+function named(path, make) {
+  try {
+    return make();
+  } catch (err) {
+    throw new Error(`${path}: ${err.message}`);
+  }
+}
+
+// One input's rows of the samples [T, B, classes]: [T][classes].
+function passesOf(samples, b) {
+  const [T, B, C] = samples.dims.map(Number);
+  return Array.from({ length: T }, (_, t) => Array.from(samples.data.subarray((t * B + b) * C, (t * B + b + 1) * C)));
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const rule = args.rule === undefined ? undefined : parseRule(args.rule); // a bad rule fails before any work
+  const modelBytes = await readBytes(args.model, "model file");
+  const { metadata } = named(args.model, () => readModelFile(modelBytes));
+  const inputs = [];
+  for (const path of args.images) {
+    const pixels = decodePng(await readBytes(path, "image"), path);
+    inputs.push(named(path, () => preprocessImage(pixels, metadata)));
+  }
+  // Fresh seeds in the bytes before the session is created, else every run replays the same
+  // dropout masks (docs/FORMAT.md: Random nodes). onnxruntime-node on Linux and macOS draws with
+  // minstd_rand0.
+  const fresh = named(args.model, () => withFreshSeeds(modelBytes, { seed: args.seed, multiplier: MINSTD.node }));
+  const session = await ort.InferenceSession.create(fresh).catch((err) => {
+    throw new Error(`${args.model}: onnxruntime cannot load it (${firstLine(err.message)})`);
+  });
+  const passes = args.deterministic ? 1 : (args.passes ?? metadata.default_passes);
+  const stochastic = !args.deterministic;
+  const outputs = await session.run(feeds(ort, inputs, { passes, stochastic }, metadata));
+  const results = summarize(outputs, metadata, { rule });
+  const samples = outputs[`${metadata.outputs[0].prefix}samples`];
+  const document = {
+    model: shown(args.model), passes, stochastic, seed: args.seed ?? null,
+    rule: results.ruleText, rule_source: results.ruleSource,
+    results: results.map((r, b) => ({
+      input: shown(args.images[b]), label: r.label, confidence: r.confidence, mean: r.mean, variance: r.variance,
+      predictive_entropy: r.predictive_entropy, expected_entropy: r.expected_entropy, mutual_information: r.mutual_information,
+      uncertain: r.uncertain,
+      ...(r.prediction_set ? { prediction_set: r.prediction_set } : {}),
+      ...(args.samples ? { samples: passesOf(samples, b) } : {}),
+    })),
+  };
+  process.stdout.write(`${args.json ? JSON.stringify(document, null, 2) : table(document, results)}\n`);
+  await session.release();
+}
+
+main().catch((err) => {
+  process.stderr.write(`error: ${safe(firstLine(err?.message ?? err))}\n`);
+  process.exitCode = err instanceof UsageError ? 2 : 1;
+  if (err instanceof UsageError) process.stderr.write(`${USAGE}\n`);
+});
