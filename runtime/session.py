@@ -476,12 +476,15 @@ def _model_info(session, parsed: ModelFile, path: str, limits: Limits) -> ModelI
 
 
 def _load_failure(err: BaseException) -> bool:
-    """onnxruntime refusing or failing to hold the file: the file's problem, not a bug."""
-    return _from_onnxruntime(err) or isinstance(err, (MemoryError, OverflowError))
+    """onnxruntime refusing or failing to hold the file: the file's problem, not a bug. A
+    UnicodeDecodeError is onnxruntime's refusal too: its message quoted a name from the file
+    that is not UTF-8, and pybind11 could not turn it into text (tests/test_fuzz.py found one)."""
+    return _from_onnxruntime(err) or isinstance(err, (MemoryError, OverflowError, UnicodeDecodeError))
 
 
 def _load_error(err: BaseException, path: str) -> ModelFileError:
-    return ModelFileError(f"{path}: onnxruntime cannot load it ({first_line(err)})")
+    reason = "a name in the file is not UTF-8" if isinstance(err, UnicodeDecodeError) else first_line(err)
+    return ModelFileError(f"{path}: onnxruntime cannot load it ({reason})")
 
 
 def _from_onnxruntime(err: BaseException) -> bool:

@@ -7,7 +7,7 @@ import onnxruntime as ort
 import pytest
 
 from runtime import providers
-from runtime.errors import DeviceError
+from runtime.errors import DeviceError, ModelFileError
 from runtime.providers import CPU, CUDA
 from runtime.session import MCSession
 
@@ -136,3 +136,13 @@ def test_conflict_warns_once(monkeypatch):
         assert len(caught) == 1 and "pip install onnxruntime-gpu" in str(caught[0].message)
     finally:
         providers.warn_if_conflicting.cache_clear()
+
+
+def test_onnxruntime_choking_on_a_name_that_is_not_utf8_is_a_model_file_error(toy_model_path):
+    """onnxruntime quotes names from the file in its errors; where one is not UTF-8, pybind11
+    raises UnicodeDecodeError instead of onnxruntime's own error (tests/test_fuzz.py met one)."""
+    def chokes(*args, **kwargs):
+        raise UnicodeDecodeError("utf-8", b"\xe4", 0, 1, "invalid continuation byte")
+
+    with pytest.raises(ModelFileError, match=r"cannot load it \(a name in the file is not UTF-8\)$"):
+        MCSession(toy_model_path, device="cpu", session_factory=chokes)
