@@ -15,7 +15,17 @@ from typing import List, Optional
 
 import typer
 
-from runtime.errors import InputError, McdropError
+if __name__ == "__main__" and not __package__:
+    # `python cli.py` in a checkout: this folder is the mcdrop package (pyproject.toml maps it so),
+    # so load it under that name and resolve this file's relative imports in it (PEP 366).
+    import importlib.util
+
+    _spec = importlib.util.spec_from_file_location("mcdrop", Path(__file__).resolve().parent / "__init__.py")
+    sys.modules["mcdrop"] = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(sys.modules["mcdrop"])
+    __package__ = "mcdrop"
+
+from .runtime.errors import InputError, McdropError  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "models" / "cnn.onnx"
@@ -88,7 +98,7 @@ def _has_surrogates(text: str) -> bool:
 
 
 def _limits(settings: List[str]):
-    from runtime.limits import Limits
+    from .runtime.limits import Limits
 
     return Limits.parse(settings or [])
 
@@ -131,21 +141,21 @@ def infer(
     if on_error not in ON_ERROR:
         raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
     if out is not None:
-        from runtime.files import check_writable_target
+        from .runtime.files import check_writable_target
 
         check_writable_target(out)  # refused before any work: a link, a folder, a missing folder
 
     if model == DEFAULT_MODEL and not model.exists():
         raise InputError(f"no model at {model}; export one with `python cli.py export`, or pass --model")
 
-    from runtime.inputs import load_inputs
-    from runtime.session import MCSession
+    from .runtime.inputs import load_inputs
+    from .runtime.session import MCSession
 
     session = MCSession(model, device=device, seed=seed, threads=threads,
                         max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)), limits=limits,
                         verify=not no_verify, allow_external_data=allow_external_data)
     if uncertain_if is not None:
-        from runtime.decision import Rule
+        from .runtime.decision import Rule
 
         for output in session.info.model_outputs:  # a bad rule fails before any input is read
             Rule.parse(uncertain_if, output.head)
@@ -253,7 +263,7 @@ def _write_results(out: Path, document: dict, by_output: dict, names: List[str])
     """Write through a temporary file in the same folder, so `out` is never half written. The
     format is the suffix of the path as typed (a link at `out` is refused, never followed). With
     several outputs, .npz arrays and .csv columns carry their output's name: digit/mean, ..."""
-    from runtime.files import atomic_writer
+    from .runtime.files import atomic_writer
 
     with atomic_writer(out) as f:
         if out.suffix.lower() == ".json":
@@ -280,7 +290,7 @@ def _csv_text(by_output: dict, names: List[str]) -> str:
 
     import numpy as np
 
-    from runtime.prediction import MODEL_WIDE
+    from .runtime.prediction import MODEL_WIDE
 
     columns = {"input": names}
     for output, prediction in by_output.items():
@@ -350,7 +360,7 @@ def export(
         raise InputError(f"--color-mode {color_mode!r}: expected grayscale or rgb")
     if passes < 1:
         raise InputError(f"--passes must be >= 1, got {passes}")
-    from export import check_preprocess_options  # no TensorFlow yet: a bad option fails at once
+    from .export import check_preprocess_options  # no TensorFlow yet: a bad option fails at once
 
     check_preprocess_options(preprocess, scale, offset)
     import importlib.util
@@ -360,8 +370,8 @@ def export(
     if missing:
         raise InputError(f"export needs the export extra ({', '.join(missing)} missing): pip install -e '.[export]'")
 
-    from export import export_model
-    from runtime.providers import quiet_stderr
+    from .export import export_model
+    from .runtime.providers import quiet_stderr
 
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
     # TensorFlow and tf2onnx log to stderr from C++ while they load and convert; the user sees
@@ -397,7 +407,7 @@ def info(
     """What an exported model holds: head, labels, shapes, stochastic layers, preprocessing."""
     from dataclasses import asdict
 
-    from runtime.session import MCSession
+    from .runtime.session import MCSession
 
     session = MCSession(model, device=device, limits=_limits(limit), verify=not no_verify,
                         allow_external_data=allow_external_data)
@@ -431,7 +441,7 @@ def info(
             typer.echo(f"{kind[:-1]:<16} {terminal_safe(name)} [{shown}]")
     for layer in meta.stochastic_layers:
         typer.echo(terminal_safe(f"stochastic layer {layer.name} ({layer.kind}, rate {layer.rate})"))
-    from runtime.metadata import describe_preprocessing
+    from .runtime.metadata import describe_preprocessing
 
     typer.echo(f"preprocessing    {describe_preprocessing(document['preprocessing'])}")
     for passed in document.get("checks", []):
@@ -466,10 +476,10 @@ def evaluate(
         raise InputError(f"--target-precision must lie in (0, 1], got {target_precision}")
     if report is not None and report.exists() and not report.is_dir():
         raise InputError(f"--report {report}: exists and is not a folder")
-    from runtime.datasets import batch_size, load_labelled, load_unlabelled, pick_output
-    from runtime.decision import Rule
-    from runtime.evaluation import evaluate as run_evaluation
-    from runtime.session import MCSession
+    from .runtime.datasets import batch_size, load_labelled, load_unlabelled, pick_output
+    from .runtime.decision import Rule
+    from .runtime.evaluation import evaluate as run_evaluation
+    from .runtime.session import MCSession
 
     session = MCSession(model, device=device, seed=seed, threads=threads,
                         max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)), limits=limits, verify=not no_verify)
@@ -487,14 +497,14 @@ def evaluate(
                      "ood": None if ood is None else valid_text(_shown(ood)), "output": chosen.name,
                      "seed": seed, "provider": session.provider, **result.report}
     if report is not None:
-        from runtime.report import write_report
+        from .runtime.report import write_report
 
         written = write_report(report, result)
         typer.echo(f"wrote {', '.join(terminal_safe(_shown(path)) for path in written)}", err=True)
     if as_json:
         typer.echo(json.dumps(result.report, indent=2, allow_nan=False))
     else:
-        from runtime.report import summary_lines
+        from .runtime.report import summary_lines
 
         typer.echo("\n".join(terminal_safe(line) for line in summary_lines(result.report)))
 
@@ -529,7 +539,7 @@ def calibrate(
     missing = [name for name in ("onnx", "scipy") if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(f"calibrate needs the evaluate extra ({', '.join(missing)} missing): pip install -e '.[evaluate]'")
-    from export.calibrate import calibrate_model
+    from .export.calibrate import calibrate_model
 
     report = calibrate_model(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
                              conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,

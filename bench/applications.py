@@ -25,7 +25,7 @@ def main():
     parser.add_argument("--families", default=",".join(FAMILIES))
     args = parser.parse_args()
 
-    from export import export_model
+    from mcdrop.export import export_model
 
     print("| family | stochastic layers | export s (with validation) | file MB | deterministic parity | statistical parity (T=1000) |")
     print("|---|---|---|---|---|---|")

@@ -27,7 +27,7 @@ def main():
 
     import numpy as np
 
-    from runtime.session import MCSession
+    from mcdrop.runtime.session import MCSession
 
     session = MCSession(args.model, seed=0)
     shape = session.info.input_shape[1:]

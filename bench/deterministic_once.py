@@ -49,9 +49,9 @@ def main():
     parser.add_argument("--repeats", type=int, default=30)
     args = parser.parse_args()
 
-    from export import build_graph, load_keras_model
-    from export.heads import resolve_head
-    from export.validate import ort_session
+    from mcdrop.export import build_graph, load_keras_model
+    from mcdrop.export.heads import resolve_head
+    from mcdrop.export.validate import ort_session
 
     model = load_keras_model(args.model)
     head = resolve_head(model)

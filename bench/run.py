@@ -131,7 +131,7 @@ def memory_child(passes, batch):
     """Child process body (--memory-child): one chunked mcdrop predict on the CNN; JSON on stdout."""
     import psutil
 
-    from runtime import MCSession
+    from mcdrop.runtime import MCSession
 
     session = MCSession(ROOT / "models" / "cnn.onnx", seed=0)
     x = np.random.default_rng(0).random((batch, *session.info.input_shape[1:]), dtype=np.float32)
@@ -295,7 +295,7 @@ def random_mask_ns(count, budget_s, min_repeats, sessions=1):
 
     from onnx import TensorProto, helper
 
-    from runtime.seeds import fresh_seeds
+    from mcdrop.runtime.seeds import fresh_seeds
 
     def session(seed, threads):
         return one_node_session(
@@ -375,7 +375,7 @@ def report(cfg):
     import keras
     import tensorflow as tf
 
-    from runtime import MCSession
+    from mcdrop.runtime import MCSession
 
     print(machine_line() + "\n")
     budget, minimum = cfg["budget_s"], cfg["min_repeats"]
@@ -502,8 +502,8 @@ def report(cfg):
 
 def cuda_section(inputs, passes=100, batch=256):
     """mcdrop on the CUDA provider beside the CPU, T=100, batch 256, where a GPU answers."""
-    from runtime import MCSession
-    from runtime.errors import DeviceError
+    from mcdrop.runtime import MCSession
+    from mcdrop.runtime.errors import DeviceError
 
     print(f"## CUDA provider (T={passes}, batch {batch})\n")
     rows = []
@@ -531,7 +531,7 @@ def int8_section(batched, inputs, cfg):
     sys.path.insert(0, str(ROOT / "models"))
     import build_models
 
-    from runtime import MCSession
+    from mcdrop.runtime import MCSession
 
     float_session = MCSession(ROOT / "models" / "cnn.onnx", seed=0)
     int8_session = MCSession(ROOT / "models" / "cnn_int8.onnx", seed=0)

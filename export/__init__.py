@@ -1,6 +1,6 @@
 """mcdrop exporter: a Keras model -> one self-contained MC-dropout ONNX file.
 
-    from export import export_model
+    from . import export_model
     report = export_model("cnn.keras", "cnn.onnx", passes=50)
 
 Needs the `export` extra (tensorflow, keras, tf2onnx, onnx). The file is written only after
@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runtime.errors import ExportError, ModelFileError, first_line
-from runtime.metadata import FORMAT_VERSION, describe_preprocessing
+from ..runtime.errors import ExportError, ModelFileError, first_line
+from ..runtime.metadata import FORMAT_VERSION, describe_preprocessing
 
 from .preprocess import PREPROCESS_MODES, UNKNOWN_PREPROCESS, check_preprocess_options, image_preprocessing
 
@@ -128,7 +128,7 @@ def source_files(path, max_bytes=MAX_SOURCE_BYTES):
     a symbolic link whose target lies outside the folder (or is not there), and more than
     `max_bytes` in all. Links inside the folder are allowed; their targets are listed once, as
     the files they are."""
-    from runtime.files import open_regular
+    from ..runtime.files import open_regular
 
     path = Path(path)
     if not path.is_dir():
@@ -190,7 +190,7 @@ def _amount(size):
 def read_labels(path, head, units):
     if path is None:
         return None
-    from runtime.files import read_regular
+    from ..runtime.files import read_regular
 
     data = read_regular(path, MAX_LABELS_BYTES, error=ExportError, what="labels file", limit_name="labels",
                         raise_hint="one label per line never needs that much")
@@ -214,7 +214,7 @@ def build_graph(
 
     A layer that draws random numbers mcdrop cannot keep live is an ExportError unless it is
     named in ignore_random_layers (export/randomness.py)."""
-    from runtime.seeds import fresh_seeds
+    from ..runtime.seeds import fresh_seeds
 
     from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs
     from .signature import input_specs
@@ -269,7 +269,7 @@ def _versions():
 def _sha256(path, max_bytes=MAX_SOURCE_BYTES):
     """SHA-256 of the source's files, in path order: regular files only, never through a link out
     of a folder, and stopped once more than `max_bytes` have been read."""
-    from runtime.files import open_regular
+    from ..runtime.files import open_regular
 
     digest, total = hashlib.sha256(), 0
     for name in source_files(path, max_bytes):
@@ -335,7 +335,7 @@ def attach_metadata(proto, metadata):
 
 
 def write_atomically(data: bytes, output):
-    from runtime.files import atomic_writer
+    from ..runtime.files import atomic_writer
 
     with atomic_writer(output) as f:
         f.write(data)
@@ -366,7 +366,7 @@ def export_model(
     custom_objects=None,
     progress=lambda msg: None,
 ) -> ExportReport:
-    from runtime.integrity import seal
+    from ..runtime.integrity import seal
 
     from .heads import resolve_heads
     from .signature import ModelOutput, output_names, output_prefixes, per_output
@@ -437,8 +437,8 @@ def export_model(
 def _check_as_the_runtime_would(data, output):
     """The runtime's own load-time checks, also under --no-validate: no file that `infer` or
     `info` would refuse is ever written."""
-    from runtime.errors import ValidationError
-    from runtime.session import check_model_bytes
+    from ..runtime.errors import ValidationError
+    from ..runtime.session import check_model_bytes
 
     try:
         check_model_bytes(data, str(output))
@@ -448,7 +448,7 @@ def _check_as_the_runtime_would(data, output):
 
 def _quantize(proto, model, metadata, calibration, validate, progress):
     """int8 copy of the validated float graph; its structure is validated, its drift measured."""
-    from runtime.validate import Checklist, sample_inputs
+    from ..runtime.validate import Checklist, sample_inputs
 
     from .quantize import QUANTIZED_OPS, quantize_int8
     from .validate import quantized_drift, validate_structure, validation_inputs
@@ -477,7 +477,7 @@ def load_calibration(path, shape):
     size checked against the input limit before anything is read or inflated."""
     import numpy as np
 
-    from runtime.inputs import load_array
+    from ..runtime.inputs import load_array
 
     data = load_array(path)
     if data.dtype.kind not in "fiu":

@@ -17,8 +17,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from runtime.errors import InputError, ValidationError
-from runtime.metadata import METADATA_KEY
+from ..runtime.errors import InputError, ValidationError
+from ..runtime.metadata import METADATA_KEY
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
 # uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
@@ -67,12 +67,12 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`."""
     import onnx
 
-    from runtime import calibration as C
-    from runtime.datasets import load_labelled, pick_output
-    from runtime.files import check_writable_target, read_regular
-    from runtime.integrity import seal
-    from runtime.limits import DEFAULT
-    from runtime.session import MCSession
+    from ..runtime import calibration as C
+    from ..runtime.datasets import load_labelled, pick_output
+    from ..runtime.files import check_writable_target, read_regular
+    from ..runtime.integrity import seal
+    from ..runtime.limits import DEFAULT
+    from ..runtime.session import MCSession
 
     from .calibration_graph import UNCERTAIN_MEASURES, add_calibration, strip_calibration
 
@@ -135,7 +135,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         _set_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
         checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
-    from runtime.files import atomic_writer
+    from ..runtime.files import atomic_writer
 
     with atomic_writer(Path(output)) as f:
         f.write(data_bytes)
@@ -144,7 +144,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
 
 def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
     """Samples [T, n, units] of the uncalibrated file (T = 1 without dropout)."""
-    from runtime.evaluation import predict_all
+    from ..runtime.evaluation import predict_all
 
     samples = predict_all(session, x, output, passes, dropout, keep_samples=True).samples
     return samples.reshape(samples.shape[0], samples.shape[1], -1)
@@ -152,9 +152,9 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
 
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
     """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
-    from runtime import metrics
-    from runtime.decision import default_rule, scores
-    from runtime.prediction import Prediction
+    from ..runtime import metrics
+    from ..runtime.decision import default_rule, scores
+    from ..runtime.prediction import Prediction
 
     head = output.head
     # MC dropout's mean and the plain network are different predictors: each gets its own
@@ -237,9 +237,9 @@ def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, 
     """The runtime's load checks, live randomness, and the calibrated deterministic pass equal to
     the numpy temperature scaling of the uncalibrated one; the graph's decision outputs equal the
     runtime's."""
-    from runtime.datasets import take
-    from runtime.errors import ModelFileError
-    from runtime.session import MCSession
+    from ..runtime.datasets import take
+    from ..runtime.errors import ModelFileError
+    from ..runtime.session import MCSession
 
     path = folder / "calibrated.onnx"
     path.write_bytes(data_bytes)

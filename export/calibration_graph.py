@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.calibration import TINY  # one value for numpy and the graph
-from runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from ..runtime.calibration import TINY  # one value for numpy and the graph
+from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
            "TINY"]

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import FrozenSet
 
-from runtime.errors import ExportError, first_line
+from ..runtime.errors import ExportError, first_line
 
 
 def import_custom_objects(path) -> FrozenSet[str]:

@@ -16,7 +16,7 @@ import onnx
 import tensorflow as tf
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.errors import ExportError, first_line
+from ..runtime.errors import ExportError, first_line
 
 from .noise import as_shape, dims_of, spec_for
 from .recurrent import RecurrentDraw, call_with_masks, draw_dims, is_recurrent, masks_from_uniform, recurrent_draws, recurrent_kind

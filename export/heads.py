@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from runtime.errors import ExportError
+from ..runtime.errors import ExportError
 
 HEAD_CHOICES = ("auto", "softmax", "sigmoid", "logits", "regression")
 

@@ -30,7 +30,7 @@ import zlib
 from pathlib import Path
 from typing import Iterable, List
 
-from runtime.errors import ModelFileError, UnsafeModelError, first_line
+from ..runtime.errors import ModelFileError, UnsafeModelError, first_line
 
 __all__ = ["check_model_code", "find_code", "model_configs", "MAX_CONFIG_BYTES", "MAX_NESTING"]
 
@@ -80,7 +80,7 @@ def _cannot_load(path, detail) -> ModelFileError:
 
 def _keras_archive_text(path: Path) -> bytes:
     """config.json of a Keras 3 .keras zip, read from the open file with a cap on its size."""
-    from runtime.files import open_regular
+    from ..runtime.files import open_regular
 
     with os.fdopen(open_regular(path, ModelFileError, "model file"), "rb") as f:
         try:
@@ -106,7 +106,7 @@ def _h5_text(path: Path):
     """The `model_config` attribute of a legacy HDF5 model file, size checked before it is read."""
     import h5py
 
-    from runtime.files import open_regular
+    from ..runtime.files import open_regular
 
     with os.fdopen(open_regular(path, ModelFileError, "model file"), "rb") as f:
         try:
@@ -132,7 +132,7 @@ def _h5_text(path: Path):
 def _saved_model_texts(folder: Path) -> List[bytes]:
     """Each node's JSON in keras_metadata.pb, parsed without tensorflow or tf_keras; none if the
     folder has no such file (then no Keras layers are rebuilt from it)."""
-    from runtime.onnx_file import LENGTH, WireError, _fields
+    from ..runtime.onnx_file import LENGTH, WireError, _fields
 
     source = folder / "keras_metadata.pb"
     if not os.path.lexists(source):
@@ -155,7 +155,7 @@ def _saved_model_texts(folder: Path) -> List[bytes]:
 
 
 def _read_capped(path: Path) -> bytes:
-    from runtime.files import open_regular
+    from ..runtime.files import open_regular
 
     with os.fdopen(open_regular(path, ModelFileError, "Keras metadata file"), "rb") as f:
         data = f.read(MAX_CONFIG_BYTES + 1)

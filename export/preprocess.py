@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import re
 
-from runtime.errors import ExportError
+from ..runtime.errors import ExportError
 
 # Keras's `imagenet_utils.preprocess_input(x, mode=...)` for 0..255 RGB pixels, written as the
 # metadata's pipeline: channel_order, then x = (pixel * scale + offset - mean[c]) / std[c]

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from runtime.errors import ExportError, first_line
+from ..runtime.errors import ExportError, first_line
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 CALIBRATION_PASSES = 4

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Dict, Iterable, List, Optional
 
-from runtime.errors import ExportError
+from ..runtime.errors import ExportError
 
 # TensorFlow op types that draw random numbers, stateful and stateless alike: every one of them
 # has one of these in its name (RandomUniform, StatelessRandomNormalV2, RandomGamma, Multinomial,

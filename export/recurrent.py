@@ -20,7 +20,7 @@ from typing import List
 
 import tensorflow as tf
 
-from runtime.errors import ExportError
+from ..runtime.errors import ExportError
 
 # Cells whose call reads the cached masks as shown above; other cells (ConvLSTM, stacked cells,
 # user cells) are refused by name by export/randomness.py when they would draw.

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
-from runtime.errors import ExportError
+from ..runtime.errors import ExportError
 
 SINGLE_INPUT = "input"
 RESERVED = ("passes", "stochastic")

@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 from keras import tree
 
-from runtime.errors import ExportError
+from ..runtime.errors import ExportError
 
 from .convertible_ops import convertible_ops
 from .noise import is_active, is_noise_layer, spec_for

@@ -12,8 +12,8 @@ import tempfile
 import numpy as np
 import onnx
 
-from runtime.errors import ValidationError, first_line
-from runtime.validate import Checklist, check_live_randomness, sample_inputs, side_by_side
+from ..runtime.errors import ValidationError, first_line
+from ..runtime.validate import Checklist, check_live_randomness, sample_inputs, side_by_side, z_scores
 
 from .graph import RANDOM_PREFIX, random_nodes, seed_of
 
@@ -51,33 +51,6 @@ def run(session, x, passes, stochastic=True, outputs=None):
 
 def max_abs_diff(a, b):
     return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
-def z_scores(samples_a, samples_b):
-    """Largest |difference| / standard error of the mean and of the variance, [T, ...] each.
-
-    The standard error of a sample variance is sqrt((m4 - var^2) / T). Elements with no spread on
-    either side must agree exactly (to float32 rounding) instead.
-    """
-    worst = {}
-    for stat in ("mean", "variance"):
-        est, se2 = [], []
-        for s in (np.asarray(samples_a, np.float64), np.asarray(samples_b, np.float64)):
-            t = s.shape[0]
-            mean = s.mean(0)
-            centred = s - mean
-            var = (centred**2).mean(0)
-            if stat == "mean":
-                est.append(mean)
-                se2.append(var / t)
-            else:
-                est.append(var)
-                se2.append(np.maximum((centred**4).mean(0) - var**2, 0) / t)
-        diff = np.abs(est[0] - est[1])
-        se = np.sqrt(se2[0] + se2[1])
-        z = np.where(se > 1e-12, diff / np.maximum(se, 1e-12), np.where(diff <= 1e-6, 0.0, np.inf))
-        worst[stat] = float(z.max())
-    return worst
 
 
 def validation_inputs(model, metadata, count=2, seed=0):

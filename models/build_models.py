@@ -155,11 +155,11 @@ def calibrate_and_evaluate(test_img, test_y):
     other half, on OOD inputs and on shifted digits. Plots go to models/evaluation/."""
     import tempfile
 
-    from export.calibrate import calibrate_model
-    from runtime.datasets import load_labelled
-    from runtime.evaluation import evaluate
-    from runtime.report import write_report
-    from runtime.session import MCSession
+    from mcdrop.export.calibrate import calibrate_model
+    from mcdrop.runtime.datasets import load_labelled
+    from mcdrop.runtime.evaluation import evaluate
+    from mcdrop.runtime.report import write_report
+    from mcdrop.runtime.session import MCSession
 
     cal_img, cal_y, eval_img, eval_y = calibration_split(test_img, test_y)
     card = {}
@@ -275,8 +275,8 @@ def export_int8(train_img, test_img, test_y):
     """cnn_int8.onnx, calibrated on 256 training images; its accuracy and drift from the float file."""
     import tempfile
 
-    from export import export_model
-    from runtime import MCSession
+    from mcdrop.export import export_model
+    from mcdrop.runtime import MCSession
 
     with tempfile.TemporaryDirectory() as tmp:
         calibration = Path(tmp) / "digits_train_256.npy"
@@ -303,8 +303,8 @@ def export_int8(train_img, test_img, test_y):
 def main(retrain=True):
     import keras
 
-    from export import export_model
-    from runtime import MCSession
+    from mcdrop.export import export_model
+    from mcdrop.runtime import MCSession
 
     images, labels = digits_28x28()
     train_img, test_img, train_y, test_y = split(images, labels)

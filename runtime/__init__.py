@@ -2,24 +2,24 @@
 
 Needs numpy and onnxruntime only (Pillow for images); never imports TensorFlow.
 
-    from runtime import MCSession
+    from mcdrop import MCSession
     prediction = MCSession("models/cnn.onnx", seed=0).predict(x, passes=50)
 
-Names are imported on first use, so `import runtime` (and `runtime.errors`) stays cheap.
+Names are imported on first use, so `import mcdrop.runtime` (and `mcdrop.runtime.errors`) stays cheap.
 """
 
 import importlib
 
-from runtime import errors
-from runtime.errors import DeviceError, InputError, McdropError, ModelFileError, ModelRunError, UnsafeModelError
+from . import errors
+from .errors import DeviceError, InputError, McdropError, ModelFileError, ModelRunError, UnsafeModelError
 
 _LAZY = {
-    "MCSession": "runtime.session",
-    "RawPixelWarning": "runtime.session",
-    "Prediction": "runtime.prediction",
-    "ModelInfo": "runtime.metadata",
-    "load_inputs": "runtime.inputs",
-    "Limits": "runtime.limits",
+    "MCSession": ".session",
+    "RawPixelWarning": ".session",
+    "Prediction": ".prediction",
+    "ModelInfo": ".metadata",
+    "load_inputs": ".inputs",
+    "Limits": ".limits",
 }
 
 __all__ = ["errors", "McdropError", "InputError", "ModelFileError", "ModelRunError", "UnsafeModelError",
@@ -28,5 +28,5 @@ __all__ = ["errors", "McdropError", "InputError", "ModelFileError", "ModelRunErr
 
 def __getattr__(name):
     if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,11 +13,11 @@ from typing import Dict, Optional, Union
 
 import numpy as np
 
-from runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
-from runtime.errors import InputError
-from runtime.inputs import IMAGE_EXTENSIONS, _check_array_for_model, _read_array, load_inputs, npz_names
-from runtime.limits import DEFAULT, Limits
-from runtime.metadata import ModelInfo, ModelOutput
+from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from .errors import InputError
+from .inputs import IMAGE_EXTENSIONS, _check_array_for_model, _read_array, load_inputs, npz_names
+from .limits import DEFAULT, Limits
+from .metadata import ModelInfo, ModelOutput
 
 Batch = Union[np.ndarray, Dict[str, np.ndarray]]
 

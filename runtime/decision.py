@@ -15,7 +15,7 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-from runtime.errors import InputError
+from .errors import InputError
 
 CATEGORICAL_HEADS = ("softmax", "logits")
 SIGMOID_HEADS = ("binary", "multilabel")

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Type
 
-from runtime.errors import InputError, McdropError
+from .errors import InputError, McdropError
 
 TEMP_SUFFIX = ".tmp"
 

@@ -20,10 +20,10 @@ from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from runtime.errors import InputError, first_line
-from runtime.files import open_regular
-from runtime.limits import DEFAULT, Limits
-from runtime.metadata import ModelInfo, Preprocessing
+from .errors import InputError, first_line
+from .files import open_regular
+from .limits import DEFAULT, Limits
+from .metadata import ModelInfo, Preprocessing
 
 
 def _image_formats() -> dict:
@@ -396,7 +396,7 @@ def _decode(path: str, image) -> None:
     (TypeError from a garbled TIFF tag, ...); whatever they raise here is the file's fault."""
     from PIL import Image
 
-    from runtime.providers import quiet_stderr
+    from .providers import quiet_stderr
 
     try:
         if image.format == "TIFF":  # libtiff prints its warnings on a corrupt file straight to fd 2

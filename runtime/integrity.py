@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 
-from runtime.errors import ModelFileError
-from runtime.onnx_file import ModelFile, encode_entry, read_model
+from .errors import ModelFileError
+from .onnx_file import ModelFile, encode_entry, read_model
 
 CHECKSUM_KEY = "mcdrop.sha256"
 

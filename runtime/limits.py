@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Iterable, Optional
 
-from runtime.errors import InputError
+from .errors import InputError
 
 
 def usable_cores() -> int:

@@ -10,7 +10,7 @@ from typing import Tuple
 
 import numpy as np
 
-from runtime.errors import InputError
+from .errors import InputError
 
 
 def _as_float64(values, min_ndim: int, name: str, classes: bool = False) -> np.ndarray:

@@ -12,8 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from runtime.errors import ModelFileError
-from runtime.limits import DEFAULT, Limits
+from .errors import ModelFileError
+from .limits import DEFAULT, Limits
 
 METADATA_KEY = "mcdrop"
 # 2: `passes` and `stochastic` are plain required inputs (1 gave them initializers as defaults,
@@ -319,8 +319,8 @@ def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
         return None
     if not isinstance(value, dict):
         raise _Bad("calibration must be an object or null")
-    from runtime.decision import Rule
-    from runtime.errors import InputError
+    from .decision import Rule
+    from .errors import InputError
 
     temperature = _number(value, "temperature", 1.0)
     if not temperature > 0:

@@ -19,7 +19,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from runtime.errors import InputError
+from .errors import InputError
 
 
 # --- argument checks ---------------------------------------------------------------------------

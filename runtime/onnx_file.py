@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Tuple
 
-from runtime.errors import ModelFileError
+from .errors import ModelFileError
 
 RANDOM_OPS = ("RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli", "Multinomial")
 # Graphs nest through If / Loop / Scan attributes; real models go a few levels deep.

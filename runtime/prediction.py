@@ -7,10 +7,10 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 
-from runtime import decision
-from runtime import measures as M
-from runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
-from runtime.errors import InputError
+from . import decision
+from . import measures as M
+from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from .errors import InputError
 
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, List, Optional
 
 import onnxruntime as ort
 
-from runtime.errors import DeviceError
+from .errors import DeviceError
 
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"

@@ -12,8 +12,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from runtime.errors import ModelFileError
-from runtime.onnx_file import ModelFile, read_model
+from .errors import ModelFileError
+from .onnx_file import ModelFile, read_model
 
 # onnxruntime casts the float to uint32 and seeds a std::minstd_rand0 generator with it (libstdc++
 # and libc++; MSVC's default engine is mt19937). minstd walks one cycle through every state

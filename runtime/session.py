@@ -9,13 +9,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from runtime import decision, integrity, providers, seeds
-from runtime.errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
-from runtime.files import read_regular
-from runtime.limits import DEFAULT, Limits, usable_cores
-from runtime.metadata import METADATA_KEY, ModelInfo
-from runtime.onnx_file import ModelFile, read_model
-from runtime.prediction import Prediction
+from . import decision, integrity, providers, seeds
+from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
+from .files import read_regular
+from .limits import DEFAULT, Limits, usable_cores
+from .metadata import METADATA_KEY, ModelInfo
+from .onnx_file import ModelFile, read_model
+from .prediction import Prediction
 
 PASSES, STOCHASTIC, SAMPLES = "passes", "stochastic", "samples"
 FLOAT_BYTES = 4
@@ -270,7 +270,7 @@ class MCSession:
     def self_check(self, x=None) -> list:
         """Check on this device that the file's randomness is live (runs and passes differ, the
         deterministic pass repeats); raise ValidationError otherwise. Returns the passed checks."""
-        from runtime.validate import Checklist, check_live_randomness, sample_inputs, side_by_side
+        from .validate import Checklist, check_live_randomness, sample_inputs, side_by_side
 
         checks = Checklist()
         checks.check("random nodes", True, f"{len(self._info.stochastic_layers)} seeded random nodes, as the metadata "

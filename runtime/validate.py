@@ -1,4 +1,5 @@
-"""Checks that need only numpy and onnxruntime: is the file's randomness live?
+"""Checks that need only numpy and onnxruntime: is the file's randomness live, do two sets of
+Monte Carlo samples agree?
 
 The exporter runs them before it writes a file (export/validate.py adds the Keras parity checks);
 the runtime runs them on a device with `MCSession.self_check()` / `cli.py info --check`.
@@ -11,7 +12,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from runtime.errors import ValidationError
+from .errors import ValidationError
 
 VARIABLE_SIZE = 8  # what a dimension the model leaves open (a sequence length, say) gets in checks
 
@@ -70,3 +71,30 @@ def check_live_randomness(checks: Checklist, samples: Callable, x: np.ndarray, p
                  "all passes of a run are identical (one mask shared by every pass?)")
     checks.check("deterministic pass repeats", np.array_equal(samples(x, 1, False), samples(x, 1, False)),
                  "dropout off gives the same output every time", "dropout off still varies between runs")
+
+
+def z_scores(samples_a, samples_b):
+    """Largest |difference| / standard error of the mean and of the variance, [T, ...] each.
+
+    The standard error of a sample variance is sqrt((m4 - var^2) / T). Elements with no spread on
+    either side must agree exactly (to float32 rounding) instead.
+    """
+    worst = {}
+    for stat in ("mean", "variance"):
+        est, se2 = [], []
+        for s in (np.asarray(samples_a, np.float64), np.asarray(samples_b, np.float64)):
+            t = s.shape[0]
+            mean = s.mean(0)
+            centred = s - mean
+            var = (centred**2).mean(0)
+            if stat == "mean":
+                est.append(mean)
+                se2.append(var / t)
+            else:
+                est.append(var)
+                se2.append(np.maximum((centred**4).mean(0) - var**2, 0) / t)
+        diff = np.abs(est[0] - est[1])
+        se = np.sqrt(se2[0] + se2[1])
+        z = np.where(se > 1e-12, diff / np.maximum(se, 1e-12), np.where(diff <= 1e-6, 0.0, np.inf))
+        worst[stat] = float(z.max())
+    return worst

@@ -6,8 +6,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mcdrop  # noqa: E402
+
+if Path(mcdrop.__file__).resolve().parent != ROOT:
+    pytest.exit(f"mcdrop is imported from {Path(mcdrop.__file__).parent}, not this checkout: "
+                f"pip install -e {ROOT}", returncode=2)
 
 from toy_model import build_toy_model  # noqa: E402
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from export import build_graph, export_model
-from export.graph import random_nodes
-from export.reference import keras_masked_samples
-from export.validate import (DETERMINISTIC_ATOL, apply_head, feeds_for, max_abs_diff, ort_session, output_heads, run,
+from mcdrop.export import build_graph, export_model
+from mcdrop.export.graph import random_nodes
+from mcdrop.export.reference import keras_masked_samples
+from mcdrop.export.validate import (DETERMINISTIC_ATOL, apply_head, feeds_for, max_abs_diff, ort_session, output_heads, run,
                              validation_inputs)
 
 MASK_PASSES = 3
@@ -80,7 +80,7 @@ def assert_graph_measures_match_numpy(proto, metadata, x, passes=16):
 
 
 def _assert_measures(head, out):
-    from runtime import measures
+    from mcdrop.runtime import measures
 
     mean, variance = measures.mean_and_variance(out["samples"])
     np.testing.assert_allclose(out["mean"], mean, atol=1e-6)

@@ -9,8 +9,8 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, softmax
 from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score
 
-from runtime import calibration as C
-from runtime.errors import InputError
+from mcdrop.runtime import calibration as C
+from mcdrop.runtime.errors import InputError
 
 
 def sample_labels(rng, probs):

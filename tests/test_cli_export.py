@@ -16,10 +16,10 @@ from keras import layers  # noqa: E402
 from parity import assert_parity  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-import cli  # noqa: E402
-import export  # noqa: E402
-from export.validate import ort_session  # noqa: E402
-from runtime.errors import ValidationError  # noqa: E402
+from mcdrop import cli  # noqa: E402
+from mcdrop import export  # noqa: E402
+from mcdrop.export.validate import ort_session  # noqa: E402
+from mcdrop.runtime.errors import ValidationError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -123,7 +123,7 @@ def test_nothing_is_written_when_validation_fails(tmp_path, monkeypatch):
     def fail(*args, **kwargs):
         raise ValidationError("validation failed (test): forced")
 
-    monkeypatch.setattr("export.validate.validate_export", fail)
+    monkeypatch.setattr("mcdrop.export.validate.validate_export", fail)
     with pytest.raises(ValidationError):
         export.export_model(save(mlp(), tmp_path), tmp_path / "never.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
@@ -134,7 +134,7 @@ def test_no_validate_still_refuses_a_file_the_runtime_would_refuse(tmp_path, mon
     with an input nobody can feed (Normalization's statistics, unfrozen) is never written."""
     from zoo import normalization_adapted_and_given
 
-    monkeypatch.setattr("export.graph.freeze_captured_constants", lambda *args: None)
+    monkeypatch.setattr("mcdrop.export.graph.freeze_captured_constants", lambda *args: None)
     model, _ = normalization_adapted_and_given()
     with pytest.raises(ValidationError, match="runtime contract.*inputs the contract does not know"):
         export.export_model(save(model, tmp_path), tmp_path / "never.onnx", validate=False)

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-import cli
+from mcdrop import cli
 from conftest import ROOT
 from toy_model import build_toy_model
 
@@ -134,7 +134,7 @@ def test_info(toy_model_path):
 
 
 def test_help_is_quick_and_loads_no_runtime():
-    script = ("import sys; sys.argv = ['cli.py', '--help']; import cli;"
+    script = ("import sys; sys.argv = ['cli.py', '--help']; from mcdrop import cli;"
               "assert 'onnxruntime' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

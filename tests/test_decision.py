@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from runtime import decision
-from runtime.decision import Rule, default_rule, file_rule, scores
-from runtime.errors import InputError
-from runtime.metadata import _Bad, _calibration
-from runtime.prediction import Prediction
+from mcdrop.runtime import decision
+from mcdrop.runtime.decision import Rule, default_rule, file_rule, scores
+from mcdrop.runtime.errors import InputError
+from mcdrop.runtime.metadata import _Bad, _calibration
+from mcdrop.runtime.prediction import Prediction
 
 
 def categorical():

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from runtime import calibration as C
-from runtime import metrics
-from runtime.session import MCSession
+from mcdrop.runtime import calibration as C
+from mcdrop.runtime import metrics
+from mcdrop.runtime.session import MCSession
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"

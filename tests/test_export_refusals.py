@@ -9,9 +9,9 @@ from keras import layers
 
 pytest.importorskip("tf2onnx")
 
-from export import build_graph, export_model  # noqa: E402
+from mcdrop.export import build_graph, export_model  # noqa: E402
 from test_lost_randomness import JitterNoise  # noqa: E402
-from runtime.errors import McdropError  # noqa: E402
+from mcdrop.runtime.errors import McdropError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ HEAD_BYTES, TAIL_BYTES = 16_384, 4_096
 CHILD = """
 import json, sys, traceback
 import numpy as np
-from runtime.errors import McdropError
-from runtime.session import MCSession
+from mcdrop.runtime.errors import McdropError
+from mcdrop.runtime.session import MCSession
 
 path, seed, count, head, tail, verify = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
 original = open(path, "rb").read()

@@ -15,10 +15,10 @@ import pytest
 from PIL import Image, features
 from toy_model import build_toy_model
 
-from runtime.errors import InputError
-from runtime.inputs import load_array, load_inputs
-from runtime.limits import Limits
-from runtime.session import MCSession
+from mcdrop.runtime.errors import InputError
+from mcdrop.runtime.inputs import load_array, load_inputs
+from mcdrop.runtime.limits import Limits
+from mcdrop.runtime.session import MCSession
 
 
 @pytest.fixture(scope="module")

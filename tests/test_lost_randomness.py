@@ -13,8 +13,8 @@ from keras import layers
 pytest.importorskip("tf2onnx")
 
 from conftest import ROOT  # noqa: E402
-from export import export_model  # noqa: E402
-from runtime.errors import ExportError  # noqa: E402
+from mcdrop.export import export_model  # noqa: E402
+from mcdrop.runtime.errors import ExportError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ import onnx
 import pytest
 
 from conftest import ROOT
-from export.validate import ort_session, run
-from runtime import seeds
-from runtime.metadata import ModelInfo
+from mcdrop.export.validate import ort_session, run
+from mcdrop.runtime import seeds
+from mcdrop.runtime.metadata import ModelInfo
 
 MODEL = ROOT / "models" / "cnn.onnx"
 PASSES, BATCH = 8, 4

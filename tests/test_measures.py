@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import entropy as scipy_entropy
 
-from runtime import measures as M
-from runtime.errors import InputError
+from mcdrop.runtime import measures as M
+from mcdrop.runtime.errors import InputError
 
 LN2 = math.log(2)
 

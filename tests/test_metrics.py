@@ -11,8 +11,8 @@ import pytest
 from scipy.stats import norm
 from sklearn import metrics as skm
 
-from runtime import metrics as M
-from runtime.errors import InputError
+from mcdrop.runtime import metrics as M
+from mcdrop.runtime.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = [0, 1, 2]
@@ -386,6 +386,6 @@ def test_bad_arguments_raise_input_error(name):
 
 
 def test_module_needs_numpy_only():
-    code = ("import sys, runtime.metrics; "
+    code = ("import sys, mcdrop.runtime.metrics; "
             "bad = [m for m in ('sklearn', 'scipy') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

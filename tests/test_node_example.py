@@ -14,12 +14,12 @@ import PIL
 import pytest
 from PIL import Image
 
-from runtime import decision
-from runtime.inputs import _pixels, load_inputs
-from runtime.metadata import Preprocessing
-from runtime.prediction import Prediction
-from runtime.seeds import MINSTD_MODULUS, find_seeds
-from runtime.session import MCSession
+from mcdrop.runtime import decision
+from mcdrop.runtime.inputs import _pixels, load_inputs
+from mcdrop.runtime.metadata import Preprocessing
+from mcdrop.runtime.prediction import Prediction
+from mcdrop.runtime.seeds import MINSTD_MODULUS, find_seeds
+from mcdrop.runtime.session import MCSession
 from tests.js_support import (EXAMPLES, INFER_JS, NODE_TIMEOUT, ROOT, assert_mc_agrees, golden, golden_input, node, run_node,
                               start_node)
 

@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from runtime import decision
-from runtime import prediction as P
-from runtime.errors import InputError
-from runtime.prediction import Prediction
+from mcdrop.runtime import decision
+from mcdrop.runtime import prediction as P
+from mcdrop.runtime.errors import InputError
+from mcdrop.runtime.prediction import Prediction
 
 LN2 = math.log(2)
 

@@ -13,11 +13,11 @@ from keras import layers  # noqa: E402
 from keras.applications.imagenet_utils import preprocess_input  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-import cli  # noqa: E402
-from export import PREPROCESS_MODES, UNKNOWN_PREPROCESS, export_model, image_preprocessing  # noqa: E402
-from runtime.errors import ExportError, ModelFileError  # noqa: E402
-from runtime.inputs import load_inputs  # noqa: E402
-from runtime.session import MCSession  # noqa: E402
+from mcdrop import cli  # noqa: E402
+from mcdrop.export import PREPROCESS_MODES, UNKNOWN_PREPROCESS, export_model, image_preprocessing  # noqa: E402
+from mcdrop.runtime.errors import ExportError, ModelFileError  # noqa: E402
+from mcdrop.runtime.inputs import load_inputs  # noqa: E402
+from mcdrop.runtime.session import MCSession  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

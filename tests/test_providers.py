@@ -6,10 +6,10 @@ import warnings
 import onnxruntime as ort
 import pytest
 
-from runtime import providers
-from runtime.errors import DeviceError, ModelFileError
-from runtime.providers import CPU, CUDA
-from runtime.session import MCSession
+from mcdrop.runtime import providers
+from mcdrop.runtime.errors import DeviceError, ModelFileError
+from mcdrop.runtime.providers import CPU, CUDA
+from mcdrop.runtime.session import MCSession
 
 
 class FakeSession:

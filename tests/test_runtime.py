@@ -11,11 +11,11 @@ import onnxruntime as ort
 import pytest
 
 from conftest import ROOT
-from runtime import seeds
-from runtime.errors import InputError, ModelFileError
-from runtime.limits import Limits
-from runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
-from runtime.session import SESSION_COPY, WEIGHTS_SHARE, MCSession, RawPixelWarning
+from mcdrop.runtime import seeds
+from mcdrop.runtime.errors import InputError, ModelFileError
+from mcdrop.runtime.limits import Limits
+from mcdrop.runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
+from mcdrop.runtime.session import SESSION_COPY, WEIGHTS_SHARE, MCSession, RawPixelWarning
 from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
 
 X = np.random.default_rng(42).normal(size=(5, 4)).astype(np.float32)
@@ -63,8 +63,8 @@ def test_same_integer_seed_reproduces_and_calls_differ(toy_model_path):
 
 def test_same_seed_in_another_process_reproduces(toy_model_path):
     script = (
-        "import json, sys, numpy as np; sys.path.insert(0, '.');"
-        "from runtime import MCSession;"
+        "import json, sys, numpy as np;"
+        "from mcdrop.runtime import MCSession;"
         f"x = np.array({X.tolist()}, dtype=np.float32);"
         f"s = MCSession({toy_model_path!r}, device='cpu', seed=21);"
         "print(json.dumps(s.predict(x, passes=16).samples.tolist()))")
@@ -104,7 +104,7 @@ def test_graph_measures_agree_with_numpy(toy_head_model):
     if head == "regression":
         return
     # The numpy measures of the Prediction built from the same samples.
-    from runtime.prediction import Prediction
+    from mcdrop.runtime.prediction import Prediction
 
     measures = Prediction.from_samples(raw["samples"], head).measures
     found = {"predictive_entropy": measures.get("predictive_entropy", measures.get("entropy")),
@@ -332,7 +332,7 @@ def test_info_lists_names_and_shapes(toy_model_path):
 
 
 def test_importing_runtime_loads_no_tensorflow_or_onnx(toy_model_path):
-    script = ("import sys, numpy as np; sys.path.insert(0, '.'); import runtime;"
+    script = ("import sys, numpy as np; from mcdrop import runtime;"
               f"p = runtime.MCSession({toy_model_path!r}).predict(np.zeros((1, 4)), passes=2);"
               "print(sorted({'tensorflow', 'keras', 'tf2onnx', 'onnx'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)

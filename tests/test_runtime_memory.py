@@ -12,8 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PREAMBLE = """
 import sys
 import numpy as np
-sys.path.insert(0, {root!r})
-from runtime import MCSession
+from mcdrop.runtime import MCSession
 
 def mib(key):
     for line in open("/proc/self/status"):

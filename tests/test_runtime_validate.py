@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime import MCSession
-from runtime.errors import ValidationError
-from runtime.validate import Checklist, check_live_randomness, sample_inputs
+from mcdrop.runtime import MCSession
+from mcdrop.runtime.errors import ValidationError
+from mcdrop.runtime.validate import Checklist, check_live_randomness, sample_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 

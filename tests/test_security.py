@@ -23,10 +23,10 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from conftest import ROOT
-from runtime.errors import McdropError, ModelFileError, ModelRunError
-from runtime.integrity import seal
-from runtime.onnx_file import encode_entry
-from runtime.session import MCSession
+from mcdrop.runtime.errors import McdropError, ModelFileError, ModelRunError
+from mcdrop.runtime.integrity import seal
+from mcdrop.runtime.onnx_file import encode_entry
+from mcdrop.runtime.session import MCSession
 from test_inputs import write_bilevel_png
 from toy_model import build_toy_model
 
@@ -40,9 +40,8 @@ PEAK_BOUND_MIB = 512
 # across fork and exec: a pytest worker that loaded TensorFlow reads 1 GB). 0 where /proc is absent.
 MEASURED = """
 import os, sys
-sys.path.insert(0, os.getcwd())
 sys.argv = ["cli.py", *sys.argv[1:]]
-import cli
+from mcdrop import cli
 try:
     cli.main()
 finally:
@@ -137,10 +136,9 @@ def test_a_stopped_infer_leaves_no_temporary_file(tmp_path, stop):
     """The real CLI, stopped while it writes --out (the write is slowed down to be caught)."""
     script = f"""
 import os, sys, time
-sys.path.insert(0, {str(ROOT)!r})
 sys.argv = ["cli.py", "infer", {str(SAMPLES / 'digit_3.png')!r}, "--out", {str(tmp_path / 'r.json')!r}]
-import cli
-from runtime import files
+from mcdrop import cli
+from mcdrop.runtime import files
 real = files.os.replace
 def slow_replace(*args):
     print("writing", flush=True)

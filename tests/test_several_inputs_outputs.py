@@ -13,9 +13,9 @@ import pytest
 pytest.importorskip("tf2onnx")
 
 from conftest import ROOT  # noqa: E402
-from runtime.errors import InputError, ModelFileError  # noqa: E402
-from runtime.integrity import seal  # noqa: E402
-from runtime.session import MCSession  # noqa: E402
+from mcdrop.runtime.errors import InputError, ModelFileError  # noqa: E402
+from mcdrop.runtime.integrity import seal  # noqa: E402
+from mcdrop.runtime.session import MCSession  # noqa: E402
 from zoo import two_inputs_two_outputs  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -158,7 +158,7 @@ def test_int8_takes_one_input_several_outputs_and_measures_drift_over_all(tmp_pa
     import keras
     from keras import layers
 
-    from export import export_model
+    from mcdrop.export import export_model
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((6,))

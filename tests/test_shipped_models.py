@@ -10,10 +10,10 @@ pytest.importorskip("tf2onnx")
 
 import keras  # noqa: E402
 
-from export import export_model  # noqa: E402
-from export.reference import keras_mc_samples  # noqa: E402
-from export.validate import DETERMINISTIC_ATOL, Z_LIMIT, z_scores  # noqa: E402
-from runtime import MCSession, load_inputs  # noqa: E402
+from mcdrop.export import export_model  # noqa: E402
+from mcdrop.export.reference import keras_mc_samples  # noqa: E402
+from mcdrop.export.validate import DETERMINISTIC_ATOL, Z_LIMIT, z_scores  # noqa: E402
+from mcdrop.runtime import MCSession, load_inputs  # noqa: E402
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 SAMPLES = MODELS / "samples"

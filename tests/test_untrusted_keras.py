@@ -26,11 +26,11 @@ pytest.importorskip("tf2onnx")
 import h5py  # noqa: E402
 import keras  # noqa: E402
 
-import export  # noqa: E402
-from export.model_code import MAX_NESTING, check_model_code, find_code  # noqa: E402
-from runtime.errors import ModelFileError, UnsafeModelError  # noqa: E402
-from runtime.integrity import verify  # noqa: E402
-from runtime.onnx_file import _length_field, read_model  # noqa: E402
+from mcdrop import export  # noqa: E402
+from mcdrop.export.model_code import MAX_NESTING, check_model_code, find_code  # noqa: E402
+from mcdrop.runtime.errors import ModelFileError, UnsafeModelError  # noqa: E402
+from mcdrop.runtime.integrity import verify  # noqa: E402
+from mcdrop.runtime.onnx_file import _length_field, read_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -118,7 +118,7 @@ def test_control_tf_keras_runs_lambda_even_in_safe_mode(hostile, marker):
 def test_trusted_lambda_model_exports(tmp_path):
     from typer.testing import CliRunner
 
-    import cli
+    from mcdrop import cli
 
     keras.utils.set_random_seed(0)
     path = tmp_path / "double.keras"

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from js_support import REQUIRE, ROOT, assert_mc_agrees, golden, golden_input, node, node_modules
-from runtime.inputs import load_inputs
-from runtime.session import MCSession
+from mcdrop.runtime.inputs import load_inputs
+from mcdrop.runtime.session import MCSession
 
 DRIVER = ROOT / "examples" / "web" / "test" / "browser_check.mjs"
 PAGE = "examples/web/"

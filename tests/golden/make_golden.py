@@ -25,8 +25,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from runtime.inputs import load_inputs  # noqa: E402
-from runtime.session import MCSession  # noqa: E402
+from mcdrop.runtime.inputs import load_inputs  # noqa: E402
+from mcdrop.runtime.session import MCSession  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "digits.json"
 SAMPLES = "models/samples"
