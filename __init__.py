@@ -12,14 +12,12 @@ in a checkout loads the folder under the same name. Names are imported on first 
 
 import importlib
 
+from . import runtime
 from .runtime.errors import DeviceError, InputError, McdropError, ModelFileError, ModelRunError, UnsafeModelError
 
+# The runtime's names come through its own lazy attributes; the exporter's are added here.
 _LAZY = {
-    "MCSession": ".runtime.session",
-    "Prediction": ".runtime.prediction",
-    "ModelInfo": ".runtime.metadata",
-    "Limits": ".runtime.limits",
-    "load_inputs": ".runtime.inputs",
+    **dict.fromkeys(runtime._LAZY, ".runtime"),
     "export_model": ".export",
     "calibrate_model": ".export.calibrate",
     "evaluate": ".runtime.evaluation",

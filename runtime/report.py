@@ -165,14 +165,8 @@ def markdown(report: dict) -> str:
              + (f", seed {report['seed']}" if report.get("seed") is not None else "") + ".", ""]
     mc, det = report["mc"], report["deterministic"]
     lines += ["| metric | MC dropout | deterministic |", "|---|---|---|"]
-    for key in SCALAR_METRICS:
-        if key in mc:
-            lines.append(f"| {key} | {_cell(mc.get(key))} | {_cell(det.get(key))} |")
-    if "conformal" in mc:
-        lines.append(f"| conformal set coverage | {_cell(mc['conformal']['coverage'])} | "
-                     f"{_cell(det.get('conformal', {}).get('coverage'))} |")
-        lines.append(f"| conformal mean set size | {_cell(mc['conformal']['mean_set_size'])} | "
-                     f"{_cell(det.get('conformal', {}).get('mean_set_size'))} |")
+    for title, ours, theirs in _scalar_rows(mc, det, ("coverage", "mean_set_size")):
+        lines.append(f"| {title} | {_cell(ours)} | {_cell(theirs)} |")
     if "aurc" in mc:
         lines += ["", "## Uncertainty measures (higher = less certain)", "",
                   "Each cell: MC dropout / deterministic pass (- where one pass has no such measure).", ""]
@@ -215,12 +209,8 @@ def summary_lines(report: dict) -> List[str]:
     lines = [f"model {report.get('model', '')}  data {report.get('data', '')} ({report['count']} inputs"
              + (f", {report['ood_count']} OOD" if report.get("ood_count") else "") + f")  passes {report['passes']}",
              f"{'':<40}{'MC dropout':>12}{'deterministic':>15}"]
-    for key in SCALAR_METRICS:
-        if key in mc:
-            lines.append(f"{key:<40}{_cell(mc.get(key)):>12}{_cell(det.get(key)):>15}")
-    if "conformal" in mc:
-        lines.append(f"{'conformal set coverage':<40}{_cell(mc['conformal']['coverage']):>12}"
-                     f"{_cell(det.get('conformal', {}).get('coverage')):>15}")
+    for title, ours, theirs in _scalar_rows(mc, det, ("coverage",)):
+        lines.append(f"{title:<40}{_cell(ours):>12}{_cell(theirs):>15}")
     for title, key in (("AURC", "aurc"), ("error AUROC", "error_auroc"), ("OOD AUROC", "ood_auroc")):
         for name, value in mc.get(key, {}).items():
             lines.append(f"{title + ' ' + name:<40}{_cell(value):>12}{_cell(det.get(key, {}).get(name)):>15}")
@@ -234,6 +224,20 @@ def summary_lines(report: dict) -> List[str]:
         lines.append(f"UNCERTAIN ({rule['source']}: {rule['rule']}): {rule['flagged']:.1%} flagged, accuracy of "
                      f"the rest {_cell(rule['accepted_accuracy'])}")
     return lines
+
+
+CONFORMAL_TITLES = {"coverage": "conformal set coverage", "mean_set_size": "conformal mean set size"}
+
+
+def _scalar_rows(mc: dict, det: dict, conformal_fields):
+    """(title, MC dropout value, deterministic value) of the scalar metrics the report has, then
+    the conformal `conformal_fields`, for the Markdown table and the printed summary alike."""
+    for key in SCALAR_METRICS:
+        if key in mc:
+            yield key, mc.get(key), det.get(key)
+    if "conformal" in mc:
+        for field in conformal_fields:
+            yield CONFORMAL_TITLES[field], mc["conformal"][field], det.get("conformal", {}).get(field)
 
 
 def _cell(value) -> str:

@@ -27,9 +27,12 @@ INFER_JS = EXAMPLES / "node" / "infer.js"
 GOLDEN = ROOT / "tests" / "golden" / "digits.json"
 REQUIRE = "MCDROP_REQUIRE_EXAMPLES"
 NODE_TIMEOUT = 120  # seconds; a T=1000 run of the shipped CNN takes about 2
+# The deterministic pass of Node or the browser against the Python runtime on one machine: the
+# same float kernels, so only summation order differs.
+LIVE_ATOL = 1e-5
 
 
-def _unavailable(reason: str):
+def unavailable(reason: str):
     """Skip, or fail where the environment says the examples must run."""
     if os.environ.get(REQUIRE) == "1":
         pytest.fail(f"{reason} ({REQUIRE}=1)")
@@ -45,9 +48,9 @@ def node() -> str:
     """The node executable, with examples/node_modules installed; else skip (or fail)."""
     path = _node_path()
     if path is None:
-        _unavailable("node is not installed (the JavaScript example needs Node 20 or newer)")
+        unavailable("node is not installed (the JavaScript example needs Node 20 or newer)")
     if not (NODE_MODULES / "onnxruntime-node").is_dir():
-        _unavailable(f"{NODE_MODULES} is missing: run `npm ci` in {EXAMPLES}")
+        unavailable(f"{NODE_MODULES} is missing: run `npm ci` in {EXAMPLES}")
     return path
 
 
@@ -56,7 +59,7 @@ def node_modules(package: str) -> Path:
     node()
     path = NODE_MODULES / package
     if not path.is_dir():
-        _unavailable(f"{path} is missing: run `npm ci` in {EXAMPLES}")
+        unavailable(f"{path} is missing: run `npm ci` in {EXAMPLES}")
     return path
 
 

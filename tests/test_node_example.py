@@ -20,13 +20,12 @@ from mcdrop.runtime.metadata import Preprocessing
 from mcdrop.runtime.prediction import Prediction
 from mcdrop.runtime.seeds import MINSTD_MODULUS, find_seeds
 from mcdrop.runtime.session import MCSession
-from tests.js_support import (EXAMPLES, INFER_JS, NODE_TIMEOUT, ROOT, assert_mc_agrees, golden, golden_input, node, run_node,
-                              start_node)
+from js_support import (EXAMPLES, INFER_JS, LIVE_ATOL, NODE_TIMEOUT, ROOT, assert_mc_agrees, golden, golden_input, node,
+                        run_node, start_node)
 
 MODELS = ("models/cnn.onnx", "models/mlp.onnx", "models/cnn_int8.onnx")
 CALIBRATED = "models/cnn_calibrated.onnx"
 HOOKS = EXAMPLES / "node" / "test"
-LIVE_ATOL = 1e-5  # Node and Python on one machine, one onnxruntime build of the same kernels
 MC_PASSES = 1000
 # Inputs of the Monte Carlo comparison: the uncertain samples, where dropout moves the output most
 # (the shipped CNN takes about 1.7 s per input at T=1000 in one Node session).

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from js_support import REQUIRE, ROOT, assert_mc_agrees, golden, golden_input, node, node_modules
+from js_support import LIVE_ATOL, ROOT, assert_mc_agrees, golden, golden_input, node, node_modules, unavailable
 from mcdrop.runtime.inputs import load_inputs
 from mcdrop.runtime.session import MCSession
 
@@ -34,16 +34,9 @@ DRIVER = ROOT / "examples" / "web" / "test" / "browser_check.mjs"
 PAGE = "examples/web/"
 MC_PASSES = 1000
 REPEAT_PASSES = 50
-LIVE_TOLERANCE = 1e-5  # two runtimes on one machine, deterministic pass
 DRIVER_TIMEOUT = 240  # seconds for the whole browser session (it takes about 40)
 # A "7" as a person draws it (fractions of the pad): a bar, then the diagonal.
 SEVEN = [[[0.2, 0.2], [0.8, 0.2], [0.45, 0.85]]]
-
-
-def _unavailable(reason: str):
-    if os.environ.get(REQUIRE) == "1":
-        pytest.fail(f"{reason} ({REQUIRE}=1)")
-    pytest.skip(reason)
 
 
 def chromium() -> str:
@@ -51,7 +44,7 @@ def chromium() -> str:
     if not (os.path.isfile(path) and os.access(path, os.X_OK)):
         found = shutil.which(path)
         if found is None:
-            _unavailable(f"Chromium is not installed at {path} (apt-get install chromium, or set CHROMIUM)")
+            unavailable(f"Chromium is not installed at {path} (apt-get install chromium, or set CHROMIUM)")
         path = found
     return path
 
@@ -277,7 +270,7 @@ def test_deterministic_pass_matches_python(report, python_session):
     expected = python_session.predict(sample_input(python_session, "digit_3"), dropout=False).mean[0]
     diff = np.abs(np.asarray(result["mean"]) - expected).max()
     print(f"\ndeterministic digit_3: max |web - python| = {diff:.2e}")
-    assert diff <= LIVE_TOLERANCE
+    assert diff <= LIVE_ATOL
     assert result["mutual_information"] == 0 and np.all(np.asarray(result["variance"]) == 0)
 
 
@@ -312,10 +305,10 @@ def test_golden_inputs_through_mcdroprun(report, key):
         unfused = unoptimized_deterministic(ROOT / model, x)
         unfused_diff = np.abs(web - unfused).max()
         print(f"{model}: max |web - python unfused (ORT_DISABLE_ALL)| = {unfused_diff:.2e}")
-        assert unfused_diff <= LIVE_TOLERANCE
+        assert unfused_diff <= LIVE_ATOL
     else:
         assert recorded_diff <= tolerances["mean"]
-        assert live_diff <= LIVE_TOLERANCE
+        assert live_diff <= LIVE_ATOL
 
 
 def unoptimized_deterministic(path, x):
