@@ -165,6 +165,9 @@ export function readModelFile(bytes) {
   return { metadata: parseMetadata(bytes.subarray(...span)), randomNodes: found.randomNodes };
 }
 
+// What a file written before these preprocessing fields existed means by their absence.
+const PREPROCESSING_DEFAULTS = { channel_order: "rgb", mean: [0], std: [1], background: 0 };
+
 // The metadata JSON with the defaults of files written before a field existed (docs/FORMAT.md:
 // Metadata). Only what this module uses is checked; runtime/metadata.py checks everything.
 function parseMetadata(raw) {
@@ -195,7 +198,7 @@ function parseMetadata(raw) {
     output.calibration ??= null;
   }
   if (meta.preprocessing) {
-    meta.preprocessing = { channel_order: "rgb", mean: [0], std: [1], background: 0, ...meta.preprocessing };
+    meta.preprocessing = { ...PREPROCESSING_DEFAULTS, ...meta.preprocessing };
   } else {
     meta.preprocessing = null;
   }
@@ -295,9 +298,10 @@ export function freshSeeds(count, { seed, multiplier = MINSTD.node } = {}) {
  * A copy of the file's bytes with each random node's 4 seed bytes (little-endian float32)
  * replaced by fresh seeds; nothing else changes, the length included. Call it before creating
  * each session. Throws for a random node without a float seed (it would replay its masks).
+ * `parsed`: readModelFile(bytes) where the caller has it already, so the file is walked once.
  */
-export function withFreshSeeds(bytes, { seed, multiplier = MINSTD.node } = {}) {
-  const { randomNodes } = readModelFile(bytes);
+export function withFreshSeeds(bytes, { seed, multiplier = MINSTD.node, parsed } = {}) {
+  const { randomNodes } = parsed ?? readModelFile(bytes);
   const unseeded = randomNodes.find((node) => node.seedOffset === null);
   if (unseeded) throw new Error(`random node '${unseeded.name}' has no float seed attribute; export the model again`);
   const out = bytes.slice();
@@ -424,7 +428,7 @@ function resize(pixels, width, height, channels, outWidth, outHeight) {
  * x = (pixel * scale + offset - mean[c]) / std[c] in float32, in the model's channel order.
  */
 export function preprocessImage({ data, width, height, channels }, metadata) {
-  const pre = metadata.preprocessing && { channel_order: "rgb", mean: [0], std: [1], background: 0, ...metadata.preprocessing };
+  const pre = metadata.preprocessing && { ...PREPROCESSING_DEFAULTS, ...metadata.preprocessing };
   if (!pre) throw new Error("this model has no image preprocessing in its metadata; feed it preprocessed arrays");
   if (![1, 2, 3, 4].includes(channels)) throw new Error(`images have 1 to 4 channels, got ${channels}`);
   if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
@@ -531,7 +535,7 @@ export function feeds(ort, x, { passes, stochastic = true } = {}, metadata) {
 // ---------------------------------------------------------------------------------------------
 // When UNCERTAIN (runtime/decision.py), categorical heads
 
-const CATEGORICAL_HEADS = ["softmax", "logits"];
+export const CATEGORICAL_HEADS = ["softmax", "logits"];
 const RULE_MEASURES = ["mutual_information", "predictive_entropy", "expected_entropy", "variation_ratio",
   "top_class_variance", "one_minus_confidence", "confidence", "margin"];
 export const DEFAULT_RULE = "mutual_information > 0.1 or confidence < 0.6";
@@ -644,6 +648,12 @@ function measuresOf(samples, T, B, C, b) {
   };
 }
 
+/** Input `index`'s rows of samples {data, dims: [T, batch, classes]}: [T][classes], plain numbers. */
+export function passesOf(samples, index) {
+  const [T, B, C] = samples.dims.map(Number);
+  return Array.from({ length: T }, (_, t) => Array.from(samples.data.subarray((t * B + index) * C, (t * B + index + 1) * C)));
+}
+
 /**
  * Per input of the batch: {label, index, confidence, mean, variance, std (of the top class),
  * predictive_entropy, expected_entropy, mutual_information, margin, variation_ratio, uncertain,
@@ -661,6 +671,7 @@ export function summarize(outputs, metadata, { rule } = {}) {
   const [T, B, C] = samples.dims.map(Number);
   const effective = ruleFor(metadata, rule);
   const quantile = output.calibration?.conformal?.quantile;
+  const labelOf = (c) => (output.labels ? String(output.labels[c]) : String(c));
   const results = [];
   for (let b = 0; b < B; b++) {
     const m = measuresOf(samples.data, T, B, C, b);
@@ -669,7 +680,7 @@ export function summarize(outputs, metadata, { rule } = {}) {
     // one_minus_confidence, which it computes in float64 from the float32 mean.
     const tested = Object.fromEntries(RULE_MEASURES.map((name) => [name, name === "one_minus_confidence" ? m[name] : f(m[name])]));
     const result = {
-      label: output.labels ? String(output.labels[m.index]) : String(m.index),
+      label: labelOf(m.index),
       index: m.index,
       confidence: m.confidence,
       mean: m.mean,
@@ -687,7 +698,7 @@ export function summarize(outputs, metadata, { rule } = {}) {
     if (typeof quantile === "number") {
       // LAC conformal set, decided in float32 like the graph's prediction_set: mean >= 1 - q.
       const bound = f(1 - f(quantile));
-      result.prediction_set = m.mean.flatMap((p, c) => (f(p) >= bound ? [output.labels ? String(output.labels[c]) : String(c)] : []));
+      result.prediction_set = m.mean.flatMap((p, c) => (f(p) >= bound ? [labelOf(c)] : []));
     }
     results.push(result);
   }

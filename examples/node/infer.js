@@ -13,7 +13,7 @@ import process from "node:process";
 
 import ort from "onnxruntime-node";
 
-import { MINSTD, feeds, parseRule, preprocessImage, readModelFile, summarize, withFreshSeeds } from "../lib/mcdrop.mjs";
+import { MINSTD, feeds, parseRule, passesOf, preprocessImage, readModelFile, summarize, withFreshSeeds } from "../lib/mcdrop.mjs";
 import { decodePng } from "./png.mjs";
 
 const USAGE = "usage: node infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic] [--samples] [--json] "
@@ -92,17 +92,12 @@ function named(path, make) {
   }
 }
 
-// One input's rows of the samples [T, B, classes]: [T][classes].
-function passesOf(samples, b) {
-  const [T, B, C] = samples.dims.map(Number);
-  return Array.from({ length: T }, (_, t) => Array.from(samples.data.subarray((t * B + b) * C, (t * B + b + 1) * C)));
-}
-
 async function main() {
   const args = parseArgs(process.argv.slice(2));
   const rule = args.rule === undefined ? undefined : parseRule(args.rule); // a bad rule fails before any work
   const modelBytes = await readBytes(args.model, "model file");
-  const { metadata } = named(args.model, () => readModelFile(modelBytes));
+  const parsed = named(args.model, () => readModelFile(modelBytes));
+  const { metadata } = parsed;
   const inputs = [];
   for (const path of args.images) {
     const pixels = decodePng(await readBytes(path, "image"), path);
@@ -111,7 +106,7 @@ async function main() {
   // Fresh seeds in the bytes before the session is created, else every run replays the same
   // dropout masks (docs/FORMAT.md: Random nodes). onnxruntime-node on Linux and macOS draws with
   // minstd_rand0.
-  const fresh = named(args.model, () => withFreshSeeds(modelBytes, { seed: args.seed, multiplier: MINSTD.node }));
+  const fresh = named(args.model, () => withFreshSeeds(modelBytes, { seed: args.seed, multiplier: MINSTD.node, parsed }));
   const session = await ort.InferenceSession.create(fresh).catch((err) => {
     throw new Error(`${args.model}: onnxruntime cannot load it (${firstLine(err.message)})`);
   });

@@ -49,7 +49,7 @@ const params = new URLSearchParams(location.search);
 const state = {
   ort: null,
   mc: null,
-  model: null, // {name, url, bytes, metadata, labels, session (fresh seeds, reused)}
+  model: null, // {name, url, bytes, parsed, metadata, labels, session (fresh seeds, reused)}
   strokes: [],
   source: null, // {kind: "drawing"} | {kind: "sample", name, image}
   generation: 0,
@@ -123,17 +123,18 @@ async function loadModel(name) {
     throw new Error(`the model ${url.pathname} did not load (HTTP ${response.status}): ${SERVE_HINT}`);
   }
   const bytes = new Uint8Array(await response.arrayBuffer());
-  const { metadata } = state.mc.readModelFile(bytes);
+  const parsed = state.mc.readModelFile(bytes);
+  const { metadata } = parsed;
   const output = metadata.outputs[0];
-  if (!["softmax", "logits"].includes(output.head)) throw new Error(`${name}.onnx has a ${output.head} head; this page shows class probabilities (softmax or logits heads)`);
+  if (!state.mc.CATEGORICAL_HEADS.includes(output.head)) throw new Error(`${name}.onnx has a ${output.head} head; this page shows class probabilities (softmax or logits heads)`);
   if (metadata.inputs.length !== 1) throw new Error(`${name}.onnx takes ${metadata.inputs.length} inputs; this page feeds one image`);
   if (!metadata.preprocessing) throw new Error(`${name}.onnx has no image preprocessing in its metadata`);
   if (state.model?.session) await state.model.session.release();
   const classes = output.shape.at(-1);
   state.model = {
-    name, url, bytes, metadata,
+    name, url, bytes, parsed, metadata,
     labels: output.labels ?? Array.from({ length: classes }, (_, i) => String(i)),
-    session: await createSession(bytes, undefined),
+    session: await createSession(bytes, parsed, undefined),
   };
   $("passes").value = params.get("passes") ?? metadata.default_passes;
   const pre = metadata.preprocessing;
@@ -144,9 +145,9 @@ async function loadModel(name) {
 
 // A session of the file with fresh seeds for its random nodes; `seed` (an integer) repeats them.
 // Within one session every run draws new masks, so one seeded run reproduces only on a new session.
-async function createSession(bytes, seed) {
+async function createSession(bytes, parsed, seed) {
   const { ort, mc } = state;
-  const seeded = mc.withFreshSeeds(bytes, { seed, multiplier: mc.MINSTD.wasm });
+  const seeded = mc.withFreshSeeds(bytes, { seed, multiplier: mc.MINSTD.wasm, parsed });
   return ort.InferenceSession.create(seeded, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
 }
 
@@ -164,7 +165,7 @@ async function predict(x, { passes, stochastic = true, seed = null, samples = fa
   const perPass = Math.max(1, (metadata.activation_floats_per_sample ?? 0) * batch);
   const step = Math.max(1, Math.min(passes, Math.floor(MAX_RUN_FLOATS / perPass)));
   const fresh = seed !== null && seed !== undefined;
-  const session = fresh ? await createSession(model.bytes, seed) : model.session;
+  const session = fresh ? await createSession(model.bytes, model.parsed, seed) : model.session;
   const prefix = metadata.outputs[0].prefix;
   const started = performance.now();
   let joined = null, classes = 0;
@@ -184,7 +185,8 @@ async function predict(x, { passes, stochastic = true, seed = null, samples = fa
   }
   const elapsed = performance.now() - started;
   if (!joined.every(Number.isFinite)) throw new Error("the model gave NaN or infinite outputs");
-  const outputs = { [`${prefix}samples`]: { data: joined, dims: [passes, batch, classes] } };
+  const all = { data: joined, dims: [passes, batch, classes] };
+  const outputs = { [`${prefix}samples`]: all };
   const summary = mc.summarize(outputs, metadata);
   return summary.map((r, b) => {
     const result = {
@@ -198,7 +200,7 @@ async function predict(x, { passes, stochastic = true, seed = null, samples = fa
     };
     if (r.prediction_set) result.prediction_set = r.prediction_set;
     // Per pass of this input, [T][classes]: for the plot, and for tests with samples=1.
-    const perPass = Array.from({ length: passes }, (_, t) => Array.from(joined.subarray((t * batch + b) * classes, (t * batch + b + 1) * classes)));
+    const perPass = mc.passesOf(all, b);
     Object.defineProperty(result, "passSamples", { value: perPass, enumerable: false });
     if (samples) result.samples = perPass;
     return result;
