@@ -32,7 +32,9 @@ def cpu_name():
 
 
 def median_ms(session, x, passes, repeats):
-    feeds = {"input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True)}
+    from mcdrop.runtime.masks import control_feeds
+
+    feeds = {"input": x, **control_feeds(passes)}
     session.run(["mean"], feeds)  # warm-up: first-call allocations
     times = []
     for _ in range(repeats):

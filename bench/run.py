@@ -222,9 +222,10 @@ def default_session(path):
 
 def mcdrop_graph(session, passes):
     """The graph alone: one onnxruntime run, no chunking, no measures."""
+    from mcdrop.runtime.masks import control_feeds
+
     def call(x):
-        return session.run(["mean", "variance"], {
-            "input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True)})
+        return session.run(["mean", "variance"], {"input": x, **control_feeds(passes)})
 
     return call
 

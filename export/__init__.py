@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -300,6 +301,15 @@ def build_metadata(model, source, outputs, passes, calls, extras, preprocessing,
         )
         if call.recurrent:
             layers[-1]["masks"] = call.recurrent.count  # one per gate, drawn together
+        if extras["mask_layout"] is not None:
+            place = extras["mask_layout"][len(layers) - 1]
+            layers[-1].update(mask_offset=place["offset"], mask_shape=place["shape"])
+    mask_set = None
+    if extras["mask_layout"] is not None:
+        from ..runtime.masks import GENERATOR
+
+        last = extras["mask_layout"][-1] if calls else {"offset": 0, "shape": []}
+        mask_set = {"generator": GENERATOR, "floats_per_pass": last["offset"] + math.prod(last["shape"]) if calls else 0}
     return {
         "format": FORMAT_VERSION,
         "head": outputs[0].head,  # the first output's, as in files from before several outputs
@@ -312,6 +322,7 @@ def build_metadata(model, source, outputs, passes, calls, extras, preprocessing,
                     for o in outputs],
         "preprocessing": preprocessing,
         "stochastic_layers": layers,
+        "masks": mask_set,
         "mc_layers": sorted(extras["selected"]) if extras["selected"] else None,
         "quantization": None,
         "activation_floats_per_sample": int(extras["activation_floats"]),

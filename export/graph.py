@@ -5,6 +5,12 @@ converted graph has no TF random op for tf2onnx to drop, seed to 0 or fold into 
 `attach_random_nodes` then turns each of those inputs into an ONNX random node with its own
 seed; before that step the graph is the test-only "masks as inputs" variant the parity tests
 feed with Keras's own masks.
+
+Each layer's random tensor is the concatenation of two parts, one of them empty: the rows of
+the `masks` input that belong to it (a shared mask set, one row per pass: [T, *per-pass shape],
+broadcast over the batch), and the random node's draw, whose shape has its rows axis multiplied
+by "masks is empty" (so [T*B, ...] in independent mode and nothing in shared mode). One file
+thus serves both modes in every binding (docs/FORMAT.md: Mask sets).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from .workarounds import keep_zero_pads_out_of_maxpool
 OPSET = 17
 IR_VERSION = 8  # onnxruntime 1.31 reads IR <= 13; onnx 1.23 writes 14 unless told
 RANDOM_PREFIX = "mcdrop_random/"
+MASKS = "masks"  # the shared mask set input (docs/FORMAT.md: Mask sets)
 _TINY = np.finfo(np.float32).tiny
 RANDOM_OPS = {"RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Multinomial", "Bernoulli"}
 
@@ -134,6 +141,7 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
     signature = inputs + [
         tf.TensorSpec([], tf.int64, name="passes"),
         tf.TensorSpec([], tf.bool, name="stochastic"),
+        tf.TensorSpec([None, None], tf.float32, name=MASKS),
     ] + [tf.TensorSpec([None] * c.rank, tf.float32, name=f"noise_{i}") for i, c in enumerate(calls)]
     prefixes = output_prefixes(model)
 
@@ -141,27 +149,44 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
 
     @tf.function(input_signature=signature)
     def fn(*args):
-        xs, (passes, stochastic), noise = list(args[:len(inputs)]), args[len(inputs):len(inputs) + 2], args[len(inputs) + 2:]
+        xs, (passes, stochastic, masks), noise = (list(args[:len(inputs)]), args[len(inputs):len(inputs) + 3],
+                                                  args[len(inputs) + 3:])
         on = tf.cast(stochastic, tf.float32)
-        rows = passes * tf.shape(xs[0], out_type=tf.int64)[0]  # T*B
-        shapes = []
+        batch = tf.shape(xs[0], out_type=tf.int64)[0]
+        rows = passes * batch  # T*B
+        drawing = tf.cast(tf.equal(tf.size(masks), 0), tf.int64)  # 1: independent, 0: shared masks
+        shapes, layout = [], MaskLayout()
+
+        def random_tensor(i, dims, axis=0):
+            """Call i's tensor with its rows axis `axis` sized T (shared) or T*B (independent)."""
+            per_pass = [d for j, d in enumerate(dims) if j != axis]
+            one = tf.constant(1, tf.int64)
+            shapes.append(as_shape(dims) * tf.stack([drawing if j == axis else one for j in range(len(dims))]))
+            fed = layout.take(masks, per_pass)  # [T or 0, *per_pass]
+            if axis:
+                fed = tf.transpose(fed, [1, 0, *range(2, len(dims))])
+            return tf.concat([fed, noise[i]], axis)
 
         def apply(layer, args, kwargs, index, tiled):
             if is_recurrent(layer):
-                masks = []
+                cell_masks = []
                 for k, draw in enumerate(recurrent_draws(layer)):
-                    shapes.append(as_shape(draw_dims(draw, args[0], rows)))
-                    masks.append((draw, masks_from_uniform(noise[index + k], draw.rate * on, draw.count)))
-                return call_with_masks(layer, args, kwargs, masks)
+                    count, _, features = draw_dims(draw, args[0], rows)
+                    r = random_tensor(index + k, [count, rows, features], axis=1)
+                    # A shared set has T rows: repeat each pass's masks for every sequence of the batch.
+                    r = tf.reshape(tf.broadcast_to(tf.reshape(r, as_shape([count, passes, -1, features])),
+                                                   as_shape([count, passes, batch, features])),
+                                   as_shape([count, rows, features]))
+                    cell_masks.append((draw, masks_from_uniform(r, draw.rate * on, draw.count)))
+                return call_with_masks(layer, args, kwargs, cell_masks)
             h = args[0]
             spec = spec_for(layer)
             dims = spec.noise_shape(layer, dims_of(h, rows))
-            shapes.append(as_shape(dims))
-            if tiled:
-                return spec.apply(layer, h, noise[index], on)
-            # The passes start here: view the draw as [T, B, ...] and let h [1, B, ...] broadcast.
-            r = tf.reshape(noise[index], as_shape([passes, -1, *dims[1:]]))
-            out = spec.apply(layer, h[None], r, on)
+            # View the draw as [T, B or 1, ...]; h is [1, B, ...] where the passes start here, else
+            # [T, B, ...]: the shared set's single row per pass broadcasts over the batch.
+            r = tf.reshape(random_tensor(index, dims), as_shape([passes, -1, *dims[1:]]))
+            x = tf.reshape(h, as_shape([passes, -1, *dims_of(h)[1:]])) if tiled else h[None]
+            out = spec.apply(layer, x, r, on)
             return tf.reshape(out, as_shape([-1, *dims_of(h)[1:]]))
 
         walk = Walk(apply, passes, selected, broadcast_noise=True)
@@ -177,10 +202,30 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
                 samples = tf.nn.softmax(samples, -1)
             out.update({prefix + name: value for name, value in head_outputs(samples, head).items()})
         out.update({f"noise_shape_{i}": s for i, s in enumerate(shapes)})
-        stats.update(activation_floats=walk.activation_floats, once_floats=walk.once_floats, tiled_at=walk.tiled_at)
+        stats.update(activation_floats=walk.activation_floats, once_floats=walk.once_floats, tiled_at=walk.tiled_at,
+                     mask_layout=layout.entries if layout.shareable else None)
         return out
 
     return fn, signature, stats
+
+
+class MaskLayout:
+    """Where each call's masks sit in a row of the `masks` input: one row per pass, the calls'
+    per-pass values side by side, in call order (docs/FORMAT.md: Mask sets). A call whose
+    per-pass shape is known only at run time (an image size left open) makes the file
+    independent-only: no call then reads `masks`."""
+
+    def __init__(self):
+        self.entries, self.floats, self.shareable = [], 0, True
+
+    def take(self, masks, per_pass):
+        static = all(isinstance(d, int) for d in per_pass)
+        self.shareable &= static
+        size = int(np.prod(per_pass)) if static else 0
+        self.entries.append({"offset": self.floats, "shape": list(per_pass) if static else None})
+        part = masks[:, self.floats:self.floats + size] if static else masks[:, :0]
+        self.floats += size
+        return tf.reshape(part, as_shape([-1, *per_pass]))
 
 
 def convert(model, heads, calls, selected, opset=OPSET, repeat_all=False):

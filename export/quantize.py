@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 
 from ..runtime.errors import ExportError, first_line
+from ..runtime.masks import control_feeds
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 CALIBRATION_PASSES = 4
@@ -26,7 +27,7 @@ class _Calibration:
 
     def __init__(self, x, batch=16):
         self._feeds = iter(
-            {"input": x[i : i + batch], "passes": np.array(CALIBRATION_PASSES, np.int64), "stochastic": np.array(True)}
+            {"input": x[i : i + batch], **control_feeds(CALIBRATION_PASSES)}
             for i in range(0, len(x), batch)
         )
 

@@ -13,12 +13,15 @@ import numpy as np
 import onnx
 
 from ..runtime.errors import ValidationError, first_line
+from ..runtime import masks
+from ..runtime.masks import control_feeds, layout_from_metadata
 from ..runtime.validate import Checklist, check_live_randomness, sample_inputs, side_by_side, z_scores
 
 from .graph import RANDOM_PREFIX, random_nodes, seed_of
 
 DETERMINISTIC_ATOL = 1e-5
 MC_PASSES = 1000
+VALIDATION_MASK_SEED = 0
 Z_LIMIT = 5.0
 
 
@@ -43,8 +46,9 @@ def feeds_for(x) -> dict:
     return {name: np.asarray(v, np.float32) for name, v in (x.items() if isinstance(x, dict) else [("input", x)])}
 
 
-def run(session, x, passes, stochastic=True, outputs=None):
-    feeds = {**feeds_for(x), "passes": np.array(passes, np.int64), "stochastic": np.array(stochastic)}
+def run(session, x, passes, stochastic=True, outputs=None, masks=None):
+    """Every named output of one run; masks: a shared mask set's rows (None: independent)."""
+    feeds = {**feeds_for(x), **control_feeds(passes, stochastic, masks)}
     names = outputs or [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(names, feeds)))
 
@@ -183,18 +187,25 @@ def validate_export(proto, model, metadata, x=None, mc_passes=MC_PASSES, progres
         return checks.passed
 
     progress(f"  ..  statistical parity with Keras MC at T={mc_passes}")
-    onnx_samples = run(session, x, mc_passes, outputs=[prefix + "samples" for prefix, _ in outputs])
+    names = [prefix + "samples" for prefix, _ in outputs]
     keras_samples = keras_mc_samples(model, x, mc_passes, selected=metadata.get("mc_layers"))
     keras_samples = keras_samples if several else [keras_samples]
-    for (prefix, head), theirs in zip(outputs, keras_samples):
-        z = z_scores(onnx_samples[prefix + "samples"], apply_head(theirs, head))
-        where = f" of {prefix[:-1]}" if several else ""
-        check(
-            f"statistical parity{where}",
-            max(z.values()) <= Z_LIMIT,
-            f"T={mc_passes}: worst z mean {z['mean']:.1f}, variance {z['variance']:.1f} (limit {Z_LIMIT:g})",
-            f"MC mean/variance{where} differ from Keras's own MC beyond {Z_LIMIT:g} standard errors: {z}",
-        )
+    modes = [("", None)]
+    layout = layout_from_metadata(metadata, metadata["stochastic_layers"])
+    if layout is not None:
+        # One set for every input: each input's T samples must still follow Keras's distribution.
+        modes.append((" (shared masks)", masks.draw(layout, VALIDATION_MASK_SEED, 0, mc_passes)))
+    for mode, mask_set in modes:
+        onnx_samples = run(session, x, mc_passes, outputs=names, masks=mask_set)
+        for (prefix, head), theirs in zip(outputs, keras_samples):
+            z = z_scores(onnx_samples[prefix + "samples"], apply_head(theirs, head))
+            where = (f" of {prefix[:-1]}" if several else "") + mode
+            check(
+                f"statistical parity{where}",
+                max(z.values()) <= Z_LIMIT,
+                f"T={mc_passes}: worst z mean {z['mean']:.1f}, variance {z['variance']:.1f} (limit {Z_LIMIT:g})",
+                f"MC mean/variance{where} differ from Keras's own MC beyond {Z_LIMIT:g} standard errors: {z}",
+            )
     return checks.passed
 
 

@@ -71,7 +71,8 @@ def concatenate(parts: List[Prediction]) -> Prediction:
     return Prediction(head=first.head, mean=np.concatenate([p.mean for p in parts]),
                       variance=np.concatenate([p.variance for p in parts]), measures=measures,
                       passes=first.passes, stochastic=first.stochastic, provider=first.provider,
-                      labels=first.labels, samples=samples, rule=first.rule)
+                      labels=first.labels, samples=samples, rule=first.rule, masks=first.masks,
+                      mask_seed=first.mask_seed)
 
 
 def evaluate(session, data: LabelledSet, output: ModelOutput, passes: Optional[int] = None,

@@ -14,12 +14,15 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import ModelFileError
 from .limits import DEFAULT, Limits
+from .masks import MASKS, MaskLayout, layout_from_metadata
 
 METADATA_KEY = "mcdrop"
 # 2: `passes` and `stochastic` are plain required inputs (1 gave them initializers as defaults,
 # which onnxruntime-node and -web hide, and which warn at every session creation).
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMATS = (1, 2, 3)
+# Format 3 added the `masks` input (docs/FORMAT.md: Mask sets).
+MASKS_FROM_FORMAT = 3
 HEADS = ("softmax", "logits", "binary", "multilabel", "regression")
 COLOR_CHANNELS = {"grayscale": 1, "rgb": 3}
 CHANNEL_ORDERS = ("rgb", "bgr")
@@ -28,7 +31,7 @@ PIPELINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # The graph's contract (docs/FORMAT.md): input name -> onnxruntime type; samples must be an output
 # (<output name>/samples for each output of a file with several).
 INPUT = "input"
-CONTROL_TYPES = {"passes": "tensor(int64)", "stochastic": "tensor(bool)"}
+CONTROL_TYPES = {"passes": "tensor(int64)", "stochastic": "tensor(bool)", MASKS: "tensor(float)"}
 FLOAT = "tensor(float)"
 SAMPLES = "samples"
 # An input or output name of a file with several (export/signature.py writes them).
@@ -111,6 +114,13 @@ class ModelInfo:
     # The model's inputs and outputs (the first of each is input_shape, head, labels, output_shape).
     model_inputs: Tuple[ModelInput, ...] = ()
     model_outputs: Tuple[ModelOutput, ...] = ()
+    format: int = FORMAT_VERSION
+    # Where each layer's values sit in a shared mask set; None: the file cannot take one.
+    mask_layout: Optional[MaskLayout] = None
+
+    @property
+    def control_inputs(self) -> List[str]:
+        return [name for name in CONTROL_TYPES if name != MASKS or self.format >= MASKS_FROM_FORMAT]
 
     @property
     def input_names(self) -> List[str]:
@@ -174,6 +184,10 @@ class ModelInfo:
         model_outputs = _model_outputs(meta, head, labels, output_shape)
         if len(model_inputs) > 1 and meta.get("preprocessing") is not None:
             raise _Bad("preprocessing is for files with one input")
+        try:
+            mask_layout = layout_from_metadata(meta, layers) if meta["format"] >= MASKS_FROM_FORMAT else None
+        except ValueError as err:
+            raise _Bad(str(err)) from None
         return cls(
             path=path, head=head, labels=labels, default_passes=default_passes,
             input_shape=input_shape, output_shape=output_shape,
@@ -181,7 +195,8 @@ class ModelInfo:
             stochastic_layers=tuple(_layer(entry) for entry in layers),
             activation_floats_per_sample=_integer(meta, "activation_floats_per_sample", 0),
             once_floats_per_input=_integer(meta, "once_floats_per_input", 0, default=0),
-            inputs=inputs, outputs=outputs, metadata=meta, model_inputs=model_inputs, model_outputs=model_outputs)
+            inputs=inputs, outputs=outputs, metadata=meta, model_inputs=model_inputs, model_outputs=model_outputs,
+            format=meta["format"], mask_layout=mask_layout)
 
 
 class _Bad(ValueError):
@@ -242,14 +257,15 @@ def check_contract(session, info: ModelInfo) -> None:
     path = info.path
     overridable = {arg.name: arg for arg in getattr(session, "get_overridable_initializers", lambda: [])()}
     given = {arg.name: arg for arg in session.get_inputs()}
-    for name, wanted in {**{i.name: FLOAT for i in info.model_inputs}, **CONTROL_TYPES}.items():
+    controls = {name: CONTROL_TYPES[name] for name in info.control_inputs}
+    for name, wanted in {**{i.name: FLOAT for i in info.model_inputs}, **controls}.items():
         arg = given.get(name) or overridable.get(name)
         if arg is None:
             raise ModelFileError(f"{path}: the graph has no '{name}' input; not an mcdrop export "
                                  "(docs/FORMAT.md)")
         if arg.type != wanted:
             raise ModelFileError(f"{path}: graph input '{name}' is {arg.type}, the contract says {wanted}")
-    extra = sorted(set(given) - set(info.input_names) - set(CONTROL_TYPES))
+    extra = sorted(set(given) - set(info.input_names) - set(controls))
     if extra:
         raise ModelFileError(f"{path}: the graph has inputs the contract does not know: {', '.join(extra)}")
     for model_input in info.model_inputs:

@@ -37,6 +37,8 @@ class Prediction:
     labels: Optional[Sequence[str]] = None
     samples: Optional[np.ndarray] = field(default=None, repr=False)
     rule: Optional[decision.Rule] = None  # when UNCERTAIN; None: the default rule (runtime/decision.py)
+    masks: Optional[str] = None  # "shared" or "independent" (runtime/masks.py); None: not from a session
+    mask_seed: Optional[int] = None  # the shared mask set's seed
 
     @classmethod
     def from_samples(cls, samples, head: str, labels: Optional[Sequence[str]] = None,
@@ -44,7 +46,8 @@ class Prediction:
                      top_k: int = 3, passes: Optional[int] = None, stochastic: bool = True,
                      provider: Optional[str] = None, keep_samples: bool = True,
                      rule: Optional[decision.Rule] = None,
-                     conformal_quantile: Optional[float] = None) -> "Prediction":
+                     conformal_quantile: Optional[float] = None, masks: Optional[str] = None,
+                     mask_seed: Optional[int] = None) -> "Prediction":
         """Build from `samples` [T, batch, ...out]: probabilities for classifier heads, raw values
         for regression. `thresholds` (one per label) overrides `threshold` for sigmoid heads.
         `rule` decides `uncertain`; `conformal_quantile` q (categorical heads) adds the conformal
@@ -84,7 +87,8 @@ class Prediction:
                    variance=variance64.astype(np.float32),
                    measures={name: _float32(value) for name, value in found.items()},
                    passes=int(samples.shape[0]), stochastic=bool(stochastic), provider=provider,
-                   labels=labels, samples=samples if keep_samples else None, rule=rule)
+                   labels=labels, samples=samples if keep_samples else None, rule=rule, masks=masks,
+                   mask_seed=mask_seed)
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
@@ -119,6 +123,8 @@ class Prediction:
             "passes": self.passes,
             "stochastic": self.stochastic,
             "provider": self.provider,
+            **({"masks": self.masks} if self.masks else {}),
+            **({"mask_seed": self.mask_seed} if self.mask_seed is not None else {}),
             **where,
             "units": UNITS,
             "orientation": ORIENTATION,

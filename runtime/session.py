@@ -10,10 +10,11 @@ import numpy as np
 import onnxruntime as ort
 
 from . import decision, integrity, providers, seeds
+from . import masks as mask_sets
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
 from .limits import DEFAULT, Limits, usable_cores
-from .metadata import METADATA_KEY, ModelInfo
+from .metadata import MASKS_FROM_FORMAT, METADATA_KEY, ModelInfo
 from .onnx_file import ModelFile, read_model
 from .prediction import Prediction
 
@@ -55,6 +56,14 @@ SEED_STREAMS = 64
 # next large predicts are given the whole bound (without it: 313-317 MiB for a 256 MiB bound
 # when a 15-pass predict on the main session came before a 50-pass one on the workers).
 SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+# Shared mask sets (runtime/masks.py) are the default: they score faster, and an input's result
+# then depends on (input, mask seed, passes) alone; docs/DESIGN.md: Mask sets.
+DEFAULT_MASKS = "shared"
+# A shared set is kept between predicts while it takes at most this share of max_chunk_bytes
+# (the shipped CNN's set at T=50 is 12 MiB); a larger one is drawn per run, for that run's passes.
+MASK_SET_SHARE = 4
+# A run holds its slice of the set about 3 times: the feed, each layer's part of it, the masks.
+MASK_COPIES = 3
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -71,10 +80,17 @@ class MCSession:
     single-threaded sessions (workers), each with its own seeds, so that random masks are drawn
     on every core; they are created when first needed (see PARALLEL_MIN_FLOATS).
 
-    seed=None: new seeds per session, so two sessions never replay the same masks. An integer
-    seed reproduces the same results for the same sequence of calls with the same chunking and
-    workers (max_chunk_bytes, threads: pass threads to reproduce results on another machine), in
-    any process. Calls within one session always differ.
+    Masks (runtime/masks.py): "shared" (the default where the file takes a mask set) scores
+    every input with one set of T sampled networks drawn from the mask seed, so a result depends
+    on the input, the mask seed and the passes alone, in any batch, chunking, thread count, worker
+    or machine; "independent" draws new masks for every input of every pass inside onnxruntime,
+    as Keras does.
+
+    seed=None: new seeds per session (a random mask seed, new random node seeds), so two sessions
+    never replay the same masks. An integer seed is the session's mask seed, and in independent
+    mode it reproduces the same results for the same sequence of calls with the same chunking
+    and workers (max_chunk_bytes, threads), in any process; independent calls within one session
+    always differ.
     predict() and run_raw() may be called from several threads at once.
 
     The file is untrusted until checked: it must be a regular file within limits.model_mb, carry
@@ -112,6 +128,9 @@ class MCSession:
         # One spread of seeds for all workers (see runtime/seeds.py), drawn from fresh entropy
         # when no seed is given.
         self._entropy = np.random.SeedSequence(seed).entropy
+        # 53 bits: a seed that survives JSON in every language.
+        self._mask_seed = int(seed) if seed is not None else int(np.random.default_rng(self._entropy).integers(2**53))
+        self._mask_cache: Optional[Tuple[int, np.ndarray]] = None  # (seed, the set's first passes)
         self._factory = session_factory
         self._session, self._info = self._create_session(model_bytes, 0, device, self.threads)
         self._samples = tuple(output.prefix + SAMPLES for output in self._info.model_outputs)
@@ -177,6 +196,16 @@ class MCSession:
         return self._info.default_passes
 
     @property
+    def mask_seed(self) -> int:
+        """The shared mask set's seed when predict is not given one."""
+        return self._mask_seed
+
+    @property
+    def default_masks(self) -> str:
+        """"shared" where the file takes a mask set, else "independent"."""
+        return DEFAULT_MASKS if self._info.mask_layout is not None else "independent"
+
+    @property
     def run_count(self) -> int:
         """onnxruntime runs made by this session so far (a predict may take several)."""
         with self._lock:
@@ -194,7 +223,8 @@ class MCSession:
                 thresholds: Optional[Sequence[float]] = None, top_k: int = 3,
                 keep_samples: bool = True,
                 progress: Optional[Callable[[int, int], None]] = None,
-                uncertain_if: Optional[str] = None):
+                uncertain_if: Optional[str] = None, masks: Optional[str] = None,
+                mask_seed: Optional[int] = None):
         """Monte Carlo prediction for the batch `x` (already preprocessed, batch first): an array
         for a one-input model, else a dict by input name (a list in input order also works).
 
@@ -209,19 +239,26 @@ class MCSession:
         its per-label thresholds (unless threshold or thresholds is given) and its conformal
         prediction sets. uncertain_if ("mutual_information > 0.05 or confidence < 0.7", "never")
         overrides the rule; without either, the default rule (runtime/decision.py).
+
+        masks: "shared" or "independent" (default: default_masks); mask_seed: the shared set's seed
+        (default: the session's mask_seed).
         """
         x = self._check_inputs(x)
         batch = len(next(iter(x.values())))
         passes = self._check_passes(passes)
+        mode, mask_seed = self._check_masks(masks, mask_seed)
         passes, stochastic = (passes, True) if dropout else (1, False)
+        shared = mode == "shared" and dropout
         rules = [decision.Rule.parse(uncertain_if, output.head) if uncertain_if is not None
                  else decision.file_rule(output.calibration, output.head) for output in self._info.model_outputs]
-        plan, workers = self._plan(batch, passes)
+        plan, workers = self._plan(batch, passes, shared)
         big = self._big(batch, passes)
         if big:
             with self._lock:
                 self._parallel_predicts += 1
-        pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers)
+        mask_rows = self._mask_rows(mask_seed, passes) if shared else None
+        pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers,
+                                mask_rows=mask_rows)
         predictions = {}
         for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
             calibration = output.calibration or {}
@@ -235,23 +272,35 @@ class MCSession:
                 samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
                 thresholds=fitted or thresholds, top_k=top_k, passes=passes, stochastic=stochastic,
                 provider=self.provider, keep_samples=keep_samples, rule=rule,
-                conformal_quantile=conformal["quantile"] if conformal else None)
+                conformal_quantile=conformal["quantile"] if conformal else None,
+                masks=mode if dropout else None, mask_seed=mask_seed if shared else None)
         return next(iter(predictions.values())) if len(predictions) == 1 else predictions
 
-    def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False) -> List[Dict[str, np.ndarray]]:
+    def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False,
+                  mask_rows=None) -> List[Dict[str, np.ndarray]]:
         """The samples of every run of the plan ({output's samples name: array}), in plan order. Run i goes to worker i mod W, and
         each worker takes its runs in order, so a seeded session repeats its results. workers=0:
-        the main session, which gives its arena back after the last run if `shrink`."""
+        the main session, which gives its arena back after the last run if `shrink`.
+        mask_rows(first pass, count): the shared set's rows for a run; None: independent masks."""
+        starts = _pass_starts(plan)
+
+        def masks_of(i):
+            return mask_rows(starts[i], plan[i][1]) if mask_rows else None
+
         if workers == 0:
             out = []
             for done, (rows, count) in enumerate(plan, 1):
-                out.append(self._run(_rows(x, rows), count, stochastic, shrink=shrink and done == len(plan)))
+                out.append(self._run(_rows(x, rows), count, stochastic, shrink=shrink and done == len(plan),
+                                     masks=masks_of(done - 1)))
                 if progress:
                     progress(done, len(plan))
             return out
         workers = self._workers_for(workers)
-        futures = [self._executors[i % len(workers)].submit(
-                       self._run, _rows(x, rows), count, stochastic, None, workers[i % len(workers)])
+
+        def run(i, rows, count, worker):  # on the worker's thread: a set drawn per run is drawn there too
+            return self._run(_rows(x, rows), count, stochastic, None, worker, masks=masks_of(i))
+
+        futures = [self._executors[i % len(workers)].submit(run, i, rows, count, workers[i % len(workers)])
                    for i, (rows, count) in enumerate(plan)]
         try:
             for done, future in enumerate(as_completed(futures), 1):
@@ -283,11 +332,39 @@ class MCSession:
                                                                         self._samples), x)
         return checks.passed
 
-    def chunk_plan(self, batch: int, passes: int) -> List[Tuple[slice, int]]:
+    def chunk_plan(self, batch: int, passes: int, masks: Optional[str] = None) -> List[Tuple[slice, int]]:
         """The runs predict makes: (rows of the batch, passes); see _plan."""
-        return self._plan(batch, passes)[0]
+        mode, _ = self._check_masks(masks, None)
+        return self._plan(batch, passes, mode == "shared")[0]
 
-    def _plan(self, batch: int, passes: int) -> Tuple[List[Tuple[slice, int]], int]:
+    def _check_masks(self, masks, mask_seed) -> Tuple[str, int]:
+        """(mode, mask seed) of a predict, or an InputError."""
+        mode = self.default_masks if masks is None else mask_sets.check_mode(masks)
+        if mode == "shared" and self._info.mask_layout is None:
+            why = (f"it was exported before mask sets (format {self._info.format}); export it again"
+                   if self._info.format < MASKS_FROM_FORMAT else "its noise shapes depend on the input size")
+            raise InputError(f"{self.path} cannot take a shared mask set: {why}; use masks='independent'")
+        if mask_seed is not None and mode != "shared":
+            raise InputError("mask_seed is for masks='shared'")
+        return mode, self._mask_seed if mask_seed is None else mask_sets.check_seed(mask_seed)
+
+    def _mask_rows(self, seed: int, passes: int) -> Callable[[int, int], np.ndarray]:
+        """rows(first, count) of the set `seed`: slices of one set kept between predicts where it
+        fits MASK_SET_SHARE, else drawn per run. Pass t depends on (seed, t) alone, so a set drawn
+        for more passes holds the one for fewer."""
+        layout = self._info.mask_layout
+        if passes * layout.bytes_per_pass > self.max_chunk_bytes // MASK_SET_SHARE:
+            return lambda first, count: mask_sets.draw(layout, seed, first, count)
+        with self._lock:
+            cached = self._mask_cache
+        if cached is None or cached[0] != seed or len(cached[1]) < passes:
+            cached = (seed, mask_sets.draw(layout, seed, 0, passes))
+            with self._lock:
+                self._mask_cache = cached
+        whole = cached[1]
+        return lambda first, count: whole[first:first + count]
+
+    def _plan(self, batch: int, passes: int, shared: bool = False) -> Tuple[List[Tuple[slice, int]], int]:
         """(The runs predict makes, the workers that share them). A run is (rows of the batch,
         passes), within max_chunk_bytes less what the returned samples and their measures take,
         shared by the runs in flight at once.
@@ -297,7 +374,8 @@ class MCSession:
         Runs keep all the passes of their rows where one row's passes fit, so the layers before the
         first stochastic layer run once per input (splitting passes first recomputed them in every
         pass: batch 10,000 at T=50 took 21,750 runs of 1 pass); only an input whose passes do not
-        fit alone has its passes split. At least 1 pass of 1 row per run. Chunks differ by one row
+        fit alone has its passes split. A shared mask set adds p x MASK_COPIES rows of the set to a
+        run of p passes, and the set itself where it is kept. At least 1 pass of 1 row per run. Chunks differ by one row
         or pass at most: runs of alternating sizes fragment onnxruntime's arena, which then grows past the bound (seen: 423 MiB for 256 with
         runs of 228 and 28 rows). A predict with work for several workers gives each of them the
         same number of runs, where the passes and rows allow.
@@ -310,16 +388,19 @@ class MCSession:
         # The samples are the result and cannot be chunked away: they take at most half the bound,
         # else runs would shrink to one row and one pass (10,000 inputs x 100 passes: 1M runs).
         budget = max(self.max_chunk_bytes - samples, self.max_chunk_bytes // 2)
+        per_pass_masks = MASK_COPIES * self._info.mask_layout.bytes_per_pass if shared else 0
+        if shared and passes * self._info.mask_layout.bytes_per_pass <= self.max_chunk_bytes // MASK_SET_SHARE:
+            budget -= passes * self._info.mask_layout.bytes_per_pass
         floats = passes * batch * self._info.activation_floats_per_sample
         workers = self._max_workers if self._big(batch, passes) and (
             self._workers or self._parallel_predicts or floats >= PARALLEL_AT_ONCE_FLOATS) else 0
         budget = (budget - workers * self._session_bytes) // max(1, workers)  # runs in flight at once
-        rows_fit = budget // (per_input + passes * per_sample)
+        rows_fit = (budget - passes * per_pass_masks) // (per_input + passes * per_sample)
         if rows_fit >= 1:
             row_parts, pass_parts = -(-batch // min(batch, rows_fit)), 1
         else:
             row_parts = batch
-            pass_parts = -(-passes // min(passes, max(1, (budget - per_input) // per_sample)))
+            pass_parts = -(-passes // min(passes, max(1, (budget - per_input) // (per_sample + per_pass_masks))))
         # Every worker gets the same number of runs: split the rows further, then the passes.
         while workers and (row_parts * pass_parts) % workers and row_parts < batch:
             row_parts += 1
@@ -337,10 +418,14 @@ class MCSession:
         return bool(self._max_workers) and floats >= PARALLEL_MIN_FLOATS
 
     def _run(self, x: Dict[str, np.ndarray], passes: int, stochastic: bool,
-             outputs: Optional[Sequence[str]] = None, session=None, shrink=False) -> Dict[str, np.ndarray]:
-        """One onnxruntime run; outputs: None for every output's samples, () for every graph output."""
+             outputs: Optional[Sequence[str]] = None, session=None, shrink=False,
+             masks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """One onnxruntime run; outputs: None for every output's samples, () for every graph output.
+        masks: the shared set's rows for these passes; None: independent masks."""
         session = session or self._session
         feed = {**x, PASSES: np.array(passes, dtype=np.int64), STOCHASTIC: np.array(stochastic, dtype=np.bool_)}
+        if self._info.format >= MASKS_FROM_FORMAT:
+            feed[mask_sets.MASKS] = masks if masks is not None else mask_sets.empty(self._info.mask_layout)
         names = list(self._samples if outputs is None else outputs) or [arg.name for arg in session.get_outputs()]
         # A failing kernel would also print its error straight to fd 2; the exception carries it.
         options = ort.RunOptions()
@@ -415,6 +500,16 @@ class MCSession:
 
 def _rows(x: Dict[str, np.ndarray], rows: slice) -> Dict[str, np.ndarray]:
     return {name: value[rows] for name, value in x.items()}
+
+
+def _pass_starts(plan) -> List[int]:
+    """The first pass of each run: the passes of one row range are split in order."""
+    starts, done = [], {}
+    for rows, count in plan:
+        key = (rows.start, rows.stop)
+        starts.append(done.get(key, 0))
+        done[key] = starts[-1] + count
+    return starts
 
 
 def _even_sizes(total: int, parts: int) -> List[int]:

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper
 from conftest import ROOT
 from mcdrop.export.calibration_graph import (CALIBRATION_PREFIX, TINY, UNCERTAIN_MEASURES, add_calibration,
                                       is_calibrated, strip_calibration)
+from mcdrop.runtime.masks import control_feeds
 from toy_model import HEADS, build_toy_model
 
 X = (np.random.default_rng(7).normal(size=(12, 4)) * 2).astype(np.float32)
@@ -422,7 +423,8 @@ def test_shipped_model():
                     conformal_quantile=0.9)
     onnx.checker.check_model(model, full_check=True)
     x = np.random.default_rng(3).uniform(0, 1, (4, 784)).astype(np.float32)
-    before, after = run(original, DETERMINISTIC, x), run(model, DETERMINISTIC, x)
+    feeds = control_feeds(1, False)  # the shipped file has the `masks` input too (format 3)
+    before, after = run(original, feeds, x), run(model, feeds, x)
     np.testing.assert_allclose(after["samples"], softmax_tau(before["samples"], 1.8), atol=1e-5)
     np.testing.assert_allclose(after["mean"], after["samples"][0], atol=1e-6)
     np.testing.assert_array_equal(after["prediction_set"], after["mean"] >= np.float32(1) - np.float32(0.9))

@@ -18,6 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from mcdrop import cli  # noqa: E402
 from mcdrop import export  # noqa: E402
+from mcdrop.runtime.masks import control_feeds  # noqa: E402
 from mcdrop.export.validate import ort_session  # noqa: E402
 from mcdrop.runtime.errors import ValidationError  # noqa: E402
 
@@ -94,8 +95,7 @@ def test_deterministic_export_has_zero_variance(tmp_path):
     assert code == 0, output
     session = ort_session((tmp_path / "d.onnx").read_bytes())
     x = np.random.default_rng(0).random((2, 5), dtype=np.float32)
-    samples, variance = session.run(["samples", "variance"], {"input": x, "passes": np.array(4, np.int64),
-                                                       "stochastic": np.array(True)})
+    samples, variance = session.run(["samples", "variance"], {"input": x, **control_feeds(4)})
     assert samples.shape == (4, 2, 3) and np.all(variance == 0)
 
 
@@ -220,17 +220,20 @@ def test_int8_keeps_the_random_masks_in_float(tmp_path):
     def consumers(names):
         return [n for n in proto.graph.node if set(n.input) & set(names)]
 
-    # The draw (reshaped where the passes start) is compared with the rate in float, never quantized.
-    first = consumers([r.output[0] for r in randoms])
-    reshaped = consumers([n.output[0] for n in first if n.op_type == "Reshape"])
-    assert {n.op_type for n in first} <= {"GreaterOrEqual", "Reshape"}
-    assert {n.op_type for n in reshaped} <= {"GreaterOrEqual"}
+    # The draw (joined to the shared set's slice, reshaped) is compared with the rate in float,
+    # never quantized.
+    frontier, reached = [r.output[0] for r in randoms], []
+    while frontier:
+        found = consumers(frontier)
+        frontier = [n.output[0] for n in found if n.op_type in ("Concat", "Reshape")]
+        reached += [n.op_type for n in found if n.op_type not in ("Concat", "Reshape")]
+    assert reached and set(reached) <= {"GreaterOrEqual"}
     meta = json.loads(proto.metadata_props[0].value)
     assert meta["quantization"]["kind"] == "int8" and meta["quantization"]["calibration"] == "calibration.npy"
 
     x = np.random.default_rng(1).random((4, 8, 8, 1), dtype=np.float32)
     session = ort_session(proto.SerializeToString())
-    (quantized,) = session.run(["mean"], {"input": x, "passes": np.array(1, np.int64), "stochastic": np.array(False)})
+    (quantized,) = session.run(["mean"], {"input": x, **control_feeds(1, False)})
     assert np.max(np.abs(quantized - np.asarray(model(x, training=False)))) < 0.05
 
 

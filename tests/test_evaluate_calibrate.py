@@ -14,6 +14,7 @@ from PIL import Image
 
 from mcdrop.runtime import calibration as C
 from mcdrop.runtime import metrics
+from mcdrop.runtime.masks import control_feeds
 from mcdrop.runtime.session import MCSession
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +87,7 @@ def test_calibrated_file_runs_in_a_plain_onnxruntime_session(digits):
     x = np.load(digits["folder"] / "test.npz")["x"][:16]
     meta = json.loads(onnx.load(str(MODELS / "cnn_calibrated.onnx")).metadata_props[0].value)
     calibration = meta["outputs"][0]["calibration"]
-    feed = {"input": x, "passes": np.array(1, np.int64), "stochastic": np.array(False)}
+    feed = {"input": x, **control_feeds(1, False)}
     plain = ort.InferenceSession(str(MODELS / "cnn.onnx"), providers=["CPUExecutionProvider"])
     calibrated = ort.InferenceSession(str(MODELS / "cnn_calibrated.onnx"), providers=["CPUExecutionProvider"])
     names = [o.name for o in calibrated.get_outputs()]
@@ -97,8 +98,7 @@ def test_calibrated_file_runs_in_a_plain_onnxruntime_session(digits):
     q = calibration["conformal"]["quantile"]
     np.testing.assert_array_equal(out["prediction_set"], out["mean"] >= np.float32(1) - np.float32(q))
     # MC passes run with their own temperature: a stochastic run's mean is a mean of calibrated passes.
-    stochastic = dict(zip(names, calibrated.run(None, {**feed, "passes": np.array(meta["default_passes"], np.int64),
-                                                                 "stochastic": np.array(True)})))
+    stochastic = dict(zip(names, calibrated.run(None, {**feed, **control_feeds(meta["default_passes"])})))
     np.testing.assert_allclose(stochastic["mean"], stochastic["samples"].mean(axis=0), atol=1e-6)
     np.testing.assert_allclose(stochastic["samples"].sum(axis=-1), 1.0, atol=1e-5)
 

@@ -145,13 +145,13 @@ def test_passes_and_stochastic_are_plain_inputs_and_a_plain_session_prints_nothi
     """Format 2: onnxruntime-node and -web hide initializers listed as graph inputs, and every
     binding warns about them at session creation, so the controls have none (docs/FORMAT.md)."""
     proto = onnx.load(str(path), load_external_data=False)
-    assert [i.name for i in proto.graph.input] == ["input", "passes", "stochastic"]
-    assert not {"passes", "stochastic"} & {t.name for t in proto.graph.initializer}
+    assert [i.name for i in proto.graph.input] == ["input", "passes", "stochastic", "masks"]
+    assert not {"passes", "stochastic", "masks"} & {t.name for t in proto.graph.initializer}
     script = ("import sys, onnxruntime as ort; s = ort.InferenceSession(sys.argv[1], providers=['CPUExecutionProvider']);"
               "print([i.name for i in s.get_inputs()], [i.name for i in s.get_overridable_initializers()])")
     done = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True)
     assert done.stderr == ""
-    assert done.stdout.strip() == "['input', 'passes', 'stochastic'] []"
+    assert done.stdout.strip() == "['input', 'passes', 'stochastic', 'masks'] []"
 
 
 def test_a_format_1_file_with_default_initializers_still_runs(tmp_path):

@@ -28,6 +28,7 @@ import pytest
 
 from js_support import LIVE_ATOL, ROOT, assert_mc_agrees, golden, golden_input, node, node_modules, unavailable
 from mcdrop.runtime.inputs import load_inputs
+from mcdrop.runtime.masks import control_feeds
 from mcdrop.runtime.session import MCSession
 
 DRIVER = ROOT / "examples" / "web" / "test" / "browser_check.mjs"
@@ -318,7 +319,7 @@ def unoptimized_deterministic(path, x):
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(["mean"], {"input": x, "passes": np.array(1, np.int64), "stochastic": np.array(False)})[0]
+    return session.run(["mean"], {"input": x, **control_feeds(1, False)})[0]
 
 
 def test_mc_agrees_with_python(report, python_session):
