@@ -1,6 +1,7 @@
-// mcdrop for JavaScript: read an mcdrop ONNX file, give it fresh dropout seeds, turn an image into
-// its input, and summarize what onnxruntime returns. One ES module without Node-only APIs, so the
-// same file serves onnxruntime-node (examples/node/) and onnxruntime-web in a browser.
+// mcdrop for JavaScript: read an mcdrop ONNX file, give it fresh dropout seeds, build shared mask
+// sets, turn an image into its input, and summarize what onnxruntime returns. One ES module
+// without Node-only APIs, so the same file serves onnxruntime-node (examples/node/) and
+// onnxruntime-web in a browser.
 //
 // The file format is docs/FORMAT.md; each part below mirrors the Python runtime module it names.
 
@@ -12,7 +13,8 @@
 // those of onnx/onnx.proto.
 
 const METADATA_KEY = "mcdrop";
-const READABLE_FORMATS = [1, 2];
+const READABLE_FORMATS = [1, 2, 3];
+const MASKS_FROM_FORMAT = 3; // files of this format and later take the `masks` input
 const RANDOM_OPS = ["RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli", "Multinomial"];
 const MAX_DEPTH = 32; // graphs nest through If / Loop / Scan attributes; real models go a few deep
 const VARINT = 0, FIXED64 = 1, LENGTH = 2, FIXED32 = 5;
@@ -128,9 +130,11 @@ function walkEntry(bytes, span) {
 }
 
 /**
- * The "mcdrop" metadata (defaults filled as docs/FORMAT.md says) and the random nodes, with the
- * byte offset of each one's float seed (null: no float seed attribute), of an ONNX file's bytes.
- * Throws an Error with a one-line message for bytes that are not ONNX or not an mcdrop export.
+ * {metadata, randomNodes, maskLayout} of an ONNX file's bytes: the "mcdrop" metadata (defaults
+ * filled as docs/FORMAT.md says), the random nodes with the byte offset of each one's float seed
+ * (null: no float seed attribute), and the mask layout (maskLayout: null where the file takes no
+ * mask set). Throws an Error with a one-line message for bytes that are not ONNX or not an mcdrop
+ * export.
  */
 export function readModelFile(bytes) {
   if (!(bytes instanceof Uint8Array)) throw new Error("readModelFile needs the file's bytes as a Uint8Array");
@@ -162,7 +166,8 @@ export function readModelFile(bytes) {
   if (!found.hasGraph) throw new Error("not an ONNX file (no graph)");
   const span = found.metadata.get(METADATA_KEY);
   if (!span) throw new Error(`not an mcdrop export (no '${METADATA_KEY}' metadata); export it with \`python cli.py export\``);
-  return { metadata: parseMetadata(bytes.subarray(...span)), randomNodes: found.randomNodes };
+  const metadata = parseMetadata(bytes.subarray(...span));
+  return { metadata, randomNodes: found.randomNodes, maskLayout: maskLayout(metadata) };
 }
 
 // What a file written before these preprocessing fields existed means by their absence.
@@ -181,7 +186,7 @@ function parseMetadata(raw) {
     throw new Error(`broken '${METADATA_KEY}' metadata (not a JSON object)`);
   }
   if (!READABLE_FORMATS.includes(meta.format)) {
-    const readable = READABLE_FORMATS.join(" and ");
+    const readable = `${READABLE_FORMATS.slice(0, -1).join(", ")} and ${READABLE_FORMATS.at(-1)}`;
     throw new Error(`broken '${METADATA_KEY}' metadata (format ${JSON.stringify(meta.format)}, this reader reads ${readable})`);
   }
   if (!Number.isInteger(meta.default_passes) || meta.default_passes < 1) {
@@ -203,6 +208,12 @@ function parseMetadata(raw) {
     meta.preprocessing = null;
   }
   meta.stochastic_layers ??= [];
+  meta.masks ??= null;
+  try {
+    maskLayout(meta);
+  } catch (err) {
+    throw new Error(`broken '${METADATA_KEY}' metadata (${err.message})`);
+  }
   return meta;
 }
 
@@ -308,6 +319,148 @@ export function withFreshSeeds(bytes, { seed, multiplier = MINSTD.node, parsed }
   const view = new DataView(out.buffer, out.byteOffset, out.byteLength);
   const seeds = freshSeeds(randomNodes.length, { seed, multiplier });
   randomNodes.forEach((node, i) => view.setFloat32(node.seedOffset, seeds[i], true));
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Mask sets (runtime/masks.py; docs/FORMAT.md: Mask sets)
+//
+// A shared mask set is T passes' worth of raw random values for every stochastic layer, fixed by
+// one seed: fed as `masks` ([T, floats_per_pass]), pass t is the same sampled network for every
+// input of the batch, so an input's result depends on (input, mask seed, T) alone and equals the
+// Python runtime's. Row t is Philox4x64-10 with key (seed, 0) and counters (1, t, 0, 0),
+// (2, t, 0, 0), ...: 4 words per block, each word a uniform (top 24 bits) or, Box-Muller, a normal
+// value as its layer's distribution says.
+
+const MASK_GENERATOR = "philox4x64-10";
+const TWO_32 = 2 ** 32, INV_32 = 2 ** -32;
+const U64 = (1n << 64n) - 1n;
+// Philox4x64-10 (Salmon et al. 2011): the round multipliers and key increments, as uint32 halves.
+const [M0_HI, M0_LO, M1_HI, M1_LO] = [0xd2e7470e, 0xe14c6c93, 0xca5a8263, 0x95121157];
+const PHILOX_W = [0x9e3779b97f4a7c15n, 0xbb67ae8584caa73bn];
+const PHILOX_ROUNDS = 10;
+
+// The key before each of the 10 rounds, (seed, 0) + r * W modulo 2**64, as [k0 hi, k0 lo, k1 hi,
+// k1 lo] per round: the same for every block of a set, so worked out once.
+function roundKeys(seed) {
+  const keys = new Float64Array(PHILOX_ROUNDS * 4);
+  let k0 = seed, k1 = 0n;
+  for (let r = 0; r < PHILOX_ROUNDS; r++) {
+    keys.set([Number(k0 >> 32n), Number(k0 & 0xffffffffn), Number(k1 >> 32n), Number(k1 & 0xffffffffn)], r * 4);
+    k0 = (k0 + PHILOX_W[0]) & U64;
+    k1 = (k1 + PHILOX_W[1]) & U64;
+  }
+  return keys;
+}
+
+// Pass t's words w_0, w_1, ... (blocks with counters (1, t, 0, 0), (2, t, 0, 0), ...), 4 per
+// block, as their high and low uint32 halves into hi[] and lo[] (whole blocks: their length is a
+// multiple of 4). A round is
+//   (c0, c1, c2, c3) -> (hi(M1*c2) ^ c1 ^ k0, lo(M1*c2), hi(M0*c0) ^ c3 ^ k1, lo(M0*c0)),
+// every 64-bit value as two uint32 Numbers. Each 64 x 64 -> 128-bit product is four 32 x 32 -> 64
+// partial products: the low half from Math.imul, the high half from the float64 product, whose
+// rounding error (below 2**11) is far too small to move (a * b - low) / 2**32 off the whole number
+// it truncates to after + 0.5. The column sums stay below 2**34: exact. Written out inline, it
+// runs several times faster than BigInt.
+function philoxRow(keys, t, hi, lo) {
+  const tHi = Math.floor(t / TWO_32), tLo = t % TWO_32;
+  for (let j = 1, at = 0; at < hi.length; j++, at += 4) {
+    let c0h = 0, c0l = j, c1h = tHi, c1l = tLo, c2h = 0, c2l = 0, c3h = 0, c3l = 0; // blocks per row < 2**32
+    for (let r = 0; r < PHILOX_ROUNDS * 4; r += 4) {
+      // M1 * c2 = a:b:c:d (32-bit words, most significant first)
+      let ll = Math.imul(c2l, M1_LO) >>> 0, llH = ((c2l * M1_LO - ll) * INV_32 + 0.5) >>> 0;
+      let lh = Math.imul(c2l, M1_HI) >>> 0, lhH = ((c2l * M1_HI - lh) * INV_32 + 0.5) >>> 0;
+      let hl = Math.imul(c2h, M1_LO) >>> 0, hlH = ((c2h * M1_LO - hl) * INV_32 + 0.5) >>> 0;
+      let hh = Math.imul(c2h, M1_HI) >>> 0, hhH = ((c2h * M1_HI - hh) * INV_32 + 0.5) >>> 0;
+      let s1 = llH + lh + hl, s1w = s1 >>> 0;
+      let s2 = lhH + hlH + hh + (s1 - s1w) * INV_32, s2w = s2 >>> 0;
+      const p1a = hhH + (s2 - s2w) * INV_32, p1b = s2w, p1c = s1w, p1d = ll;
+      // M0 * c0 = a:b:c:d
+      ll = Math.imul(c0l, M0_LO) >>> 0; llH = ((c0l * M0_LO - ll) * INV_32 + 0.5) >>> 0;
+      lh = Math.imul(c0l, M0_HI) >>> 0; lhH = ((c0l * M0_HI - lh) * INV_32 + 0.5) >>> 0;
+      hl = Math.imul(c0h, M0_LO) >>> 0; hlH = ((c0h * M0_LO - hl) * INV_32 + 0.5) >>> 0;
+      hh = Math.imul(c0h, M0_HI) >>> 0; hhH = ((c0h * M0_HI - hh) * INV_32 + 0.5) >>> 0;
+      s1 = llH + lh + hl; s1w = s1 >>> 0;
+      s2 = lhH + hlH + hh + (s1 - s1w) * INV_32; s2w = s2 >>> 0;
+      const p0a = hhH + (s2 - s2w) * INV_32, p0b = s2w, p0c = s1w, p0d = ll;
+      c0h = (p1a ^ c1h ^ keys[r]) >>> 0; c0l = (p1b ^ c1l ^ keys[r + 1]) >>> 0;
+      c1h = p1c; c1l = p1d;
+      c2h = (p0a ^ c3h ^ keys[r + 2]) >>> 0; c2l = (p0b ^ c3l ^ keys[r + 3]) >>> 0;
+      c3h = p0c; c3l = p0d;
+    }
+    hi[at] = c0h; lo[at] = c0l; hi[at + 1] = c1h; lo[at + 1] = c1l;
+    hi[at + 2] = c2h; lo[at + 2] = c2l; hi[at + 3] = c3h; lo[at + 3] = c3l;
+  }
+}
+
+function checkMaskSeed(seed) {
+  const ok = typeof seed === "bigint" ? seed >= 0n && seed <= U64 : Number.isSafeInteger(seed) && seed >= 0;
+  if (!ok) throw new Error(`mask seed must be an integer from 0 to 2**64 - 1 (a BigInt above 2**53 - 1), got ${seed}`);
+  return BigInt(seed);
+}
+
+/**
+ * The mask layout a format 3 file declares: {floatsPerPass, entries: [{offset, shape, size,
+ * distribution}]} (each stochastic layer's values at [offset, offset + size) of a pass's row), or
+ * null where the file takes no mask set (older formats; noise shapes that depend on the input
+ * size). Throws for a layout that does not add up, as runtime/masks.py layout_from_metadata does.
+ */
+export function maskLayout(metadata) {
+  const spec = metadata.masks;
+  if (!(metadata.format >= MASKS_FROM_FORMAT) || spec === undefined || spec === null) return null;
+  if (typeof spec !== "object" || spec.generator !== MASK_GENERATOR) throw new Error(`masks must name the generator ${MASK_GENERATOR}`);
+  const total = spec.floats_per_pass;
+  if (!Number.isSafeInteger(total) || total < 0) throw new Error("masks.floats_per_pass must be an integer >= 0");
+  const entries = [];
+  let end = 0;
+  for (const layer of metadata.stochastic_layers ?? []) {
+    const { mask_offset: offset, mask_shape: shape } = layer ?? {};
+    if (offset !== end || !Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && d >= 1)) {
+      throw new Error(`stochastic layer ${JSON.stringify(layer?.name)}: mask_offset and mask_shape must place its masks `
+        + "right after the previous layer's");
+    }
+    const size = shape.reduce((product, d) => product * d, 1);
+    entries.push({ offset, shape: [...shape], size, distribution: String(layer.distribution) });
+    end += size;
+  }
+  if (end !== total) throw new Error(`masks.floats_per_pass is ${total} but the layers' masks take ${end}`);
+  return { floatsPerPass: total, entries };
+}
+
+/**
+ * Passes first .. first + count - 1 of the shared mask set `seed` (an integer 0 <= seed < 2**64:
+ * a safe Number, or a BigInt) for the file whose metadata this is: a Float32Array of
+ * count * floats_per_pass values, one pass's row after another, the `masks` feed of those passes
+ * (feeds(ort, x, {passes: count, masks})). Equal to the Python runtime's
+ * runtime/masks.py draw(layout, seed, first, count), byte for byte. The shipped CNN's 50 passes
+ * (4.4 million values) take about half a second in Node.
+ */
+export function maskSet(metadata, seed, { first = 0, count } = {}) {
+  const layout = maskLayout(metadata);
+  if (!layout) throw new Error("this file takes no mask set (its metadata has no masks layout): use independent masks");
+  const keys = roundKeys(checkMaskSeed(seed));
+  if (!Number.isSafeInteger(first) || first < 0) throw new Error(`first must be an integer >= 0, got ${first}`);
+  if (!Number.isSafeInteger(count) || count < 0) throw new Error(`count must be an integer >= 0, got ${count}`);
+  if (!Number.isSafeInteger(first + count)) throw new Error("first + count must stay below 2**53");
+  const P = layout.floatsPerPass;
+  const out = new Float32Array(count * P);
+  const hi = new Uint32Array(Math.ceil(P / 4) * 4), lo = new Uint32Array(hi.length);
+  for (let row = 0; row < count; row++) {
+    philoxRow(keys, first + row, hi, lo);
+    const base = row * P;
+    for (const { offset, size, distribution } of layout.entries) {
+      if (distribution === "normal") {
+        // Box-Muller on one word, in float64; the Float32Array rounds it to float32.
+        for (let i = offset; i < offset + size; i++) {
+          const u1 = (hi[i] + 1) * INV_32, u2 = lo[i] * INV_32;
+          out[base + i] = Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+        }
+      } else {
+        // Uniform: the top 24 bits, (w >> 40) * 2**-24, exact in float32.
+        for (let i = offset; i < offset + size; i++) out[base + i] = (hi[i] >>> 8) * 2 ** -24;
+      }
+    }
+  }
   return out;
 }
 
@@ -503,10 +656,14 @@ function checkPasses(passes) {
 
 /**
  * The feeds for session.run: the float32 input (one {data, dims} from preprocessImage, or a list
- * of them, stacked into one batch), `passes` (int64, default the file's default_passes) and
- * `stochastic` (bool, default true; false with passes 1 is the deterministic pass).
+ * of them, stacked into one batch), `passes` (int64, default the file's default_passes),
+ * `stochastic` (bool, default true; false with passes 1 is the deterministic pass) and, for
+ * format 3 files, `masks`: the shared mask set `masks` (a Float32Array of passes x
+ * floats_per_pass values, from maskSet) as [passes, floats_per_pass], or without it an empty
+ * [0, floats_per_pass] tensor ([0, 0] for a file without a mask layout): independent masks,
+ * drawn by the graph's random nodes.
  */
-export function feeds(ort, x, { passes, stochastic = true } = {}, metadata) {
+export function feeds(ort, x, { passes, stochastic = true, masks } = {}, metadata) {
   const parts = Array.isArray(x) ? x : [x];
   if (!parts.length) throw new Error("no inputs to feed");
   const example = parts[0].dims.slice(1);
@@ -525,11 +682,31 @@ export function feeds(ort, x, { passes, stochastic = true } = {}, metadata) {
       at += part.data.length;
     }
   }
-  return {
+  passes = checkPasses(passes ?? metadata.default_passes);
+  const fed = {
     [metadata.inputs[0].name]: new ort.Tensor("float32", Float32Array.from(data), [batch, ...example]),
-    passes: new ort.Tensor("int64", BigInt64Array.of(BigInt(checkPasses(passes ?? metadata.default_passes))), []),
+    passes: new ort.Tensor("int64", BigInt64Array.of(BigInt(passes)), []),
     stochastic: new ort.Tensor("bool", Uint8Array.of(stochastic ? 1 : 0), []),
   };
+  if (metadata.format >= MASKS_FROM_FORMAT) {
+    fed.masks = masksTensor(ort, masks, passes, metadata);
+  } else if (masks !== undefined && masks !== null) {
+    throw new Error(`this file is format ${metadata.format}, from before mask sets: export it again to feed one`);
+  }
+  return fed;
+}
+
+// The `masks` feed: the set as [passes, floats_per_pass], or none ([0, floats_per_pass]).
+function masksTensor(ort, masks, passes, metadata) {
+  const layout = maskLayout(metadata);
+  const P = layout?.floatsPerPass ?? 0;
+  if (masks === undefined || masks === null) return new ort.Tensor("float32", new Float32Array(0), [0, P]);
+  if (!layout) throw new Error("this file takes no mask set (its metadata has no masks layout): use independent masks");
+  if (!(masks instanceof Float32Array)) throw new Error("masks must be a Float32Array (from maskSet)");
+  if (masks.length !== passes * P) {
+    throw new Error(`a mask set for ${passes} passes holds ${passes * P} values (${P} per pass), got ${masks.length}`);
+  }
+  return new ort.Tensor("float32", masks, [passes, P]);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,14 @@
 // uncertainty out, like `python cli.py infer` (README.md in this folder).
 //
 //   node examples/node/infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic]
+//                               [--masks shared|independent] [--mask-seed S]
 //                               [--samples] [--json] [--rule "text"]
+//
+// Masks: "shared" (the default where the file has a mask layout, docs/FORMAT.md: Mask sets) feeds
+// one mask set of T passes, built from the mask seed, so pass t is the same sampled network for
+// every image and the samples equal the Python runtime's for the same seed (`python cli.py infer
+// --mask-seed S`); "independent" lets the graph draw new masks for every image and pass. The mask
+// seed is --mask-seed, else --seed, else a fresh one (below 2**53); --json reports it as mask_seed.
 //
 // Bad input is one line on stderr and exit code 1; a wrong command line is exit code 2.
 
@@ -13,16 +20,23 @@ import process from "node:process";
 
 import ort from "onnxruntime-node";
 
-import { MINSTD, feeds, parseRule, passesOf, preprocessImage, readModelFile, summarize, withFreshSeeds } from "../lib/mcdrop.mjs";
+import {
+  MINSTD, feeds, maskSet, parseRule, passesOf, preprocessImage, readModelFile, summarize, withFreshSeeds,
+} from "../lib/mcdrop.mjs";
 import { decodePng } from "./png.mjs";
 
-const USAGE = "usage: node infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic] [--samples] [--json] "
-  + '[--rule "text"]';
+const USAGE = "usage: node infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic] "
+  + '[--masks shared|independent] [--mask-seed S] [--samples] [--json] [--rule "text"]';
+const MASK_MODES = ["shared", "independent"];
+const MAX_MASK_SEED = (1n << 64n) - 1n;
 
 class UsageError extends Error {}
 
 function parseArgs(argv) {
-  const options = { passes: undefined, seed: undefined, deterministic: false, samples: false, json: false, rule: undefined };
+  const options = {
+    passes: undefined, seed: undefined, deterministic: false, samples: false, json: false, rule: undefined,
+    masks: undefined, maskSeed: undefined,
+  };
   const paths = [];
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
@@ -36,6 +50,12 @@ function parseArgs(argv) {
     } else if (arg === "--passes") options.passes = positiveInteger(value(), "--passes", 1);
     else if (arg === "--seed") options.seed = positiveInteger(value(), "--seed", 0);
     else if (arg === "--rule") options.rule = value();
+    else if (arg === "--masks") {
+      options.masks = value();
+      if (!MASK_MODES.includes(options.masks)) {
+        throw new UsageError(`--masks must be one of ${MASK_MODES.join(", ")}, got ${JSON.stringify(options.masks)}`);
+      }
+    } else if (arg === "--mask-seed") options.maskSeed = maskSeed(value());
     else if (arg === "--deterministic") options.deterministic = true;
     else if (arg === "--samples") options.samples = true;
     else if (arg === "--json") options.json = true;
@@ -43,6 +63,9 @@ function parseArgs(argv) {
     else paths.push(arg);
   }
   if (paths.length < 2) throw new UsageError("give a model file and at least one image");
+  if (options.maskSeed !== undefined && options.masks === "independent") {
+    throw new UsageError("--mask-seed is for --masks shared");
+  }
   return { model: paths[0], images: paths.slice(1), ...options };
 }
 
@@ -51,6 +74,30 @@ function positiveInteger(text, name, least) {
     throw new Error(`${name} must be an integer >= ${least}, got ${JSON.stringify(text)}`);
   }
   return Number(text);
+}
+
+// A mask seed, 0 to 2**64 - 1: a Number up to 2**53 - 1, a BigInt above.
+function maskSeed(text) {
+  if (!/^\d+$/.test(text) || BigInt(text) > MAX_MASK_SEED) {
+    throw new Error(`--mask-seed must be an integer from 0 to 2**64 - 1, got ${JSON.stringify(text)}`);
+  }
+  const seed = BigInt(text);
+  return seed <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(seed) : seed;
+}
+
+// A fresh mask seed below 2**53 (a seed that survives JSON in every language, as the Python
+// runtime's), from crypto entropy.
+function freshMaskSeed() {
+  const [high, low] = globalThis.crypto.getRandomValues(new Uint32Array(2));
+  return (high >>> 11) * 2 ** 32 + low;
+}
+
+// The document as JSON. JSON has no BigInt: a mask seed above 2**53 - 1 is written as its digits,
+// a plain JSON number (the top-level key comes before any text taken from files).
+function toJson(document) {
+  const seed = document.mask_seed;
+  if (typeof seed !== "bigint") return JSON.stringify(document, null, 2);
+  return JSON.stringify({ ...document, mask_seed: null }, null, 2).replace('"mask_seed": null', `"mask_seed": ${seed}`);
 }
 
 async function readBytes(path, what) {
@@ -112,11 +159,22 @@ async function main() {
   });
   const passes = args.deterministic ? 1 : (args.passes ?? metadata.default_passes);
   const stochastic = !args.deterministic;
-  const outputs = await session.run(feeds(ort, inputs, { passes, stochastic }, metadata));
+  const mode = args.masks ?? (parsed.maskLayout ? "shared" : "independent");
+  if (mode === "shared" && !parsed.maskLayout) {
+    const why = metadata.format < 3 ? `it is format ${metadata.format}, from before mask sets; export it again`
+      : "its noise shapes depend on the input size";
+    throw new Error(`${args.model}: this file cannot take a shared mask set (${why}); use --masks independent`);
+  }
+  const shared = mode === "shared" && stochastic;
+  const maskSeedUsed = shared ? (args.maskSeed ?? args.seed ?? freshMaskSeed()) : null;
+  // The shared set: row t is pass t's masks for every image (built once, fed whole).
+  const masks = shared ? named(args.model, () => maskSet(metadata, maskSeedUsed, { count: passes })) : undefined;
+  const outputs = await session.run(feeds(ort, inputs, { passes, stochastic, masks }, metadata));
   const results = summarize(outputs, metadata, { rule });
   const samples = outputs[`${metadata.outputs[0].prefix}samples`];
   const document = {
     model: shown(args.model), passes, stochastic, seed: args.seed ?? null,
+    masks: stochastic ? mode : null, mask_seed: maskSeedUsed,
     rule: results.ruleText, rule_source: results.ruleSource,
     results: results.map((r, b) => ({
       input: shown(args.images[b]), label: r.label, confidence: r.confidence, mean: r.mean, variance: r.variance,
@@ -126,7 +184,7 @@ async function main() {
       ...(args.samples ? { samples: passesOf(samples, b) } : {}),
     })),
   };
-  process.stdout.write(`${args.json ? JSON.stringify(document, null, 2) : table(document, results)}\n`);
+  process.stdout.write(`${args.json ? toJson(document) : table(document, results)}\n`);
   await session.release();
 }
 
