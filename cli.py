@@ -36,6 +36,9 @@ ON_ERROR = ("report", "skip", "stop")
 # Options that `infer` and `info` share: how far an untrusted model file is trusted (README: Trust model).
 LIMIT_OPTION = typer.Option([], "--limit", help="Raise a bound, NAME=VALUE, repeatable: model_mb, passes, input_mb, "
                             "image_pixels, metadata_kb, threads (README: Trust model).")
+DEVICE_OPTION = typer.Option("auto", help="auto, cpu or cuda.")
+THREADS_OPTION = typer.Option(None, help="CPU threads [default: every core this process may use].")
+MAX_CHUNK_OPTION = typer.Option(256, help="Largest activation memory of one run, MiB.")
 NO_VERIFY_OPTION = typer.Option(False, "--no-verify", help="Load a file whose integrity checksum is missing or wrong.")
 EXTERNAL_DATA_OPTION = typer.Option(False, "--allow-external-data",
                                     help="Read tensors stored in other files, from the model's own folder only.")
@@ -110,9 +113,15 @@ def infer(
     model: Path = typer.Option(DEFAULT_MODEL, help="The exported mcdrop ONNX file."),
     passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
     seed: Optional[int] = typer.Option(
-        None, help="Seed for reproducible results, with the same --threads and --max-chunk-mb [default: fresh]."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads [default: every core this process may use]."),
+        None, help="Session seed: the mask seed of shared masks; with independent masks, reproducible results for "
+                   "the same --threads and --max-chunk-mb [default: fresh]."),
+    masks: Optional[str] = typer.Option(
+        None, help="shared: every input scored by the same T sampled networks, so a result depends on the input, "
+                   "--mask-seed and --passes alone; independent: new masks per input and pass, as Keras "
+                   "[default: shared where the file takes it]."),
+    mask_seed: Optional[int] = typer.Option(None, help="Seed of the shared mask set [default: --seed, else fresh]."),
+    device: str = DEVICE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
     no_dropout: bool = typer.Option(False, "--no-dropout", help="One deterministic pass, dropout off."),
     top_k: int = typer.Option(3, help="Classes listed per input (categorical heads)."),
     threshold: Optional[float] = typer.Option(
@@ -122,7 +131,7 @@ def infer(
                    "'never' [default: the calibrated rule, else mutual_information > 0.1 or confidence < 0.6]."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     out: Optional[Path] = typer.Option(None, help="Also write the results to .json, .npz or .csv."),
-    max_chunk_mb: float = typer.Option(256, help="Largest activation memory of one run, MiB."),
+    max_chunk_mb: float = MAX_CHUNK_OPTION,
     on_error: str = typer.Option("report", help="A bad input: report (all, then exit 2), skip (warn) or stop."),
     limit: List[str] = LIMIT_OPTION,
     no_verify: bool = NO_VERIFY_OPTION,
@@ -167,13 +176,14 @@ def infer(
         if failures and on_error == "report":
             raise typer.Exit(InputError.exit_code)  # each bad input had its line
         raise InputError(f"none of the {len(failures)} inputs could be read" if failures else "no inputs given")
-    predicted = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names), uncertain_if)
+    predicted = _predict(session, x, passes, not no_dropout, threshold, top_k, len(names), uncertain_if,
+                         masks, mask_seed)
     # {output name: Prediction}; a one-output model's results keep their flat form (None).
     by_output = predicted if isinstance(predicted, dict) else {None: predicted}
     first = next(iter(by_output.values()))
     shown = [valid_text(name) for name in names]
     document = {"model": valid_text(_shown(model)), "provider": session.provider, "passes": first.passes,
-                "stochastic": first.stochastic, "seed": seed,
+                "stochastic": first.stochastic, "seed": seed, "masks": first.masks, "mask_seed": first.mask_seed,
                 "uncertain_rule": first.uncertain_rule.to_dict() if None in by_output else
                 {o: p.uncertain_rule.to_dict() for o, p in by_output.items()},
                 "predictions": [{"input": name, **by_output[None].to_dict(i)} if None in by_output else
@@ -199,14 +209,14 @@ def _shown(path: Path) -> str:
     return str(path) if relative.startswith("..") else relative
 
 
-def _predict(session, x, passes, dropout, threshold, top_k, count, uncertain_if=None):
+def _predict(session, x, passes, dropout, threshold, top_k, count, uncertain_if=None, masks=None, mask_seed=None):
+    options = dict(passes=passes, dropout=dropout, threshold=threshold, top_k=top_k, uncertain_if=uncertain_if,
+                   masks=masks, mask_seed=mask_seed)
     if count <= PROGRESS_MIN_INPUTS:
-        return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k,
-                               uncertain_if=uncertain_if)
-    runs = len(session.chunk_plan(count, (passes or session.default_passes) if dropout else 1))
+        return session.predict(x, **options)
+    runs = len(session.chunk_plan(count, (passes or session.default_passes) if dropout else 1, masks))
     with typer.progressbar(length=runs, label="Monte Carlo runs", file=sys.stderr) as bar:
-        return session.predict(x, passes=passes, dropout=dropout, threshold=threshold, top_k=top_k,
-                               progress=lambda done, total: bar.update(1), uncertain_if=uncertain_if)
+        return session.predict(x, progress=lambda done, total: bar.update(1), **options)
 
 
 
@@ -237,8 +247,10 @@ def _summary(prediction, i: int) -> dict:
 
 def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
     """One table, or one per output (under its name and head) for a model with several."""
+    masks = f"  masks shared (seed {document['mask_seed']})" if document.get("masks") == "shared" else \
+        "  masks independent" if document.get("masks") else ""
     typer.echo(f"model {terminal_safe(document['model'])}  provider {document['provider']}  "
-               f"passes {document['passes']}" + ("" if document["stochastic"] else " (dropout off)"))
+               f"passes {document['passes']}" + ("" if document["stochastic"] else " (dropout off)") + masks)
     for output, prediction in by_output.items():
         if output is not None:
             typer.echo(f"\noutput {terminal_safe(output)} ({prediction.head})")
@@ -463,9 +475,9 @@ def evaluate(
     uncertain_if: Optional[str] = typer.Option(None, help="UNCERTAIN rule instead of the file's, e.g. "
                                                "'mutual_information > 0.05 or confidence < 0.7'."),
     target_precision: float = typer.Option(0.9, help="Binary / multi-label heads: report the threshold that reaches it."),
-    device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    threads: Optional[int] = typer.Option(None, help="CPU threads [default: every core this process may use]."),
-    max_chunk_mb: float = typer.Option(256, help="Largest activation memory of one run, MiB."),
+    device: str = DEVICE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    max_chunk_mb: float = MAX_CHUNK_OPTION,
     limit: List[str] = LIMIT_OPTION,
     no_verify: bool = NO_VERIFY_OPTION,
 ):
@@ -546,6 +558,72 @@ def calibrate(
                              output_name=head_output, seed=seed, verify=not no_verify, limits=limits,
                              progress=lambda message: typer.echo(message, err=True))
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
+
+
+@app.command()
+@reports_errors
+def acquire(
+    pool: List[str] = typer.Argument(..., help="The unlabelled pool: images, folders of images, globs, .npy / .npz batches."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="The mcdrop ONNX file (a classifier)."),
+    k: int = typer.Option(10, "--k", help="How many inputs to pick for labelling."),
+    strategy: str = typer.Option("bald", help="bald, batchbald, entropy, variation-ratio, margin or random."),
+    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
+    mask_seed: Optional[int] = typer.Option(None, help="Seed of the one shared mask set that scores the whole pool "
+                                                       "[default: fresh; printed, and written to --out]."),
+    out: Optional[Path] = typer.Option(None, help="Also write the ranking to .csv or .json."),
+    output: Optional[str] = typer.Option(None, help="The output to score, for a model with several."),
+    batch_size: int = typer.Option(256, help="Pool inputs scored per predict."),
+    num_samples: int = typer.Option(10_000, help="batchbald: label configurations sampled once the exact joint "
+                                                 "entropy would need more."),
+    seed: int = typer.Option(0, help="Seed of the random strategy and of batchbald's sampled configurations."),
+    device: str = DEVICE_OPTION,
+    threads: Optional[int] = THREADS_OPTION,
+    max_chunk_mb: float = MAX_CHUNK_OPTION,
+    limit: List[str] = LIMIT_OPTION,
+    no_verify: bool = NO_VERIFY_OPTION,
+    allow_external_data: bool = EXTERNAL_DATA_OPTION,
+):
+    """Pick the K pool inputs most worth labelling next (BALD, BatchBALD, ...), scored with one shared mask set."""
+    from .runtime.acquisition import STRATEGIES
+
+    limits = _limits(limit)
+    _check_run_options(limits, passes, max_chunk_mb, threads)
+    if strategy not in STRATEGIES:
+        raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    for name, value in (("--k", k), ("--batch-size", batch_size), ("--num-samples", num_samples)):
+        if value < 1:
+            raise InputError(f"{name} must be >= 1, got {value}")
+    if out is not None:
+        if out.suffix.lower() not in (".csv", ".json"):
+            raise InputError(f"--out {out}: write the ranking to .csv or .json")
+        from .runtime.files import check_writable_target
+
+        check_writable_target(out)
+
+    import numpy as np
+
+    from .runtime.acquisition import acquire_with_session
+    from .runtime.inputs import load_inputs
+    from .runtime.session import MCSession
+
+    session = MCSession(model, device=device, threads=threads, max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)),
+                        limits=limits, verify=not no_verify, allow_external_data=allow_external_data)
+    names, x = load_inputs(pool, session.info, limits=limits)
+    if not names:
+        raise InputError("the pool is empty")
+    with typer.progressbar(length=len(names), label="Scoring the pool", file=sys.stderr) as bar:
+        chosen = acquire_with_session(session, x, k, strategy, passes=passes, mask_seed=mask_seed, output=output,
+                                      batch_size=batch_size, ids=names, rng=np.random.default_rng(seed),
+                                      num_samples=num_samples, progress=lambda done, total: bar.update(done - bar.pos))
+    if out is not None:
+        chosen.write(out)
+    typer.echo(f"model {terminal_safe(_shown(model))}  pool {len(names)}  strategy {strategy}  passes {chosen.passes}  "
+               f"masks shared (seed {chosen.mask_seed})")
+    rows = [["rank", "input", "score"]] + [[str(r["rank"]), terminal_safe(r["id"]), f"{r['score']:.4f}"]
+                                            for r in chosen.rows()]
+    widths = [max(len(row[j]) for row in rows) for j in range(3)]
+    for row in rows:
+        typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
 def _check_run_options(limits, passes, max_chunk_mb=None, threads=None) -> None:
