@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import stat
 import tempfile
@@ -308,8 +307,7 @@ def build_metadata(model, source, outputs, passes, calls, extras, preprocessing,
     if extras["mask_layout"] is not None:
         from ..runtime.masks import GENERATOR
 
-        last = extras["mask_layout"][-1] if calls else {"offset": 0, "shape": []}
-        mask_set = {"generator": GENERATOR, "floats_per_pass": last["offset"] + math.prod(last["shape"]) if calls else 0}
+        mask_set = {"generator": GENERATOR, "floats_per_pass": extras["mask_floats"]}
     return {
         "format": FORMAT_VERSION,
         "head": outputs[0].head,  # the first output's, as in files from before several outputs

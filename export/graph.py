@@ -155,7 +155,7 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
         batch = tf.shape(xs[0], out_type=tf.int64)[0]
         rows = passes * batch  # T*B
         drawing = tf.cast(tf.equal(tf.size(masks), 0), tf.int64)  # 1: independent, 0: shared masks
-        shapes, layout = [], MaskLayout()
+        shapes, layout = [], MaskColumns()
 
         def random_tensor(i, dims, axis=0):
             """Call i's tensor with its rows axis `axis` sized T (shared) or T*B (independent)."""
@@ -203,13 +203,13 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
             out.update({prefix + name: value for name, value in head_outputs(samples, head).items()})
         out.update({f"noise_shape_{i}": s for i, s in enumerate(shapes)})
         stats.update(activation_floats=walk.activation_floats, once_floats=walk.once_floats, tiled_at=walk.tiled_at,
-                     mask_layout=layout.entries if layout.shareable else None)
+                     mask_layout=layout.entries if layout.shareable else None, mask_floats=layout.floats)
         return out
 
     return fn, signature, stats
 
 
-class MaskLayout:
+class MaskColumns:
     """Where each call's masks sit in a row of the `masks` input: one row per pass, the calls'
     per-pass values side by side, in call order (docs/FORMAT.md: Mask sets). A call whose
     per-pass shape is known only at run time (an image size left open) makes the file

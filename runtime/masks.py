@@ -97,14 +97,10 @@ def draw(layout: MaskLayout, seed: int, first: int, count: int) -> np.ndarray:
     return out
 
 
-def empty(layout: Optional[MaskLayout]) -> np.ndarray:
-    """The `masks` feed of independent mode: no rows, so the graph draws its own."""
-    return np.zeros((0, layout.floats_per_pass if layout else 0), dtype=np.float32)
-
-
 def control_feeds(passes: int, stochastic: bool = True, masks: Optional[np.ndarray] = None,
                   floats_per_pass: int = 0) -> dict:
-    """The graph's inputs besides the model's: passes, stochastic and masks (None: independent)."""
+    """The graph's inputs besides the model's: passes, stochastic and masks (None: an empty set,
+    no rows, so the graph draws independent masks itself)."""
     if masks is None:
         masks = np.zeros((0, floats_per_pass), dtype=np.float32)
     return {"passes": np.array(passes, dtype=np.int64), "stochastic": np.array(bool(stochastic)), MASKS: masks}

@@ -18,7 +18,7 @@ from .metadata import MASKS_FROM_FORMAT, METADATA_KEY, ModelInfo
 from .onnx_file import ModelFile, read_model
 from .prediction import Prediction
 
-PASSES, STOCHASTIC, SAMPLES = "passes", "stochastic", "samples"
+SAMPLES = "samples"
 FLOAT_BYTES = 4
 # A run's resident memory is more than its activations: onnxruntime's arena holds freed blocks
 # and rounds its growth. Measured on the shipped CNN, runs of 12 to 211 MiB of activations
@@ -60,7 +60,7 @@ SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 # then depends on (input, mask seed, passes) alone; docs/DESIGN.md: Mask sets.
 DEFAULT_MASKS = "shared"
 # A shared set is kept between predicts while it takes at most this share of max_chunk_bytes
-# (the shipped CNN's set at T=50 is 12 MiB); a larger one is drawn per run, for that run's passes.
+# (the shipped CNN's set at T=50 is 17.5 MB, 87,616 floats a pass); a larger one is drawn per run, for that run's passes.
 MASK_SET_SHARE = 4
 # A run holds its slice of the set about 3 times: the feed, each layer's part of it, the masks.
 MASK_COPIES = 3
@@ -353,7 +353,7 @@ class MCSession:
         fits MASK_SET_SHARE, else drawn per run. Pass t depends on (seed, t) alone, so a set drawn
         for more passes holds the one for fewer."""
         layout = self._info.mask_layout
-        if passes * layout.bytes_per_pass > self.max_chunk_bytes // MASK_SET_SHARE:
+        if not self._keeps_mask_set(passes):
             return lambda first, count: mask_sets.draw(layout, seed, first, count)
         with self._lock:
             cached = self._mask_cache
@@ -363,6 +363,10 @@ class MCSession:
                 self._mask_cache = cached
         whole = cached[1]
         return lambda first, count: whole[first:first + count]
+
+    def _keeps_mask_set(self, passes: int) -> bool:
+        """Whether a shared set of `passes` passes is kept between predicts (MASK_SET_SHARE)."""
+        return passes * self._info.mask_layout.bytes_per_pass <= self.max_chunk_bytes // MASK_SET_SHARE
 
     def _plan(self, batch: int, passes: int, shared: bool = False) -> Tuple[List[Tuple[slice, int]], int]:
         """(The runs predict makes, the workers that share them). A run is (rows of the batch,
@@ -389,7 +393,7 @@ class MCSession:
         # else runs would shrink to one row and one pass (10,000 inputs x 100 passes: 1M runs).
         budget = max(self.max_chunk_bytes - samples, self.max_chunk_bytes // 2)
         per_pass_masks = MASK_COPIES * self._info.mask_layout.bytes_per_pass if shared else 0
-        if shared and passes * self._info.mask_layout.bytes_per_pass <= self.max_chunk_bytes // MASK_SET_SHARE:
+        if shared and self._keeps_mask_set(passes):
             budget -= passes * self._info.mask_layout.bytes_per_pass
         floats = passes * batch * self._info.activation_floats_per_sample
         workers = self._max_workers if self._big(batch, passes) and (
@@ -423,9 +427,10 @@ class MCSession:
         """One onnxruntime run; outputs: None for every output's samples, () for every graph output.
         masks: the shared set's rows for these passes; None: independent masks."""
         session = session or self._session
-        feed = {**x, PASSES: np.array(passes, dtype=np.int64), STOCHASTIC: np.array(stochastic, dtype=np.bool_)}
-        if self._info.format >= MASKS_FROM_FORMAT:
-            feed[mask_sets.MASKS] = masks if masks is not None else mask_sets.empty(self._info.mask_layout)
+        layout = self._info.mask_layout
+        feed = {**x, **mask_sets.control_feeds(passes, stochastic, masks, layout.floats_per_pass if layout else 0)}
+        if self._info.format < MASKS_FROM_FORMAT:
+            del feed[mask_sets.MASKS]  # files from before mask sets have no such input
         names = list(self._samples if outputs is None else outputs) or [arg.name for arg in session.get_outputs()]
         # A failing kernel would also print its error straight to fd 2; the exception carries it.
         options = ort.RunOptions()

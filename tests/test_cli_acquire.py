@@ -69,7 +69,9 @@ def test_batchbald_from_the_cli_equals_batchbald_on_the_whole_pool_for_any_batch
                         "--mask-seed", MASK_SEED, "--batch-size", batch_size, "--out", out)
         assert result.exit_code == 0, result.output
         rankings.append([line.split(",") for line in out.read_text().splitlines()[1:]])
-    assert rankings[0] == rankings[1]  # shared masks: the split of the pool changes nothing
+    # Shared masks: the split of the pool changes nothing but float rounding (GEMMs of other sizes).
+    assert [row[:3] for row in rankings[0]] == [row[:3] for row in rankings[1]]
+    np.testing.assert_allclose([float(r[3]) for r in rankings[0]], [float(r[3]) for r in rankings[1]], rtol=1e-5)
     indices, scores = acquisition.batchbald(_samples(x), 3)
     assert [int(row[1]) for row in rankings[0]] == indices.tolist()
     np.testing.assert_allclose([float(row[3]) for row in rankings[0]], scores, rtol=1e-5)

@@ -15,7 +15,7 @@ import pytest
 
 from mcdrop.runtime import masks
 from mcdrop.runtime.inputs import load_inputs
-from mcdrop.runtime.masks import MaskEntry, MaskLayout
+from mcdrop.runtime.masks import MaskLayout
 from mcdrop.runtime.onnx_file import read_model
 from mcdrop.runtime.session import MCSession
 from js_support import EXAMPLES, INFER_JS, LIVE_ATOL, NODE_TIMEOUT, ROOT, golden, node, node_modules, run_node, \
