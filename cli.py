@@ -626,6 +626,87 @@ def acquire(
         typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
 
 
+@app.command()
+@reports_errors
+def score(
+    inputs: List[str] = typer.Argument(..., help="Images, folders and globs of them, .npy / .npz arrays (a row per "
+                                                 "input), Parquet or CSV lists of image paths (column 'path')."),
+    out: Path = typer.Option(..., help="The Parquet output: a file (local engine) or a folder of files (ray)."),
+    model: Path = typer.Option(DEFAULT_MODEL, help="The mcdrop ONNX file."),
+    engine: str = typer.Option("local", help="local: this process, every core; ray: Ray Data actors."),
+    address: Optional[str] = typer.Option(None, help="ray: the cluster to join [default: start Ray on this machine]."),
+    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
+    mask_seed: Optional[int] = typer.Option(None, help="Seed of the one shared mask set that scores every input "
+                                                       "[default: the resumed job's, else fresh; in every row]."),
+    batch_size: int = typer.Option(256, help="Inputs scored per predict."),
+    workers: Optional[int] = typer.Option(None, help="local: CPU threads [every core]; ray: actors [the cluster's "
+                                                     "CPUs, or its GPUs with --gpus-per-worker]."),
+    gpus_per_worker: float = typer.Option(0, help="ray: GPUs per actor (e.g. 1 with --device cuda)."),
+    measures: List[str] = typer.Option([], "--measures", help="Measure columns to write, repeatable or comma-separated "
+                                                              "[default: every measure of the head]."),
+    keep_samples: bool = typer.Option(False, "--keep-samples", help="Also write each input's [T, outputs] samples."),
+    output: Optional[str] = typer.Option(None, help="The output to score, for a model with several."),
+    uncertain_if: Optional[str] = typer.Option(None, help="UNCERTAIN rule instead of the file's."),
+    on_error: str = typer.Option("skip", help="An input that cannot be read: skip (a row with its error) or stop."),
+    resume: bool = typer.Option(False, "--resume", help="Continue a job that stopped, skipping the inputs it wrote."),
+    device: str = DEVICE_OPTION,
+    max_chunk_mb: float = MAX_CHUNK_OPTION,
+    limit: List[str] = LIMIT_OPTION,
+    no_verify: bool = NO_VERIFY_OPTION,
+):
+    """Score many inputs into Parquet: a row per input with label, mean, variance, every measure and UNCERTAIN."""
+    limits = _limits(limit)
+    _check_run_options(limits, passes, max_chunk_mb, workers)
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine {engine!r}: choose local or ray")
+    if address is not None and engine != "ray":
+        raise InputError("--address is for --engine ray")
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be >= 1, got {batch_size}")
+    if not 0 <= gpus_per_worker < 2**20:
+        raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    from .runtime.scoring import ON_ERROR, checkpoint_folder, require_pyarrow, score_options
+
+    if on_error not in ON_ERROR:
+        raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
+    require_pyarrow()
+    if engine == "ray":
+        from .runtime.ray_scoring import require_ray
+
+        require_ray()
+    else:
+        from .runtime.files import check_writable_target
+
+        check_writable_target(out)
+
+    from .runtime.session import MCSession
+    from .runtime.sources import plan_inputs
+
+    max_chunk_bytes = max(1, int(max_chunk_mb * 2**20))
+    session = MCSession(model, device=device, threads=workers if engine == "local" else 1,
+                        max_chunk_bytes=max_chunk_bytes, limits=limits, verify=not no_verify)
+    wanted = [name.strip() for item in measures for name in item.split(",") if name.strip()]
+    options = score_options(session, passes, mask_seed, output, wanted, keep_samples, uncertain_if, on_error,
+                            resume_from=checkpoint_folder(out) if resume else None)
+    plan = plan_inputs(inputs, session.info)
+    if engine == "local":
+        from .runtime.scoring import score_local
+
+        with typer.progressbar(length=plan.total, label="Scoring", file=sys.stderr) as bar:
+            summary = score_local(session, plan, out, options, batch_size=batch_size, resume=resume, limits=limits,
+                                  progress=lambda done, total: bar.update(done - bar.pos))
+    else:
+        from .runtime.ray_scoring import score_with_ray
+
+        summary = score_with_ray(plan, out, model, options, batch_size=batch_size, workers=workers,
+                                 num_gpus=gpus_per_worker, device=device, max_chunk_bytes=max_chunk_bytes,
+                                 resume=resume, address=address, limits=limits, verify=not no_verify)
+    masks = f"masks shared (seed {summary.mask_seed})" if summary.mask_seed is not None else "masks independent"
+    resumed = f", {summary.rows - summary.scored} were done before" if summary.scored < summary.rows else ""
+    typer.echo(f"scored {summary.scored} inputs{resumed} ({summary.failed} could not be read) into "
+               f"{terminal_safe(_shown(Path(summary.out)))}  engine {engine}  passes {summary.passes}  {masks}")
+
+
 def _check_run_options(limits, passes, max_chunk_mb=None, threads=None) -> None:
     """The options infer, evaluate and calibrate share, checked before any work."""
     if passes is not None and passes < 1:

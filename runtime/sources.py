@@ -1,0 +1,417 @@
+"""Inputs of a scoring job, listed once and read a batch at a time in bounded memory.
+
+`plan_inputs` turns the command line's INPUTS (images, folders and globs of them, .npy / .npz
+arrays, Parquet or CSV lists of image paths) into an InputPlan: every input gets a position
+(`index`, its place in the listing) and an `id` (the image's path, or `file.npy[row]` as `infer`
+names array rows), and nothing but array headers is read. `refs` then yields the inputs as small
+columnar batches of references (index, id, path, row, member) and `load_refs` reads one such
+batch: each image decoded and preprocessed as `infer` does (runtime/inputs.py), each array row
+read by seeking into its file, never the whole array. The references are plain columns, so the
+same batch can travel through Ray Data to another process and be read there (runtime/ray_scoring.py).
+
+Command-line mistakes (a missing file, a glob with no match, an array of the wrong shape) are
+InputErrors raised by plan_inputs before anything is scored. A single input that cannot be read
+(a corrupt image, a row with NaN) is reported per input by load_refs, for the caller to skip or stop.
+"""
+
+import csv
+import os
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import inputs as image_inputs
+from .errors import InputError, first_line
+from .files import open_regular
+from .limits import DEFAULT, Limits
+from .metadata import ModelInfo
+
+LIST_EXTENSIONS = (".parquet", ".csv")
+# The column of a Parquet / CSV list that holds image paths (or its only column), and its optional ids.
+PATH_COLUMN = "path"
+ID_COLUMN = "id"
+NO_ROW = -1  # the `row` of an image reference
+# Array files a process keeps open at once (reading runs of rows from the same few files).
+OPEN_READERS = 4
+REF_COLUMNS = ("index", "id", "path", "row", "member")
+
+
+def display_name(path: str) -> str:
+    """A path as valid UTF-8 for ids and Arrow strings: bytes that are not UTF-8 (surrogate
+    escapes from the file system) become the text \\xNN."""
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in path):
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    return path
+
+
+@dataclass(frozen=True)
+class ArrayFile:
+    """An .npy file, or an .npz (one member, or one per model input), whose rows are inputs."""
+
+    path: str
+    members: Tuple[Optional[str], ...]  # (None,) for an .npy; npz member names (model input order)
+    rows: int
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A run of consecutive inputs from one command-line item: image paths, or an array file."""
+
+    start: int
+    count: int
+    images: Optional[List[str]] = None
+    image_ids: Optional[List[str]] = None
+    array: Optional[ArrayFile] = None
+
+
+class InputPlan:
+    """Every input of a job in order; nothing but array headers has been read."""
+
+    def __init__(self, segments: List[Segment], names: Optional[Sequence[str]]):
+        self.segments = segments
+        self.names = names  # the model's input names when it takes several (npz members), else None
+        self.total = sum(segment.count for segment in segments)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def fingerprint(self) -> str:
+        """A digest of what the inputs are (paths, array files and their sizes), to tell a resumed
+        job that it is given the same inputs."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for segment in self.segments:
+            if segment.array is not None:
+                digest.update(repr((segment.array.path, segment.array.members, segment.array.rows)).encode(
+                    "utf-8", "backslashreplace"))
+            else:
+                for path in segment.images:
+                    digest.update(path.encode("utf-8", "backslashreplace") + b"\0")
+        return digest.hexdigest()
+
+    def refs(self, batch_size: int, skip: Optional[np.ndarray] = None) -> Iterator[Dict[str, np.ndarray]]:
+        """Batches of at most batch_size references, in index order; `skip`: a bool array over
+        the indices, True for inputs already done."""
+        pending: List[Dict[str, np.ndarray]] = []
+        size = 0
+        for segment in self.segments:
+            for lo in range(0, segment.count, batch_size):
+                hi = min(lo + batch_size, segment.count)
+                part = _segment_refs(segment, lo, hi)
+                if skip is not None:
+                    part = _take(part, ~skip[part["index"]])
+                while len(part["index"]):
+                    room = batch_size - size
+                    pending.append(_take(part, slice(0, room)))
+                    size += len(pending[-1]["index"])
+                    part = _take(part, slice(room, None))
+                    if size == batch_size:
+                        yield _concat(pending)
+                        pending, size = [], 0
+        if pending:
+            yield _concat(pending)
+
+
+def plan_inputs(items: Sequence[str], info: ModelInfo) -> InputPlan:
+    """The InputPlan of the command line's INPUTS, in the order given (folders and globs sorted)."""
+    names = info.input_names if len(info.model_inputs) > 1 else None
+    segments: List[Segment] = []
+    start = 0
+    for item in map(str, items):
+        for path in image_inputs._expand([item], None):
+            segment = _segment(path, info, names, start)
+            if segment.count:
+                segments.append(segment)
+                start += segment.count
+    if not start:
+        raise InputError("no inputs given")
+    return InputPlan(segments, names)
+
+
+def load_refs(refs: Dict[str, np.ndarray], info: ModelInfo, readers: "ArrayReaders",
+              limits: Limits = DEFAULT):
+    """(x, errors): the batch of the inputs that could be read (an array, or a dict by input
+    name for a model with several; None when none could), and {position in refs: one-line
+    message} for those that could not."""
+    count = len(refs["index"])
+    parts: Dict[int, Dict[Optional[str], np.ndarray]] = {}
+    errors: Dict[int, str] = {}
+    rows = refs["row"]
+    for i in np.flatnonzero(rows == NO_ROW):
+        path = os.fsdecode(refs["path"][i])
+        try:
+            if path.lower().endswith(image_inputs.IMAGE_EXTENSIONS):
+                parts[i] = {None: image_inputs._load_image(path, info, limits)}
+            else:
+                raise InputError(f"{display_name(path)}: not an image ({', '.join(image_inputs.IMAGE_EXTENSIONS)})")
+        except InputError as err:
+            errors[i] = str(err)
+    arrays = np.flatnonzero(rows != NO_ROW)
+    for (path, member), where in _runs(refs, arrays):
+        try:
+            values = readers.read(os.fsdecode(path), member, info, rows[where[0]], len(where))
+        except InputError as err:
+            errors.update((i, str(err)) for i in where)
+            continue
+        for j, i in enumerate(where):
+            bad = [name for name, array in values.items()
+                   if array.dtype.kind == "f" and not np.isfinite(array[j]).all()]
+            if bad:
+                errors[i] = f"{refs['id'][i]}: holds NaN or infinite values"
+            else:
+                parts[i] = {name: array[j] for name, array in values.items()}
+    good = sorted(parts)
+    if not good:
+        return None, errors
+    keys = list(parts[good[0]])
+    batch = {key: np.stack([parts[i][key] for i in good]) for key in keys}
+    x = batch[None] if keys == [None] else batch
+    assert len(good) + len(errors) == count
+    return x, errors
+
+
+class ArrayReaders:
+    """Open array files, kept between batches (a few at a time), reading rows by seeking."""
+
+    def __init__(self, size: int = OPEN_READERS):
+        self._open: "OrderedDict[Tuple[str, Optional[str]], _RowReader]" = OrderedDict()
+        self._size = size
+
+    def read(self, path: str, member: Optional[str], info: ModelInfo, start: int, count: int) -> Dict:
+        """{input name or None: rows start..start+count} of the file's member (every named member
+        of a several-input .npz when member is None and the model takes several inputs)."""
+        names = [member] if member is not None or len(info.model_inputs) == 1 else info.input_names
+        return {None if len(info.model_inputs) == 1 else name: self._reader(path, name).rows(start, count)
+                for name in names}
+
+    def _reader(self, path: str, member: Optional[str]) -> "_RowReader":
+        key = (path, member)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        reader = _RowReader(path, member)
+        self._open[key] = reader
+        while len(self._open) > self._size:
+            self._open.popitem(last=False)[1].close()
+        return reader
+
+    def close(self) -> None:
+        while self._open:
+            self._open.popitem()[1].close()
+
+
+class _RowReader:
+    """Rows of one .npy array (a file, or an .npz member) read by seeking past its header."""
+
+    def __init__(self, path: str, member: Optional[str]):
+        self.path = path
+        self._file = os.fdopen(open_regular(path), "rb")
+        self._archive = None
+        try:
+            if member is not None or path.lower().endswith(".npz"):
+                image_inputs._check_zip_directory(self._file, path)
+                self._archive = zipfile.ZipFile(self._file)
+                self._stream = self._archive.open(self._member_name(member))
+                size = self._archive.getinfo(self._member_name(member)).file_size
+            else:
+                self._stream = self._file
+                size = os.fstat(self._file.fileno()).st_size
+            self.shape, self.dtype = _npy_header(self._stream, path)
+            self._data = self._stream.tell()
+            self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+            if self._data + self.shape[0] * self._row_bytes > size:
+                raise InputError(f"{path}: cannot read array (truncated)")
+        except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile, KeyError) as err:
+            self.close()
+            raise InputError(f"{path}: cannot read array ({first_line(err)})") from None
+        except BaseException:
+            self.close()
+            raise
+
+    def _member_name(self, member: Optional[str]) -> str:
+        if member is None:  # the only array, or the one named 'x' or 'input' (as infer reads it)
+            return image_inputs._npz_members(self._archive, self.path)[None].filename
+        return member + ".npy"
+
+    def rows(self, start: int, count: int) -> np.ndarray:
+        try:
+            self._stream.seek(self._data + int(start) * self._row_bytes)
+            data = image_inputs._read_exactly(self._stream, count * self._row_bytes, self.path)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            raise InputError(f"{self.path}: cannot read array ({first_line(err)})") from None
+        return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
+
+    def close(self) -> None:
+        for thing in (getattr(self, "_stream", None), self._archive, self._file):
+            if thing is not None:
+                try:
+                    thing.close()
+                except OSError:
+                    pass
+
+
+# Planning ---------------------------------------------------------------------------------------
+
+def _segment(path: str, info: ModelInfo, names, start: int) -> Segment:
+    lower = path.lower()
+    if lower.endswith(image_inputs.ARRAY_EXTENSIONS):
+        array = _array_file(path, info, names)
+        return Segment(start, array.rows, array=array)
+    if lower.endswith(LIST_EXTENSIONS):
+        paths, ids = _listed_images(path)
+        return Segment(start, len(paths), images=paths, image_ids=ids)
+    if lower.endswith(image_inputs.IMAGE_EXTENSIONS):
+        if not os.path.lexists(path):
+            raise InputError(f"{path}: no such file")
+        return Segment(start, 1, images=[path], image_ids=[display_name(path)])
+    extension = os.path.splitext(lower)[1]
+    raise InputError(f"{display_name(path)}: unsupported input {extension or '(no extension)'!r}; score reads images "
+                     f"({', '.join(image_inputs.IMAGE_EXTENSIONS)}), folders and globs of them, arrays "
+                     f"({', '.join(image_inputs.ARRAY_EXTENSIONS)}) and lists of image paths "
+                     f"({', '.join(LIST_EXTENSIONS)}, column {PATH_COLUMN!r})")
+
+
+def _array_file(path: str, info: ModelInfo, names) -> ArrayFile:
+    """The array file's rows, its header (and each member's) checked against the model."""
+    if names is not None and not path.lower().endswith(".npz"):
+        raise InputError(f"{path}: the model takes {len(names)} inputs ({', '.join(names)}); give an .npz "
+                         "holding one array per input name")
+    members = tuple(names) if names is not None else (None,)
+    sizes = []
+    for member in members:
+        reader = _RowReader(path, member)
+        try:
+            where = path if member is None else f"{path}[{member}]"
+            if reader.dtype.kind not in "fiu":
+                raise InputError(f"{where}: cannot read array of dtype {reader.dtype}: inputs must be real numbers")
+            if len(reader.shape) == 0:
+                raise InputError(f"{where}: holds a single number, not a batch")
+            problem = info.shape_problem(reader.shape, member)
+            if problem:
+                raise InputError(f"{where}: holds {problem}")
+            sizes.append(reader.shape[0])
+        finally:
+            reader.close()
+    if len(set(sizes)) > 1:
+        raise InputError(f"{path}: its arrays differ in batch size ("
+                         + ", ".join(f"{name} {size}" for name, size in zip(members, sizes)) + ")")
+    return ArrayFile(path, members if names is not None else (None,), sizes[0])
+
+
+def _npy_header(stream, path: str):
+    version = np.lib.format.read_magic(stream)
+    shape, fortran_order, dtype = image_inputs._header_reader(version)(
+        stream, max_header_size=image_inputs.NPY_HEADER_BYTES)
+    if dtype.hasobject:
+        raise InputError(f"{path}: cannot read array of dtype {dtype}: inputs must be real numbers")
+    if any(d < 0 for d in shape):
+        raise InputError(f"{path}: cannot read array (negative size in its header {list(shape)})")
+    if fortran_order and len(shape) > 1:
+        raise InputError(f"{path}: the array is stored in Fortran order; score reads rows of C-order arrays "
+                         "(save np.ascontiguousarray(x))")
+    return tuple(shape), dtype
+
+
+def _listed_images(path: str) -> Tuple[List[str], List[str]]:
+    """(paths, ids) of a Parquet or CSV list: its `path` column (or only column), relative paths
+    taken from the list's own folder; ids from its `id` column, else the paths as listed."""
+    if path.lower().endswith(".csv"):
+        columns = _csv_columns(path)
+    else:
+        columns = _parquet_columns(path)
+    if PATH_COLUMN in columns:
+        listed = columns[PATH_COLUMN]
+    elif len(columns) == 1:
+        listed = next(iter(columns.values()))
+    else:
+        raise InputError(f"{path}: a list of images needs a column named {PATH_COLUMN!r} (it has "
+                         f"{', '.join(list(columns)[:8])})")
+    ids = columns.get(ID_COLUMN)
+    folder = os.path.dirname(path)
+    paths, shown = [], []
+    for i, entry in enumerate(listed):
+        if entry is None or str(entry) == "":
+            raise InputError(f"{path}: row {i + 1} has no path")
+        entry = str(entry)
+        paths.append(entry if os.path.isabs(entry) else os.path.join(folder, entry))
+        shown.append(display_name(str(ids[i])) if ids is not None and ids[i] is not None else display_name(entry))
+    return paths, shown
+
+
+def _csv_columns(path: str) -> Dict[str, list]:
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "r", newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if not header:
+                raise InputError(f"{path}: empty list (a CSV needs a header row naming the {PATH_COLUMN!r} column)")
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise InputError(f"{path}: cannot read CSV ({first_line(err)})") from None
+    return {name: [row[j] if j < len(row) else None for row in rows] for j, name in enumerate(header)}
+
+
+def _parquet_columns(path: str) -> Dict[str, list]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise InputError(f"{path}: reading a Parquet list needs pyarrow (pip install -e \".[score]\")") from None
+    fd = open_regular(path)
+    try:
+        with os.fdopen(fd, "rb") as f:
+            schema = pq.read_schema(f)
+            wanted = [name for name in (PATH_COLUMN, ID_COLUMN) if name in schema.names] or schema.names[:2]
+            table = pq.read_table(f, columns=wanted)
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 - pyarrow raises many types for a corrupt file
+        raise InputError(f"{path}: cannot read Parquet ({first_line(err)})") from None
+    return {name: table.column(name).to_pylist() for name in table.column_names}
+
+
+# References -------------------------------------------------------------------------------------
+
+def _segment_refs(segment: Segment, lo: int, hi: int) -> Dict[str, np.ndarray]:
+    index = np.arange(segment.start + lo, segment.start + hi, dtype=np.int64)
+    if segment.array is not None:
+        array = segment.array
+        shown = display_name(array.path)
+        member = array.members[0] if len(array.members) == 1 else None
+        return {"index": index, "id": np.array([f"{shown}[{row}]" for row in range(lo, hi)], dtype=object),
+                "path": np.array([os.fsencode(array.path)] * (hi - lo), dtype=object),
+                "row": np.arange(lo, hi, dtype=np.int64),
+                "member": np.array([member] * (hi - lo), dtype=object)}
+    return {"index": index, "id": np.array(segment.image_ids[lo:hi], dtype=object),
+            "path": np.array([os.fsencode(path) for path in segment.images[lo:hi]], dtype=object),
+            "row": np.full(hi - lo, NO_ROW, dtype=np.int64),
+            "member": np.array([None] * (hi - lo), dtype=object)}
+
+
+def _take(refs: Dict[str, np.ndarray], where) -> Dict[str, np.ndarray]:
+    return {name: column[where] for name, column in refs.items()}
+
+
+def _concat(parts: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+def _runs(refs: Dict[str, np.ndarray], positions: np.ndarray):
+    """((path, member), positions) for each run of consecutive rows of one array, in order."""
+    run: List[int] = []
+    key = None
+    for i in positions:
+        here = (refs["path"][i], refs["member"][i])
+        if run and (here != key or refs["row"][i] != refs["row"][run[-1]] + 1):
+            yield key, run
+            run = []
+        key = here
+        run.append(int(i))
+    if run:
+        yield key, run
