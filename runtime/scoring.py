@@ -46,8 +46,12 @@ MEASURES = {
 # A part file is closed, and so becomes a checkpoint, once it holds this many bytes of rows or
 # PART_ROWS rows; the merged output has one row group per part. Both bound what a crash loses
 # and what merging holds in memory (one part).
-PART_BYTES = 32 * 2**20
-PART_ROWS = 8192
+PART_BYTES = 16 * 2**20
+PART_ROWS = 2048
+# What the local engine holds besides the session's max_chunk_bytes: the open part's rows and the
+# writer's buffers, then one part while merging (PART_BYTES each), two loaded batches, pyarrow's
+# pools. Measured in docs/DESIGN.md: Scoring; tests/test_score.py holds a 100,000-input job to it.
+MEMORY_OVERHEAD = 96 * 2**20
 JOB_FILE = "_job.json"
 PART_PREFIX = "part-"
 METADATA_KEY = b"mcdrop"
@@ -274,7 +278,7 @@ class Checkpoint:
 
     def __init__(self, folder: Path, identity: dict, resume: bool):
         self.folder = Path(folder)
-        self.identity = identity
+        self.identity = identity = json.loads(json.dumps(identity))  # as read back: tuples are lists
         found = self.folder / JOB_FILE
         if self.folder.exists() and not resume:
             raise InputError(f"{self.folder} holds an unfinished job's rows; continue it with --resume, "
@@ -318,7 +322,7 @@ class Checkpoint:
         """bool [total]: the indices that already have a row."""
         done = np.zeros(self.identity["total"], bool)
         for path in self.parts():
-            index = pq.read_table(path, columns=["index"]).column("index").to_numpy()
+            index = _read(path, ["index"]).column("index").to_numpy()
             if len(index) and (index.min() < 0 or index.max() >= len(done)):
                 raise InputError(f"{path}: holds rows of other inputs; delete {self.folder} to start again")
             done[index] = True
@@ -367,17 +371,23 @@ def merge_parts(checkpoint: Checkpoint, out: Path, schema: "pa.Schema") -> int:
     from .files import atomic_writer
 
     parts = checkpoint.parts()
-    firsts = [pq.read_table(path, columns=["index"]).column("index").to_numpy()[:1] for path in parts]
+    firsts = [_read(path, ["index"]).column("index").to_numpy()[:1] for path in parts]
     order = sorted(range(len(parts)), key=lambda i: int(firsts[i][0]) if len(firsts[i]) else -1)
     rows = 0
     with atomic_writer(out) as f:
         with pq.ParquetWriter(f, schema) as writer:
             for i in order:
-                table = pq.read_table(parts[i]).cast(schema)
+                table = _read(parts[i]).cast(schema)
                 writer.write_table(table, row_group_size=max(1, table.num_rows))
                 rows += table.num_rows
     shutil.rmtree(checkpoint.folder)
     return rows
+
+
+def _read(path: Path, columns=None) -> "pa.Table":
+    # Single-threaded: pyarrow's reader threads keep 25-50 MB of heaps resident for good
+    # (measured in docs/DESIGN.md: Scoring), more than a part's own rows.
+    return pq.ParquetFile(path).read(columns=columns, use_threads=False)
 
 
 def checkpoint_folder(out) -> Path:
@@ -439,8 +449,8 @@ def score_local(session, plan, out, options: ScoreOptions, batch_size: int = 256
                 if progress is not None:
                     progress(finished, plan.total)
         writer.flush()
-    except InputError as err:  # --on-error stop
-        writer.abandon()
+    except InputError as err:  # --on-error stop: the batches before it are complete rows, kept
+        writer.flush()
         checkpoint.discard_if_empty()
         kept = f" (the rows scored before it stay in {checkpoint.folder}; --resume continues)" \
             if checkpoint.folder.is_dir() else ""
