@@ -82,7 +82,12 @@ class ScoreActor:
         return rows
 
     def _score_arrays(self, table):
-        x = np.stack(_column(table, self.array_column)) if table.num_rows else None
+        import pyarrow as pa
+
+        # Ray's tensor columns give their arrays, shape and all, per combined array (not per chunk).
+        values = table.column(self.array_column).combine_chunks()
+        x = values.to_numpy(zero_copy_only=False) if isinstance(values.type, pa.ExtensionType) \
+            else np.stack(values.to_numpy(zero_copy_only=False))
         index = _column(table, "index") if "index" in table.column_names else np.full(table.num_rows, -1)
         ids = _column(table, "id") if "id" in table.column_names else np.array([str(i) for i in index], object)
         flat = x.reshape(len(x), -1)

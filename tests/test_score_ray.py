@@ -1,0 +1,141 @@
+"""The Ray engine of `cli.py score`, on a local Ray instance with 2 CPUs: the same rows as the local
+engine for any batch size, every input once, also when an actor dies midway or a job is resumed."""
+
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mcdrop import cli
+from mcdrop.runtime import scoring
+from mcdrop.runtime.scoring import ScoreOptions, read_scores, score_local
+from mcdrop.runtime.session import MCSession
+from mcdrop.runtime.sources import plan_inputs
+from conftest import ROOT
+from test_score import assert_same_rows
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+from mcdrop.runtime.ray_scoring import FAULT_ENV, score_dataset, score_with_ray  # noqa: E402
+
+# One Ray instance for the whole module, on one xdist worker (pyproject: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray")
+CNN = ROOT / "models" / "cnn.onnx"
+OPTIONS = ScoreOptions(passes=10, mask_seed=21)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """120 real digits as an .npy, 6 of them again as PNG images, and one broken image."""
+    sys.path.insert(0, str(ROOT / "models"))
+    import build_models
+
+    images, _ = build_models.digits_28x28()
+    folder = tmp_path_factory.mktemp("inputs")
+    np.save(folder / "digits.npy", build_models.to_input(images[:120], flat=False).astype(np.float32))
+    (folder / "images").mkdir()
+    for i in range(6):
+        Image.fromarray(images[i]).save(folder / "images" / f"{i}.png")
+    (folder / "images" / "broken.png").write_bytes(b"not a png")
+    return [str(folder / "digits.npy"), str(folder / "images")]
+
+
+@pytest.fixture(scope="module")
+def local_rows(inputs, tmp_path_factory):
+    session = MCSession(CNN)
+    out = tmp_path_factory.mktemp("local") / "local.parquet"
+    score_local(session, plan_inputs(inputs, session.info), out, OPTIONS, batch_size=64)
+    return read_scores(out)
+
+
+def _ray(inputs, out, batch_size=16, **kwargs):
+    plan = plan_inputs(inputs, MCSession(CNN).info)
+    summary = score_with_ray(plan, out, CNN, OPTIONS, batch_size=batch_size, workers=2, **kwargs)
+    table = read_scores(out)
+    assert table.column("index").to_pylist() == list(range(plan.total))  # every input exactly once
+    return summary, table
+
+
+@pytest.mark.parametrize("batch_size", [16, 48])
+def test_ray_rows_equal_the_local_engines(inputs, local_rows, tmp_path, batch_size):
+    summary, table = _ray(inputs, tmp_path / "scores.parquet", batch_size)
+    assert summary.failed == 1 and summary.rows == local_rows.num_rows == 127
+    assert (tmp_path / "scores.parquet").is_dir() and not scoring.checkpoint_folder(tmp_path / "scores.parquet").exists()
+    assert_same_rows(table, local_rows)
+
+
+def test_an_actor_that_dies_midway_is_replaced_and_its_batch_redone(inputs, local_rows, tmp_path, monkeypatch):
+    marker = tmp_path / "an-actor-exited"
+    monkeypatch.setenv(FAULT_ENV, str(marker))
+    summary, table = _ray(inputs, tmp_path / "scores.parquet", batch_size=8)
+    assert marker.exists()  # the hook did kill an actor
+    assert summary.rows == local_rows.num_rows
+    assert_same_rows(table, local_rows)
+
+
+def test_resume_writes_only_the_missing_inputs(inputs, local_rows, tmp_path):
+    whole = tmp_path / "whole.parquet"
+    _ray(inputs, whole, batch_size=16)
+    out = tmp_path / "resumed.parquet"
+    plan = plan_inputs(inputs, MCSession(CNN).info)
+    checkpoint = scoring.Checkpoint(scoring.checkpoint_folder(out),
+                                    scoring.job_identity(CNN, plan, OPTIONS, "ray"), resume=False)
+    files = sorted(whole.iterdir())
+    for path in files[: len(files) // 2]:  # what a job stopped halfway had written
+        shutil.copy(path, checkpoint.folder / path.name)
+    (checkpoint.folder / "torn.parquet").write_bytes(b"PAR1 a file the crash cut short")
+    kept = int(checkpoint.done().sum())
+    assert 0 < kept < plan.total
+    summary, table = _ray(inputs, out, batch_size=16, resume=True)
+    assert summary.scored == plan.total - kept
+    assert_same_rows(table, local_rows)
+
+
+def test_the_cli_runs_the_ray_engine(inputs, local_rows, tmp_path):
+    out = tmp_path / "scores.parquet"
+    result = runner.invoke(cli.app, ["score", *inputs, "--model", str(CNN), "--out", str(out), "--engine", "ray",
+                                     "--passes", "10", "--mask-seed", "21", "--batch-size", "32", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "engine ray" in result.output and "masks shared (seed 21)" in result.output
+    assert_same_rows(read_scores(out), local_rows)
+    stop = runner.invoke(cli.app, ["score", *inputs, "--model", str(CNN), "--out", str(tmp_path / "stop.parquet"),
+                                   "--engine", "ray", "--on-error", "stop", "--passes", "2"])
+    assert stop.exit_code == 2
+    assert stop.output.strip().splitlines()[-1].startswith("error: ") and "broken.png" in stop.output
+
+
+def test_score_dataset_maps_a_dataset_of_arrays(local_rows):
+    x = np.load(local_rows.column("id")[0].as_py().split("[")[0])
+    items = [{"index": i, "id": f"row {i}", "x": x[i]} for i in range(len(x))]
+    items[3]["x"] = np.full_like(x[3], np.nan)
+    scored = score_dataset(ray.data.from_items(items), CNN, passes=OPTIONS.passes, mask_seed=OPTIONS.mask_seed,
+                           array_column="x", batch_size=25, workers=2)
+    import pyarrow as pa
+
+    table = pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
+    table = table.take(np.argsort(table.column("index").to_numpy()))
+    assert table.column("index").to_pylist() == list(range(len(x)))
+    assert "NaN" in table.column("error")[3].as_py()
+    expected = local_rows.slice(0, len(x))
+    keep = [i for i in range(len(x)) if i != 3]
+    np.testing.assert_allclose(np.stack(table.column("mean").to_numpy(zero_copy_only=False)[keep]),
+                               np.stack(expected.column("mean").to_numpy(zero_copy_only=False)[keep]), atol=2e-6)
+
+
+def test_a_missing_ray_extra_is_one_line():
+    code = ("import sys; sys.modules['ray'] = None; sys.argv = ['cli.py', 'score', 'x.npy', '--out', 'o.parquet', "
+            "'--engine', 'ray']; from mcdrop import cli; cli.main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2
+    assert done.stderr.strip() == 'error: --engine ray needs Ray: pip install -e ".[ray]"'
