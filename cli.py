@@ -221,28 +221,22 @@ def _predict(session, x, passes, dropout, threshold, top_k, count, uncertain_if=
 
 
 
-def _summary(prediction, i: int) -> dict:
-    """The table's cells for input i: label, confidence, std and mutual information of the decision."""
+def _summary(prediction, i: int, decided) -> dict:
+    """The table's cells for input i: label, confidence, std and mutual information of the decision
+    (`decided`: prediction.decided(), computed once per table)."""
     m, head = prediction.measures, prediction.head
+    labels, confidence = decided
+    if head == "regression":
+        return {"label": " ".join(f"{v:.4g}" for v in prediction.mean[i].reshape(-1)), "confidence": "-",
+                "std": " ".join(f"{v:.3g}" for v in m["std"][i].reshape(-1)), "mutual_information": "-"}
+    cells = {"label": labels[i] or "-", "confidence": f"{confidence[i]:.3f}"}
     if head in ("softmax", "logits"):
         label = int(m["label"][i])
-        return {"label": str(m["label_name"][i]) if "label_name" in m else str(label),
-                "confidence": f"{m['confidence'][i]:.3f}", "std": f"{m['std'][i][label]:.3f}",
-                "mutual_information": f"{m['mutual_information'][i]:.3f}"}
+        return {**cells, "std": f"{m['std'][i][label]:.3f}", "mutual_information": f"{m['mutual_information'][i]:.3f}"}
     if head == "binary":
-        p, decided = float(m["probability"][i]), bool(m["decision"][i])
-        return {"label": str(m["label_name"][i]) if "label_name" in m else str(int(decided)),
-                "confidence": f"{p if decided else 1 - p:.3f}", "std": f"{m['std'][i]:.3f}",
-                "mutual_information": f"{m['mutual_information'][i]:.3f}"}
-    if head == "multilabel":
-        active = m["active_labels"][i] if "active_labels" in m else m["active"][i]
-        p = m["probability"][i]
-        # The weakest of the per-label decisions is the one to look at.
-        return {"label": ",".join(map(str, active)) or "-",
-                "confidence": f"{min(max(q, 1 - q) for q in p):.3f}", "std": f"{max(m['std'][i]):.3f}",
-                "mutual_information": f"{max(m['mutual_information'][i]):.3f}"}
-    return {"label": " ".join(f"{v:.4g}" for v in prediction.mean[i].reshape(-1)), "confidence": "-",
-            "std": " ".join(f"{v:.3g}" for v in m["std"][i].reshape(-1)), "mutual_information": "-"}
+        return {**cells, "std": f"{m['std'][i]:.3f}", "mutual_information": f"{m['mutual_information'][i]:.3f}"}
+    # multi-label: the weakest of the per-label decisions is the one to look at
+    return {**cells, "std": f"{max(m['std'][i]):.3f}", "mutual_information": f"{max(m['mutual_information'][i]):.3f}"}
 
 
 def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
@@ -254,12 +248,12 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
     for output, prediction in by_output.items():
         if output is not None:
             typer.echo(f"\noutput {terminal_safe(output)} ({prediction.head})")
-        flagged = prediction.uncertain  # evaluated once, not once per row
+        flagged, decided = prediction.uncertain, prediction.decided()  # once, not once per row
         sets = prediction.measures.get("prediction_set_labels", prediction.measures.get("prediction_set"))
         header = ["input", "label", "confidence", "std", "mutual_information"] + (["conformal set"] if sets is not None else []) + [""]
         rows = []
         for i, name in enumerate(names):
-            cells = _summary(prediction, i)
+            cells = _summary(prediction, i, decided)
             shown = [] if sets is None else ["{" + ",".join(map(str, sets[i] if isinstance(sets, list) else
                                                                   [j for j, on in enumerate(sets[i]) if on])) + "}"]
             rows.append([terminal_safe(name), terminal_safe(cells["label"]), cells["confidence"], cells["std"],

@@ -3,7 +3,7 @@
 import json
 import operator
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -105,6 +105,25 @@ class Prediction:
     def uncertain(self) -> np.ndarray:
         """bool [batch]: flagged by `uncertain_rule`."""
         return self.uncertain_rule.evaluate(self)
+
+    def decided(self) -> Tuple[List[Optional[str]], np.ndarray]:
+        """(label, confidence) per input: the class (name or index) and its mean probability; for a
+        binary head the decision and the probability of that side; for a multi-label head the
+        active labels joined by commas and the weakest per-label decision; regression has neither
+        (None, NaN)."""
+        m, n = self.measures, len(self)
+        if self.head in CATEGORICAL_HEADS:
+            names = m["label_name"] if "label_name" in m else m["label"]
+            return [str(name) for name in names], np.asarray(m["confidence"], np.float32)
+        if self.head == "binary":
+            p, decision = np.asarray(m["probability"]), np.asarray(m["decision"], bool)
+            names = m["label_name"] if "label_name" in m else decision.astype(int)
+            return [str(name) for name in names], np.where(decision, p, 1 - p).astype(np.float32)
+        if self.head == "multilabel":
+            active = m["active_labels"] if "active_labels" in m else m["active"]
+            p = np.asarray(m["probability"])
+            return [",".join(map(str, row)) for row in active], np.maximum(p, 1 - p).min(axis=1).astype(np.float32)
+        return [None] * n, np.full(n, np.nan, np.float32)
 
     def to_dict(self, index: Optional[int] = None) -> dict:
         """JSON-safe python: the whole batch, or one input when `index` is given.

@@ -111,25 +111,6 @@ def check_measures(head: str, wanted: Sequence[str]) -> Tuple[str, ...]:
     return tuple(name for name in known if name in wanted) if wanted else known
 
 
-def decided(prediction) -> Tuple[List[Optional[str]], np.ndarray]:
-    """(label, confidence) per input: the class (name or index) and its mean probability; for a
-    binary head the decision and the probability of that side; for a multi-label head the active
-    labels joined by commas and the weakest per-label decision; regression has neither (None, NaN)."""
-    m, head, n = prediction.measures, prediction.head, len(prediction)
-    if head in ("softmax", "logits"):
-        names = m["label_name"] if "label_name" in m else m["label"]
-        return [str(name) for name in names], np.asarray(m["confidence"], np.float32)
-    if head == "binary":
-        p, decision = np.asarray(m["probability"]), np.asarray(m["decision"], bool)
-        names = m["label_name"] if "label_name" in m else decision.astype(int)
-        return [str(name) for name in names], np.where(decision, p, 1 - p).astype(np.float32)
-    if head == "multilabel":
-        active = m["active_labels"] if "active_labels" in m else m["active"]
-        p = np.asarray(m["probability"])
-        return [",".join(map(str, row)) for row in active], np.maximum(p, 1 - p).min(axis=1).astype(np.float32)
-    return [None] * n, np.full(n, np.nan, np.float32)
-
-
 class Scorer:
     """One MCSession and a job's options: batches of input references -> result rows (Arrow)."""
 
@@ -208,7 +189,7 @@ class Scorer:
         n = len(prediction)
         index = np.zeros(n, np.int64) if index is None else index
         ids = [""] * n if ids is None else list(ids)
-        labels, confidence = decided(prediction)
+        labels, confidence = prediction.decided()
         columns = {"index": pa.array(index, pa.int64()), "id": pa.array(ids, pa.string()),
                    "label": pa.array(labels, pa.string()),
                    "confidence": pa.array(confidence, pa.float32(), from_pandas=True),
@@ -230,7 +211,7 @@ class Scorer:
             columns["samples"] = pa.ListArray.from_arrays(
                 np.arange(0, (n + 1) * prediction.passes, prediction.passes, dtype=np.int32),
                 _lists(samples.reshape(n * prediction.passes, -1)))
-        return pa.table(columns).replace_schema_metadata({METADATA_KEY: self._metadata(prediction)})
+        return pa.table(columns).replace_schema_metadata({METADATA_KEY: self._metadata()})
 
     def _error_rows(self, index, ids, messages) -> "pa.Table":
         n = len(index)
@@ -241,7 +222,7 @@ class Scorer:
                        error=pa.array(messages, pa.string()))
         return pa.Table.from_pydict(columns, schema=self.schema)
 
-    def _metadata(self, prediction) -> bytes:
+    def _metadata(self) -> bytes:
         output = self.model_output
         return json.dumps({"model": os.path.basename(self.session.path), "output": output.name, "head": output.head,
                            "labels": output.labels, "passes": self.options.passes,
@@ -436,7 +417,10 @@ def score_local(session, plan, out, options: ScoreOptions, batch_size: int = 256
             from .sources import load_refs
 
             batches = plan.refs(batch_size, skip=done)
-            read = lambda refs: (refs, load_refs(refs, session.info, scorer._readers, limits))  # noqa: E731
+
+            def read(refs):
+                return refs, load_refs(refs, session.info, scorer._readers, limits)
+
             upcoming = loader.submit(read, next(batches, None)) if before < plan.total else None
             finished = before
             while upcoming is not None:

@@ -308,3 +308,22 @@ def test_invalid_head(head):
 def test_bad_input(samples, head, kwargs):
     with pytest.raises(InputError):
         Prediction.from_samples(samples, head, **kwargs)
+
+
+def test_decided_gives_each_heads_label_and_the_confidence_of_that_decision():
+    # Two passes, two inputs: means [0.2, 0.8] and [0.6, 0.4] (softmax); 0.3 and 0.7 (binary).
+    softmax = np.array([[[0.1, 0.9], [0.7, 0.3]], [[0.3, 0.7], [0.5, 0.5]]], np.float32)
+    labels, confidence = Prediction.from_samples(softmax, "softmax", labels=["cat", "dog"]).decided()
+    assert labels == ["dog", "cat"]
+    np.testing.assert_allclose(confidence, [0.8, 0.6], rtol=1e-6)
+    assert Prediction.from_samples(softmax, "softmax").decided()[0] == ["1", "0"]
+    binary = np.array([[[0.2], [0.6]], [[0.4], [0.8]]], np.float32)
+    labels, confidence = Prediction.from_samples(binary, "binary", labels=["no", "yes"]).decided()
+    assert labels == ["no", "yes"]
+    np.testing.assert_allclose(confidence, [0.7, 0.7], rtol=1e-6)  # 1 - 0.3 and 0.7
+    multilabel = np.array([[[0.9, 0.2, 0.6]], [[0.7, 0.4, 0.6]]], np.float32)  # means 0.8, 0.3, 0.6
+    labels, confidence = Prediction.from_samples(multilabel, "multilabel", labels=["a", "b", "c"]).decided()
+    assert labels == ["a,c"]
+    np.testing.assert_allclose(confidence, [0.6], rtol=1e-6)  # the weakest: c at 0.6
+    labels, confidence = Prediction.from_samples(np.ones((2, 3, 1), np.float32), "regression").decided()
+    assert labels == [None] * 3 and np.isnan(confidence).all()
