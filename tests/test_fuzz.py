@@ -22,7 +22,7 @@ MODEL = ROOT / "models" / "cnn.onnx"
 HEAD_BYTES, TAIL_BYTES = 16_384, 4_096
 
 CHILD = """
-import json, sys, traceback
+import json, os, sys, traceback
 import numpy as np
 from mcdrop.runtime.errors import McdropError
 from mcdrop.runtime.session import MCSession
@@ -55,7 +55,7 @@ def mutate(data):
 
 
 report = {"refused": 0, "ran": 0, "unchanged": 0, "bugs": []}
-mutant = f"/tmp/mcdrop-fuzz-{seed}.onnx"
+mutant = f"/tmp/mcdrop-fuzz-{seed}-{os.getpid()}.onnx"  # the two fuzz tests may run side by side
 for i in range(count):
     data = mutate(original)
     if data == original:

@@ -15,6 +15,9 @@ import pytest
 
 from conftest import ROOT
 
+# One wheel build at a time: setuptools builds in the checkout's build/ folder, so two xdist
+# workers building at once remove each other's files (pyproject: --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("package")
 SAMPLE = ROOT / "models" / "samples" / "digit_3.png"
 NOT_TOP_LEVEL = ("export", "runtime", "cli")
 
