@@ -7,6 +7,7 @@ wheel and installed with pip, so what lands in site-packages is what users get.
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,9 +16,6 @@ import pytest
 
 from conftest import ROOT
 
-# One wheel build at a time: setuptools builds in the checkout's build/ folder, so two xdist
-# workers building at once remove each other's files (pyproject: --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("package")
 SAMPLE = ROOT / "models" / "samples" / "digit_3.png"
 NOT_TOP_LEVEL = ("export", "runtime", "cli")
 
@@ -27,8 +25,13 @@ def installed(tmp_path_factory):
     """(python, mcdrop command, site-packages) of a fresh venv with the wheel installed."""
     base = tmp_path_factory.mktemp("package")
     wheels = base / "wheels"
+    # Built from a copy: setuptools writes build/ and *.egg-info into the tree it builds, and in the
+    # checkout another process (a second xdist worker) removed build/ files mid-build in CI.
+    source = base / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "node_modules",
+                                                                "__pycache__", "*.parquet*"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(wheels), str(ROOT)], capture_output=True, text=True, cwd=base)
+                            "-w", str(wheels), str(source)], capture_output=True, text=True, cwd=base)
     assert build.returncode == 0, build.stderr
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

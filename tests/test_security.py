@@ -134,8 +134,11 @@ def test_a_temporary_file_left_by_a_killed_run_is_removed_by_the_next(tmp_path, 
 @pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
 def test_a_stopped_infer_leaves_no_temporary_file(tmp_path, stop):
     """The real CLI, stopped while it writes --out (the write is slowed down to be caught)."""
+    # The child's SIGINT as a terminal gives it: a parent may ignore SIGINT (pytest-xdist workers
+    # can), and an ignored signal stays ignored in its children.
     script = f"""
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.argv = ["cli.py", "infer", {str(SAMPLES / 'digit_3.png')!r}, "--out", {str(tmp_path / 'r.json')!r}]
 from mcdrop import cli
 from mcdrop.runtime import files
