@@ -26,6 +26,7 @@ if __name__ == "__main__" and not __package__:
     __package__ = "mcdrop"
 
 from .runtime.errors import InputError, McdropError  # noqa: E402
+from .runtime.files import valid_text  # noqa: E402  (stdlib only: --help stays quick)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "models" / "cnn.onnx"
@@ -88,16 +89,6 @@ def terminal_safe(text: str) -> str:
         else:
             out.append(f"\\U{code:08x}")
     return "".join(out)
-
-
-def valid_text(text: str) -> str:
-    """A file name as valid UTF-8 for JSON, CSV and npz: bytes that are not UTF-8 (surrogate
-    escapes from the file system) become the text \\xNN."""
-    return os.fsencode(text).decode("utf-8", "backslashreplace") if _has_surrogates(text) else text
-
-
-def _has_surrogates(text: str) -> bool:
-    return any(0xD800 <= ord(char) <= 0xDFFF for char in text)
 
 
 def _limits(settings: List[str]):
@@ -659,10 +650,9 @@ def score(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if not 0 <= gpus_per_worker < 2**20:
         raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    from .runtime.scoring import ON_ERROR, checkpoint_folder, require_pyarrow, score_options
+    from .runtime.scoring import ScoreOptions, checkpoint_folder, require_pyarrow, score_options
 
-    if on_error not in ON_ERROR:
-        raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
+    ScoreOptions.check_on_error(on_error)  # before any work
     require_pyarrow()
     if engine == "ray":
         from .runtime.ray_scoring import require_ray

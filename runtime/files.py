@@ -23,6 +23,14 @@ from .errors import InputError, McdropError
 TEMP_SUFFIX = ".tmp"
 
 
+def valid_text(text: str) -> str:
+    """A file name as valid UTF-8 (for JSON, CSV, npz, Arrow strings): bytes that are not UTF-8
+    (surrogate escapes from the file system) become the text \\xNN."""
+    if any(0xD800 <= ord(char) <= 0xDFFF for char in text):
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
+    return text
+
+
 def open_regular(path, error: Type[McdropError] = InputError, what: str = "file") -> int:
     """A read-only descriptor of `path`, which must be a regular file (a link to one is fine).
 

@@ -258,8 +258,9 @@ def _header_reader(version) -> Callable:
     raise ValueError(f".npy format version {version[0]}.{version[1]} is not supported")
 
 
-def _read_npy(stream: BinaryIO, path: str, size: int, limits: Limits, used: int) -> np.ndarray:
-    """The array of an .npy stream of `size` bytes, its header checked before any data is read."""
+def npy_header(stream: BinaryIO, path: str) -> Tuple[tuple, bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy at the stream's position, which is left at the
+    data; refused unless the dtype is real numbers and every size is >= 0."""
     version = np.lib.format.read_magic(stream)
     shape, fortran_order, dtype = _header_reader(version)(stream, max_header_size=NPY_HEADER_BYTES)
     if dtype.hasobject or dtype.kind not in "fiu":
@@ -267,6 +268,12 @@ def _read_npy(stream: BinaryIO, path: str, size: int, limits: Limits, used: int)
                          "(integer or float)")
     if any(d < 0 for d in shape):
         raise InputError(f"{path}: cannot read array (negative size in its header {list(shape)})")
+    return tuple(shape), fortran_order, dtype
+
+
+def _read_npy(stream: BinaryIO, path: str, size: int, limits: Limits, used: int) -> np.ndarray:
+    """The array of an .npy stream of `size` bytes, its header checked before any data is read."""
+    shape, fortran_order, dtype = npy_header(stream, path)
     nbytes = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
     _check_budget(path, nbytes, limits, used)
     available = size - stream.tell()

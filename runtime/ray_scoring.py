@@ -14,8 +14,8 @@ sees. Needs the `ray` extra.
 
 import os
 import shutil
-from dataclasses import asdict
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +23,7 @@ import numpy as np
 
 from .errors import InputError, McdropError
 from .limits import DEFAULT, Limits
+from .sources import REF_COLUMNS
 
 # Test hook (tests/test_score_ray.py): an actor whose batch count reaches this, while the marker
 # file named by MCDROP_TEST_ACTOR_EXIT does not exist yet, creates the file and exits: one
@@ -71,7 +72,7 @@ class ScoreActor:
 
         table = batch if isinstance(batch, pa.Table) else pa.table(batch)
         if self.array_column is None:
-            refs = {name: _column(table, name) for name in ("index", "id", "path", "row", "member")}
+            refs = {name: _column(table, name) for name in REF_COLUMNS}
             rows = self.scorer.score_refs(refs)
         else:
             rows = self._score_arrays(table)
@@ -135,10 +136,8 @@ def score_dataset(ds, model, passes: Optional[int] = None, mask_seed: Optional[i
     options = asdict(options)
     session_options = {"device": device, "threads": threads, "verify": verify,
                        **({"max_chunk_bytes": max_chunk_bytes} if max_chunk_bytes else {})}
-    if workers is None:
-        resources = ray.cluster_resources()
-        workers = int(resources.get("GPU", 0) // num_gpus) if num_gpus else int(resources.get("CPU", 1) // threads)
-    return ds.map_batches(ScoreActor, batch_size=batch_size, batch_format="pyarrow", concurrency=max(1, workers),
+    return ds.map_batches(ScoreActor, batch_size=batch_size, batch_format="pyarrow",
+                          concurrency=workers or _default_workers(ray, threads, num_gpus),
                           num_cpus=threads, num_gpus=num_gpus or None,
                           fn_constructor_args=(ray.put(model_bytes), options, session_options, limits,
                                                array_column, exit_marker))
@@ -156,8 +155,6 @@ def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Op
     import pyarrow as pa
 
     from .scoring import Checkpoint, ScoreSummary, checkpoint_folder, job_identity
-    from .sources import REF_COLUMNS
-
     ray = require_ray()
     out = Path(os.path.abspath(out))
     _check_output_folder(out)

@@ -74,6 +74,14 @@ class ScoreOptions:
     uncertain_if: Optional[str] = None
     on_error: str = "skip"
 
+    def __post_init__(self):
+        self.check_on_error(self.on_error)
+
+    @staticmethod
+    def check_on_error(on_error) -> None:
+        if on_error not in ON_ERROR:
+            raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
+
 
 def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int] = None,
                   output: Optional[str] = None, measures: Sequence[str] = (), keep_samples: bool = False,
@@ -85,8 +93,6 @@ def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int
     from . import masks as mask_sets
 
     passes = session._check_passes(passes)
-    if on_error not in ON_ERROR:
-        raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
     shared = session.default_masks == "shared"
     if mask_seed is None and resume_from is not None and (Path(resume_from) / JOB_FILE).is_file():
         mask_seed = json.loads((Path(resume_from) / JOB_FILE).read_text()).get("mask_seed")
@@ -116,17 +122,13 @@ class Scorer:
 
     def __init__(self, session, options: ScoreOptions, limits: Limits = DEFAULT):
         from .datasets import pick_output
-        from .decision import Rule
+        from .decision import Rule, file_rule
         from .sources import ArrayReaders
 
         require_pyarrow()
-        if options.on_error not in ON_ERROR:
-            raise InputError(f"--on-error {options.on_error!r}: choose one of {', '.join(ON_ERROR)}")
         self.session = session
         self.limits = limits
         self.model_output = pick_output(session.info, options.output)
-        from .decision import file_rule
-
         head = self.model_output.head
         self.rule = Rule.parse(options.uncertain_if, head, source="override") if options.uncertain_if is not None \
             else file_rule(self.model_output.calibration, head)

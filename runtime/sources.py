@@ -25,7 +25,7 @@ import numpy as np
 
 from . import inputs as image_inputs
 from .errors import InputError, first_line
-from .files import open_regular
+from .files import open_regular, valid_text as display_name
 from .limits import DEFAULT, Limits
 from .metadata import ModelInfo
 
@@ -37,14 +37,6 @@ NO_ROW = -1  # the `row` of an image reference
 # Array files a process keeps open at once (reading runs of rows from the same few files).
 OPEN_READERS = 4
 REF_COLUMNS = ("index", "id", "path", "row", "member")
-
-
-def display_name(path: str) -> str:
-    """A path as valid UTF-8 for ids and Arrow strings: bytes that are not UTF-8 (surrogate
-    escapes from the file system) become the text \\xNN."""
-    if any(0xD800 <= ord(char) <= 0xDFFF for char in path):
-        return os.fsencode(path).decode("utf-8", "backslashreplace")
-    return path
 
 
 @dataclass(frozen=True)
@@ -220,7 +212,7 @@ class _RowReader:
             else:
                 self._stream = self._file
                 size = os.fstat(self._file.fileno()).st_size
-            self.shape, self.dtype = _npy_header(self._stream, path)
+            self.shape, self.dtype = _npy_header(self._stream, path if member is None else f"{path}[{member}]")
             self._data = self._stream.tell()
             self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
             if self._data + self.shape[0] * self._row_bytes > size:
@@ -286,8 +278,6 @@ def _array_file(path: str, info: ModelInfo, names) -> ArrayFile:
         reader = _RowReader(path, member)
         try:
             where = path if member is None else f"{path}[{member}]"
-            if reader.dtype.kind not in "fiu":
-                raise InputError(f"{where}: cannot read array of dtype {reader.dtype}: inputs must be real numbers")
             if len(reader.shape) == 0:
                 raise InputError(f"{where}: holds a single number, not a batch")
             problem = info.shape_problem(reader.shape, member)
@@ -303,17 +293,11 @@ def _array_file(path: str, info: ModelInfo, names) -> ArrayFile:
 
 
 def _npy_header(stream, path: str):
-    version = np.lib.format.read_magic(stream)
-    shape, fortran_order, dtype = image_inputs._header_reader(version)(
-        stream, max_header_size=image_inputs.NPY_HEADER_BYTES)
-    if dtype.hasobject:
-        raise InputError(f"{path}: cannot read array of dtype {dtype}: inputs must be real numbers")
-    if any(d < 0 for d in shape):
-        raise InputError(f"{path}: cannot read array (negative size in its header {list(shape)})")
+    shape, fortran_order, dtype = image_inputs.npy_header(stream, path)
     if fortran_order and len(shape) > 1:
         raise InputError(f"{path}: the array is stored in Fortran order; score reads rows of C-order arrays "
                          "(save np.ascontiguousarray(x))")
-    return tuple(shape), dtype
+    return shape, dtype
 
 
 def _listed_images(path: str) -> Tuple[List[str], List[str]]:
