@@ -25,7 +25,7 @@ if __name__ == "__main__" and not __package__:
     _spec.loader.exec_module(sys.modules["mcdrop"])
     __package__ = "mcdrop"
 
-from .runtime.errors import InputError, McdropError  # noqa: E402
+from .runtime.errors import InputError, McdropError, first_line  # noqa: E402
 from .runtime.files import valid_text  # noqa: E402  (stdlib only: --help stays quick)
 
 HERE = Path(__file__).resolve().parent
@@ -34,6 +34,7 @@ OUT_FORMATS = (".json", ".npz", ".csv")
 # Below this many inputs a run is quick enough that a progress bar is only noise.
 PROGRESS_MIN_INPUTS = 32
 ON_ERROR = ("report", "skip", "stop")
+EXIT_INTERRUPTED = 128 + signal.SIGINT  # as a shell reports Ctrl-C
 # Options that `infer` and `info` share: how far an untrusted model file is trusted (README: Trust model).
 LIMIT_OPTION = typer.Option([], "--limit", help="Raise a bound, NAME=VALUE, repeatable: model_mb, passes, input_mb, "
                             "image_pixels, metadata_kb, threads (README: Trust model).")
@@ -48,9 +49,15 @@ app = typer.Typer(help=__doc__.splitlines()[0], add_completion=False, no_args_is
                   pretty_exceptions_show_locals=False)
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that it unwinds like Ctrl-C (temporaries removed)."""
+
+
 def reports_errors(command):
     """A McdropError is the user's to fix: one 'error: ...' line on stderr and its exit code, no
-    traceback. Warnings become one 'warning: ...' line each."""
+    traceback. So are an OSError (disk full, permissions: one line naming the file), a
+    MemoryError (with the options that bound memory), Ctrl-C and SIGTERM. Anything else is a bug
+    and keeps its traceback. Warnings become one 'warning: ...' line each."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -61,8 +68,40 @@ def reports_errors(command):
             except McdropError as err:
                 typer.echo(f"error: {terminal_safe(str(err))}", err=True)
                 raise typer.Exit(err.exit_code) from None
+            except BrokenPipeError:
+                raise  # `... | head`: click ends quietly, exit 1
+            except OSError as err:  # the machine's answer (disk full, permissions): a fact, not a bug
+                typer.echo(f"error: {terminal_safe(_os_error_text(err))}", err=True)
+                raise typer.Exit(McdropError.exit_code) from None
+            except MemoryError as err:
+                typer.echo(f"error: {terminal_safe(_memory_error_text(err, kwargs))}", err=True)
+                raise typer.Exit(McdropError.exit_code) from None
+            except KeyboardInterrupt:  # typer would turn it into a silent exit 130
+                typer.echo("error: interrupted", err=True)
+                raise typer.Exit(EXIT_INTERRUPTED) from None
+            except Terminated:
+                typer.echo("error: terminated", err=True)
+                raise
 
     return wrapper
+
+
+def _os_error_text(err: OSError) -> str:
+    """'PATH: reason' as the system words it (the path of the file it concerns, if any)."""
+    reason = err.strerror or first_line(err)
+    if err.filename is None:
+        return reason
+    path = err.filename
+    return f"{os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else path}: {reason}"
+
+
+def _memory_error_text(err: MemoryError, options: dict) -> str:
+    """One line: what ran out, and the knobs this command has that bound its memory."""
+    detail = first_line(err) if str(err).strip() else "an allocation failed"
+    knobs = ["fewer inputs", "fewer --passes" if "passes" in options else None,
+             "a smaller --max-chunk-mb" if "max_chunk_mb" in options else None,
+             "lower --limit values" if options.get("limit") else None]
+    return f"out of memory ({detail}); try " + ", ".join(knob for knob in knobs if knob)
 
 
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
@@ -705,7 +744,7 @@ def _check_run_options(limits, passes, max_chunk_mb=None, threads=None) -> None:
 
 def _terminate(signum, frame):
     """SIGTERM unwinds like Ctrl-C does, so temporary files are removed on the way out."""
-    raise SystemExit(128 + signum)
+    raise Terminated(128 + signum)
 
 
 def main():
@@ -714,9 +753,9 @@ def main():
     signal.signal(signal.SIGTERM, _terminate)
     try:
         result = app(standalone_mode=False)
-    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: temporaries were removed on the way out
+    except (typer.Abort, KeyboardInterrupt):  # outside a command (reports_errors has those)
         typer.echo("error: interrupted", err=True)
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except typer.Exit as err:
         sys.exit(err.exit_code)
     except Exception as err:

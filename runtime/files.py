@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Type
 
-from .errors import InputError, McdropError
+from .errors import InputError, McdropError, first_line
 
 TEMP_SUFFIX = ".tmp"
 
@@ -91,7 +91,8 @@ def check_writable_target(path, make_folder: bool = False) -> Path:
     if path.is_dir():
         raise InputError(f"{path}: is a folder; give a file name")
     if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
+        problem = "is not a folder" if os.path.lexists(path.parent) else "does not exist"
+        raise InputError(f"{path}: folder {path.parent} {problem}")
     return path
 
 
@@ -101,7 +102,10 @@ def atomic_writer(path):
     and SystemExit too: the CLI turns SIGTERM into SystemExit) it is removed.
 
     A path that cannot be written (a folder, a link, a missing or read-only folder) is an InputError.
+    A write that fails on the way (disk full, quota, I/O error) raises its OSError with `path` as
+    the filename, not the temporary's name or none, so the message names the user's file.
     """
+    given = os.fspath(path)
     path = check_writable_target(path, make_folder=True)
     remove_stale_temporaries(path)
     try:
@@ -116,9 +120,11 @@ def atomic_writer(path):
         if path.is_symlink():  # planted while we wrote: os.replace would swap the link, refuse anyway
             raise InputError(f"{path}: became a symbolic link while being written; not replaced")
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(err, OSError) and err.filename in (None, temporary):
+            raise OSError(err.errno, err.strerror or first_line(err), given) from err
         raise
 
 
