@@ -326,6 +326,7 @@ def _csv_text(by_output: dict, names: List[str]) -> str:
 
     import numpy as np
 
+    from .runtime.files import csv_safe_cell
     from .runtime.prediction import MODEL_WIDE
 
     columns = {"input": names}
@@ -346,8 +347,10 @@ def _csv_text(by_output: dict, names: List[str]) -> str:
                     columns.update({f"{name_}_{j}": flat[:, j].tolist() for j in range(flat.shape[1])})
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(columns)
-    writer.writerows(zip(*columns.values()))
+    writer.writerow(map(csv_safe_cell, columns))
+    # Text cells (names, labels) are neutralised; numbers stay numbers, a negative mean too.
+    writer.writerows([csv_safe_cell(cell) if isinstance(cell, str) else cell for cell in row]
+                     for row in zip(*columns.values()))
     return buffer.getvalue()
 
 

@@ -219,3 +219,38 @@ def test_errors_in_a_real_process_have_no_traceback(bad_files, toy_model_path, t
         lines = done.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+# CSV: text cells cannot become spreadsheet formulas or terminal escapes ------------------------
+
+HOSTILE = ["=cmd|' calc'!A1", "+1", "-2", "@SUM(A1)", "\tTAB", "\x1b[31mred"]
+
+
+def test_csv_neutralises_hostile_names_and_labels(tmp_path, monkeypatch):
+    import toy_model
+
+    monkeypatch.setitem(toy_model.LABELS, "softmax", ["=HYPERLINK(\"http://x\")", "-1+2", "\x1b[31mred"])
+    model = build_toy_model(tmp_path / "hostile_labels.onnx", "softmax")
+    monkeypatch.chdir(tmp_path)
+    for name in HOSTILE:
+        np.save(f"{name}.npy", X[:1])
+    result = invoke("infer", "--model", model, "--top-k", 3, "--out", "r.csv", "--json", "--",
+                    *[f"{name}.npy" for name in HOSTILE])
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader((tmp_path / "r.csv").open(newline="")))
+    assert [row["input"] for row in rows] == ["'=cmd|' calc'!A1.npy[0]", "'+1.npy[0]", "'-2.npy[0]",
+                                              "'@SUM(A1).npy[0]", "'\\x09TAB.npy[0]", "\\x1b[31mred.npy[0]"]
+    for row in rows:
+        labels = [row[f"top_k_labels_{j}"] for j in range(3)]
+        assert sorted(labels) == ["'-1+2", "'=HYPERLINK(\"http://x\")", "\\x1b[31mred"]
+        assert row["label_name"] == labels[0]
+        assert 0 < float(row["confidence"]) <= 1 and row["uncertain"] in ("True", "False")
+
+
+def test_csv_keeps_negative_numbers_as_numbers(tmp_path):
+    model = build_toy_model(tmp_path / "regression.onnx", "regression")
+    np.save(tmp_path / "x.npy", X)
+    assert invoke("infer", tmp_path / "x.npy", "--model", model, "--passes", 3, "--out", tmp_path / "r.csv").exit_code == 0
+    rows = list(csv.DictReader((tmp_path / "r.csv").open(newline="")))
+    means = [float(row[key]) for row in rows for key in row if key.startswith("mean_")]
+    assert min(means) < 0  # written as -1.2, never '-1.2
