@@ -167,7 +167,8 @@ def infer(
     no_verify: bool = NO_VERIFY_OPTION,
     allow_external_data: bool = EXTERNAL_DATA_OPTION,
 ):
-    """Predict with uncertainty: per input the label, its confidence, std and mutual information."""
+    """Predict with uncertainty: per input the label, its confidence, std and mutual information; regression
+    outputs: mean and std."""
     limits = _limits(limit)
     if out is not None and out.suffix.lower() not in OUT_FORMATS:
         raise InputError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; "
@@ -252,13 +253,14 @@ def _predict(session, x, passes, dropout, threshold, top_k, count, uncertain_if=
 
 
 def _summary(prediction, i: int, decided) -> dict:
-    """The table's cells for input i: label, confidence, std and mutual information of the decision
-    (`decided`: prediction.decided(), computed once per table)."""
+    """The table's cells for input i, by column: label, confidence, std and mutual information of
+    the decision (`decided`: prediction.decided(), computed once per table); for regression the
+    mean and std of each output value."""
     m, head = prediction.measures, prediction.head
     labels, confidence = decided
     if head == "regression":
-        return {"label": " ".join(f"{v:.4g}" for v in prediction.mean[i].reshape(-1)), "confidence": "-",
-                "std": " ".join(f"{v:.3g}" for v in m["std"][i].reshape(-1)), "mutual_information": "-"}
+        return {"mean": " ".join(f"{v:.4g}" for v in prediction.mean[i].reshape(-1)),
+                "std": " ".join(f"{v:.3g}" for v in m["std"][i].reshape(-1))}
     cells = {"label": labels[i] or "-", "confidence": f"{confidence[i]:.3f}"}
     if head in ("softmax", "logits"):
         label = int(m["label"][i])
@@ -280,14 +282,13 @@ def _print_table(document: dict, by_output: dict, names: List[str]) -> None:
             typer.echo(f"\noutput {terminal_safe(output)} ({prediction.head})")
         flagged, decided = prediction.uncertain, prediction.decided()  # once, not once per row
         sets = prediction.measures.get("prediction_set_labels", prediction.measures.get("prediction_set"))
-        header = ["input", "label", "confidence", "std", "mutual_information"] + (["conformal set"] if sets is not None else []) + [""]
+        summaries = [_summary(prediction, i, decided) for i in range(len(names))]
+        header = ["input", *summaries[0]] + (["conformal set"] if sets is not None else []) + [""]
         rows = []
-        for i, name in enumerate(names):
-            cells = _summary(prediction, i, decided)
+        for i, (name, cells) in enumerate(zip(names, summaries)):
             shown = [] if sets is None else ["{" + ",".join(map(str, sets[i] if isinstance(sets, list) else
                                                                   [j for j, on in enumerate(sets[i]) if on])) + "}"]
-            rows.append([terminal_safe(name), terminal_safe(cells["label"]), cells["confidence"], cells["std"],
-                         cells["mutual_information"], *map(terminal_safe, shown), "UNCERTAIN" if flagged[i] else ""])
+            rows.append([*map(terminal_safe, [name, *cells.values(), *shown]), "UNCERTAIN" if flagged[i] else ""])
         widths = [max(len(row[j]) for row in [header, *rows]) for j in range(len(header))]
         for row in [header, *rows]:
             typer.echo("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())

@@ -247,10 +247,20 @@ def test_csv_neutralises_hostile_names_and_labels(tmp_path, monkeypatch):
         assert 0 < float(row["confidence"]) <= 1 and row["uncertain"] in ("True", "False")
 
 
-def test_csv_keeps_negative_numbers_as_numbers(tmp_path):
-    model = build_toy_model(tmp_path / "regression.onnx", "regression")
+def test_regression_has_mean_and_std_columns(tmp_path):
+    model = build_toy_model(tmp_path / "regression.onnx", "regression")  # two output values
     np.save(tmp_path / "x.npy", X)
-    assert invoke("infer", tmp_path / "x.npy", "--model", model, "--passes", 3, "--out", tmp_path / "r.csv").exit_code == 0
+    result = invoke("infer", tmp_path / "x.npy", "--model", model, "--passes", 3, "--seed", 1, "--out", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[1].split() == ["input", "mean", "std"]  # not label / confidence
+    document = json.loads(invoke("infer", tmp_path / "x.npy", "--model", model, "--passes", 3, "--seed", 1,
+                                 "--json").stdout)
+    for line, prediction in zip(lines[2:], document["predictions"]):
+        cells = line.split()
+        np.testing.assert_allclose([float(v) for v in cells[1:3]], prediction["mean"], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose([float(v) for v in cells[3:5]], prediction["measures"]["std"], rtol=1e-2, atol=1e-4)
     rows = list(csv.DictReader((tmp_path / "r.csv").open(newline="")))
-    means = [float(row[key]) for row in rows for key in row if key.startswith("mean_")]
-    assert min(means) < 0  # written as -1.2, never '-1.2
+    assert list(rows[0]) == ["input", "uncertain", "mean_0", "mean_1", "variance_0", "variance_1", "std_0", "std_1"]
+    means = [float(row[key]) for row in rows for key in ("mean_0", "mean_1")]
+    assert min(means) < 0  # a number, written as -1.2, never as the text '-1.2
