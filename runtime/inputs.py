@@ -16,6 +16,7 @@ import tokenize
 import warnings
 import zipfile
 import zlib
+from collections import Counter
 from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -56,6 +57,7 @@ ALPHA_MODES = ("LA", "La", "PA", "RGBA", "RGBa")
 WIDE_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")  # 16-bit PNG / TIFF
 
 Failures = Optional[List[Tuple[str, str]]]
+RESIZES_NAMED = 3  # image sizes a resize warning lists; the rest are counted
 
 
 def load_inputs(paths: Sequence[str], info: ModelInfo, limits: Limits = DEFAULT,
@@ -70,16 +72,20 @@ def load_inputs(paths: Sequence[str], info: ModelInfo, limits: Limits = DEFAULT,
     failures None: the first bad input raises InputError. failures a list: each bad input is
     appended as (path, one-line message) and skipped; the good ones are returned (no names and
     x None when none is good).
+
+    Images of another size than the model's are resized; one UserWarning per call says how many,
+    from which sizes (the CLI prints it as one 'warning:' line).
     """
     names: List[str] = []
     parts: List[dict] = []
     used = 0  # bytes of the inputs kept so far, against limits.input_bytes
+    resized: Counter = Counter()  # (width, height) before resizing -> images
     for path in _expand(paths, failures):
         try:
             if len(info.model_inputs) > 1:
                 part, part_names = _load_named(path, info, limits, used)
             else:
-                array, part_names = _load_one(path, info, limits, used)
+                array, part_names = _load_one(path, info, limits, used, resized)
                 part = {None: array}
             for key, array in part.items():
                 _check_batch_shape(path, array, [earlier[key] for earlier in parts])
@@ -89,6 +95,8 @@ def load_inputs(paths: Sequence[str], info: ModelInfo, limits: Limits = DEFAULT,
         used += sum(array.nbytes for array in part.values())
         names.extend(part_names)
         parts.append(part)
+    if resized:
+        warnings.warn(_resize_note(resized, info.preprocessing), stacklevel=2)
     if not parts:
         if failures is None:
             raise InputError("no inputs given")
@@ -158,8 +166,10 @@ def _expand_one(path: str, failures: Failures) -> List[str]:
     return [path]
 
 
-def _load_one(path: str, info: ModelInfo, limits: Limits, used: int) -> Tuple[np.ndarray, List[str]]:
-    """(batch part, its names) of one file, checked against the model and the byte budget."""
+def _load_one(path: str, info: ModelInfo, limits: Limits, used: int,
+              resized: Optional[Counter] = None) -> Tuple[np.ndarray, List[str]]:
+    """(batch part, its names) of one file, checked against the model and the byte budget; an
+    image resized to the model's size is counted in `resized` by its own size."""
     lower = path.lower()
     # endswith, as the folder listing does (a file named just ".png" is a PNG there too)
     extension = next((e for e in ARRAY_EXTENSIONS + IMAGE_EXTENSIONS if lower.endswith(e)),
@@ -169,7 +179,7 @@ def _load_one(path: str, info: ModelInfo, limits: Limits, used: int) -> Tuple[np
         _check_array_for_model(path, array, info)
         return array, [f"{path}[{i}]" for i in range(len(array))]
     if extension in IMAGE_FORMATS:
-        x = _load_image(path, info, limits)[None]
+        x = _load_image(path, info, limits, resized)[None]
         _check_budget(path, x.nbytes, limits, used)
         return x, [path]
     raise InputError(f"{path}: unsupported file type {extension or '(no extension)'!r}; mcdrop reads "
@@ -347,7 +357,20 @@ def _npz_members(archive: zipfile.ZipFile, path: str, names: Optional[Sequence[s
 
 # Images -----------------------------------------------------------------------------------------
 
-def _load_image(path: str, info: ModelInfo, limits: Limits) -> np.ndarray:
+def _resize_note(resized: Counter, pre: Preprocessing) -> str:
+    """'resized 3 images to the model's 28x28 (width x height): 2 from 640x480, 1 from 32x32'."""
+    shown = resized.most_common(RESIZES_NAMED if len(resized) > RESIZES_NAMED + 1 else None)
+    sizes = [f"{count} from {width}x{height}" for (width, height), count in shown]
+    total = sum(resized.values())
+    if len(shown) < len(resized):
+        sizes.append(f"{total - sum(count for _, count in shown)} from {len(resized) - len(shown)} other sizes")
+    return (f"resized {total} image{'s' * (total != 1)} to the model's {pre.width}x{pre.height} "
+            f"(width x height): {', '.join(sizes)}")
+
+
+def _load_image(path: str, info: ModelInfo, limits: Limits, resized: Optional[Counter] = None) -> np.ndarray:
+    """One model input from an image file; its size is counted in `resized` when it differs
+    from the model's."""
     from PIL import Image, UnidentifiedImageError  # only image inputs need Pillow
 
     pre = info.preprocessing
@@ -367,6 +390,7 @@ def _load_image(path: str, info: ModelInfo, limits: Limits) -> np.ndarray:
                     image.seek(0)  # first frame of an animation
                     _check_pixels(path, image, limits)
                     _decode(path, image)
+                    size = image.size
                     pixels = _pixels(path, image, pre)
         except Image.DecompressionBombError:
             raise InputError(_bomb_message(path, limits)) from None
@@ -374,7 +398,10 @@ def _load_image(path: str, info: ModelInfo, limits: Limits) -> np.ndarray:
             raise InputError(f"{path}: cannot read image (not a {', '.join(DECODERS)} file)") from None
         except (OSError, ValueError, SyntaxError, EOFError, IndexError, struct.error, MemoryError) as err:
             raise InputError(f"{path}: cannot read image ({first_line(err)})") from None
-    return _to_model_input(path, pixels, pre, info)
+    x = _to_model_input(path, pixels, pre, info)
+    if resized is not None and size != (pre.width, pre.height):
+        resized[size] += 1
+    return x
 
 
 def _bomb_message(path: str, limits: Limits) -> str:

@@ -105,6 +105,8 @@ def test_images_through_the_cli(grayscale_model_path, tmp_path):
     result = invoke("infer", tmp_path, "--model", grayscale_model_path, "--passes", 3, "--json")
     assert result.exit_code == 0, result.output
     assert len(json.loads(result.stdout)["predictions"]) == 3
+    # the model takes 3 x 2: one line for the run, not one per image
+    assert result.stderr == "warning: resized 3 images to the model's 3x2 (width x height): 3 from 6x4\n"
 
 
 def test_many_inputs_show_progress_on_stderr_only(toy_model_path, tmp_path):

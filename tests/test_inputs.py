@@ -476,3 +476,27 @@ def test_failures_with_nothing_good_gives_no_batch(tmp_path, gray_info):
     names, x = load_inputs([str(tmp_path / "missing.png")], gray_info, failures=failures)
     assert names == [] and x is None
     assert failures == [(str(tmp_path / "missing.png"), f"{tmp_path / 'missing.png'}: no such file")]
+
+
+def test_resized_images_are_told_once_per_call(tmp_path, gray_info):
+    for name, size in (("a.png", (6, 4)), ("b.png", (3, 2)), ("c.png", (6, 4)), ("d.tif", (12, 8))):
+        Image.new("L", size, 90).save(tmp_path / name)
+    Image.fromarray(np.full((5, 7), 0.5, np.float32)).save(tmp_path / "e.tif")  # float: its own resize path
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        names, x = load_inputs([str(tmp_path)], gray_info)
+    assert len(names) == 5 and x.shape == (5, 2, 3, 1)
+    assert [str(w.message) for w in caught] == [
+        "resized 4 images to the model's 3x2 (width x height): 2 from 6x4, 1 from 12x8, 1 from 7x5"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_inputs([str(tmp_path / "b.png")], gray_info)  # the model's size: nothing to tell
+
+
+def test_many_sizes_are_summed_up(tmp_path, gray_info):
+    for width in range(4, 10):
+        Image.new("L", (width, 2), 90).save(tmp_path / f"w{width}.png")
+    with pytest.warns(UserWarning) as caught:
+        load_inputs([str(tmp_path)], gray_info)
+    assert len(caught) == 1
+    assert str(caught[0].message).endswith(": 1 from 4x2, 1 from 5x2, 1 from 6x2, 3 from 3 other sizes")
