@@ -38,6 +38,11 @@ MAX_CONFIG_BYTES = 64 * 2**20  # a config (or keras_metadata.pb); real ones are 
 MAX_NESTING = 400  # nested containers in a config; Keras itself recurses per level
 SHOWN = 3  # findings named in the message
 REFUSED = "refused (pass --trust-model-code if you trust this file's author)"
+# A registered class is looked up, not carried: trusting the file cannot load it, the user's module can.
+REFUSED_CUSTOM = ("refused: pass --custom-objects FILE.py, a Python file of yours that defines and registers "
+                  "these classes (@keras.saving.register_keras_serializable)")
+REFUSED_BOTH = ("refused (--custom-objects FILE.py for the custom objects; --trust-model-code for the file's "
+                "own code, only if you trust its author)")
 
 KERAS_PACKAGES = ("keras", "tf_keras")
 LAMBDA_CLASSES = ("Lambda", "__lambda__")
@@ -57,7 +62,13 @@ def check_model_code(path, registered: Iterable[str] = ()) -> None:
     if findings:
         unique = list(dict.fromkeys(findings))  # a SavedModel lists a layer in its model and on its own
         more = f"; and {len(unique) - SHOWN} more" if len(unique) > SHOWN else ""
-        raise UnsafeModelError(f"{path}: {'; '.join(unique[:SHOWN])}{more}; {REFUSED}")
+        custom = sum(isinstance(finding, CustomObject) for finding in unique)
+        refused = REFUSED_CUSTOM if custom == len(unique) else REFUSED_BOTH if custom else REFUSED
+        raise UnsafeModelError(f"{path}: {'; '.join(unique[:SHOWN])}{more}; {refused}")
+
+
+class CustomObject(str):
+    """A finding that is a registered custom object (`Package>Name`): --custom-objects loads it."""
 
 
 def model_configs(path) -> List[object]:
@@ -244,7 +255,7 @@ def _object_finding(node: dict, owner):
     registered = node.get("registered_name")
     for custom in (registered, class_name):
         if isinstance(custom, str) and ">" in custom:
-            return f"{_who(owner)} holds the custom object '{custom}', whose code is not part of Keras"
+            return CustomObject(f"{_who(owner)} holds the custom object '{custom}', whose code is not part of Keras")
     module = node.get("module")
     if isinstance(module, str) and not _stock_module(module, class_name, node.get("config")):
         what = f"function '{node.get('config')}' of " if class_name == "function" else ""
