@@ -171,9 +171,14 @@ def infer(
     outputs: mean and std."""
     limits = _limits(limit)
     if out is not None and out.suffix.lower() not in OUT_FORMATS:
-        raise InputError(f"--out {out}: unknown format {out.suffix or '(none)'!r}; "
-                         f"use one of {', '.join(OUT_FORMATS)}")
+        problem = "is a folder" if out.is_dir() else f"unknown format {out.suffix or '(none)'!r}"
+        raise InputError(f"--out {out}: {problem}; give a file name ending in {', '.join(OUT_FORMATS)}")
+    if out is not None and any(_same_file(out, item) for item in inputs):
+        raise InputError(f"--out {out}: is one of the inputs; writing the results there would replace it")
     _check_run_options(limits, passes, max_chunk_mb, threads)
+    for name, value in (("--seed", seed), ("--mask-seed", mask_seed)):
+        if value is not None and not 0 <= value < 2**64:  # runtime/masks.py: MAX_SEED
+            raise InputError(f"{name} must be an integer from 0 to 2**64 - 1, got {value}")
     if top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {top_k}")
     if threshold is not None and not 0 <= threshold <= 1:
@@ -229,6 +234,13 @@ def infer(
         _print_table(document, by_output, shown)
     if failures and on_error == "report":
         raise typer.Exit(InputError.exit_code)
+
+
+def _same_file(path: Path, other: str) -> bool:
+    try:
+        return os.path.samefile(path, other)
+    except (OSError, ValueError):  # either is missing (a glob, a new --out): not the same file
+        return False
 
 
 def _shown(path: Path) -> str:

@@ -266,3 +266,26 @@ def test_regression_has_mean_and_std_columns(tmp_path):
     assert list(rows[0]) == ["input", "uncertain", "mean_0", "mean_1", "variance_0", "variance_1", "std_0", "std_1"]
     means = [float(row[key]) for row in rows for key in ("mean_0", "mean_1")]
     assert min(means) < 0  # a number, written as -1.2, never as the text '-1.2
+
+
+# A careless user: each slip is one line, and nothing given is replaced ---------------------------
+
+def test_a_folder_as_out_is_named_a_folder(toy_model_path, batch_npy, tmp_path):
+    (tmp_path / "results").mkdir()
+    assert_one_line_error(invoke("infer", batch_npy, "--model", toy_model_path, "--out", tmp_path / "results"),
+                          "results: is a folder; give a file name ending in .json, .npz, .csv")
+
+
+def test_out_naming_an_input_is_refused_and_the_input_kept(toy_model_path, tmp_path):
+    batch = tmp_path / "batch.npz"
+    np.savez(batch, x=X)
+    before = batch.read_bytes()
+    result = invoke("infer", batch, "--model", toy_model_path, "--out", tmp_path / "." / "batch.npz")
+    assert_one_line_error(result, "is one of the inputs")
+    assert batch.read_bytes() == before
+
+
+@pytest.mark.parametrize("option", ["--seed", "--mask-seed"])
+def test_a_seed_past_64_bits_is_one_line(toy_model_path, batch_npy, option):
+    assert_one_line_error(invoke("infer", batch_npy, "--model", toy_model_path, option, 2**70),
+                          f"{option} must be an integer from 0 to 2**64 - 1")
