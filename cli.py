@@ -400,6 +400,7 @@ def export(
         None, help="A Python file registering your custom layers; it is imported first, which runs its code."),
 ):
     """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
+    _check_export_target(output)  # before minutes of loading and converting
     size = None
     if image_size is not None:
         try:
@@ -443,6 +444,21 @@ def export(
             if ignore_random_layers else None, custom_objects=custom_objects,
         )
     typer.echo("\n".join(report.lines()))
+
+
+def _check_export_target(output: Path) -> None:
+    """-o must name an .onnx file (so `-o model.keras` cannot replace the source), not a folder or
+    a link, in a folder that is one or can be made."""
+    from .runtime.files import check_writable_target
+
+    path = Path(os.path.abspath(output))
+    folder = next(p for p in path.parents if os.path.lexists(p))
+    if not folder.is_dir():
+        raise InputError(f"-o {output}: {folder} is not a folder")
+    if folder == path.parent:
+        check_writable_target(output)
+    if output.suffix.lower() != ".onnx":
+        raise InputError(f"-o {output}: the file to write must end in .onnx")
 
 
 @app.command()

@@ -178,3 +178,20 @@ cli.main()
     assert child.wait(timeout=120) == 128 + stop
     assert child.stderr.read().splitlines() == [message]
     assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("name, message", [
+    ("model.keras", "the file to write must end in .onnx"),  # would replace the source
+    ("model", "the file to write must end in .onnx"),
+    ("a_file/model.onnx", "a_file is not a folder"),
+    ("a_file/deeper/model.onnx", "a_file is not a folder"),
+    ("a_folder.onnx", "is a folder"),
+])
+def test_export_refuses_a_bad_target_before_loading_anything(tmp_path, name, message):
+    (tmp_path / "a_file").write_text("a file")
+    (tmp_path / "a_folder.onnx").mkdir()
+    source = tmp_path / "model.keras"
+    source.write_bytes(b"not read")
+    result = invoke("export", source, "-o", tmp_path / name)
+    assert_one_error(result, message)
+    assert source.read_bytes() == b"not read"
