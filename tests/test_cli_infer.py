@@ -252,7 +252,8 @@ def test_csv_neutralises_hostile_names_and_labels(tmp_path, monkeypatch):
 def test_regression_has_mean_and_std_columns(tmp_path):
     model = build_toy_model(tmp_path / "regression.onnx", "regression")  # two output values
     np.save(tmp_path / "x.npy", X)
-    result = invoke("infer", tmp_path / "x.npy", "--model", model, "--passes", 3, "--seed", 1, "--out", tmp_path / "r.csv")
+    result = invoke("infer", tmp_path / "x.npy", "--model", model, "--passes", 3, "--seed", 1,
+                    "--out", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[1].split() == ["input", "mean", "std"]  # not label / confidence

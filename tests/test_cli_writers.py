@@ -155,7 +155,8 @@ def test_ctrl_c_during_the_run_is_one_line(toy_model_path, npy, out_dir, monkeyp
     assert list(out_dir.iterdir()) == []
 
 
-@pytest.mark.parametrize("stop, message", [(signal.SIGINT, "error: interrupted"), (signal.SIGTERM, "error: terminated")])
+@pytest.mark.parametrize("stop, message", [(signal.SIGINT, "error: interrupted"),
+                                           (signal.SIGTERM, "error: terminated")])
 def test_a_real_process_stopped_mid_run_says_so(toy_model_path, npy, out_dir, stop, message):
     # SIGINT's default handler, as a terminal gives it (a test runner's worker may ignore SIGINT,
     # and its children inherit that); the run is slowed down to be caught in it.
