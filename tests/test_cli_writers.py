@@ -101,6 +101,16 @@ def test_a_read_only_folder_at_the_rename_is_one_line(toy_model_path, npy, out_d
     assert list(out_dir.iterdir()) == []
 
 
+def test_a_folder_that_refuses_new_files_is_one_line(toy_model_path, npy, out_dir, monkeypatch):
+    def mkstemp(*args, **kwargs):  # what a read-only or not-writable folder answers (root ignores modes)
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", mkstemp)
+    result = invoke("infer", npy, "--model", toy_model_path, "--passes", 3, "--out", out_dir / "r.csv")
+    assert_one_error(result, "r.csv: cannot write here (Permission denied)")
+    assert list(out_dir.iterdir()) == []
+
+
 def test_the_writer_removes_its_temporary_and_names_the_target(tmp_path):
     target = tmp_path / "r.bin"
     with pytest.raises(OSError) as caught:
