@@ -156,3 +156,21 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# Characters a spreadsheet reads as the start of a formula (OWASP "CSV Injection"): a cell that
+# begins with one of them is prefixed with ' so it stays text.
+_FORMULA_LEADS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe_cell(text: str) -> str:
+    """A text cell (a name, id or label, never a number we wrote) safe to open in a spreadsheet:
+    a leading = + - @ tab or CR gets a ' prefix, and control characters (C0, DEL, C1) become the
+    text \\xNN, so no escape sequence reaches a terminal."""
+    prefix = "'" if text.startswith(_FORMULA_LEADS) else ""
+    return prefix + "".join(f"\\x{ord(char):02x}" if _is_control(char) else char for char in text)
+
+
+def _is_control(char: str) -> bool:
+    code = ord(char)
+    return code < 0x20 or 0x7F <= code < 0xA0
