@@ -460,6 +460,8 @@ def evaluate(
     uncertain_if: Optional[str] = typer.Option(None, help="UNCERTAIN rule instead of the file's, e.g. "
                                                "'mutual_information > 0.05 or confidence < 0.7'."),
     target_precision: float = typer.Option(0.9, help="Binary / multi-label heads: report the threshold that reaches it."),
+    on_error: str = typer.Option("stop", help="An input that cannot be read: stop (before any run) or skip (left "
+                                 "out, listed in the report)."),
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     max_chunk_mb: float = MAX_CHUNK_OPTION,
@@ -471,8 +473,14 @@ def evaluate(
     _check_run_options(limits, passes, max_chunk_mb, threads)
     if not 0 < target_precision <= 1:
         raise InputError(f"--target-precision must lie in (0, 1], got {target_precision}")
-    if report is not None and report.exists() and not report.is_dir():
-        raise InputError(f"--report {report}: exists and is not a folder")
+    if on_error not in ("skip", "stop"):
+        raise InputError(f"--on-error {on_error!r}: choose skip or stop")
+    with_plots = False
+    if report is not None:  # before the long evaluation: a bad folder or no plots is known at once
+        from .runtime.report import check_report_folder, plots_available
+
+        check_report_folder(report)
+        with_plots = plots_available()
     from .runtime.datasets import batch_size, load_labelled, load_unlabelled, pick_output
     from .runtime.decision import Rule
     from .runtime.evaluation import evaluate as run_evaluation
@@ -483,8 +491,11 @@ def evaluate(
     chosen = pick_output(session.info, output)
     if uncertain_if is not None:
         Rule.parse(uncertain_if, chosen.head)  # a bad rule fails before any run
-    labelled = load_labelled(data, session.info, chosen, limits)
-    outside = load_unlabelled(ood, session.info, limits) if ood is not None else None
+    failures = None if on_error == "stop" else []
+    labelled = load_labelled(data, session.info, chosen, limits, failures)
+    outside = load_unlabelled(ood, session.info, limits, failures) if ood is not None else None
+    for path, message in failures or []:
+        typer.echo(f"warning: skipped: {terminal_safe(message)}", err=True)
     total = 2 * (len(labelled) + (0 if outside is None else batch_size(outside)))
     with typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
                            hidden=total < 2 * PROGRESS_MIN_INPUTS) as bar:
@@ -492,11 +503,13 @@ def evaluate(
                                 target_precision=target_precision, uncertain_if=uncertain_if)
     result.report = {"model": valid_text(_shown(model)), "data": valid_text(_shown(data)),
                      "ood": None if ood is None else valid_text(_shown(ood)), "output": chosen.name,
-                     "seed": seed, "provider": session.provider, **result.report}
+                     "seed": seed, "provider": session.provider,
+                     "skipped": [{"input": valid_text(path), "error": valid_text(message)}
+                                 for path, message in failures or []], **result.report}
     if report is not None:
         from .runtime.report import write_report
 
-        written = write_report(report, result)
+        written = write_report(report, result, with_plots)
         typer.echo(f"wrote {', '.join(terminal_safe(_shown(path)) for path in written)}", err=True)
     if as_json:
         typer.echo(json.dumps(result.report, indent=2, allow_nan=False))

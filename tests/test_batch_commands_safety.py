@@ -1,0 +1,226 @@
+"""`evaluate`, `calibrate` and `acquire` as a careless or hostile user runs them (issue 22): no
+writes through links, one line per error, nothing half-written, integrity state kept honest.
+
+On the toy files (tests/toy_model.py) and the shipped CNN, a few passes each: seconds."""
+
+import csv
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from mcdrop import cli
+from mcdrop.runtime.session import MCSession
+from conftest import ROOT
+from toy_model import build_toy_model
+
+CNN = ROOT / "models" / "cnn.onnx"
+HOSTILE = ["=cmd|'/c calc'!A1", "+1", "-2", "@SUM(A1:A2)", "\x1b[31mred"]
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(cli.app, [str(a) for a in args])
+
+
+def one_line_error(result, code=2) -> str:
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def softmax(tmp_path_factory):
+    """The toy softmax file (labels cat, dog, bird) and 30 labelled inputs."""
+    folder = tmp_path_factory.mktemp("softmax")
+    path = build_toy_model(folder / "softmax.onnx", "softmax")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 4)).astype(np.float32)
+    y = MCSession(path, seed=0).predict(x, dropout=False).mean.argmax(-1)
+    np.savez(folder / "data.npz", x=x, y=y)
+    return {"model": path, "folder": folder, "x": x, "y": y, "data": folder / "data.npz"}
+
+
+# evaluate --report ------------------------------------------------------------------------------
+
+def test_report_refuses_a_symlinked_folder_before_running_and_writes_nothing(softmax, tmp_path):
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (tmp_path / "report").symlink_to(precious)
+    message = one_line_error(invoke("evaluate", softmax["model"], softmax["data"], "--report", tmp_path / "report"))
+    assert "symbolic link" in message and "report" in message
+    assert list(precious.iterdir()) == []
+
+
+def test_report_refuses_a_symlinked_file_inside_and_writes_no_other(softmax, tmp_path):
+    report, victim = tmp_path / "report", tmp_path / "victim.txt"
+    report.mkdir()
+    victim.write_text("keep me")
+    (report / "report.md").symlink_to(victim)
+    message = one_line_error(invoke("evaluate", softmax["model"], softmax["data"], "--report", report))
+    assert "report.md" in message and "symbolic link" in message
+    assert victim.read_text() == "keep me" and sorted(p.name for p in report.iterdir()) == ["report.md"]
+
+
+def test_report_without_matplotlib_writes_json_and_markdown_with_one_warning(softmax, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    result = invoke("evaluate", softmax["model"], softmax["data"], "--passes", 3, "--seed", 0,
+                    "--report", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "matplotlib" in warnings[0] and "evaluate" in warnings[0]
+    assert sorted(p.name for p in (tmp_path / "report").iterdir()) == ["report.json", "report.md"]
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["count"] == 30
+    assert ".png" not in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_missing_matplotlib_is_known_before_the_evaluation(softmax, tmp_path, monkeypatch):
+    """The warning comes before any input is read or run: a bad data file still fails after it."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    result = invoke("evaluate", softmax["model"], tmp_path / "missing.npz", "--report", tmp_path / "report")
+    lines = result.output.splitlines()
+    assert lines[0].startswith("warning: ") and "matplotlib" in lines[0] and lines[-1].startswith("error: ")
+
+
+# evaluate / calibrate on odd data ----------------------------------------------------------------
+
+@pytest.mark.parametrize("command", ["evaluate", "calibrate"])
+def test_zero_inputs_are_one_line(softmax, tmp_path, command):
+    np.savez(tmp_path / "empty.npz", x=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64))
+    extra = ["-o", tmp_path / "out.onnx"] if command == "calibrate" else []
+    assert "holds no labelled inputs" in one_line_error(invoke(command, softmax["model"], tmp_path / "empty.npz", *extra))
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_string_labels_map_through_the_files_labels(softmax, tmp_path):
+    names = np.array(["cat", "dog", "bird"])[softmax["y"]]
+    np.savez(tmp_path / "named.npz", x=softmax["x"], y=names)
+    by_name = invoke("evaluate", softmax["model"], tmp_path / "named.npz", "--passes", 3, "--seed", 0, "--json")
+    by_index = invoke("evaluate", softmax["model"], softmax["data"], "--passes", 3, "--seed", 0, "--json")
+    assert by_name.exit_code == 0, by_name.output
+    assert json.loads(by_name.stdout)["mc"] == json.loads(by_index.stdout)["mc"]
+    assert json.loads(by_name.stdout)["deterministic"]["accuracy"] == 1.0  # the targets are its classes
+
+
+@pytest.mark.parametrize("command", ["evaluate", "calibrate"])
+def test_an_unknown_string_label_is_refused_by_name(softmax, tmp_path, command):
+    names = np.array(["cat", "dog", "bird"], dtype="U10")[softmax["y"]]
+    names[7] = "=horse"
+    np.savez(tmp_path / "named.npz", x=softmax["x"], y=names)
+    extra = ["-o", tmp_path / "out.onnx"] if command == "calibrate" else []
+    message = one_line_error(invoke(command, softmax["model"], tmp_path / "named.npz", *extra))
+    assert "'=horse' is not one of the model's labels (cat, dog, bird)" in message
+
+
+def test_calibrate_takes_string_labels(softmax, tmp_path):
+    names = np.array(["cat", "dog", "bird"])[softmax["y"]]
+    np.savez(tmp_path / "named.npz", x=softmax["x"], y=names)
+    result = invoke("calibrate", softmax["model"], tmp_path / "named.npz", "-o", tmp_path / "out.onnx", "--passes", 4)
+    assert result.exit_code == 0, result.output
+    assert MCSession(tmp_path / "out.onnx").info.model_outputs[0].calibration["fitted_on"]["count"] == 30
+
+
+@pytest.fixture
+def class_folders(tmp_path):
+    """Two classes of 2 x 3 grey images, one file in class 1 corrupt."""
+    from conftest import GRAYSCALE_PREPROCESSING
+
+    model = build_toy_model(tmp_path / "gray.onnx", "softmax", example_shape=(2, 3, 1),
+                            preprocessing=GRAYSCALE_PREPROCESSING)
+    rng = np.random.default_rng(0)
+    for label in ("cat", "dog"):
+        (tmp_path / "classes" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (2, 3), dtype=np.uint8)).save(tmp_path / "classes" / label / f"{i}.png")
+    (tmp_path / "classes" / "dog" / "broken.png").write_bytes(b"not a png")
+    return model, tmp_path / "classes"
+
+
+def test_evaluate_stops_at_a_corrupt_image_by_default_and_says_how_to_skip(class_folders):
+    model, folder = class_folders
+    message = one_line_error(invoke("evaluate", model, folder, "--passes", 2))
+    assert "broken.png" in message and "--on-error skip" in message
+
+
+def test_evaluate_on_error_skip_leaves_it_out_and_reports_it(class_folders, tmp_path):
+    model, folder = class_folders
+    result = invoke("evaluate", model, folder, "--passes", 2, "--seed", 0, "--on-error", "skip", "--json",
+                    "--report", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["count"] == 6
+    assert [item["input"] for item in report["skipped"]] == [str(folder / "dog" / "broken.png")]
+    assert json.loads((tmp_path / "report" / "report.json").read_text())["skipped"] == report["skipped"]
+    assert "broken.png" in (tmp_path / "report" / "report.md").read_text()
+    summary = invoke("evaluate", model, folder, "--passes", 2, "--seed", 0, "--on-error", "skip")
+    assert "skipped 1 inputs that could not be read" in summary.stdout
+    assert "warning: skipped:" in summary.output and "broken.png" in summary.output
+
+
+def test_evaluate_refuses_an_unknown_on_error(softmax):
+    assert "--on-error 'report'" in one_line_error(invoke("evaluate", softmax["model"], softmax["data"],
+                                                          "--on-error", "report"))
+
+
+# calibrate: integrity and what it prints --------------------------------------------------------
+
+def _tampered(softmax, path):
+    """The toy file with one weight changed after sealing: valid ONNX, checksum mismatch."""
+    import onnx
+
+    proto = onnx.load(softmax["model"])
+    weights = next(init for init in proto.graph.initializer if init.name.endswith("W1") or "W1" in init.name)
+    values = onnx.numpy_helper.to_array(weights).copy()
+    values.flat[0] += 1.0
+    weights.CopyFrom(onnx.numpy_helper.from_array(values, weights.name))
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def test_calibrate_refuses_a_tampered_file_naming_the_users_path(softmax, tmp_path):
+    tampered = _tampered(softmax, tmp_path / "tampered.onnx")
+    message = one_line_error(invoke("calibrate", tampered, softmax["data"], "-o", tmp_path / "out.onnx"))
+    assert f"{tampered}: was modified after export" in message and "mcdrop-calibrate" not in message
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_calibrate_no_verify_on_a_tampered_file_writes_an_unsealed_file(softmax, tmp_path):
+    from mcdrop.runtime.errors import ModelFileError
+
+    tampered, out = _tampered(softmax, tmp_path / "tampered.onnx"), tmp_path / "out.onnx"
+    result = invoke("calibrate", tampered, softmax["data"], "-o", out, "--passes", 4, "--no-verify")
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning: ")]
+    assert len(warning) == 1 and str(tampered) in warning[0] and "--no-verify" in warning[0]
+    with pytest.raises(ModelFileError, match="no integrity checksum"):
+        MCSession(out)  # verification on: refused
+    assert MCSession(out, verify=False).info.model_outputs[0].calibration is not None
+    np.save(tmp_path / "x.npy", softmax["x"][:2])
+    assert "no integrity checksum" in one_line_error(invoke("infer", tmp_path / "x.npy", "--model", out))
+
+
+def test_calibrate_no_verify_on_a_sound_file_keeps_it_sealed(softmax, tmp_path):
+    out = tmp_path / "out.onnx"
+    result = invoke("calibrate", softmax["model"], softmax["data"], "-o", out, "--passes", 4, "--no-verify")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    MCSession(out)  # verifies
+
+
+def test_calibrate_prints_the_rule_with_four_significant_digits(softmax, tmp_path):
+    import re
+
+    result = invoke("calibrate", softmax["model"], softmax["data"], "-o", tmp_path / "out.onnx", "--passes", 4,
+                    "--target-coverage", 0.8)
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.stdout.splitlines() if line.startswith("UNCERTAIN if"))
+    number = re.search(r"> (\S+)", line).group(1)
+    assert len(number.replace("0.", "").lstrip("0").split("e")[0].replace(".", "")) <= 4, line
+    stored = MCSession(tmp_path / "out.onnx").info.model_outputs[0].calibration["uncertain_rule"]
+    assert float(number) == pytest.approx(float(stored.split("> ")[1]), rel=1e-3)
