@@ -573,6 +573,8 @@ def acquire(
     batch_size: int = typer.Option(256, help="Pool inputs scored per predict."),
     num_samples: int = typer.Option(10_000, help="batchbald: label configurations sampled once the exact joint "
                                                  "entropy would need more."),
+    max_memory_mb: float = typer.Option(2048, help="batchbald: refuse a run whose samples and working arrays "
+                                                   "would need more, MiB (estimated up front)."),
     seed: int = typer.Option(0, help="Seed of the random strategy and of batchbald's sampled configurations."),
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
@@ -591,6 +593,8 @@ def acquire(
     for name, value in (("--k", k), ("--batch-size", batch_size), ("--num-samples", num_samples)):
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
+    if not 0 < max_memory_mb < float("inf"):
+        raise InputError(f"--max-memory-mb must be a positive finite number, got {max_memory_mb}")
     if out is not None:
         if out.suffix.lower() not in (".csv", ".json"):
             raise InputError(f"--out {out}: write the ranking to .csv or .json")
@@ -600,7 +604,7 @@ def acquire(
 
     import numpy as np
 
-    from .runtime.acquisition import acquire_with_session
+    from .runtime.acquisition import acquire_with_session, check_session_memory
     from .runtime.inputs import load_inputs
     from .runtime.session import MCSession
 
@@ -609,10 +613,12 @@ def acquire(
     names, x = load_inputs(pool, session.info, limits=limits)
     if not names:
         raise InputError("the pool is empty")
+    check_session_memory(session, len(names), strategy, passes, output, num_samples, max_memory_mb)  # before any run
     with typer.progressbar(length=len(names), label="Scoring the pool", file=sys.stderr) as bar:
         chosen = acquire_with_session(session, x, k, strategy, passes=passes, mask_seed=mask_seed, output=output,
                                       batch_size=batch_size, ids=names, rng=np.random.default_rng(seed),
-                                      num_samples=num_samples, progress=lambda done, total: bar.update(done - bar.pos))
+                                      num_samples=num_samples, max_memory_mb=max_memory_mb,
+                                      progress=lambda done, total: bar.update(done - bar.pos))
     if out is not None:
         chosen.write(out)
     typer.echo(f"model {terminal_safe(_shown(model))}  pool {len(names)}  strategy {strategy}  passes {chosen.passes}  "

@@ -224,3 +224,84 @@ def test_calibrate_prints_the_rule_with_four_significant_digits(softmax, tmp_pat
     assert len(number.replace("0.", "").lstrip("0").split("e")[0].replace(".", "")) <= 4, line
     stored = MCSession(tmp_path / "out.onnx").info.model_outputs[0].calibration["uncertain_rule"]
     assert float(number) == pytest.approx(float(stored.split("> ")[1]), rel=1e-3)
+
+
+# acquire: memory bound, CSV cells, what reproduces a ranking ------------------------------------
+
+def test_acquire_refuses_a_huge_num_samples_up_front_in_one_line(tmp_path):
+    np.save(tmp_path / "pool.npy", np.zeros((4, 28, 28, 1), np.float32))
+    message = one_line_error(invoke("acquire", tmp_path / "pool.npy", "--model", CNN, "--strategy", "batchbald",
+                                    "--k", 2, "--num-samples", 10**12))
+    assert "over --max-memory-mb 2048" in message and "raise --max-memory-mb" in message
+
+
+def test_acquire_max_memory_mb_bounds_the_kept_samples_and_can_be_raised(tmp_path):
+    np.save(tmp_path / "pool.npy", np.zeros((6, 28, 28, 1), np.float32))
+    args = ["acquire", tmp_path / "pool.npy", "--model", CNN, "--strategy", "batchbald", "--k", 2, "--passes", 3,
+            "--num-samples", 100]
+    assert "over --max-memory-mb 1" in one_line_error(invoke(*args, "--max-memory-mb", 1))
+    assert invoke(*args, "--max-memory-mb", 512).exit_code == 0
+    assert "--max-memory-mb must be a positive finite number" in one_line_error(invoke(*args, "--max-memory-mb", 0))
+
+
+def test_batchbald_and_acquire_check_memory_before_allocating():
+    from mcdrop.runtime import acquisition as A
+    from mcdrop.runtime.errors import InputError
+
+    x = np.full((4, 5, 3), 1 / 3)
+    with pytest.raises(InputError, match="max-memory-mb"):
+        A.batchbald(x, 2, num_samples=10**12, rng=np.random.default_rng(0))
+    with pytest.raises(InputError, match="max-memory-mb"):
+        A.acquire(lambda piece: np.full((4, len(piece), 3), 1 / 3), np.zeros((5, 2)), 2, "batchbald",
+                  num_samples=10**12, rng=np.random.default_rng(0))
+    # Within the bound the estimate is not in the way (and bounds the real peak: docs/DESIGN.md).
+    assert len(A.batchbald(x, 2, num_samples=1000, rng=np.random.default_rng(0))[0]) == 2
+
+
+def test_acquisition_csv_neutralises_hostile_ids_and_carries_how_to_reproduce(tmp_path):
+    from mcdrop.runtime.acquisition import Acquisition
+
+    chosen = Acquisition("bald", np.arange(len(HOSTILE)), np.linspace(1, -1, len(HOSTILE)), 20, 7, HOSTILE)
+    chosen.write(tmp_path / "ranking.csv")
+    text = (tmp_path / "ranking.csv").read_text()
+    assert "\x1b" not in text
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert [row["id"] for row in rows] == ["'=cmd|'/c calc'!A1", "'+1", "'-2", "'@SUM(A1:A2)", "\\x1b[31mred"]
+    for row in rows:  # no cell of ours starts a formula; the numbers stay numbers
+        assert not any(cell.startswith(("=", "+", "@", "\t", "\r")) for cell in row.values())
+        assert (row["strategy"], row["passes"], row["mask_seed"]) == ("bald", "20", "7")
+    assert float(rows[-1]["score"]) == -1.0
+    chosen.write(tmp_path / "ranking.json")
+    written = json.loads((tmp_path / "ranking.json").read_text())
+    assert [row["id"] for row in written["rows"]] == HOSTILE  # JSON keeps the names as they are
+    assert (written["strategy"], written["passes"], written["mask_seed"]) == ("bald", 20, 7)
+
+
+def test_acquire_cli_csv_from_hostile_file_names(tmp_path, monkeypatch):
+    """Files named like formulas, given relative to the working folder (the ids are the names as typed)."""
+    rng = np.random.default_rng(0)
+    names = ["=HYPERLINK(1).png", "+1.png", "-2.png", "@SUM.png", "\x1b[31m.png", "plain.png"]
+    for name in names:
+        Image.fromarray(rng.integers(0, 255, (28, 28), dtype=np.uint8)).save(tmp_path / name)
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "ranking.csv"
+    result = invoke("acquire", "--model", CNN, "--k", len(names), "--passes", 4, "--mask-seed", 5, "--out", out,
+                    "--", *names)
+    assert result.exit_code == 0, result.output
+    text = out.read_text()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert "\x1b" not in text and len(rows) == len(names)
+    assert sorted(row["id"] for row in rows) == sorted(["'=HYPERLINK(1).png", "'+1.png", "'-2.png", "'@SUM.png",
+                                                        "\\x1b[31m.png", "plain.png"])
+    assert all((row["strategy"], row["passes"], row["mask_seed"]) == ("bald", "4", "5") for row in rows)
+
+
+@pytest.mark.parametrize("text, safe", [
+    ("=cmd|'/c calc'!A1", "'=cmd|'/c calc'!A1"), ("+1", "'+1"), ("-2", "'-2"), ("@SUM(A1)", "'@SUM(A1)"),
+    ("\x1b[31m", "\\x1b[31m"), ("\tx", "'\\x09x"), ("\rx", "'\\x0dx"), ("a\nb\x7f\x85", "a\\x0ab\\x7f\\x85"),
+    ("digit_3.png", "digit_3.png"), ("é 3-1=2", "é 3-1=2"), ("", ""),
+])
+def test_csv_safe_cell(text, safe):
+    from mcdrop.runtime.files import csv_safe_cell
+
+    assert csv_safe_cell(text) == safe
