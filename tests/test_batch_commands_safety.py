@@ -254,8 +254,26 @@ def test_batchbald_and_acquire_check_memory_before_allocating():
     with pytest.raises(InputError, match="max-memory-mb"):
         A.acquire(lambda piece: np.full((4, len(piece), 3), 1 / 3), np.zeros((5, 2)), 2, "batchbald",
                   num_samples=10**12, rng=np.random.default_rng(0))
-    # Within the bound the estimate is not in the way (and bounds the real peak: docs/DESIGN.md).
+    # Within the bound the estimate is not in the way.
     assert len(A.batchbald(x, 2, num_samples=1000, rng=np.random.default_rng(0))[0]) == 2
+
+
+@pytest.mark.parametrize("passes, classes", [(20, 10), (5, 100)])
+def test_batchbald_memory_estimate_bounds_the_traced_peak(passes, classes):
+    """The sampled estimator (exact_limit=1), whose arrays grow with --num-samples."""
+    import tracemalloc
+
+    from mcdrop.runtime import acquisition as A
+
+    x = np.random.default_rng(0).dirichlet(np.full(classes, 0.5), size=(passes, 40)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        A.batchbald(x, 3, num_samples=5_000, rng=np.random.default_rng(0), exact_limit=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    estimate = A.batchbald_bytes(passes, 40, classes, 5_000, samples_kept=False)
+    assert peak <= estimate < 4 * peak + 2**27  # an upper bound, not a wild one
 
 
 def test_acquisition_csv_neutralises_hostile_ids_and_carries_how_to_reproduce(tmp_path):
