@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -22,14 +21,12 @@ import numpy as np
 
 from ..runtime.errors import InputError, ValidationError
 from ..runtime.metadata import METADATA_KEY
+from ..runtime.report import rounded_rule
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
 # uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
 AGREEMENT = 1e-4
 CHECK_INPUTS = 64
-# Thresholds as printed; the file keeps the float32 value the graph compares against.
-SHOWN_DIGITS = 4
-_NUMBER = re.compile(r"(?<![\w.])\d+\.\d+(?:[eE][-+]?\d+)?|(?<![\w.])\d+[eE][-+]?\d+")
 
 
 @dataclass
@@ -51,7 +48,7 @@ class CalibrationReport:
                          "(on the calibration set)")
         lines.append(f"NLL              {achieved['nll_before']:.4f} -> {achieved['nll_after']:.4f}")
         if c.get("uncertain_rule"):
-            lines.append(f"UNCERTAIN if     {_rounded(c['uncertain_rule'])}")
+            lines.append(f"UNCERTAIN if     {rounded_rule(c['uncertain_rule'])}")
         if "accepted_accuracy" in achieved:
             shown = "-" if achieved["accepted_accuracy"] is None else f"{achieved['accepted_accuracy']:.4f}"
             lines.append(f"accepted         {achieved['coverage']:.1%} of inputs, accuracy {shown}")
@@ -62,11 +59,6 @@ class CalibrationReport:
                          f"set coverage {achieved['set_coverage']:.4f}, mean set size {achieved['mean_set_size']:.2f}")
         lines.append("graph outputs    " + (", ".join(c["graph_outputs"]) or "-"))
         return lines + [f"check            ok  {check}" for check in self.checks]
-
-
-def _rounded(rule: str) -> str:
-    """The rule as printed: its numbers to SHOWN_DIGITS significant digits (the file keeps them exact)."""
-    return _NUMBER.sub(lambda found: f"{float(found.group()):.{SHOWN_DIGITS}g}", rule)
 
 
 def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = None,

@@ -9,6 +9,7 @@ link: neither DIR nor a file in it may be one, as for `infer --out`.
 import io
 import json
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Dict, List
@@ -29,8 +30,16 @@ SCALAR_METRICS = ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "sub
 MODE_TITLES = {"mc": "MC dropout", "deterministic": "deterministic pass"}
 TEXT_FILES = ("report.json", "report.md")
 PLOT_FILES = ("reliability.png", "risk_coverage.png", "mutual_information.png", "roc.png")
+# A rule's thresholds as shown to people; files and report.json keep the exact float32 value.
+SHOWN_DIGITS = 4
+_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:[eE][-+]?\d+)?|(?<![\w.])\d+[eE][-+]?\d+")
 NO_MATPLOTLIB = ("the report's plots need matplotlib (the evaluate extra: pip install -e '.[evaluate]'); "
                  "writing report.json and report.md only")
+
+
+def rounded_rule(rule: str) -> str:
+    """An UNCERTAIN rule as printed: its numbers to SHOWN_DIGITS significant digits."""
+    return _DECIMAL.sub(lambda found: f"{float(found.group()):.{SHOWN_DIGITS}g}", rule)
 
 
 def check_report_folder(folder) -> Path:
@@ -224,7 +233,7 @@ def markdown(report: dict, with_plots: bool = True) -> str:
                       f"{_cell(det['accuracy_at_coverage'].get(name, {}).get(f'{c:.0%}'))}" for c in COVERAGES]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         rule = mc["uncertain_rule"]
-        lines += ["", f"UNCERTAIN rule ({rule['source']}): `{rule['rule']}` flags {rule['flagged']:.1%} of the "
+        lines += ["", f"UNCERTAIN rule ({rule['source']}): `{rounded_rule(rule['rule'])}` flags {rule['flagged']:.1%} of the "
                   f"inputs; accuracy of the others {_cell(rule['accepted_accuracy'])} (MC dropout)."]
         lines += ["", "## Per class (MC dropout)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for name, row in mc["per_class"].items():
@@ -265,7 +274,7 @@ def summary_lines(report: dict) -> List[str]:
                          f"{_cell(row['best_f1_threshold'])}")
     rule = mc.get("uncertain_rule")
     if rule and "rule" in rule:
-        lines.append(f"UNCERTAIN ({rule['source']}: {rule['rule']}): {rule['flagged']:.1%} flagged, accuracy of "
+        lines.append(f"UNCERTAIN ({rule['source']}: {rounded_rule(rule['rule'])}): {rule['flagged']:.1%} flagged, accuracy of "
                      f"the rest {_cell(rule['accepted_accuracy'])}")
     return lines
 

@@ -323,3 +323,14 @@ def test_csv_safe_cell(text, safe):
     from mcdrop.runtime.files import csv_safe_cell
 
     assert csv_safe_cell(text) == safe
+
+
+def test_evaluate_shows_the_calibrated_rule_rounded(tmp_path):
+    stored = MCSession(ROOT / "models" / "cnn_calibrated.onnx").info.model_outputs[0].calibration["uncertain_rule"]
+    shown = f"mutual_information > {float(stored.split('> ')[1]):.4g}"
+    np.savez(tmp_path / "data.npz", x=np.zeros((4, 28, 28, 1), np.float32), y=np.arange(4))
+    result = invoke("evaluate", ROOT / "models" / "cnn_calibrated.onnx", tmp_path / "data.npz", "--passes", 2,
+                    "--report", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    assert f"UNCERTAIN (calibrated: {shown})" in result.stdout
+    assert f"`{shown}`" in (tmp_path / "report" / "report.md").read_text()
