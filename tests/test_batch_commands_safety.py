@@ -334,3 +334,19 @@ def test_evaluate_shows_the_calibrated_rule_rounded(tmp_path):
     assert result.exit_code == 0, result.output
     assert f"UNCERTAIN (calibrated: {shown})" in result.stdout
     assert f"`{shown}`" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_binary_targets_by_name_or_bool_and_text_refused_for_other_heads(tmp_path):
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    flags = np.arange(20) % 2 == 0
+    np.savez(tmp_path / "names.npz", x=x, y=np.where(flags, "yes", "no"))
+    np.savez(tmp_path / "bool.npz", x=x, y=flags)
+    np.savez(tmp_path / "ints.npz", x=x, y=flags.astype(np.int64))
+    binary = build_toy_model(tmp_path / "binary.onnx", "binary")  # labels no, yes
+    reports = [invoke("evaluate", binary, tmp_path / name, "--passes", 2, "--seed", 0, "--json")
+               for name in ("names.npz", "bool.npz", "ints.npz")]
+    assert all(r.exit_code == 0 for r in reports), [r.output for r in reports]
+    assert json.loads(reports[0].stdout)["mc"] == json.loads(reports[1].stdout)["mc"] == json.loads(reports[2].stdout)["mc"]
+    regression = build_toy_model(tmp_path / "regression.onnx", "regression")
+    assert "label names (shape [n]) are for softmax, logits and binary heads" in one_line_error(
+        invoke("evaluate", regression, tmp_path / "names.npz"))
