@@ -34,6 +34,7 @@ Batch = Union[np.ndarray, Dict[str, np.ndarray]]
 Failures = Optional[List[Tuple[str, str]]]
 # A hint added to the first unreadable input's error when evaluate stops at it.
 SKIP_HINT = "--on-error skip leaves out inputs that cannot be read"
+LABEL_SHOWN = 60  # characters of an unknown target name an error quotes
 
 
 @dataclass
@@ -139,7 +140,8 @@ def _label_indices(y: np.ndarray, output: ModelOutput, where: str) -> np.ndarray
     index = {name: i for i, name in enumerate(names)}
     values, inverse = np.unique(y, return_inverse=True)
     unknown = next((str(value) for value in values if str(value) not in index), None)
-    if unknown is not None:
+    if unknown is not None:  # a name from the file: cut, so the error stays one short line
+        unknown = unknown if len(unknown) <= LABEL_SHOWN else unknown[:LABEL_SHOWN] + "..."
         raise InputError(f"{where}: target {unknown!r} is not one of the model's labels "
                          f"({', '.join(names[:12])}{', ...' if len(names) > 12 else ''})")
     return np.array([index[str(value)] for value in values], dtype=np.int64)[inverse.reshape(-1)]

@@ -350,3 +350,11 @@ def test_binary_targets_by_name_or_bool_and_text_refused_for_other_heads(tmp_pat
     regression = build_toy_model(tmp_path / "regression.onnx", "regression")
     assert "label names (shape [n]) are for softmax, logits and binary heads" in one_line_error(
         invoke("evaluate", regression, tmp_path / "names.npz"))
+
+
+def test_an_unknown_label_of_any_length_is_one_short_line(softmax, tmp_path):
+    names = np.array(["cat", "dog", "bird"], dtype="U5000")[softmax["y"]]
+    names[0] = "x" * 5000
+    np.savez(tmp_path / "named.npz", x=softmax["x"], y=names)
+    message = one_line_error(invoke("evaluate", softmax["model"], tmp_path / "named.npz"))
+    assert f"'{'x' * 60}...' is not one of the model's labels" in message and len(message) < 400
