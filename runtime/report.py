@@ -233,7 +233,8 @@ def markdown(report: dict, with_plots: bool = True) -> str:
                       f"{_cell(det['accuracy_at_coverage'].get(name, {}).get(f'{c:.0%}'))}" for c in COVERAGES]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         rule = mc["uncertain_rule"]
-        lines += ["", f"UNCERTAIN rule ({rule['source']}): `{rounded_rule(rule['rule'])}` flags {rule['flagged']:.1%} of the "
+        lines += ["", f"UNCERTAIN rule ({rule['source']}): `{rounded_rule(rule['rule'])}` flags "
+                  f"{rule['flagged']:.1%} of the "
                   f"inputs; accuracy of the others {_cell(rule['accepted_accuracy'])} (MC dropout)."]
         lines += ["", "## Per class (MC dropout)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for name, row in mc["per_class"].items():
@@ -274,7 +275,8 @@ def summary_lines(report: dict) -> List[str]:
                          f"{_cell(row['best_f1_threshold'])}")
     rule = mc.get("uncertain_rule")
     if rule and "rule" in rule:
-        lines.append(f"UNCERTAIN ({rule['source']}: {rounded_rule(rule['rule'])}): {rule['flagged']:.1%} flagged, accuracy of "
+        lines.append(f"UNCERTAIN ({rule['source']}: {rounded_rule(rule['rule'])}): {rule['flagged']:.1%} flagged, "
+                     "accuracy of "
                      f"the rest {_cell(rule['accepted_accuracy'])}")
     return lines
 

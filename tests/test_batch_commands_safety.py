@@ -95,7 +95,8 @@ def test_missing_matplotlib_is_known_before_the_evaluation(softmax, tmp_path, mo
 def test_zero_inputs_are_one_line(softmax, tmp_path, command):
     np.savez(tmp_path / "empty.npz", x=np.zeros((0, 4), np.float32), y=np.zeros(0, np.int64))
     extra = ["-o", tmp_path / "out.onnx"] if command == "calibrate" else []
-    assert "holds no labelled inputs" in one_line_error(invoke(command, softmax["model"], tmp_path / "empty.npz", *extra))
+    done = invoke(command, softmax["model"], tmp_path / "empty.npz", *extra)
+    assert "holds no labelled inputs" in one_line_error(done)
     assert not (tmp_path / "out.onnx").exists()
 
 
@@ -138,7 +139,8 @@ def class_folders(tmp_path):
     for label in ("cat", "dog"):
         (tmp_path / "classes" / label).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (2, 3), dtype=np.uint8)).save(tmp_path / "classes" / label / f"{i}.png")
+            pixels = rng.integers(0, 255, (2, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "classes" / label / f"{i}.png")
     (tmp_path / "classes" / "dog" / "broken.png").write_bytes(b"not a png")
     return model, tmp_path / "classes"
 
@@ -346,7 +348,8 @@ def test_binary_targets_by_name_or_bool_and_text_refused_for_other_heads(tmp_pat
     reports = [invoke("evaluate", binary, tmp_path / name, "--passes", 2, "--seed", 0, "--json")
                for name in ("names.npz", "bool.npz", "ints.npz")]
     assert all(r.exit_code == 0 for r in reports), [r.output for r in reports]
-    assert json.loads(reports[0].stdout)["mc"] == json.loads(reports[1].stdout)["mc"] == json.loads(reports[2].stdout)["mc"]
+    by_name, by_bool, by_int = (json.loads(r.stdout)["mc"] for r in reports)
+    assert by_name == by_bool == by_int
     regression = build_toy_model(tmp_path / "regression.onnx", "regression")
     assert "label names (shape [n]) are for softmax, logits and binary heads" in one_line_error(
         invoke("evaluate", regression, tmp_path / "names.npz"))
