@@ -531,6 +531,8 @@ def evaluate(
     uncertain_if: Optional[str] = typer.Option(None, help="UNCERTAIN rule instead of the file's, e.g. "
                                                "'mutual_information > 0.05 or confidence < 0.7'."),
     target_precision: float = typer.Option(0.9, help="Binary / multi-label heads: report the threshold that reaches it."),
+    on_error: str = typer.Option("stop", help="An input that cannot be read: stop (before any run) or skip (left "
+                                 "out, listed in the report)."),
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
     max_chunk_mb: float = MAX_CHUNK_OPTION,
@@ -542,8 +544,14 @@ def evaluate(
     _check_run_options(limits, passes, max_chunk_mb, threads)
     if not 0 < target_precision <= 1:
         raise InputError(f"--target-precision must lie in (0, 1], got {target_precision}")
-    if report is not None and report.exists() and not report.is_dir():
-        raise InputError(f"--report {report}: exists and is not a folder")
+    if on_error not in ("skip", "stop"):
+        raise InputError(f"--on-error {on_error!r}: choose skip or stop")
+    with_plots = False
+    if report is not None:  # before the long evaluation: a bad folder or no plots is known at once
+        from .runtime.report import check_report_folder, plots_available
+
+        check_report_folder(report)
+        with_plots = plots_available()
     from .runtime.datasets import batch_size, load_labelled, load_unlabelled, pick_output
     from .runtime.decision import Rule
     from .runtime.evaluation import evaluate as run_evaluation
@@ -554,8 +562,11 @@ def evaluate(
     chosen = pick_output(session.info, output)
     if uncertain_if is not None:
         Rule.parse(uncertain_if, chosen.head)  # a bad rule fails before any run
-    labelled = load_labelled(data, session.info, chosen, limits)
-    outside = load_unlabelled(ood, session.info, limits) if ood is not None else None
+    failures = None if on_error == "stop" else []
+    labelled = load_labelled(data, session.info, chosen, limits, failures)
+    outside = load_unlabelled(ood, session.info, limits, failures) if ood is not None else None
+    for path, message in failures or []:
+        typer.echo(f"warning: skipped: {terminal_safe(message)}", err=True)
     total = 2 * (len(labelled) + (0 if outside is None else batch_size(outside)))
     with typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
                            hidden=total < 2 * PROGRESS_MIN_INPUTS) as bar:
@@ -563,11 +574,13 @@ def evaluate(
                                 target_precision=target_precision, uncertain_if=uncertain_if)
     result.report = {"model": valid_text(_shown(model)), "data": valid_text(_shown(data)),
                      "ood": None if ood is None else valid_text(_shown(ood)), "output": chosen.name,
-                     "seed": seed, "provider": session.provider, **result.report}
+                     "seed": seed, "provider": session.provider,
+                     "skipped": [{"input": valid_text(path), "error": valid_text(message)}
+                                 for path, message in failures or []], **result.report}
     if report is not None:
         from .runtime.report import write_report
 
-        written = write_report(report, result)
+        written = write_report(report, result, with_plots)
         typer.echo(f"wrote {', '.join(terminal_safe(_shown(path)) for path in written)}", err=True)
     if as_json:
         typer.echo(json.dumps(result.report, indent=2, allow_nan=False))
@@ -631,6 +644,8 @@ def acquire(
     batch_size: int = typer.Option(256, help="Pool inputs scored per predict."),
     num_samples: int = typer.Option(10_000, help="batchbald: label configurations sampled once the exact joint "
                                                  "entropy would need more."),
+    max_memory_mb: float = typer.Option(2048, help="batchbald: refuse a run whose samples and working arrays "
+                                                   "would need more, MiB (estimated up front)."),
     seed: int = typer.Option(0, help="Seed of the random strategy and of batchbald's sampled configurations."),
     device: str = DEVICE_OPTION,
     threads: Optional[int] = THREADS_OPTION,
@@ -649,6 +664,8 @@ def acquire(
     for name, value in (("--k", k), ("--batch-size", batch_size), ("--num-samples", num_samples)):
         if value < 1:
             raise InputError(f"{name} must be >= 1, got {value}")
+    if not 0 < max_memory_mb < float("inf"):
+        raise InputError(f"--max-memory-mb must be a positive finite number, got {max_memory_mb}")
     if out is not None:
         if out.suffix.lower() not in (".csv", ".json"):
             raise InputError(f"--out {out}: write the ranking to .csv or .json")
@@ -658,7 +675,7 @@ def acquire(
 
     import numpy as np
 
-    from .runtime.acquisition import acquire_with_session
+    from .runtime.acquisition import acquire_with_session, check_session_memory
     from .runtime.inputs import load_inputs
     from .runtime.session import MCSession
 
@@ -667,10 +684,12 @@ def acquire(
     names, x = load_inputs(pool, session.info, limits=limits)
     if not names:
         raise InputError("the pool is empty")
+    check_session_memory(session, len(names), strategy, passes, output, num_samples, max_memory_mb)  # before any run
     with typer.progressbar(length=len(names), label="Scoring the pool", file=sys.stderr) as bar:
         chosen = acquire_with_session(session, x, k, strategy, passes=passes, mask_seed=mask_seed, output=output,
                                       batch_size=batch_size, ids=names, rng=np.random.default_rng(seed),
-                                      num_samples=num_samples, progress=lambda done, total: bar.update(done - bar.pos))
+                                      num_samples=num_samples, max_memory_mb=max_memory_mb,
+                                      progress=lambda done, total: bar.update(done - bar.pos))
     if out is not None:
         chosen.write(out)
     typer.echo(f"model {terminal_safe(_shown(model))}  pool {len(names)}  strategy {strategy}  passes {chosen.passes}  "

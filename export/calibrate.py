@@ -8,9 +8,11 @@ See docs/FORMAT.md (Calibration) for what is written, and runtime/calibration.py
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -19,6 +21,7 @@ import numpy as np
 
 from ..runtime.errors import InputError, ValidationError
 from ..runtime.metadata import METADATA_KEY
+from ..runtime.report import rounded_rule
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
 # uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
@@ -45,7 +48,7 @@ class CalibrationReport:
                          "(on the calibration set)")
         lines.append(f"NLL              {achieved['nll_before']:.4f} -> {achieved['nll_after']:.4f}")
         if c.get("uncertain_rule"):
-            lines.append(f"UNCERTAIN if     {c['uncertain_rule']}")
+            lines.append(f"UNCERTAIN if     {rounded_rule(c['uncertain_rule'])}")
         if "accepted_accuracy" in achieved:
             shown = "-" if achieved["accepted_accuracy"] is None else f"{achieved['accepted_accuracy']:.4f}"
             lines.append(f"accepted         {achieved['coverage']:.1%} of inputs, accuracy {shown}")
@@ -91,10 +94,15 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
 
     # The file as it was exported: calibration nodes and metadata removed.
     source_bytes = read_regular(str(source), limits.model_bytes, InputError, "model file", "model_mb")
-    with tempfile.TemporaryDirectory(prefix="mcdrop-calibrate-") as folder:
+    sealed = _verified(source_bytes, str(source), verify)
+    if not sealed:
+        warnings.warn(f"{source}: its integrity checksum is missing or wrong; {output} is written without one, "
+                      "so loading it needs --no-verify too", stacklevel=2)
+    with tempfile.TemporaryDirectory(prefix="mcdrop-calibrate-") as folder, \
+            _user_paths({Path(folder) / "uncalibrated.onnx": source, Path(folder) / "calibrated.onnx": output}):
         original = Path(folder) / "uncalibrated.onnx"
         original.write_bytes(source_bytes)
-        MCSession(original, limits=limits, verify=verify)  # the same checks as any load, on the file as given
+        MCSession(original, limits=limits, verify=False)  # the same checks as any load (the checksum's above)
         try:
             proto = onnx.load_from_string(source_bytes)
         except Exception as err:  # checked above; only a parser disagreement lands here
@@ -138,8 +146,46 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from ..runtime.files import atomic_writer
 
     with atomic_writer(Path(output)) as f:
-        f.write(data_bytes)
+        # An unverified source gives an unsealed file: a fresh checksum would vouch for bytes
+        # nobody checked (seal appends its entry, so the bytes before it are the file unsealed).
+        f.write(data_bytes if sealed else proto.SerializeToString())
+    if not sealed:
+        checks.append("written without an integrity checksum: the source did not verify")
     return CalibrationReport(str(output), chosen.head, fitted, checks)
+
+
+def _verified(source_bytes: bytes, path: str, verify: bool) -> bool:
+    """Whether the source's checksum holds; without it a ModelFileError naming `path`, unless
+    verify=False (--no-verify), which returns False instead."""
+    from ..runtime.errors import ModelFileError
+    from ..runtime.integrity import verify as check_checksum
+    from ..runtime.onnx_file import read_model
+
+    parsed = read_model(source_bytes, path)  # not ONNX at all: that error, not a checksum's
+    try:
+        check_checksum(source_bytes, parsed, path)
+    except ModelFileError:
+        if verify:
+            raise
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _user_paths(names: dict):
+    """McdropErrors raised inside name the user's files (`names`: temporary path -> user's path),
+    not the temporary copies calibrate loads."""
+    from ..runtime.errors import McdropError
+
+    try:
+        yield
+    except McdropError as err:
+        message = str(err)
+        for temporary, user in names.items():
+            message = message.replace(str(temporary), str(user))
+        if message == str(err):
+            raise
+        raise type(err)(message) from None
 
 
 def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:

@@ -21,7 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .errors import InputError
-from .files import atomic_writer
+from .files import atomic_writer, csv_safe_cell
 from .measures import categorical_entropy, expected_entropy, margin, mutual_information
 from .measures import predictive_entropy, variation_ratio
 
@@ -46,6 +46,13 @@ _CHUNK_ELEMENTS = 1 << 22
 """float64 elements in one chunk's temporaries (32 MiB each): bounds BatchBALD's working memory."""
 
 _SUM_TOLERANCE = 1e-3
+
+DEFAULT_MAX_MEMORY_MB = 2048
+"""Bound on BatchBALD's estimated memory (kept samples plus working arrays, batchbald_bytes), so a
+flag such as --num-samples 1e12 is refused in one line instead of failing in numpy; raise it with
+--max-memory-mb (max_memory_mb in Python). Its estimate's measurements: docs/DESIGN.md (BatchBALD memory)."""
+
+CSV_COLUMNS = ["rank", "index", "id", "score", "strategy", "passes", "mask_seed"]
 
 Pool = Union[np.ndarray, Dict[str, np.ndarray]]
 
@@ -108,7 +115,8 @@ class TopK:
 
 def batchbald(samples, k: int, num_samples: int = DEFAULT_NUM_SAMPLES,
               rng: Optional[np.random.Generator] = None,
-              exact_limit: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+              exact_limit: Optional[int] = None,
+              max_memory_mb: float = DEFAULT_MAX_MEMORY_MB) -> Tuple[np.ndarray, np.ndarray]:
     """Greedy BatchBALD over samples [T, N, C] -> (indices int64 [k], scores float64 [k]).
 
     Each step adds the input that maximises the joint mutual information I(y_1..y_i; w) of the
@@ -125,13 +133,15 @@ def batchbald(samples, k: int, num_samples: int = DEFAULT_NUM_SAMPLES,
     Memory besides the samples: O(M * T + max(2**22, M * C)) float64, M = configurations (C**i <=
     exact_limit when exact, T * max(1, num_samples // T) when sampled): the joint [M, T] plus a few
     temporaries of one chunk of max(1, 2**22 // (C * max(M, T))) candidates (32 MiB each unless
-    M * C alone is larger). Time per step: O(N * M * T * C).
+    M * C alone is larger). Time per step: O(N * M * T * C). That estimate (batchbald_bytes, less
+    the samples) over max_memory_mb is an InputError before any work.
     """
     x = _samples_shape(samples)
     passes, pool, classes = x.shape
     k = _count(k, pool)
     num_samples = _positive_int(num_samples, "num_samples")
     exact_limit = num_samples if exact_limit is None else _positive_int(exact_limit, "exact_limit")
+    check_batchbald_memory(passes, pool, classes, max(num_samples, exact_limit), max_memory_mb, samples_kept=False)
     rng = np.random.default_rng() if rng is None else _random_generator(rng)
 
     conditional = _conditional_entropies(x)
@@ -208,6 +218,29 @@ def _sampled_joint(x: np.ndarray, selected: List[int], num_samples: int,
     return joint, 1.0 / (len(proposal) * proposal), float(-scale.mean())
 
 
+def batchbald_bytes(passes: int, pool: int, classes: int, num_samples: int, samples_kept: bool = True) -> int:
+    """Estimated peak memory of BatchBALD, bytes: the float32 samples [T, N, C] kept from the pool
+    (samples_kept) and batchbald()'s working arrays for M = max(num_samples, T) configurations:
+    about 4 float64 arrays of [M, T], 3 of [M, C] and 3 chunks of _CHUNK_ELEMENTS. Python ints, so
+    a huge flag cannot overflow. Measured against tracemalloc's peak in docs/DESIGN.md."""
+    configurations = max(int(num_samples), int(passes))
+    work = 8 * configurations * (4 * int(passes) + 3 * int(classes)) + 3 * 8 * _CHUNK_ELEMENTS
+    return work + (4 * int(passes) * int(pool) * int(classes) if samples_kept else 0)
+
+
+def check_batchbald_memory(passes: int, pool: int, classes: int, num_samples: int,
+                           max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, samples_kept: bool = True) -> None:
+    """InputError, saying what to lower or raise, when batchbald_bytes is over max_memory_mb."""
+    if isinstance(max_memory_mb, bool) or not isinstance(max_memory_mb, (int, float)) \
+            or not 0 < max_memory_mb < float("inf"):
+        raise InputError(f"--max-memory-mb must be a positive finite number, got {max_memory_mb!r}")
+    needed = batchbald_bytes(passes, pool, classes, num_samples, samples_kept)
+    if needed > max_memory_mb * 2**20:
+        raise InputError(f"batchbald would need about {needed / 2**20:,.0f} MiB ({pool:,} inputs x {passes:,} passes "
+                         f"x {classes:,} classes, {num_samples:,} sampled configurations), over --max-memory-mb "
+                         f"{max_memory_mb:g}; lower --num-samples, --passes or the pool, or raise --max-memory-mb")
+
+
 @dataclass
 class Acquisition:
     """The inputs chosen for labelling, best first, and what reproduces the choice."""
@@ -235,14 +268,19 @@ class Acquisition:
                 for rank, (index, id_, score) in enumerate(zip(self.indices, self.ids, self.scores), start=1)]
 
     def write(self, path) -> None:
-        """Write .csv (rank,index,id,score) or .json (with the strategy, passes, mask seed and
-        what the score means), by the suffix as typed; the file is complete or absent."""
+        """Write .csv (rank, index, id, score, then the strategy, passes and mask seed that
+        reproduce it on every row) or .json (those, and what the score means), by the suffix as
+        typed; the file is complete or absent. CSV ids go through csv_safe_cell: a name such as
+        =cmd|... is not a formula in a spreadsheet."""
         suffix = Path(path).suffix.lower()
         if suffix == ".csv":
             text = io.StringIO()
-            writer = csv.DictWriter(text, fieldnames=["rank", "index", "id", "score"], lineterminator="\n")
+            writer = csv.DictWriter(text, fieldnames=CSV_COLUMNS, lineterminator="\n")
             writer.writeheader()
-            writer.writerows({**row, "score": repr(row["score"])} for row in self.rows())
+            how = {"strategy": self.strategy, "passes": "" if self.passes is None else self.passes,
+                   "mask_seed": "" if self.mask_seed is None else self.mask_seed}
+            writer.writerows({**row, "id": csv_safe_cell(row["id"]), "score": repr(row["score"]), **how}
+                             for row in self.rows())
             data = text.getvalue()
         elif suffix == ".json":
             data = json.dumps({"strategy": self.strategy, "passes": self.passes, "mask_seed": self.mask_seed,
@@ -258,7 +296,8 @@ class Acquisition:
 def acquire(predict: Callable[[Pool], np.ndarray], pool: Pool, k: int, strategy: str = "bald",
             batch_size: int = 256, ids: Optional[Sequence] = None, rng: Optional[np.random.Generator] = None,
             num_samples: int = DEFAULT_NUM_SAMPLES, progress: Optional[Callable[[int, int], None]] = None,
-            passes: Optional[int] = None, mask_seed: Optional[int] = None) -> Acquisition:
+            passes: Optional[int] = None, mask_seed: Optional[int] = None,
+            max_memory_mb: float = DEFAULT_MAX_MEMORY_MB) -> Acquisition:
     """Score a pool streamed in batch_size slices and pick k inputs to label.
 
     predict(slice) -> samples [T, b, C]; the caller binds the session, the passes and (for
@@ -267,7 +306,8 @@ def acquire(predict: Callable[[Pool], np.ndarray], pool: Pool, k: int, strategy:
     sample as float32 [T, N, C], N * T * C * 4 bytes (200 MB for 100,000 inputs x 50 passes x 10
     classes), then runs batchbald(). progress(done, total) follows each slice. passes and
     mask_seed are recorded; passes, if given, must match the samples' axis 0. ids name the pool's
-    inputs (default: their index).
+    inputs (default: their index). batchbald's estimated memory (batchbald_bytes) over
+    max_memory_mb is an InputError after the first slice, before the samples are kept.
     """
     _check_strategy(strategy)
     arrays = _pool_arrays(pool)
@@ -296,11 +336,13 @@ def acquire(predict: Callable[[Pool], np.ndarray], pool: Pool, k: int, strategy:
             best.add(per_input_scores(samples, strategy, rng), start)
         else:
             if kept is None:
+                check_batchbald_memory(passes, total, samples.shape[2], num_samples, max_memory_mb)
                 kept = np.empty((passes, total, samples.shape[2]), dtype=np.float32)
             kept[:, start:stop] = samples
         if progress is not None:
             progress(stop, total)
-    indices, scores = batchbald(kept, k, num_samples, rng) if best is None else best.result()
+    indices, scores = batchbald(kept, k, num_samples, rng, max_memory_mb=max_memory_mb) if best is None \
+        else best.result()
     return Acquisition(strategy, indices, scores, passes, mask_seed, [ids[i] for i in indices])
 
 
@@ -327,10 +369,28 @@ def session_predictor(session, passes: Optional[int] = None, mask_seed: Optional
 
 def acquire_with_session(session, pool: Pool, k: int, strategy: str = "bald", passes: Optional[int] = None,
                          mask_seed: Optional[int] = None, output: Optional[str] = None, **options) -> Acquisition:
-    """acquire() over an MCSession with one shared mask set; `options` go to acquire()."""
+    """acquire() over an MCSession with one shared mask set; `options` go to acquire(). batchbald's
+    memory is checked before the first slice is scored."""
     seed = session.mask_seed if mask_seed is None else mask_seed
     predict = session_predictor(session, passes, seed, output)
+    check_session_memory(session, len(next(iter(_pool_arrays(pool).values()))), strategy, passes, output,
+                         options.get("num_samples", DEFAULT_NUM_SAMPLES),
+                         options.get("max_memory_mb", DEFAULT_MAX_MEMORY_MB))
     return acquire(predict, pool, k, strategy, passes=passes, mask_seed=seed, **options)
+
+
+def check_session_memory(session, pool: int, strategy: str, passes: Optional[int] = None,
+                         output: Optional[str] = None, num_samples: int = DEFAULT_NUM_SAMPLES,
+                         max_memory_mb: float = DEFAULT_MAX_MEMORY_MB) -> None:
+    """check_batchbald_memory for `pool` inputs scored by an MCSession (its default passes unless
+    given; a binary head counts 2 classes); nothing to check for the per-input strategies."""
+    from .datasets import pick_output
+
+    if strategy != "batchbald":
+        return
+    chosen = pick_output(session.info, output)
+    check_batchbald_memory(session.info.default_passes if passes is None else passes, pool,
+                           2 if chosen.head == "binary" else chosen.shape[-1], num_samples, max_memory_mb)
 
 
 def binary_as_categorical(samples) -> np.ndarray:

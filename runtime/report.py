@@ -1,11 +1,16 @@
 """`evaluate --report DIR`: report.json, a report.md a person can read, and PNG plots.
 
 The plots need matplotlib (the `evaluate` extra); it is imported here only, with the Agg backend,
-so a machine without a display draws them too. Every file is written atomically.
+so a machine without a display draws them too. Without it report.json and report.md are written
+all the same. Every file is written atomically (complete or absent), and none through a symbolic
+link: neither DIR nor a file in it may be one, as for `infer --out`.
 """
 
 import io
 import json
+import os
+import re
+import warnings
 from pathlib import Path
 from typing import Dict, List
 
@@ -23,21 +28,62 @@ DPI = 150
 SCALAR_METRICS = ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "subset_accuracy", "hamming_loss",
                   "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma")
 MODE_TITLES = {"mc": "MC dropout", "deterministic": "deterministic pass"}
+TEXT_FILES = ("report.json", "report.md")
+PLOT_FILES = ("reliability.png", "risk_coverage.png", "mutual_information.png", "roc.png")
+# A rule's thresholds as shown to people; files and report.json keep the exact float32 value.
+SHOWN_DIGITS = 4
+_DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:[eE][-+]?\d+)?|(?<![\w.])\d+[eE][-+]?\d+")
+NO_MATPLOTLIB = ("the report's plots need matplotlib (the evaluate extra: pip install -e '.[evaluate]'); "
+                 "writing report.json and report.md only")
 
 
-def write_report(folder, evaluation: Evaluation) -> List[Path]:
-    """The report's files in `folder` (created if missing); returns their paths."""
-    folder = Path(folder)
+def rounded_rule(rule: str) -> str:
+    """An UNCERTAIN rule as printed: its numbers to SHOWN_DIGITS significant digits."""
+    return _DECIMAL.sub(lambda found: f"{float(found.group()):.{SHOWN_DIGITS}g}", rule)
+
+
+def check_report_folder(folder) -> Path:
+    """`folder` as an absolute path, refused (InputError) if it or a report file in it is a symbolic
+    link or the wrong kind of file: checked before the evaluation, so a long run is not lost."""
+    folder = Path(os.path.abspath(folder))
+    if folder.is_symlink():
+        raise InputError(f"--report {folder}: is a symbolic link; mcdrop does not write through links "
+                         "(remove it or choose another folder)")
     if folder.exists() and not folder.is_dir():
         raise InputError(f"--report {folder}: exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_dir():
+        for name in TEXT_FILES + PLOT_FILES:
+            check_writable_target(folder / name)
+    return folder
+
+
+def plots_available() -> bool:
+    """Whether matplotlib can be imported; if not, one warning says the report has no plots."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        warnings.warn(NO_MATPLOTLIB, stacklevel=2)
+        return False
+    return True
+
+
+def write_report(folder, evaluation: Evaluation, with_plots: bool = True) -> List[Path]:
+    """The report's files in `folder` (created if missing); returns their paths. with_plots=False,
+    or no matplotlib (one warning), writes report.json and report.md only."""
+    folder = check_report_folder(folder)
+    with_plots = with_plots and plots_available()
     files = {"report.json": json.dumps(evaluation.report, indent=2, allow_nan=False).encode(),
-             "report.md": markdown(evaluation.report).encode()}
-    files.update(plots(evaluation))
+             "report.md": markdown(evaluation.report, with_plots).encode()}
+    if with_plots:
+        files.update(plots(evaluation))  # drawn before anything is written
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"--report {folder}: cannot make the folder ({err.strerror or err})") from None
+    check_report_folder(folder)  # a link planted while the evaluation ran
     written = []
     for name, data in files.items():
         path = folder / name
-        check_writable_target(path)
         with atomic_writer(path) as f:
             f.write(data)
         written.append(path)
@@ -88,7 +134,7 @@ def _reliability(evaluation: Evaluation) -> bytes:
                 axis.text(left + width / 2, (0 if np.isnan(value) else value) + 0.01, str(count),
                           ha="center", va="bottom", fontsize=6)
         axis.set(xlim=(0, 1), ylim=(0, 1.08), xlabel="confidence (top-class mean probability)",
-                 ylabel="accuracy", title=f"{MODE_TITLES[mode]}: ECE {evaluation.report[mode]['ece']:.4f}")
+                 ylabel="accuracy", title=f"{MODE_TITLES[mode]}: ECE {_cell(evaluation.report[mode]['ece'])}")
         axis.legend(loc="upper left", fontsize=7)
     return _png(figure)
 
@@ -100,7 +146,7 @@ def _risk_coverage(evaluation: Evaluation) -> bytes:
         for name, score in usable_scores(evaluation.predictions[mode]).items():
             coverage, risk = metrics.risk_coverage(score, correct[mode])
             aurc = evaluation.report[mode]["aurc"][name]
-            axis.plot(coverage, risk, label=f"{name} (AURC {aurc:.4f})", linewidth=1.2)
+            axis.plot(coverage, risk, label=f"{name} (AURC {_cell(aurc)})", linewidth=1.2)
         axis.set(xlim=(0, 1), ylim=(0, None), xlabel="coverage (share of inputs accepted)",
                  ylabel="risk (error rate of accepted)", title=MODE_TITLES[mode])
         axis.legend(fontsize=6)
@@ -156,13 +202,17 @@ def _roc(evaluation: Evaluation) -> bytes:
     return _png(figure)
 
 
-def markdown(report: dict) -> str:
-    """The report as Markdown tables, MC dropout and the deterministic pass side by side."""
+def markdown(report: dict, with_plots: bool = True) -> str:
+    """The report as Markdown tables, MC dropout and the deterministic pass side by side (and the
+    plots' links when they are written)."""
     lines = [f"# mcdrop evaluation: {report.get('model', '')}", "",
              f"Data: {report.get('data', '')} ({report['count']} inputs"
              + (f", {report['ood_count']} OOD inputs from {report.get('ood', '')}" if report.get("ood_count") else "")
              + f"); head {report['head']}; MC dropout with {report['passes']} passes"
              + (f", seed {report['seed']}" if report.get("seed") is not None else "") + ".", ""]
+    if report.get("skipped"):
+        lines += [f"Left out: {len(report['skipped'])} inputs that could not be read (--on-error skip):", ""]
+        lines += [f"- {item['error']}" for item in report["skipped"]] + [""]
     mc, det = report["mc"], report["deterministic"]
     lines += ["| metric | MC dropout | deterministic |", "|---|---|---|"]
     for title, ours, theirs in _scalar_rows(mc, det, ("coverage", "mean_set_size")):
@@ -183,14 +233,16 @@ def markdown(report: dict) -> str:
                       f"{_cell(det['accuracy_at_coverage'].get(name, {}).get(f'{c:.0%}'))}" for c in COVERAGES]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         rule = mc["uncertain_rule"]
-        lines += ["", f"UNCERTAIN rule ({rule['source']}): `{rule['rule']}` flags {rule['flagged']:.1%} of the "
+        lines += ["", f"UNCERTAIN rule ({rule['source']}): `{rounded_rule(rule['rule'])}` flags "
+                  f"{rule['flagged']:.1%} of the "
                   f"inputs; accuracy of the others {_cell(rule['accepted_accuracy'])} (MC dropout)."]
         lines += ["", "## Per class (MC dropout)", "", "| class | precision | recall | F1 | support |", "|---|---|---|---|---|"]
         for name, row in mc["per_class"].items():
             lines.append(f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | {_cell(row['f1'])} | "
                          f"{row['support']} |")
-        lines += ["", "## Plots", "", "![reliability](reliability.png)", "", "![risk-coverage](risk_coverage.png)",
-                  "", "![mutual information](mutual_information.png)", "", "![ROC](roc.png)"]
+        if with_plots:
+            lines += ["", "## Plots", "", "![reliability](reliability.png)", "", "![risk-coverage](risk_coverage.png)",
+                      "", "![mutual information](mutual_information.png)", "", "![ROC](roc.png)"]
     if "per_label" in mc:
         lines += ["", "## Per label (MC dropout / deterministic)", "",
                   "| label | ROC AUC | PR AUC | precision | recall | F1 | threshold | best-F1 threshold |",
@@ -209,6 +261,8 @@ def summary_lines(report: dict) -> List[str]:
     lines = [f"model {report.get('model', '')}  data {report.get('data', '')} ({report['count']} inputs"
              + (f", {report['ood_count']} OOD" if report.get("ood_count") else "") + f")  passes {report['passes']}",
              f"{'':<40}{'MC dropout':>12}{'deterministic':>15}"]
+    if report.get("skipped"):
+        lines.insert(1, f"skipped {len(report['skipped'])} inputs that could not be read (listed in the JSON report)")
     for title, ours, theirs in _scalar_rows(mc, det, ("coverage",)):
         lines.append(f"{title:<40}{_cell(ours):>12}{_cell(theirs):>15}")
     for title, key in (("AURC", "aurc"), ("error AUROC", "error_auroc"), ("OOD AUROC", "ood_auroc")):
@@ -221,7 +275,8 @@ def summary_lines(report: dict) -> List[str]:
                          f"{_cell(row['best_f1_threshold'])}")
     rule = mc.get("uncertain_rule")
     if rule and "rule" in rule:
-        lines.append(f"UNCERTAIN ({rule['source']}: {rule['rule']}): {rule['flagged']:.1%} flagged, accuracy of "
+        lines.append(f"UNCERTAIN ({rule['source']}: {rounded_rule(rule['rule'])}): {rule['flagged']:.1%} flagged, "
+                     "accuracy of "
                      f"the rest {_cell(rule['accepted_accuracy'])}")
     return lines
 

@@ -280,10 +280,13 @@ def test_csv_round_trip(tmp_path):
     acquisition.write(tmp_path / "picks.csv")
     with open(tmp_path / "picks.csv", newline="") as f:
         reader = csv.DictReader(f)
-        assert reader.fieldnames == ["rank", "index", "id", "score"]
+        assert reader.fieldnames == ["rank", "index", "id", "score", "strategy", "passes", "mask_seed"]
+        read = list(reader)
         rows = [{"rank": int(r["rank"]), "index": int(r["index"]), "id": r["id"], "score": float(r["score"])}
-                for r in reader]
+                for r in read]
     assert rows == acquisition.rows()
+    # Every row carries what reproduces the ranking.
+    assert {(r["strategy"], int(r["passes"]), int(r["mask_seed"])) for r in read} == {("bald", 20, 7)}
     assert [r["rank"] for r in rows] == [1, 2, 3]
 
 
