@@ -92,10 +92,12 @@ def test_resume_writes_only_the_missing_inputs(inputs, local_rows, tmp_path):
     checkpoint = scoring.Checkpoint(scoring.checkpoint_folder(out),
                                     scoring.job_identity(CNN, plan, OPTIONS, "ray"), resume=False)
     files = sorted(whole.iterdir())
+    assert all(scoring.PART_NAMES.fullmatch(path.name) for path in files)  # Ray's parts carry score's names
     for path in files[: len(files) // 2]:  # what a job stopped halfway had written
         shutil.copy(path, checkpoint.folder / path.name)
-    (checkpoint.folder / "torn.parquet").write_bytes(b"PAR1 a file the crash cut short")
+    (checkpoint.folder / "ray-torn_000009-0.parquet").write_bytes(b"PAR1 a file the crash cut short")
     kept = int(checkpoint.done().sum())
+    checkpoint.release()
     assert 0 < kept < plan.total
     summary, table = _ray(inputs, out, batch_size=16, resume=True)
     assert summary.scored == plan.total - kept
