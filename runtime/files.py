@@ -12,6 +12,7 @@ redirect them. Temporary files carry the writer's process id, so one left by a k
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -179,8 +180,13 @@ class ExclusiveLock:
             if not self._locked(fd, busy):
                 continue
             self._fd = fd
-            os.ftruncate(fd, 0)
-            os.write(fd, f"{os.getpid()} {_host()}\n".encode())
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {_host()}\n".encode())
+            except OSError as err:  # a full disk: the lock holds, only its owner goes unnamed
+                if err.errno != errno.ENOSPC:
+                    self.release()
+                    raise InputError(f"{self.path}: cannot lock ({err.strerror or err})") from None
             return
         raise InputError(f"{busy} (its lock {self.path} keeps changing)")
 

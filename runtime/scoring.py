@@ -307,7 +307,6 @@ def check_output(out, engine: str = "local", resume: bool = False, overwrite: bo
         if suffix != ".parquet":
             raise InputError(f"--out {out.name}: score writes Parquet; give a name ending in .parquet")
         check_writable_target(out)
-        finished = out.exists()
     else:
         from .ray_scoring import check_output_folder
 
@@ -315,7 +314,7 @@ def check_output(out, engine: str = "local", resume: bool = False, overwrite: bo
             raise InputError(f"--out {out.name}: the Ray engine writes a folder of Parquet files; name it "
                              "with .parquet or no suffix")
         check_output_folder(out)
-        finished = out.is_dir() and any(True for _ in out.iterdir())
+    finished = _finished(out)
     folder = checkpoint_folder(out)
     _check_folder(folder)
     unfinished = folder.exists()
@@ -330,6 +329,11 @@ def check_output(out, engine: str = "local", resume: bool = False, overwrite: bo
         if finished:
             raise InputError(f"{out}: exists; --overwrite replaces it (or choose another --out)")
     return out
+
+
+def _finished(out: Path) -> bool:
+    """A finished job's output at `out`: the local engine's file, or the Ray engine's folder of files."""
+    return any(True for _ in out.iterdir()) if out.is_dir() else os.path.lexists(out)
 
 
 def _check_folder(folder: Path) -> None:
@@ -390,6 +394,10 @@ class Checkpoint:
         self._lock = ExclusiveLock(self.folder / LOCK_FILE, f"another score job is writing {self.out}")
         try:
             self._check_names()
+            if not overwrite and not (self.folder / JOB_FILE).exists() and _finished(self.out):
+                # another job finished OUT since check_output looked (it removes its checkpoint last)
+                raise InputError(f"{self.out}: is finished, nothing to resume; --overwrite scores it again" if resume
+                                 else f"{self.out}: exists; --overwrite replaces it (or choose another --out)")
             if not created:
                 self._open_existing(resume, overwrite)
             if not (self.folder / JOB_FILE).exists():

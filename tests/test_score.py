@@ -450,6 +450,17 @@ def test_a_finished_output_is_replaced_only_with_overwrite(flat_npy, tmp_path, e
         assert pq.read_metadata(out).num_rows == 300
 
 
+def test_resume_does_not_restart_a_job_that_finished_meanwhile(flat_npy, tmp_path):
+    """What a second --resume finds when the first has just finished: OUT written, the
+    checkpoint's files gone but its folder not yet; it must not score OUT again."""
+    out = tmp_path / "s.parquet"
+    out.write_bytes(b"a finished job's rows")
+    scoring.checkpoint_folder(out).mkdir()
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
+    assert result.exit_code == 2 and "is finished, nothing to resume" in result.output
+    assert out.read_bytes() == b"a finished job's rows"
+
+
 @pytest.mark.parametrize("engine, name", [("local", "x.csv"), ("local", "x"), ("ray", "x.csv")])
 def test_the_output_name_says_parquet(flat_npy, tmp_path, engine, name):
     result = invoke("score", flat_npy, "--model", MLP, "--out", tmp_path / name, "--engine", engine)
