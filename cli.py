@@ -724,6 +724,8 @@ def score(
     uncertain_if: Optional[str] = typer.Option(None, help="UNCERTAIN rule instead of the file's."),
     on_error: str = typer.Option("skip", help="An input that cannot be read: skip (a row with its error) or stop."),
     resume: bool = typer.Option(False, "--resume", help="Continue a job that stopped, skipping the inputs it wrote."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished --out, or start an unfinished job "
+                                                              "(OUT.parts) again."),
     device: str = DEVICE_OPTION,
     max_chunk_mb: float = MAX_CHUNK_OPTION,
     limit: List[str] = LIMIT_OPTION,
@@ -740,7 +742,7 @@ def score(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if not 0 <= gpus_per_worker < 2**20:
         raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    from .runtime.scoring import ScoreOptions, checkpoint_folder, require_pyarrow, score_options
+    from .runtime.scoring import ScoreOptions, check_output, checkpoint_folder, require_pyarrow, score_options
 
     ScoreOptions.check_on_error(on_error)  # before any work
     require_pyarrow()
@@ -748,10 +750,7 @@ def score(
         from .runtime.ray_scoring import require_ray
 
         require_ray()
-    else:
-        from .runtime.files import check_writable_target
-
-        check_writable_target(out)
+    check_output(out, engine, resume, overwrite)
 
     from .runtime.session import MCSession
     from .runtime.sources import plan_inputs
@@ -763,18 +762,27 @@ def score(
     options = score_options(session, passes, mask_seed, output, wanted, keep_samples, uncertain_if, on_error,
                             resume_from=checkpoint_folder(out) if resume else None)
     plan = plan_inputs(inputs, session.info)
-    if engine == "local":
-        from .runtime.scoring import score_local
+    try:
+        if engine == "local":
+            from .runtime.scoring import score_local
 
-        with typer.progressbar(length=plan.total, label="Scoring", file=sys.stderr) as bar:
-            summary = score_local(session, plan, out, options, batch_size=batch_size, resume=resume, limits=limits,
-                                  progress=lambda done, total: bar.update(done - bar.pos))
-    else:
-        from .runtime.ray_scoring import score_with_ray
+            with typer.progressbar(length=plan.total, label="Scoring", file=sys.stderr) as bar:
+                summary = score_local(session, plan, out, options, batch_size=batch_size, resume=resume,
+                                      limits=limits, progress=lambda done, total: bar.update(done - bar.pos),
+                                      overwrite=overwrite)
+        else:
+            from .runtime.ray_scoring import score_with_ray
 
-        summary = score_with_ray(plan, out, model, options, batch_size=batch_size, workers=workers,
-                                 num_gpus=gpus_per_worker, device=device, max_chunk_bytes=max_chunk_bytes,
-                                 resume=resume, address=address, limits=limits, verify=not no_verify)
+            summary = score_with_ray(plan, out, model, options, batch_size=batch_size, workers=workers,
+                                     num_gpus=gpus_per_worker, device=device, max_chunk_bytes=max_chunk_bytes,
+                                     resume=resume, address=address, limits=limits, verify=not no_verify,
+                                     overwrite=overwrite)
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (main turns it into SystemExit)
+        from .runtime.scoring import stopped_message
+
+        typer.echo(f"error: {terminal_safe(stopped_message(out, plan.total, overwrite))}", err=True)
+        code = 130 if isinstance(stop, KeyboardInterrupt) else stop.code if isinstance(stop.code, int) else 1
+        raise typer.Exit(code) from None
     masks = f"masks shared (seed {summary.mask_seed})" if summary.mask_seed is not None else "masks independent"
     resumed = f", {summary.rows - summary.scored} were done before" if summary.scored < summary.rows else ""
     typer.echo(f"scored {summary.scored} inputs{resumed} ({summary.failed} could not be read) into "

@@ -12,6 +12,7 @@ redirect them. Temporary files carry the writer's process id, so one left by a k
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 import tempfile
@@ -180,3 +181,90 @@ def csv_safe_cell(text: str) -> str:
 def _is_control(char: str) -> bool:
     code = ord(char)
     return code < 0x20 or 0x7F <= code < 0xA0
+
+
+class ExclusiveLock:
+    """An exclusive lock held through the file `path` for as long as this object lives (until
+    release()), so that two processes never write the same output; the file names its owner
+    (pid and host) for the refusal message.
+
+    Where the OS has flock (Linux, macOS, BSD; NFS through its lock manager), the kernel drops the
+    lock when its process dies, so a lock left by a killed job is simply taken. Elsewhere (or where
+    flock is refused), the owner's pid decides: a lock file from a pid that no longer runs on this
+    host is taken over; one from another host is trusted to be live."""
+
+    def __init__(self, path, busy: str):
+        self.path = Path(path)
+        self._fd = None
+        for _ in range(8):  # another owner may remove the file between our open and our lock
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            except OSError as err:
+                raise InputError(f"{self.path}: cannot lock ({err.strerror or err})") from None
+            if not self._locked(fd, busy):
+                continue
+            self._fd = fd
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"{os.getpid()} {_host()}\n".encode())
+            except OSError as err:  # a full disk: the lock holds, only its owner goes unnamed
+                if err.errno != errno.ENOSPC:
+                    self.release()
+                    raise InputError(f"{self.path}: cannot lock ({err.strerror or err})") from None
+            return
+        raise InputError(f"{busy} (its lock {self.path} keeps changing)")
+
+    def _locked(self, fd: int, busy: str) -> bool:
+        """True when `fd` now holds the lock; False to retry; InputError(busy) when it is taken."""
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid, host = _lock_owner(fd)
+            os.close(fd)
+            raise InputError(busy + (f" (pid {pid} on {host})" if pid else "")) from None
+        except (ImportError, OSError):  # no flock here (or on this file system): the owner's pid decides
+            pid, host = _lock_owner(fd)
+            if pid and pid != os.getpid() and (host != _host() or _alive(pid)):
+                os.close(fd)
+                raise InputError(f"{busy} (pid {pid} on {host})") from None
+        try:  # the file we locked must still be the one at the path (not unlinked by its last owner)
+            same = os.path.samestat(os.fstat(fd), os.stat(self.path, follow_symlinks=False))
+        except FileNotFoundError:
+            same = False
+        if not same:
+            os.close(fd)
+        return same
+
+    def release(self, remove: bool = True) -> None:
+        """Give the lock up (removing its file first when `remove`, so no stale owner is shown)."""
+        if self._fd is None:
+            return
+        if remove:
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def _lock_owner(fd: int):
+    """(pid, host) written in a lock file, (None, "") when it names none."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid, _, host = os.read(fd, 256).decode("utf-8", "replace").strip().partition(" ")
+    except OSError:
+        return None, ""
+    return (int(pid), host) if pid.isdigit() else (None, "")
+
+
+def _host() -> str:
+    import socket
+
+    return socket.gethostname() or "localhost"

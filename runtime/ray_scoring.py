@@ -12,6 +12,7 @@ input files are read by the actors, so on a cluster their paths must be on stora
 sees. Needs the `ray` extra.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -146,59 +147,92 @@ def score_dataset(ds, model, passes: Optional[int] = None, mask_seed: Optional[i
 def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Optional[int] = None,
                    threads: int = 1, num_gpus: float = 0, device: str = "auto", max_chunk_bytes: Optional[int] = None,
                    resume: bool = False, address: Optional[str] = None, limits: Limits = DEFAULT,
-                   verify: bool = True):
+                   verify: bool = True, overwrite: bool = False):
     """The Ray engine: every input of `plan` scored by Ray actors into the Parquet folder `out`.
 
     Rows are written into `OUT.parts/` (the same checkpoint as the local engine's, Ray's part
     files inside); when the job completes the folder becomes `out`. resume=True skips the inputs
-    whose rows are already there."""
+    whose rows are already there; a finished `out` is replaced only with overwrite=True
+    (runtime/scoring.py: check_output)."""
     import pyarrow as pa
 
-    from .scoring import Checkpoint, ScoreSummary, checkpoint_folder, job_identity
+    from .scoring import Checkpoint, ScoreSummary, check_output, checkpoint_folder, job_identity
     ray = require_ray()
-    out = Path(os.path.abspath(out))
-    _check_output_folder(out)
-    checkpoint = Checkpoint(checkpoint_folder(out), job_identity(model, plan, options, "ray"), resume)
-    done = checkpoint.done()
-    before = int(done.sum())
-    if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    workers = workers or _default_workers(ray, threads, num_gpus)
-    if before < plan.total:
-        block = max(batch_size, min(batch_size * BLOCK_BATCHES, -(-(plan.total - before) // (workers * BLOCKS_PER_WORKER))))
-        types = _ref_types()
-        tables = [pa.table({name: pa.array(refs[name], types[name]) for name in REF_COLUMNS})
-                  for refs in plan.refs(block, skip=done)]
-        ds = ray.data.from_arrow(tables)
-        scored = score_dataset(ds, model, passes=options.passes, mask_seed=options.mask_seed, output=options.output,
-                               measures=options.measures, keep_samples=options.keep_samples,
-                               uncertain_if=options.uncertain_if, on_error=options.on_error, batch_size=batch_size,
-                               workers=workers, threads=threads, num_gpus=num_gpus, device=device,
-                               max_chunk_bytes=max_chunk_bytes, limits=limits, verify=verify,
-                               exit_marker=os.environ.get(FAULT_ENV))
-        try:
-            scored.write_parquet(str(checkpoint.folder))
-        except Exception as err:  # noqa: BLE001 - Ray wraps the actor's error; say it in one line
-            checkpoint.discard_if_empty()
-            raise _user_error(err) from None
-        except BaseException:
-            checkpoint.discard_if_empty()
-            raise
-    counts = checkpoint.done()
-    if not counts.all():
-        raise InputError(f"the Ray job left {int((~counts).sum())} inputs without a row; run it again with --resume")
-    import pyarrow.parquet as pq
+    out = check_output(out, "ray", resume, overwrite)
+    checkpoint = Checkpoint(checkpoint_folder(out), job_identity(model, plan, options, "ray"), resume, overwrite)
+    try:
+        done = checkpoint.done()
+        before = int(done.sum())
+        if not ray.is_initialized():
+            ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        workers = workers or _default_workers(ray, threads, num_gpus)
+        if before < plan.total:
+            block = max(batch_size, min(batch_size * BLOCK_BATCHES,
+                                        -(-(plan.total - before) // (workers * BLOCKS_PER_WORKER))))
+            types = _ref_types()
+            tables = [pa.table({name: pa.array(refs[name], types[name]) for name in REF_COLUMNS})
+                      for refs in plan.refs(block, skip=done)]
+            ds = ray.data.from_arrow(tables)
+            scored = score_dataset(ds, model, passes=options.passes, mask_seed=options.mask_seed,
+                                   output=options.output, measures=options.measures,
+                                   keep_samples=options.keep_samples, uncertain_if=options.uncertain_if,
+                                   on_error=options.on_error, batch_size=batch_size, workers=workers, threads=threads,
+                                   num_gpus=num_gpus, device=device, max_chunk_bytes=max_chunk_bytes, limits=limits,
+                                   verify=verify, exit_marker=os.environ.get(FAULT_ENV))
+            try:
+                scored.write_parquet(str(checkpoint.folder), filename_provider=RayPartNames())
+            except Exception as err:  # noqa: BLE001 - Ray wraps the actor's error; say it in one line
+                raise _user_error(err) from None
+        counts = checkpoint.done()
+        if not counts.all():
+            raise InputError(f"the Ray job left {int((~counts).sum())} inputs without a row; run it again with "
+                             "--resume")
+        import pyarrow.parquet as pq
 
-    parts = checkpoint.parts()
-    rows = sum(pq.read_metadata(p).num_rows for p in parts)
-    failed = rows - sum(pq.read_table(p, columns=["error"]).column("error").null_count for p in parts)
-    if rows != plan.total:
-        raise InputError(f"{checkpoint.folder}: holds {rows} rows for {plan.total} inputs")
-    (checkpoint.folder / "_job.json").unlink()
-    if out.exists():
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    os.replace(checkpoint.folder, out)
+        parts = checkpoint.parts()
+        rows = sum(pq.read_metadata(p).num_rows for p in parts)
+        failed = rows - sum(pq.read_table(p, columns=["error"]).column("error").null_count for p in parts)
+        if rows != plan.total:
+            raise InputError(f"{checkpoint.folder}: holds {rows} rows for {plan.total} inputs")
+    except (KeyboardInterrupt, SystemExit):
+        checkpoint.release()  # Ray's finished files stay for --resume
+        raise
+    except BaseException:
+        checkpoint.discard_if_empty()
+        raise
+    _finish(checkpoint, out)
     return ScoreSummary(str(out), rows, plan.total - before, failed, options.mask_seed, options.passes)
+
+
+class RayPartNames:
+    """Ray's part files as the checkpoint knows them (scoring.PART_NAMES: `ray-...parquet`), so
+    that score removes only files it wrote. Ray Data's FilenameProvider interface."""
+
+    def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+        return f"ray-{write_uuid}_{task_index:06}.parquet"  # Ray appends -{i} per file of a task
+
+
+def _finish(checkpoint, out: Path) -> None:
+    """The complete checkpoint becomes `out`: a finished `out` (allowed by --overwrite) loses its
+    Parquet files first, then the folder is renamed and its bookkeeping files removed."""
+    from .scoring import INPUTS_FILE, JOB_FILE, LOCK_FILE, signals_deferred
+
+    with signals_deferred():
+        try:
+            if out.is_dir():
+                for entry in os.scandir(out):  # check_output_folder saw only Parquet and score's own files
+                    if entry.is_file(follow_symlinks=False):
+                        os.unlink(entry.path)
+                out.rmdir()
+            os.replace(checkpoint.folder, out)
+        except OSError as err:
+            checkpoint.release()
+            raise InputError(f"{out}: cannot write ({err.strerror or err}); the scored rows stay in "
+                             f"{checkpoint.folder}: --resume finishes the job once it can") from None
+        checkpoint.release(remove_lock=False)  # renamed with the folder; removed below
+        for name in (JOB_FILE, INPUTS_FILE, LOCK_FILE):  # Parquet readers skip _ names; removed for tidiness
+            with contextlib.suppress(OSError):
+                (out / name).unlink()
 
 
 def _ref_types():
@@ -214,11 +248,17 @@ def _default_workers(ray, threads: int, num_gpus: float) -> int:
     return max(1, int(resources.get("CPU", 1) // threads))
 
 
-def _check_output_folder(out: Path) -> None:
-    """`out` becomes a folder of Parquet files: refuse a link, or a folder holding anything else."""
+def check_output_folder(out: Path) -> None:
+    """`out` becomes a folder of Parquet files: refuse a link, a file, or a folder holding
+    anything but Parquet files and score's own files."""
+    from .scoring import OWN_NAMES
+
     if out.is_symlink():
         raise InputError(f"{out}: is a symbolic link; mcdrop does not write through links")
-    if out.is_dir() and any(not (p.name.endswith(".parquet") and p.is_file()) for p in out.iterdir()):
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: is a file; the Ray engine writes a folder of Parquet files (choose a new name)")
+    if out.is_dir() and any(not ((p.name.endswith(".parquet") or OWN_NAMES.fullmatch(p.name))
+                                 and p.is_file() and not p.is_symlink()) for p in out.iterdir()):
         raise InputError(f"{out}: is a folder holding other files; the Ray engine writes a folder of Parquet "
                          "files there (choose a new name)")
     if not out.parent.is_dir():

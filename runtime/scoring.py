@@ -15,10 +15,14 @@ The pieces both engines share:
 runtime/ray_scoring.py. Needs pyarrow (the `score` extra).
 """
 
+import contextlib
 import hashlib
 import json
 import os
-import shutil
+import re
+import signal
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +30,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .limits import DEFAULT, Limits
 
 try:
@@ -44,16 +48,28 @@ MEASURES = {
     "regression": ("std",),
 }
 # A part file is closed, and so becomes a checkpoint, once it holds this many bytes of rows or
-# PART_ROWS rows; the merged output has one row group per part. Both bound what a crash loses
-# and what merging holds in memory (one part).
+# PART_ROWS rows, or PART_SECONDS after it was opened; the merged output has one row group per
+# part. They bound what a crash (SIGKILL, power cut) loses and what merging holds in memory (one
+# part); Ctrl-C and SIGTERM close the open part and lose only the batch being scored
+# (docs/DESIGN.md: Scoring).
 PART_BYTES = 16 * 2**20
 PART_ROWS = 2048
+PART_SECONDS = 30
 # What the local engine holds besides the session's max_chunk_bytes: the open part's rows and the
 # writer's buffers, then one part while merging (PART_BYTES each), two loaded batches, pyarrow's
 # pools. Measured in docs/DESIGN.md: Scoring; tests/test_score.py holds a 100,000-input job to it.
 MEMORY_OVERHEAD = 96 * 2**20
 JOB_FILE = "_job.json"
+JOB_FILE_LIMIT = 2**20
+INPUTS_FILE = "_inputs.bin"  # one digest per input file (InputPlan.fingerprint), to name a changed one
+LOCK_FILE = "_lock"
 PART_PREFIX = "part-"
+# Every name a checkpoint folder holds is one of these, all written by score (the Ray engine's
+# parts through RayPartNames); score removes nothing else, and refuses a folder holding anything else.
+LOCAL_PART = re.compile(r"part-\d{6}\.parquet")
+PART_NAMES = re.compile(r"part-\d{6}\.parquet|ray-[0-9A-Za-z_-]+\.parquet")
+OWN_NAMES = re.compile(rf"{PART_NAMES.pattern}|_job\.json|_inputs\.bin|_lock")
+OWN_TEMPORARY = re.compile(r"\.part-\d{6}\.parquet\.tmp|\.(_job\.json|_inputs\.bin)\.\d+\.\w+\.tmp")
 METADATA_KEY = b"mcdrop"
 
 
@@ -94,8 +110,8 @@ def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int
 
     passes = session._check_passes(passes)
     shared = session.default_masks == "shared"
-    if mask_seed is None and resume_from is not None and (Path(resume_from) / JOB_FILE).is_file():
-        mask_seed = json.loads((Path(resume_from) / JOB_FILE).read_text()).get("mask_seed")
+    if mask_seed is None and resume_from is not None:
+        mask_seed = (read_job(resume_from) or {}).get("mask_seed")
     if shared:
         mask_seed = mask_sets.check_seed(mask_seed) if mask_seed is not None else session.mask_seed
     return ScoreOptions(passes, mask_seed if shared else None, output, tuple(measures), keep_samples,
@@ -245,61 +261,229 @@ def _lists(matrix) -> "pa.ListArray":
 
 # Checkpoints ------------------------------------------------------------------------------------
 
-def job_identity(model_path, plan, options: ScoreOptions, engine: str) -> dict:
-    """What must match for `--resume` to continue a job: the model's bytes, the inputs, the options."""
+@dataclass
+class JobIdentity:
+    """What must match for `--resume` to continue a job: `fields` (written to _job.json: the
+    model's sha256, the inputs' digest, the options) and one digest per input file (`files`,
+    written to _inputs.bin) so that a refusal can name the file that changed."""
+
+    fields: dict
+    files: bytes
+    plan: object  # the InputPlan, to name a file by its position
+
+
+def job_identity(model_path, plan, options: ScoreOptions, engine: str) -> JobIdentity:
+    """The identity of a job: the model's bytes, the inputs (names, sizes, content: see
+    InputPlan.fingerprint), the options and the engine."""
     digest = hashlib.sha256()
     with open(model_path, "rb") as f:
         for block in iter(lambda: f.read(2**20), b""):
             digest.update(block)
-    return {"model_sha256": digest.hexdigest(), "inputs": plan.fingerprint(), "total": plan.total,
-            "engine": engine, **asdict(options)}
+    files = bytearray()
+    inputs = plan.fingerprint(lambda name, short: files.extend(short))
+    fields = {"model_sha256": digest.hexdigest(), "inputs": inputs, "total": plan.total, "engine": engine,
+              **asdict(options)}
+    return JobIdentity(json.loads(json.dumps(fields)), bytes(files), plan)  # as read back: tuples are lists
+
+
+def checkpoint_folder(out) -> Path:
+    out = Path(os.path.abspath(out))
+    return out.with_name(out.name + ".parts")
+
+
+def check_output(out, engine: str = "local", resume: bool = False, overwrite: bool = False) -> Path:
+    """`out` (absolute) once it is known the job may write there: a `.parquet` name (a file for
+    the local engine; for Ray a folder, named with `.parquet` or no suffix), no symbolic link at
+    OUT or OUT.parts, OUT.parts a folder if it exists; a finished OUT is replaced only with
+    `overwrite`, an unfinished job (OUT.parts) continued only with `resume` (or started again
+    with `overwrite`); `resume` with nothing to continue is refused."""
+    from .files import check_writable_target
+
+    out = Path(os.path.abspath(out))
+    if resume and overwrite:
+        raise InputError("--resume continues the unfinished job, --overwrite starts it again: choose one")
+    suffix = out.suffix.lower()
+    if engine == "local":
+        if suffix != ".parquet":
+            raise InputError(f"--out {out.name}: score writes Parquet; give a name ending in .parquet")
+        check_writable_target(out)
+    else:
+        from .ray_scoring import check_output_folder
+
+        if suffix not in ("", ".parquet"):
+            raise InputError(f"--out {out.name}: the Ray engine writes a folder of Parquet files; name it "
+                             "with .parquet or no suffix")
+        check_output_folder(out)
+    finished = _finished(out)
+    folder = checkpoint_folder(out)
+    _check_folder(folder)
+    unfinished = folder.exists()
+    if resume and not unfinished:
+        if finished:
+            raise InputError(f"{out}: is finished, nothing to resume; --overwrite scores it again")
+        raise InputError(f"--resume: no unfinished job at {folder}; run without --resume to start one")
+    if not resume and not overwrite:
+        if unfinished:
+            raise InputError(f"{folder} holds an unfinished job's rows; continue it with --resume, or start "
+                             "again with --overwrite")
+        if finished:
+            raise InputError(f"{out}: exists; --overwrite replaces it (or choose another --out)")
+    return out
+
+
+def _finished(out: Path) -> bool:
+    """A finished job's output at `out`: the local engine's file, or the Ray engine's folder of files."""
+    return any(True for _ in out.iterdir()) if out.is_dir() else os.path.lexists(out)
+
+
+def _check_folder(folder: Path) -> None:
+    if folder.is_symlink():
+        raise InputError(f"{folder}: is a symbolic link; mcdrop does not write or delete through links "
+                         "(remove the link)")
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"{folder}: is a file, not a checkpoint folder mcdrop made; move it away")
+
+
+def read_job(folder) -> Optional[dict]:
+    """The _job.json of a checkpoint folder (None when there is none), as a one-line InputError
+    when it cannot be read."""
+    from .files import read_regular
+
+    path = Path(folder) / JOB_FILE
+    if not os.path.lexists(path):
+        return None
+    hint = "this checkpoint cannot be continued: --overwrite starts the job again"
+    try:
+        job = json.loads(read_regular(path, JOB_FILE_LIMIT, what="job file"))
+        if not isinstance(job, dict):
+            raise ValueError("not a JSON object")
+    except InputError as err:
+        raise InputError(f"{err}; {hint}") from None
+    except ValueError as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise InputError(f"{path}: corrupt ({first_line(err)}); {hint}") from None
+    return job
 
 
 class Checkpoint:
-    """The folder of a job's finished rows: Parquet part files, each written under a temporary
-    name and renamed once closed, so each is complete or absent; `_job.json` says what job."""
+    """The folder of a job's finished rows (OUT.parts): Parquet part files, each written under a
+    temporary name and renamed once closed, so each is complete or absent; `_job.json` and
+    `_inputs.bin` say what job; `_lock` is held while a process writes there.
 
-    def __init__(self, folder: Path, identity: dict, resume: bool):
-        self.folder = Path(folder)
-        self.identity = identity = json.loads(json.dumps(identity))  # as read back: tuples are lists
-        found = self.folder / JOB_FILE
-        if self.folder.exists() and not resume:
-            raise InputError(f"{self.folder} holds an unfinished job's rows; continue it with --resume, "
-                             "or delete the folder to start again")
-        if resume and found.exists():
-            earlier = json.loads(found.read_text())
-            changed = [key for key in identity if earlier.get(key) != identity[key]]
-            if changed:
-                raise InputError(f"--resume: the unfinished job in {self.folder} differs in "
-                                 f"{', '.join(changed)}; run it with the same model, inputs and options "
-                                 "(its mask seed: " + str(earlier.get("mask_seed")) + "), or delete the folder")
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not found.exists():
-            temporary = self.folder / (JOB_FILE + ".tmp")
-            temporary.write_text(json.dumps(identity, indent=2))
-            os.replace(temporary, found)
+    mcdrop removes only names it writes (OWN_NAMES, OWN_TEMPORARY); a folder holding anything
+    else, or a link, is refused rather than cleaned."""
+
+    def __init__(self, folder: Path, job: JobIdentity, resume: bool, overwrite: bool = False):
+        from .files import ExclusiveLock
+
+        self.folder = Path(os.path.abspath(folder))
+        self.out = self.folder.with_name(self.folder.name[: -len(".parts")])
+        self.job = job
+        self.identity = job.fields
+        _check_folder(self.folder)
+        created = False
+        if not self.folder.exists():
+            if resume:
+                raise InputError(f"--resume: no unfinished job at {self.folder}; run without --resume to start one")
+            try:
+                self.folder.mkdir()
+                created = True
+            except FileExistsError:
+                _check_folder(self.folder)
+            except OSError as err:
+                raise InputError(f"{self.folder}: cannot write here ({err.strerror or err})") from None
+        self._lock = ExclusiveLock(self.folder / LOCK_FILE, f"another score job is writing {self.out}")
+        try:
+            self._check_names()
+            if not overwrite and not (self.folder / JOB_FILE).exists() and _finished(self.out):
+                # another job finished OUT since check_output looked (it removes its checkpoint last)
+                raise InputError(f"{self.out}: is finished, nothing to resume; --overwrite scores it again" if resume
+                                 else f"{self.out}: exists; --overwrite replaces it (or choose another --out)")
+            if not created:
+                self._open_existing(resume, overwrite)
+            if not (self.folder / JOB_FILE).exists():
+                self._write(INPUTS_FILE, job.files)
+                self._write(JOB_FILE, json.dumps(self.identity, indent=2).encode())
+        except BaseException:
+            self.remove() if created else self.release()
+            raise
+
+    def _open_existing(self, resume: bool, overwrite: bool) -> None:
+        if overwrite:
+            self._remove_files()
+            return
+        if not resume:
+            raise InputError(f"{self.folder} holds an unfinished job's rows; continue it with --resume, or start "
+                             "again with --overwrite")
+        earlier = read_job(self.folder)
+        if earlier is None:
+            if self.parts():
+                raise InputError(f"{self.folder}: holds rows but no {JOB_FILE}, so not which job they belong to; "
+                                 "--overwrite starts the job again")
+            return  # a job stopped before it described itself: nothing of it to keep
+        changed = [key for key in self.identity if earlier.get(key) != self.identity[key]]
+        if "inputs" in changed:
+            raise InputError(f"--resume: {self._changed_input()} since the unfinished job in {self.folder} started; "
+                             "give the inputs it was started with, or --overwrite to start again")
+        if changed:
+            raise InputError(f"--resume: the unfinished job in {self.folder} differs in {', '.join(changed)}; run "
+                             "it with the same model, inputs and options (its mask seed: "
+                             f"{earlier.get('mask_seed')}), or --overwrite to start again")
+
+    def _changed_input(self) -> str:
+        """Which input file differs from the one the job started with, as a phrase."""
+        from .files import read_regular
+
+        width = self.job.plan.DIGEST_BYTES
+        try:
+            before = read_regular(self.folder / INPUTS_FILE, len(self.job.files) + 2**20, what="inputs file")
+        except InputError:
+            return "the inputs have changed"
+        now = self.job.files
+        for position in range(min(len(before), len(now)) // width):
+            if before[position * width:(position + 1) * width] != now[position * width:(position + 1) * width]:
+                for i, (_, _, shown) in enumerate(self.job.plan.input_files()):
+                    if i == position:
+                        return f"{shown} has changed (its size, time or content)"
+        return f"the inputs have changed ({len(before) // width} files then, {len(now) // width} now)"
+
+    def _check_names(self) -> None:
+        """Refuse a folder holding anything mcdrop did not write (it would never delete that)."""
+        for entry in os.scandir(self.folder):
+            own = OWN_NAMES.fullmatch(entry.name) or OWN_TEMPORARY.fullmatch(entry.name)
+            if not own or entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                raise InputError(f"{self.folder}: holds {entry.name!r}, which score did not write; move it away "
+                                 "(score deletes only its own files)")
+
+    def _write(self, name: str, data: bytes) -> None:
+        from .files import atomic_writer
+
+        try:
+            with atomic_writer(self.folder / name) as f:
+                f.write(data)
+        except OSError as err:
+            raise InputError(f"{self.folder}: cannot write ({err.strerror or first_line(err)})") from None
+
+    def _own(self, pattern) -> List[Path]:
+        return sorted(self.folder / name for name in os.listdir(self.folder) if pattern.fullmatch(name))
 
     def parts(self) -> List[Path]:
-        """The complete part files (a torn file a crash left is removed), in the order written."""
+        """The complete part files, in the order written. A temporary or torn part of this
+        checkpoint (a crash cut it short) is removed; nothing else is touched."""
+        for path in self._own(OWN_TEMPORARY):
+            _remove_file(path)
         found = []
-        for path in sorted(self.folder.iterdir()):
-            if path.name.startswith(".") or path.name.endswith(".tmp"):
-                path.unlink(missing_ok=True)  # a part that was being written when the job stopped
-                continue
-            if path.name == JOB_FILE:
-                continue
+        for path in self._own(PART_NAMES):
             try:
                 pq.read_metadata(path)
             except Exception:  # noqa: BLE001 - unreadable: its rows are scored again
-                path.unlink(missing_ok=True)
+                _remove_file(path)
                 continue
             found.append(path)
         return found
 
-    def discard_if_empty(self) -> None:
-        """After a failure: a checkpoint without rows is nothing to resume, so it goes."""
-        if self.folder.is_dir() and not self.parts():
-            shutil.rmtree(self.folder, ignore_errors=True)
+    def next_part(self) -> int:
+        numbers = [int(p.name[len(PART_PREFIX):-len(".parquet")]) for p in self._own(LOCAL_PART)]
+        return max(numbers, default=-1) + 1
 
     def done(self) -> np.ndarray:
         """bool [total]: the indices that already have a row."""
@@ -307,63 +491,174 @@ class Checkpoint:
         for path in self.parts():
             index = _read(path, ["index"]).column("index").to_numpy()
             if len(index) and (index.min() < 0 or index.max() >= len(done)):
-                raise InputError(f"{path}: holds rows of other inputs; delete {self.folder} to start again")
+                raise InputError(f"{path}: holds rows of other inputs; --overwrite starts the job again")
             done[index] = True
         return done
 
+    def release(self, remove_lock: bool = True) -> None:
+        """Stop writing here, leaving the rows for --resume."""
+        self._lock.release(remove=remove_lock)
+
+    def discard_if_empty(self) -> None:
+        """After a failure: a checkpoint without rows is nothing to resume, so it goes."""
+        if self.folder.is_dir() and not self.parts():
+            self.remove()
+        else:
+            self.release()
+
+    def remove(self) -> None:
+        """Remove this checkpoint's own files and then its folder (once the output is written)."""
+        self._remove_files()
+        self._lock.release()
+        with contextlib.suppress(OSError):
+            self.folder.rmdir()
+
+    def _remove_files(self) -> None:
+        for path in self._own(OWN_NAMES) + self._own(OWN_TEMPORARY):
+            if path.name != LOCK_FILE:
+                _remove_file(path)
+
+
+def _remove_file(path: Path) -> None:
+    """Unlink one of the checkpoint's own files (never through a link, never a folder)."""
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Ctrl-C (SIGINT) and SIGTERM wait until the block is done, so that a part file is written
+    or closed whole and the interruption comes after. Python runs signal handlers in the main
+    thread only, so only there is there anything to defer."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list = []
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if handler is not None:  # None: installed outside Python, left alone
+            previous[number] = signal.signal(number, lambda n, frame: caught.append((n, frame)))
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if caught:
+            number, frame = caught[0]
+            handler = previous[number]
+            if callable(handler):
+                handler(number, frame)  # KeyboardInterrupt, or the CLI's SystemExit for SIGTERM
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), number)
+
 
 class PartWriter:
-    """Appends tables to the checkpoint's part files, closing one at PART_BYTES or PART_ROWS."""
+    """Appends tables to the checkpoint's part files, closing one at PART_ROWS rows, PART_BYTES or
+    PART_SECONDS after it was opened; flush() closes the open one (Ctrl-C and SIGTERM do)."""
 
     def __init__(self, checkpoint: Checkpoint, schema: "pa.Schema"):
         self.checkpoint = checkpoint
         self.schema = schema
-        existing = [int(p.stem[len(PART_PREFIX):]) for p in checkpoint.parts() if p.stem[len(PART_PREFIX):].isdigit()]
-        self._next = max(existing, default=-1) + 1
-        self._writer = None
+        self._next = checkpoint.next_part()
+        self._writer = self._file = None
         self._rows = self._bytes = 0
+        self._opened = 0.0
+        self.broken = False  # a write failed: the open part is unusable
 
     def write(self, table: "pa.Table") -> None:
-        if self._writer is None:
-            self._temporary = self.checkpoint.folder / f".{PART_PREFIX}{self._next:06d}.parquet.tmp"
-            self._writer = pq.ParquetWriter(self._temporary, self.schema)
-        self._writer.write_table(table.cast(self.schema))
+        try:
+            if self._writer is None:
+                self._temporary = self.checkpoint.folder / f".{self._name()}.tmp"
+                self._file = open(self._temporary, "xb")  # exclusive: never through a planted link
+                self._opened = time.monotonic()
+                self._writer = pq.ParquetWriter(self._file, self.schema)
+            self._writer.write_table(table.cast(self.schema))
+        except OSError as err:
+            self.broken = True
+            self.abandon()
+            raise self._error(err) from None
         self._rows += table.num_rows
         self._bytes += table.nbytes
-        if self._rows >= PART_ROWS or self._bytes >= PART_BYTES:
+        if self._rows >= PART_ROWS or self._bytes >= PART_BYTES or time.monotonic() - self._opened >= PART_SECONDS:
             self.flush()
 
     def flush(self) -> None:
         """Close the open part: its rows become a checkpoint."""
         if self._writer is None:
             return
-        self._writer.close()
-        os.replace(self._temporary, self.checkpoint.folder / f"{PART_PREFIX}{self._next:06d}.parquet")
-        self._writer, self._next, self._rows, self._bytes = None, self._next + 1, 0, 0
+        try:
+            self._writer.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())  # the part is on disk before its name says it is complete
+            self._file.close()
+            os.replace(self._temporary, self.checkpoint.folder / self._name())
+        except OSError as err:
+            self.broken = True
+            self.abandon()
+            raise self._error(err) from None
+        _sync_folder(self.checkpoint.folder)
+        self._writer = self._file = None
+        self._next, self._rows, self._bytes = self._next + 1, 0, 0
+
+    def stop(self) -> None:
+        """The job stops: keep the rows written so far (close the part), unless a write failed."""
+        if self.broken:
+            self.abandon()
+        else:
+            self.flush()
 
     def abandon(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._temporary.unlink(missing_ok=True)
-            self._writer = None
+        for thing in (self._writer, self._file):
+            with contextlib.suppress(Exception):
+                if thing is not None:
+                    thing.close()
+        if self._writer is not None or self._file is not None:
+            _remove_file(self._temporary)
+        self._writer = self._file = None
+
+    def _name(self) -> str:
+        return f"{PART_PREFIX}{self._next:06d}.parquet"
+
+    def _error(self, err: OSError) -> InputError:
+        return InputError(f"{self.checkpoint.folder}: cannot write ({err.strerror or first_line(err)}); the rows "
+                          "written before are kept: --resume continues once it can write there")
+
+
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename in it survives a power cut (where the OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def merge_parts(checkpoint: Checkpoint, out: Path, schema: "pa.Schema") -> int:
     """Write the parts, in index order, as one Parquet file at `out` (one row group per part),
-    through a temporary file; then remove the checkpoint. Returns the row count."""
+    through a temporary file. Returns the row count; the checkpoint stays (the caller removes it)."""
     from .files import atomic_writer
 
     parts = checkpoint.parts()
     firsts = [_read(path, ["index"]).column("index").to_numpy()[:1] for path in parts]
     order = sorted(range(len(parts)), key=lambda i: int(firsts[i][0]) if len(firsts[i]) else -1)
     rows = 0
-    with atomic_writer(out) as f:
-        with pq.ParquetWriter(f, schema) as writer:
-            for i in order:
-                table = _read(parts[i]).cast(schema)
-                writer.write_table(table, row_group_size=max(1, table.num_rows))
-                rows += table.num_rows
-    shutil.rmtree(checkpoint.folder)
+    try:
+        with atomic_writer(out) as f:
+            with pq.ParquetWriter(f, schema) as writer:
+                for i in order:
+                    table = _read(parts[i]).cast(schema)
+                    writer.write_table(table, row_group_size=max(1, table.num_rows))
+                    rows += table.num_rows
+    except OSError as err:
+        raise InputError(f"{out}: cannot write ({err.strerror or first_line(err)}); the scored rows stay in "
+                         f"{checkpoint.folder}: --resume writes the output once it can") from None
     return rows
 
 
@@ -373,9 +668,20 @@ def _read(path: Path, columns=None) -> "pa.Table":
     return pq.ParquetFile(path).read(columns=columns, use_threads=False)
 
 
-def checkpoint_folder(out) -> Path:
-    out = Path(os.path.abspath(out))
-    return out.with_name(out.name + ".parts")
+def stopped_message(out, total: int, overwrite: bool = False) -> str:
+    """What to say when a job was interrupted: the rows kept in OUT.parts and how to continue.
+    Reads only (another job may hold the checkpoint by now)."""
+    folder = checkpoint_folder(out)
+    if folder.is_symlink() or not folder.is_dir():
+        return "interrupted"
+    rows = 0
+    for name in os.listdir(folder):
+        if PART_NAMES.fullmatch(name):
+            with contextlib.suppress(Exception):
+                rows += pq.read_metadata(folder / name).num_rows
+    how = "--resume in place of --overwrite" if overwrite else "--resume"
+    return f"interrupted; {rows:,} of {total:,} inputs are scored and kept in {folder}: continue with the same " \
+           f"command and {how}"
 
 
 # The local engine -------------------------------------------------------------------------------
@@ -391,30 +697,37 @@ class ScoreSummary:
 
 
 def score_local(session, plan, out, options: ScoreOptions, batch_size: int = 256, resume: bool = False,
-                limits: Limits = DEFAULT, progress: Optional[Callable[[int, int], None]] = None) -> ScoreSummary:
+                limits: Limits = DEFAULT, progress: Optional[Callable[[int, int], None]] = None,
+                overwrite: bool = False) -> ScoreSummary:
     """Score every input of `plan` (runtime/sources.py) with `session` into one Parquet file `out`.
 
     Rows are written as they are scored, a part file at a time, into `OUT.parts/`; on success
     the parts become `out` (index order, one row group per part) and the folder goes. A job that
-    stopped (a crash, Ctrl-C, --on-error stop) leaves its finished parts: resume=True skips their
-    inputs and writes each input once. Memory: the session's max_chunk_bytes, plus one loaded
-    batch and one part of rows (PART_BYTES). progress(done, total) after each batch."""
-    from .files import check_writable_target
-
+    stopped (a crash, Ctrl-C, SIGTERM, --on-error stop) leaves its finished parts (Ctrl-C and
+    SIGTERM close the open one first): resume=True skips their inputs and writes each input once.
+    A finished `out` is replaced only with overwrite=True (see check_output). Memory: the
+    session's max_chunk_bytes, plus one loaded batch and one part of rows (PART_BYTES).
+    progress(done, total) after each batch."""
     require_pyarrow()
-    out = check_writable_target(out)
+    out = check_output(out, "local", resume, overwrite)
     scorer = Scorer(session, options, limits)
-    checkpoint = Checkpoint(checkpoint_folder(out), job_identity(session.path, plan, options, "local"), resume)
-    done = checkpoint.done()
-    before = int(done.sum())
-    writer = PartWriter(checkpoint, scorer.schema)
+    try:
+        checkpoint = Checkpoint(checkpoint_folder(out), job_identity(session.path, plan, options, "local"), resume,
+                                overwrite)
+    except BaseException:
+        scorer.close()
+        raise
     if options.mask_seed is None:
         import warnings
 
         warnings.warn(f"{session.path} takes no shared mask set (an older or input-size-dependent file): rows are "
                       "scored with independent masks and depend on how the inputs are batched")
-    failed = 0
+    failed = before = 0
+    writer = None
     try:
+        done = checkpoint.done()
+        before = int(done.sum())
+        writer = PartWriter(checkpoint, scorer.schema)
         with ThreadPoolExecutor(1) as loader:  # reads the next batch while this one is scored
             from .sources import load_refs
 
@@ -429,25 +742,39 @@ def score_local(session, plan, out, options: ScoreOptions, batch_size: int = 256
                 refs, (x, errors) = upcoming.result()
                 following = next(batches, None)
                 upcoming = loader.submit(read, following) if following is not None else None
-                writer.write(scorer.score_loaded(x, refs["index"], refs["id"], errors))
+                rows = scorer.score_loaded(x, refs["index"], refs["id"], errors)
+                with signals_deferred():  # a stop comes before or after a batch is written, not inside
+                    writer.write(rows)
                 failed += len(errors)
                 finished += len(refs["index"])
                 if progress is not None:
                     progress(finished, plan.total)
-        writer.flush()
-    except InputError as err:  # --on-error stop: the batches before it are complete rows, kept
-        writer.flush()
-        checkpoint.discard_if_empty()
-        kept = f" (the rows scored before it stay in {checkpoint.folder}; --resume continues)" \
-            if checkpoint.folder.is_dir() else ""
-        raise InputError(f"{err}{kept}") from None
-    except BaseException:
-        writer.abandon()
-        checkpoint.discard_if_empty()
+        with signals_deferred():
+            writer.flush()
+    except BaseException as err:
+        with signals_deferred():
+            try:
+                if writer is not None:
+                    writer.stop()  # the rows of every batch scored so far become a part
+            finally:
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    checkpoint.release()  # kept even without rows: it holds the job's mask seed for --resume
+                else:
+                    checkpoint.discard_if_empty()
+        if isinstance(err, InputError) and writer is not None and not writer.broken and checkpoint.folder.is_dir():
+            # --on-error stop: the batches before it are complete rows, kept
+            raise InputError(f"{err} (the rows scored before it stay in {checkpoint.folder}; --resume continues)") \
+                from None
         raise
     finally:
         scorer.close()
-    rows = merge_parts(checkpoint, out, scorer.schema)
+    try:
+        rows = merge_parts(checkpoint, out, scorer.schema)
+    except BaseException:
+        checkpoint.release()
+        raise
+    with signals_deferred():
+        checkpoint.remove()
     return ScoreSummary(str(out), rows, plan.total - before, failed, options.mask_seed, options.passes)
 
 

@@ -70,20 +70,66 @@ class InputPlan:
     def __len__(self) -> int:
         return self.total
 
-    def fingerprint(self) -> str:
-        """A digest of what the inputs are (paths, array files and their sizes), to tell a resumed
-        job that it is given the same inputs."""
+    # fingerprint: an image is known by its size, modification time and first and last blocks;
+    # each file's digest is cut to DIGEST_BYTES (a checkpoint keeps one per file).
+    FINGERPRINT_BLOCK = 64 * 2**10
+    DIGEST_BYTES = 16
+
+    def fingerprint(self, each=None) -> str:
+        """A digest of what the inputs are, to tell a resumed job that it is given the same inputs:
+        per input file its path (and id), size, and content: an array file hashed whole, an image
+        by its modification time and its first and last FINGERPRINT_BLOCK bytes (reading every
+        image twice would double a job's reads). `each`, a callable, gets (shown name, digest of
+        DIGEST_BYTES) per file in order, so that a caller can say which file changed."""
+        import hashlib
+
+        whole = hashlib.sha256()
+        for kind, path, shown in self.input_files():
+            digest = hashlib.sha256(repr((kind, path, shown)).encode("utf-8", "backslashreplace"))
+            digest.update(self._content_digest(path, whole_file=kind.startswith("array")))
+            short = digest.digest()[:self.DIGEST_BYTES]
+            whole.update(short)
+            if each is not None:
+                each(shown, short)
+        return whole.hexdigest()
+
+    def input_files(self) -> Iterator[Tuple[str, str, str]]:
+        """(kind, path, shown name) of every file the inputs are read from, in order: 'array' for
+        an array file (its members and rows in the kind), 'image' for each image."""
+        for segment in self.segments:
+            if segment.array is not None:
+                array = segment.array
+                yield f"array {array.members} {array.rows}", array.path, display_name(array.path)
+            else:
+                yield from (("image", path, shown) for path, shown in zip(segment.images, segment.image_ids))
+
+    @classmethod
+    def _content_digest(cls, path: str, whole_file: bool) -> bytes:
+        """sha256 of a file's size and content (whole, or mtime and first and last blocks); of the
+        reason when it cannot be read (a missing image is an error row, and stays one on resume)."""
         import hashlib
 
         digest = hashlib.sha256()
-        for segment in self.segments:
-            if segment.array is not None:
-                digest.update(repr((segment.array.path, segment.array.members, segment.array.rows)).encode(
-                    "utf-8", "backslashreplace"))
-            else:
-                for path in segment.images:
-                    digest.update(path.encode("utf-8", "backslashreplace") + b"\0")
-        return digest.hexdigest()
+        try:
+            fd = open_regular(path)
+        except InputError as err:
+            return hashlib.sha256(("unreadable " + str(err)).encode("utf-8", "backslashreplace")).digest()
+        try:
+            with os.fdopen(fd, "rb") as f:
+                info = os.fstat(f.fileno())
+                digest.update(f"{info.st_size}".encode())
+                if whole_file:
+                    for block in iter(lambda: f.read(2**20), b""):
+                        digest.update(block)
+                else:
+                    digest.update(f" {info.st_mtime_ns}".encode())
+                    digest.update(f.read(cls.FINGERPRINT_BLOCK))
+                    if info.st_size > cls.FINGERPRINT_BLOCK:
+                        f.seek(max(cls.FINGERPRINT_BLOCK, info.st_size - cls.FINGERPRINT_BLOCK))
+                        digest.update(f.read(cls.FINGERPRINT_BLOCK))
+        except OSError as err:
+            return hashlib.sha256(f"unreadable {err}".encode("utf-8", "backslashreplace")).digest()
+        return digest.digest()
 
     def refs(self, batch_size: int, skip: Optional[np.ndarray] = None) -> Iterator[Dict[str, np.ndarray]]:
         """Batches of at most batch_size references, in index order; `skip`: a bool array over

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from mcdrop import cli
 from mcdrop.runtime import scoring
+from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.scoring import ScoreOptions, read_scores, score_local
 from mcdrop.runtime.session import MCSession
 from mcdrop.runtime.sources import plan_inputs
@@ -271,7 +272,8 @@ def test_resume_refuses_another_job(flat_npy, tmp_path):
     folder = scoring.checkpoint_folder(out)
     session = MCSession(MLP)
     plan = plan_inputs([flat_npy], session.info)
-    scoring.Checkpoint(folder, scoring.job_identity(MLP, plan, ScoreOptions(PASSES, MASK_SEED), "local"), resume=False)
+    scoring.Checkpoint(folder, scoring.job_identity(MLP, plan, ScoreOptions(PASSES, MASK_SEED), "local"),
+                       resume=False).release()
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES + 1, "--resume")
     assert result.exit_code == 2 and "differs in passes" in result.output
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
@@ -313,3 +315,309 @@ def test_100000_inputs_stay_within_max_chunk_bytes_plus_a_constant(tmp_path):
     grown = float(done.stdout.split()[-1])
     assert grown <= (bound + scoring.MEMORY_OVERHEAD) / 2**20, f"grew {grown:.0f} MiB"
     assert pq.read_metadata(out).num_rows == count
+
+
+# What score may touch: its own names in OUT.parts, OUT itself when asked ----------------------
+
+ENGINES = ["local", pytest.param("ray", marks=pytest.mark.skipif(
+    __import__("importlib").util.find_spec("ray") is None, reason="the ray extra is not installed"))]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("resume", [[], ["--resume"], ["--overwrite"]])
+def test_a_linked_checkpoint_folder_is_refused_and_nothing_behind_it_deleted(flat_npy, tmp_path, engine, resume):
+    """The refusals come before a model is loaded or Ray started."""
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    for name in ("notes.txt", ".hidden", "draft.tmp", "part-000000.parquet"):
+        (precious / name).write_text("keep me")
+    out = tmp_path / "out" / "scores.parquet"
+    out.parent.mkdir()
+    scoring.checkpoint_folder(out).symlink_to(precious)
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--engine", engine, *resume)
+    assert result.exit_code == 2, result.output
+    assert "is a symbolic link" in result.output.strip().splitlines()[-1] and "Traceback" not in result.output
+    assert sorted(p.name for p in precious.iterdir()) == [".hidden", "draft.tmp", "notes.txt", "part-000000.parquet"]
+    assert all(p.read_text() == "keep me" for p in precious.iterdir())
+    assert not out.exists()
+
+
+def _checkpoint(flat_npy, out, passes=PASSES):
+    """An unfinished job's checkpoint (no process holds it), as a job stopped early leaves it."""
+    session = MCSession(MLP)
+    plan = plan_inputs([flat_npy], session.info)
+    checkpoint = scoring.Checkpoint(scoring.checkpoint_folder(out),
+                                    scoring.job_identity(MLP, plan, ScoreOptions(passes, MASK_SEED), "local"), False)
+    checkpoint.release()
+    return checkpoint.folder
+
+
+def test_resume_removes_only_its_own_torn_files_and_refuses_a_folder_with_others(flat_npy, tmp_path):
+    out = tmp_path / "s.parquet"
+    folder = _checkpoint(flat_npy, out)
+    (folder / ".part-000000.parquet.tmp").write_bytes(b"PAR1 half a part")  # a part being written at a crash
+    (folder / "part-000001.parquet").write_bytes(b"PAR1 torn")  # a part a power cut left unreadable
+    (folder / "notes.txt").write_text("mine")
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
+    assert result.exit_code == 2 and "holds 'notes.txt', which score did not write" in result.output
+    assert len(list(folder.iterdir())) == 5 and (folder / "notes.txt").read_text() == "mine"
+    (folder / "notes.txt").unlink()
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
+    assert result.exit_code == 0, result.output
+    assert not folder.exists() and pq.read_metadata(out).num_rows == 300
+
+
+LOCK_HOLDER = """
+import sys
+from mcdrop.runtime.files import ExclusiveLock
+lock = ExclusiveLock(sys.argv[1], "busy")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_second_writer_is_refused_in_one_line_and_a_dead_owners_lock_is_taken(flat_npy, tmp_path):
+    out = tmp_path / "s.parquet"
+    folder = _checkpoint(flat_npy, out)
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder / scoring.LOCK_FILE)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
+        assert result.exit_code == 2
+        assert result.output.strip().splitlines()[-1] == (f"error: another score job is writing {out} "
+                                                           f"(pid {holder.pid} on {os.uname().nodename})")
+    finally:
+        holder.communicate("")  # the holder exits; its lock file stays, naming a dead pid
+    assert (folder / scoring.LOCK_FILE).exists()
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
+    assert result.exit_code == 0, result.output
+
+
+def test_without_flock_the_owners_pid_decides(tmp_path, monkeypatch):
+    import fcntl
+
+    from mcdrop.runtime.files import ExclusiveLock
+
+    def refused(fd, operation):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", refused)
+    path = tmp_path / "lock"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    path.write_text(f"{dead.stdout.strip()} {os.uname().nodename}\n")
+    ExclusiveLock(path, "busy").release()  # a dead pid's lock is taken over
+    with subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE) as live:
+        path.write_text(f"{live.pid} {os.uname().nodename}\n")
+        with pytest.raises(InputError, match=f"busy \\(pid {live.pid} on"):
+            ExclusiveLock(path, "busy")
+        live.communicate(b"")
+
+
+def test_two_resumes_at_once_write_each_input_once(flat_npy, tmp_path):
+    out = tmp_path / "s.parquet"
+    _checkpoint(flat_npy, out)
+    base = [sys.executable, str(ROOT / "cli.py"), "score", str(flat_npy), "--model", str(MLP), "--out", str(out),
+            "--passes", str(PASSES), "--batch-size", "8", "--resume"]
+    jobs = [subprocess.Popen(base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(job.wait(timeout=300), *job.communicate()) for job in jobs]
+    assert sorted(code for code, _, _ in results) == [0, 2]  # the second found the lock, or the job done
+    for code, stdout, stderr in results:
+        assert "Traceback" not in stderr
+        if code:
+            last = stderr.strip().splitlines()[-1]
+            assert any(message in last for message in (f"another score job is writing {out}",
+                                                       "is finished, nothing to resume", "no unfinished job")), last
+    assert pq.read_table(out).column("index").to_pylist() == list(range(300))
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_a_finished_output_is_replaced_only_with_overwrite(flat_npy, tmp_path, engine):
+    out = tmp_path / "scores.parquet"
+    out.mkdir() if engine == "ray" else None
+    finished = (out / "part-0.parquet") if engine == "ray" else out
+    finished.write_bytes(b"a finished job's rows")
+    args = ["score", flat_npy, "--model", MLP, "--out", out, "--engine", engine]
+    for extra, message in ([[], "exists; --overwrite replaces it"],
+                           [["--resume"], "is finished, nothing to resume; --overwrite scores it again"],
+                           [["--resume", "--overwrite"], "choose one"]):
+        result = invoke(*args, *extra)
+        assert result.exit_code == 2 and message in result.output.strip().splitlines()[-1], result.output
+    assert finished.read_bytes() == b"a finished job's rows"
+    if engine == "local":
+        result = invoke(*args, "--passes", 3, "--overwrite")
+        assert result.exit_code == 0, result.output
+        assert pq.read_metadata(out).num_rows == 300
+
+
+def test_resume_does_not_restart_a_job_that_finished_meanwhile(flat_npy, tmp_path):
+    """What a second --resume finds when the first has just finished: OUT written, the
+    checkpoint's files gone but its folder not yet; it must not score OUT again."""
+    out = tmp_path / "s.parquet"
+    out.write_bytes(b"a finished job's rows")
+    scoring.checkpoint_folder(out).mkdir()
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
+    assert result.exit_code == 2 and "is finished, nothing to resume" in result.output
+    assert out.read_bytes() == b"a finished job's rows"
+
+
+@pytest.mark.parametrize("engine, name", [("local", "x.csv"), ("local", "x"), ("ray", "x.csv")])
+def test_the_output_name_says_parquet(flat_npy, tmp_path, engine, name):
+    result = invoke("score", flat_npy, "--model", MLP, "--out", tmp_path / name, "--engine", engine)
+    assert result.exit_code == 2 and "--out " + name in result.output and "parquet" in result.output
+    assert os.listdir(tmp_path) == []
+
+
+def test_resume_with_nothing_to_resume_says_so(flat_npy, tmp_path):
+    result = invoke("score", flat_npy, "--model", MLP, "--out", tmp_path / "s.parquet", "--resume")
+    assert result.exit_code == 2 and "no unfinished job" in result.output
+    assert os.listdir(tmp_path) == []
+
+
+def test_overwrite_starts_an_unfinished_job_again(flat_npy, tmp_path):
+    out = tmp_path / "s.parquet"
+    folder = _checkpoint(flat_npy, out, passes=PASSES + 1)
+    pq.write_table(pa.table({"index": [0]}), folder / "part-000000.parquet")
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert "scored 300 inputs" in result.output and not folder.exists()
+
+
+def test_resume_refuses_a_rewritten_input_and_names_it(digits, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(digits[0][i]).save(images / f"{i}.png")
+    x = digits[1][:100].reshape(100, 28, 28, 1)  # 314 KB: more than the first and last 64 KiB
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "s.parquet"
+    inputs = [images, tmp_path / "x.npy"]
+    session = MCSession(CNN)
+    plan = plan_inputs([str(p) for p in inputs], session.info)
+    scoring.Checkpoint(scoring.checkpoint_folder(out), scoring.job_identity(CNN, plan, ScoreOptions(5, 1), "local"),
+                       False).release()
+    args = ["score", *inputs, "--model", CNN, "--out", out, "--passes", 5, "--resume"]
+
+    changed = x.copy()
+    changed[50] = x[51]  # same name, shape, size, time and first and last 64 KiB: one row in the middle
+    was = (tmp_path / "x.npy").stat()
+    np.save(tmp_path / "x.npy", changed)
+    os.utime(tmp_path / "x.npy", ns=(was.st_atime_ns, was.st_mtime_ns))
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().splitlines()[-1].startswith(f"error: --resume: {tmp_path / 'x.npy'} has changed")
+    np.save(tmp_path / "x.npy", x)
+
+    Image.fromarray(digits[0][5]).save(images / "1.png")  # an image rewritten
+    result = invoke(*args)
+    assert result.exit_code == 2 and f"{images / '1.png'} has changed" in result.output
+    Image.fromarray(digits[0][1]).save(images / "1.png")  # the same bytes again, a new time
+    result = invoke(*args)
+    assert result.exit_code == 2 and f"{images / '1.png'} has changed" in result.output
+
+
+def test_write_failures_are_one_line_and_keep_the_checkpoint(flat_npy, tmp_path, monkeypatch):
+    """Disk full while a part is written, then while the output is merged: one line each, the
+    closed parts kept, no temporary file left; --resume then finishes the same job."""
+    import errno
+
+    monkeypatch.setattr(scoring, "PART_ROWS", 16)
+    out = tmp_path / "s.parquet"
+    args = ["score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--mask-seed", MASK_SEED,
+            "--batch-size", 8]
+    write_table = pq.ParquetWriter.write_table
+    calls = []
+
+    def full(self, table, *a, **k):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_table(self, table, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "No space left on device" in last and "--resume" in last
+    folder = scoring.checkpoint_folder(out)
+    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("_")) == ["part-000000.parquet",
+                                                                                       "part-000001.parquet"]
+    assert len(read_scores(folder)) == 32
+
+    def full_when_merging(self, table, *a, **k):
+        if "row_group_size" in k:  # merge_parts writes a row group per part
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return write_table(self, table, *a, **k)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full_when_merging)
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 2 and "No space left on device" in result.output and "--resume" in result.output
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(read_scores(folder)) == 300
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_table)
+    result = invoke(*args, "--resume")
+    assert result.exit_code == 0, result.output
+    assert_same_rows(pq.read_table(out), _score(flat_npy, tmp_path / "whole.parquet"))
+
+
+def test_an_unwritable_folder_is_one_line(flat_npy, tmp_path, monkeypatch):
+    def denied(path, mode=0o777, *a, **k):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "mkdir", denied)  # root ignores file modes, so the refusal is faked
+    result = invoke("score", flat_npy, "--model", MLP, "--out", tmp_path / "s.parquet")
+    assert result.exit_code == 2 and "cannot write here (Permission denied)" in result.output
+    assert "Traceback" not in result.output and os.listdir(tmp_path) == []
+
+
+def test_a_file_at_the_checkpoint_path_and_a_corrupt_job_file_are_one_line(flat_npy, tmp_path):
+    out = tmp_path / "s.parquet"
+    folder = scoring.checkpoint_folder(out)
+    folder.write_text("not a folder")
+    for extra in ([], ["--resume"], ["--overwrite"]):
+        result = invoke("score", flat_npy, "--model", MLP, "--out", out, *extra)
+        assert result.exit_code == 2 and "is a file, not a checkpoint folder" in result.output
+    assert folder.read_text() == "not a folder"
+    folder.unlink()
+
+    _checkpoint(flat_npy, out)
+    (folder / scoring.JOB_FILE).write_text('{"passes": 2')
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
+    assert result.exit_code == 2 and "_job.json: corrupt" in result.output and "--overwrite" in result.output
+    assert "Traceback" not in result.output and (folder / scoring.JOB_FILE).exists()
+    result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--overwrite")
+    assert result.exit_code == 0, result.output
+
+
+def test_parts_close_by_time_as_well_as_rows(flat_npy, tmp_path, monkeypatch):
+    """A slow job keeps its rows every PART_SECONDS, however few rows it scores."""
+    def stop(checkpoint, out, schema):
+        raise InputError("stopped before merging, to look at the parts")
+
+    monkeypatch.setattr(scoring, "PART_SECONDS", 0)
+    monkeypatch.setattr(scoring, "merge_parts", stop)
+    result = invoke("score", flat_npy, "--model", MLP, "--out", tmp_path / "s.parquet", "--batch-size", 100)
+    assert result.exit_code == 2
+    names = sorted(p.name for p in scoring.checkpoint_folder(tmp_path / "s.parquet").glob("part-*"))
+    assert names == [f"part-00000{i}.parquet" for i in range(3)]
+
+
+def test_signals_wait_for_the_end_of_a_deferred_block(monkeypatch):
+    monkeypatch.setattr(signal, "getsignal", signal.getsignal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a test worker may ignore SIGINT
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with scoring.signals_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+            reached.append(True)  # the interruption waited for the block
+    assert reached and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_the_score_extra_installs_what_the_readme_uses():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert any(name.startswith("pandas") for name in extras["score"])  # README: read_scores(...).to_pandas()
+    assert ".to_pandas()" in (ROOT / "README.md").read_text()

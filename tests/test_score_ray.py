@@ -92,10 +92,12 @@ def test_resume_writes_only_the_missing_inputs(inputs, local_rows, tmp_path):
     checkpoint = scoring.Checkpoint(scoring.checkpoint_folder(out),
                                     scoring.job_identity(CNN, plan, OPTIONS, "ray"), resume=False)
     files = sorted(whole.iterdir())
+    assert all(scoring.PART_NAMES.fullmatch(path.name) for path in files)  # Ray's parts carry score's names
     for path in files[: len(files) // 2]:  # what a job stopped halfway had written
         shutil.copy(path, checkpoint.folder / path.name)
-    (checkpoint.folder / "torn.parquet").write_bytes(b"PAR1 a file the crash cut short")
+    (checkpoint.folder / "ray-torn_000009-0.parquet").write_bytes(b"PAR1 a file the crash cut short")
     kept = int(checkpoint.done().sum())
+    checkpoint.release()
     assert 0 < kept < plan.total
     summary, table = _ray(inputs, out, batch_size=16, resume=True)
     assert summary.scored == plan.total - kept
@@ -139,3 +141,24 @@ def test_a_missing_ray_extra_is_one_line():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 2
     assert done.stderr.strip() == 'error: --engine ray needs Ray: pip install -e ".[ray]"'
+
+
+def test_a_finished_ray_output_is_replaced_only_with_overwrite(inputs, local_rows, tmp_path):
+    from mcdrop.runtime.errors import InputError
+
+    out = tmp_path / "scores"  # a folder name with no suffix
+    _ray(inputs, out)
+    first = sorted(path.name for path in out.iterdir())
+    assert first and all(name.startswith("ray-") and name.endswith(".parquet") for name in first)
+    with pytest.raises(InputError, match="exists; --overwrite replaces it"):
+        _ray(inputs, out)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="holding other files"):
+        _ray(inputs, out, overwrite=True)
+    (out / "notes.txt").unlink()
+    summary, table = _ray(inputs, out, overwrite=True)
+    assert summary.scored == summary.rows == local_rows.num_rows
+    assert_same_rows(table, local_rows)
+    names = sorted(path.name for path in out.iterdir())
+    assert names != first and all(name.startswith("ray-") for name in names)  # the new job's files only
+    assert not scoring.checkpoint_folder(out).exists()
