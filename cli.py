@@ -634,6 +634,9 @@ def score(
     uncertain_if: Optional[str] = typer.Option(None, help="UNCERTAIN rule instead of the file's."),
     on_error: str = typer.Option("skip", help="An input that cannot be read: skip (a row with its error) or stop."),
     resume: bool = typer.Option(False, "--resume", help="Continue a job that stopped, skipping the inputs it wrote."),
+    allow_paths_outside: bool = typer.Option(False, "--allow-paths-outside",
+                                             help="Let a list's paths leave its folder (absolute paths, '..', "
+                                                  "links pointing out); only for lists you trust."),
     device: str = DEVICE_OPTION,
     max_chunk_mb: float = MAX_CHUNK_OPTION,
     limit: List[str] = LIMIT_OPTION,
@@ -672,7 +675,7 @@ def score(
     wanted = [name.strip() for item in measures for name in item.split(",") if name.strip()]
     options = score_options(session, passes, mask_seed, output, wanted, keep_samples, uncertain_if, on_error,
                             resume_from=checkpoint_folder(out) if resume else None)
-    plan = plan_inputs(inputs, session.info)
+    plan = plan_inputs(inputs, session.info, limits=limits, allow_paths_outside=allow_paths_outside)
     if engine == "local":
         from .runtime.scoring import score_local
 
