@@ -3,15 +3,17 @@
 `plan_inputs` turns the command line's INPUTS (images, folders and globs of them, .npy / .npz
 arrays, Parquet or CSV lists of image paths) into an InputPlan: every input gets a position
 (`index`, its place in the listing) and an `id` (the image's path, or `file.npy[row]` as `infer`
-names array rows), and nothing but array headers is read. `refs` then yields the inputs as small
-columnar batches of references (index, id, path, row, member) and `load_refs` reads one such
-batch: each image decoded and preprocessed as `infer` does (runtime/inputs.py), each array row
-read by seeking into its file, never the whole array. The references are plain columns, so the
+names array rows); nothing is read but array headers, and lists of image paths a chunk of rows at
+a time (checked and counted, not kept: each pass over a list reads it again). `refs` then yields
+the inputs as small columnar batches of references (index, id, path, row, member) and `load_refs`
+reads one such batch: each image decoded and preprocessed as `infer` does (runtime/inputs.py),
+each array row read by seeking into its file, never the whole array. The references are plain columns, so the
 same batch can travel through Ray Data to another process and be read there (runtime/ray_scoring.py).
 
-Command-line mistakes (a missing file, a glob with no match, an array of the wrong shape) are
-InputErrors raised by plan_inputs before anything is scored. A single input that cannot be read
-(a corrupt image, a row with NaN) is reported per input by load_refs, for the caller to skip or stop.
+Command-line mistakes (a missing file, a glob with no match, an array of the wrong shape, a list
+path out of the list's folder) are InputErrors raised by plan_inputs before anything is scored. A
+single input that cannot be read (a corrupt image, a row with NaN) is reported per input by
+load_refs, for the caller to skip or stop.
 """
 
 import csv

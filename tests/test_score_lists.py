@@ -118,8 +118,8 @@ def test_the_refusal_does_not_tell_whether_the_outside_file_exists(layout, info)
 def test_error_rows_name_the_entry_as_listed_not_the_path_looked_up(layout, tmp_path):
     data, _ = layout
     (data / "images" / "torn.png").write_bytes(b"\x89PNG torn")
-    listed = write_list(data / "list.parquet", ["images/missing.png", "images/torn.png", "images/a.png", "../nothere.png"],
-                        ids=["m", "t", "a", "n"])
+    listed = write_list(data / "list.parquet",
+                        ["images/missing.png", "images/torn.png", "images/a.png", "../nothere.png"], ids=["m", "t", "a", "n"])
     out = tmp_path / "scores.parquet"
     result = score(listed, out, "--allow-paths-outside")
     assert result.exit_code == 0, result.output
@@ -146,13 +146,25 @@ def test_a_list_over_the_input_mb_limit_is_refused_with_how_to_raise_it(layout, 
     assert len(plan_inputs([str(parquet_list)], info, limits=Limits(input_mb=8))) == 200_000
 
 
-def test_rows_without_a_usable_path_are_one_line_errors(layout, info):
+ROW_PROBLEMS = [
+    ([""], "row 1 has no path"),
+    (["images/a.png", "images/a\0.png"], "row 2: the path holds a NUL character"),
+    (["images/a.png", "images/" + "a" * 5000 + ".png"], "row 2: its path is longer than 4,096 bytes"),
+]
+
+
+@pytest.mark.parametrize("suffix, rows, message", [(".csv", *problem) for problem in ROW_PROBLEMS] + [
+    (".parquet", *problem) for problem in ROW_PROBLEMS] + [
+    (".parquet", [["images/a.png"]], "column 'path' holds list<element: string> values")])
+def test_rows_without_a_usable_path_are_one_line_errors(layout, info, suffix, rows, message):
     data, _ = layout
-    for rows, message in (([""], "row 1 has no path"), (["images/a.png", "images/a\0.png"], "row 2: the path holds a NUL")):
-        listed = data / "list.parquet"
+    listed = data / f"list{suffix}"
+    if suffix == ".parquet":
         pq.write_table(pa.table({"path": rows}), listed)
-        with pytest.raises(InputError, match=message):
-            plan_inputs([str(listed)], info)
+    else:
+        listed.write_text("path\n" + "".join(f"{row}\n" for row in rows))
+    with pytest.raises(InputError, match=message):
+        plan_inputs([str(listed)], info)
 
 
 def test_a_streamed_list_keeps_order_and_ids_across_chunks(layout, info, monkeypatch):
