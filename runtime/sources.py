@@ -337,9 +337,7 @@ class ImageList:
         self.allow_outside = allow_outside
         self.folder = os.path.dirname(path)
         self._absolute = os.path.abspath(self.folder)
-        self._inside = os.path.join(self._absolute, "")
-        self._real_folders: Dict[str, str] = {}
-        self._real_inside = ""
+        self._inside = os.path.join(self._absolute, "")  # the folder as a prefix of the paths inside it
         self._signature: Optional[Tuple[int, ...]] = None  # the file read when planned: (device, inode, size, mtime)
         self._planned = False
         self.rows = 0
@@ -364,8 +362,7 @@ class ImageList:
         """(paths, ids) of up to LIST_READ_ROWS rows at a time, every row checked again: a list
         rewritten since it was planned is refused rather than mixed in."""
         planned = self._planned
-        self._real_folders.clear()  # folders are resolved afresh on every pass
-        self._real_inside = os.path.join(os.path.realpath(self._absolute), "")
+        places = _Places(self._absolute)  # folders are resolved afresh on every pass
         number = 0
         with self._open() as f:
             read = self._csv_rows if self.path.lower().endswith(".csv") else self._parquet_rows
@@ -378,7 +375,7 @@ class ImageList:
                     entry = str(entry)
                     if "\0" in entry:  # no file name holds one; os calls would raise ValueError
                         raise InputError(f"{self.path}: row {number}: the path holds a NUL character")
-                    paths.append(self._resolve(entry, number))
+                    paths.append(self._resolve(entry, number, places))
                     shown.append(_valid_text(str(name) if name is not None else entry))
                 if planned and number > self.rows:
                     break
@@ -399,7 +396,7 @@ class ImageList:
     def _changed(self) -> InputError:
         return InputError(f"{self.path}: the list changed since the job was planned; give the same list again")
 
-    def _resolve(self, entry: str, number: int) -> str:
+    def _resolve(self, entry: str, number: int, places: "_Places") -> str:
         """The path of the listed image `entry`, checked to stay inside the list's folder."""
         if self.allow_outside:
             return os.path.join(self.folder, entry)
@@ -409,23 +406,11 @@ class ImageList:
             path = os.path.normpath(os.path.join(self._absolute, entry))
         if path == self._absolute:  # the folder itself: not an image, its row says so
             return path
-        if not path.startswith(self._inside):
-            raise InputError(f"{self.path}: row {number}: {display_name(entry)!r} is outside the list's folder "
-                             "(list paths are relative to it); --allow-paths-outside reads paths anywhere")
-        # The real path of the image's folder (resolved once per folder), then of the image
-        # itself where it is a link: one lstat per row.
-        folder, _, name = path.rpartition(os.sep)
-        real_folder = self._real_folders.get(folder)
-        if real_folder is None:
-            if len(self._real_folders) >= LIST_FOLDER_CACHE:
-                self._real_folders.clear()
-            real_folder = self._real_folders[folder] = os.path.join(os.path.realpath(folder), "")
-        real = real_folder + name
-        if os.path.islink(real):
-            real = os.path.join(os.path.realpath(real), "")
-        if not real.startswith(self._real_inside):
-            raise InputError(f"{self.path}: row {number}: {display_name(entry)!r} leads outside the list's folder "
-                             "through a symbolic link; --allow-paths-outside reads paths anywhere")
+        if not places.inside(path):  # judged by real paths: the folder may itself be reached through a link
+            how = "is outside the list's folder (list paths are relative to it)" if not path.startswith(self._inside) \
+                else "leads outside the list's folder through a symbolic link"
+            raise InputError(f"{self.path}: row {number}: {display_name(entry)!r} {how}; --allow-paths-outside reads "
+                             "paths anywhere")
         return path
 
     def _columns(self, names: Sequence[str]) -> Tuple[str, Optional[str]]:
@@ -528,6 +513,28 @@ class ImageList:
         if size > self.limits.input_bytes:
             raise InputError(f"{self.path}: {what} {size / 2**20:.1f} MiB, over the input_mb limit "
                              f"({self.limits.input_mb:g} MiB); raise it with --limit input_mb=N if you trust this list")
+
+class _Places:
+    """Whether paths lexically inside a folder are really inside it: the real path of each
+    path's folder (resolved once per folder, a bounded cache), then of the file itself where it
+    is a link: one lstat per path."""
+
+    def __init__(self, folder: str):
+        self.root = os.path.join(os.path.realpath(folder), "")
+        self.folders: Dict[str, str] = {}
+
+    def inside(self, path: str) -> bool:
+        folder, _, name = path.rpartition(os.sep)
+        real_folder = self.folders.get(folder)
+        if real_folder is None:
+            if len(self.folders) >= LIST_FOLDER_CACHE:
+                self.folders.clear()
+            real_folder = self.folders[folder] = os.path.join(os.path.realpath(folder or os.sep), "")
+        real = real_folder + name
+        if os.path.islink(real):
+            real = os.path.join(os.path.realpath(real), "")
+        return real.startswith(self.root)
+
 
 def _plain_relative(entry: str) -> bool:
     """Whether `entry` is a relative path already in normal form (no `.`, `..`, `//` or trailing

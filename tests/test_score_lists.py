@@ -102,6 +102,10 @@ def test_paths_that_stay_inside_are_read(layout, tmp_path):
     table = pq.read_table(out)
     assert table.column("id").to_pylist() == entries
     assert table.column("error").null_count == len(entries)
+    # The list reached through a link to its folder: its paths are inside still (an absolute one
+    # into the real folder too).
+    os.symlink(data, tmp_path / "via")
+    assert len(plan_inputs([str(tmp_path / "via" / "list.csv")], MCSession(CNN).info)) == len(entries)
 
 
 def test_the_refusal_does_not_tell_whether_the_outside_file_exists(layout, info):
