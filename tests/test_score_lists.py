@@ -229,8 +229,8 @@ print(mib("VmHWM") - before)
 @pytest.mark.parametrize("suffix, outcome, bound", [
     # 6 MB of CSV: 110 MiB as Python strings when it was read whole; 6 MiB streamed.
     (".csv", "planned 500000 images/0.png", 32),
-    # A few KB of Parquet that decode to 1.1 GB, over the input_mb limit: 2.3 GiB when read whole;
-    # 59 MiB refused (pyarrow's allocator keeps about 40 MiB for itself once used).
+    # 120 KB of Parquet that decode to 1.1 GB, over the input_mb limit: 1.2 GiB and 2 minutes when
+    # read whole; 60 MiB refused in 0.4 s (pyarrow's allocator keeps about 40 MiB once used).
     (".parquet", "refused", 80),
 ])
 def test_planning_a_long_list_stays_within_a_few_mib(tmp_path, suffix, outcome, bound):
