@@ -726,6 +726,9 @@ def score(
     resume: bool = typer.Option(False, "--resume", help="Continue a job that stopped, skipping the inputs it wrote."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a finished --out, or start an unfinished job "
                                                               "(OUT.parts) again."),
+    allow_paths_outside: bool = typer.Option(False, "--allow-paths-outside",
+                                             help="Let a list's paths leave its folder (absolute paths, '..', "
+                                                  "links pointing out); only for lists you trust."),
     device: str = DEVICE_OPTION,
     max_chunk_mb: float = MAX_CHUNK_OPTION,
     limit: List[str] = LIMIT_OPTION,
@@ -761,7 +764,7 @@ def score(
     wanted = [name.strip() for item in measures for name in item.split(",") if name.strip()]
     options = score_options(session, passes, mask_seed, output, wanted, keep_samples, uncertain_if, on_error,
                             resume_from=checkpoint_folder(out) if resume else None)
-    plan = plan_inputs(inputs, session.info)
+    plan = plan_inputs(inputs, session.info, limits=limits, allow_paths_outside=allow_paths_outside)
     try:
         if engine == "local":
             from .runtime.scoring import score_local
