@@ -227,8 +227,9 @@ print(mib("VmHWM") - before)
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads peak memory from /proc")
 @pytest.mark.parametrize("suffix, outcome, bound", [
-    # 6 MB of CSV: 110 MiB as Python strings when it was read whole; 6 MiB streamed.
-    (".csv", "planned 500000 images/0.png", 32),
+    # 6 MB of CSV: 110 MiB as Python strings when it was read whole; 6 MiB streamed (once 36 MiB
+    # on a loaded machine, from allocator noise: the bound sits between the two, not at 6).
+    (".csv", "planned 500000 images/0.png", 64),
     # 120 KB of Parquet that decode to 1.1 GB, over the input_mb limit: 1.2 GiB and 2 minutes when
     # read whole; 60 MiB refused in 0.4 s (pyarrow's allocator keeps about 40 MiB once used).
     (".parquet", "refused", 80),
