@@ -1,9 +1,12 @@
 """MCSession: load an mcdrop ONNX file once, then run Monte Carlo predictions on it."""
 
+import contextlib
 import os
+import queue
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import wait as wait_for
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -64,6 +67,9 @@ DEFAULT_MASKS = "shared"
 MASK_SET_SHARE = 4
 # A run holds its slice of the set about 3 times: the feed, each layer's part of it, the masks.
 MASK_COPIES = 3
+# A stopped run (Ctrl-C, SIGTERM) is told to end (RunOptions.terminate, which onnxruntime checks
+# between nodes and between a Loop's iterations); the stop waits this long for it, then goes on.
+STOP_GRACE_S = 1.0
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -297,8 +303,10 @@ class MCSession:
             return out
         workers = self._workers_for(workers)
 
+        in_flight = _InFlight()
+
         def run(i, rows, count, worker):  # on the worker's thread: a set drawn per run is drawn there too
-            return self._run(_rows(x, rows), count, stochastic, None, worker, masks=masks_of(i))
+            return self._run(_rows(x, rows), count, stochastic, None, worker, masks=masks_of(i), in_flight=in_flight)
 
         futures = [self._executors[i % len(workers)].submit(run, i, rows, count, workers[i % len(workers)])
                    for i, (rows, count) in enumerate(plan)]
@@ -310,6 +318,9 @@ class MCSession:
         finally:
             for future in futures:
                 future.cancel()
+            if not all(future.done() for future in futures):  # leaving early: a failure, or a stop
+                in_flight.stop()
+                wait_for(futures, STOP_GRACE_S)
         return [future.result() for future in futures]
 
     def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True) -> Dict[str, np.ndarray]:
@@ -423,9 +434,10 @@ class MCSession:
 
     def _run(self, x: Dict[str, np.ndarray], passes: int, stochastic: bool,
              outputs: Optional[Sequence[str]] = None, session=None, shrink=False,
-             masks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+             masks: Optional[np.ndarray] = None, in_flight: Optional["_InFlight"] = None) -> Dict[str, np.ndarray]:
         """One onnxruntime run; outputs: None for every output's samples, () for every graph output.
-        masks: the shared set's rows for these passes; None: independent masks."""
+        masks: the shared set's rows for these passes; None: independent masks. in_flight: where
+        a run on a worker's thread registers while it runs (see _stoppable_run)."""
         session = session or self._session
         layout = self._info.mask_layout
         feed = {**x, **mask_sets.control_feeds(passes, stochastic, masks, layout.floats_per_pass if layout else 0)}
@@ -438,7 +450,7 @@ class MCSession:
         if shrink:
             options.add_run_config_entry(*SHRINK_MAIN_ARENA)
         try:
-            result = session.run(names, feed, options)
+            result = self._stoppable_run(session, names, feed, options, in_flight)
         except Exception as err:
             if _from_onnxruntime(err) or isinstance(err, MemoryError):
                 raise ModelRunError(f"{self.path}: onnxruntime failed to run the model "
@@ -447,6 +459,26 @@ class MCSession:
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))
+
+    def _stoppable_run(self, session, names, feed, options: "ort.RunOptions", in_flight: Optional["_InFlight"]):
+        """session.run, the one call into onnxruntime's runs, made so that Ctrl-C and SIGTERM end it.
+
+        Python runs signal handlers in the main thread only, and only between bytecodes: a main
+        thread inside session.run would take the signal when the run ends (a 1e12-iteration Loop:
+        never). So the main thread's runs go to a helper thread while the main thread waits; the
+        KeyboardInterrupt or SystemExit the signal raises there tells the run to terminate and goes
+        on up. Runs on other threads (the workers) register in `in_flight`, which _run_plan stops."""
+        if threading.current_thread() is not threading.main_thread():
+            with in_flight.running(options) if in_flight else contextlib.nullcontext():
+                return session.run(names, feed, options)
+        future = _runner().submit(session.run, names, feed, options)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():  # stopped while onnxruntime runs
+                options.terminate = True
+                wait_for([future], STOP_GRACE_S)
+            raise
 
     def _check_passes(self, passes) -> int:
         if passes is None:
@@ -501,6 +533,70 @@ class MCSession:
             warnings.warn("input looks like raw 0-255 pixels but the model expects [0,1] (scale 1/255)",
                           RawPixelWarning, stacklevel=4)
         return x
+
+
+class _InFlight:
+    """The runs a predict's workers are making, so that leaving the predict early ends them all,
+    including those that start after the stop."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs: set = set()
+        self._stopped = False
+
+    @contextlib.contextmanager
+    def running(self, options: "ort.RunOptions"):
+        with self._lock:
+            if self._stopped:
+                options.terminate = True
+            self._runs.add(options)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs.discard(options)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for options in self._runs:
+                options.terminate = True
+
+
+class _Runner:
+    """One daemon thread that makes the main thread's onnxruntime runs, one at a time, so that
+    the main thread stays free to take signals. A daemon thread: a run that does not end within
+    STOP_GRACE_S of its stop (one long kernel) does not hold up the process's exit."""
+
+    def __init__(self):
+        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="mcdrop-run", daemon=True).start()
+
+    def _serve(self):
+        while True:
+            call, args, future = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call(*args))
+                except BaseException as err:
+                    future.set_exception(err)
+
+    def submit(self, call, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((call, args, future))
+        return future
+
+
+_RUNNER: Optional[_Runner] = None
+_RUNNER_LOCK = threading.Lock()
+
+
+def _runner() -> _Runner:
+    global _RUNNER
+    with _RUNNER_LOCK:
+        if _RUNNER is None:
+            _RUNNER = _Runner()
+        return _RUNNER
 
 
 def _rows(x: Dict[str, np.ndarray], rows: slice) -> Dict[str, np.ndarray]:
