@@ -569,6 +569,7 @@ class _Runner:
     STOP_GRACE_S of its stop (one long kernel) does not hold up the process's exit."""
 
     def __init__(self):
+        self.pid = os.getpid()
         self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
         threading.Thread(target=self._serve, name="mcdrop-run", daemon=True).start()
 
@@ -594,7 +595,7 @@ _RUNNER_LOCK = threading.Lock()
 def _runner() -> _Runner:
     global _RUNNER
     with _RUNNER_LOCK:
-        if _RUNNER is None:
+        if _RUNNER is None or _RUNNER.pid != os.getpid():  # a forked child has no thread of its own
             _RUNNER = _Runner()
         return _RUNNER
 
