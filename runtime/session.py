@@ -3,6 +3,7 @@
 import contextlib
 import os
 import queue
+import re
 import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
@@ -12,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from . import decision, integrity, providers, seeds
+from . import decision, integrity, providers, seeds, tensor_bounds
 from . import masks as mask_sets
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
@@ -70,6 +71,16 @@ MASK_COPIES = 3
 # A stopped run (Ctrl-C, SIGTERM) is told to end (RunOptions.terminate, which onnxruntime checks
 # between nodes and between a Loop's iterations); the stop waits this long for it, then goes on.
 STOP_GRACE_S = 1.0
+# Each session's CPU allocations come from an arena of its own capped at tensor_mb plus
+# ARENA_GROWTH x max_chunk_bytes (what a planned run peaks at), so that a tensor the checks before
+# the run could not see (tensor_bounds.py stops at operators it does not follow) is refused by
+# onnxruntime itself instead of taking the machine's memory. The weights are kept outside it.
+USE_ENV_ARENA = ("session.use_env_allocators", "1")
+WEIGHTS_OUTSIDE_ARENA = ("session.use_device_allocator_for_initializers", "1")
+# onnxruntime's refusal when the arena is full ("... Available memory of A is smaller than
+# requested bytes of R") and the node it ran ("... while running Expand node. Name:'big'").
+ARENA_FULL = re.compile(r"requested bytes of (\d+)")
+FAILED_NODE = re.compile(r"while running (\w+) node\. Name:'([^']*)'")
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -125,7 +136,10 @@ class MCSession:
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.threads = threads or usable_cores()
         model_bytes = read_regular(self.path, limits.model_bytes, ModelFileError, "model file", "model_mb")
-        self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data)
+        self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data,
+                                                            limits)
+        self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * self.max_chunk_bytes)
+        self._checked_feeds: set = set()  # feed shapes (and small values) whose tensors are bounded
         self._session_bytes = SESSION_COPY * len(model_bytes)
         self._max_workers = min(self.threads, SEED_STREAMS - 1,
                                 max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
@@ -161,7 +175,8 @@ class MCSession:
         if self._external_folder:
             options.add_session_config_entry(EXTERNAL_DATA_FOLDER, self._external_folder)
         try:
-            session = providers.create_session(model_bytes, device, options, self._factory)
+            with _capped_arena(options, self._arena_bytes):
+                session = providers.create_session(model_bytes, device, options, self._factory)
         except Exception as err:
             if not _load_failure(err):
                 raise
@@ -449,16 +464,41 @@ class MCSession:
         options.log_severity_level = providers.QUIET_LOG_LEVEL
         if shrink:
             options.add_run_config_entry(*SHRINK_MAIN_ARENA)
+        self._check_tensors(feed)
         try:
             result = self._stoppable_run(session, names, feed, options, in_flight)
         except Exception as err:
             if _from_onnxruntime(err) or isinstance(err, MemoryError):
-                raise ModelRunError(f"{self.path}: onnxruntime failed to run the model "
-                                    f"({first_line(err)})") from None
+                raise self._run_error(err) from None
             raise
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))
+
+    def _check_tensors(self, feed: Dict[str, np.ndarray]) -> None:
+        """InputError if a tensor this feed's shapes (and small values: passes) imply is over
+        the tensor_mb limit (runtime/tensor_bounds.py); once per distinct feed shape."""
+        key = tuple((name, value.shape, value.tobytes() if value.size <= 16 else None)
+                    for name, value in sorted(feed.items()))
+        with self._lock:
+            if key in self._checked_feeds:
+                return
+        tensor_bounds.check(self._parsed.graph, self.limits, self.path, feed)
+        with self._lock:
+            self._checked_feeds.add(key)
+
+    def _run_error(self, err: BaseException) -> ModelRunError:
+        """onnxruntime's failure as one line; an allocation over the arena's cap says which node
+        asked and how to raise it."""
+        text = str(err)
+        asked, node = ARENA_FULL.search(text), FAILED_NODE.search(text)
+        if asked:
+            where = f" in node {node.group(2) or node.group(1)!r} ({node.group(1)})" if node else ""
+            return ModelRunError(
+                f"{self.path}: a run asked onnxruntime for {int(asked.group(1)) / 2**20:,.0f} MiB{where}, over the "
+                f"{self._arena_bytes / 2**20:,.0f} MiB a session may hold (tensor_mb {self.limits.tensor_mb:g} + "
+                f"{ARENA_GROWTH} x the run bound); raise it with --limit tensor_mb=N if you trust this file")
+        return ModelRunError(f"{self.path}: onnxruntime failed to run the model ({first_line(err)})")
 
     def _stoppable_run(self, session, names, feed, options: "ort.RunOptions", in_flight: Optional["_InFlight"]):
         """session.run, the one call into onnxruntime's runs, made so that Ctrl-C and SIGTERM end it.
@@ -643,7 +683,7 @@ def check_model_bytes(model_bytes: bytes, path: str, limits: Limits = DEFAULT) -
     """What MCSession checks before the first run (checksum, self-contained data, metadata, the
     graph's contract, random nodes and seeds), on bytes not yet written: the exporter runs it on
     every file, --no-validate or not, so that nothing the runtime would refuse is ever written."""
-    parsed, _ = _checked_file(model_bytes, path, verify=True, allow_external_data=False)
+    parsed, _ = _checked_file(model_bytes, path, verify=True, allow_external_data=False, limits=limits)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     try:
@@ -655,14 +695,47 @@ def check_model_bytes(model_bytes: bytes, path: str, limits: Limits = DEFAULT) -
     return _model_info(session, parsed, path, limits)
 
 
-def _checked_file(model_bytes: bytes, path: str, verify: bool,
-                  allow_external_data: bool) -> Tuple[ModelFile, Optional[str]]:
+def _checked_file(model_bytes: bytes, path: str, verify: bool, allow_external_data: bool,
+                  limits: Limits) -> Tuple[ModelFile, Optional[str]]:
     """(the parsed file, the folder of its external data or None), once its checksum (if
-    `verify`) and its data's whereabouts are checked."""
+    `verify`), its data's whereabouts and the tensors its fixed shapes imply (before onnxruntime
+    folds or allocates them) are checked."""
     parsed = read_model(model_bytes, path)
     if verify:
         integrity.verify(model_bytes, parsed, path)
-    return parsed, _external_data_folder(parsed, path, allow_external_data)
+    folder = _external_data_folder(parsed, path, allow_external_data)
+    tensor_bounds.check(parsed.graph, limits, path)
+    return parsed, folder
+
+
+_ARENA_LOCK = threading.Lock()
+_registered_arena: Optional[int] = None  # the cap of the CPU arena last registered with onnxruntime
+
+
+@contextlib.contextmanager
+def _capped_arena(options: "ort.SessionOptions", cap: int):
+    """Create the session inside this block to give its CPU allocations an arena of their own
+    capped at `cap` bytes (ARENA_FULL when a run asks for more).
+
+    onnxruntime takes such a cap for the CPU from an arena registered for the process, which each
+    session takes when it is created, and a later registration replaces for the sessions created
+    after it (onnxruntime 1.31): so the registration and the session's creation are made under one
+    lock. Where onnxruntime refuses a second registration (older releases), a session that wants
+    another cap than the first keeps onnxruntime's own, uncapped, arena."""
+    global _registered_arena
+    with _ARENA_LOCK:
+        if _registered_arena != cap:
+            try:
+                ort.create_and_register_allocator(
+                    ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+                    ort.OrtArenaCfg({"max_mem": cap}))
+                _registered_arena = cap
+            except Exception:  # noqa: BLE001 (onnxruntime keeps an arena registered before)
+                pass
+        if _registered_arena == cap:
+            options.add_session_config_entry(*USE_ENV_ARENA)
+            options.add_session_config_entry(*WEIGHTS_OUTSIDE_ARENA)
+        yield
 
 
 def _model_info(session, parsed: ModelFile, path: str, limits: Limits) -> ModelInfo:
