@@ -81,6 +81,8 @@ WEIGHTS_OUTSIDE_ARENA = ("session.use_device_allocator_for_initializers", "1")
 # requested bytes of R") and the node it ran ("... while running Expand node. Name:'big'").
 ARENA_FULL = re.compile(r"requested bytes of (\d+)")
 FAILED_NODE = re.compile(r"while running (\w+) node\. Name:'([^']*)'")
+# onnxruntime's Gather refusing an index ("... idx=12 must be within the inclusive range [-10,9]").
+INDEX_OUTSIDE = re.compile(r"idx=(-?\d+) must be within the inclusive range \[-?\d+,(-?\d+)\]")
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -140,6 +142,8 @@ class MCSession:
                                                             limits)
         self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * self.max_chunk_bytes)
         self._checked_feeds: set = set()  # feed shapes (and small values) whose tensors are bounded
+        # {input: vocabulary size} of the inputs that hold token ids (an Embedding's table rows)
+        self._vocabularies = tensor_bounds.vocabularies(self._parsed.graph)
         self._session_bytes = SESSION_COPY * len(model_bytes)
         self._max_workers = min(self.threads, SEED_STREAMS - 1,
                                 max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
@@ -491,9 +495,12 @@ class MCSession:
         """onnxruntime's failure as one line; an allocation over the arena's cap says which node
         asked and how to raise it."""
         text = str(err)
-        asked, node = ARENA_FULL.search(text), FAILED_NODE.search(text)
+        asked, node, index = ARENA_FULL.search(text), FAILED_NODE.search(text), INDEX_OUTSIDE.search(text)
+        where = f" in node {node.group(2) or node.group(1)!r} ({node.group(1)})" if node else ""
+        if index:  # a table whose size the graph hides from the check of token ids before the run
+            return ModelRunError(f"{self.path}: an index{where} is outside its table of {int(index.group(2)) + 1:,} rows "
+                                 f"(got {index.group(1)}): a token id outside the model's vocabulary?")
         if asked:
-            where = f" in node {node.group(2) or node.group(1)!r} ({node.group(1)})" if node else ""
             return ModelRunError(
                 f"{self.path}: a run asked onnxruntime for {int(asked.group(1)) / 2**20:,.0f} MiB{where}, over the "
                 f"{self._arena_bytes / 2**20:,.0f} MiB a session may hold (tensor_mb {self.limits.tensor_mb:g} + "
@@ -551,6 +558,17 @@ class MCSession:
             raise InputError("inputs differ in batch size: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
         return arrays
 
+    def _check_token_ids(self, x: np.ndarray, name: str) -> None:
+        """InputError naming the first id outside [0, vocabulary) of an input that holds token ids
+        (the graph casts them to integers, so 3.7 is id 3)."""
+        size = self._vocabularies[name]
+        ids = np.trunc(x)
+        outside = (ids < 0) | (ids >= size)
+        if outside.any():
+            where = tuple(int(i) for i in np.argwhere(outside)[0])
+            raise InputError(f"input {name!r} holds {np.count_nonzero(outside)} token ids outside the model's vocabulary of "
+                             f"{size:,} (ids 0 to {size - 1:,}), the first {ids[where]:g} at {list(where)}")
+
     def _check_array(self, x, name: str) -> np.ndarray:
         """One input as float32 [batch, *its shape]."""
         what = "input" if len(self._info.model_inputs) == 1 else f"input {name!r}"
@@ -568,6 +586,8 @@ class MCSession:
         x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise InputError(f"{what} has {np.count_nonzero(~np.isfinite(x))} NaN or infinite values")
+        if name in self._vocabularies:
+            self._check_token_ids(x, name)
         pre = self._info.preprocessing
         if pre is not None and abs(pre.scale * 255 - 1) < 1e-3 and not pre.normalizes and x.max() > 1.5:
             warnings.warn("input looks like raw 0-255 pixels but the model expects [0,1] (scale 1/255)",

@@ -51,6 +51,9 @@ BOOL_RESULTS = {"Not", "IsNaN", "IsInf", "Equal", "Less", "Greater", "LessOrEqua
 BROADCAST = {"Add", "Sub", "Mul", "Div", "Pow", "Mod", "Max", "Min", "Sum", "Mean", "Equal", "Less", "Greater",
              "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "BitShift", "PRelu", "Where", "BitwiseAnd",
              "BitwiseOr", "BitwiseXor"}
+# Operators whose first output holds values of their first input, unchanged (some of them).
+VALUES_KEPT = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Tile", "Expand",
+               "Slice", "Concat", "Gather"}
 REDUCE = {"ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2", "ReduceLogSum",
           "ReduceLogSumExp", "ReduceSumSquare", "ArgMax", "ArgMin"}
 # Small values are computed for these (numpy's result is ONNX's for the integers shapes hold).
@@ -116,9 +119,42 @@ def check(graph: Graph, limits: Limits, path: str, feeds: Optional[Mapping[str, 
 def largest_tensors(graph: Graph, feeds: Optional[Mapping[str, np.ndarray]] = None
                     ) -> Tuple[Optional[Largest], Optional[Largest]]:
     """(the largest tensor with a known shape, the tensors computed from constants together)."""
+    _, found, folded = _environment(graph, feeds)
+    largest = max(found, key=lambda f: f.bytes, default=None)
+    together = Largest(folded[0], f"the {folded[1]} tensors onnxruntime computes from constants when it loads "
+                                  "the file") if feeds is None and folded[1] else None
+    return largest, together
+
+
+def vocabularies(graph: Graph) -> Dict[str, int]:
+    """{graph input: the rows of the smallest table it indexes}, for the inputs whose values reach
+    a Gather's indices unchanged (through casts and reshapes): token ids for an Embedding. An id
+    outside [0, rows) makes onnxruntime fail in the middle of a run with a message of its own."""
+    env, _, _ = _environment(graph, None)
+    reaches = {name: name for name in graph.inputs}  # tensor -> the graph input whose values it holds
+    found: Dict[str, int] = {}
+    for node in graph.nodes:
+        if node.domain not in ("", "ai.onnx") or not node.inputs:
+            continue
+        if node.op_type == "Gather" and len(node.inputs) > 1 and node.inputs[1] in reaches:
+            table = env.get(node.inputs[0], UNKNOWN).shape
+            if table:
+                rows = table[node.attributes.get("axis", 0) % len(table)]
+                source = reaches[node.inputs[1]]
+                if rows is not None:
+                    found[source] = min(rows, found.get(source, rows))
+        elif node.op_type in VALUES_KEPT and node.inputs[0] in reaches:
+            for output in node.outputs[:1]:
+                reaches[output] = reaches[node.inputs[0]]
+    return found
+
+
+def _environment(graph: Graph, feeds: Optional[Mapping[str, np.ndarray]]):
+    """(what is known of each tensor, the tensors with a known size, [bytes, count] of those
+    computed from constants alone)."""
     env: Dict[str, Value] = {}
     found: List[Largest] = []
-    folded = [0, 0]  # bytes, tensors
+    folded = [0, 0]
     for name, (elem_type, dims) in graph.inputs.items():
         if feeds is not None and name in feeds:
             array = np.asarray(feeds[name])
@@ -135,10 +171,7 @@ def largest_tensors(graph: Graph, feeds: Optional[Mapping[str, np.ndarray]] = No
         found.append(Largest(dense.bytes, f"sparse initializer {tensor.name!r} {_shape(tensor.dims)} (made dense "
                                           "on load)"))
     _walk(graph.nodes, env, found, folded, feeds is None)
-    largest = max(found, key=lambda f: f.bytes, default=None)
-    together = Largest(folded[0], f"the {folded[1]} tensors onnxruntime computes from constants when it loads "
-                                  "the file") if feeds is None and folded[1] else None
-    return largest, together
+    return env, found, folded
 
 
 def _walk(nodes: Iterable[Node], env: Dict[str, Value], found: List[Largest], folded: list, subgraphs: bool) -> None:

@@ -5,6 +5,7 @@ so that only the checks behind the checksum stand between it and onnxruntime (as
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -285,3 +286,51 @@ def test_the_limit_can_be_raised_and_bounds_what_loading_folds(tmp_path):
                                           r"over the tensor_mb limit \(1\)"):
         MCSession(model, limits=Limits(tensor_mb=1))
     assert MCSession(model, limits=Limits(tensor_mb=2)).predict(X, passes=2).mean.shape == (2, 3)
+
+
+# 3. Token ids outside the vocabulary ------------------------------------------------------------
+
+VOCABULARY = 10
+
+
+def embedding_model(tmp_path, hidden=False):
+    """The toy model whose input also feeds an Embedding of VOCABULARY rows (cast to int64, as
+    tf2onnx writes it), tiled by the passes as the exporter tiles inputs. hidden: the table comes
+    out of Einsum, which tensor_bounds does not follow, so its size is unknown before the run."""
+    table = numpy_helper.from_array(np.linspace(0, 1, VOCABULARY, dtype=np.float32).reshape(VOCABULARY, 1), "h_table")
+    hiding = [helper.make_node("Einsum", ["h_table"], ["h_hidden"], equation="ij->ij")] if hidden else []
+    proto = graft(toy_proto(tmp_path), hiding + [
+        helper.make_node("Cast", ["tiled"], ["h_ids"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["h_hidden" if hidden else "h_table", "h_ids"], ["h_embedded"]),
+        helper.make_node("ReduceSum", ["h_embedded"], ["h_sum"], keepdims=0),
+        helper.make_node("Mul", ["h_sum", "h_zero"], ["h_nothing"]),
+    ], [table, numpy_helper.from_array(np.array(0, np.float32), "h_zero")])
+    return write_model(proto, tmp_path / "embedding.onnx")
+
+
+@pytest.mark.parametrize("bad", [VOCABULARY, -1, 1e6])
+def test_a_token_id_outside_the_vocabulary_is_one_line_naming_the_input(tmp_path, bad):
+    from mcdrop.runtime.session import MCSession
+    model = embedding_model(tmp_path)
+    ids = np.tile(np.arange(4, dtype=np.float32), (2, 1))
+    session = MCSession(model)
+    assert session.predict(ids, passes=2).mean.shape == (2, 3)  # ids within the vocabulary run
+    ids[1, 2] = bad
+    with pytest.raises(McdropError, match=rf"input 'input' holds 1 token ids outside the model's vocabulary of "
+                                          rf"{VOCABULARY} \(ids 0 to {VOCABULARY - 1}\), the first {re.escape(f'{bad:g}')} at \[1, 2\]"):
+        session.predict(ids, passes=2)
+    inputs = tmp_path / "ids.npy"
+    np.save(inputs, ids)
+    code, lines, _ = run_bounded("infer", inputs, "--model", model, "--json")
+    assert code == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("error: input 'input' holds 1 token ids outside the model's vocabulary of 10"), lines
+
+
+def test_onnxruntime_refusing_a_token_id_is_one_line(tmp_path):
+    """Where the table's size is known only to onnxruntime, its refusal is turned into one line."""
+    from mcdrop.runtime.session import MCSession
+    ids = np.tile(np.arange(4, dtype=np.float32), (2, 1))
+    ids[1, 2] = 12
+    with pytest.raises(McdropError, match=r"an index in node 'Gather' \(Gather\) is outside its table of 10 rows "
+                                          r"\(got 12\): a token id outside the model's vocabulary\?$"):
+        MCSession(embedding_model(tmp_path, hidden=True)).predict(ids, passes=2)
