@@ -492,13 +492,22 @@ class MCSession:
             self._checked_feeds.add(key)
 
     def _run_error(self, err: BaseException) -> ModelRunError:
-        """onnxruntime's failure as one line; an allocation over the arena's cap says which node
-        asked and how to raise it."""
+        """onnxruntime's failure as one line; an index outside a table names the input it comes
+        from, an allocation over the arena's cap the node that asked and how to raise it."""
         text = str(err)
         asked, node, index = ARENA_FULL.search(text), FAILED_NODE.search(text), INDEX_OUTSIDE.search(text)
         where = f" in node {node.group(2) or node.group(1)!r} ({node.group(1)})" if node else ""
-        if index:  # a table whose size the graph hides from the check of token ids before the run
-            return ModelRunError(f"{self.path}: an index{where} is outside its table of {int(index.group(2)) + 1:,} rows "
+        if index:  # ids that reach the table through arithmetic, or a table of unknown size
+            rows = int(index.group(2)) + 1
+            # (an unnamed node could be any of the unnamed Gathers)
+            sources = tensor_bounds.index_sources(self._parsed.graph).get(node.group(2), []) \
+                if node and node.group(2) else []
+            if sources:
+                named = ("input " if len(sources) == 1 else "inputs ") + ", ".join(repr(name) for name in sources)
+                return ModelRunError(f"{self.path}: {named} {'holds' if len(sources) == 1 else 'hold'} a token id "
+                                     f"outside the model's vocabulary of {rows:,} (ids 0 to {rows - 1:,}): "
+                                     f"onnxruntime got {index.group(1)}{where}")
+            return ModelRunError(f"{self.path}: an index{where} is outside its table of {rows:,} rows "
                                  f"(got {index.group(1)}): a token id outside the model's vocabulary?")
         if asked:
             return ModelRunError(

@@ -149,6 +149,28 @@ def vocabularies(graph: Graph) -> Dict[str, int]:
     return found
 
 
+def index_sources(graph: Graph) -> Dict[str, List[str]]:
+    """{Gather node's name: the graph inputs its indices are computed from, in any way}: which
+    input to name when onnxruntime refuses an index that `vocabularies` could not foresee (Keras 3
+    wraps negative ids with Where(ids < 0, ids + rows, ids), as numpy does, so the ids do not
+    reach the Gather unchanged)."""
+    depends: Dict[str, set] = {name: {name} for name in graph.inputs}
+    found: Dict[str, List[str]] = {}
+    for node in graph.nodes:
+        if node.op_type in ("Shape", "Size", "ConstantOfShape"):  # the input's shape, not its values
+            continue
+        # The operators that move values take their other inputs (repeats, shapes) as shapes.
+        carriers = node.inputs[:1] if node.op_type in VALUES_KEPT and node.op_type not in ("Concat", "Gather") \
+            else node.inputs
+        sources = set().union(*(depends.get(name, set()) for name in carriers))
+        if node.op_type == "Gather" and len(node.inputs) > 1 and depends.get(node.inputs[1]):
+            found[node.name] = sorted(depends[node.inputs[1]])
+        for output in node.outputs:
+            if sources:
+                depends[output] = sources
+    return found
+
+
 def _environment(graph: Graph, feeds: Optional[Mapping[str, np.ndarray]]):
     """(what is known of each tensor, the tensors with a known size, [bytes, count] of those
     computed from constants alone)."""

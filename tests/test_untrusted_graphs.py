@@ -293,18 +293,29 @@ def test_the_limit_can_be_raised_and_bounds_what_loading_folds(tmp_path):
 VOCABULARY = 10
 
 
-def embedding_model(tmp_path, hidden=False):
-    """The toy model whose input also feeds an Embedding of VOCABULARY rows (cast to int64, as
-    tf2onnx writes it), tiled by the passes as the exporter tiles inputs. hidden: the table comes
-    out of Einsum, which tensor_bounds does not follow, so its size is unknown before the run."""
+def embedding_model(tmp_path, table_from="initializer", ids_from="cast"):
+    """The toy model whose input also feeds an Embedding of VOCABULARY rows, tiled by the passes as
+    the exporter tiles inputs. ids_from "cast": the ids cast to int64, as tf2onnx writes Keras 2's
+    Embedding; "wrapped": then Where(ids < 0, ids + rows, ids), as it writes Keras 3's (negative
+    ids count from the end, as numpy's take does). table_from "einsum": the table comes out of
+    Einsum, which tensor_bounds does not follow, so its size is unknown before the run."""
     table = numpy_helper.from_array(np.linspace(0, 1, VOCABULARY, dtype=np.float32).reshape(VOCABULARY, 1), "h_table")
-    hiding = [helper.make_node("Einsum", ["h_table"], ["h_hidden"], equation="ij->ij")] if hidden else []
-    proto = graft(toy_proto(tmp_path), hiding + [
-        helper.make_node("Cast", ["tiled"], ["h_ids"], to=TensorProto.INT64),
-        helper.make_node("Gather", ["h_hidden" if hidden else "h_table", "h_ids"], ["h_embedded"]),
+    nodes = [helper.make_node("Cast", ["tiled"], ["h_ids"], to=TensorProto.INT64)]
+    if table_from == "einsum":
+        nodes.append(helper.make_node("Einsum", ["h_table"], ["h_hidden"], equation="ij->ij"))
+    if ids_from == "wrapped":
+        nodes += [helper.make_node("Less", ["h_ids", "h_zero_id"], ["h_negative"]),
+                  helper.make_node("Add", ["h_ids", "h_rows"], ["h_from_end"]),
+                  helper.make_node("Where", ["h_negative", "h_from_end", "h_ids"], ["h_wrapped"])]
+    nodes += [
+        helper.make_node("Gather", ["h_hidden" if table_from == "einsum" else "h_table",
+                                    "h_wrapped" if ids_from == "wrapped" else "h_ids"], ["h_embedded"],
+                         name="embedding/Gather"),
         helper.make_node("ReduceSum", ["h_embedded"], ["h_sum"], keepdims=0),
         helper.make_node("Mul", ["h_sum", "h_zero"], ["h_nothing"]),
-    ], [table, numpy_helper.from_array(np.array(0, np.float32), "h_zero")])
+    ]
+    proto = graft(toy_proto(tmp_path), nodes, [table, numpy_helper.from_array(np.array(0, np.float32), "h_zero"),
+                                               ints("h_zero_id", 0), ints("h_rows", VOCABULARY)])
     return write_model(proto, tmp_path / "embedding.onnx")
 
 
@@ -326,11 +337,13 @@ def test_a_token_id_outside_the_vocabulary_is_one_line_naming_the_input(tmp_path
     assert lines[0].startswith("error: input 'input' holds 1 token ids outside the model's vocabulary of 10"), lines
 
 
-def test_onnxruntime_refusing_a_token_id_is_one_line(tmp_path):
-    """Where the table's size is known only to onnxruntime, its refusal is turned into one line."""
+@pytest.mark.parametrize("table_from, ids_from", [("einsum", "cast"), ("initializer", "wrapped")])
+def test_onnxruntime_refusing_a_token_id_is_one_line_naming_the_input(tmp_path, table_from, ids_from):
+    """Where the table's size is known only to onnxruntime, or the ids reach it through arithmetic
+    (Keras 3's wrap of negative ids), onnxruntime's refusal becomes one line naming the input."""
     from mcdrop.runtime.session import MCSession
     ids = np.tile(np.arange(4, dtype=np.float32), (2, 1))
     ids[1, 2] = 12
-    with pytest.raises(McdropError, match=r"an index in node 'Gather' \(Gather\) is outside its table of 10 rows "
-                                          r"\(got 12\): a token id outside the model's vocabulary\?$"):
-        MCSession(embedding_model(tmp_path, hidden=True)).predict(ids, passes=2)
+    with pytest.raises(McdropError, match=r"input 'input' holds a token id outside the model's vocabulary of 10 "
+                                          r"\(ids 0 to 9\): onnxruntime got 12 in node 'embedding/Gather' \(Gather\)$"):
+        MCSession(embedding_model(tmp_path, table_from, ids_from)).predict(ids, passes=2)
