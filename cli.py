@@ -37,7 +37,7 @@ ON_ERROR = ("report", "skip", "stop")
 EXIT_INTERRUPTED = 128 + signal.SIGINT  # as a shell reports Ctrl-C
 # Options that `infer` and `info` share: how far an untrusted model file is trusted (README: Trust model).
 LIMIT_OPTION = typer.Option([], "--limit", help="Raise a bound, NAME=VALUE, repeatable: model_mb, passes, input_mb, "
-                            "image_pixels, metadata_kb, threads (README: Trust model).")
+                            "image_pixels, metadata_kb, tensor_mb, threads (README: Trust model).")
 DEVICE_OPTION = typer.Option("auto", help="auto, cpu or cuda.")
 THREADS_OPTION = typer.Option(None, help="CPU threads [default: every core this process may use].")
 MAX_CHUNK_OPTION = typer.Option(256, help="Largest activation memory of one run, MiB.")

@@ -34,6 +34,7 @@ class Limits:
     input_mb: float = 1024  # decoded input arrays and images, all together
     image_pixels: int = 40_000_000  # one decoded image (a 40 MP photo)
     metadata_kb: int = 1024  # the file's mcdrop JSON
+    tensor_mb: float = 1024  # one tensor the graph asks for (and onnxruntime's arena: runtime/session.py)
     threads: Optional[int] = None  # None: the cores this process may use
 
     def __post_init__(self):
@@ -56,6 +57,10 @@ class Limits:
     @property
     def input_bytes(self) -> int:
         return int(self.input_mb * 2**20)
+
+    @property
+    def tensor_bytes(self) -> int:
+        return int(self.tensor_mb * 2**20)
 
     def check(self, name: str, value, what: str) -> None:
         """InputError unless value <= the limit `name`; the message says how to raise it."""

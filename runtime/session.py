@@ -1,15 +1,19 @@
 """MCSession: load an mcdrop ONNX file once, then run Monte Carlo predictions on it."""
 
+import contextlib
 import os
+import queue
+import re
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import wait as wait_for
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import onnxruntime as ort
 
-from . import decision, integrity, providers, seeds
+from . import decision, integrity, providers, seeds, tensor_bounds
 from . import masks as mask_sets
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
@@ -64,6 +68,21 @@ DEFAULT_MASKS = "shared"
 MASK_SET_SHARE = 4
 # A run holds its slice of the set about 3 times: the feed, each layer's part of it, the masks.
 MASK_COPIES = 3
+# A stopped run (Ctrl-C, SIGTERM) is told to end (RunOptions.terminate, which onnxruntime checks
+# between nodes and between a Loop's iterations); the stop waits this long for it, then goes on.
+STOP_GRACE_S = 1.0
+# Each session's CPU allocations come from an arena of its own capped at tensor_mb plus
+# ARENA_GROWTH x max_chunk_bytes (what a planned run peaks at), so that a tensor the checks before
+# the run could not see (tensor_bounds.py stops at operators it does not follow) is refused by
+# onnxruntime itself instead of taking the machine's memory. The weights are kept outside it.
+USE_ENV_ARENA = ("session.use_env_allocators", "1")
+WEIGHTS_OUTSIDE_ARENA = ("session.use_device_allocator_for_initializers", "1")
+# onnxruntime's refusal when the arena is full ("... Available memory of A is smaller than
+# requested bytes of R") and the node it ran ("... while running Expand node. Name:'big'").
+ARENA_FULL = re.compile(r"requested bytes of (\d+)")
+FAILED_NODE = re.compile(r"while running (\w+) node\. Name:'([^']*)'")
+# onnxruntime's Gather refusing an index ("... idx=12 must be within the inclusive range [-10,9]").
+INDEX_OUTSIDE = re.compile(r"idx=(-?\d+) must be within the inclusive range \[-?\d+,(-?\d+)\]")
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -119,7 +138,12 @@ class MCSession:
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.threads = threads or usable_cores()
         model_bytes = read_regular(self.path, limits.model_bytes, ModelFileError, "model file", "model_mb")
-        self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data)
+        self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data,
+                                                            limits)
+        self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * self.max_chunk_bytes)
+        self._checked_feeds: set = set()  # feed shapes (and small values) whose tensors are bounded
+        # {input: vocabulary size} of the inputs that hold token ids (an Embedding's table rows)
+        self._vocabularies = tensor_bounds.vocabularies(self._parsed.graph)
         self._session_bytes = SESSION_COPY * len(model_bytes)
         self._max_workers = min(self.threads, SEED_STREAMS - 1,
                                 max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
@@ -155,7 +179,8 @@ class MCSession:
         if self._external_folder:
             options.add_session_config_entry(EXTERNAL_DATA_FOLDER, self._external_folder)
         try:
-            session = providers.create_session(model_bytes, device, options, self._factory)
+            with _capped_arena(options, self._arena_bytes):
+                session = providers.create_session(model_bytes, device, options, self._factory)
         except Exception as err:
             if not _load_failure(err):
                 raise
@@ -297,8 +322,10 @@ class MCSession:
             return out
         workers = self._workers_for(workers)
 
+        in_flight = _InFlight()
+
         def run(i, rows, count, worker):  # on the worker's thread: a set drawn per run is drawn there too
-            return self._run(_rows(x, rows), count, stochastic, None, worker, masks=masks_of(i))
+            return self._run(_rows(x, rows), count, stochastic, None, worker, masks=masks_of(i), in_flight=in_flight)
 
         futures = [self._executors[i % len(workers)].submit(run, i, rows, count, workers[i % len(workers)])
                    for i, (rows, count) in enumerate(plan)]
@@ -310,6 +337,9 @@ class MCSession:
         finally:
             for future in futures:
                 future.cancel()
+            if not all(future.done() for future in futures):  # leaving early: a failure, or a stop
+                in_flight.stop()
+                wait_for(futures, STOP_GRACE_S)
         return [future.result() for future in futures]
 
     def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True) -> Dict[str, np.ndarray]:
@@ -423,9 +453,10 @@ class MCSession:
 
     def _run(self, x: Dict[str, np.ndarray], passes: int, stochastic: bool,
              outputs: Optional[Sequence[str]] = None, session=None, shrink=False,
-             masks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+             masks: Optional[np.ndarray] = None, in_flight: Optional["_InFlight"] = None) -> Dict[str, np.ndarray]:
         """One onnxruntime run; outputs: None for every output's samples, () for every graph output.
-        masks: the shared set's rows for these passes; None: independent masks."""
+        masks: the shared set's rows for these passes; None: independent masks. in_flight: where
+        a run on a worker's thread registers while it runs (see _stoppable_run)."""
         session = session or self._session
         layout = self._info.mask_layout
         feed = {**x, **mask_sets.control_feeds(passes, stochastic, masks, layout.floats_per_pass if layout else 0)}
@@ -437,16 +468,73 @@ class MCSession:
         options.log_severity_level = providers.QUIET_LOG_LEVEL
         if shrink:
             options.add_run_config_entry(*SHRINK_MAIN_ARENA)
+        self._check_tensors(feed)
         try:
-            result = session.run(names, feed, options)
+            result = self._stoppable_run(session, names, feed, options, in_flight)
         except Exception as err:
             if _from_onnxruntime(err) or isinstance(err, MemoryError):
-                raise ModelRunError(f"{self.path}: onnxruntime failed to run the model "
-                                    f"({first_line(err)})") from None
+                raise self._run_error(err) from None
             raise
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))
+
+    def _check_tensors(self, feed: Dict[str, np.ndarray]) -> None:
+        """InputError if a tensor this feed's shapes (and small values: passes) imply is over
+        the tensor_mb limit (runtime/tensor_bounds.py); once per distinct feed shape."""
+        key = tuple((name, value.shape, value.tobytes() if value.size <= 16 else None)
+                    for name, value in sorted(feed.items()))
+        with self._lock:
+            if key in self._checked_feeds:
+                return
+        tensor_bounds.check(self._parsed.graph, self.limits, self.path, feed)
+        with self._lock:
+            self._checked_feeds.add(key)
+
+    def _run_error(self, err: BaseException) -> ModelRunError:
+        """onnxruntime's failure as one line; an index outside a table names the input it comes
+        from, an allocation over the arena's cap the node that asked and how to raise it."""
+        text = str(err)
+        asked, node, index = ARENA_FULL.search(text), FAILED_NODE.search(text), INDEX_OUTSIDE.search(text)
+        where = f" in node {node.group(2) or node.group(1)!r} ({node.group(1)})" if node else ""
+        if index:  # ids that reach the table through arithmetic, or a table of unknown size
+            rows = int(index.group(2)) + 1
+            # (an unnamed node could be any of the unnamed Gathers)
+            sources = tensor_bounds.index_sources(self._parsed.graph).get(node.group(2), []) \
+                if node and node.group(2) else []
+            if sources:
+                named = ("input " if len(sources) == 1 else "inputs ") + ", ".join(repr(name) for name in sources)
+                return ModelRunError(f"{self.path}: {named} {'holds' if len(sources) == 1 else 'hold'} a token id "
+                                     f"outside the model's vocabulary of {rows:,} (ids 0 to {rows - 1:,}): "
+                                     f"onnxruntime got {index.group(1)}{where}")
+            return ModelRunError(f"{self.path}: an index{where} is outside its table of {rows:,} rows "
+                                 f"(got {index.group(1)}): a token id outside the model's vocabulary?")
+        if asked:
+            return ModelRunError(
+                f"{self.path}: a run asked onnxruntime for {int(asked.group(1)) / 2**20:,.0f} MiB{where}, over the "
+                f"{self._arena_bytes / 2**20:,.0f} MiB a session may hold (tensor_mb {self.limits.tensor_mb:g} + "
+                f"{ARENA_GROWTH} x the run bound); raise it with --limit tensor_mb=N if you trust this file")
+        return ModelRunError(f"{self.path}: onnxruntime failed to run the model ({first_line(err)})")
+
+    def _stoppable_run(self, session, names, feed, options: "ort.RunOptions", in_flight: Optional["_InFlight"]):
+        """session.run, the one call into onnxruntime's runs, made so that Ctrl-C and SIGTERM end it.
+
+        Python runs signal handlers in the main thread only, and only between bytecodes: a main
+        thread inside session.run would take the signal when the run ends (a 1e12-iteration Loop:
+        never). So the main thread's runs go to a helper thread while the main thread waits; the
+        KeyboardInterrupt or SystemExit the signal raises there tells the run to terminate and goes
+        on up. Runs on other threads (the workers) register in `in_flight`, which _run_plan stops."""
+        if threading.current_thread() is not threading.main_thread():
+            with in_flight.running(options) if in_flight else contextlib.nullcontext():
+                return session.run(names, feed, options)
+        future = _runner().submit(session.run, names, feed, options)
+        try:
+            return future.result()
+        except BaseException:
+            if not future.done():  # stopped while onnxruntime runs
+                options.terminate = True
+                wait_for([future], STOP_GRACE_S)
+            raise
 
     def _check_passes(self, passes) -> int:
         if passes is None:
@@ -479,6 +567,17 @@ class MCSession:
             raise InputError("inputs differ in batch size: " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
         return arrays
 
+    def _check_token_ids(self, x: np.ndarray, name: str) -> None:
+        """InputError naming the first id outside [0, vocabulary) of an input that holds token ids
+        (the graph casts them to integers, so 3.7 is id 3)."""
+        size = self._vocabularies[name]
+        ids = np.trunc(x)
+        outside = (ids < 0) | (ids >= size)
+        if outside.any():
+            where = tuple(int(i) for i in np.argwhere(outside)[0])
+            raise InputError(f"input {name!r} holds {np.count_nonzero(outside)} token ids outside the model's vocabulary of "
+                             f"{size:,} (ids 0 to {size - 1:,}), the first {ids[where]:g} at {list(where)}")
+
     def _check_array(self, x, name: str) -> np.ndarray:
         """One input as float32 [batch, *its shape]."""
         what = "input" if len(self._info.model_inputs) == 1 else f"input {name!r}"
@@ -496,11 +595,78 @@ class MCSession:
         x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise InputError(f"{what} has {np.count_nonzero(~np.isfinite(x))} NaN or infinite values")
+        if name in self._vocabularies:
+            self._check_token_ids(x, name)
         pre = self._info.preprocessing
         if pre is not None and abs(pre.scale * 255 - 1) < 1e-3 and not pre.normalizes and x.max() > 1.5:
             warnings.warn("input looks like raw 0-255 pixels but the model expects [0,1] (scale 1/255)",
                           RawPixelWarning, stacklevel=4)
         return x
+
+
+class _InFlight:
+    """The runs a predict's workers are making, so that leaving the predict early ends them all,
+    including those that start after the stop."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._runs: set = set()
+        self._stopped = False
+
+    @contextlib.contextmanager
+    def running(self, options: "ort.RunOptions"):
+        with self._lock:
+            if self._stopped:
+                options.terminate = True
+            self._runs.add(options)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._runs.discard(options)
+
+    def stop(self) -> None:
+        with self._lock:
+            self._stopped = True
+            for options in self._runs:
+                options.terminate = True
+
+
+class _Runner:
+    """One daemon thread that makes the main thread's onnxruntime runs, one at a time, so that
+    the main thread stays free to take signals. A daemon thread: a run that does not end within
+    STOP_GRACE_S of its stop (one long kernel) does not hold up the process's exit."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self._jobs: "queue.SimpleQueue" = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="mcdrop-run", daemon=True).start()
+
+    def _serve(self):
+        while True:
+            call, args, future = self._jobs.get()
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(call(*args))
+                except BaseException as err:
+                    future.set_exception(err)
+
+    def submit(self, call, *args) -> Future:
+        future: Future = Future()
+        self._jobs.put((call, args, future))
+        return future
+
+
+_RUNNER: Optional[_Runner] = None
+_RUNNER_LOCK = threading.Lock()
+
+
+def _runner() -> _Runner:
+    global _RUNNER
+    with _RUNNER_LOCK:
+        if _RUNNER is None or _RUNNER.pid != os.getpid():  # a forked child has no thread of its own
+            _RUNNER = _Runner()
+        return _RUNNER
 
 
 def _rows(x: Dict[str, np.ndarray], rows: slice) -> Dict[str, np.ndarray]:
@@ -546,7 +712,7 @@ def check_model_bytes(model_bytes: bytes, path: str, limits: Limits = DEFAULT) -
     """What MCSession checks before the first run (checksum, self-contained data, metadata, the
     graph's contract, random nodes and seeds), on bytes not yet written: the exporter runs it on
     every file, --no-validate or not, so that nothing the runtime would refuse is ever written."""
-    parsed, _ = _checked_file(model_bytes, path, verify=True, allow_external_data=False)
+    parsed, _ = _checked_file(model_bytes, path, verify=True, allow_external_data=False, limits=limits)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     try:
@@ -558,14 +724,47 @@ def check_model_bytes(model_bytes: bytes, path: str, limits: Limits = DEFAULT) -
     return _model_info(session, parsed, path, limits)
 
 
-def _checked_file(model_bytes: bytes, path: str, verify: bool,
-                  allow_external_data: bool) -> Tuple[ModelFile, Optional[str]]:
+def _checked_file(model_bytes: bytes, path: str, verify: bool, allow_external_data: bool,
+                  limits: Limits) -> Tuple[ModelFile, Optional[str]]:
     """(the parsed file, the folder of its external data or None), once its checksum (if
-    `verify`) and its data's whereabouts are checked."""
+    `verify`), its data's whereabouts and the tensors its fixed shapes imply (before onnxruntime
+    folds or allocates them) are checked."""
     parsed = read_model(model_bytes, path)
     if verify:
         integrity.verify(model_bytes, parsed, path)
-    return parsed, _external_data_folder(parsed, path, allow_external_data)
+    folder = _external_data_folder(parsed, path, allow_external_data)
+    tensor_bounds.check(parsed.graph, limits, path)
+    return parsed, folder
+
+
+_ARENA_LOCK = threading.Lock()
+_registered_arena: Optional[int] = None  # the cap of the CPU arena last registered with onnxruntime
+
+
+@contextlib.contextmanager
+def _capped_arena(options: "ort.SessionOptions", cap: int):
+    """Create the session inside this block to give its CPU allocations an arena of their own
+    capped at `cap` bytes (ARENA_FULL when a run asks for more).
+
+    onnxruntime takes such a cap for the CPU from an arena registered for the process, which each
+    session takes when it is created, and a later registration replaces for the sessions created
+    after it (onnxruntime 1.31): so the registration and the session's creation are made under one
+    lock. Where onnxruntime refuses a second registration (older releases), a session that wants
+    another cap than the first keeps onnxruntime's own, uncapped, arena."""
+    global _registered_arena
+    with _ARENA_LOCK:
+        if _registered_arena != cap:
+            try:
+                ort.create_and_register_allocator(
+                    ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT),
+                    ort.OrtArenaCfg({"max_mem": cap}))
+                _registered_arena = cap
+            except Exception:  # noqa: BLE001 (onnxruntime keeps an arena registered before)
+                pass
+        if _registered_arena == cap:
+            options.add_session_config_entry(*USE_ENV_ARENA)
+            options.add_session_config_entry(*WEIGHTS_OUTSIDE_ARENA)
+        yield
 
 
 def _model_info(session, parsed: ModelFile, path: str, limits: Limits) -> ModelInfo:
