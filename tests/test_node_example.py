@@ -527,7 +527,7 @@ def test_arrays_give_the_golden_means(model, tmp_path):
 
 
 @pytest.mark.parametrize("case", ["no batch axis", "wrong shape", "nan", "truncated", "complex", "ragged json",
-                                  "string in json", "not json", "empty batch"])
+                                  "string in json", "not json", "empty batch", "deep json"])
 def test_bad_arrays_are_one_line(case, tmp_path):
     x = np.zeros((2, 784), np.float32)
     path = tmp_path / ("bad.json" if "json" in case else "bad.npy")
@@ -551,6 +551,8 @@ def test_bad_arrays_are_one_line(case, tmp_path):
         path.write_text("[0, 1")
     elif case == "empty batch":
         np.save(path, np.zeros((0, 784), np.float32))
+    elif case == "deep json":
+        path.write_text("[" * 100_000 + "]" * 100_000)
     done = infer("models/mlp.onnx", path, ok=False)
     assert done.returncode == 1, done.stderr
     assert done.stdout == ""
@@ -559,5 +561,5 @@ def test_bad_arrays_are_one_line(case, tmp_path):
     said = {"no batch axis": "without the batch axis", "wrong shape": "the model expects [batch, 784]",
             "nan": "1 NaN or infinite", "truncated": "truncated", "complex": "real numbers",
             "ragged json": "one length", "string in json": "not a number", "not json": "not JSON",
-            "empty batch": "no examples"}[case]
+            "empty batch": "no examples", "deep json": "nested more than"}[case]
     assert said in lines[0], lines[0]

@@ -15,6 +15,9 @@ const READERS = {
   u1: "getUint8", u2: "getUint16", u4: "getUint32", u8: "getBigUint64",
 };
 
+// numpy's own bound on the number of axes (NPY_MAXDIMS): deeper JSON nesting is refused early.
+const MAX_AXES = 64;
+
 class ArrayFileError extends Error {}
 
 const product = (dims) => dims.reduce((a, b) => a * b, 1);
@@ -86,7 +89,10 @@ export function readJsonArray(text) {
   }
   if (!Array.isArray(document)) throw new ArrayFileError("cannot read array (JSON inputs are nested lists of numbers, a batch)");
   const dims = [];
-  for (let level = document; Array.isArray(level); level = level[0]) dims.push(level.length);
+  for (let level = document; Array.isArray(level); level = level[0]) {
+    dims.push(level.length);
+    if (dims.length > MAX_AXES) throw new ArrayFileError(`cannot read array (lists nested more than ${MAX_AXES} deep)`);
+  }
   const data = new Float32Array(product(dims));
   let at = 0;
   const walk = (value, depth, where) => {
