@@ -76,6 +76,10 @@ def node() -> str:
         unavailable("node is not installed (the JavaScript example needs Node 20 or newer)")
     if not (NODE_MODULES / "onnxruntime-node").is_dir():
         unavailable(f"{NODE_MODULES} is missing: run `npm ci` in {EXAMPLES}")
+    dependencies = json.loads((EXAMPLES / "package.json").read_text()).get("dependencies", {})
+    missing = sorted(name for name in dependencies if not (NODE_MODULES / name).is_dir())
+    if missing:  # an install from before a dependency was added (jpeg-js): every infer.js run would fail
+        unavailable(f"{', '.join(missing)} missing from {NODE_MODULES}: run `npm ci` in {EXAMPLES}")
     return path
 
 
