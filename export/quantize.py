@@ -5,8 +5,9 @@ not the head layers (those whose output reaches a graph output through no other 
 their output, the logits, would be rounded to one activation step (about 0.4 for the shipped CNN).
 Why 7-bit weights: docs/DESIGN.md, int8. The random-mask subgraph (ConstantOfShape -> Random*Like
 -> GreaterOrEqual -> Cast -> Mul), the noise formulas and the uncertainty tail stay float32, so the
-masks and their rates are exactly those of the float export. Activation ranges are calibrated with the noise on, on the calibration
-inputs the caller gives (or on validation-style inputs in the model's range, a poorer choice).
+masks and their rates are exactly those of the float export. Activation ranges are calibrated with
+the noise on, on the calibration inputs the caller gives (or on validation-style inputs in the
+model's range, a poorer choice).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def head_layers(proto: onnx.ModelProto) -> list:
                     seen.add(id(consumer))
                     downstream = consumer.op_type in QUANTIZED_OPS
                     todo.extend(consumer.output)
-        if not downstream:
+        if not downstream and node.name:  # quantize_static excludes by name
             heads.append(node.name)
     return heads
 
