@@ -1,10 +1,13 @@
 """`export --quantize int8`: onnxruntime's static QDQ quantization of the weight layers only.
 
-Only Conv, MatMul and Gemm are quantized (int8 weights per channel, uint8 activations); the
-random-mask subgraph (ConstantOfShape -> Random*Like -> GreaterOrEqual -> Cast -> Mul), the noise
-formulas and the uncertainty tail stay float32, so the masks and their rates are exactly those
-of the float export. Activation ranges are calibrated with the noise on, on the calibration
-inputs the caller gives (or on validation-style inputs in the model's range, a poorer choice).
+Only Conv, MatMul and Gemm are quantized (7-bit int8 weights per channel, uint8 activations), and
+not the head layers (those whose output reaches a graph output through no other weight layer):
+their output, the logits, would be rounded to one activation step (about 0.4 for the shipped CNN).
+Why 7-bit weights: docs/DESIGN.md, int8. The random-mask subgraph (ConstantOfShape -> Random*Like
+-> GreaterOrEqual -> Cast -> Mul), the noise formulas and the uncertainty tail stay float32, so the
+masks and their rates are exactly those of the float export. Activation ranges are calibrated with
+the noise on, on the calibration inputs the caller gives (or on validation-style inputs in the
+model's range, a poorer choice).
 """
 
 from __future__ import annotations
@@ -35,6 +38,28 @@ class _Calibration:
         return next(self._feeds, None)
 
 
+def head_layers(proto: onnx.ModelProto) -> list:
+    """Names of the top-level quantizable nodes with no quantizable node downstream of them."""
+    consumers = {}
+    for node in proto.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    heads = []
+    for node in proto.graph.node:
+        if node.op_type not in QUANTIZED_OPS:
+            continue
+        seen, todo, downstream = set(), list(node.output), False
+        while todo and not downstream:
+            for consumer in consumers.get(todo.pop(), []):
+                if id(consumer) not in seen:
+                    seen.add(id(consumer))
+                    downstream = consumer.op_type in QUANTIZED_OPS
+                    todo.extend(consumer.output)
+        if not downstream and node.name:  # quantize_static excludes by name
+            heads.append(node.name)
+    return heads
+
+
 def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray) -> onnx.ModelProto:
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -48,13 +73,21 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray) -> onnx.Model
             # onnxruntime's recommended pre-processing (ONNX shape inference and graph
             # optimisation; symbolic shape inference is skipped, the batch stays symbolic).
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            prepared_proto = onnx.load(prepared, load_external_data=False)
+            heads = head_layers(prepared_proto)
+            if len(heads) == sum(node.op_type in QUANTIZED_OPS for node in prepared_proto.graph.node):
+                heads = []  # a model of head layers only: quantize them rather than nothing
             quantize_static(
                 str(prepared),
                 str(target),
                 _Calibration(np.asarray(calibration, np.float32)),
                 quant_format=QuantFormat.QDQ,
                 op_types_to_quantize=QUANTIZED_OPS,
+                nodes_to_exclude=heads,
                 per_channel=True,
+                # 7-bit weights: no pair of uint8 x int8 products saturates AVX2's int16 sums, so
+                # every CPU computes the same integers (docs/DESIGN.md: int8).
+                reduce_range=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
             )

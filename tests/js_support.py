@@ -30,6 +30,31 @@ NODE_TIMEOUT = 120  # seconds; a T=1000 run of the shipped CNN takes about 2
 # The deterministic pass of Node or the browser against the Python runtime on one machine: the
 # same float kernels, so only summation order differs.
 LIVE_ATOL = 1e-5
+# int8 means across CPUs and runtimes (models/cnn_int8.onnx): its weights are 7-bit, so no int8
+# kernel saturates and every CPU (AVX2, AVX-512 VNNI, NEON) computes the same integer sums
+# (docs/DESIGN.md: int8). What may still differ is the float rounding where a sum is requantized: an
+# activation on a rounding tie moves one step. int8_mean_tolerance allows INT8_STEPS such steps.
+INT8_STEPS = 2
+
+
+def int8_mean_tolerance(path) -> float:
+    """How far an int8 file's probabilities may move when INT8_STEPS activations of its last
+    quantized tensor move one step each: step = that QuantizeLinear's scale, times the largest
+    |weight| of the float layers after it (the head, left float by export/quantize.py; none: the
+    step is in logits already); a softmax probability moves by at most half the largest change of
+    a logit (|dp_i| <= 2 d p_i (1 - p_i) <= d / 2)."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    weights = {init.name: init for init in graph.initializer}
+    nodes = list(graph.node)
+    last = max(i for i, node in enumerate(nodes) if node.op_type == "QuantizeLinear")
+    scale = float(numpy_helper.to_array(weights[nodes[last].input[1]]).max())
+    heads = [numpy_helper.to_array(weights[node.input[1]]) for node in nodes[last + 1:]
+             if node.op_type in ("Conv", "MatMul", "Gemm") and node.input[1] in weights]
+    gain = max((float(np.abs(w).max()) for w in heads), default=1.0)
+    return INT8_STEPS * scale * gain / 2
 
 
 def unavailable(reason: str):
@@ -51,6 +76,10 @@ def node() -> str:
         unavailable("node is not installed (the JavaScript example needs Node 20 or newer)")
     if not (NODE_MODULES / "onnxruntime-node").is_dir():
         unavailable(f"{NODE_MODULES} is missing: run `npm ci` in {EXAMPLES}")
+    dependencies = json.loads((EXAMPLES / "package.json").read_text()).get("dependencies", {})
+    missing = sorted(name for name in dependencies if not (NODE_MODULES / name).is_dir())
+    if missing:  # an install from before a dependency was added (jpeg-js): every infer.js run would fail
+        unavailable(f"{', '.join(missing)} missing from {NODE_MODULES}: run `npm ci` in {EXAMPLES}")
     return path
 
 

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// Monte Carlo dropout in Node: one mcdrop ONNX file, PNG images in, each one's label with its
-// uncertainty out, like `python cli.py infer` (README.md in this folder).
+// Monte Carlo dropout in Node: one mcdrop ONNX file, PNG or JPEG images (or preprocessed .npy /
+// JSON arrays) in, each one's label with its uncertainty out, like `python cli.py infer` (README.md
+// in this folder).
 //
-//   node examples/node/infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic]
+//   node examples/node/infer.js MODEL.onnx INPUT... [--passes T] [--seed S] [--deterministic]
 //                               [--masks shared|independent] [--mask-seed S]
 //                               [--samples] [--json] [--rule "text"]
 //
@@ -23,11 +24,13 @@ import ort from "onnxruntime-node";
 import {
   MINSTD, feeds, maskSet, parseRule, passesOf, preprocessImage, readModelFile, summarize, withFreshSeeds,
 } from "../lib/mcdrop.mjs";
-import { decodePng } from "./png.mjs";
+import { readArrayFile } from "./arrays.mjs";
+import { decodeImage } from "./images.mjs";
 
-const USAGE = "usage: node infer.js MODEL.onnx IMAGE.png... [--passes T] [--seed S] [--deterministic] "
+const USAGE = "usage: node infer.js MODEL.onnx IMAGE.png|IMAGE.jpg|ARRAY.npy|ARRAY.json... [--passes T] [--seed S] [--deterministic] "
   + '[--masks shared|independent] [--mask-seed S] [--samples] [--json] [--rule "text"]';
 const MASK_MODES = ["shared", "independent"];
+const ARRAY_EXTENSIONS = [".npy", ".json"];
 const MAX_MASK_SEED = (1n << 64n) - 1n;
 
 class UsageError extends Error {}
@@ -62,11 +65,11 @@ function parseArgs(argv) {
     else if (arg.startsWith("--")) throw new UsageError(`unknown option ${arg}`);
     else paths.push(arg);
   }
-  if (paths.length < 2) throw new UsageError("give a model file and at least one image");
+  if (paths.length < 2) throw new UsageError("give a model file and at least one input (image or array)");
   if (options.maskSeed !== undefined && options.masks === "independent") {
     throw new UsageError("--mask-seed is for --masks shared");
   }
-  return { model: paths[0], images: paths.slice(1), ...options };
+  return { model: paths[0], inputs: paths.slice(1), ...options };
 }
 
 function positiveInteger(text, name, least) {
@@ -145,10 +148,18 @@ async function main() {
   const modelBytes = await readBytes(args.model, "model file");
   const parsed = named(args.model, () => readModelFile(modelBytes));
   const { metadata } = parsed;
-  const inputs = [];
-  for (const path of args.images) {
-    const pixels = decodePng(await readBytes(path, "image"), path);
-    inputs.push(named(path, () => preprocessImage(pixels, metadata)));
+  const inputs = [], names = [];
+  for (const path of args.inputs) {
+    if (ARRAY_EXTENSIONS.some((extension) => path.toLowerCase().endsWith(extension))) {
+      // A batch already preprocessed, one result per row (`python cli.py infer` names them path[i]).
+      const array = readArrayFile(await readBytes(path, "array"), path, metadata);
+      inputs.push(array);
+      names.push(...array.names.map((name) => `${shown(path)}${name.slice(path.length)}`));
+    } else {
+      const pixels = decodeImage(await readBytes(path, "image"), path);
+      inputs.push(named(path, () => preprocessImage(pixels, metadata)));
+      names.push(shown(path));
+    }
   }
   // Fresh seeds in the bytes before the session is created, else every run replays the same
   // dropout masks (docs/FORMAT.md: Random nodes). onnxruntime-node on Linux and macOS draws with
@@ -177,7 +188,7 @@ async function main() {
     masks: stochastic ? mode : null, mask_seed: maskSeedUsed,
     rule: results.ruleText, rule_source: results.ruleSource,
     results: results.map((r, b) => ({
-      input: shown(args.images[b]), label: r.label, confidence: r.confidence, mean: r.mean, variance: r.variance,
+      input: names[b], label: r.label, confidence: r.confidence, mean: r.mean, variance: r.variance,
       predictive_entropy: r.predictive_entropy, expected_entropy: r.expected_entropy, mutual_information: r.mutual_information,
       uncertain: r.uncertain,
       ...(r.prediction_set ? { prediction_set: r.prediction_set } : {}),

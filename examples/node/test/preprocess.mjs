@@ -1,5 +1,5 @@
 // Test hook for tests/test_node_example.py: what examples/lib/mcdrop.mjs makes of images.
-//   node preprocess.mjs MODEL.onnx IMAGE.png...   the model inputs of PNG files, decoded as infer.js does
+//   node preprocess.mjs MODEL.onnx IMAGE.png...   the model inputs of PNG or JPEG files, decoded as infer.js does
 //   node preprocess.mjs < requests.json           {metadata, images: [{data: base64 8-bit pixels, width,
 //                                                  height, channels}]}, or a list of such: the inputs of
 //                                                  raw pixels
@@ -7,7 +7,7 @@
 import { readFileSync } from "node:fs";
 
 import { preprocessImage, readModelFile } from "../../lib/mcdrop.mjs";
-import { decodePng } from "../png.mjs";
+import { decodeImage } from "../images.mjs";
 
 function each(images, metadata) {
   return images.map((image) => {
@@ -24,7 +24,7 @@ let inputs;
 const [model, ...paths] = process.argv.slice(2);
 if (model) {
   const { metadata } = readModelFile(new Uint8Array(readFileSync(model)));
-  inputs = each(paths.map((path) => () => decodePng(new Uint8Array(readFileSync(path)), path)), metadata);
+  inputs = each(paths.map((path) => () => decodeImage(new Uint8Array(readFileSync(path)), path)), metadata);
 } else {
   let text = "";
   for await (const chunk of process.stdin) text += chunk;
