@@ -24,6 +24,7 @@ from PIL import Image
 
 from conftest import ROOT
 from mcdrop.runtime.errors import McdropError, ModelFileError, ModelRunError
+from mcdrop.runtime.files import csv_safe_cell
 from mcdrop.runtime.integrity import seal
 from mcdrop.runtime.onnx_file import encode_entry
 from mcdrop.runtime.session import MCSession
@@ -414,8 +415,10 @@ def test_escape_sequences_in_names_and_labels_never_reach_the_terminal(tmp_path)
         if suffix == ".json":
             assert json.loads(text)["predictions"][0]["input"] == f"{name}[0]"
         else:
+            # CSV is opened in spreadsheets and terminals: its text cells carry escapes, not the bytes
+            assert "\x1b" not in text and "\x07" not in text
             rows = list(csv.DictReader(io.StringIO(text, newline="")))
-            assert rows[0]["input"] == f"{name}[0]" and len(rows) == len(X)
+            assert rows[0]["input"] == csv_safe_cell(f"{name}[0]") and len(rows) == len(X)
 
 
 def test_file_names_that_are_not_utf8_give_valid_json(tmp_path, toy_model_path):
