@@ -130,8 +130,9 @@ class MCSession:
             raise InputError(f"max_chunk_bytes must be a positive integer, got {max_chunk_bytes!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 0):
             raise InputError(f"threads must be an integer >= 0 (0: every core), got {threads!r}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
-            raise InputError(f"seed must be an integer >= 0, got {seed!r}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or not 0 <= seed < mask_sets.MAX_SEED):  # the seed is the mask seed too
+            raise InputError(f"seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
         if threads:
             limits.check("threads", threads, f"threads {threads} (this machine lets the process use "
                          f"{usable_cores()} cores)")

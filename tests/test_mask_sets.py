@@ -96,6 +96,13 @@ def test_bad_modes_and_seeds_are_one_line_errors():
             session.predict(x, passes=2, **kwargs)
 
 
+@pytest.mark.parametrize("seed", [-1, 2**64, True, 1.5])
+def test_a_session_seed_that_cannot_be_a_mask_seed_is_refused_on_load(seed):
+    # The session's seed is its default mask seed: 2**64 was accepted, then failed in the first shared draw.
+    with pytest.raises(InputError, match="seed must be an integer"):
+        MCSession(SHIPPED_CNN, seed=seed)
+
+
 def test_a_file_from_before_mask_sets_refuses_shared_masks_and_defaults_to_independent(tmp_path):
     path = build_toy_model(tmp_path / "format2.onnx")  # a format 2 file
     session = MCSession(path)
