@@ -30,7 +30,8 @@ def seal(model_bytes: bytes) -> bytes:
 def verify(model_bytes: bytes, parsed: ModelFile, path: str) -> None:
     """ModelFileError unless the file carries a checksum that matches its bytes."""
     if CHECKSUM_KEY not in parsed.metadata:
-        raise ModelFileError(f"{path}: has no integrity checksum (exported by an older mcdrop?); "
+        raise ModelFileError(f"{path}: has no integrity checksum (exported by an older mcdrop, or "
+                             "calibrated from an unverified file with --no-verify); "
                              "export it again, or pass --no-verify to load it unchecked")
     start, end = parsed.metadata_spans[CHECKSUM_KEY]
     digest = hashlib.sha256(model_bytes[:start] + model_bytes[end:]).hexdigest()
