@@ -39,6 +39,9 @@ class Prediction:
     rule: Optional[decision.Rule] = None  # when UNCERTAIN; None: the default rule (runtime/decision.py)
     masks: Optional[str] = None  # "shared" or "independent" (runtime/masks.py); None: not from a session
     mask_seed: Optional[int] = None  # the shared mask set's seed
+    # Monte Carlo standard error of "mean", "variance" and each measure of that name that is an
+    # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors).
+    standard_errors: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_samples(cls, samples, head: str, labels: Optional[Sequence[str]] = None,
@@ -75,6 +78,7 @@ class Prediction:
             found = _sigmoid(samples, mean64, variance64, head, labels, threshold, thresholds)
         else:
             found = {"mean": mean64, "std": M.standard_deviation(variance64)}
+        errors = _standard_errors(samples, head, found, stochastic)
         if conformal_quantile is not None:
             if head not in CATEGORICAL_HEADS:
                 raise InputError(f"conformal sets are for categorical heads, not {head}")
@@ -88,7 +92,8 @@ class Prediction:
                    measures={name: _float32(value) for name, value in found.items()},
                    passes=int(samples.shape[0]), stochastic=bool(stochastic), provider=provider,
                    labels=labels, samples=samples if keep_samples else None, rule=rule, masks=masks,
-                   mask_seed=mask_seed)
+                   mask_seed=mask_seed,
+                   standard_errors={name: value.astype(np.float32) for name, value in errors.items()})
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
@@ -149,8 +154,12 @@ class Prediction:
             "orientation": ORIENTATION,
             "mean": _jsonable(self.mean[rows]),
             "variance": _jsonable(self.variance[rows]),
-            "measures": {name: _jsonable(value if name in MODEL_WIDE else value[rows])
-                         for name, value in self.measures.items()},
+            **{f"{name}_se": _jsonable(self.standard_errors[name][rows])
+               for name in ("mean", "variance") if name in self.standard_errors},
+            "measures": {**{name: _jsonable(value if name in MODEL_WIDE else value[rows])
+                            for name, value in self.measures.items()},
+                         **{f"{name}_se": _jsonable(value[rows])
+                            for name, value in self.measure_errors().items()}},
             "uncertain": _jsonable(self.uncertain[rows]),
         }
 
@@ -158,14 +167,23 @@ class Prediction:
         """`to_dict` as a strict JSON string (no NaN / Infinity)."""
         return json.dumps(self.to_dict(index), allow_nan=False, **kwargs)
 
+    def measure_errors(self) -> Dict[str, np.ndarray]:
+        """The standard error of each measure that has one, by measure name, shaped like it."""
+        return {name: self.standard_errors[name].reshape(np.shape(value)) for name, value in self.measures.items()
+                if name in self.standard_errors}
+
     def arrays(self) -> Dict[str, np.ndarray]:
         """name -> ndarray for np.savez: numeric measures, `uncertain`, then `mean` and `variance`
-        in the model's output shape (these win over same-named measures), and `samples` if kept."""
+        in the model's output shape (these win over same-named measures), and `samples` if kept;
+        then `<name>_se`, the standard error of each of those that has one."""
         out = {name: value for name, value in self.measures.items()
                if isinstance(value, np.ndarray) and value.dtype.kind in "biuf"}
         out.update(uncertain=self.uncertain, mean=self.mean, variance=self.variance)
         if self.samples is not None:
             out["samples"] = self.samples
+        out.update({f"{name}_se": value for name, value in self.measure_errors().items()})
+        out.update({f"{name}_se": self.standard_errors[name] for name in ("mean", "variance")
+                    if name in self.standard_errors})
         return out
 
 
@@ -247,6 +265,31 @@ def _sigmoid(samples, mean, variance, head, labels, threshold, thresholds) -> di
     if labels is not None:
         found["active_labels"] = [[labels[j] for j in row] for row in active]
     return found
+
+
+def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[str, np.ndarray]:
+    """The standard error of mean, variance and each estimated measure in `found`, by name, in the
+    model's output shape (a binary head's measures are read off with their unit axis dropped). A deterministic prediction (dropout off) has none to speak
+    of: 0."""
+    x = samples.astype(np.float64)
+    errors = {"mean": M.mean_standard_error(x), "variance": M.variance_standard_error(x),
+              "std": M.standard_deviation_standard_error(x)}
+    if head in CATEGORICAL_HEADS:
+        errors.update(
+            confidence=M.confidence_standard_error(x), margin=M.margin_standard_error(x),
+            predictive_entropy=M.predictive_entropy_standard_error(x),
+            expected_entropy=M.expected_entropy_standard_error(x),
+            mutual_information=M.mutual_information_standard_error(x),
+            variation_ratio=M.variation_ratio_standard_error(x),
+            top_k_probs=M.top_k_standard_error(x, found["top_k_indices"]))
+    elif head in SIGMOID_HEADS:
+        errors.update(
+            probability=errors["mean"], entropy=M.bernoulli_entropy_standard_error(x),
+            expected_entropy=M.bernoulli_expected_entropy_standard_error(x),
+            mutual_information=M.bernoulli_mutual_information_standard_error(x))
+    if not stochastic:
+        errors = {name: np.zeros_like(value) for name, value in errors.items()}
+    return errors
 
 
 def _float32(value):
