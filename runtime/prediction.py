@@ -130,6 +130,20 @@ class Prediction:
             return [",".join(map(str, row)) for row in active], np.maximum(p, 1 - p).min(axis=1).astype(np.float32)
         return [None] * n, np.full(n, np.nan, np.float32)
 
+    def decided_standard_error(self) -> np.ndarray:
+        """float32 [batch]: the Monte Carlo standard error of decided()'s confidence (that of the
+        decided side's probability; for a multi-label head, of the weakest label's); NaN for
+        regression or a Prediction built without standard errors."""
+        n, errors = len(self), self.standard_errors
+        if self.head in CATEGORICAL_HEADS and "confidence" in errors:
+            return errors["confidence"].astype(np.float32)
+        if self.head in SIGMOID_HEADS and "mean" in errors:
+            p = np.asarray(self.mean, np.float64).reshape(n, -1)
+            weakest = np.maximum(p, 1 - p).argmin(axis=1)  # binary: the one unit
+            se = errors["mean"].reshape(n, -1)
+            return np.take_along_axis(se, weakest[:, None], axis=1)[:, 0].astype(np.float32)
+        return np.full(n, np.nan, np.float32)
+
     def to_dict(self, index: Optional[int] = None) -> dict:
         """JSON-safe python: the whole batch, or one input when `index` is given.
 
