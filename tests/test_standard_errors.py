@@ -25,7 +25,9 @@ from mcdrop.runtime.sources import plan_inputs
 from conftest import ROOT
 
 CNN = ROOT / "models" / "cnn.onnx"
-SAMPLES = sorted(str(path) for path in (ROOT / "models" / "samples").glob("*.png"))
+# Inputs with real uncertainty (a clear digit's measures hardly move between seeds), the one with
+# most of its mass on one class of them too. About 0.05 s per input and seed on 2 cores.
+SAMPLES = [str(ROOT / "models" / "samples" / f"{name}.png") for name in ("ambiguous", "not_a_digit", "digit_8")]
 SEEDS = range(1000, 1200)
 PASSES = 50
 TOLERANCE = 0.2
@@ -40,8 +42,8 @@ MEASURES = ("confidence", "margin", "predictive_entropy", "expected_entropy", "m
 @pytest.fixture(scope="module")
 def repeated():
     """{name: (values [seeds, inputs, ...], standard errors [seeds, inputs, ...])} from one
-    predict per mask seed over every sample image (a shared set's passes depend on its seed alone,
-    so a batch of inputs per seed is the same as one run per input)."""
+    predict per mask seed over the inputs (a shared set's passes depend on its seed alone, so a
+    batch of inputs per seed is the same as one run per input)."""
     session = MCSession(CNN, seed=0)
     names, x = load_inputs(SAMPLES, session.info)
     runs = [session.predict(x, passes=PASSES, masks="shared", mask_seed=seed, keep_samples=False, top_k=2)
@@ -65,9 +67,8 @@ def test_standard_error_agrees_with_the_spread_over_mask_seeds(repeated, name):
     where = [names[i] for i in np.argwhere(checked)[:, 0]]
     bad = [f"{where[j]}: {ratio[j]:.2f}" for j in np.flatnonzero(np.abs(ratio - 1) > TOLERANCE)]
     assert not bad, f"{name}: standard error / spread over {len(SEEDS)} seeds outside 1 +- {TOLERANCE}: {bad}"
-    # The inputs with real uncertainty are among those checked, for every measure.
-    assert {i for i, on in enumerate(checked.reshape(len(names), -1).any(axis=1)) if on} >= {
-        names.index(str(ROOT / "models" / "samples" / f"{sample}.png")) for sample in ("ambiguous", "not_a_digit")}
+    # Every input is checked on every measure (for vectors: on some of its classes).
+    assert checked.reshape(len(names), -1).any(axis=1).all()
 
 
 def test_standard_errors_shrink_with_more_passes(repeated):
@@ -75,11 +76,11 @@ def test_standard_errors_shrink_with_more_passes(repeated):
     T=800 (16x the passes: a quarter of the error)."""
     names, found = repeated
     session = MCSession(CNN, seed=0)
-    _, x = load_inputs(SAMPLES, session.info)
+    _, x = load_inputs(SAMPLES[:1], session.info)  # the ambiguous digit
     long = session.predict(x, passes=PASSES * 16, masks="shared", mask_seed=7, keep_samples=False)
-    spread = found["mutual_information"][0].std(axis=0, ddof=1)
-    ambiguous = names.index(str(ROOT / "models" / "samples" / "ambiguous.png"))
-    assert long.standard_errors["mutual_information"][ambiguous] == pytest.approx(spread[ambiguous] / 4, rel=0.3)
+    for name in ("mutual_information", "confidence", "expected_entropy"):
+        spread = found[name][0][:, 0].std(ddof=1)
+        assert long.standard_errors[name][0] == pytest.approx(spread / 4, rel=0.3), name
 
 
 # The standard errors in every output ----------------------------------------------------------
