@@ -299,7 +299,7 @@ def test_categorical_standard_errors_match_brute_force(name):
 def test_bernoulli_standard_errors_match_brute_force(name):
     rng = np.random.default_rng(2)
     # Three units per replicate: unsure (Beta(3, 2)), leaning (Beta(6, 2)), near sure (Beta(20, 1)).
-    # Not a mean of 0.5, where the entropy's gradient is 0 and the delta method overstates the
+    # Not a mean of 0.5, where the entropy's gradient is 0 and the jackknife overstates the
     # (second-order) spread (docs/DESIGN.md: Monte Carlo standard errors).
     samples = rng.beta([3, 6, 20], [2, 2, 1], size=(PASSES, REPLICATES, 3))
     assert_error_matches_spread(samples, *BERNOULLI_ERRORS[name])
