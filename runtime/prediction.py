@@ -19,6 +19,9 @@ ORIENTATION = "higher entropy / mutual_information / variation_ratio / variance 
 
 # Measures that describe the model, not one input: kept whole when one input is picked.
 MODEL_WIDE = ("threshold", "thresholds")
+# Inputs whose float64 samples take this many bytes get their standard errors at a time
+# (docs/DESIGN.md: Monte Carlo standard errors).
+ERROR_CHUNK_BYTES = 2**20
 # Tolerance for float32 probabilities a hair outside [0, 1].
 _PROBABILITY_SLACK = 1e-5
 
@@ -285,6 +288,19 @@ def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[
     """The standard error of mean, variance and each estimated measure in `found`, by name, in the
     model's output shape (a binary head's measures are read off with their unit axis dropped). A deterministic prediction (dropout off) has none to speak
     of: 0."""
+    if not stochastic:
+        return {name: np.zeros_like(value) for name, value in _standard_errors(samples, head, found, True).items()}
+    # Inputs a few at a time: the estimators' float64 temporaries (up to ~10 copies of what they
+    # are given) stay within a few times ERROR_CHUNK_BYTES, not a multiple of the samples, which
+    # the session's memory plan counts at SAMPLE_COPIES (runtime/session.py).
+    per_input = 8 * samples.shape[0] * int(np.prod(samples.shape[2:], dtype=np.int64))
+    rows = max(1, ERROR_CHUNK_BYTES // max(1, per_input))
+    if samples.shape[1] > rows:
+        pieces = [_standard_errors(samples[:, start:start + rows], head,
+                                   {"top_k_indices": found["top_k_indices"][start:start + rows]} if
+                                   "top_k_indices" in found else {}, True)
+                  for start in range(0, samples.shape[1], rows)]
+        return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
     x = samples.astype(np.float64)
     errors = {"mean": M.mean_standard_error(x), "variance": M.variance_standard_error(x),
               "std": M.standard_deviation_standard_error(x)}
@@ -301,8 +317,6 @@ def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[
             probability=errors["mean"], entropy=M.bernoulli_entropy_standard_error(x),
             expected_entropy=M.bernoulli_expected_entropy_standard_error(x),
             mutual_information=M.bernoulli_mutual_information_standard_error(x))
-    if not stochastic:
-        errors = {name: np.zeros_like(value) for name, value in errors.items()}
     return errors
 
 

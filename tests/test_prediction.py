@@ -395,3 +395,16 @@ def test_standard_errors_of_one_pass_and_of_no_dropout():
     assert one.to_dict(0)["measures"]["mutual_information_se"] is None  # strict JSON: null
     deterministic = Prediction.from_samples(s, "softmax", stochastic=False)
     assert all((value == 0).all() for value in deterministic.standard_errors.values())
+
+
+@pytest.mark.parametrize("head", ["softmax", "binary", "regression"])
+def test_standard_errors_a_few_inputs_at_a_time_equal_all_at_once(head, monkeypatch):
+    rng = np.random.default_rng(7)
+    samples = rng.dirichlet(np.ones(4), size=(6, 10)) if head == "softmax" else \
+        rng.uniform(size=(6, 10, 1)) if head == "binary" else rng.normal(size=(6, 10, 2))
+    whole = Prediction.from_samples(samples, head).standard_errors
+    monkeypatch.setattr(P, "ERROR_CHUNK_BYTES", 8 * 6 * 4 * 3)  # 3 inputs at a time (4 of softmax's)
+    pieces = Prediction.from_samples(samples, head).standard_errors
+    assert set(pieces) == set(whole)
+    for name in whole:
+        np.testing.assert_array_equal(pieces[name], whole[name], err_msg=name)
