@@ -403,8 +403,10 @@ def test_standard_errors_a_few_inputs_at_a_time_equal_all_at_once(head, monkeypa
     samples = rng.dirichlet(np.ones(4), size=(6, 10)) if head == "softmax" else \
         rng.uniform(size=(6, 10, 1)) if head == "binary" else rng.normal(size=(6, 10, 2))
     whole = Prediction.from_samples(samples, head).standard_errors
-    monkeypatch.setattr(P, "ERROR_CHUNK_BYTES", 8 * 6 * 4 * 3)  # 3 inputs at a time (4 of softmax's)
+    monkeypatch.setattr(P, "ERROR_CHUNK_BYTES", 3 * 8 * 6 * samples[0, 0].size)  # 3 inputs at a time
+    calls = []
+    monkeypatch.setattr(P.M, "mean_standard_error", lambda x: calls.append(x.shape[1]) or M.standard_error_of_mean(x))
     pieces = Prediction.from_samples(samples, head).standard_errors
-    assert set(pieces) == set(whole)
+    assert max(calls) == 3 and 1 in calls and set(pieces) == set(whole)  # 3 + 3 + 3 + 1 inputs
     for name in whole:
         np.testing.assert_array_equal(pieces[name], whole[name], err_msg=name)
