@@ -333,7 +333,8 @@ def _prefixed(output: Optional[str], key: str) -> str:
 
 def _csv_text(by_output: dict, names: List[str]) -> str:
     """One row per input: name, then per output uncertain and each per-input value (vectors as
-    name_0, name_1, ...; prefixed by the output's name for a model with several)."""
+    name_0, name_1, ...; prefixed by the output's name for a model with several), then the
+    standard errors of those that have one (mean_se_0, ..., mutual_information_se)."""
     import csv
     import io
 
@@ -346,6 +347,10 @@ def _csv_text(by_output: dict, names: List[str]) -> str:
     for output, prediction in by_output.items():
         columns[_prefixed(output, "uncertain")] = prediction.uncertain.tolist()
         per_input = {"mean": prediction.mean, "variance": prediction.variance, **prediction.measures}
+        # Then the standard errors, after every existing column: mean_se, variance_se, <measure>_se.
+        per_input.update({f"{name}_se": prediction.standard_errors[name] for name in ("mean", "variance")
+                          if name in prediction.standard_errors})
+        per_input.update({f"{name}_se": value for name, value in prediction.measure_errors().items()})
         for name, value in per_input.items():
             name_ = _prefixed(output, name)
             if name in MODEL_WIDE:

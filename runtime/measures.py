@@ -134,3 +134,141 @@ def bernoulli_mutual_information(samples) -> np.ndarray:
 def standard_deviation(variance) -> np.ndarray:
     """sqrt(max(variance, 0)), in output units; higher = less certain."""
     return np.sqrt(np.maximum(np.asarray(variance, dtype=np.float64), 0.0))
+
+
+# Monte Carlo standard errors -----------------------------------------------------------------
+#
+# The T passes are i.i.d. draws given the input (with a shared mask set, i.i.d. draws of the
+# set). A measure that is a mean over passes of a per-pass term (class means, expected entropy,
+# the variance as the mean of squared deviations, the modal vote share) gets the standard error of
+# a mean: the terms' sample standard deviation (ddof 1) / sqrt(T). A nonlinear function of means
+# (std, confidence, margin, predictive entropy, mutual information) gets the jackknife: it agrees
+# with the delta method where the function is near linear over the error, and stays right where a
+# few passes carry the spread, where the delta method fell to 0.5x (std) and 0.75x (mutual
+# information) of the measured error. Each function takes `samples` [T, batch, ...] and returns
+# the standard error of the measure of the same name, shaped like it; with one pass the spread is
+# unknown: NaN. docs/DESIGN.md: Monte Carlo standard errors has the measurements.
+
+
+def standard_error_of_mean(terms) -> np.ndarray:
+    """Standard error of the mean over axis 0 of per-pass `terms` [T, ...]: their sample standard
+    deviation (ddof 1) / sqrt(T); NaN with one pass."""
+    terms = _samples(terms)
+    passes = terms.shape[0]
+    if passes < 2:
+        return np.full(terms.shape[1:], np.nan)
+    return terms.std(axis=0, ddof=1) / np.sqrt(passes)
+
+
+def jackknife_standard_error(leave_one_out) -> np.ndarray:
+    """Jackknife standard error from an estimate's T leave-one-out values [T, ...] (value t left
+    pass t out): sqrt((T - 1) / T * sum_t (value_t - their mean)^2); NaN with one pass."""
+    values = _samples(leave_one_out)
+    passes = values.shape[0]
+    if passes < 2:
+        return np.full(values.shape[1:], np.nan)
+    deviations = values - values.mean(axis=0)
+    return np.sqrt((passes - 1) / passes * np.square(deviations).sum(axis=0))
+
+
+def _leave_one_out_means(x: np.ndarray) -> np.ndarray:
+    """[T, ...]: the mean over the passes other than t, for each t (x has at least 2 passes)."""
+    return (x.sum(axis=0) - x) / (x.shape[0] - 1)
+
+
+def _jackknife(x: np.ndarray, estimate) -> np.ndarray:
+    """Jackknife standard error of estimate(leave-one-out means [T, ...]) -> values [T, ...]."""
+    if x.shape[0] < 2:
+        return jackknife_standard_error(estimate(x))  # NaN, shaped like the estimate
+    return jackknife_standard_error(estimate(_leave_one_out_means(x)))
+
+
+def mean_standard_error(samples) -> np.ndarray:
+    """Standard error of the mean over passes (per class / output value)."""
+    return standard_error_of_mean(samples)
+
+
+def variance_standard_error(samples) -> np.ndarray:
+    """Standard error of the population variance over passes: the variance is the mean of the
+    per-pass terms (x_t - mean)^2, so to first order sqrt((m4 - m2^2) / (T - 1)), from the 4th
+    central moment."""
+    x = _samples(samples)
+    return standard_error_of_mean(np.square(x - x.mean(axis=0)))
+
+
+def standard_deviation_standard_error(samples) -> np.ndarray:
+    """Jackknife standard error of sqrt(variance) (per class / output value)."""
+    x = _samples(samples)
+    passes = x.shape[0]
+    if passes < 2:
+        return jackknife_standard_error(x)
+    deviations = x - x.mean(axis=0)
+    squares = np.square(deviations).sum(axis=0)
+    # Leaving pass t out removes T / (T - 1) d_t^2 from the sum of squared deviations.
+    left = np.maximum(squares - passes / (passes - 1) * np.square(deviations), 0.0)
+    return jackknife_standard_error(np.sqrt(left / (passes - 1)))
+
+
+def confidence_standard_error(samples) -> np.ndarray:
+    """Jackknife standard error of the largest mean probability -> [batch]."""
+    return _jackknife(_samples(samples, classes=True), confidence)
+
+
+def margin_standard_error(samples) -> np.ndarray:
+    """Jackknife standard error of top-1 minus top-2 mean probability -> [batch]."""
+    return _jackknife(_samples(samples, classes=True), margin)
+
+
+def predictive_entropy_standard_error(samples) -> np.ndarray:
+    """Jackknife standard error of the entropy of the mean -> [batch]."""
+    return _jackknife(_samples(samples), categorical_entropy)
+
+
+def expected_entropy_standard_error(samples) -> np.ndarray:
+    """Standard error of the mean of the per-pass entropies -> [batch]."""
+    return standard_error_of_mean(categorical_entropy(_samples(samples)))
+
+
+def _mutual_information_jackknife(x: np.ndarray, entropy) -> np.ndarray:
+    """Jackknife of entropy(mean) - mean(entropy(pass)), leaving the same pass out of both."""
+    if x.shape[0] < 2:
+        return jackknife_standard_error(entropy(x))
+    per_pass = entropy(x)
+    left_out = (per_pass.sum(axis=0) - per_pass) / (x.shape[0] - 1)
+    return jackknife_standard_error(entropy(_leave_one_out_means(x)) - left_out)
+
+
+def mutual_information_standard_error(samples) -> np.ndarray:
+    """Jackknife standard error of predictive minus expected entropy -> [batch] (one pass left
+    out of both at once: they share the passes, so their errors are not added)."""
+    return _mutual_information_jackknife(_samples(samples), categorical_entropy)
+
+
+def variation_ratio_standard_error(samples) -> np.ndarray:
+    """Binomial standard error of the variation ratio: per pass, whether its argmax is the modal
+    class, so sqrt(f (1 - f) / (T - 1)) with f the modal share -> [batch]."""
+    x = _samples(samples, classes=True)
+    votes = x.argmax(axis=-1)  # [T, batch]
+    counts = (votes[..., None] == np.arange(x.shape[-1])).sum(axis=0)  # [batch, classes]
+    # The modal class as variation_ratio counts it: the lowest index among the most voted.
+    return standard_error_of_mean((votes == counts.argmax(axis=-1)).astype(np.float64))
+
+
+def top_k_standard_error(samples, indices) -> np.ndarray:
+    """Standard errors of the mean probabilities at `indices` [batch, k] (top_k's classes)."""
+    return np.take_along_axis(mean_standard_error(samples), np.asarray(indices), axis=-1)
+
+
+def bernoulli_entropy_standard_error(samples) -> np.ndarray:
+    """Jackknife standard error of the Bernoulli entropy of the mean, per unit."""
+    return _jackknife(_samples(samples), bernoulli_entropy)
+
+
+def bernoulli_expected_entropy_standard_error(samples) -> np.ndarray:
+    """Standard error of the mean of the per-pass Bernoulli entropies, per unit."""
+    return standard_error_of_mean(bernoulli_entropy(_samples(samples)))
+
+
+def bernoulli_mutual_information_standard_error(samples) -> np.ndarray:
+    """Jackknife standard error of the Bernoulli mutual information, per unit."""
+    return _mutual_information_jackknife(_samples(samples), bernoulli_entropy)

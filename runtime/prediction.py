@@ -19,6 +19,9 @@ ORIENTATION = "higher entropy / mutual_information / variation_ratio / variance 
 
 # Measures that describe the model, not one input: kept whole when one input is picked.
 MODEL_WIDE = ("threshold", "thresholds")
+# Inputs whose float64 samples take this many bytes get their standard errors at a time
+# (docs/DESIGN.md: Monte Carlo standard errors).
+ERROR_CHUNK_BYTES = 2**20
 # Tolerance for float32 probabilities a hair outside [0, 1].
 _PROBABILITY_SLACK = 1e-5
 
@@ -39,6 +42,9 @@ class Prediction:
     rule: Optional[decision.Rule] = None  # when UNCERTAIN; None: the default rule (runtime/decision.py)
     masks: Optional[str] = None  # "shared" or "independent" (runtime/masks.py); None: not from a session
     mask_seed: Optional[int] = None  # the shared mask set's seed
+    # Monte Carlo standard error of "mean", "variance" and each measure of that name that is an
+    # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors).
+    standard_errors: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_samples(cls, samples, head: str, labels: Optional[Sequence[str]] = None,
@@ -75,6 +81,7 @@ class Prediction:
             found = _sigmoid(samples, mean64, variance64, head, labels, threshold, thresholds)
         else:
             found = {"mean": mean64, "std": M.standard_deviation(variance64)}
+        errors = _standard_errors(samples, head, found, stochastic)
         if conformal_quantile is not None:
             if head not in CATEGORICAL_HEADS:
                 raise InputError(f"conformal sets are for categorical heads, not {head}")
@@ -88,7 +95,8 @@ class Prediction:
                    measures={name: _float32(value) for name, value in found.items()},
                    passes=int(samples.shape[0]), stochastic=bool(stochastic), provider=provider,
                    labels=labels, samples=samples if keep_samples else None, rule=rule, masks=masks,
-                   mask_seed=mask_seed)
+                   mask_seed=mask_seed,
+                   standard_errors={name: value.astype(np.float32) for name, value in errors.items()})
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
@@ -125,6 +133,20 @@ class Prediction:
             return [",".join(map(str, row)) for row in active], np.maximum(p, 1 - p).min(axis=1).astype(np.float32)
         return [None] * n, np.full(n, np.nan, np.float32)
 
+    def decided_standard_error(self) -> np.ndarray:
+        """float32 [batch]: the Monte Carlo standard error of decided()'s confidence (that of the
+        decided side's probability; for a multi-label head, of the weakest label's); NaN for
+        regression or a Prediction built without standard errors."""
+        n, errors = len(self), self.standard_errors
+        if self.head in CATEGORICAL_HEADS and "confidence" in errors:
+            return errors["confidence"].astype(np.float32)
+        if self.head in SIGMOID_HEADS and "mean" in errors:
+            p = np.asarray(self.mean, np.float64).reshape(n, -1)
+            weakest = np.maximum(p, 1 - p).argmin(axis=1)  # binary: the one unit
+            se = errors["mean"].reshape(n, -1)
+            return np.take_along_axis(se, weakest[:, None], axis=1)[:, 0].astype(np.float32)
+        return np.full(n, np.nan, np.float32)
+
     def to_dict(self, index: Optional[int] = None) -> dict:
         """JSON-safe python: the whole batch, or one input when `index` is given.
 
@@ -149,8 +171,12 @@ class Prediction:
             "orientation": ORIENTATION,
             "mean": _jsonable(self.mean[rows]),
             "variance": _jsonable(self.variance[rows]),
-            "measures": {name: _jsonable(value if name in MODEL_WIDE else value[rows])
-                         for name, value in self.measures.items()},
+            **{f"{name}_se": _jsonable(self.standard_errors[name][rows])
+               for name in ("mean", "variance") if name in self.standard_errors},
+            "measures": {**{name: _jsonable(value if name in MODEL_WIDE else value[rows])
+                            for name, value in self.measures.items()},
+                         **{f"{name}_se": _jsonable(value[rows])
+                            for name, value in self.measure_errors().items()}},
             "uncertain": _jsonable(self.uncertain[rows]),
         }
 
@@ -158,14 +184,23 @@ class Prediction:
         """`to_dict` as a strict JSON string (no NaN / Infinity)."""
         return json.dumps(self.to_dict(index), allow_nan=False, **kwargs)
 
+    def measure_errors(self) -> Dict[str, np.ndarray]:
+        """The standard error of each measure that has one, by measure name, shaped like it."""
+        return {name: self.standard_errors[name].reshape(np.shape(value)) for name, value in self.measures.items()
+                if name in self.standard_errors}
+
     def arrays(self) -> Dict[str, np.ndarray]:
         """name -> ndarray for np.savez: numeric measures, `uncertain`, then `mean` and `variance`
-        in the model's output shape (these win over same-named measures), and `samples` if kept."""
+        in the model's output shape (these win over same-named measures), and `samples` if kept;
+        then `<name>_se`, the standard error of each of those that has one."""
         out = {name: value for name, value in self.measures.items()
                if isinstance(value, np.ndarray) and value.dtype.kind in "biuf"}
         out.update(uncertain=self.uncertain, mean=self.mean, variance=self.variance)
         if self.samples is not None:
             out["samples"] = self.samples
+        out.update({f"{name}_se": value for name, value in self.measure_errors().items()})
+        out.update({f"{name}_se": self.standard_errors[name] for name in ("mean", "variance")
+                    if name in self.standard_errors})
         return out
 
 
@@ -247,6 +282,42 @@ def _sigmoid(samples, mean, variance, head, labels, threshold, thresholds) -> di
     if labels is not None:
         found["active_labels"] = [[labels[j] for j in row] for row in active]
     return found
+
+
+def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[str, np.ndarray]:
+    """The standard error of mean, variance and each estimated measure in `found`, by name, in the
+    model's output shape (a binary head's measures are read off with their unit axis dropped). A deterministic prediction (dropout off) has none to speak
+    of: 0."""
+    if not stochastic:
+        return {name: np.zeros_like(value) for name, value in _standard_errors(samples, head, found, True).items()}
+    # Inputs a few at a time: the estimators' float64 temporaries (up to ~10 copies of what they
+    # are given) stay within a few times ERROR_CHUNK_BYTES, not a multiple of the samples, which
+    # the session's memory plan counts at SAMPLE_COPIES (runtime/session.py).
+    per_input = 8 * samples.shape[0] * int(np.prod(samples.shape[2:], dtype=np.int64))
+    rows = max(1, ERROR_CHUNK_BYTES // max(1, per_input))
+    if samples.shape[1] > rows:
+        pieces = [_standard_errors(samples[:, start:start + rows], head,
+                                   {"top_k_indices": found["top_k_indices"][start:start + rows]} if
+                                   "top_k_indices" in found else {}, True)
+                  for start in range(0, samples.shape[1], rows)]
+        return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
+    x = samples.astype(np.float64)
+    errors = {"mean": M.mean_standard_error(x), "variance": M.variance_standard_error(x),
+              "std": M.standard_deviation_standard_error(x)}
+    if head in CATEGORICAL_HEADS:
+        errors.update(
+            confidence=M.confidence_standard_error(x), margin=M.margin_standard_error(x),
+            predictive_entropy=M.predictive_entropy_standard_error(x),
+            expected_entropy=M.expected_entropy_standard_error(x),
+            mutual_information=M.mutual_information_standard_error(x),
+            variation_ratio=M.variation_ratio_standard_error(x),
+            top_k_probs=M.top_k_standard_error(x, found["top_k_indices"]))
+    elif head in SIGMOID_HEADS:
+        errors.update(
+            probability=errors["mean"], entropy=M.bernoulli_entropy_standard_error(x),
+            expected_entropy=M.bernoulli_expected_entropy_standard_error(x),
+            mutual_information=M.bernoulli_mutual_information_standard_error(x))
+    return errors
 
 
 def _float32(value):

@@ -1,5 +1,6 @@
 """Score many inputs into Parquet: one row per input with its label, mean, variance, measures and
-UNCERTAIN flag, in bounded memory, resumable after a crash.
+UNCERTAIN flag, then the standard errors (confidence_se, mean_se, variance_se, <measure>_se), in
+bounded memory, resumable after a crash.
 
 The pieces both engines share:
 - `Scorer`: one MCSession and the job's options; turns a batch of input references
@@ -229,6 +230,15 @@ class Scorer:
             columns["samples"] = pa.ListArray.from_arrays(
                 np.arange(0, (n + 1) * prediction.passes, prediction.passes, dtype=np.int32),
                 _lists(samples.reshape(n * prediction.passes, -1)))
+        # Monte Carlo standard errors, after every other column (docs/DESIGN.md: Monte Carlo
+        # standard errors): of the confidence, mean, variance and each measure written.
+        columns["confidence_se"] = pa.array(prediction.decided_standard_error(), pa.float32(), from_pandas=True)
+        columns["mean_se"] = _lists(prediction.standard_errors["mean"])
+        columns["variance_se"] = _lists(prediction.standard_errors["variance"])
+        errors = prediction.measure_errors()
+        for name in self.measures:
+            value = np.asarray(errors[name], np.float32)
+            columns[f"{name}_se"] = pa.array(value, pa.float32()) if value.ndim == 1 else _lists(value)
         return pa.table(columns).replace_schema_metadata({METADATA_KEY: self._metadata()})
 
     def _error_rows(self, index, ids, messages) -> "pa.Table":

@@ -264,7 +264,8 @@ def test_regression_has_mean_and_std_columns(tmp_path):
         np.testing.assert_allclose([float(v) for v in cells[1:3]], prediction["mean"], rtol=1e-3, atol=1e-4)
         np.testing.assert_allclose([float(v) for v in cells[3:5]], prediction["measures"]["std"], rtol=1e-2, atol=1e-4)
     rows = list(csv.DictReader((tmp_path / "r.csv").open(newline="")))
-    assert list(rows[0]) == ["input", "uncertain", "mean_0", "mean_1", "variance_0", "variance_1", "std_0", "std_1"]
+    assert list(rows[0]) == ["input", "uncertain", "mean_0", "mean_1", "variance_0", "variance_1", "std_0", "std_1",
+                             "mean_se_0", "mean_se_1", "variance_se_0", "variance_se_1", "std_se_0", "std_se_1"]
     means = [float(row[key]) for row in rows for key in ("mean_0", "mean_1")]
     assert min(means) < 0  # a number, written as -1.2, never as the text '-1.2
 

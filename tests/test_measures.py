@@ -250,3 +250,115 @@ def test_standard_deviation():
 def test_bad_shapes_raise_input_error(call):
     with pytest.raises(InputError):
         call()
+
+
+# --- Monte Carlo standard errors -----------------------------------------------------------------
+# Brute force: the batch axis holds REPLICATES independent runs of T passes from one distribution,
+# so the spread of a measure over the batch is its true Monte Carlo error, to which the standard
+# error of one run (root mean square over the replicates) must agree. 2,000 replicates: the spread itself is
+# known to about 2%.
+
+REPLICATES = 2000
+PASSES = 50
+CATEGORICAL_ERRORS = {
+    "confidence": (lambda x: M.confidence(x.mean(axis=0)), M.confidence_standard_error),
+    "margin": (lambda x: M.margin(x.mean(axis=0)), M.margin_standard_error),
+    "predictive_entropy": (M.predictive_entropy, M.predictive_entropy_standard_error),
+    "expected_entropy": (M.expected_entropy, M.expected_entropy_standard_error),
+    "mutual_information": (M.mutual_information, M.mutual_information_standard_error),
+    "variation_ratio": (M.variation_ratio, M.variation_ratio_standard_error),
+    "mean": (lambda x: x.mean(axis=0), M.mean_standard_error),
+    "variance": (lambda x: M.mean_and_variance(x)[1], M.variance_standard_error),
+    "std": (lambda x: np.sqrt(M.mean_and_variance(x)[1]), M.standard_deviation_standard_error),
+}
+BERNOULLI_ERRORS = {
+    "entropy": (lambda x: M.bernoulli_entropy(x.mean(axis=0)), M.bernoulli_entropy_standard_error),
+    "expected_entropy": (M.bernoulli_expected_entropy, M.bernoulli_expected_entropy_standard_error),
+    "mutual_information": (M.bernoulli_mutual_information, M.bernoulli_mutual_information_standard_error),
+    "mean": (lambda x: x.mean(axis=0), M.mean_standard_error),
+}
+
+
+def assert_error_matches_spread(samples, measure, standard_error, tolerance=0.1):
+    spread = measure(samples).std(axis=0, ddof=1)  # over the replicates
+    # Root mean square over the replicates: a squared standard error estimates the variance without
+    # bias to first order, while the median of a skewed one (4th moments) sits low.
+    typical = np.sqrt(np.mean(np.square(standard_error(samples)), axis=0))
+    np.testing.assert_allclose(typical, spread, rtol=tolerance)
+
+
+@pytest.mark.parametrize("name", CATEGORICAL_ERRORS)
+def test_categorical_standard_errors_match_brute_force(name):
+    rng = np.random.default_rng(1)
+    # A clear favourite with a real runner-up: class 0 ~ 0.45, class 1 ~ 0.25 of the mean.
+    samples = rng.dirichlet([4.5, 2.5, 1.5, 1.0, 0.5], size=(PASSES, REPLICATES))
+    assert_error_matches_spread(samples, *CATEGORICAL_ERRORS[name])
+
+
+@pytest.mark.parametrize("name", BERNOULLI_ERRORS)
+def test_bernoulli_standard_errors_match_brute_force(name):
+    rng = np.random.default_rng(2)
+    # Three units per replicate: unsure (Beta(3, 2)), leaning (Beta(6, 2)), near sure (Beta(20, 1)).
+    # Not a mean of 0.5, where the entropy's gradient is 0 and the jackknife overstates the
+    # (second-order) spread (docs/DESIGN.md: Monte Carlo standard errors).
+    samples = rng.beta([3, 6, 20], [2, 2, 1], size=(PASSES, REPLICATES, 3))
+    assert_error_matches_spread(samples, *BERNOULLI_ERRORS[name])
+
+
+def test_regression_standard_errors_match_brute_force():
+    rng = np.random.default_rng(3)
+    samples = rng.gamma(3.0, 2.0, size=(PASSES, REPLICATES, 2)) + [0.0, 100.0]  # skewed, one offset
+    assert_error_matches_spread(samples, *CATEGORICAL_ERRORS["mean"])
+    assert_error_matches_spread(samples, *CATEGORICAL_ERRORS["variance"], tolerance=0.15)
+    assert_error_matches_spread(samples, *CATEGORICAL_ERRORS["std"], tolerance=0.15)
+
+
+def test_standard_errors_closed_forms():
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(20, 3))
+    np.testing.assert_allclose(M.mean_standard_error(x), x.std(axis=0, ddof=1) / math.sqrt(20))
+    # Variance: from the 4th central moment, sqrt((m4 - m2^2) / (T - 1)).
+    d = x - x.mean(axis=0)
+    m2, m4 = (d ** 2).mean(axis=0), (d ** 4).mean(axis=0)
+    np.testing.assert_allclose(M.variance_standard_error(x), np.sqrt((m4 - m2 ** 2) / 19))
+    # Variation ratio: binomial, 15 of 20 passes vote for the modal class.
+    votes = np.zeros((20, 1, 3))
+    votes[:15, 0, 1] = votes[15:, 0, 2] = 1.0
+    assert M.variation_ratio(votes)[0] == pytest.approx(0.25)
+    assert M.variation_ratio_standard_error(votes)[0] == pytest.approx(math.sqrt(0.75 * 0.25 / 19))
+
+
+JACKKNIFED = {
+    "std": (lambda x: np.sqrt(M.mean_and_variance(x)[1]), M.standard_deviation_standard_error),
+    "confidence": (lambda x: M.confidence(x.mean(axis=0)), M.confidence_standard_error),
+    "margin": (lambda x: M.margin(x.mean(axis=0)), M.margin_standard_error),
+    "predictive_entropy": (M.predictive_entropy, M.predictive_entropy_standard_error),
+    "mutual_information": (lambda x: M.predictive_entropy(x) - M.expected_entropy(x),
+                           M.mutual_information_standard_error),
+    "bernoulli_entropy": (lambda x: M.bernoulli_entropy(x.mean(axis=0)), M.bernoulli_entropy_standard_error),
+    "bernoulli_mutual_information": (
+        lambda x: M.bernoulli_entropy(x.mean(axis=0)) - M.bernoulli_expected_entropy(x),
+        M.bernoulli_mutual_information_standard_error),
+}
+
+
+@pytest.mark.parametrize("name", JACKKNIFED)
+def test_jackknife_standard_errors_match_a_leave_one_out_loop(name):
+    """The closed-form leave-one-out values equal the measure recomputed without each pass."""
+    measure, standard_error = JACKKNIFED[name]
+    x = random_probs(np.random.default_rng(5), (12, 3), 4)
+    left_out = np.stack([measure(np.delete(x, t, axis=0)) for t in range(12)])
+    expected = np.sqrt(11 / 12 * np.square(left_out - left_out.mean(axis=0)).sum(axis=0))
+    np.testing.assert_allclose(standard_error(x), expected, rtol=1e-9, atol=1e-15)
+
+
+def test_standard_errors_of_constant_and_single_passes():
+    certain = np.zeros((10, 2, 3))
+    certain[..., 0] = 1.0
+    for _, standard_error in CATEGORICAL_ERRORS.values():
+        assert np.all(standard_error(certain) == 0)  # no spread, no NaN from log(0) or 0 / 0
+    for _, standard_error in BERNOULLI_ERRORS.values():
+        assert np.all(standard_error(np.ones((10, 2, 3))) == 0)
+    one_pass = random_probs(np.random.default_rng(6), (1, 2), 3)
+    assert np.isnan(M.mutual_information_standard_error(one_pass)).all()  # one pass: unknown spread
+    assert M.confidence_standard_error(one_pass).shape == (2,)

@@ -300,6 +300,27 @@ def test_rules_and_measures_match_the_python_runtime(sessions):
         "uncertain rule: a catego", "uncertain rule \"confiden", "uncertain rule: margin <"]
 
 
+def test_standard_errors_match_the_python_runtime(sessions):
+    """Node's summarize gives each measure's Monte Carlo standard error as Prediction does."""
+    metadata = sessions["models/cnn.onnx"].info.metadata
+    x = inputs_for(sessions["models/cnn.onnx"], [e["path"] for e in golden()["samples"]])
+    samples = sessions["models/cnn.onnx"].predict(x, passes=30, mask_seed=11).samples
+    python = Prediction.from_samples(samples, "softmax", labels=metadata["labels"])
+    request = {"metadata": metadata, "samples": {"dims": list(samples.shape), "data": samples.ravel().tolist()},
+               "rules": [None]}
+    done = run_node([HOOKS / "summarize.mjs"], input=json.dumps(request))
+    assert done.returncode == 0, done.stderr
+    errors = python.standard_errors
+    assert (errors["mutual_information"] > 0).any()  # not a batch where every error is 0
+    for i, r in enumerate(json.loads(done.stdout)["results"][0]["inputs"]):
+        for name in ("confidence", "margin", "predictive_entropy", "expected_entropy", "mutual_information",
+                     "variation_ratio"):
+            assert r[f"{name}_se"] == pytest.approx(float(errors[name][i]), abs=1e-6), name
+        np.testing.assert_allclose(r["mean_se"], errors["mean"][i], atol=1e-6)
+        np.testing.assert_allclose(r["variance_se"], errors["variance"][i], atol=1e-6)
+        assert r["std_se"] == pytest.approx(float(errors["std"][i][python.measures["label"][i]]), abs=1e-6)
+
+
 # Bad input: one line, no stack trace ------------------------------------------------------------
 
 def _not_mcdrop_onnx(path):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mcdrop.runtime import decision
+from mcdrop.runtime import measures as M
 from mcdrop.runtime import prediction as P
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.prediction import Prediction
@@ -327,3 +328,85 @@ def test_decided_gives_each_heads_label_and_the_confidence_of_that_decision():
     np.testing.assert_allclose(confidence, [0.6], rtol=1e-6)  # the weakest: c at 0.6
     labels, confidence = Prediction.from_samples(np.ones((2, 3, 1), np.float32), "regression").decided()
     assert labels == [None] * 3 and np.isnan(confidence).all()
+
+
+# --- Monte Carlo standard errors ----------------------------------------------------------------
+
+SE_NAMES = {  # the measures with a standard error, per head
+    "softmax": {"std", "confidence", "margin", "predictive_entropy", "expected_entropy", "mutual_information",
+                "variation_ratio", "top_k_probs"},
+    "binary": {"probability", "variance", "std", "entropy", "expected_entropy", "mutual_information"},
+    "multilabel": {"probability", "variance", "std", "entropy", "expected_entropy", "mutual_information"},
+    "regression": {"mean", "std"},
+}
+
+
+@pytest.mark.parametrize("pred", all_heads(), ids=lambda p: p.head)
+def test_every_estimated_measure_has_a_standard_error_beside_it(pred):
+    errors = pred.measure_errors()
+    assert set(errors) == SE_NAMES[pred.head]
+    for name, value in errors.items():
+        assert value.shape == np.shape(pred.measures[name]) and value.dtype == np.float32, name
+        assert np.isfinite(value).all() and (value >= 0).all(), name
+    assert pred.standard_errors["mean"].shape == pred.standard_errors["variance"].shape == pred.mean.shape
+    one = pred.to_dict(1)
+    np.testing.assert_array_equal(np.asarray(one["mean_se"], np.float32), pred.standard_errors["mean"][1])
+    np.testing.assert_array_equal(np.asarray(one["variance_se"], np.float32), pred.standard_errors["variance"][1])
+    for name, value in errors.items():
+        np.testing.assert_array_equal(np.asarray(one["measures"][f"{name}_se"], np.float32), value[1])
+    arrays = pred.arrays()
+    assert arrays["mean_se"].shape == pred.mean.shape
+    assert {f"{name}_se" for name in errors} <= set(arrays)
+    assert pred.decided_standard_error().shape == (len(pred),)
+
+
+def test_standard_errors_are_the_measures_module_estimators():
+    s = categorical_samples()
+    pred = Prediction.from_samples(s, "softmax")
+    x = s.astype(np.float64)
+    for name, function in (("confidence", M.confidence_standard_error),
+                           ("mutual_information", M.mutual_information_standard_error),
+                           ("variation_ratio", M.variation_ratio_standard_error)):
+        np.testing.assert_allclose(pred.standard_errors[name], function(x), rtol=1e-6, err_msg=name)
+    # Input 0 is the same in every pass: nothing to be unsure of; input 2 has one pass apart.
+    assert pred.standard_errors["mutual_information"][0] == 0 == pred.standard_errors["confidence"][0]
+    assert pred.standard_errors["mutual_information"][2] > 0
+    # 3 of 4 passes vote for the modal class: binomial sqrt(0.75 * 0.25 / 3).
+    assert pred.standard_errors["variation_ratio"][2] == pytest.approx(math.sqrt(0.75 * 0.25 / 3), rel=1e-6)
+    np.testing.assert_array_equal(pred.decided_standard_error(), pred.standard_errors["confidence"])
+
+
+def test_decided_standard_error_of_sigmoid_heads_and_regression():
+    binary = Prediction.from_samples(binary_samples(), "binary")
+    np.testing.assert_array_equal(binary.decided_standard_error(), binary.standard_errors["mean"][:, 0])
+    samples = np.zeros((4, 2, 3), np.float32)
+    samples[:, :, 0] = [[0.5], [0.9], [0.5], [0.9]]  # label 0: p 0.7, the weakest decision
+    samples[:, :, 1] = 0.99
+    samples[:, :, 2] = [[0.0], [0.02], [0.0], [0.02]]
+    multilabel = Prediction.from_samples(samples, "multilabel")
+    np.testing.assert_array_equal(multilabel.decided_standard_error(), multilabel.standard_errors["mean"][:, 0])
+    assert np.isnan(Prediction.from_samples(np.ones((3, 2, 1)), "regression").decided_standard_error()).all()
+
+
+def test_standard_errors_of_one_pass_and_of_no_dropout():
+    s = categorical_samples()[:1]
+    one = Prediction.from_samples(s, "softmax")  # one stochastic pass: the spread is unknown
+    assert np.isnan(one.standard_errors["mutual_information"]).all()
+    assert one.to_dict(0)["measures"]["mutual_information_se"] is None  # strict JSON: null
+    deterministic = Prediction.from_samples(s, "softmax", stochastic=False)
+    assert all((value == 0).all() for value in deterministic.standard_errors.values())
+
+
+@pytest.mark.parametrize("head", ["softmax", "binary", "regression"])
+def test_standard_errors_a_few_inputs_at_a_time_equal_all_at_once(head, monkeypatch):
+    rng = np.random.default_rng(7)
+    samples = rng.dirichlet(np.ones(4), size=(6, 10)) if head == "softmax" else \
+        rng.uniform(size=(6, 10, 1)) if head == "binary" else rng.normal(size=(6, 10, 2))
+    whole = Prediction.from_samples(samples, head).standard_errors
+    monkeypatch.setattr(P, "ERROR_CHUNK_BYTES", 3 * 8 * 6 * samples[0, 0].size)  # 3 inputs at a time
+    calls = []
+    monkeypatch.setattr(P.M, "mean_standard_error", lambda x: calls.append(x.shape[1]) or M.standard_error_of_mean(x))
+    pieces = Prediction.from_samples(samples, head).standard_errors
+    assert max(calls) == 3 and 1 in calls and set(pieces) == set(whole)  # 3 + 3 + 3 + 1 inputs
+    for name in whole:
+        np.testing.assert_array_equal(pieces[name], whole[name], err_msg=name)

@@ -787,6 +787,59 @@ function argmax(values) {
   return best;
 }
 
+// Monte Carlo standard errors (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors):
+// a mean over passes gets its terms' sample standard deviation / sqrt(T); a function of the mean
+// gets the jackknife over its leave-one-out values. One pass: NaN (null in JSON).
+function sampleStandardError(terms) {
+  const T = terms.length;
+  if (T < 2) return NaN;
+  const mean = terms.reduce((sum, v) => sum + v, 0) / T;
+  const squares = terms.reduce((sum, v) => sum + (v - mean) ** 2, 0);
+  return Math.sqrt(squares / (T - 1) / T);
+}
+
+function jackknifeStandardError(leftOut) {
+  const T = leftOut.length;
+  if (T < 2) return NaN;
+  const mean = leftOut.reduce((sum, v) => sum + v, 0) / T;
+  return Math.sqrt(((T - 1) / T) * leftOut.reduce((sum, v) => sum + (v - mean) ** 2, 0));
+}
+
+const entropyOf = (p) => -p.reduce((sum, v) => sum + xlogx(v), 0);
+
+function standardErrorsOf(passes, mean, variance, index) {
+  const T = passes.length, C = mean.length;
+  const sums = mean.map((_, c) => passes.reduce((sum, pass) => sum + pass[c], 0));
+  const entropies = passes.map(entropyOf);
+  const entropySum = entropies.reduce((sum, h) => sum + h, 0);
+  // Leave-one-out means and mean entropies (T >= 2 where they are used).
+  const leftOut = passes.map((pass) => pass.map((v, c) => (sums[c] - v) / (T - 1)));
+  const leftOutEntropy = entropies.map((h) => (entropySum - h) / (T - 1));
+  const topTwo = (p) => {
+    const sorted = [...p].sort((a, b2) => b2 - a);
+    return C === 1 ? [sorted[0], 0] : [sorted[0], sorted[1]];
+  };
+  const column = (c) => passes.map((pass) => pass[c]);
+  const votes = passes.map(argmax);
+  const counts = new Array(C).fill(0);
+  for (const v of votes) counts[v] += 1;
+  const modal = argmax(counts);
+  // std of the top class: leaving pass t out removes T / (T - 1) d_t^2 from the sum of squares.
+  const deviations = column(index).map((v) => v - mean[index]);
+  const squares = deviations.reduce((sum, d) => sum + d * d, 0);
+  return {
+    mean_se: mean.map((_, c) => sampleStandardError(column(c))),
+    variance_se: mean.map((m, c) => sampleStandardError(column(c).map((v) => (v - m) ** 2))),
+    std_se: jackknifeStandardError(deviations.map((d) => Math.sqrt(Math.max(squares - (T / (T - 1)) * d * d, 0) / (T - 1)))),
+    confidence_se: jackknifeStandardError(leftOut.map((p) => topTwo(p)[0])),
+    margin_se: jackknifeStandardError(leftOut.map((p) => (C === 1 ? p[0] : topTwo(p)[0] - topTwo(p)[1]))),
+    predictive_entropy_se: jackknifeStandardError(leftOut.map(entropyOf)),
+    expected_entropy_se: sampleStandardError(entropies),
+    mutual_information_se: jackknifeStandardError(leftOut.map((p, t) => entropyOf(p) - leftOutEntropy[t])),
+    variation_ratio_se: sampleStandardError(votes.map((v) => (v === modal ? 1 : 0))),
+  };
+}
+
 function measuresOf(samples, T, B, C, b) {
   const at = (t, c) => samples[(t * B + b) * C + c];
   const mean = new Array(C).fill(0), variance = new Array(C).fill(0);
@@ -822,6 +875,8 @@ function measuresOf(samples, T, B, C, b) {
     variation_ratio: 1 - Math.max(...votes) / T,
     top_class_variance: f(variance[argmax(meanF)]),
     one_minus_confidence: 1 - Math.max(...meanF),
+    standard_errors: standardErrorsOf(Array.from({ length: T }, (_, t) => Array.from({ length: C }, (_, c) => at(t, c))),
+      mean, variance, index),
   };
 }
 
@@ -834,7 +889,9 @@ export function passesOf(samples, index) {
 /**
  * Per input of the batch: {label, index, confidence, mean, variance, std (of the top class),
  * predictive_entropy, expected_entropy, mutual_information, margin, variation_ratio, uncertain,
- * prediction_set (calibrated files with conformal sets), ruleText, ruleSource}, from the outputs of
+ * their Monte Carlo standard errors (mean_se and variance_se per class, std_se of the top class,
+ * confidence_se, margin_se, predictive_entropy_se, expected_entropy_se, mutual_information_se,
+ * variation_ratio_se; NaN with one pass), prediction_set (calibrated files with conformal sets), ruleText, ruleSource}, from the outputs of
  * session.run (its `samples`). The array also carries `ruleText` and `ruleSource` ("override",
  * "calibrated" or "default"). `rule`: text or a parseRule result overriding the file's rule.
  */
@@ -868,6 +925,7 @@ export function summarize(outputs, metadata, { rule } = {}) {
       mutual_information: m.mutual_information,
       margin: m.margin,
       variation_ratio: m.variation_ratio,
+      ...m.standard_errors,
       uncertain: evaluateRule(effective, tested),
       ruleText: effective.text,
       ruleSource: effective.source,
