@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from .attention import call_attention, inner_dropout, is_attention, keras_dropout
 from .noise import ALPHA_P, alpha_affine, as_shape, dims_of, gaussian_dropout_stddev, spec_for
 from .recurrent import is_recurrent, keras_drawn_masks
 from .signature import input_names
@@ -37,6 +38,8 @@ def _one_or_list(outputs):
 
 
 def _keras_call(layer, args, kwargs):
+    if is_attention(layer):  # the query's Keras mask put back (export/attention.py)
+        return call_attention(layer, args, kwargs, keras_dropout(layer))
     return layer(*args, **{**kwargs, "training": True})
 
 
@@ -67,28 +70,44 @@ def keras_masked_samples(model, x, passes, selected=None):
             # Keras draws them as its call would and keeps them cached for that very call.
             recorded.extend(keras_drawn_masks(layer, args))
             return _keras_call(layer, args, kwargs)
-        h = args[0]
+        if is_attention(layer):
+            drop, keras_call = inner_dropout(layer), keras_dropout(layer)
+
+            def recording(p):
+                record(drop, p)
+                return keras_call(p)
+
+            return call_attention(layer, args, kwargs, recording)
+        record(layer, args[0])
+        return _keras_call(layer, args, kwargs)
+
+    def record(layer, h):
         spec = spec_for(layer)
         shape = as_shape(spec.noise_shape(layer, dims_of(h)))
         generator = _seed_generator(layer)
         state = generator.state.numpy()
         if spec.kind == "GaussianNoise":
-            probe = layer(tf.zeros(shape), training=True)
+            probe = own_call(layer, tf.zeros(shape))
             r = probe / layer.stddev
         elif spec.kind == "GaussianDropout":
-            probe = layer(tf.ones(shape), training=True)
+            probe = own_call(layer, tf.ones(shape))
             r = (probe - 1.0) / gaussian_dropout_stddev(layer.rate)
         else:
             # Dropout kinds and AlphaDropout keep an element iff its uniform draw >= rate;
             # 1.0 / 0.0 reproduce exactly that decision.
-            probe = layer(tf.ones(shape), training=True)
+            probe = own_call(layer, tf.ones(shape))
             r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
         generator.state.assign(state)
         recorded.append(r.numpy())
-        return _keras_call(layer, args, kwargs)
 
     samples = _one_or_list(_samples(model, x, passes, noise, selected))
     return samples, recorded
+
+
+def own_call(layer, x):
+    """The layer class's training-mode call, also while an attention layer stands in for its inner
+    Dropout's (export/attention.py)."""
+    return type(layer).call(layer, x, training=True)
 
 
 def _seed_generator(layer):
