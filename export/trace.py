@@ -172,7 +172,8 @@ class Walk:
                 if noise_layers_inside(layer):
                     raise ExportError(
                         f"layer '{layer.name}' ({type(layer).__name__}) hides noise layers inside a custom call; "
-                        "mcdrop cannot reach them"
+                        "mcdrop cannot reach them: call them in the model's own graph (Functional or Sequential) "
+                        "instead of inside the layer's call"
                     )
                 kwargs["training"] = False  # BatchNorm & co. stay in inference mode
             with convertible_ops():
