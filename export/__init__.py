@@ -240,7 +240,7 @@ def build_graph(
     for layer in noise_layers(model):
         rated = inner_dropout(layer) if is_attention(layer) else layer  # the attention dropout's own Dropout
         spec = spec_for(rated)
-        if spec is not None and spec.kind != "GaussianNoise" and spec.strength(rated) >= 1:
+        if spec is not None and not spec.kind.endswith("GaussianNoise") and spec.strength(rated) >= 1:
             raise ExportError(f"layer '{layer.name}' has rate {spec.strength(rated)}: it drops everything")
 
     with untraced_errors():

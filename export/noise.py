@@ -132,12 +132,28 @@ SPECS = {
 }
 
 
+def _time_distributed(inner: NoiseSpec) -> NoiseSpec:
+    """TimeDistributed(noise layer): Keras calls the inner layer once per timestep (a Python loop
+    over a static time axis, keras/src/layers/rnn/time_distributed.py), each call drawing its
+    own [batch, ...] tensor: together one [batch, time, ...] tensor, the inner noise shape per
+    step. The formulas are elementwise, so they apply to all steps at once."""
+    return NoiseSpec(
+        f"TimeDistributed {inner.kind}", inner.distribution,
+        lambda layer: inner.strength(layer.layer),
+        lambda layer, dims: [dims[0], dims[1], *inner.noise_shape(layer.layer, [dims[0], *dims[2:]])[1:]],
+        lambda layer, x, r, on: inner.apply(layer.layer, x, r, on),
+    )
+
+
 def spec_for(layer) -> NoiseSpec | None:
     """The noise spec of a Keras layer, or None for a deterministic layer.
 
     Matched on the class's own name and its bases, so subclasses of Dropout (a common way to
     write "always-on" MC dropout) are recognised too.
     """
+    if type(layer).__name__ == "TimeDistributed" and type(layer).__module__.startswith("keras"):
+        inner = spec_for(layer.layer)
+        return _time_distributed(inner) if inner is not None else None
     for cls in type(layer).__mro__:
         spec = SPECS.get(cls.__name__)
         if spec is not None and cls.__module__.startswith("keras"):

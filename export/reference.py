@@ -9,6 +9,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from ..runtime.errors import ExportError
+
 from .attention import call_attention, inner_dropout, is_attention, keras_dropout
 from .noise import ALPHA_P, alpha_affine, as_shape, dims_of, gaussian_dropout_stddev, spec_for
 from .recurrent import is_recurrent, keras_drawn_masks
@@ -82,26 +84,43 @@ def keras_masked_samples(model, x, passes, selected=None):
         return _keras_call(layer, args, kwargs)
 
     def record(layer, h):
-        spec = spec_for(layer)
-        shape = as_shape(spec.noise_shape(layer, dims_of(h)))
+        if type(layer).__name__ == "TimeDistributed":
+            # Keras's step calls draw one after another from the inner layer's generator.
+            inner = layer.layer
+            generator = _seed_generator(inner)
+            state = generator.state.numpy()
+            if h.shape[1] is None:
+                raise ExportError(f"'{layer.name}': the reference replays TimeDistributed draws on a static time axis")
+            steps = [keras_draw(inner, h[:, i]) for i in range(h.shape[1])]
+            generator.state.assign(state)
+            recorded.append(np.stack(steps, 1))
+            return
         generator = _seed_generator(layer)
         state = generator.state.numpy()
-        if spec.kind == "GaussianNoise":
-            probe = own_call(layer, tf.zeros(shape))
-            r = probe / layer.stddev
-        elif spec.kind == "GaussianDropout":
-            probe = own_call(layer, tf.ones(shape))
-            r = (probe - 1.0) / gaussian_dropout_stddev(layer.rate)
-        else:
-            # Dropout kinds and AlphaDropout keep an element iff its uniform draw >= rate;
-            # 1.0 / 0.0 reproduce exactly that decision.
-            probe = own_call(layer, tf.ones(shape))
-            r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
+        recorded.append(keras_draw(layer, h))
         generator.state.assign(state)
-        recorded.append(r.numpy())
 
     samples = _one_or_list(_samples(model, x, passes, noise, selected))
     return samples, recorded
+
+
+def keras_draw(layer, h):
+    """The standard uniform/normal tensor equivalent to the draw the layer's next training-mode
+    call on h makes (the generator advances, as that call's would)."""
+    spec = spec_for(layer)
+    shape = as_shape(spec.noise_shape(layer, dims_of(h)))
+    if spec.kind == "GaussianNoise":
+        probe = own_call(layer, tf.zeros(shape))
+        r = probe / layer.stddev
+    elif spec.kind == "GaussianDropout":
+        probe = own_call(layer, tf.ones(shape))
+        r = (probe - 1.0) / gaussian_dropout_stddev(layer.rate)
+    else:
+        # Dropout kinds and AlphaDropout keep an element iff its uniform draw >= rate;
+        # 1.0 / 0.0 reproduce exactly that decision.
+        probe = own_call(layer, tf.ones(shape))
+        r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
+    return r.numpy()
 
 
 def own_call(layer, x):

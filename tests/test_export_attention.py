@@ -1,6 +1,7 @@
 """MultiHeadAttention's attention dropout kept live (export/attention.py): parity with Keras for
 the attention zoo (tests/zoo.py), the choice of layers by the attention layer's name, and the
-attention masks' independence across heads and passes and their place in the shared mask set."""
+attention masks' independence across heads and passes and their place in the shared mask set;
+and TimeDistributed(Dropout), one mask per timestep as Keras draws it."""
 
 import subprocess
 import sys
@@ -37,6 +38,9 @@ def test_attention_model_matches_keras(name, tmp_path):
         if layer["name"] in live:  # one [heads, query, key] mask per pass in the shared set
             heads = next(a for a in attention if a.name == layer["name"]).num_heads
             assert layer["mask_shape"][0] == heads and len(layer["mask_shape"]) == 3
+    wrapped = [layer.name for layer in model.layers if isinstance(layer, layers.TimeDistributed)
+               and isinstance(layer.layer, layers.Dropout)]
+    assert [n for n, kind in kinds(result).items() if kind == "TimeDistributed Dropout"] == wrapped
 
 
 def test_mc_layers_picks_the_attention_dropout_alone_with_masks_per_head_and_pass(tmp_path):

@@ -419,7 +419,19 @@ def attention_without_dropout():
     return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
 
 
-# Attention models: tests/test_export_attention.py runs them.
+def time_distributed_dropout_gru():
+    """TimeDistributed(Dense) and TimeDistributed(Dropout) before a GRU: Keras draws one mask per
+    timestep; with noise_shape=(None, 1) a whole step's features drop together."""
+    _seeded()
+    inp = keras.Input((5, 4))
+    x = layers.TimeDistributed(layers.Dense(6, activation="relu"))(inp)
+    x = layers.TimeDistributed(layers.Dropout(0.3), name="step_dropout")(x)
+    x = layers.TimeDistributed(layers.Dropout(0.2, noise_shape=(None, 1)), name="step_drop_all")(x)
+    x = layers.GRU(5)(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+# Attention and TimeDistributed models: tests/test_export_attention.py runs them.
 ATTENTION_ZOO = {
     f.__name__: f
     for f in (
@@ -428,5 +440,6 @@ ATTENTION_ZOO = {
         cross_attention_two_inputs,
         tiny_vit,
         attention_without_dropout,
+        time_distributed_dropout_gru,
     )
 }
