@@ -220,7 +220,7 @@ def build_graph(
     from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs
     from .signature import input_specs
     from .attention import inner_dropout, is_attention
-    from .noise import noise_layers, spec_for
+    from .noise import SPECS, noise_layers, spec_for
     from .randomness import check_no_lost_randomness
     from .trace import layer_graph
 
@@ -239,7 +239,7 @@ def build_graph(
         selected = (selected if selected is not None else {layer.name for layer in noise_layers(model)}) - left_out
     for layer in noise_layers(model):
         rated = inner_dropout(layer) if is_attention(layer) else layer  # the attention dropout's own Dropout
-        spec = spec_for(rated)
+        spec = SPECS["Dropout"] if is_attention(layer) else spec_for(rated)
         if spec is not None and not spec.kind.endswith("GaussianNoise") and spec.strength(rated) >= 1:
             raise ExportError(f"layer '{layer.name}' has rate {spec.strength(rated)}: it drops everything")
 

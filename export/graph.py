@@ -25,7 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from ..runtime.errors import ExportError, first_line
 
 from .attention import call_attention, inner_dropout, is_attention
-from .noise import as_shape, dims_of, spec_for
+from .noise import SPECS, as_shape, dims_of, spec_for
 from .recurrent import RecurrentDraw, call_with_masks, draw_dims, is_recurrent, masks_from_uniform, recurrent_draws, recurrent_kind
 from .signature import input_specs, output_prefixes
 from .trace import Walk, split_passes, tile_passes
@@ -58,7 +58,7 @@ class NoiseCall:
 
     @property
     def spec(self):
-        return spec_for(inner_dropout(self.layer) if is_attention(self.layer) else self.layer)
+        return SPECS["Dropout"] if is_attention(self.layer) else spec_for(self.layer)
 
     @property
     def distribution(self):
@@ -193,11 +193,12 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
                 return call_with_masks(layer, args, kwargs, cell_masks)
             if is_attention(layer):
                 # The attention probabilities [T*B, heads, query, key] get the inner Dropout's op.
-                return call_attention(layer, args, kwargs, lambda p: noisy(inner_dropout(layer), p, index, True))
+                return call_attention(layer, args, kwargs, lambda p: noisy(inner_dropout(layer), p, index, True,
+                                                                          SPECS["Dropout"]))
             return noisy(layer, args[0], index, tiled)
 
-        def noisy(layer, h, index, tiled):
-            spec = spec_for(layer)
+        def noisy(layer, h, index, tiled, spec=None):
+            spec = spec or spec_for(layer)
             dims = spec.noise_shape(layer, dims_of(h, rows))
             # View the draw as [T, B or 1, ...]; h is [1, B, ...] where the passes start here, else
             # [T, B, ...]: the shared set's single row per pass broadcasts over the batch.

@@ -11,7 +11,9 @@ import tensorflow as tf
 
 from ..runtime.errors import ExportError
 
-from .attention import call_attention, inner_dropout, is_attention, keras_dropout
+from .attention import call_attention, is_attention, keras_dropout
+from .attention import keras_draw as attention_draw
+from .attention import seed_generator as attention_seed_generator
 from .noise import ALPHA_P, alpha_affine, as_shape, dims_of, gaussian_dropout_stddev, spec_for
 from .recurrent import is_recurrent, keras_drawn_masks
 from .signature import input_names
@@ -73,10 +75,12 @@ def keras_masked_samples(model, x, passes, selected=None):
             recorded.extend(keras_drawn_masks(layer, args))
             return _keras_call(layer, args, kwargs)
         if is_attention(layer):
-            drop, keras_call = inner_dropout(layer), keras_dropout(layer)
+            keras_call, generator = keras_dropout(layer), attention_seed_generator(layer)
 
             def recording(p):
-                record(drop, p)
+                state = generator.state.numpy()
+                recorded.append(attention_draw(layer, p))
+                generator.state.assign(state)
                 return keras_call(p)
 
             return call_attention(layer, args, kwargs, recording)

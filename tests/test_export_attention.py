@@ -1,5 +1,5 @@
-"""MultiHeadAttention's attention dropout kept live (export/attention.py): parity with Keras for
-the attention zoo (tests/zoo.py), the choice of layers by the attention layer's name, and the
+"""Attention dropout kept live (export/attention.py: MultiHeadAttention, GroupQueryAttention,
+Attention, AdditiveAttention): parity with Keras for the attention zoo (tests/zoo.py), the choice of layers by the attention layer's name, and the
 attention masks' independence across heads and passes and their place in the shared mask set;
 and TimeDistributed(Dropout), one mask per timestep as Keras draws it."""
 
@@ -17,6 +17,7 @@ from conftest import ROOT  # noqa: E402
 from parity import assert_parity, random_node_outputs  # noqa: E402
 from zoo import ATTENTION_ZOO, text_transformer_encoder  # noqa: E402
 from mcdrop.export import export_model  # noqa: E402
+from mcdrop.export.attention import is_attention  # noqa: E402
 from mcdrop.export.validate import validation_inputs  # noqa: E402
 from mcdrop.runtime.errors import ExportError  # noqa: E402
 
@@ -31,13 +32,14 @@ def kinds(result):
 def test_attention_model_matches_keras(name, tmp_path):
     model, kwargs = ATTENTION_ZOO[name]()
     result = assert_parity(model, tmp_path, name, **kwargs)
-    attention = [layer for layer in model.layers if isinstance(layer, layers.MultiHeadAttention)]
+    attention = [layer for layer in model.layers if is_attention(layer)]
     live = [layer.name for layer in attention if layer.dropout > 0]
-    assert [n for n, kind in kinds(result).items() if kind == "MultiHeadAttention dropout"] == live
+    assert [n for n, kind in kinds(result).items() if kind.endswith("Attention dropout")] == live
     for layer in result.metadata["stochastic_layers"]:
-        if layer["name"] in live:  # one [heads, query, key] mask per pass in the shared set
-            heads = next(a for a in attention if a.name == layer["name"]).num_heads
-            assert layer["mask_shape"][0] == heads and len(layer["mask_shape"]) == 3
+        if layer["name"] in live:  # one [heads, query, key] mask per pass in the shared set ([query, key]: one head)
+            heads = getattr(model.get_layer(layer["name"]), "num_query_heads", None) or \
+                getattr(model.get_layer(layer["name"]), "num_heads", 1)
+            assert layer["mask_shape"][0] == heads or len(layer["mask_shape"]) == 2
     wrapped = [layer.name for layer in model.layers if isinstance(layer, layers.TimeDistributed)
                and isinstance(layer.layer, layers.Dropout)]
     assert [n for n, kind in kinds(result).items() if kind == "TimeDistributed Dropout"] == wrapped

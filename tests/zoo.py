@@ -419,6 +419,27 @@ def attention_without_dropout():
     return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
 
 
+def dot_and_additive_attention():
+    """keras.layers.Attention (causal) and AdditiveAttention with dropout, over padded tokens."""
+    _seeded()
+    inp = keras.Input((6,), dtype="int32")
+    x = layers.Embedding(12, 8, mask_zero=True)(inp)
+    dot = layers.Attention(dropout=0.2, use_scale=True, name="dot")([x, x], use_causal_mask=True)
+    additive = layers.AdditiveAttention(dropout=0.3, name="additive")([x, x])
+    x = layers.GlobalAveragePooling1D()(layers.Add()([dot, additive]))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+def grouped_query_attention():
+    """GroupQueryAttention: 4 query heads share 2 key/value heads; its dropout is per query head."""
+    _seeded()
+    inp = keras.Input((5, 8))
+    x = layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2, dropout=0.2,
+                                     name="gqa")(inp, inp)
+    x = layers.GlobalAveragePooling1D()(layers.Add()([inp, x]))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
 def time_distributed_dropout_gru():
     """TimeDistributed(Dense) and TimeDistributed(Dropout) before a GRU: Keras draws one mask per
     timestep; with noise_shape=(None, 1) a whole step's features drop together."""
@@ -441,5 +462,7 @@ ATTENTION_ZOO = {
         tiny_vit,
         attention_without_dropout,
         time_distributed_dropout_gru,
+        dot_and_additive_attention,
+        grouped_query_attention,
     )
 }
