@@ -103,37 +103,10 @@ def _dropout_replaced(layer, dropout):
         backend.random.dropout = original
 
 
-def _with_query_mask(args, kwargs):
-    """MultiHeadAttention reads the query's Keras mask from the query tensor itself (a padded
-    Embedding's `mask_zero`), not from its `query_mask` argument; the walk's tensors (tiled with
-    the passes) carry none, so put the one Keras recorded for this call back on it."""
-    from keras.src import backend
-
-    mask = kwargs.get("query_mask")
-    if mask is None:
-        return args, kwargs
-    args, kwargs = list(args), dict(kwargs)
-    if args:
-        args[0] = _identity(args[0])
-        backend.set_keras_mask(args[0], mask)
-    else:
-        kwargs["query"] = _identity(kwargs["query"])
-        backend.set_keras_mask(kwargs["query"], mask)
-    return args, kwargs
-
-
-def _identity(x):
-    # A new tensor to carry the mask: the one in the walk may be read by other layers too.
-    import tensorflow as tf
-
-    return tf.identity(x)
-
-
 def call_attention(layer, args, kwargs, dropout=None):
     """layer(*args, **kwargs) as in Keras's functional run; with `dropout` (a function of the
     attention probabilities), in training mode with `dropout` applied where Keras applies its
     inner Dropout, else in inference mode."""
-    args, kwargs = _with_query_mask(args, kwargs)
     if dropout is None:
         return layer(*args, **{**kwargs, "training": False})
     with _dropout_replaced(layer, dropout) as used:
