@@ -99,6 +99,9 @@ CASES = {
                                        True),
     "attention dropout applied twice": (lambda: attention(TwiceDroppedAttention, dropout=0.2, name="twice_mha"), "'twice_mha' (TwiceDroppedAttention) applied its "
                                         "attention dropout 2 times", True),
+    "time distributed rnn dropout": (lambda: keras.Sequential([
+        keras.Input((3, 4, 2)), layers.TimeDistributed(layers.LSTM(3, dropout=0.2), name="td_lstm"), layers.Flatten(),
+        layers.Dense(2, activation="softmax")]), "'td_lstm' (TimeDistributed) hides noise", True),
     "attention dropout rate 1": (lambda: attention(dropout=1.0, name="all_mha"), "'all_mha' has rate 1.0", True),
 }
 

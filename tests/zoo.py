@@ -440,6 +440,15 @@ def grouped_query_attention():
     return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
 
 
+def attention_called_twice():
+    """One attention layer called twice: two calls, two independent draws."""
+    _seeded()
+    inp = keras.Input((4, 4))
+    shared = layers.MultiHeadAttention(2, 2, dropout=0.3, name="called_twice")
+    x = shared(shared(inp, inp), inp)
+    return keras.Model(inp, layers.Dense(2, activation="softmax")(layers.Flatten()(x))), {}
+
+
 def time_distributed_dropout_gru():
     """TimeDistributed(Dense) and TimeDistributed(Dropout) before a GRU: Keras draws one mask per
     timestep; with noise_shape=(None, 1) a whole step's features drop together."""
@@ -464,5 +473,6 @@ ATTENTION_ZOO = {
         time_distributed_dropout_gru,
         dot_and_additive_attention,
         grouped_query_attention,
+        attention_called_twice,
     )
 }
