@@ -9,6 +9,7 @@ validation passes (see export.validate).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -18,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.errors import ExportError, ModelFileError, first_line
+from ..runtime.errors import ExportError, McdropError, ModelFileError, first_line
 from ..runtime.metadata import FORMAT_VERSION, describe_preprocessing
 
 from .preprocess import PREPROCESS_MODES, UNKNOWN_PREPROCESS, check_preprocess_options, image_preprocessing
@@ -218,7 +219,8 @@ def build_graph(
 
     from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs
     from .signature import input_specs
-    from .noise import noise_layers, spec_for
+    from .attention import inner_dropout, is_attention
+    from .noise import SPECS, noise_layers, spec_for
     from .randomness import check_no_lost_randomness
     from .trace import layer_graph
 
@@ -230,28 +232,55 @@ def build_graph(
         if unknown:
             raise ExportError(f"--mc-layers: no noise layer named {', '.join(unknown)} (the model has: {', '.join(sorted(known)) or 'none'})")
         selected = set(mc_layers)
+    # An attention layer's dropout is a choice, not lost randomness: naming the layer in
+    # --ignore-random-layers leaves it out, as leaving it out of --mc-layers does.
+    left_out = {layer.name for layer in noise_layers(model) if is_attention(layer)} & set(ignore_random_layers or ())
+    if left_out:
+        selected = (selected if selected is not None else {layer.name for layer in noise_layers(model)}) - left_out
     for layer in noise_layers(model):
-        spec = spec_for(layer)
-        if spec is not None and spec.kind != "GaussianNoise" and spec.strength(layer) >= 1:
-            raise ExportError(f"layer '{layer.name}' has rate {spec.strength(layer)}: it drops everything")
+        rated = inner_dropout(layer) if is_attention(layer) else layer  # the attention dropout's own Dropout
+        spec = SPECS["Dropout"] if is_attention(layer) else spec_for(rated)
+        if spec is not None and not spec.kind.endswith("GaussianNoise") and spec.strength(rated) >= 1:
+            raise ExportError(f"layer '{layer.name}' has rate {spec.strength(rated)}: it drops everything")
 
-    check_no_lost_randomness(model, input_specs(model), {layer.name for layer in noise_layers(model)},
-                             ignore_random_layers)
-    calls = find_noise_calls(model, selected)
+    with untraced_errors():
+        check_no_lost_randomness(model, input_specs(model), {layer.name for layer in noise_layers(model)},
+                                 ignore_random_layers)
+        calls = find_noise_calls(model, selected)
     if not calls and not allow_deterministic:
         raise ExportError(
             "the model has no active stochastic layer (Dropout, SpatialDropout1D/2D/3D, GaussianDropout, "
-            "GaussianNoise, AlphaDropout, StochasticDepth, or LSTM/GRU/SimpleRNN dropout), so every pass is the same; "
-            "pass --deterministic to export it anyway"
+            "GaussianNoise, AlphaDropout, StochasticDepth, LSTM/GRU/SimpleRNN dropout, or MultiHeadAttention "
+            "dropout), so every pass is the same; pass --deterministic to export it anyway"
         )
     opset = OPSET if opset is None else opset
     if not 13 <= opset <= 21:
         raise ExportError(f"--opset {opset}: mcdrop builds graphs for opsets 13 to 21")
     heads = [head] if isinstance(head, str) else list(head)
-    proto, stats = convert(model, heads, calls, selected, opset, repeat_all)
+    with untraced_errors():
+        proto, stats = convert(model, heads, calls, selected, opset, repeat_all)
     variant = masks_as_inputs(proto)
     attach_random_nodes(proto, calls, fresh_seeds(len(calls), seed))
     return proto, variant, calls, {**stats, "selected": selected}
+
+
+@contextlib.contextmanager
+def untraced_errors():
+    """Our own errors raised while TensorFlow traces (the walk runs inside tf.function) come back
+    re-raised by autograph as 'in user code:' and a Python trace; give the user the original line."""
+    try:
+        yield
+    except McdropError as err:
+        original = err
+        while str(original).startswith("in user code:") and isinstance(original.__context__, McdropError):
+            original = original.__context__
+        if original is err and str(err).startswith("in user code:"):
+            # No original to return to: the last line is 'ExportError: <message>'.
+            last = str(err).strip().splitlines()[-1].strip()
+            raise type(err)(last.split(": ", 1)[-1]) from None
+        if original is not err:
+            raise type(original)(*original.args) from None
+        raise
 
 
 def _versions():

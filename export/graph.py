@@ -24,7 +24,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..runtime.errors import ExportError, first_line
 
-from .noise import as_shape, dims_of, spec_for
+from .attention import call_attention, inner_dropout, is_attention
+from .noise import SPECS, as_shape, dims_of, spec_for
 from .recurrent import RecurrentDraw, call_with_masks, draw_dims, is_recurrent, masks_from_uniform, recurrent_draws, recurrent_kind
 from .signature import input_specs, output_prefixes
 from .trace import Walk, split_passes, tile_passes
@@ -48,7 +49,8 @@ def seed_of(node):
 
 @dataclass
 class NoiseCall:
-    """One random tensor of the graph: a noise layer call's, or one mask kind of an RNN call's."""
+    """One random tensor of the graph: a noise layer call's, one mask kind of an RNN call's, or an
+    attention layer call's attention dropout (its inner Dropout's spec)."""
 
     layer: object
     rank: int
@@ -56,7 +58,7 @@ class NoiseCall:
 
     @property
     def spec(self):
-        return spec_for(self.layer)
+        return SPECS["Dropout"] if is_attention(self.layer) else spec_for(self.layer)
 
     @property
     def distribution(self):
@@ -66,11 +68,15 @@ class NoiseCall:
     def kind(self):
         if self.recurrent:
             return f"{recurrent_kind(self.layer)} {self.recurrent.part}"
+        if is_attention(self.layer):
+            return f"{type(self.layer).__name__} dropout"
         return self.spec.kind
 
     @property
     def rate(self):
-        return self.recurrent.rate if self.recurrent else self.spec.strength(self.layer)
+        if self.recurrent:
+            return self.recurrent.rate
+        return self.spec.strength(inner_dropout(self.layer) if is_attention(self.layer) else self.layer)
 
     @property
     def part(self):
@@ -85,6 +91,12 @@ def find_noise_calls(model, selected):
         if is_recurrent(layer):
             calls.extend(NoiseCall(layer, 3, draw) for draw in recurrent_draws(layer))
             return layer(*args, **{**kwargs, "training": False})
+        if is_attention(layer):
+            def probabilities(p):
+                calls.append(NoiseCall(layer, len(p.shape)))
+                return p
+
+            return call_attention(layer, args, kwargs, probabilities)
         calls.append(NoiseCall(layer, len(args[0].shape)))
         return args[0]
 
@@ -179,8 +191,14 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
                                    as_shape([count, rows, features]))
                     cell_masks.append((draw, masks_from_uniform(r, draw.rate * on, draw.count)))
                 return call_with_masks(layer, args, kwargs, cell_masks)
-            h = args[0]
-            spec = spec_for(layer)
+            if is_attention(layer):
+                # The attention probabilities [T*B, heads, query, key] get the inner Dropout's op.
+                return call_attention(layer, args, kwargs, lambda p: noisy(inner_dropout(layer), p, index, True,
+                                                                          SPECS["Dropout"]))
+            return noisy(layer, args[0], index, tiled)
+
+        def noisy(layer, h, index, tiled, spec=None):
+            spec = spec or spec_for(layer)
             dims = spec.noise_shape(layer, dims_of(h, rows))
             # View the draw as [T, B or 1, ...]; h is [1, B, ...] where the passes start here, else
             # [T, B, ...]: the shared set's single row per pass broadcasts over the batch.

@@ -132,12 +132,28 @@ SPECS = {
 }
 
 
+def _time_distributed(inner: NoiseSpec) -> NoiseSpec:
+    """TimeDistributed(noise layer): Keras calls the inner layer once per timestep (a Python loop
+    over a static time axis, keras/src/layers/rnn/time_distributed.py), each call drawing its
+    own [batch, ...] tensor: together one [batch, time, ...] tensor, the inner noise shape per
+    step. The formulas are elementwise, so they apply to all steps at once."""
+    return NoiseSpec(
+        f"TimeDistributed {inner.kind}", inner.distribution,
+        lambda layer: inner.strength(layer.layer),
+        lambda layer, dims: [dims[0], dims[1], *inner.noise_shape(layer.layer, [dims[0], *dims[2:]])[1:]],
+        lambda layer, x, r, on: inner.apply(layer.layer, x, r, on),
+    )
+
+
 def spec_for(layer) -> NoiseSpec | None:
     """The noise spec of a Keras layer, or None for a deterministic layer.
 
     Matched on the class's own name and its bases, so subclasses of Dropout (a common way to
     write "always-on" MC dropout) are recognised too.
     """
+    if type(layer).__name__ == "TimeDistributed" and type(layer).__module__.startswith("keras"):
+        inner = spec_for(layer.layer)
+        return _time_distributed(inner) if inner is not None else None
     for cls in type(layer).__mro__:
         spec = SPECS.get(cls.__name__)
         if spec is not None and cls.__module__.startswith("keras"):
@@ -146,12 +162,16 @@ def spec_for(layer) -> NoiseSpec | None:
 
 
 def is_noise_layer(layer) -> bool:
-    """A layer whose training-mode randomness mcdrop keeps live: a noise layer, or an RNN whose cells
-    have dropout (export/recurrent.py). Rate 0 included: such a layer is simply inactive."""
+    """A layer whose training-mode randomness mcdrop keeps live: a noise layer, an RNN whose cells
+    have dropout (export/recurrent.py), or a MultiHeadAttention with dropout (export/attention.py).
+    Rate 0 included for noise layers: such a layer is simply inactive."""
+    from .attention import attention_rate, is_attention
     from .recurrent import is_recurrent, rnn_parts
 
     if spec_for(layer) is not None:
         return True
+    if is_attention(layer):
+        return attention_rate(layer) > 0
     return is_recurrent(layer) and any(rnn.cell.dropout > 0 or rnn.cell.recurrent_dropout > 0
                                        for _, rnn in rnn_parts(layer))
 
@@ -159,17 +179,23 @@ def is_noise_layer(layer) -> bool:
 def is_active(layer) -> bool:
     """A layer with no random draw is the identity (a noise layer with rate/stddev 0) or plain
     inference (an RNN whose rates are 0, or 1, which Keras's cells ignore): no random node."""
+    from .attention import attention_rate, is_attention
     from .recurrent import is_recurrent, recurrent_draws
 
     spec = spec_for(layer)
     if spec is not None:
         return spec.strength(layer) > 0
+    if is_attention(layer):
+        return 0 < attention_rate(layer) < 1
     return is_recurrent(layer) and bool(recurrent_draws(layer))
 
 
 def noise_layers(model) -> list:
     """Every noise layer of a model (nested models included), not looking inside one: a
-    Bidirectional's own copies of its RNN are part of it."""
+    Bidirectional's own copies of its RNN are part of it, and an attention layer's inner Dropout
+    of it (also with rate 0, when the attention layer is no noise layer)."""
+    from .attention import is_attention
+
     found, seen = [], set()
 
     def visit(layer):
@@ -179,7 +205,7 @@ def noise_layers(model) -> list:
             seen.add(id(sub))
             if is_noise_layer(sub):
                 found.append(sub)
-            else:
+            elif not is_attention(sub):
                 visit(sub)
 
     visit(model)

@@ -9,6 +9,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from ..runtime.errors import ExportError
+
+from .attention import call_attention, is_attention, keras_dropout
+from .attention import keras_draw as attention_draw
+from .attention import seed_generator as attention_seed_generator
 from .noise import ALPHA_P, alpha_affine, as_shape, dims_of, gaussian_dropout_stddev, spec_for
 from .recurrent import is_recurrent, keras_drawn_masks
 from .signature import input_names
@@ -37,6 +42,8 @@ def _one_or_list(outputs):
 
 
 def _keras_call(layer, args, kwargs):
+    if is_attention(layer):  # the query's Keras mask put back (export/attention.py)
+        return call_attention(layer, args, kwargs, keras_dropout(layer))
     return layer(*args, **{**kwargs, "training": True})
 
 
@@ -67,28 +74,63 @@ def keras_masked_samples(model, x, passes, selected=None):
             # Keras draws them as its call would and keeps them cached for that very call.
             recorded.extend(keras_drawn_masks(layer, args))
             return _keras_call(layer, args, kwargs)
-        h = args[0]
-        spec = spec_for(layer)
-        shape = as_shape(spec.noise_shape(layer, dims_of(h)))
+        if is_attention(layer):
+            keras_call, generator = keras_dropout(layer), attention_seed_generator(layer)
+
+            def recording(p):
+                state = generator.state.numpy()
+                recorded.append(attention_draw(layer, p))
+                generator.state.assign(state)
+                return keras_call(p)
+
+            return call_attention(layer, args, kwargs, recording)
+        record(layer, args[0])
+        return _keras_call(layer, args, kwargs)
+
+    def record(layer, h):
+        if type(layer).__name__ == "TimeDistributed":
+            # Keras's step calls draw one after another from the inner layer's generator.
+            inner = layer.layer
+            generator = _seed_generator(inner)
+            state = generator.state.numpy()
+            if h.shape[1] is None:
+                raise ExportError(f"'{layer.name}': the reference replays TimeDistributed draws on a static time axis")
+            steps = [keras_draw(inner, h[:, i]) for i in range(h.shape[1])]
+            generator.state.assign(state)
+            recorded.append(np.stack(steps, 1))
+            return
         generator = _seed_generator(layer)
         state = generator.state.numpy()
-        if spec.kind == "GaussianNoise":
-            probe = layer(tf.zeros(shape), training=True)
-            r = probe / layer.stddev
-        elif spec.kind == "GaussianDropout":
-            probe = layer(tf.ones(shape), training=True)
-            r = (probe - 1.0) / gaussian_dropout_stddev(layer.rate)
-        else:
-            # Dropout kinds and AlphaDropout keep an element iff its uniform draw >= rate;
-            # 1.0 / 0.0 reproduce exactly that decision.
-            probe = layer(tf.ones(shape), training=True)
-            r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
+        recorded.append(keras_draw(layer, h))
         generator.state.assign(state)
-        recorded.append(r.numpy())
-        return _keras_call(layer, args, kwargs)
 
     samples = _one_or_list(_samples(model, x, passes, noise, selected))
     return samples, recorded
+
+
+def keras_draw(layer, h):
+    """The standard uniform/normal tensor equivalent to the draw the layer's next training-mode
+    call on h makes (the generator advances, as that call's would)."""
+    spec = spec_for(layer)
+    shape = as_shape(spec.noise_shape(layer, dims_of(h)))
+    if spec.kind == "GaussianNoise":
+        probe = own_call(layer, tf.zeros(shape))
+        r = probe / layer.stddev
+    elif spec.kind == "GaussianDropout":
+        probe = own_call(layer, tf.ones(shape))
+        r = (probe - 1.0) / gaussian_dropout_stddev(layer.rate)
+    else:
+        # Dropout kinds and AlphaDropout keep an element iff its uniform draw >= rate;
+        # 1.0 / 0.0 reproduce exactly that decision.
+        probe = own_call(layer, tf.ones(shape))
+        r = tf.cast(tf.abs(probe - _dropped_value(layer, spec.kind)) > 1e-4, tf.float32)
+    return r.numpy()
+
+
+def own_call(layer, x):
+    """The layer class's training-mode call, also while an attention layer stands in for its inner
+    Dropout's (export/attention.py)."""
+    return type(layer).call(layer, x, training=True)
 
 
 def _seed_generator(layer):

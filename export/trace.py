@@ -18,6 +18,7 @@ from keras import tree
 
 from ..runtime.errors import ExportError
 
+from .attention import call_attention, inner_dropout, is_attention
 from .convertible_ops import convertible_ops
 from .noise import is_active, is_noise_layer, spec_for
 from .recurrent import is_recurrent, recurrent_draws
@@ -27,6 +28,18 @@ def tile_passes(x, passes):
     """[B, ...] -> [T*B, ...], pass-major (row t*B + b is pass t of input b)."""
     multiples = tf.concat([tf.reshape(tf.cast(passes, tf.int32), [1]), tf.ones([len(x.shape) - 1], tf.int32)], 0)
     return tf.tile(x, multiples)
+
+
+def tile_with_mask(x, passes):
+    """tile_passes, keeping the Keras mask a tensor carries (an Embedding's mask_zero): layers
+    such as MultiHeadAttention read it from the tensor itself, not from their node's arguments."""
+    from keras.src import backend
+
+    tiled = tile_passes(x, passes)
+    mask = backend.get_keras_mask(x)
+    if mask is not None:
+        backend.set_keras_mask(tiled, tile_passes(mask, passes))
+    return tiled
 
 
 def split_passes(y, passes):
@@ -60,7 +73,10 @@ def layer_graph(model):
 
 
 def noise_layers_inside(layer):
-    return [sub for sub in layer._flatten_layers(include_self=False) if is_noise_layer(sub)]
+    """Noise layers a layer's own call would run; an attention layer's inner Dropout is the
+    attention layer's (export/attention.py), and with rate 0 Keras never calls it."""
+    inner = {id(inner_dropout(sub)) for sub in layer._flatten_layers() if is_attention(sub)}
+    return [sub for sub in layer._flatten_layers(include_self=False) if is_noise_layer(sub) and id(sub) not in inner]
 
 
 def draws_of(layer) -> list:
@@ -121,7 +137,8 @@ class Walk:
             # Randomness joins here: every input must carry the T passes.
             if not all(values[id(r)][1] for r in refs):
                 self.tiled_at.append(layer.name)
-            local = {id(r): values[id(r)][0] if values[id(r)][1] else tile_passes(values[id(r)][0], self.passes) for r in refs}
+            local = {id(r): values[id(r)][0] if values[id(r)][1] else tile_with_mask(values[id(r)][0], self.passes)
+                     for r in refs}
             out_tiled = True
         else:
             local = {id(r): values[id(r)][0] for r in refs}
@@ -132,8 +149,12 @@ class Walk:
             self.calls.append(layer)
             outputs = self.noise(layer, args, kwargs, self.draws, not broadcast)
             self.draws += len(draws_of(layer))
+            if spec_for(layer) is not None:
+                keep_mask(args[0], outputs, self.passes if broadcast else None)
         elif spec_for(layer) is not None:
             outputs = args[0]  # inactive or not selected: Keras's inference mode is the identity
+        elif is_attention(layer):
+            outputs = call_attention(layer, args, kwargs)  # attention dropout 0, or left deterministic
         elif is_noise_layer(layer):
             outputs = layer(*args, **{**kwargs, "training": False})  # an RNN left deterministic
         elif sub_model(layer) is not None:
@@ -151,7 +172,8 @@ class Walk:
                 if noise_layers_inside(layer):
                     raise ExportError(
                         f"layer '{layer.name}' ({type(layer).__name__}) hides noise layers inside a custom call; "
-                        "mcdrop cannot reach them"
+                        "mcdrop cannot reach them: call them in the model's own graph (Functional or Sequential) "
+                        "instead of inside the layer's call"
                     )
                 kwargs["training"] = False  # BatchNorm & co. stay in inference mode
             with convertible_ops():
@@ -163,6 +185,16 @@ class Walk:
                 self.activation_floats += per_sample_size(ref.shape)
             else:
                 self.once_floats += per_sample_size(ref.shape)
+
+
+def keep_mask(x, y, passes=None):
+    """A noise layer passes its input's Keras mask on, as Keras's own call does (tiled where the
+    passes start at it)."""
+    from keras.src import backend
+
+    mask = backend.get_keras_mask(x)
+    if mask is not None and backend.get_keras_mask(y) is None:
+        backend.set_keras_mask(y, mask if passes is None else tile_passes(mask, passes))
 
 
 def per_sample_size(shape) -> int:

@@ -24,6 +24,33 @@ class Erfinv(layers.Layer):
         return tf.math.erfinv(tf.clip_by_value(x, -0.5, 0.5))
 
 
+@keras.saving.register_keras_serializable(package="refusals")
+class HiddenDropout(layers.Layer):
+    """A custom layer that calls a Dropout of its own: the walk cannot reach it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.drop = layers.Dropout(0.3)
+
+    def call(self, x, training=None):
+        return self.drop(x, training=training)
+
+
+@keras.saving.register_keras_serializable(package="refusals")
+class TwiceDroppedAttention(layers.MultiHeadAttention):
+    """Attention that applies its attention dropout twice: not Keras's semantics mcdrop keeps."""
+
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None, *args, **kwargs):
+        super()._compute_attention(query, key, value, attention_mask, training, *args, **kwargs)
+        return super()._compute_attention(query, key, value, attention_mask, training, *args, **kwargs)
+
+
+def attention(kind=layers.MultiHeadAttention, **kwargs):
+    inp = keras.Input((3, 4))
+    x = kind(num_heads=2, key_dim=2, **kwargs)(inp, inp)
+    return keras.Model(inp, layers.Dense(2, activation="softmax")(layers.Flatten()(x)))
+
+
 class Subclassed(keras.Model):
     def __init__(self):
         super().__init__()
@@ -67,6 +94,15 @@ CASES = {
     "ambiguous head": (lambda: mlp(layers.Dropout(0.2), head=layers.Dense(3)), "--head", True),
     "lambda layer": (lambda: mlp(layers.Lambda(lambda x: x * 2.0, name="twice"), layers.Dropout(0.2)), "Lambda layer", True),
     "constant output": (constant_output, "same for every input", False),
+    # Found while TensorFlow traces: one line, not autograph's 'in user code:' trace.
+    "noise hidden in a custom layer": (lambda: mlp(HiddenDropout(name="hidden")), "'hidden' (HiddenDropout) hides noise",
+                                       True),
+    "attention dropout applied twice": (lambda: attention(TwiceDroppedAttention, dropout=0.2, name="twice_mha"), "'twice_mha' (TwiceDroppedAttention) applied its "
+                                        "attention dropout 2 times", True),
+    "time distributed rnn dropout": (lambda: keras.Sequential([
+        keras.Input((3, 4, 2)), layers.TimeDistributed(layers.LSTM(3, dropout=0.2), name="td_lstm"), layers.Flatten(),
+        layers.Dense(2, activation="softmax")]), "'td_lstm' (TimeDistributed) hides noise", True),
+    "attention dropout rate 1": (lambda: attention(dropout=1.0, name="all_mha"), "'all_mha' has rate 1.0", True),
 }
 
 
@@ -91,3 +127,40 @@ def test_broken_model_is_refused_in_one_line_and_writes_nothing(case, validate, 
     text = str(caught.value)
     assert message in text and "\n" not in text, text
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+HIDDEN_DROPOUT_FILE = """
+import keras
+
+
+@keras.saving.register_keras_serializable(package="refusals_cli")
+class HiddenDropout(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.drop = keras.layers.Dropout(0.3)
+
+    def call(self, x, training=None):
+        return self.drop(x, training=training)
+"""
+
+
+def test_refusal_found_while_tracing_is_one_line_from_the_cli(tmp_path):
+    import importlib.util
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    layer_file = tmp_path / "hidden_layers.py"
+    layer_file.write_text(HIDDEN_DROPOUT_FILE)
+    spec = importlib.util.spec_from_file_location("refusals_cli_layers", layer_file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    mlp(module.HiddenDropout(name="hidden")).save(tmp_path / "m.keras")
+    done = subprocess.run([sys.executable, "cli.py", "export", tmp_path / "m.keras", "-o", tmp_path / "m.onnx",
+                           "--custom-objects", layer_file], cwd=ROOT, capture_output=True, text=True)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1 and "'hidden' (HiddenDropout) hides noise" in errors[0], done.stderr
+    assert "in user code" not in errors[0] and "\\x0a" not in errors[0]
+    assert not (tmp_path / "m.onnx").exists()

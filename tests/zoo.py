@@ -341,3 +341,138 @@ ZOO = {
         grouped_convolutions_exact_gelu,
     )
 }
+
+
+def _encoder_block(x, heads=2, key_dim=8, rate=0.1, name=None, **attention_kwargs):
+    """One post-norm Transformer encoder block as Keras's tutorials write it."""
+    width = x.shape[-1]
+    attended = layers.MultiHeadAttention(num_heads=heads, key_dim=key_dim, dropout=rate, name=name)(
+        x, x, **attention_kwargs)
+    x = layers.LayerNormalization(epsilon=1e-6)(layers.Add()([x, layers.Dropout(0.1)(attended)]))
+    ffn = layers.Dense(width, activation="gelu")(layers.Dense(2 * width, activation="gelu")(x))
+    return layers.LayerNormalization(epsilon=1e-6)(layers.Add()([x, layers.Dropout(0.1)(ffn)]))
+
+
+def text_transformer_encoder():
+    """Int token ids (0 pads: Embedding's mask_zero reaches the attention as its query, key and
+    value masks), one encoder block with attention dropout, mean over time, softmax."""
+    _seeded()
+    inp = keras.Input((8,), dtype="int32")
+    x = layers.Embedding(20, 16, mask_zero=True)(inp)
+    x = _encoder_block(x, name="attention")
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(layers.Dropout(0.1)(x))), {}
+
+
+def causal_decoder_block():
+    """use_causal_mask=True: each position attends to itself and the past only."""
+    _seeded()
+    inp = keras.Input((6, 4))
+    x = layers.Dense(8)(inp)
+    x = _encoder_block(x, rate=0.2, use_causal_mask=True)
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+def cross_attention_two_inputs():
+    """Queries from one input attend to another of a different length, with an explicit
+    attention_mask input (1 attends, 0 does not) and the scores returned too."""
+    _seeded()
+    queries, context = keras.Input((4, 6), name="queries"), keras.Input((7, 5), name="context")
+    allowed = keras.Input((4, 7), name="allowed")
+    attended, _scores = layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.2, name="cross")(
+        queries, context, attention_mask=allowed, return_attention_scores=True)
+    x = layers.LayerNormalization()(layers.Add()([queries, attended]))
+    x = layers.GlobalAveragePooling1D()(x)
+    return keras.Model([queries, context, allowed], layers.Dense(3, activation="softmax")(x)), {}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class PositionEmbedding(layers.Layer):
+    """A learned position embedding added to the patches, as ViT tutorials write it."""
+
+    def build(self, input_shape):
+        self.positions = self.add_weight(shape=tuple(input_shape[1:]), initializer="random_normal", name="positions")
+
+    def call(self, x):
+        return x + self.positions
+
+
+def tiny_vit():
+    """Strided Conv2D patches, a position embedding, one encoder block, a Dropout head."""
+    _seeded()
+    inp = keras.Input((8, 8, 1))
+    x = layers.Conv2D(8, 4, strides=4)(inp)
+    x = PositionEmbedding()(layers.Reshape((4, 8))(x))
+    x = _encoder_block(x, rate=0.1, name="vit_attention")
+    x = layers.Dropout(0.2)(layers.GlobalAveragePooling1D()(x))
+    # The position embedding is code of this module, trusted here (a user would pass --custom-objects).
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {"trust_model_code": True}
+
+
+def attention_without_dropout():
+    """MultiHeadAttention(dropout=0) still holds an inner Dropout, never called: deterministic."""
+    _seeded()
+    inp = keras.Input((5, 4))
+    x = layers.MultiHeadAttention(num_heads=2, key_dim=4, name="plain_attention")(inp, inp)
+    x = layers.Dropout(0.3)(layers.GlobalAveragePooling1D()(x))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+def dot_and_additive_attention():
+    """keras.layers.Attention (causal) and AdditiveAttention with dropout, over padded tokens."""
+    _seeded()
+    inp = keras.Input((6,), dtype="int32")
+    x = layers.Embedding(12, 8, mask_zero=True)(inp)
+    dot = layers.Attention(dropout=0.2, use_scale=True, name="dot")([x, x], use_causal_mask=True)
+    additive = layers.AdditiveAttention(dropout=0.3, name="additive")([x, x])
+    x = layers.GlobalAveragePooling1D()(layers.Add()([dot, additive]))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+def grouped_query_attention():
+    """GroupQueryAttention: 4 query heads share 2 key/value heads; its dropout is per query head."""
+    _seeded()
+    inp = keras.Input((5, 8))
+    x = layers.GroupQueryAttention(head_dim=4, num_query_heads=4, num_key_value_heads=2, dropout=0.2,
+                                     name="gqa")(inp, inp)
+    x = layers.GlobalAveragePooling1D()(layers.Add()([inp, x]))
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+def attention_called_twice():
+    """One attention layer called twice: two calls, two independent draws."""
+    _seeded()
+    inp = keras.Input((4, 4))
+    shared = layers.MultiHeadAttention(2, 2, dropout=0.3, name="called_twice")
+    x = shared(shared(inp, inp), inp)
+    return keras.Model(inp, layers.Dense(2, activation="softmax")(layers.Flatten()(x))), {}
+
+
+def time_distributed_dropout_gru():
+    """TimeDistributed(Dense) and TimeDistributed(Dropout) before a GRU: Keras draws one mask per
+    timestep; with noise_shape=(None, 1) a whole step's features drop together."""
+    _seeded()
+    inp = keras.Input((5, 4))
+    x = layers.TimeDistributed(layers.Dense(6, activation="relu"))(inp)
+    x = layers.TimeDistributed(layers.Dropout(0.3), name="step_dropout")(x)
+    x = layers.TimeDistributed(layers.Dropout(0.2, noise_shape=(None, 1)), name="step_drop_all")(x)
+    x = layers.GRU(5)(x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+# Attention and TimeDistributed models: tests/test_export_attention.py runs them.
+ATTENTION_ZOO = {
+    f.__name__: f
+    for f in (
+        text_transformer_encoder,
+        causal_decoder_block,
+        cross_attention_two_inputs,
+        tiny_vit,
+        attention_without_dropout,
+        time_distributed_dropout_gru,
+        dot_and_additive_attention,
+        grouped_query_attention,
+        attention_called_twice,
+    )
+}
