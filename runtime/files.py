@@ -117,16 +117,33 @@ def atomic_writer(path):
     try:
         with os.fdopen(fd, "wb") as f:
             yield f
+            f.flush()
+            os.fsync(f.fileno())  # on disk before its name says it is complete (a power cut: old or new)
         os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         if path.is_symlink():  # planted while we wrote: os.replace would swap the link, refuse anyway
             raise InputError(f"{path}: became a symbolic link while being written; not replaced")
         os.replace(temporary, path)
+        sync_folder(path.parent)
     except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         if isinstance(err, OSError) and err.filename in (None, temporary):
             raise OSError(err.errno, err.strerror or first_line(err), given) from err
         raise
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename in it survives a power cut (where the OS allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_stale_temporaries(path: Path) -> None:

@@ -32,6 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, first_line
+from .files import sync_folder
 from .limits import DEFAULT, Limits
 
 try:
@@ -597,6 +598,8 @@ class PartWriter:
     def flush(self) -> None:
         """Close the open part: its rows become a checkpoint."""
         if self._writer is None:
+            if self._file is not None:  # opened, but the Parquet writer never started: nothing to keep
+                self.abandon()
             return
         try:
             self._writer.close()
@@ -608,7 +611,7 @@ class PartWriter:
             self.broken = True
             self.abandon()
             raise self._error(err) from None
-        _sync_folder(self.checkpoint.folder)
+        sync_folder(self.checkpoint.folder)
         self._writer = self._file = None
         self._next, self._rows, self._bytes = self._next + 1, 0, 0
 
@@ -634,20 +637,6 @@ class PartWriter:
     def _error(self, err: OSError) -> InputError:
         return InputError(f"{self.checkpoint.folder}: cannot write ({err.strerror or first_line(err)}); the rows "
                           "written before are kept: --resume continues once it can write there")
-
-
-def _sync_folder(folder: Path) -> None:
-    """fsync a folder, so a rename in it survives a power cut (where the OS allows it)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def merge_parts(checkpoint: Checkpoint, out: Path, schema: "pa.Schema") -> int:

@@ -83,6 +83,8 @@ ARENA_FULL = re.compile(r"requested bytes of (\d+)")
 FAILED_NODE = re.compile(r"while running (\w+) node\. Name:'([^']*)'")
 # onnxruntime's Gather refusing an index ("... idx=12 must be within the inclusive range [-10,9]").
 INDEX_OUTSIDE = re.compile(r"idx=(-?\d+) must be within the inclusive range \[-?\d+,(-?\d+)\]")
+# Distinct feed shapes whose tensor bounds a session remembers as checked (each check: 1-3 ms).
+CHECKED_FEEDS_KEPT = 1024
 # Where onnxruntime looks for external data of a model loaded from bytes (else: the working folder).
 EXTERNAL_DATA_FOLDER = "session.model_external_initializers_file_folder_path"
 
@@ -483,13 +485,17 @@ class MCSession:
     def _check_tensors(self, feed: Dict[str, np.ndarray]) -> None:
         """InputError if a tensor this feed's shapes (and small values: passes) imply is over
         the tensor_mb limit (runtime/tensor_bounds.py); once per distinct feed shape."""
-        key = tuple((name, value.shape, value.tobytes() if value.size <= 16 else None)
+        # Only small integer feeds (passes, token ids) are read as values by the walk: float data in
+        # the key would make every small tabular input a new entry.
+        key = tuple((name, value.shape, value.tobytes() if value.size <= 16 and value.dtype.kind in "iub" else None)
                     for name, value in sorted(feed.items()))
         with self._lock:
             if key in self._checked_feeds:
                 return
         tensor_bounds.check(self._parsed.graph, self.limits, self.path, feed)
         with self._lock:
+            if len(self._checked_feeds) >= CHECKED_FEEDS_KEPT:  # a long-lived session: bounded memory
+                self._checked_feeds.clear()
             self._checked_feeds.add(key)
 
     def _run_error(self, err: BaseException) -> ModelRunError:

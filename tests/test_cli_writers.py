@@ -206,3 +206,15 @@ def test_export_refuses_a_bad_target_before_loading_anything(tmp_path, name, mes
     result = invoke("export", source, "-o", tmp_path / name)
     assert_one_error(result, message)
     assert source.read_bytes() == b"not read"
+
+
+def test_the_writer_syncs_the_file_before_its_name_says_it_is_complete(tmp_path, monkeypatch):
+    # A power cut after the rename must find the old file or the whole new one, never an empty one.
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append("replace"), real_replace(a, b))[1])
+    with files.atomic_writer(tmp_path / "r.json") as f:
+        f.write(b"{}")
+    assert events[:2] == ["fsync", "replace"] and (tmp_path / "r.json").read_bytes() == b"{}"
+    assert events.count("fsync") == 2  # the file, then its folder (the rename itself)

@@ -348,3 +348,15 @@ def test_onnxruntime_refusing_a_token_id_is_one_line_naming_the_input(tmp_path, 
     with pytest.raises(McdropError, match=r"input 'input' holds a token id outside the model's vocabulary of 10 "
                                           r"\(ids 0 to 9\): onnxruntime got 12 in node 'embedding/Gather' \(Gather\)$"):
         MCSession(embedding_model(tmp_path, table_from, ids_from)).predict(ids, passes=2)
+
+
+def test_small_float_inputs_do_not_make_every_call_a_new_bounds_check(toy_model_path):
+    # The bounds walk reads small integer feeds only: float rows must share one checked shape, or a
+    # long-lived session predicting one tabular row at a time would redo the walk and grow forever.
+    from mcdrop.runtime.session import MCSession
+
+    session = MCSession(toy_model_path, threads=1)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        session.predict(rng.normal(size=(1, 4)).astype(np.float32), passes=3)
+    assert len(session._checked_feeds) == 1
