@@ -350,19 +350,21 @@ def _repeated_varints(view, wire: int, value) -> List[int]:
 
 
 def _repeated_floats(view, wire: int, value) -> List[float]:
-    if wire == FIXED32:
-        return [value]
-    if wire != LENGTH or (value[1] - value[0]) % 4:
-        return []
-    return list(struct.unpack(f"<{(value[1] - value[0]) // 4}f", view[value[0]:value[1]]))
+    return _repeated_fixed(view, wire, value, FIXED32, "f")
 
 
 def _repeated_fixed64(view, wire: int, value) -> List[int]:
-    if wire == FIXED64:
+    return _repeated_fixed(view, wire, value, FIXED64, "Q")
+
+
+def _repeated_fixed(view, wire: int, value, fixed_wire: int, code: str) -> list:
+    """A repeated fixed-width field: one value, or a packed run of them (little-endian `code`)."""
+    if wire == fixed_wire:
         return [value]
-    if wire != LENGTH or (value[1] - value[0]) % 8:
+    width = struct.calcsize(code)
+    if wire != LENGTH or (value[1] - value[0]) % width:
         return []
-    return list(struct.unpack(f"<{(value[1] - value[0]) // 8}Q", view[value[0]:value[1]]))
+    return list(struct.unpack(f"<{(value[1] - value[0]) // width}{code}", view[value[0]:value[1]]))
 
 
 def _entry(view, span) -> Tuple[str, bytes]:

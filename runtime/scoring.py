@@ -331,15 +331,30 @@ def check_output(out, engine: str = "local", resume: bool = False, overwrite: bo
     unfinished = folder.exists()
     if resume and not unfinished:
         if finished:
-            raise InputError(f"{out}: is finished, nothing to resume; --overwrite scores it again")
-        raise InputError(f"--resume: no unfinished job at {folder}; run without --resume to start one")
+            raise _finished_refusal(out, resume=True)
+        raise _nothing_to_resume(folder)
     if not resume and not overwrite:
         if unfinished:
-            raise InputError(f"{folder} holds an unfinished job's rows; continue it with --resume, or start "
-                             "again with --overwrite")
+            raise _unfinished_refusal(folder)
         if finished:
-            raise InputError(f"{out}: exists; --overwrite replaces it (or choose another --out)")
+            raise _finished_refusal(out, resume=False)
     return out
+
+
+def _finished_refusal(out: Path, resume: bool) -> InputError:
+    """A finished OUT is replaced only with --overwrite (checked before the lock and again under it)."""
+    if resume:
+        return InputError(f"{out}: is finished, nothing to resume; --overwrite scores it again")
+    return InputError(f"{out}: exists; --overwrite replaces it (or choose another --out)")
+
+
+def _unfinished_refusal(folder: Path) -> InputError:
+    return InputError(f"{folder} holds an unfinished job's rows; continue it with --resume, or start again with "
+                      "--overwrite")
+
+
+def _nothing_to_resume(folder: Path) -> InputError:
+    return InputError(f"--resume: no unfinished job at {folder}; run without --resume to start one")
 
 
 def _finished(out: Path) -> bool:
@@ -394,7 +409,7 @@ class Checkpoint:
         created = False
         if not self.folder.exists():
             if resume:
-                raise InputError(f"--resume: no unfinished job at {self.folder}; run without --resume to start one")
+                raise _nothing_to_resume(self.folder)
             try:
                 self.folder.mkdir()
                 created = True
@@ -407,8 +422,7 @@ class Checkpoint:
             self._check_names()
             if not overwrite and not (self.folder / JOB_FILE).exists() and _finished(self.out):
                 # another job finished OUT since check_output looked (it removes its checkpoint last)
-                raise InputError(f"{self.out}: is finished, nothing to resume; --overwrite scores it again" if resume
-                                 else f"{self.out}: exists; --overwrite replaces it (or choose another --out)")
+                raise _finished_refusal(self.out, resume)
             if not created:
                 self._open_existing(resume, overwrite)
             if not (self.folder / JOB_FILE).exists():
@@ -423,8 +437,7 @@ class Checkpoint:
             self._remove_files()
             return
         if not resume:
-            raise InputError(f"{self.folder} holds an unfinished job's rows; continue it with --resume, or start "
-                             "again with --overwrite")
+            raise _unfinished_refusal(self.folder)
         earlier = read_job(self.folder)
         if earlier is None:
             if self.parts():
