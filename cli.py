@@ -514,7 +514,7 @@ def info(
             typer.echo(f"{kind[:-1]:<16} {terminal_safe(name)} [{shown}]")
     for layer in meta.stochastic_layers:
         typer.echo(terminal_safe(f"stochastic layer {layer.name} ({layer.kind}, rate {layer.rate})"))
-    from .runtime.metadata import describe_preprocessing
+    from .runtime.format.metadata import describe_preprocessing
 
     typer.echo(f"preprocessing    {describe_preprocessing(document['preprocessing'])}")
     for passed in document.get("checks", []):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import stat
 import tempfile
@@ -20,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..runtime.errors import ExportError, McdropError, ModelFileError, first_line
-from ..runtime.metadata import FORMAT_VERSION, describe_preprocessing
+from ..runtime.format.metadata import describe_preprocessing
+from ..runtime.format.rules import FORMAT_VERSION, labels_problem
 
 from .preprocess import PREPROCESS_MODES, UNKNOWN_PREPROCESS, check_preprocess_options, image_preprocessing
 
@@ -200,9 +200,9 @@ def read_labels(path, head, units):
     except UnicodeDecodeError as err:
         raise ExportError(f"{path}: labels file is not UTF-8 text ({first_line(err)})") from None
     labels = [line.strip() for line in text.splitlines() if line.strip()]
-    wanted = 2 if head == "binary" else units
-    if head == "regression" or len(labels) != wanted:
-        raise ExportError(f"{path}: {len(labels)} labels for a {head} head with {wanted} outputs")
+    problem = labels_problem(len(labels), head, units)
+    if problem:
+        raise ExportError(f"{path}: {problem}")
     return labels
 
 
@@ -215,7 +215,7 @@ def build_graph(
 
     A layer that draws random numbers mcdrop cannot keep live is an ExportError unless it is
     named in ignore_random_layers (export/randomness.py)."""
-    from ..runtime.seeds import fresh_seeds
+    from ..runtime.format.seeds import fresh_seeds
 
     from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs
     from .signature import input_specs
@@ -334,7 +334,7 @@ def build_metadata(model, source, outputs, passes, calls, extras, preprocessing,
             layers[-1].update(mask_offset=place["offset"], mask_shape=place["shape"])
     mask_set = None
     if extras["mask_layout"] is not None:
-        from ..runtime.masks import GENERATOR
+        from ..runtime.format.mask_sets import GENERATOR
 
         mask_set = {"generator": GENERATOR, "floats_per_pass": extras["mask_floats"]}
     return {
@@ -361,15 +361,15 @@ def build_metadata(model, source, outputs, passes, calls, extras, preprocessing,
 
 
 def attach_metadata(proto, metadata):
+    """The metadata, with each random node's seed, written as the file's "mcdrop" entry."""
+    from ..runtime.format.metadata_writer import write_metadata
+
     from .graph import random_nodes, seed_of
 
     seeds = {n.name: seed_of(n) for n in random_nodes(proto.graph)}
     for layer in metadata["stochastic_layers"]:
         layer["seed"] = seeds[layer["random_node"]]
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = "mcdrop", json.dumps(metadata)
-    proto.producer_name, proto.producer_version = "mcdrop", VERSION
+    write_metadata(proto, metadata, producer_version=VERSION)
 
 
 def write_atomically(data: bytes, output):
@@ -404,7 +404,7 @@ def export_model(
     custom_objects=None,
     progress=lambda msg: None,
 ) -> ExportReport:
-    from ..runtime.integrity import seal
+    from ..runtime.format.integrity import seal
 
     from .heads import resolve_heads
     from .signature import ModelOutput, output_names, output_prefixes, per_output

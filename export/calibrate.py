@@ -9,7 +9,6 @@ See docs/FORMAT.md (Calibration) for what is written, and runtime/calibration.py
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import warnings
@@ -20,7 +19,6 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..runtime.errors import InputError, ValidationError
-from ..runtime.metadata import METADATA_KEY
 from ..runtime.report import rounded_rule
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
@@ -73,7 +71,8 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from ..runtime import calibration as C
     from ..runtime.datasets import load_labelled, pick_output
     from ..runtime.files import check_writable_target, read_regular
-    from ..runtime.integrity import seal
+    from ..runtime.format.integrity import seal
+    from ..runtime.format.metadata_writer import metadata_of, write_metadata
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
 
@@ -108,10 +107,10 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         except Exception as err:  # checked above; only a parser disagreement lands here
             raise InputError(f"{source}: onnx cannot parse it ({err})") from None
         strip_calibration(proto)
-        metadata = json.loads(next(e.value for e in proto.metadata_props if e.key == METADATA_KEY))
+        metadata = metadata_of(proto)
         for entry in metadata.get("outputs") or []:
             entry.pop("calibration", None)
-        _set_metadata(proto, metadata)
+        write_metadata(proto, metadata)
         plain = seal(proto.SerializeToString())
         original.write_bytes(plain)
         session = MCSession(original, seed=seed, limits=limits)
@@ -140,7 +139,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         else:  # a file from before the outputs list: write the list with its one output
             metadata["outputs"] = [{"name": chosen.name, "prefix": "", "head": chosen.head, "labels": chosen.labels,
                                     "shape": list(chosen.shape), "calibration": fitted}]
-        _set_metadata(proto, metadata)
+        write_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
         checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
     from ..runtime.files import atomic_writer
@@ -158,8 +157,8 @@ def _verified(source_bytes: bytes, path: str, verify: bool) -> bool:
     """Whether the source's checksum holds; without it a ModelFileError naming `path`, unless
     verify=False (--no-verify), which returns False instead."""
     from ..runtime.errors import ModelFileError
-    from ..runtime.integrity import verify as check_checksum
-    from ..runtime.onnx_file import read_model
+    from ..runtime.format.integrity import verify as check_checksum
+    from ..runtime.format.onnx_file import read_model
 
     parsed = read_model(source_bytes, path)  # not ONNX at all: that error, not a checksum's
     try:
@@ -314,10 +313,3 @@ def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, 
                                   f"{disagree} of {len(prediction)} inputs")
         checks.append(f"graph's uncertain output = the rule ({disagree} of {len(prediction)} differ)")
     return checks
-
-
-def _set_metadata(proto, metadata: dict) -> None:
-    """The "mcdrop" entry (the checksum entry is dropped: seal writes it again)."""
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)

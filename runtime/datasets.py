@@ -28,7 +28,7 @@ from .inputs import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model,
                      _check_zip_directory, _header_reader, _npz_members, _read_array, _read_exactly,
                      load_inputs, npz_names)
 from .limits import DEFAULT, Limits
-from .metadata import ModelInfo, ModelOutput
+from .format.metadata import ModelInfo, ModelOutput
 
 Batch = Union[np.ndarray, Dict[str, np.ndarray]]
 Failures = Optional[List[Tuple[str, str]]]

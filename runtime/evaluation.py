@@ -15,7 +15,7 @@ import numpy as np
 from . import metrics
 from .datasets import Batch, LabelledSet, batch_size, take
 from .decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
-from .metadata import ModelOutput
+from .format.metadata import ModelOutput
 from .prediction import MODEL_WIDE, Prediction
 
 MODES = ("mc", "deterministic")

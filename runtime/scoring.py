@@ -108,7 +108,7 @@ def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int
     """The job's options, checked against the session's file. Masks are shared wherever the file
     takes a mask set; the mask seed defaults to that of the unfinished job in `resume_from` (a
     checkpoint folder), else the session's."""
-    from . import masks as mask_sets
+    from .format import mask_sets
 
     passes = session._check_passes(passes)
     shared = session.default_masks == "shared"

@@ -31,7 +31,7 @@ from . import inputs as image_inputs
 from .errors import InputError, first_line
 from .files import open_regular, valid_text as display_name
 from .limits import DEFAULT, Limits
-from .metadata import ModelInfo
+from .format.metadata import ModelInfo
 
 LIST_EXTENSIONS = (".parquet", ".csv")
 # The column of a Parquet / CSV list that holds image paths (or its only column), and its optional ids.

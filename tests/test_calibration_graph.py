@@ -17,7 +17,7 @@ from onnx import TensorProto, helper
 from conftest import ROOT
 from mcdrop.export.calibration_graph import (CALIBRATION_PREFIX, TINY, UNCERTAIN_MEASURES, add_calibration,
                                       is_calibrated, strip_calibration)
-from mcdrop.runtime.masks import control_feeds
+from mcdrop.runtime.format.mask_sets import control_feeds
 from toy_model import HEADS, build_toy_model
 
 X = (np.random.default_rng(7).normal(size=(12, 4)) * 2).astype(np.float32)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from mcdrop.runtime import calibration as C
 from mcdrop.runtime import metrics
-from mcdrop.runtime.masks import control_feeds
+from mcdrop.runtime.format.mask_sets import control_feeds
 from mcdrop.runtime.session import MCSession
 
 ROOT = Path(__file__).resolve().parent.parent

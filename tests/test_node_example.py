@@ -16,9 +16,9 @@ from PIL import Image
 
 from mcdrop.runtime import decision
 from mcdrop.runtime.inputs import _pixels, load_inputs
-from mcdrop.runtime.metadata import Preprocessing
+from mcdrop.runtime.format.metadata import Preprocessing
 from mcdrop.runtime.prediction import Prediction
-from mcdrop.runtime.seeds import MINSTD_MODULUS, find_seeds
+from mcdrop.runtime.format.seeds import MINSTD_MODULUS, find_seeds
 from mcdrop.runtime.session import MCSession
 from js_support import (EXAMPLES, INFER_JS, LIVE_ATOL, NODE_TIMEOUT, ROOT, assert_mc_agrees, golden, golden_input,
                         int8_mean_tolerance, node, run_node, start_node)

@@ -29,8 +29,8 @@ import keras  # noqa: E402
 from mcdrop import export  # noqa: E402
 from mcdrop.export.model_code import MAX_NESTING, check_model_code, find_code  # noqa: E402
 from mcdrop.runtime.errors import ModelFileError, UnsafeModelError  # noqa: E402
-from mcdrop.runtime.integrity import verify  # noqa: E402
-from mcdrop.runtime.onnx_file import _length_field, read_model  # noqa: E402
+from mcdrop.runtime.format.integrity import verify  # noqa: E402
+from mcdrop.runtime.format.onnx_file import _length_field, read_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .onnx_file import ModelFile, read_model
 
 # onnxruntime casts the float to uint32 and seeds a std::minstd_rand0 generator with it (libstdc++

@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 RANDOM_OPS = ("RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli", "Multinomial")
 # Graphs nest through If / Loop / Scan attributes; real models go a few levels deep.
