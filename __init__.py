@@ -19,8 +19,7 @@ from .runtime.errors import DeviceError, InputError, McdropError, ModelFileError
 _LAZY = {
     **dict.fromkeys(runtime._LAZY, ".runtime"),
     "export_model": ".export",
-    "calibrate_model": ".export.calibrate",
-    "evaluate": ".runtime.evaluation",
+    "calibrate_model": ".calibrate.command",
 }
 
 __all__ = ["McdropError", "InputError", "ModelFileError", "ModelRunError", "UnsafeModelError", "DeviceError",

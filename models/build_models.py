@@ -156,10 +156,10 @@ def calibrate_and_evaluate(test_img, test_y):
     other half, on OOD inputs and on shifted digits. Plots go to models/evaluation/."""
     import tempfile
 
-    from mcdrop.export.calibrate import calibrate_model
-    from mcdrop.runtime.datasets import load_labelled
-    from mcdrop.runtime.evaluation import evaluate
-    from mcdrop.runtime.report import write_report
+    from mcdrop.calibrate.command import calibrate_model
+    from mcdrop.evaluate.labelled_sets import load_labelled
+    from mcdrop.evaluate.evaluation import evaluate
+    from mcdrop.evaluate.report import write_report
     from mcdrop.runtime.session import MCSession
 
     cal_img, cal_y, eval_img, eval_y = calibration_split(test_img, test_y)

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from mcdrop.runtime import calibration as C
-from mcdrop.runtime import metrics
+from mcdrop.calibrate import fitting as C
+from mcdrop.evaluate import metrics
 from mcdrop.runtime.format.mask_sets import control_feeds
 from mcdrop.runtime.session import MCSession
 

@@ -19,7 +19,7 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..runtime.errors import InputError, ValidationError
-from ..runtime.report import rounded_rule
+from ..evaluate.report import rounded_rule
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
 # uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
@@ -68,27 +68,18 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`."""
     import onnx
 
-    from ..runtime import calibration as C
-    from ..runtime.datasets import load_labelled, pick_output
+    from . import fitting as C
+    from ..evaluate.labelled_sets import load_labelled, pick_output
     from ..runtime.files import check_writable_target, read_regular
     from ..runtime.format.integrity import seal
     from ..runtime.format.metadata_writer import metadata_of, write_metadata
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
 
-    from .calibration_graph import UNCERTAIN_MEASURES, add_calibration, strip_calibration
+    from .graph import add_calibration, strip_calibration
 
     limits = limits or DEFAULT
-    if target_accuracy is not None and target_coverage is not None:
-        raise InputError("give --target-accuracy or --target-coverage, not both")
-    for name, value in (("--target-accuracy", target_accuracy), ("--target-coverage", target_coverage),
-                        ("--target-precision", target_precision)):
-        if value is not None and not 0 < value <= 1:
-            raise InputError(f"{name} must lie in (0, 1], got {value}")
-    if conformal is not None and not 0 < conformal < 1:
-        raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
-    if measure not in UNCERTAIN_MEASURES:  # the scores the graph's uncertain output can compute
-        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES)}")
+    _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure)
     check_writable_target(Path(output))
 
     # The file as it was exported: calibration nodes and metadata removed.
@@ -153,6 +144,22 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     return CalibrationReport(str(output), chosen.head, fitted, checks)
 
 
+def _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure) -> None:
+    """The targets and the measure, checked before anything is read."""
+    from .graph import UNCERTAIN_MEASURES
+
+    if target_accuracy is not None and target_coverage is not None:
+        raise InputError("give --target-accuracy or --target-coverage, not both")
+    for name, value in (("--target-accuracy", target_accuracy), ("--target-coverage", target_coverage),
+                        ("--target-precision", target_precision)):
+        if value is not None and not 0 < value <= 1:
+            raise InputError(f"{name} must lie in (0, 1], got {value}")
+    if conformal is not None and not 0 < conformal < 1:
+        raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
+    if measure not in UNCERTAIN_MEASURES:  # the scores the graph's uncertain output can compute
+        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES)}")
+
+
 def _verified(source_bytes: bytes, path: str, verify: bool) -> bool:
     """Whether the source's checksum holds; without it a ModelFileError naming `path`, unless
     verify=False (--no-verify), which returns False instead."""
@@ -189,7 +196,7 @@ def _user_paths(names: dict):
 
 def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
     """Samples [T, n, units] of the uncalibrated file (T = 1 without dropout)."""
-    from ..runtime.evaluation import predict_all
+    from ..evaluate.evaluation import predict_all
 
     samples = predict_all(session, x, output, passes, dropout, keep_samples=True).samples
     return samples.reshape(samples.shape[0], samples.shape[1], -1)
@@ -197,7 +204,7 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
 
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
     """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
-    from ..runtime import metrics
+    from ..evaluate import metrics
     from ..runtime.decision import default_rule, scores
     from ..runtime.prediction import Prediction
 
@@ -256,17 +263,7 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     else:
         achieved = {"nll_before": metrics.bernoulli_negative_log_likelihood(before, y),
                     "nll_after": metrics.bernoulli_negative_log_likelihood(after, y)}
-        thresholds, per_label = [], []
-        for j in range(after.shape[-1]):
-            if target_precision is not None:
-                found = C.threshold_for_precision(after[:, j], y[:, j], target_precision)
-                if found["threshold"] is None:
-                    raise InputError(f"--target-precision {target_precision}: label {j} never reaches it on the "
-                                     "calibration set; lower the target")
-            else:
-                found = C.best_f1_threshold(after[:, j], y[:, j])
-            thresholds.append(float(np.float32(found["threshold"])))
-            per_label.append({key: found[key] for key in ("precision", "recall", "f1")})
+        thresholds, per_label = _label_thresholds(after, y, target_precision, C)
         fitted["thresholds"] = thresholds
         fitted["target"] = {"precision": target_precision} if target_precision is not None else {"f1": "max"}
         rule = default_rule(head)
@@ -278,11 +275,28 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     return fitted
 
 
+def _label_thresholds(probabilities, y, target_precision, C):
+    """One decision threshold per label of a sigmoid head (the best F1, or the lowest reaching
+    target_precision), with each label's precision, recall and F1 at it."""
+    thresholds, per_label = [], []
+    for j in range(probabilities.shape[-1]):
+        if target_precision is not None:
+            found = C.threshold_for_precision(probabilities[:, j], y[:, j], target_precision)
+            if found["threshold"] is None:
+                raise InputError(f"--target-precision {target_precision}: label {j} never reaches it on the "
+                                 "calibration set; lower the target")
+        else:
+            found = C.best_f1_threshold(probabilities[:, j], y[:, j])
+        thresholds.append(float(np.float32(found["threshold"])))
+        per_label.append({key: found[key] for key in ("precision", "recall", "f1")})
+    return thresholds, per_label
+
+
 def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, seed, limits, C) -> List[str]:
     """The runtime's load checks, live randomness, and the calibrated deterministic pass equal to
     the numpy temperature scaling of the uncalibrated one; the graph's decision outputs equal the
     runtime's."""
-    from ..runtime.datasets import take
+    from ..evaluate.labelled_sets import take
     from ..runtime.errors import ModelFileError
     from ..runtime.session import MCSession
 
