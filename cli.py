@@ -177,7 +177,7 @@ def infer(
         raise InputError(f"--out {out}: is one of the inputs; writing the results there would replace it")
     _check_run_options(limits, passes, max_chunk_mb, threads)
     for name, value in (("--seed", seed), ("--mask-seed", mask_seed)):
-        if value is not None and not 0 <= value < 2**64:  # runtime/masks.py: MAX_SEED
+        if value is not None and not 0 <= value < 2**64:  # runtime/format/mask_sets.py: MAX_SEED
             raise InputError(f"{name} must be an integer from 0 to 2**64 - 1, got {value}")
     if top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {top_k}")

@@ -3,7 +3,7 @@ both into a copy of an mcdrop file (graph and metadata), validated and written a
 
 Needs onnx and scipy (the `evaluate` extra), never TensorFlow. A calibrated file is refitted from
 its uncalibrated graph: the calibration nodes and metadata are stripped first, so fits never stack.
-See docs/FORMAT.md (Calibration) for what is written, and runtime/calibration.py for the math.
+See docs/FORMAT.md (Calibration) for what is written, and calibrate/fitting.py for the math.
 """
 
 from __future__ import annotations
@@ -106,12 +106,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         original.write_bytes(plain)
         session = MCSession(original, seed=seed, limits=limits)
         chosen = pick_output(session.info, output_name)
-        if chosen.head == "regression":
-            raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
-                             "thresholds are for classifier heads")
-        if chosen.head in ("binary", "multilabel") and (target_accuracy or target_coverage or conformal):
-            raise InputError(f"{chosen.head} heads get per-label thresholds (--target-precision or best F1); "
-                             "--target-accuracy, --target-coverage and --conformal are for softmax and logits heads")
+        _check_head(chosen, target_accuracy or target_coverage or conformal)
         labelled = load_labelled(data, session.info, chosen, limits)
         progress(f"predicting {len(labelled)} calibration inputs")
         samples = _samples(session, labelled.x, chosen, passes, True)
@@ -124,12 +119,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
         fitted["graph_outputs"] = graph_outputs
-        entries = metadata.get("outputs")
-        if entries:
-            next(e for e in entries if e["name"] == chosen.name)["calibration"] = fitted
-        else:  # a file from before the outputs list: write the list with its one output
-            metadata["outputs"] = [{"name": chosen.name, "prefix": "", "head": chosen.head, "labels": chosen.labels,
-                                    "shape": list(chosen.shape), "calibration": fitted}]
+        _set_calibration(metadata, chosen, fitted)
         write_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
         checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
@@ -142,6 +132,27 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     if not sealed:
         checks.append("written without an integrity checksum: the source did not verify")
     return CalibrationReport(str(output), chosen.head, fitted, checks)
+
+
+def _check_head(chosen, categorical_targets) -> None:
+    """The chosen output's head takes calibration, and the targets given (categorical_targets:
+    --target-accuracy, --target-coverage or --conformal) are for its kind."""
+    if chosen.head == "regression":
+        raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
+                         "thresholds are for classifier heads")
+    if chosen.head in ("binary", "multilabel") and categorical_targets:
+        raise InputError(f"{chosen.head} heads get per-label thresholds (--target-precision or best F1); "
+                         "--target-accuracy, --target-coverage and --conformal are for softmax and logits heads")
+
+
+def _set_calibration(metadata: dict, chosen, fitted: dict) -> None:
+    """The chosen output's "calibration" entry in the metadata (docs/FORMAT.md: Calibration)."""
+    entries = metadata.get("outputs")
+    if entries:
+        next(e for e in entries if e["name"] == chosen.name)["calibration"] = fitted
+    else:  # a file from before the outputs list: write the list with its one output
+        metadata["outputs"] = [{"name": chosen.name, "prefix": "", "head": chosen.head, "labels": chosen.labels,
+                                "shape": list(chosen.shape), "calibration": fitted}]
 
 
 def _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure) -> None:

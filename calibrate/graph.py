@@ -129,53 +129,12 @@ def _temperature_nodes(b, graph, samples, uncalibrated, temperature, determinist
     return producers[0], b.take_nodes()
 
 
-def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int, *,
-                    temperature: Optional[float] = None,
-                    deterministic_temperature: Optional[float] = None,
-                    uncertain: Optional[Tuple[str, float]] = None,
-                    conformal_quantile: Optional[float] = None,
-                    thresholds: Optional[Sequence[float]] = None,
-                    sigmoid_rule: Optional[Tuple[float, float]] = None) -> List[str]:
-    """Write calibration for the output `prefix` ("" or "<name>/") into `model`, in place.
-
-    `deterministic_temperature` is the deterministic pass's own (stochastic = false): the plain
-    network and the MC mean are calibrated apart (default: the same temperature).
-    Returns the names of the graph outputs added (in the order appended). Raises ValueError for an
-    option the head does not take, a bad value, or an output that already has calibration (strip
-    it first: temperatures never stack). The model is left unchanged when it raises.
-    """
-    graph = model.graph
-    classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule = _checked_options(
-        prefix, head, classes, temperature, deterministic_temperature, uncertain, conformal_quantile, thresholds,
-        sigmoid_rule)
-    categorical = head in CATEGORICAL_HEADS
-    if _has_calibration(graph, prefix):
-        raise ValueError(f"output {prefix or '(single)'!r} already has calibration: strip it first "
-                         "(temperatures must not stack)")
-    outputs = {o.name: o for o in graph.output}
-    samples, mean = prefix + "samples", prefix + "mean"
-    for name in (samples, mean):
-        if name not in outputs:
-            raise ValueError(f"the graph has no output {name!r}")
-    mean_dims = _dims(outputs[mean])
-    if mean_dims is not None and mean_dims and mean_dims[-1].HasField("dim_value") \
-            and mean_dims[-1].dim_value != classes:
-        raise ValueError(f"{mean!r} has {mean_dims[-1].dim_value} units on its last axis, not {classes}")
-    opset = _opset(model)
-    if opset < 13:
-        raise ValueError(f"opset {opset} is too old (13 or later)")
-
-    b = _Builder(graph, CALIBRATION_PREFIX + prefix, opset)
+def _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conformal_quantile, thresholds,
+                      sigmoid_rule) -> List[onnx.ValueInfoProto]:
+    """The nodes of the decision outputs (uncertain, prediction_set, decision) added to `b`, and the
+    graph outputs they give."""
+    mean = prefix + "mean"
     added_outputs: List[onnx.ValueInfoProto] = []
-
-    # Temperature: new nodes right after the producer of samples, before every consumer.
-    uncalibrated = CALIBRATION_PREFIX + prefix + "uncalibrated_samples"
-    producer, temperature_nodes = None, []
-    if temperature is not None:
-        producer, temperature_nodes = _temperature_nodes(b, graph, samples, uncalibrated, temperature,
-                                                         deterministic_temperature, categorical)
-
-    # Decision outputs: appended at the end, after mean, variance and the entropies.
     if uncertain is not None:
         measure, threshold = uncertain
         if measure in ENTROPY_MEASURES:
@@ -217,6 +176,57 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
             b.node("Cast", [b.reduce("ReduceMax", either, "uncertain_any")], "uncertain", output=prefix + "uncertain",
                    to=TensorProto.BOOL)
             added_outputs.append(_bool_output(prefix + "uncertain", None if mean_dims is None else mean_dims[:-1]))
+    return added_outputs
+
+
+def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int, *,
+                    temperature: Optional[float] = None,
+                    deterministic_temperature: Optional[float] = None,
+                    uncertain: Optional[Tuple[str, float]] = None,
+                    conformal_quantile: Optional[float] = None,
+                    thresholds: Optional[Sequence[float]] = None,
+                    sigmoid_rule: Optional[Tuple[float, float]] = None) -> List[str]:
+    """Write calibration for the output `prefix` ("" or "<name>/") into `model`, in place.
+
+    `deterministic_temperature` is the deterministic pass's own (stochastic = false): the plain
+    network and the MC mean are calibrated apart (default: the same temperature).
+    Returns the names of the graph outputs added (in the order appended). Raises ValueError for an
+    option the head does not take, a bad value, or an output that already has calibration (strip
+    it first: temperatures never stack). The model is left unchanged when it raises.
+    """
+    graph = model.graph
+    classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule = _checked_options(
+        prefix, head, classes, temperature, deterministic_temperature, uncertain, conformal_quantile, thresholds,
+        sigmoid_rule)
+    categorical = head in CATEGORICAL_HEADS
+    if _has_calibration(graph, prefix):
+        raise ValueError(f"output {prefix or '(single)'!r} already has calibration: strip it first "
+                         "(temperatures must not stack)")
+    outputs = {o.name: o for o in graph.output}
+    samples, mean = prefix + "samples", prefix + "mean"
+    for name in (samples, mean):
+        if name not in outputs:
+            raise ValueError(f"the graph has no output {name!r}")
+    mean_dims = _dims(outputs[mean])
+    if mean_dims is not None and mean_dims and mean_dims[-1].HasField("dim_value") \
+            and mean_dims[-1].dim_value != classes:
+        raise ValueError(f"{mean!r} has {mean_dims[-1].dim_value} units on its last axis, not {classes}")
+    opset = _opset(model)
+    if opset < 13:
+        raise ValueError(f"opset {opset} is too old (13 or later)")
+
+    b = _Builder(graph, CALIBRATION_PREFIX + prefix, opset)
+
+    # Temperature: new nodes right after the producer of samples, before every consumer.
+    uncalibrated = CALIBRATION_PREFIX + prefix + "uncalibrated_samples"
+    producer, temperature_nodes = None, []
+    if temperature is not None:
+        producer, temperature_nodes = _temperature_nodes(b, graph, samples, uncalibrated, temperature,
+                                                         deterministic_temperature, categorical)
+
+    # Decision outputs: appended at the end, after mean, variance and the entropies.
+    added_outputs = _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conformal_quantile,
+                                      thresholds, sigmoid_rule)
     decision_nodes = b.take_nodes()
 
     # Every check passed: change the graph.

@@ -227,7 +227,7 @@ deterministic pass, the UNCERTAIN rule `{c['uncertain_rule']}` and the LAC confo
 {f(a['accepted_accuracy'])}; ECE of the MC mean {f(a['ece_before'])} -> {f(a['ece_after'])}, of the
 deterministic pass {f(a['ece_deterministic_before'])} -> {f(a['ece_deterministic_after'])}.
 
-Evaluated by `runtime.evaluation.evaluate` (as `python cli.py evaluate`) on the other half
+Evaluated by `evaluate.evaluation.evaluate` (as `python cli.py evaluate`) on the other half
 ({n} images) with {test['ood_count']} out-of-distribution inputs (letters and symbols drawn with
 Pillow's font, grey crops of scikit-learn's two sample photos, smooth noise; `ood_images`),
 {PASSES} passes, seed {SEED}:

@@ -1,7 +1,7 @@
 """The Ray engine of `cli.py score`, and `score_dataset` for users who already have a Ray Dataset.
 
 Ray Data's batch-inference pattern: `map_batches` with an actor class (`ScoreActor`) that
-creates one MCSession per actor and scores each batch with runtime/scoring.py's Scorer, then
+creates one MCSession per actor and scores each batch with score/job.py's Scorer, then
 `write_parquet`. Ray restarts an actor that dies and retries its batch (Ray Data's defaults for
 actor pools: max_restarts=-1, max_task_retries=-1); since every row is scored with the job's
 one shared mask set, a retried batch reproduces its rows exactly, and any split of the inputs
@@ -116,9 +116,9 @@ def score_dataset(ds, model, passes: Optional[int] = None, mask_seed: Optional[i
                   array_column: Optional[str] = None, batch_size: int = 256, workers: Optional[int] = None,
                   threads: int = 1, num_gpus: float = 0, device: str = "auto", max_chunk_bytes: Optional[int] = None,
                   limits: Limits = DEFAULT, verify: bool = True, exit_marker: Optional[str] = None):
-    """A Ray Dataset of inputs -> a Dataset of mcdrop rows (runtime/scoring.py's columns).
+    """A Ray Dataset of inputs -> a Dataset of mcdrop rows (score/job.py's columns).
 
-    The inputs are either references as runtime/sources.py makes them (columns index, id, path,
+    The inputs are either references as score/input_plan.py makes them (columns index, id, path,
     row, member: `cli.py score --engine ray` builds these), or arrays already preprocessed for the
     model in `array_column`, with optional `index` and `id` columns (index -1 when absent).
     mask_seed None: a fresh seed; read it back from the rows' mask_seed column. workers: actors
@@ -153,7 +153,7 @@ def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Op
     Rows are written into `OUT.parts/` (the same checkpoint as the local engine's, Ray's part
     files inside); when the job completes the folder becomes `out`. resume=True skips the inputs
     whose rows are already there; a finished `out` is replaced only with overwrite=True
-    (runtime/scoring.py: check_output)."""
+    (score/checkpoint.py: check_output)."""
     import pyarrow as pa
 
     from .checkpoint import Checkpoint, check_output, checkpoint_folder, job_identity

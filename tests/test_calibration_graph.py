@@ -1,4 +1,4 @@
-"""export.calibration_graph: temperature and decision rules written into the graph.
+"""calibrate.graph: temperature and decision rules written into the graph.
 
 Every run here uses a plain onnxruntime.InferenceSession (no mcdrop runtime), to show that any
 binding gets calibrated outputs from the file alone.

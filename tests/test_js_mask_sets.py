@@ -1,5 +1,5 @@
 """Shared mask sets in JavaScript (examples/lib/mcdrop.mjs maskSet, feeds; examples/node/infer.js
---masks, --mask-seed) against the Python runtime (runtime/masks.py, MCSession.predict).
+--masks, --mask-seed) against the Python runtime (runtime/format/mask_sets.py, MCSession.predict).
 
 The generator is fully specified (docs/FORMAT.md: Mask sets), so a set is compared byte for byte;
 samples run through onnxruntime-node are compared within LIVE_ATOL (the same float kernels, only

@@ -1,4 +1,4 @@
-"""Shared mask sets (runtime/masks.py): the generator as docs/FORMAT.md describes it, what a set
+"""Shared mask sets (runtime/format/mask_sets.py): the generator as docs/FORMAT.md describes it, what a set
 holds once the graph has turned it into masks, and results that depend on (input, mask seed,
 passes) alone."""
 

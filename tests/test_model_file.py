@@ -1,4 +1,4 @@
-"""The runtime's own reading of ONNX files (runtime/onnx_file.py, runtime/integrity.py), the limits
+"""The runtime's own reading of ONNX files (runtime/format/onnx_file.py, runtime/format/integrity.py), the limits
 and the terminal escaping, each against a reference: the onnx package, hashlib, hand-made cases."""
 
 import hashlib
