@@ -18,8 +18,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from ..runtime.errors import InputError, ValidationError
 from ..evaluate.report import rounded_rule
+from ..runtime.errors import InputError, ValidationError
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
 # uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
@@ -68,7 +68,6 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`."""
     import onnx
 
-    from . import fitting as C
     from ..evaluate.labelled_sets import load_labelled, pick_output
     from ..runtime.files import check_writable_target, read_regular
     from ..runtime.format.integrity import seal
@@ -76,6 +75,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
 
+    from . import fitting as C
     from .graph import add_calibration, strip_calibration
 
     limits = limits or DEFAULT

@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from .fitting import TINY  # one value for numpy and the graph
 from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from .fitting import TINY  # one value for numpy and the graph
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
            "TINY"]

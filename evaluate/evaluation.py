@@ -12,11 +12,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from . import metrics
-from .labelled_sets import Batch, LabelledSet, batch_size, take
 from ..runtime.decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
 from ..runtime.format.metadata import ModelOutput
 from ..runtime.prediction import MODEL_WIDE, Prediction
+from . import metrics
+from .labelled_sets import Batch, LabelledSet, batch_size, take
 
 MODES = ("mc", "deterministic")
 COVERAGES = (0.5, 0.8, 0.9, 0.95)

@@ -24,11 +24,11 @@ import numpy as np
 from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
 from ..runtime.errors import InputError, first_line
 from ..runtime.files import open_regular
+from ..runtime.format.metadata import ModelInfo, ModelOutput
 from ..runtime.inputs import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model, _check_budget,
                      _check_zip_directory, _header_reader, _npz_members, _read_array, _read_exactly,
                      load_inputs, npz_names)
 from ..runtime.limits import DEFAULT, Limits
-from ..runtime.format.metadata import ModelInfo, ModelOutput
 
 Batch = Union[np.ndarray, Dict[str, np.ndarray]]
 Failures = Optional[List[Tuple[str, str]]]

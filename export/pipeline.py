@@ -91,11 +91,11 @@ def build_graph(
     named in ignore_random_layers (export/randomness.py)."""
     from ..runtime.format.seeds import fresh_seeds
 
-    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs
-    from .signature import input_specs
     from .attention import inner_dropout, is_attention
+    from .graph import OPSET, attach_random_nodes, convert, find_noise_calls, masks_as_inputs
     from .noise import SPECS, noise_layers, spec_for
     from .randomness import check_no_lost_randomness
+    from .signature import input_specs
     from .trace import layer_graph
 
     layer_graph(model)  # refuses subclassed models before anything reads their inputs
