@@ -4,7 +4,8 @@
     export_model("cnn.keras", "cnn.onnx", passes=50)       # needs the `export` extra
     prediction = MCSession("cnn.onnx").predict(x)            # numpy + onnxruntime only
 
-The repository root is this package: `export/` is `mcdrop.export`, `runtime/` is `mcdrop.runtime`
+The repository root is this package: `export/` is `mcdrop.export`, `runtime/` is `mcdrop.runtime`,
+each batch command's package (`evaluate/`, `calibrate/`, `score/`, `acquire/`) is `mcdrop.<name>`
 and `cli.py` is `mcdrop.cli` (the `mcdrop` command); pyproject.toml maps them, and `python cli.py`
 in a checkout loads the folder under the same name. Names are imported on first use, so
 `import mcdrop` loads neither onnxruntime nor TensorFlow.
@@ -19,8 +20,7 @@ from .runtime.errors import DeviceError, InputError, McdropError, ModelFileError
 _LAZY = {
     **dict.fromkeys(runtime._LAZY, ".runtime"),
     "export_model": ".export",
-    "calibrate_model": ".export.calibrate",
-    "evaluate": ".runtime.evaluation",
+    "calibrate_model": ".calibrate.command",
 }
 
 __all__ = ["McdropError", "InputError", "ModelFileError", "ModelRunError", "UnsafeModelError", "DeviceError",

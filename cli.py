@@ -177,7 +177,7 @@ def infer(
         raise InputError(f"--out {out}: is one of the inputs; writing the results there would replace it")
     _check_run_options(limits, passes, max_chunk_mb, threads)
     for name, value in (("--seed", seed), ("--mask-seed", mask_seed)):
-        if value is not None and not 0 <= value < 2**64:  # runtime/masks.py: MAX_SEED
+        if value is not None and not 0 <= value < 2**64:  # runtime/format/mask_sets.py: MAX_SEED
             raise InputError(f"{name} must be an integer from 0 to 2**64 - 1, got {value}")
     if top_k < 1:
         raise InputError(f"--top-k must be >= 1, got {top_k}")
@@ -514,7 +514,7 @@ def info(
             typer.echo(f"{kind[:-1]:<16} {terminal_safe(name)} [{shown}]")
     for layer in meta.stochastic_layers:
         typer.echo(terminal_safe(f"stochastic layer {layer.name} ({layer.kind}, rate {layer.rate})"))
-    from .runtime.metadata import describe_preprocessing
+    from .runtime.format.metadata import describe_preprocessing
 
     typer.echo(f"preprocessing    {describe_preprocessing(document['preprocessing'])}")
     for passed in document.get("checks", []):
@@ -553,13 +553,13 @@ def evaluate(
         raise InputError(f"--on-error {on_error!r}: choose skip or stop")
     with_plots = False
     if report is not None:  # before the long evaluation: a bad folder or no plots is known at once
-        from .runtime.report import check_report_folder, plots_available
+        from .evaluate.report import check_report_folder, plots_available
 
         check_report_folder(report)
         with_plots = plots_available()
-    from .runtime.datasets import batch_size, load_labelled, load_unlabelled, pick_output
+    from .evaluate.labelled_sets import batch_size, load_labelled, load_unlabelled, pick_output
     from .runtime.decision import Rule
-    from .runtime.evaluation import evaluate as run_evaluation
+    from .evaluate.evaluation import evaluate as run_evaluation
     from .runtime.session import MCSession
 
     session = MCSession(model, device=device, seed=seed, threads=threads,
@@ -583,14 +583,14 @@ def evaluate(
                      "skipped": [{"input": valid_text(path), "error": valid_text(message)}
                                  for path, message in failures or []], **result.report}
     if report is not None:
-        from .runtime.report import write_report
+        from .evaluate.report import write_report
 
         written = write_report(report, result, with_plots)
         typer.echo(f"wrote {', '.join(terminal_safe(_shown(path)) for path in written)}", err=True)
     if as_json:
         typer.echo(json.dumps(result.report, indent=2, allow_nan=False))
     else:
-        from .runtime.report import summary_lines
+        from .evaluate.report import summary_lines
 
         typer.echo("\n".join(terminal_safe(line) for line in summary_lines(result.report)))
 
@@ -625,7 +625,7 @@ def calibrate(
     missing = [name for name in ("onnx", "scipy") if importlib.util.find_spec(name) is None]
     if missing:
         raise InputError(f"calibrate needs the evaluate extra ({', '.join(missing)} missing): pip install -e '.[evaluate]'")
-    from .export.calibrate import calibrate_model
+    from .calibrate.command import calibrate_model
 
     report = calibrate_model(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
                              conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,
@@ -660,7 +660,7 @@ def acquire(
     allow_external_data: bool = EXTERNAL_DATA_OPTION,
 ):
     """Pick the K pool inputs most worth labelling next (BALD, BatchBALD, ...), scored with one shared mask set."""
-    from .runtime.acquisition import STRATEGIES
+    from .acquire.acquisition import STRATEGIES
 
     limits = _limits(limit)
     _check_run_options(limits, passes, max_chunk_mb, threads)
@@ -680,7 +680,7 @@ def acquire(
 
     import numpy as np
 
-    from .runtime.acquisition import acquire_with_session, check_session_memory
+    from .acquire.acquisition import acquire_with_session, check_session_memory
     from .runtime.inputs import load_inputs
     from .runtime.session import MCSession
 
@@ -750,18 +750,19 @@ def score(
         raise InputError(f"--batch-size must be >= 1, got {batch_size}")
     if not 0 <= gpus_per_worker < 2**20:
         raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    from .runtime.scoring import ScoreOptions, check_output, checkpoint_folder, require_pyarrow, score_options
+    from .score.checkpoint import check_output, checkpoint_folder
+    from .score.job import ScoreOptions, require_pyarrow, score_options
 
     ScoreOptions.check_on_error(on_error)  # before any work
     require_pyarrow()
     if engine == "ray":
-        from .runtime.ray_scoring import require_ray
+        from .score.ray_engine import require_ray
 
         require_ray()
     check_output(out, engine, resume, overwrite)
 
     from .runtime.session import MCSession
-    from .runtime.sources import plan_inputs
+    from .score.input_plan import plan_inputs
 
     max_chunk_bytes = max(1, int(max_chunk_mb * 2**20))
     session = MCSession(model, device=device, threads=workers if engine == "local" else 1,
@@ -772,21 +773,21 @@ def score(
     plan = plan_inputs(inputs, session.info, limits=limits, allow_paths_outside=allow_paths_outside)
     try:
         if engine == "local":
-            from .runtime.scoring import score_local
+            from .score.local import score_local
 
             with typer.progressbar(length=plan.total, label="Scoring", file=sys.stderr) as bar:
                 summary = score_local(session, plan, out, options, batch_size=batch_size, resume=resume,
                                       limits=limits, progress=lambda done, total: bar.update(done - bar.pos),
                                       overwrite=overwrite)
         else:
-            from .runtime.ray_scoring import score_with_ray
+            from .score.ray_engine import score_with_ray
 
             summary = score_with_ray(plan, out, model, options, batch_size=batch_size, workers=workers,
                                      num_gpus=gpus_per_worker, device=device, max_chunk_bytes=max_chunk_bytes,
                                      resume=resume, address=address, limits=limits, verify=not no_verify,
                                      overwrite=overwrite)
     except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, or SIGTERM (main turns it into SystemExit)
-        from .runtime.scoring import stopped_message
+        from .score.output import stopped_message
 
         typer.echo(f"error: {terminal_safe(stopped_message(out, plan.total, overwrite))}", err=True)
         code = 130 if isinstance(stop, KeyboardInterrupt) else stop.code if isinstance(stop.code, int) else 1

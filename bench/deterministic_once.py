@@ -32,7 +32,7 @@ def cpu_name():
 
 
 def median_ms(session, x, passes, repeats):
-    from mcdrop.runtime.masks import control_feeds
+    from mcdrop.runtime.format.mask_sets import control_feeds
 
     feeds = {"input": x, **control_feeds(passes)}
     session.run(["mean"], feeds)  # warm-up: first-call allocations

@@ -222,7 +222,7 @@ def default_session(path):
 
 def mcdrop_graph(session, passes):
     """The graph alone: one onnxruntime run, no chunking, no measures."""
-    from mcdrop.runtime.masks import control_feeds
+    from mcdrop.runtime.format.mask_sets import control_feeds
 
     def call(x):
         return session.run(["mean", "variance"], {"input": x, **control_feeds(passes)})
@@ -296,7 +296,7 @@ def random_mask_ns(count, budget_s, min_repeats, sessions=1):
 
     from onnx import TensorProto, helper
 
-    from mcdrop.runtime.seeds import fresh_seeds
+    from mcdrop.runtime.format.seeds import fresh_seeds
 
     def session(seed, threads):
         return one_node_session(

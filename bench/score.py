@@ -65,7 +65,7 @@ def score(engine, workers, inputs, out, args):
 
 def check(path, n):
     """The run's mean column as [n, outputs], after checking one row per input and no errors."""
-    from mcdrop.runtime.scoring import read_scores
+    from mcdrop.score.output import read_scores
 
     table = read_scores(path)
     index = table.column("index").to_numpy()

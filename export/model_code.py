@@ -143,7 +143,7 @@ def _h5_text(path: Path):
 def _saved_model_texts(folder: Path) -> List[bytes]:
     """Each node's JSON in keras_metadata.pb, parsed without tensorflow or tf_keras; none if the
     folder has no such file (then no Keras layers are rebuilt from it)."""
-    from ..runtime.onnx_file import LENGTH, WireError, _fields
+    from ..runtime.format.onnx_file import LENGTH, WireError, _fields
 
     source = folder / "keras_metadata.pb"
     if not os.path.lexists(source):

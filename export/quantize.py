@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 
 from ..runtime.errors import ExportError, first_line
-from ..runtime.masks import control_feeds
+from ..runtime.format.mask_sets import control_feeds
+from ..runtime.format.metadata_writer import metadata_of, write_metadata
 
 QUANTIZED_OPS = ["Conv", "MatMul", "Gemm"]
 CALIBRATION_PASSES = 4
@@ -95,6 +96,7 @@ def quantize_int8(proto: onnx.ModelProto, calibration: np.ndarray) -> onnx.Model
             raise ExportError(f"int8 quantization failed: {first_line(err)}") from err
         quantized = onnx.load(target)
     quantized.ir_version = proto.ir_version
-    del quantized.metadata_props[:]
-    quantized.metadata_props.extend(proto.metadata_props)
+    metadata = metadata_of(proto)
+    if metadata is not None:
+        write_metadata(quantized, metadata)
     return quantized

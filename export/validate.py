@@ -13,8 +13,8 @@ import numpy as np
 import onnx
 
 from ..runtime.errors import ValidationError, first_line
-from ..runtime import masks
-from ..runtime.masks import control_feeds, layout_from_metadata
+from ..runtime.format import mask_sets as masks
+from ..runtime.format.mask_sets import control_feeds, layout_from_metadata
 from ..runtime.validate import Checklist, check_live_randomness, sample_inputs, side_by_side, z_scores
 
 from .graph import RANDOM_PREFIX, random_nodes, seed_of

@@ -156,10 +156,10 @@ def calibrate_and_evaluate(test_img, test_y):
     other half, on OOD inputs and on shifted digits. Plots go to models/evaluation/."""
     import tempfile
 
-    from mcdrop.export.calibrate import calibrate_model
-    from mcdrop.runtime.datasets import load_labelled
-    from mcdrop.runtime.evaluation import evaluate
-    from mcdrop.runtime.report import write_report
+    from mcdrop.calibrate.command import calibrate_model
+    from mcdrop.evaluate.labelled_sets import load_labelled
+    from mcdrop.evaluate.evaluation import evaluate
+    from mcdrop.evaluate.report import write_report
     from mcdrop.runtime.session import MCSession
 
     cal_img, cal_y, eval_img, eval_y = calibration_split(test_img, test_y)
@@ -227,7 +227,7 @@ deterministic pass, the UNCERTAIN rule `{c['uncertain_rule']}` and the LAC confo
 {f(a['accepted_accuracy'])}; ECE of the MC mean {f(a['ece_before'])} -> {f(a['ece_after'])}, of the
 deterministic pass {f(a['ece_deterministic_before'])} -> {f(a['ece_deterministic_after'])}.
 
-Evaluated by `runtime.evaluation.evaluate` (as `python cli.py evaluate`) on the other half
+Evaluated by `evaluate.evaluation.evaluate` (as `python cli.py evaluate`) on the other half
 ({n} images) with {test['ood_count']} out-of-distribution inputs (letters and symbols drawn with
 Pillow's font, grey crops of scikit-learn's two sample photos, smooth noise; `ood_images`),
 {PASSES} passes, seed {SEED}:

@@ -17,7 +17,7 @@ _LAZY = {
     "MCSession": ".session",
     "RawPixelWarning": ".session",
     "Prediction": ".prediction",
-    "ModelInfo": ".metadata",
+    "ModelInfo": ".format.metadata",
     "load_inputs": ".inputs",
     "Limits": ".limits",
 }

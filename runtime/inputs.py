@@ -24,7 +24,7 @@ import numpy as np
 from .errors import InputError, first_line
 from .files import open_regular
 from .limits import DEFAULT, Limits
-from .metadata import ModelInfo, Preprocessing
+from .format.metadata import ModelInfo, Preprocessing
 
 
 def _image_formats() -> dict:

@@ -13,13 +13,14 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from . import decision, integrity, providers, seeds, tensor_bounds
-from . import masks as mask_sets
+from . import decision, providers, tensor_bounds
+from .format import integrity, mask_sets, seeds
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
 from .limits import DEFAULT, Limits, usable_cores
-from .metadata import MASKS_FROM_FORMAT, METADATA_KEY, ModelInfo
-from .onnx_file import ModelFile, read_model
+from .format.metadata import ModelInfo
+from .format.onnx_file import ModelFile, read_model
+from .format.rules import MASKS_FROM_FORMAT, METADATA_KEY
 from .prediction import Prediction
 
 SAMPLES = "samples"

@@ -28,7 +28,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 import numpy as np
 
 from .limits import Limits
-from .onnx_file import NUMPY_TYPES, SMALL_TENSOR, Graph, Node, Tensor
+from .format.onnx_file import NUMPY_TYPES, SMALL_TENSOR, Graph, Node, Tensor
 
 FLOAT, INT64, BOOL = 1, 7, 9
 # Bytes per element of each TensorProto.DataType (strings: their pointers); 4-bit types as 1.

@@ -19,8 +19,8 @@ import onnx
 from mcdrop.export import build_graph, export_model
 from mcdrop.export.graph import random_nodes
 from mcdrop.export.reference import keras_masked_samples
-from mcdrop.runtime import masks
-from mcdrop.runtime.masks import control_feeds, layout_from_metadata
+from mcdrop.runtime.format import mask_sets as masks
+from mcdrop.runtime.format.mask_sets import control_feeds, layout_from_metadata
 from mcdrop.export.validate import (DETERMINISTIC_ATOL, apply_head, feeds_for, max_abs_diff, ort_session, output_heads, run,
                              validation_inputs)
 

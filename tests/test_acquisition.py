@@ -12,7 +12,7 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import entropy as scipy_entropy
 
-from mcdrop.runtime import acquisition as A
+from mcdrop.acquire import acquisition as A
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.measures import bernoulli_mutual_information, mutual_information
 

@@ -247,7 +247,7 @@ def test_acquire_max_memory_mb_bounds_the_kept_samples_and_can_be_raised(tmp_pat
 
 
 def test_batchbald_and_acquire_check_memory_before_allocating():
-    from mcdrop.runtime import acquisition as A
+    from mcdrop.acquire import acquisition as A
     from mcdrop.runtime.errors import InputError
 
     x = np.full((4, 5, 3), 1 / 3)
@@ -265,7 +265,7 @@ def test_batchbald_memory_estimate_bounds_the_traced_peak(passes, classes):
     """The sampled estimator (exact_limit=1), whose arrays grow with --num-samples."""
     import tracemalloc
 
-    from mcdrop.runtime import acquisition as A
+    from mcdrop.acquire import acquisition as A
 
     x = np.random.default_rng(0).dirichlet(np.full(classes, 0.5), size=(passes, 40)).astype(np.float32)
     tracemalloc.start()
@@ -279,7 +279,7 @@ def test_batchbald_memory_estimate_bounds_the_traced_peak(passes, classes):
 
 
 def test_acquisition_csv_neutralises_hostile_ids_and_carries_how_to_reproduce(tmp_path):
-    from mcdrop.runtime.acquisition import Acquisition
+    from mcdrop.acquire.acquisition import Acquisition
 
     chosen = Acquisition("bald", np.arange(len(HOSTILE)), np.linspace(1, -1, len(HOSTILE)), 20, 7, HOSTILE)
     chosen.write(tmp_path / "ranking.csv")

@@ -1,4 +1,4 @@
-"""export.calibration_graph: temperature and decision rules written into the graph.
+"""calibrate.graph: temperature and decision rules written into the graph.
 
 Every run here uses a plain onnxruntime.InferenceSession (no mcdrop runtime), to show that any
 binding gets calibrated outputs from the file alone.
@@ -15,9 +15,9 @@ import pytest
 from onnx import TensorProto, helper
 
 from conftest import ROOT
-from mcdrop.export.calibration_graph import (CALIBRATION_PREFIX, TINY, UNCERTAIN_MEASURES, add_calibration,
+from mcdrop.calibrate.graph import (CALIBRATION_PREFIX, TINY, UNCERTAIN_MEASURES, add_calibration,
                                       is_calibrated, strip_calibration)
-from mcdrop.runtime.masks import control_feeds
+from mcdrop.runtime.format.mask_sets import control_feeds
 from toy_model import HEADS, build_toy_model
 
 X = (np.random.default_rng(7).normal(size=(12, 4)) * 2).astype(np.float32)
@@ -341,7 +341,7 @@ def test_wrong_prefix_head_or_classes_is_refused(toys):
 
 
 def test_import_loads_no_tensorflow():
-    code = ("import sys, mcdrop.export.calibration_graph; "
+    code = ("import sys, mcdrop.calibrate.graph; "
             "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras', 'tf2onnx')]")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)
 

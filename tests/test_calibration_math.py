@@ -9,7 +9,7 @@ from scipy.optimize import minimize_scalar
 from scipy.special import expit, softmax
 from sklearn.metrics import f1_score, precision_recall_curve, precision_score, recall_score
 
-from mcdrop.runtime import calibration as C
+from mcdrop.calibrate import fitting as C
 from mcdrop.runtime.errors import InputError
 
 

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mcdrop import cli
-from mcdrop.runtime import acquisition
+from mcdrop.acquire import acquisition
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.session import MCSession
 from conftest import ROOT

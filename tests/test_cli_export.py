@@ -18,7 +18,7 @@ from typer.testing import CliRunner  # noqa: E402
 
 from mcdrop import cli  # noqa: E402
 from mcdrop import export  # noqa: E402
-from mcdrop.runtime.masks import control_feeds  # noqa: E402
+from mcdrop.runtime.format.mask_sets import control_feeds  # noqa: E402
 from mcdrop.export.validate import ort_session  # noqa: E402
 from mcdrop.runtime.errors import ValidationError  # noqa: E402
 

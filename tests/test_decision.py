@@ -6,7 +6,7 @@ import pytest
 from mcdrop.runtime import decision
 from mcdrop.runtime.decision import Rule, default_rule, file_rule, scores
 from mcdrop.runtime.errors import InputError
-from mcdrop.runtime.metadata import _Bad, _calibration
+from mcdrop.runtime.format.metadata_fields import _Bad, _calibration
 from mcdrop.runtime.prediction import Prediction
 
 

@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from mcdrop.runtime import calibration as C
-from mcdrop.runtime import metrics
-from mcdrop.runtime.masks import control_feeds
+from mcdrop.calibrate import fitting as C
+from mcdrop.evaluate import metrics
+from mcdrop.runtime.format.mask_sets import control_feeds
 from mcdrop.runtime.session import MCSession
 
 ROOT = Path(__file__).resolve().parent.parent

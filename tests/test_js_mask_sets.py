@@ -1,5 +1,5 @@
 """Shared mask sets in JavaScript (examples/lib/mcdrop.mjs maskSet, feeds; examples/node/infer.js
---masks, --mask-seed) against the Python runtime (runtime/masks.py, MCSession.predict).
+--masks, --mask-seed) against the Python runtime (runtime/format/mask_sets.py, MCSession.predict).
 
 The generator is fully specified (docs/FORMAT.md: Mask sets), so a set is compared byte for byte;
 samples run through onnxruntime-node are compared within LIVE_ATOL (the same float kernels, only
@@ -13,10 +13,10 @@ import json
 import numpy as np
 import pytest
 
-from mcdrop.runtime import masks
+from mcdrop.runtime.format import mask_sets as masks
 from mcdrop.runtime.inputs import load_inputs
-from mcdrop.runtime.masks import MaskLayout
-from mcdrop.runtime.onnx_file import read_model
+from mcdrop.runtime.format.mask_sets import MaskLayout
+from mcdrop.runtime.format.onnx_file import read_model
 from mcdrop.runtime.session import MCSession
 from js_support import EXAMPLES, INFER_JS, LIVE_ATOL, NODE_TIMEOUT, ROOT, golden, node, node_modules, run_node, \
     start_node

@@ -11,8 +11,8 @@ import pytest
 
 from conftest import ROOT
 from mcdrop.export.validate import ort_session, run
-from mcdrop.runtime import seeds
-from mcdrop.runtime.metadata import ModelInfo
+from mcdrop.runtime.format import seeds
+from mcdrop.runtime.format.metadata import ModelInfo
 
 MODEL = ROOT / "models" / "cnn.onnx"
 PASSES, BATCH = 8, 4

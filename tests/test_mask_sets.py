@@ -1,4 +1,4 @@
-"""Shared mask sets (runtime/masks.py): the generator as docs/FORMAT.md describes it, what a set
+"""Shared mask sets (runtime/format/mask_sets.py): the generator as docs/FORMAT.md describes it, what a set
 holds once the graph has turned it into masks, and results that depend on (input, mask seed,
 passes) alone."""
 
@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from mcdrop.export import export_model
-from mcdrop.runtime import masks, session as session_module
+from mcdrop.runtime import session as session_module
+from mcdrop.runtime.format import mask_sets as masks
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.limits import Limits
-from mcdrop.runtime.masks import MaskEntry, MaskLayout
+from mcdrop.runtime.format.mask_sets import MaskEntry, MaskLayout
 from mcdrop.runtime.session import MCSession
 from toy_model import build_toy_model
 
@@ -77,7 +78,7 @@ def test_any_range_of_passes_is_those_rows_of_the_whole_set():
 
 
 def test_the_same_seed_gives_the_same_set_in_another_process():
-    script = ("import hashlib; from mcdrop.runtime import masks; from mcdrop.runtime.masks import MaskEntry, MaskLayout;"
+    script = ("import hashlib; from mcdrop.runtime.format import mask_sets as masks; from mcdrop.runtime.format.mask_sets import MaskEntry, MaskLayout;"
               "layout = MaskLayout(7, (MaskEntry(0, (2, 2), 'uniform'), MaskEntry(4, (3,), 'normal')));"
               "print(hashlib.sha256(masks.draw(layout, 2024, 0, 50).tobytes()).hexdigest())")
     theirs = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.strip()

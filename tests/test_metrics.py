@@ -11,7 +11,7 @@ import pytest
 from scipy.stats import norm
 from sklearn import metrics as skm
 
-from mcdrop.runtime import metrics as M
+from mcdrop.evaluate import metrics as M
 from mcdrop.runtime.errors import InputError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -386,6 +386,6 @@ def test_bad_arguments_raise_input_error(name):
 
 
 def test_module_needs_numpy_only():
-    code = ("import sys, mcdrop.runtime.metrics; "
+    code = ("import sys, mcdrop.evaluate.metrics; "
             "bad = [m for m in ('sklearn', 'scipy') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True)

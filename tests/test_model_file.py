@@ -1,4 +1,4 @@
-"""The runtime's own reading of ONNX files (runtime/onnx_file.py, runtime/integrity.py), the limits
+"""The runtime's own reading of ONNX files (runtime/format/onnx_file.py, runtime/format/integrity.py), the limits
 and the terminal escaping, each against a reference: the onnx package, hashlib, hand-made cases."""
 
 import hashlib
@@ -14,9 +14,9 @@ from onnx import TensorProto, helper
 from mcdrop import cli
 from conftest import ROOT
 from mcdrop.runtime.errors import InputError, ModelFileError
-from mcdrop.runtime.integrity import CHECKSUM_KEY, seal, verify
+from mcdrop.runtime.format.integrity import CHECKSUM_KEY, seal, verify
 from mcdrop.runtime.limits import Limits
-from mcdrop.runtime.onnx_file import RANDOM_OPS, read_model
+from mcdrop.runtime.format.onnx_file import RANDOM_OPS, read_model
 from mcdrop.runtime.session import MCSession
 from toy_model import build_toy_model
 
@@ -83,7 +83,7 @@ def test_malformed_protobuf_is_a_model_file_error(data, message):
 
 def test_graphs_nested_too_deep_are_refused():
     """Written field by field: the protobuf library itself refuses to build such a message."""
-    from mcdrop.runtime import onnx_file as wire
+    from mcdrop.runtime.format import onnx_file as wire
 
     graph = b""
     for _ in range(wire.MAX_DEPTH + 1):

@@ -16,9 +16,9 @@ from PIL import Image
 
 from mcdrop.runtime import decision
 from mcdrop.runtime.inputs import _pixels, load_inputs
-from mcdrop.runtime.metadata import Preprocessing
+from mcdrop.runtime.format.metadata import Preprocessing
 from mcdrop.runtime.prediction import Prediction
-from mcdrop.runtime.seeds import MINSTD_MODULUS, find_seeds
+from mcdrop.runtime.format.seeds import MINSTD_MODULUS, find_seeds
 from mcdrop.runtime.session import MCSession
 from js_support import (EXAMPLES, INFER_JS, LIVE_ATOL, NODE_TIMEOUT, ROOT, assert_mc_agrees, golden, golden_input,
                         int8_mean_tolerance, node, run_node, start_node)
@@ -233,7 +233,7 @@ def test_seed_rewrite_touches_only_the_seeds(multiplier):
     seeds = found["seeds"]
     assert found["again"] == seeds  # the same seed, the same seeds
     assert all(float(np.float32(s)) == s and s == int(s) and 1 <= s < MINSTD_MODULUS for s in seeds)
-    # Spread around the cycle as runtime/seeds.py does: stream j in the j-th of n arcs.
+    # Spread around the cycle as runtime/format/seeds.py does: stream j in the j-th of n arcs.
     arc = (MINSTD_MODULUS - 1) // len(seeds)
     positions = [_discrete_log(int(s), multiplier) for s in seeds]
     for j, position in enumerate(positions):

@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT
 
 SAMPLE = ROOT / "models" / "samples" / "digit_3.png"
-NOT_TOP_LEVEL = ("export", "runtime", "cli")
+NOT_TOP_LEVEL = ("export", "runtime", "cli", "evaluate", "calibrate", "score", "acquire")
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_import_mcdrop_and_nothing_else(installed, tmp_path):
     assert done.returncode == 0, done.stderr
     where, version, session_module, export_module = done.stdout.split()
     assert Path(where).parent == site / "mcdrop"
-    assert (version, session_module, export_module) == ("0.1.0", "mcdrop.runtime.session", "mcdrop.export")
+    assert (version, session_module, export_module) == ("0.1.0", "mcdrop.runtime.session", "mcdrop.export.pipeline")
     for name in NOT_TOP_LEVEL:
         refused = subprocess.run([python, "-c", f"import {name}"], capture_output=True, text=True, cwd=tmp_path)
         assert refused.returncode != 0 and "ModuleNotFoundError" in refused.stderr, name
@@ -88,8 +88,8 @@ def test_import_mcdrop_and_nothing_else(installed, tmp_path):
 def test_every_module_imports_inside_the_package(installed, tmp_path):
     """A leftover `from runtime.x import ...` would work in a checkout and fail once installed."""
     python, _, _, _ = installed
-    script = ("import pkgutil, importlib, mcdrop.runtime, mcdrop.export;"
-              "names = [m.name for p in (mcdrop.runtime, mcdrop.export) for m in pkgutil.iter_modules(p.__path__, p.__name__ + '.')];"
+    script = ("import pkgutil, importlib, mcdrop;"
+              "names = [m.name for m in pkgutil.walk_packages(mcdrop.__path__, 'mcdrop.') if m.name != 'mcdrop.cli'];"
               "[importlib.import_module(n) for n in names + ['mcdrop.cli']]; print(len(names))")
     done = subprocess.run([python, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 
 from conftest import ROOT
-from mcdrop.runtime import seeds
+from mcdrop.runtime.format import seeds
 from mcdrop.runtime.errors import InputError, ModelFileError
 from mcdrop.runtime.limits import Limits
 from mcdrop.runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND

@@ -17,11 +17,13 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mcdrop import cli
-from mcdrop.runtime import scoring
+from mcdrop.score import checkpoint as checkpoints, local as local_engine, output as score_output
 from mcdrop.runtime.errors import InputError
-from mcdrop.runtime.scoring import ScoreOptions, read_scores, score_local
+from mcdrop.score.job import ScoreOptions
+from mcdrop.score.local import score_local
+from mcdrop.score.output import read_scores
 from mcdrop.runtime.session import MCSession
-from mcdrop.runtime.sources import plan_inputs
+from mcdrop.score.input_plan import plan_inputs
 from conftest import ROOT
 
 MLP, CNN = ROOT / "models" / "mlp.onnx", ROOT / "models" / "cnn.onnx"
@@ -173,7 +175,7 @@ def test_unreadable_inputs_become_error_rows_or_stop_the_job(digits, tmp_path):
     assert lines[-1].startswith("error: ") and "NaN" in lines[-1] and "--resume continues" in lines[-1]
     assert "Traceback" not in result.output
     assert not stopped.exists()
-    kept = read_scores(scoring.checkpoint_folder(stopped))  # the 4 inputs before the bad batch, for --resume
+    kept = read_scores(checkpoints.checkpoint_folder(stopped))  # the 4 inputs before the bad batch, for --resume
     assert kept.column("index").to_pylist() == [0, 1, 2, 3]
 
 
@@ -213,7 +215,7 @@ def test_bad_inputs_are_refused_before_anything_is_written(tmp_path, make, messa
     result = invoke("score", path, "--model", CNN, "--out", out)
     assert result.exit_code == 2, result.output
     assert message in result.output.strip().splitlines()[-1]
-    assert not out.exists() and not scoring.checkpoint_folder(out).exists()
+    assert not out.exists() and not checkpoints.checkpoint_folder(out).exists()
 
 
 def _write(path, data):
@@ -242,7 +244,7 @@ def test_a_job_killed_midway_resumes_to_the_same_file(digits, tmp_path):
     base = [sys.executable, str(ROOT / "cli.py"), "score", str(tmp_path / "x.npy"), "--model", str(MLP),
             "--passes", "10", "--mask-seed", "5", "--batch-size", "512"]
     out = tmp_path / "resumed.parquet"
-    parts = scoring.checkpoint_folder(out)
+    parts = checkpoints.checkpoint_folder(out)
     job = subprocess.Popen(base + ["--out", str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while job.poll() is None and not list(parts.glob("part-*.parquet")) and time.monotonic() < deadline:
@@ -269,10 +271,10 @@ def test_a_job_killed_midway_resumes_to_the_same_file(digits, tmp_path):
 
 def test_resume_refuses_another_job(flat_npy, tmp_path):
     out = tmp_path / "s.parquet"
-    folder = scoring.checkpoint_folder(out)
+    folder = checkpoints.checkpoint_folder(out)
     session = MCSession(MLP)
     plan = plan_inputs([flat_npy], session.info)
-    scoring.Checkpoint(folder, scoring.job_identity(MLP, plan, ScoreOptions(PASSES, MASK_SEED), "local"),
+    checkpoints.Checkpoint(folder, checkpoints.job_identity(MLP, plan, ScoreOptions(PASSES, MASK_SEED), "local"),
                        resume=False).release()
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES + 1, "--resume")
     assert result.exit_code == 2 and "differs in passes" in result.output
@@ -283,9 +285,10 @@ def test_resume_refuses_another_job(flat_npy, tmp_path):
 
 MEMORY_CHILD = """
 import sys, numpy as np
-from mcdrop.runtime.scoring import ScoreOptions, score_local
+from mcdrop.score.job import ScoreOptions
+from mcdrop.score.local import score_local
 from mcdrop.runtime.session import MCSession
-from mcdrop.runtime.sources import plan_inputs
+from mcdrop.score.input_plan import plan_inputs
 
 def mib(key):
     for line in open("/proc/self/status"):
@@ -313,7 +316,7 @@ def test_100000_inputs_stay_within_max_chunk_bytes_plus_a_constant(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     grown = float(done.stdout.split()[-1])
-    assert grown <= (bound + scoring.MEMORY_OVERHEAD) / 2**20, f"grew {grown:.0f} MiB"
+    assert grown <= (bound + local_engine.MEMORY_OVERHEAD) / 2**20, f"grew {grown:.0f} MiB"
     assert pq.read_metadata(out).num_rows == count
 
 
@@ -333,7 +336,7 @@ def test_a_linked_checkpoint_folder_is_refused_and_nothing_behind_it_deleted(fla
         (precious / name).write_text("keep me")
     out = tmp_path / "out" / "scores.parquet"
     out.parent.mkdir()
-    scoring.checkpoint_folder(out).symlink_to(precious)
+    checkpoints.checkpoint_folder(out).symlink_to(precious)
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--engine", engine, *resume)
     assert result.exit_code == 2, result.output
     assert "is a symbolic link" in result.output.strip().splitlines()[-1] and "Traceback" not in result.output
@@ -346,8 +349,8 @@ def _checkpoint(flat_npy, out, passes=PASSES):
     """An unfinished job's checkpoint (no process holds it), as a job stopped early leaves it."""
     session = MCSession(MLP)
     plan = plan_inputs([flat_npy], session.info)
-    checkpoint = scoring.Checkpoint(scoring.checkpoint_folder(out),
-                                    scoring.job_identity(MLP, plan, ScoreOptions(passes, MASK_SEED), "local"), False)
+    checkpoint = checkpoints.Checkpoint(checkpoints.checkpoint_folder(out),
+                                    checkpoints.job_identity(MLP, plan, ScoreOptions(passes, MASK_SEED), "local"), False)
     checkpoint.release()
     return checkpoint.folder
 
@@ -379,7 +382,7 @@ sys.stdin.read()
 def test_a_second_writer_is_refused_in_one_line_and_a_dead_owners_lock_is_taken(flat_npy, tmp_path):
     out = tmp_path / "s.parquet"
     folder = _checkpoint(flat_npy, out)
-    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder / scoring.LOCK_FILE)],
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(folder / checkpoints.LOCK_FILE)],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -389,7 +392,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_owners_lock_is_taken(
                                                            f"(pid {holder.pid} on {os.uname().nodename})")
     finally:
         holder.communicate("")  # the holder exits; its lock file stays, naming a dead pid
-    assert (folder / scoring.LOCK_FILE).exists()
+    assert (folder / checkpoints.LOCK_FILE).exists()
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
     assert result.exit_code == 0, result.output
 
@@ -455,7 +458,7 @@ def test_resume_does_not_restart_a_job_that_finished_meanwhile(flat_npy, tmp_pat
     checkpoint's files gone but its folder not yet; it must not score OUT again."""
     out = tmp_path / "s.parquet"
     out.write_bytes(b"a finished job's rows")
-    scoring.checkpoint_folder(out).mkdir()
+    checkpoints.checkpoint_folder(out).mkdir()
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
     assert result.exit_code == 2 and "is finished, nothing to resume" in result.output
     assert out.read_bytes() == b"a finished job's rows"
@@ -494,7 +497,7 @@ def test_resume_refuses_a_rewritten_input_and_names_it(digits, tmp_path):
     inputs = [images, tmp_path / "x.npy"]
     session = MCSession(CNN)
     plan = plan_inputs([str(p) for p in inputs], session.info)
-    scoring.Checkpoint(scoring.checkpoint_folder(out), scoring.job_identity(CNN, plan, ScoreOptions(5, 1), "local"),
+    checkpoints.Checkpoint(checkpoints.checkpoint_folder(out), checkpoints.job_identity(CNN, plan, ScoreOptions(5, 1), "local"),
                        False).release()
     args = ["score", *inputs, "--model", CNN, "--out", out, "--passes", 5, "--resume"]
 
@@ -521,7 +524,7 @@ def test_write_failures_are_one_line_and_keep_the_checkpoint(flat_npy, tmp_path,
     closed parts kept, no temporary file left; --resume then finishes the same job."""
     import errno
 
-    monkeypatch.setattr(scoring, "PART_ROWS", 16)
+    monkeypatch.setattr(score_output, "PART_ROWS", 16)
     out = tmp_path / "s.parquet"
     args = ["score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--mask-seed", MASK_SEED,
             "--batch-size", 8]
@@ -539,7 +542,7 @@ def test_write_failures_are_one_line_and_keep_the_checkpoint(flat_npy, tmp_path,
     assert result.exit_code == 2, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("error: ") and "No space left on device" in last and "--resume" in last
-    folder = scoring.checkpoint_folder(out)
+    folder = checkpoints.checkpoint_folder(out)
     assert sorted(p.name for p in folder.iterdir() if not p.name.startswith("_")) == ["part-000000.parquet",
                                                                                        "part-000001.parquet"]
     assert len(read_scores(folder)) == 32
@@ -573,7 +576,7 @@ def test_an_unwritable_folder_is_one_line(flat_npy, tmp_path, monkeypatch):
 
 def test_a_file_at_the_checkpoint_path_and_a_corrupt_job_file_are_one_line(flat_npy, tmp_path):
     out = tmp_path / "s.parquet"
-    folder = scoring.checkpoint_folder(out)
+    folder = checkpoints.checkpoint_folder(out)
     folder.write_text("not a folder")
     for extra in ([], ["--resume"], ["--overwrite"]):
         result = invoke("score", flat_npy, "--model", MLP, "--out", out, *extra)
@@ -582,10 +585,10 @@ def test_a_file_at_the_checkpoint_path_and_a_corrupt_job_file_are_one_line(flat_
     folder.unlink()
 
     _checkpoint(flat_npy, out)
-    (folder / scoring.JOB_FILE).write_text('{"passes": 2')
+    (folder / checkpoints.JOB_FILE).write_text('{"passes": 2')
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--passes", PASSES, "--resume")
     assert result.exit_code == 2 and "_job.json: corrupt" in result.output and "--overwrite" in result.output
-    assert "Traceback" not in result.output and (folder / scoring.JOB_FILE).exists()
+    assert "Traceback" not in result.output and (folder / checkpoints.JOB_FILE).exists()
     result = invoke("score", flat_npy, "--model", MLP, "--out", out, "--overwrite")
     assert result.exit_code == 0, result.output
 
@@ -595,11 +598,11 @@ def test_parts_close_by_time_as_well_as_rows(flat_npy, tmp_path, monkeypatch):
     def stop(checkpoint, out, schema):
         raise InputError("stopped before merging, to look at the parts")
 
-    monkeypatch.setattr(scoring, "PART_SECONDS", 0)
-    monkeypatch.setattr(scoring, "merge_parts", stop)
+    monkeypatch.setattr(score_output, "PART_SECONDS", 0)
+    monkeypatch.setattr(score_output, "merge_parts", stop)
     result = invoke("score", flat_npy, "--model", MLP, "--out", tmp_path / "s.parquet", "--batch-size", 100)
     assert result.exit_code == 2
-    names = sorted(p.name for p in scoring.checkpoint_folder(tmp_path / "s.parquet").glob("part-*"))
+    names = sorted(p.name for p in checkpoints.checkpoint_folder(tmp_path / "s.parquet").glob("part-*"))
     assert names == [f"part-00000{i}.parquet" for i in range(3)]
 
 
@@ -608,7 +611,7 @@ def test_signals_wait_for_the_end_of_a_deferred_block(monkeypatch):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # a test worker may ignore SIGINT
     reached = []
     with pytest.raises(KeyboardInterrupt):
-        with scoring.signals_deferred():
+        with checkpoints.signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)
             reached.append(True)  # the interruption waited for the block

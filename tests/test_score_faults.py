@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from mcdrop.runtime import scoring
+from mcdrop.score import checkpoint as checkpoints, job
 from conftest import ROOT
 from test_score import assert_same_rows
 
@@ -25,16 +25,16 @@ RUNNER = """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.default_int_handler)
 from mcdrop import cli
-from mcdrop.runtime import scoring
+from mcdrop.score import checkpoint as checkpoints, job
 
 log = os.open(sys.argv[1], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-score_loaded = scoring.Scorer.score_loaded
+score_loaded = job.Scorer.score_loaded
 
 def logged(self, x, index, ids, errors=None):
     os.write(log, b"%d\\n" % len(index))
     return score_loaded(self, x, index, ids, errors)
 
-scoring.Scorer.score_loaded = logged
+job.Scorer.score_loaded = logged
 sys.argv = ["cli.py"] + sys.argv[2:]
 cli.main()
 """
@@ -51,7 +51,7 @@ def test_sigint_and_sigterm_at_random_points_then_resume(tmp_path):
     (tmp_path / "runner.py").write_text(RUNNER)
     log = tmp_path / "batches.log"
     out = tmp_path / "scores.parquet"
-    parts = scoring.checkpoint_folder(out)
+    parts = checkpoints.checkpoint_folder(out)
 
     def command(*extra, log=log, out=out):
         return [sys.executable, str(tmp_path / "runner.py"), str(log), "score", str(tmp_path / "x.npy"), "--model",

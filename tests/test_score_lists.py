@@ -15,11 +15,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mcdrop import cli
-from mcdrop.runtime import scoring, sources
+from mcdrop.score import checkpoint as checkpoints, image_lists
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.limits import Limits
 from mcdrop.runtime.session import MCSession
-from mcdrop.runtime.sources import plan_inputs
+from mcdrop.score.input_plan import plan_inputs
 from conftest import ROOT
 
 CNN = ROOT / "models" / "cnn.onnx"
@@ -81,7 +81,7 @@ def test_a_path_out_of_the_lists_folder_is_refused_in_one_line(layout, tmp_path,
     line = result.output.strip().splitlines()[-1]
     assert line.startswith(f"error: {listed}: row 2: ") and "outside the list's folder" in line
     assert "--allow-paths-outside" in line and "Traceback" not in result.output
-    assert not out.exists() and not scoring.checkpoint_folder(out).exists()
+    assert not out.exists() and not checkpoints.checkpoint_folder(out).exists()
 
     allowed = score(listed, out, "--allow-paths-outside")
     assert allowed.exit_code == 0, allowed.output
@@ -173,7 +173,7 @@ def test_rows_without_a_usable_path_are_one_line_errors(layout, info, suffix, ro
 
 def test_a_streamed_list_keeps_order_and_ids_across_chunks(layout, info, monkeypatch):
     data, _ = layout
-    monkeypatch.setattr(sources, "LIST_READ_ROWS", 3)
+    monkeypatch.setattr(image_lists, "LIST_READ_ROWS", 3)
     entries = [f"images/{'ab'[i % 2]}.png" for i in range(10)]
     ids = [f"row{i}" for i in range(10)]
     plans = [plan_inputs([str(write_list(data / f"list{suffix}", entries, ids)), str(data / "images")], info)
@@ -207,7 +207,7 @@ import sys
 import pyarrow.parquet
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.session import MCSession
-from mcdrop.runtime.sources import plan_inputs
+from mcdrop.score.input_plan import plan_inputs
 
 def mib(key):
     for line in open("/proc/self/status"):

@@ -11,15 +11,17 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from mcdrop import cli
-from mcdrop.runtime import scoring
-from mcdrop.runtime.scoring import ScoreOptions, read_scores, score_local
+from mcdrop.score import checkpoint as checkpoints
+from mcdrop.score.job import ScoreOptions
+from mcdrop.score.local import score_local
+from mcdrop.score.output import read_scores
 from mcdrop.runtime.session import MCSession
-from mcdrop.runtime.sources import plan_inputs
+from mcdrop.score.input_plan import plan_inputs
 from conftest import ROOT
 from test_score import assert_same_rows
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
-from mcdrop.runtime.ray_scoring import FAULT_ENV, score_dataset, score_with_ray  # noqa: E402
+from mcdrop.score.ray_engine import FAULT_ENV, score_dataset, score_with_ray  # noqa: E402
 
 # One Ray instance for the whole module, on one xdist worker (pyproject: --dist loadgroup).
 pytestmark = pytest.mark.xdist_group("ray")
@@ -71,7 +73,7 @@ def _ray(inputs, out, batch_size=16, **kwargs):
 def test_ray_rows_equal_the_local_engines(inputs, local_rows, tmp_path, batch_size):
     summary, table = _ray(inputs, tmp_path / "scores.parquet", batch_size)
     assert summary.failed == 1 and summary.rows == local_rows.num_rows == 127
-    assert (tmp_path / "scores.parquet").is_dir() and not scoring.checkpoint_folder(tmp_path / "scores.parquet").exists()
+    assert (tmp_path / "scores.parquet").is_dir() and not checkpoints.checkpoint_folder(tmp_path / "scores.parquet").exists()
     assert_same_rows(table, local_rows)
 
 
@@ -89,10 +91,10 @@ def test_resume_writes_only_the_missing_inputs(inputs, local_rows, tmp_path):
     _ray(inputs, whole, batch_size=16)
     out = tmp_path / "resumed.parquet"
     plan = plan_inputs(inputs, MCSession(CNN).info)
-    checkpoint = scoring.Checkpoint(scoring.checkpoint_folder(out),
-                                    scoring.job_identity(CNN, plan, OPTIONS, "ray"), resume=False)
+    checkpoint = checkpoints.Checkpoint(checkpoints.checkpoint_folder(out),
+                                    checkpoints.job_identity(CNN, plan, OPTIONS, "ray"), resume=False)
     files = sorted(whole.iterdir())
-    assert all(scoring.PART_NAMES.fullmatch(path.name) for path in files)  # Ray's parts carry score's names
+    assert all(checkpoints.PART_NAMES.fullmatch(path.name) for path in files)  # Ray's parts carry score's names
     for path in files[: len(files) // 2]:  # what a job stopped halfway had written
         shutil.copy(path, checkpoint.folder / path.name)
     (checkpoint.folder / "ray-torn_000009-0.parquet").write_bytes(b"PAR1 a file the crash cut short")
@@ -161,4 +163,4 @@ def test_a_finished_ray_output_is_replaced_only_with_overwrite(inputs, local_row
     assert_same_rows(table, local_rows)
     names = sorted(path.name for path in out.iterdir())
     assert names != first and all(name.startswith("ray-") for name in names)  # the new job's files only
-    assert not scoring.checkpoint_folder(out).exists()
+    assert not checkpoints.checkpoint_folder(out).exists()

@@ -25,8 +25,8 @@ from PIL import Image
 from conftest import ROOT
 from mcdrop.runtime.errors import McdropError, ModelFileError, ModelRunError
 from mcdrop.runtime.files import csv_safe_cell
-from mcdrop.runtime.integrity import seal
-from mcdrop.runtime.onnx_file import encode_entry
+from mcdrop.runtime.format.integrity import seal
+from mcdrop.runtime.format.onnx_file import encode_entry
 from mcdrop.runtime.session import MCSession
 from test_inputs import write_bilevel_png
 from toy_model import build_toy_model

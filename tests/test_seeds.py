@@ -8,7 +8,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from mcdrop.runtime import seeds
+from mcdrop.runtime.format import seeds
 
 M, G = seeds.MINSTD_MODULUS, seeds.MINSTD_MULTIPLIER
 

@@ -14,7 +14,7 @@ pytest.importorskip("tf2onnx")
 
 from conftest import ROOT  # noqa: E402
 from mcdrop.runtime.errors import InputError, ModelFileError  # noqa: E402
-from mcdrop.runtime.integrity import seal  # noqa: E402
+from mcdrop.runtime.format.integrity import seal  # noqa: E402
 from mcdrop.runtime.session import MCSession  # noqa: E402
 from zoo import two_inputs_two_outputs  # noqa: E402
 

@@ -129,7 +129,7 @@ def last_quantized(path, x):
     import onnx
     import onnxruntime as ort
 
-    from mcdrop.runtime.masks import control_feeds
+    from mcdrop.runtime.format.mask_sets import control_feeds
 
     proto = onnx.load(str(path))
     name = [node for node in proto.graph.node if node.op_type == "QuantizeLinear"][-1].output[0]

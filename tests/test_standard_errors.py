@@ -19,9 +19,10 @@ from typer.testing import CliRunner
 
 from mcdrop import cli
 from mcdrop.runtime.inputs import load_inputs
-from mcdrop.runtime.scoring import ScoreOptions, score_local
+from mcdrop.score.job import ScoreOptions
+from mcdrop.score.local import score_local
 from mcdrop.runtime.session import MCSession
-from mcdrop.runtime.sources import plan_inputs
+from mcdrop.score.input_plan import plan_inputs
 from conftest import ROOT
 
 CNN = ROOT / "models" / "cnn.onnx"

@@ -19,7 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 import mcdrop
 from conftest import ROOT
 from mcdrop.runtime.errors import McdropError
-from mcdrop.runtime.integrity import seal
+from mcdrop.runtime.format.integrity import seal
 from toy_model import build_toy_model
 
 X = np.random.default_rng(1).normal(size=(2, 4)).astype(np.float32)

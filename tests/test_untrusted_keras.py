@@ -27,10 +27,11 @@ import h5py  # noqa: E402
 import keras  # noqa: E402
 
 from mcdrop import export  # noqa: E402
+from mcdrop.export.model_source import source_sha256  # noqa: E402
 from mcdrop.export.model_code import MAX_NESTING, check_model_code, find_code  # noqa: E402
 from mcdrop.runtime.errors import ModelFileError, UnsafeModelError  # noqa: E402
-from mcdrop.runtime.integrity import verify  # noqa: E402
-from mcdrop.runtime.onnx_file import _length_field, read_model  # noqa: E402
+from mcdrop.runtime.format.integrity import verify  # noqa: E402
+from mcdrop.runtime.format.onnx_file import _length_field, read_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -342,7 +343,7 @@ def test_link_out_of_saved_model_is_refused_unread(target_kind, stock_saved_mode
         export.export_model(folder, tmp_path / "out.onnx", validate=False)
     assert time.monotonic() - started < 30
     with pytest.raises(ModelFileError, match="assets/leak"):
-        export._sha256(folder)
+        source_sha256(folder)
 
 
 def test_fifo_inside_saved_model_is_refused(stock_saved_model, tmp_path):
@@ -354,16 +355,16 @@ def test_fifo_inside_saved_model_is_refused(stock_saved_model, tmp_path):
 
 def test_links_inside_the_folder_are_hashed_once(stock_saved_model, tmp_path):
     folder = copy_tree(stock_saved_model, tmp_path)
-    before = export._sha256(folder)
+    before = source_sha256(folder)
     (folder / "assets" / "again").symlink_to(folder / "saved_model.pb")
     (folder / "assets" / "variables").symlink_to(folder / "variables", target_is_directory=True)
-    assert export._sha256(folder) == before
+    assert source_sha256(folder) == before
     assert all(not path.is_symlink() for path in export.source_files(folder))
 
 
 def test_source_size_is_capped(stock_saved_model, tmp_path):
     with pytest.raises(ModelFileError, match="more than 1000 bytes"):
-        export._sha256(stock_saved_model, max_bytes=1000)
+        source_sha256(stock_saved_model, max_bytes=1000)
     source = tmp_path / "m.keras"
     stock_mlp().save(source)
     with pytest.raises(ModelFileError, match="more than 1000 bytes; refused"):

@@ -28,7 +28,7 @@ import pytest
 
 from js_support import LIVE_ATOL, ROOT, assert_mc_agrees, golden, golden_input, node, node_modules, unavailable
 from mcdrop.runtime.inputs import load_inputs
-from mcdrop.runtime.masks import control_feeds
+from mcdrop.runtime.format.mask_sets import control_feeds
 from mcdrop.runtime.session import MCSession
 
 DRIVER = ROOT / "examples" / "web" / "test" / "browser_check.mjs"

@@ -13,7 +13,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mcdrop.runtime.integrity import seal
+from mcdrop.runtime.format.integrity import seal
 
 HEADS = {"softmax": 3, "binary": 1, "multilabel": 3, "regression": 2}
 LABELS = {"softmax": ["cat", "dog", "bird"], "binary": ["no", "yes"], "multilabel": ["a", "b", "c"],

@@ -6,7 +6,7 @@
 // The file format is docs/FORMAT.md; each part below mirrors the Python runtime module it names.
 
 // ---------------------------------------------------------------------------------------------
-// Reading the file (runtime/onnx_file.py)
+// Reading the file (runtime/format/onnx_file.py)
 //
 // A small protobuf walker: it finds the "mcdrop" metadata and every random node with the byte
 // offset of its float `seed` attribute, without an ONNX or protobuf package. Field numbers are
@@ -174,7 +174,7 @@ export function readModelFile(bytes) {
 const PREPROCESSING_DEFAULTS = { channel_order: "rgb", mean: [0], std: [1], background: 0 };
 
 // The metadata JSON with the defaults of files written before a field existed (docs/FORMAT.md:
-// Metadata). Only what this module uses is checked; runtime/metadata.py checks everything.
+// Metadata). Only what this module uses is checked; runtime/format/metadata.py checks everything.
 function parseMetadata(raw) {
   let meta;
   try {
@@ -218,13 +218,13 @@ function parseMetadata(raw) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fresh seeds (runtime/seeds.py)
+// Fresh seeds (runtime/format/seeds.py)
 //
 // onnxruntime seeds each random node's minstd generator from its float `seed` attribute when the
 // session is created, so without a rewrite every session of a file replays the same masks. A seed
 // is a starting point on minstd's single cycle through 1..2**31-2; two seeds a distance d apart
 // give the same stream shifted by d draws, so the seeds are spread around the cycle: stream j of n
-// starts at a random spot in the first half of the j-th of n equal arcs (runtime/seeds.py says
+// starts at a random spot in the first half of the j-th of n equal arcs (runtime/format/seeds.py says
 // why not exactly even). Native onnxruntime (Linux, macOS) uses minstd_rand0, the wasm build of
 // onnxruntime-web minstd_rand: same cycle idea, another multiplier.
 
@@ -323,7 +323,7 @@ export function withFreshSeeds(bytes, { seed, multiplier = MINSTD.node, parsed }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Mask sets (runtime/masks.py; docs/FORMAT.md: Mask sets)
+// Mask sets (runtime/format/mask_sets.py; docs/FORMAT.md: Mask sets)
 //
 // A shared mask set is T passes' worth of raw random values for every stochastic layer, fixed by
 // one seed: fed as `masks` ([T, floats_per_pass]), pass t is the same sampled network for every
@@ -403,7 +403,7 @@ function checkMaskSeed(seed) {
  * The mask layout a format 3 file declares: {floatsPerPass, entries: [{offset, shape, size,
  * distribution}]} (each stochastic layer's values at [offset, offset + size) of a pass's row), or
  * null where the file takes no mask set (older formats; noise shapes that depend on the input
- * size). Throws for a layout that does not add up, as runtime/masks.py layout_from_metadata does.
+ * size). Throws for a layout that does not add up, as runtime/format/mask_sets.py layout_from_metadata does.
  */
 export function maskLayout(metadata) {
   const spec = metadata.masks;
@@ -432,7 +432,7 @@ export function maskLayout(metadata) {
  * a safe Number, or a BigInt) for the file whose metadata this is: a Float32Array of
  * count * floats_per_pass values, one pass's row after another, the `masks` feed of those passes
  * (feeds(ort, x, {passes: count, masks})). Equal to the Python runtime's
- * runtime/masks.py draw(layout, seed, first, count), byte for byte. The shipped CNN's 50 passes
+ * runtime/format/mask_sets.py draw(layout, seed, first, count), byte for byte. The shipped CNN's 50 passes
  * (4.4 million values) take about half a second in Node.
  */
 export function maskSet(metadata, seed, { first = 0, count } = {}) {

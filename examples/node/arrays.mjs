@@ -113,7 +113,7 @@ export function readJsonArray(text) {
 
 /**
  * An array file (`.npy` or `.json`, by name) as a batch for the model's first input, checked as
- * the Python runtime checks it (runtime/metadata.py shape_problem): {data, dims, names}.
+ * the Python runtime checks it (runtime/format/metadata.py shape_problem): {data, dims, names}.
  */
 export function readArrayFile(bytes, path, metadata) {
   let array;

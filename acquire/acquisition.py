@@ -20,10 +20,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .errors import InputError
-from .files import atomic_writer, csv_safe_cell
-from .measures import categorical_entropy, expected_entropy, margin, mutual_information
-from .measures import predictive_entropy, variation_ratio
+from ..runtime.errors import InputError
+from ..runtime.files import atomic_writer, csv_safe_cell
+from ..runtime.measures import categorical_entropy, expected_entropy, margin, mutual_information
+from ..runtime.measures import predictive_entropy, variation_ratio
 
 STRATEGIES = ("bald", "batchbald", "entropy", "variation-ratio", "margin", "random")
 
@@ -351,8 +351,8 @@ def session_predictor(session, passes: Optional[int] = None, mask_seed: Optional
     """predict(slice) -> class probability samples [T, b, C] of one classifier output of an
     MCSession, every slice scored with the same shared mask set (`mask_seed`, default the
     session's): pass t is one network for the whole pool, as BatchBALD needs."""
-    from .datasets import pick_output
-    from .decision import CATEGORICAL_HEADS
+    from ..evaluate.labelled_sets import pick_output
+    from ..runtime.decision import CATEGORICAL_HEADS
 
     chosen = pick_output(session.info, output)
     if chosen.head not in CATEGORICAL_HEADS + ("binary",):
@@ -384,7 +384,7 @@ def check_session_memory(session, pool: int, strategy: str, passes: Optional[int
                          max_memory_mb: float = DEFAULT_MAX_MEMORY_MB) -> None:
     """check_batchbald_memory for `pool` inputs scored by an MCSession (its default passes unless
     given; a binary head counts 2 classes); nothing to check for the per-input strategies."""
-    from .datasets import pick_output
+    from ..evaluate.labelled_sets import pick_output
 
     if strategy != "batchbald":
         return

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .onnx_file import ModelFile, encode_entry, read_model
 
 CHECKSUM_KEY = "mcdrop.sha256"

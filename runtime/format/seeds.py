@@ -3,7 +3,7 @@
 onnxruntime seeds each RandomUniformLike / RandomNormalLike node once, from its float `seed`
 attribute, when the session is created; without a rewrite every session of one file would replay
 the same dropout masks. The rewrite works on the bytes, without the onnx package: protobuf writes
-the attribute's float as 4 little-endian bytes (field 2, fixed 32 bits), which runtime/onnx_file.py
+the attribute's float as 4 little-endian bytes (field 2, fixed 32 bits), which runtime/format/onnx_file.py
 finds by walking the graph's nodes; they are swapped in place and the file length does not change.
 Only the graph's random nodes are touched, never bytes elsewhere that happen to look like a seed.
 """
@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 from .onnx_file import ModelFile, read_model
 
 # onnxruntime casts the float to uint32 and seeds a std::minstd_rand0 generator with it (libstdc++

@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..runtime.calibration import TINY  # one value for numpy and the graph
 from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from .fitting import TINY  # one value for numpy and the graph
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
            "TINY"]
@@ -50,22 +50,10 @@ def is_calibrated(model: onnx.ModelProto) -> bool:
     return any(node.name.startswith(CALIBRATION_PREFIX) for node in model.graph.node)
 
 
-def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int, *,
-                    temperature: Optional[float] = None,
-                    deterministic_temperature: Optional[float] = None,
-                    uncertain: Optional[Tuple[str, float]] = None,
-                    conformal_quantile: Optional[float] = None,
-                    thresholds: Optional[Sequence[float]] = None,
-                    sigmoid_rule: Optional[Tuple[float, float]] = None) -> List[str]:
-    """Write calibration for the output `prefix` ("" or "<name>/") into `model`, in place.
-
-    `deterministic_temperature` is the deterministic pass's own (stochastic = false): the plain
-    network and the MC mean are calibrated apart (default: the same temperature).
-    Returns the names of the graph outputs added (in the order appended). Raises ValueError for an
-    option the head does not take, a bad value, or an output that already has calibration (strip
-    it first: temperatures never stack). The model is left unchanged when it raises.
-    """
-    graph = model.graph
+def _checked_options(prefix, head, classes, temperature, deterministic_temperature, uncertain, conformal_quantile,
+                     thresholds, sigmoid_rule):
+    """add_calibration's options checked against the head and normalised to plain numbers:
+    (classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule)."""
     if not isinstance(prefix, str) or (prefix and not prefix.endswith("/")):
         raise ValueError(f"prefix must be '' or end with '/', not {prefix!r}")
     if head not in HEADS:
@@ -94,9 +82,9 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
     if uncertain is not None:
         if not isinstance(uncertain, (tuple, list)) or len(uncertain) != 2:
             raise ValueError("uncertain must be (measure, threshold)")
-        measure, threshold = uncertain[0], _number("uncertain threshold", uncertain[1])
-        if measure not in UNCERTAIN_MEASURES:
-            raise ValueError(f"unknown uncertainty measure {measure!r} (one of {', '.join(UNCERTAIN_MEASURES)})")
+        uncertain = (uncertain[0], _number("uncertain threshold", uncertain[1]))
+        if uncertain[0] not in UNCERTAIN_MEASURES:
+            raise ValueError(f"unknown uncertainty measure {uncertain[0]!r} (one of {', '.join(UNCERTAIN_MEASURES)})")
     if conformal_quantile is not None:
         conformal_quantile = _number("conformal_quantile", conformal_quantile)
     if thresholds is not None:
@@ -108,59 +96,47 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
             raise ValueError("sigmoid_rule must be (mi_threshold, distance)")
         sigmoid_rule = (_number("sigmoid_rule threshold", sigmoid_rule[0]),
                         _number("sigmoid_rule distance", sigmoid_rule[1]))
+    return classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule
 
-    if _has_calibration(graph, prefix):
-        raise ValueError(f"output {prefix or '(single)'!r} already has calibration: strip it first "
-                         "(temperatures must not stack)")
-    outputs = {o.name: o for o in graph.output}
-    samples, mean = prefix + "samples", prefix + "mean"
-    for name in (samples, mean):
-        if name not in outputs:
-            raise ValueError(f"the graph has no output {name!r}")
-    mean_dims = _dims(outputs[mean])
-    if mean_dims is not None and mean_dims and mean_dims[-1].HasField("dim_value") \
-            and mean_dims[-1].dim_value != classes:
-        raise ValueError(f"{mean!r} has {mean_dims[-1].dim_value} units on its last axis, not {classes}")
-    opset = _opset(model)
-    if opset < 13:
-        raise ValueError(f"opset {opset} is too old (13 or later)")
 
-    b = _Builder(graph, CALIBRATION_PREFIX + prefix, opset)
+def _temperature_nodes(b, graph, samples, uncalibrated, temperature, deterministic_temperature, categorical):
+    """(the node producing `samples`, the nodes that scale them by the temperature): the producer's
+    output is to become `uncalibrated`, and the last new node gives `samples` back."""
+    producers = [n for n in graph.node if samples in n.output]
+    if len(producers) != 1:
+        raise ValueError(f"{samples!r} is not produced by one node of the graph")
+    b.claim(uncalibrated)
+    b.taken.discard(samples)  # the producer gives it up to the temperature's last node
+    tau = b.constant("temperature", temperature)
+    if deterministic_temperature is not None:
+        tau = b.node("Where", ["stochastic", tau, b.constant("deterministic_temperature",
+                                                             _number("t", deterministic_temperature))], "pass_temperature")
+    if categorical:
+        safe = b.node("Max", [uncalibrated, b.constant("tiny", TINY)], "safe")
+        log = b.node("Log", [safe], "log")
+        scaled = b.node("Div", [log, tau], "scaled_log")
+        b.node("Softmax", [scaled], "softmax", output=samples, axis=-1)
+    else:
+        tiny = b.constant("tiny", TINY)
+        one = b.constant("one", 1.0)
+        q = b.node("Clip", [uncalibrated, tiny, b.constant("one_minus_tiny", np.float32(1) - np.float32(TINY))],
+                   "clipped")
+        log_q = b.node("Log", [q], "log_q")
+        rest = b.node("Sub", [one, q], "one_minus_q")
+        log_rest = b.node("Log", [b.node("Max", [rest, tiny], "safe_one_minus_q")], "log_one_minus_q")
+        logit = b.node("Sub", [log_q, log_rest], "logit")
+        b.node("Sigmoid", [b.node("Div", [logit, tau], "scaled_logit")], "sigmoid", output=samples)
+    return producers[0], b.take_nodes()
+
+
+def _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conformal_quantile, thresholds,
+                      sigmoid_rule) -> List[onnx.ValueInfoProto]:
+    """The nodes of the decision outputs (uncertain, prediction_set, decision) added to `b`, and the
+    graph outputs they give."""
+    mean = prefix + "mean"
     added_outputs: List[onnx.ValueInfoProto] = []
-
-    # Temperature: new nodes right after the producer of samples, before every consumer.
-    temperature_nodes = []
-    uncalibrated = CALIBRATION_PREFIX + prefix + "uncalibrated_samples"
-    if temperature is not None:
-        producers = [n for n in graph.node if samples in n.output]
-        if len(producers) != 1:
-            raise ValueError(f"{samples!r} is not produced by one node of the graph")
-        producer = producers[0]
-        b.claim(uncalibrated)
-        b.taken.discard(samples)  # the producer gives it up to the temperature's last node
-        tau = b.constant("temperature", temperature)
-        if deterministic_temperature is not None:
-            tau = b.node("Where", ["stochastic", tau, b.constant("deterministic_temperature",
-                                                                 _number("t", deterministic_temperature))], "pass_temperature")
-        if categorical:
-            safe = b.node("Max", [uncalibrated, b.constant("tiny", TINY)], "safe")
-            log = b.node("Log", [safe], "log")
-            scaled = b.node("Div", [log, tau], "scaled_log")
-            b.node("Softmax", [scaled], "softmax", output=samples, axis=-1)
-        else:
-            tiny = b.constant("tiny", TINY)
-            one = b.constant("one", 1.0)
-            q = b.node("Clip", [uncalibrated, tiny, b.constant("one_minus_tiny", np.float32(1) - np.float32(TINY))],
-                       "clipped")
-            log_q = b.node("Log", [q], "log_q")
-            rest = b.node("Sub", [one, q], "one_minus_q")
-            log_rest = b.node("Log", [b.node("Max", [rest, tiny], "safe_one_minus_q")], "log_one_minus_q")
-            logit = b.node("Sub", [log_q, log_rest], "logit")
-            b.node("Sigmoid", [b.node("Div", [logit, tau], "scaled_logit")], "sigmoid", output=samples)
-        temperature_nodes = b.take_nodes()
-
-    # Decision outputs: appended at the end, after mean, variance and the entropies.
     if uncertain is not None:
+        measure, threshold = uncertain
         if measure in ENTROPY_MEASURES:
             score = prefix + measure
             if score not in outputs:
@@ -200,6 +176,57 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
             b.node("Cast", [b.reduce("ReduceMax", either, "uncertain_any")], "uncertain", output=prefix + "uncertain",
                    to=TensorProto.BOOL)
             added_outputs.append(_bool_output(prefix + "uncertain", None if mean_dims is None else mean_dims[:-1]))
+    return added_outputs
+
+
+def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int, *,
+                    temperature: Optional[float] = None,
+                    deterministic_temperature: Optional[float] = None,
+                    uncertain: Optional[Tuple[str, float]] = None,
+                    conformal_quantile: Optional[float] = None,
+                    thresholds: Optional[Sequence[float]] = None,
+                    sigmoid_rule: Optional[Tuple[float, float]] = None) -> List[str]:
+    """Write calibration for the output `prefix` ("" or "<name>/") into `model`, in place.
+
+    `deterministic_temperature` is the deterministic pass's own (stochastic = false): the plain
+    network and the MC mean are calibrated apart (default: the same temperature).
+    Returns the names of the graph outputs added (in the order appended). Raises ValueError for an
+    option the head does not take, a bad value, or an output that already has calibration (strip
+    it first: temperatures never stack). The model is left unchanged when it raises.
+    """
+    graph = model.graph
+    classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule = _checked_options(
+        prefix, head, classes, temperature, deterministic_temperature, uncertain, conformal_quantile, thresholds,
+        sigmoid_rule)
+    categorical = head in CATEGORICAL_HEADS
+    if _has_calibration(graph, prefix):
+        raise ValueError(f"output {prefix or '(single)'!r} already has calibration: strip it first "
+                         "(temperatures must not stack)")
+    outputs = {o.name: o for o in graph.output}
+    samples, mean = prefix + "samples", prefix + "mean"
+    for name in (samples, mean):
+        if name not in outputs:
+            raise ValueError(f"the graph has no output {name!r}")
+    mean_dims = _dims(outputs[mean])
+    if mean_dims is not None and mean_dims and mean_dims[-1].HasField("dim_value") \
+            and mean_dims[-1].dim_value != classes:
+        raise ValueError(f"{mean!r} has {mean_dims[-1].dim_value} units on its last axis, not {classes}")
+    opset = _opset(model)
+    if opset < 13:
+        raise ValueError(f"opset {opset} is too old (13 or later)")
+
+    b = _Builder(graph, CALIBRATION_PREFIX + prefix, opset)
+
+    # Temperature: new nodes right after the producer of samples, before every consumer.
+    uncalibrated = CALIBRATION_PREFIX + prefix + "uncalibrated_samples"
+    producer, temperature_nodes = None, []
+    if temperature is not None:
+        producer, temperature_nodes = _temperature_nodes(b, graph, samples, uncalibrated, temperature,
+                                                         deterministic_temperature, categorical)
+
+    # Decision outputs: appended at the end, after mean, variance and the entropies.
+    added_outputs = _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conformal_quantile,
+                                      thresholds, sigmoid_rule)
     decision_nodes = b.take_nodes()
 
     # Every check passed: change the graph.

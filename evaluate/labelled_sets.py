@@ -21,14 +21,14 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
-from .errors import InputError, first_line
-from .files import open_regular
-from .inputs import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model, _check_budget,
+from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from ..runtime.errors import InputError, first_line
+from ..runtime.files import open_regular
+from ..runtime.format.metadata import ModelInfo, ModelOutput
+from ..runtime.inputs import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model, _check_budget,
                      _check_zip_directory, _header_reader, _npz_members, _read_array, _read_exactly,
                      load_inputs, npz_names)
-from .limits import DEFAULT, Limits
-from .metadata import ModelInfo, ModelOutput
+from ..runtime.limits import DEFAULT, Limits
 
 Batch = Union[np.ndarray, Dict[str, np.ndarray]]
 Failures = Optional[List[Tuple[str, str]]]

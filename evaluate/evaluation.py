@@ -12,11 +12,11 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
+from ..runtime.decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
+from ..runtime.format.metadata import ModelOutput
+from ..runtime.prediction import MODEL_WIDE, Prediction
 from . import metrics
-from .datasets import Batch, LabelledSet, batch_size, take
-from .decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
-from .metadata import ModelOutput
-from .prediction import MODEL_WIDE, Prediction
+from .labelled_sets import Batch, LabelledSet, batch_size, take
 
 MODES = ("mc", "deterministic")
 COVERAGES = (0.5, 0.8, 0.9, 0.95)
@@ -163,7 +163,7 @@ def usable_scores(prediction: Prediction) -> Dict[str, np.ndarray]:
 
 
 def sigmoid_report(prediction: Prediction, y: np.ndarray, output: ModelOutput, target_precision: float) -> dict:
-    from .calibration import best_f1_threshold, threshold_for_precision
+    from ..calibrate.fitting import best_f1_threshold, threshold_for_precision
 
     probs = prediction.mean.astype(np.float64).reshape(len(y), -1)
     limits = np.asarray(prediction.measures["threshold" if prediction.head == "binary" else "thresholds"],

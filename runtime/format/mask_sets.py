@@ -19,7 +19,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..errors import InputError
 
 MASKS = "masks"
 MODES = ("shared", "independent")

@@ -1,7 +1,7 @@
 """The Ray engine of `cli.py score`, and `score_dataset` for users who already have a Ray Dataset.
 
 Ray Data's batch-inference pattern: `map_batches` with an actor class (`ScoreActor`) that
-creates one MCSession per actor and scores each batch with runtime/scoring.py's Scorer, then
+creates one MCSession per actor and scores each batch with score/job.py's Scorer, then
 `write_parquet`. Ray restarts an actor that dies and retries its batch (Ray Data's defaults for
 actor pools: max_restarts=-1, max_task_retries=-1); since every row is scored with the job's
 one shared mask set, a retried batch reproduces its rows exactly, and any split of the inputs
@@ -22,9 +22,9 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError, McdropError
-from .limits import DEFAULT, Limits
-from .sources import REF_COLUMNS
+from ..runtime.errors import InputError, McdropError
+from ..runtime.limits import DEFAULT, Limits
+from .input_plan import REF_COLUMNS
 
 # Test hook (tests/test_score_ray.py): an actor whose batch count reaches this, while the marker
 # file named by MCDROP_TEST_ACTOR_EXIT does not exist yet, creates the file and exits: one
@@ -51,8 +51,8 @@ class ScoreActor:
 
     def __init__(self, model, options: dict, session_options: dict, limits: Limits = DEFAULT,
                  array_column: Optional[str] = None, exit_marker: Optional[str] = None):
-        from .scoring import ScoreOptions, Scorer
-        from .session import MCSession
+        from ..runtime.session import MCSession
+        from .job import ScoreOptions, Scorer
 
         self._folder = tempfile.mkdtemp(prefix="mcdrop-actor-")
         path = os.path.join(self._folder, "model.onnx")
@@ -116,16 +116,16 @@ def score_dataset(ds, model, passes: Optional[int] = None, mask_seed: Optional[i
                   array_column: Optional[str] = None, batch_size: int = 256, workers: Optional[int] = None,
                   threads: int = 1, num_gpus: float = 0, device: str = "auto", max_chunk_bytes: Optional[int] = None,
                   limits: Limits = DEFAULT, verify: bool = True, exit_marker: Optional[str] = None):
-    """A Ray Dataset of inputs -> a Dataset of mcdrop rows (runtime/scoring.py's columns).
+    """A Ray Dataset of inputs -> a Dataset of mcdrop rows (score/job.py's columns).
 
-    The inputs are either references as runtime/sources.py makes them (columns index, id, path,
+    The inputs are either references as score/input_plan.py makes them (columns index, id, path,
     row, member: `cli.py score --engine ray` builds these), or arrays already preprocessed for the
     model in `array_column`, with optional `index` and `id` columns (index -1 when absent).
     mask_seed None: a fresh seed; read it back from the rows' mask_seed column. workers: actors
     (default: the cluster's CPUs / threads, or its GPUs when num_gpus > 0); each actor holds one
     MCSession with `threads` threads (and num_gpus GPUs). Lazy, as Ray Datasets are."""
-    from .scoring import Scorer, require_pyarrow, score_options
-    from .session import MCSession
+    from ..runtime.session import MCSession
+    from .job import Scorer, require_pyarrow, score_options
 
     ray = require_ray()
     require_pyarrow()
@@ -153,10 +153,11 @@ def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Op
     Rows are written into `OUT.parts/` (the same checkpoint as the local engine's, Ray's part
     files inside); when the job completes the folder becomes `out`. resume=True skips the inputs
     whose rows are already there; a finished `out` is replaced only with overwrite=True
-    (runtime/scoring.py: check_output)."""
+    (score/checkpoint.py: check_output)."""
     import pyarrow as pa
 
-    from .scoring import Checkpoint, ScoreSummary, check_output, checkpoint_folder, job_identity
+    from .checkpoint import Checkpoint, check_output, checkpoint_folder, job_identity
+    from .local import ScoreSummary
     ray = require_ray()
     out = check_output(out, "ray", resume, overwrite)
     checkpoint = Checkpoint(checkpoint_folder(out), job_identity(model, plan, options, "ray"), resume, overwrite)
@@ -215,7 +216,7 @@ class RayPartNames:
 def _finish(checkpoint, out: Path) -> None:
     """The complete checkpoint becomes `out`: a finished `out` (allowed by --overwrite) loses its
     Parquet files first, then the folder is renamed and its bookkeeping files removed."""
-    from .scoring import INPUTS_FILE, JOB_FILE, LOCK_FILE, signals_deferred
+    from .checkpoint import INPUTS_FILE, JOB_FILE, LOCK_FILE, signals_deferred
 
     with signals_deferred():
         try:
@@ -251,7 +252,7 @@ def _default_workers(ray, threads: int, num_gpus: float) -> int:
 def check_output_folder(out: Path) -> None:
     """`out` becomes a folder of Parquet files: refuse a link, a file, or a folder holding
     anything but Parquet files and score's own files."""
-    from .scoring import OWN_NAMES
+    from .checkpoint import OWN_NAMES
 
     if out.is_symlink():
         raise InputError(f"{out}: is a symbolic link; mcdrop does not write through links")
@@ -270,7 +271,7 @@ def _user_error(err: BaseException) -> McdropError:
     else the error's first line."""
     import re
 
-    from . import errors
+    from ..runtime import errors
 
     seen = err
     while seen is not None:

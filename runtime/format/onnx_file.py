@@ -2,7 +2,7 @@
 its protobuf bytes (the runtime does not depend on the onnx package).
 
 One pass over the message tree, skipping tensor payloads whole, finds:
-- the random nodes and where each one's float `seed` attribute lies (runtime/seeds.py rewrites
+- the random nodes and where each one's float `seed` attribute lies (runtime/format/seeds.py rewrites
   those 4 bytes), counted from the graph rather than from byte patterns, so an initializer full of
   seed-like bytes costs nothing;
 - initializers whose data lies in external files (the runtime refuses them by default);
@@ -23,7 +23,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import ModelFileError
+from ..errors import ModelFileError
 
 RANDOM_OPS = ("RandomUniformLike", "RandomNormalLike", "RandomUniform", "RandomNormal", "Bernoulli", "Multinomial")
 # Graphs nest through If / Loop / Scan attributes; real models go a few levels deep.

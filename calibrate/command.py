@@ -3,13 +3,12 @@ both into a copy of an mcdrop file (graph and metadata), validated and written a
 
 Needs onnx and scipy (the `evaluate` extra), never TensorFlow. A calibrated file is refitted from
 its uncalibrated graph: the calibration nodes and metadata are stripped first, so fits never stack.
-See docs/FORMAT.md (Calibration) for what is written, and runtime/calibration.py for the math.
+See docs/FORMAT.md (Calibration) for what is written, and calibrate/fitting.py for the math.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 import warnings
@@ -19,9 +18,8 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
+from ..evaluate.report import rounded_rule
 from ..runtime.errors import InputError, ValidationError
-from ..runtime.metadata import METADATA_KEY
-from ..runtime.report import rounded_rule
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
 # uncalibrated file's pass to this (float32 softmax of rescaled log-probabilities).
@@ -70,26 +68,18 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`."""
     import onnx
 
-    from ..runtime import calibration as C
-    from ..runtime.datasets import load_labelled, pick_output
+    from ..evaluate.labelled_sets import load_labelled, pick_output
     from ..runtime.files import check_writable_target, read_regular
-    from ..runtime.integrity import seal
+    from ..runtime.format.integrity import seal
+    from ..runtime.format.metadata_writer import metadata_of, write_metadata
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
 
-    from .calibration_graph import UNCERTAIN_MEASURES, add_calibration, strip_calibration
+    from . import fitting as C
+    from .graph import add_calibration, strip_calibration
 
     limits = limits or DEFAULT
-    if target_accuracy is not None and target_coverage is not None:
-        raise InputError("give --target-accuracy or --target-coverage, not both")
-    for name, value in (("--target-accuracy", target_accuracy), ("--target-coverage", target_coverage),
-                        ("--target-precision", target_precision)):
-        if value is not None and not 0 < value <= 1:
-            raise InputError(f"{name} must lie in (0, 1], got {value}")
-    if conformal is not None and not 0 < conformal < 1:
-        raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
-    if measure not in UNCERTAIN_MEASURES:  # the scores the graph's uncertain output can compute
-        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES)}")
+    _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure)
     check_writable_target(Path(output))
 
     # The file as it was exported: calibration nodes and metadata removed.
@@ -108,20 +98,15 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         except Exception as err:  # checked above; only a parser disagreement lands here
             raise InputError(f"{source}: onnx cannot parse it ({err})") from None
         strip_calibration(proto)
-        metadata = json.loads(next(e.value for e in proto.metadata_props if e.key == METADATA_KEY))
+        metadata = metadata_of(proto)
         for entry in metadata.get("outputs") or []:
             entry.pop("calibration", None)
-        _set_metadata(proto, metadata)
+        write_metadata(proto, metadata)
         plain = seal(proto.SerializeToString())
         original.write_bytes(plain)
         session = MCSession(original, seed=seed, limits=limits)
         chosen = pick_output(session.info, output_name)
-        if chosen.head == "regression":
-            raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
-                             "thresholds are for classifier heads")
-        if chosen.head in ("binary", "multilabel") and (target_accuracy or target_coverage or conformal):
-            raise InputError(f"{chosen.head} heads get per-label thresholds (--target-precision or best F1); "
-                             "--target-accuracy, --target-coverage and --conformal are for softmax and logits heads")
+        _check_head(chosen, target_accuracy or target_coverage or conformal)
         labelled = load_labelled(data, session.info, chosen, limits)
         progress(f"predicting {len(labelled)} calibration inputs")
         samples = _samples(session, labelled.x, chosen, passes, True)
@@ -134,13 +119,8 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
         fitted["graph_outputs"] = graph_outputs
-        entries = metadata.get("outputs")
-        if entries:
-            next(e for e in entries if e["name"] == chosen.name)["calibration"] = fitted
-        else:  # a file from before the outputs list: write the list with its one output
-            metadata["outputs"] = [{"name": chosen.name, "prefix": "", "head": chosen.head, "labels": chosen.labels,
-                                    "shape": list(chosen.shape), "calibration": fitted}]
-        _set_metadata(proto, metadata)
+        _set_calibration(metadata, chosen, fitted)
+        write_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
         checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
     from ..runtime.files import atomic_writer
@@ -154,12 +134,49 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     return CalibrationReport(str(output), chosen.head, fitted, checks)
 
 
+def _check_head(chosen, categorical_targets) -> None:
+    """The chosen output's head takes calibration, and the targets given (categorical_targets:
+    --target-accuracy, --target-coverage or --conformal) are for its kind."""
+    if chosen.head == "regression":
+        raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
+                         "thresholds are for classifier heads")
+    if chosen.head in ("binary", "multilabel") and categorical_targets:
+        raise InputError(f"{chosen.head} heads get per-label thresholds (--target-precision or best F1); "
+                         "--target-accuracy, --target-coverage and --conformal are for softmax and logits heads")
+
+
+def _set_calibration(metadata: dict, chosen, fitted: dict) -> None:
+    """The chosen output's "calibration" entry in the metadata (docs/FORMAT.md: Calibration)."""
+    entries = metadata.get("outputs")
+    if entries:
+        next(e for e in entries if e["name"] == chosen.name)["calibration"] = fitted
+    else:  # a file from before the outputs list: write the list with its one output
+        metadata["outputs"] = [{"name": chosen.name, "prefix": "", "head": chosen.head, "labels": chosen.labels,
+                                "shape": list(chosen.shape), "calibration": fitted}]
+
+
+def _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure) -> None:
+    """The targets and the measure, checked before anything is read."""
+    from .graph import UNCERTAIN_MEASURES
+
+    if target_accuracy is not None and target_coverage is not None:
+        raise InputError("give --target-accuracy or --target-coverage, not both")
+    for name, value in (("--target-accuracy", target_accuracy), ("--target-coverage", target_coverage),
+                        ("--target-precision", target_precision)):
+        if value is not None and not 0 < value <= 1:
+            raise InputError(f"{name} must lie in (0, 1], got {value}")
+    if conformal is not None and not 0 < conformal < 1:
+        raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
+    if measure not in UNCERTAIN_MEASURES:  # the scores the graph's uncertain output can compute
+        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES)}")
+
+
 def _verified(source_bytes: bytes, path: str, verify: bool) -> bool:
     """Whether the source's checksum holds; without it a ModelFileError naming `path`, unless
     verify=False (--no-verify), which returns False instead."""
     from ..runtime.errors import ModelFileError
-    from ..runtime.integrity import verify as check_checksum
-    from ..runtime.onnx_file import read_model
+    from ..runtime.format.integrity import verify as check_checksum
+    from ..runtime.format.onnx_file import read_model
 
     parsed = read_model(source_bytes, path)  # not ONNX at all: that error, not a checksum's
     try:
@@ -190,7 +207,7 @@ def _user_paths(names: dict):
 
 def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
     """Samples [T, n, units] of the uncalibrated file (T = 1 without dropout)."""
-    from ..runtime.evaluation import predict_all
+    from ..evaluate.evaluation import predict_all
 
     samples = predict_all(session, x, output, passes, dropout, keep_samples=True).samples
     return samples.reshape(samples.shape[0], samples.shape[1], -1)
@@ -198,7 +215,7 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
 
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
     """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
-    from ..runtime import metrics
+    from ..evaluate import metrics
     from ..runtime.decision import default_rule, scores
     from ..runtime.prediction import Prediction
 
@@ -257,17 +274,7 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     else:
         achieved = {"nll_before": metrics.bernoulli_negative_log_likelihood(before, y),
                     "nll_after": metrics.bernoulli_negative_log_likelihood(after, y)}
-        thresholds, per_label = [], []
-        for j in range(after.shape[-1]):
-            if target_precision is not None:
-                found = C.threshold_for_precision(after[:, j], y[:, j], target_precision)
-                if found["threshold"] is None:
-                    raise InputError(f"--target-precision {target_precision}: label {j} never reaches it on the "
-                                     "calibration set; lower the target")
-            else:
-                found = C.best_f1_threshold(after[:, j], y[:, j])
-            thresholds.append(float(np.float32(found["threshold"])))
-            per_label.append({key: found[key] for key in ("precision", "recall", "f1")})
+        thresholds, per_label = _label_thresholds(after, y, target_precision, C)
         fitted["thresholds"] = thresholds
         fitted["target"] = {"precision": target_precision} if target_precision is not None else {"f1": "max"}
         rule = default_rule(head)
@@ -279,11 +286,28 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     return fitted
 
 
+def _label_thresholds(probabilities, y, target_precision, C):
+    """One decision threshold per label of a sigmoid head (the best F1, or the lowest reaching
+    target_precision), with each label's precision, recall and F1 at it."""
+    thresholds, per_label = [], []
+    for j in range(probabilities.shape[-1]):
+        if target_precision is not None:
+            found = C.threshold_for_precision(probabilities[:, j], y[:, j], target_precision)
+            if found["threshold"] is None:
+                raise InputError(f"--target-precision {target_precision}: label {j} never reaches it on the "
+                                 "calibration set; lower the target")
+        else:
+            found = C.best_f1_threshold(probabilities[:, j], y[:, j])
+        thresholds.append(float(np.float32(found["threshold"])))
+        per_label.append({key: found[key] for key in ("precision", "recall", "f1")})
+    return thresholds, per_label
+
+
 def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, seed, limits, C) -> List[str]:
     """The runtime's load checks, live randomness, and the calibrated deterministic pass equal to
     the numpy temperature scaling of the uncalibrated one; the graph's decision outputs equal the
     runtime's."""
-    from ..runtime.datasets import take
+    from ..evaluate.labelled_sets import take
     from ..runtime.errors import ModelFileError
     from ..runtime.session import MCSession
 
@@ -314,10 +338,3 @@ def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, 
                                   f"{disagree} of {len(prediction)} inputs")
         checks.append(f"graph's uncertain output = the rule ({disagree} of {len(prediction)} differ)")
     return checks
-
-
-def _set_metadata(proto, metadata: dict) -> None:
-    """The "mcdrop" entry (the checksum entry is dropped: seal writes it again)."""
-    del proto.metadata_props[:]
-    entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)

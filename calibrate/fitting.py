@@ -12,9 +12,9 @@ from typing import Optional
 
 import numpy as np
 
-from .errors import InputError, McdropError
+from ..runtime.errors import InputError, McdropError
 
-from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 # Probabilities are clipped to TINY before a log: float32's smallest normal number, so that a
 # runtime flushing subnormals to zero keeps it. The in-graph version clips to the same value.

@@ -19,7 +19,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
-from .errors import InputError
+from ..runtime.errors import InputError
 
 
 # --- argument checks ---------------------------------------------------------------------------
