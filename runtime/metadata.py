@@ -32,6 +32,10 @@ PIPELINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # (<output name>/samples for each output of a file with several).
 INPUT = "input"
 CONTROL_TYPES = {"passes": "tensor(int64)", "stochastic": "tensor(bool)", MASKS: "tensor(float)"}
+# A portable file (docs/FORMAT.md: Portable profile) fixes T, so it has no `passes`; its masks are
+# uint8 keep masks, an initializer rather than an input when they are baked.
+PORTABLE_CONTROL_TYPES = {"stochastic": "tensor(bool)", MASKS: "tensor(uint8)"}
+PORTABLE_MASKS = ("keep-uint8",)
 FLOAT = "tensor(float)"
 SAMPLES = "samples"
 # An input or output name of a file with several (export/signature.py writes them).
@@ -117,10 +121,19 @@ class ModelInfo:
     format: int = FORMAT_VERSION
     # Where each layer's values sit in a shared mask set; None: the file cannot take one.
     mask_layout: Optional[MaskLayout] = None
+    # The portable profile's {"batch", "passes", "masks", "baked"}; None: a standard file.
+    portable: Optional[dict] = None
 
     @property
     def control_inputs(self) -> List[str]:
+        if self.portable is not None:
+            return ["stochastic"] + ([] if self.portable["baked"] is not None else [MASKS])
         return [name for name in CONTROL_TYPES if name != MASKS or self.format >= MASKS_FROM_FORMAT]
+
+    @property
+    def control_types(self) -> Dict[str, str]:
+        types = PORTABLE_CONTROL_TYPES if self.portable is not None else CONTROL_TYPES
+        return {name: types[name] for name in self.control_inputs}
 
     @property
     def input_names(self) -> List[str]:
@@ -196,7 +209,8 @@ class ModelInfo:
             activation_floats_per_sample=_integer(meta, "activation_floats_per_sample", 0),
             once_floats_per_input=_integer(meta, "once_floats_per_input", 0, default=0),
             inputs=inputs, outputs=outputs, metadata=meta, model_inputs=model_inputs, model_outputs=model_outputs,
-            format=meta["format"], mask_layout=mask_layout)
+            format=meta["format"], mask_layout=mask_layout,
+            portable=_portable(meta.get("portable"), mask_layout, layers, default_passes))
 
 
 class _Bad(ValueError):
@@ -257,7 +271,7 @@ def check_contract(session, info: ModelInfo) -> None:
     path = info.path
     overridable = {arg.name: arg for arg in getattr(session, "get_overridable_initializers", lambda: [])()}
     given = {arg.name: arg for arg in session.get_inputs()}
-    controls = {name: CONTROL_TYPES[name] for name in info.control_inputs}
+    controls = info.control_types
     for name, wanted in {**{i.name: FLOAT for i in info.model_inputs}, **controls}.items():
         arg = given.get(name) or overridable.get(name)
         if arg is None:
@@ -504,6 +518,33 @@ def _layer(entry: Any) -> StochasticLayer:
         rate=None if rate is None else _number(entry, "rate"), noise_shape=noise_shape,
         distribution=str(entry.get("distribution")), random_node=_string(entry, "random_node"),
         seed=_number(entry, "seed"))
+
+
+def _portable(value: Any, mask_layout: Optional[MaskLayout], layers: list, default_passes: int) -> Optional[dict]:
+    """The portable profile's fields, checked (docs/FORMAT.md: Portable profile)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or mask_layout is None:
+        raise _Bad("portable must be an object, in a file with a mask layout")
+    passes = _integer(value, "passes", 1)
+    batch = value.get("batch")
+    if batch is not None:
+        _integer(value, "batch", 1)
+    if value.get("masks") not in PORTABLE_MASKS:
+        raise _Bad(f"portable masks {_short(value.get('masks'))} is not one of {', '.join(PORTABLE_MASKS)}")
+    if passes != default_passes:
+        raise _Bad("a portable file's default_passes must be its passes")
+    if any(not isinstance(layer.get("rate"), (int, float)) or isinstance(layer.get("rate"), bool)
+           or not 0 < layer["rate"] < 1 or layer.get("distribution") != "uniform" for layer in layers):
+        raise _Bad("a portable file's stochastic layers are Bernoulli: uniform draws, rates in (0, 1)")
+    baked = value.get("baked")
+    if baked is not None:
+        if not isinstance(baked, dict):
+            raise _Bad("portable baked must be an object or null")
+        seed = baked.get("mask_seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise _Bad("portable baked mask_seed must be an integer from 0 to 2**64 - 1")
+    return {"batch": batch, "passes": passes, "masks": value["masks"], "baked": baked}
 
 
 def describe_preprocessing(pre: Optional[dict], reason: str = "") -> str:

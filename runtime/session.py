@@ -15,6 +15,7 @@ import onnxruntime as ort
 
 from . import decision, integrity, providers, seeds, tensor_bounds
 from . import masks as mask_sets
+from . import portable_masks
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
 from .limits import DEFAULT, Limits, usable_cores
@@ -161,8 +162,8 @@ class MCSession:
         self._factory = session_factory
         self._session, self._info = self._create_session(model_bytes, 0, device, self.threads)
         self._samples = tuple(output.prefix + SAMPLES for output in self._info.model_outputs)
-        if self.provider != providers.CPU:
-            self._max_workers = 0  # the GPU draws in parallel inside one session
+        if self.provider != providers.CPU or self._info.portable is not None:
+            self._max_workers = 0  # the GPU draws in parallel inside one session; a portable file draws nothing
         # The bytes stay for the workers, created on the first predict that wants them.
         self._model_bytes = model_bytes if self._max_workers else None
         self._workers: List = []
@@ -274,25 +275,36 @@ class MCSession:
         x = self._check_inputs(x)
         batch = len(next(iter(x.values())))
         passes = self._check_passes(passes)
+        asked_seed = mask_seed
         mode, mask_seed = self._check_masks(masks, mask_seed)
         passes, stochastic = (passes, True) if dropout else (1, False)
         shared = mode == "shared" and dropout
         rules = [decision.Rule.parse(uncertain_if, output.head) if uncertain_if is not None
                  else decision.file_rule(output.calibration, output.head) for output in self._info.model_outputs]
-        plan, workers = self._plan(batch, passes, shared)
-        big = self._big(batch, passes)
-        if big:
-            with self._lock:
-                self._parallel_predicts += 1
-        mask_rows = self._mask_rows(mask_seed, passes) if shared else None
-        pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers,
-                                mask_rows=mask_rows)
+        # --- portable profile (runtime/portable_masks.py): runs of the file's fixed shape ---
+        portable = None
+        if self._info.portable is not None:
+            portable_masks.check_predict(self._info, self.path, mode, asked_seed, passes)
+            mask_seed = portable_masks.mask_seed_of(self._info, mask_seed)
+            portable = portable_masks.run_samples(
+                self._info, lambda rows, kept: self._run(rows, passes, stochastic, masks=kept), x, passes, stochastic,
+                mask_seed, list(self._samples), progress)
+        # --- end of the portable profile ---
+        else:
+            plan, workers = self._plan(batch, passes, shared)
+            big = self._big(batch, passes)
+            if big:
+                with self._lock:
+                    self._parallel_predicts += 1
+            mask_rows = self._mask_rows(mask_seed, passes) if shared else None
+            pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers,
+                                    mask_rows=mask_rows)
         predictions = {}
         for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
             calibration = output.calibration or {}
             fitted = calibration.get("thresholds") if threshold is None and thresholds is None else None
             conformal = calibration.get("conformal")
-            samples = _assemble([piece[name] for piece in pieces], plan)
+            samples = portable[name] if portable is not None else _assemble([piece[name] for piece in pieces], plan)
             if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
                 raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
                                     "or infinite outputs for finite inputs")
@@ -463,7 +475,9 @@ class MCSession:
         session = session or self._session
         layout = self._info.mask_layout
         feed = {**x, **mask_sets.control_feeds(passes, stochastic, masks, layout.floats_per_pass if layout else 0)}
-        if self._info.format < MASKS_FROM_FORMAT:
+        if self._info.portable is not None:  # portable profile: no passes input, uint8 keep masks
+            feed = portable_masks.feeds(self._info, x, stochastic, self._portable_masks(masks))
+        elif self._info.format < MASKS_FROM_FORMAT:
             del feed[mask_sets.MASKS]  # files from before mask sets have no such input
         names = list(self._samples if outputs is None else outputs) or [arg.name for arg in session.get_outputs()]
         # A failing kernel would also print its error straight to fd 2; the exception carries it.
@@ -481,6 +495,14 @@ class MCSession:
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))
+
+    def _portable_masks(self, masks: Optional[np.ndarray]) -> np.ndarray:
+        """A portable file's keep masks for one run: the caller's, checked, or the session's mask seed's."""
+        portable, layout = self._info.portable, self._info.mask_layout
+        if masks is None:
+            return portable_masks.keep_masks(layout, [layer.rate for layer in self._info.stochastic_layers],
+                                             self._mask_seed, 0, portable["passes"])
+        return portable_masks.check_masks_feed(masks, portable["passes"], layout.floats_per_pass)
 
     def _check_tensors(self, feed: Dict[str, np.ndarray]) -> None:
         """InputError if a tensor this feed's shapes (and small values: passes) imply is over
@@ -777,6 +799,11 @@ def _capped_arena(options: "ort.SessionOptions", cap: int):
 def _model_info(session, parsed: ModelFile, path: str, limits: Limits) -> ModelInfo:
     """What the file says, checked against the session's graph and its random nodes' seeds."""
     info = ModelInfo.from_session(session, path, parsed.metadata.get(METADATA_KEY), limits)
+    if info.portable is not None:  # portable profile: its masks are fed, no node may draw
+        if parsed.random_nodes:
+            raise ModelFileError(f"{path}: a portable file holds random node {parsed.random_nodes[0].name!r}; "
+                                 "convert the standard file again")
+        return info
     seeds.check_seeds(parsed, info.stochastic_layers, path)
     return info
 
