@@ -403,6 +403,8 @@ def export(
         None, help="Comma-separated layers whose own randomness (RNN dropout, custom random layers) may be dropped."),
     custom_objects: Optional[Path] = typer.Option(
         None, help="A Python file registering your custom layers; it is imported first, which runs its code."),
+    portable: bool = typer.Option(False, "--portable", help="Write the portable profile (no random op, masks fed, "
+                                  "T = --passes), as `convert --portable` would."),
 ):
     """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
     _check_export_target(output)  # before minutes of loading and converting
@@ -438,8 +440,9 @@ def export(
         def progress(message):
             os.write(terminal, (message + "\n").encode())
 
+        standard = output if not portable else _standard_path(output)
         report = export_model(
-            source, output, passes=passes, head=head,
+            source, standard, passes=passes, head=head,
             labels=Path(labels) if labels is not None and ("=" not in labels or Path(labels).exists()) else labels,
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
             opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
@@ -448,7 +451,53 @@ def export(
             ignore_random_layers=[n.strip() for n in ignore_random_layers.split(",") if n.strip()]
             if ignore_random_layers else None, custom_objects=custom_objects,
         )
+    if portable:  # export, then the same conversion as `convert --portable`
+        from .convert import convert_file
+
+        try:
+            converted = convert_file(standard, output)
+        finally:
+            standard.unlink(missing_ok=True)
+        typer.echo("\n".join(line for line in report.lines() if not line.startswith("wrote")))
+        typer.echo("\n".join(terminal_safe(line) for line in converted.lines()))
+        return
     typer.echo("\n".join(report.lines()))
+
+
+def _standard_path(output: Path) -> Path:
+    """Where export --portable writes the standard file before converting it: beside OUT."""
+    return output.with_name(f".{output.stem}.standard.{os.getpid()}.onnx")
+
+
+@app.command()
+@reports_errors
+def convert(
+    source: Path = typer.Argument(..., help="An exported or calibrated mcdrop ONNX file."),
+    output: Path = typer.Option(..., "-o", "--output", help="The ONNX file to write."),
+    portable: bool = typer.Option(False, "--portable", help="No random op: masks fed as uint8 keep masks built "
+                                  "from a mask seed, or baked (docs/FORMAT.md: Portable profile)."),
+    batch_size: Optional[int] = typer.Option(None, help="Fix the batch size (NNAPI and Core ML need it) [default: any]."),
+    passes: Optional[int] = typer.Option(None, help="The fixed number of passes T [default: the file's]."),
+    bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="Store the mask set of this seed in the file "
+                                             "(no masks to feed; at most T passes)."),
+    limit: List[str] = LIMIT_OPTION,
+    no_verify: bool = NO_VERIFY_OPTION,
+):
+    """Rewrite an mcdrop file for other runtimes and accelerators (needs onnx, not TensorFlow)."""
+    if not portable:
+        raise InputError("convert needs a profile: --portable (the only one so far)")
+    _check_export_target(output)
+    if _same_file(output, str(source)):
+        raise InputError(f"-o {output}: is the input file; writing there would replace it")
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise InputError("convert needs onnx: pip install -e '.[convert]'")
+    from .convert import convert_file
+
+    report = convert_file(source, output, batch_size=batch_size, passes=passes, bake_masks=bake_masks,
+                          verify=not no_verify, limits=_limits(limit))
+    typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
 
 
 def _check_export_target(output: Path) -> None:

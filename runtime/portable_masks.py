@@ -62,6 +62,18 @@ def check_predict(info, path: str, mode: str, mask_seed: Optional[int], passes: 
             raise InputError(f"{path} holds {portable['passes']} baked passes; asked for {passes}")
 
 
+def check_raw(info, x: Dict[str, np.ndarray], passes: int, masks) -> None:
+    """One raw run of a portable file takes its T passes and its batch, and no masks if baked."""
+    portable = info.portable
+    if passes != portable["passes"]:
+        raise InputError(f"a portable file runs its {portable['passes']} passes at once; asked for {passes}")
+    batch = len(next(iter(x.values())))
+    if portable.get("batch") is not None and batch != portable["batch"]:
+        raise InputError(f"a portable file of batch {portable['batch']} got a batch of {batch}")
+    if masks is not None and portable.get("baked") is not None:
+        raise InputError("a baked portable file holds its masks; it takes none")
+
+
 def mask_seed_of(info, default: int) -> int:
     baked = info.portable.get("baked")
     return baked["mask_seed"] if baked is not None else default

@@ -357,9 +357,16 @@ class MCSession:
                 wait_for(futures, STOP_GRACE_S)
         return [future.result() for future in futures]
 
-    def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True) -> Dict[str, np.ndarray]:
-        """Every graph output of one run, unchunked (for checking the graph itself)."""
-        return self._run(self._check_inputs(x), self._check_passes(passes), bool(stochastic), ())
+    def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True,
+                masks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Every graph output of one run, unchunked (for checking the graph itself). masks: a
+        portable file's own uint8 keep masks [T, floats_per_pass] (default: the session's mask seed's)."""
+        x, passes = self._check_inputs(x), self._check_passes(passes)
+        if self._info.portable is not None:  # portable profile: its fixed T and batch, masks checked
+            portable_masks.check_raw(self._info, x, passes, masks)
+        elif masks is not None:
+            raise InputError("run_raw takes masks for portable files only; predict(masks='shared') feeds a set")
+        return self._run(x, passes, bool(stochastic), (), masks=masks)
 
     def self_check(self, x=None) -> list:
         """Check on this device that the file's randomness is live (runs and passes differ, the
