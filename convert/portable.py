@@ -305,6 +305,12 @@ def convert_file(source, output, *, batch_size: Optional[int] = None, passes: Op
         checks = ["loads as the runtime checks every file"]
         if validate:
             checks.append(_check_parity(standard, data, meta, Path(folder), limits))
+        if batch_size is not None:  # fixed shapes: what the mobile accelerators would take
+            from .accelerators import mobile_coverage
+
+            written = Path(folder) / "coverage.onnx"
+            written.write_bytes(data)
+            checks += [f"{name}: {coverage}" for name, coverage in mobile_coverage(written).items()]
     with atomic_writer(Path(output)) as f:
         f.write(data)
     portable = meta["portable"]
