@@ -188,3 +188,15 @@ def test_cli_convert_refuses_bad_outputs(tmp_path, target, fragment):
     code, output = invoke("convert", source, "-o", out, "--portable")
     assert code == 2 and output.count("\n") == 1 and fragment in output, output
     assert source.read_bytes() == MLP.read_bytes()
+
+
+@pytest.mark.slow
+def test_cli_export_portable(tmp_path):
+    pytest.importorskip("tf2onnx")
+    out = tmp_path / "mlp_portable.onnx"
+    code, output = invoke("export", MODELS / "mlp.keras", "-o", out, "--portable", "--passes", "16", "--no-validate")
+    assert code == 0, output
+    assert "samples equal to the standard file's shared mode" in output
+    assert not {node.op_type for node in onnx.load(out).graph.node} & set(RANDOM_OPS)
+    assert MCSession(out).info.portable["passes"] == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp_portable.onnx"]  # the standard file went
