@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from . import decision, integrity, providers, seeds, tensor_bounds
 from . import masks as mask_sets
-from . import portable_masks
+from . import openvino_engine, portable_masks
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
 from .limits import DEFAULT, Limits, usable_cores
@@ -183,8 +183,11 @@ class MCSession:
         if self._external_folder:
             options.add_session_config_entry(EXTERNAL_DATA_FOLDER, self._external_folder)
         try:
-            with _capped_arena(options, self._arena_bytes):
-                session = providers.create_session(model_bytes, device, options, self._factory)
+            if openvino_engine.wants(device):  # OpenVINO engine (runtime/openvino_engine.py)
+                session = openvino_engine.create_session(model_bytes, device, self.path, threads)
+            else:
+                with _capped_arena(options, self._arena_bytes):
+                    session = providers.create_session(model_bytes, device, options, self._factory)
         except Exception as err:
             if not _load_failure(err):
                 raise
