@@ -121,6 +121,29 @@ def run_samples(info, run: Callable, x: Dict[str, np.ndarray], passes: int, stoc
     return {name: np.concatenate([piece[name] for piece in by_pass], axis=0)[:wanted] for name in names}
 
 
+def self_check(checks, info, run: Callable, x: Dict[str, np.ndarray], seed: int, names: List[str]) -> None:
+    """MCSession.self_check for a portable file: no random node (checked on load), two mask seeds
+    give different samples (not for a baked file: one set), the passes of a run differ, and the
+    deterministic pass repeats. run(x, masks, stochastic): one run of the file."""
+    from .validate import side_by_side
+
+    def samples(stochastic: bool, mask_seed: int) -> np.ndarray:
+        found = run_samples(info, lambda rows, kept: run(rows, kept, stochastic), x,
+                            info.portable["passes"], stochastic, mask_seed, names)
+        return side_by_side(found, names)
+
+    checks.check("no random node", True, "masks fed as uint8 keep masks" + (
+        f", baked (mask seed {info.portable['baked']['mask_seed']})" if info.portable.get("baked") else ""), "")
+    first = samples(True, seed)
+    if info.portable.get("baked") is None:
+        checks.check("mask seeds differ", not np.array_equal(first, samples(True, (seed + 1) % mask_sets.MAX_SEED)),
+                     "two mask seeds give different samples", "two mask seeds gave identical samples")
+    checks.check("passes differ", float(np.max(first.max(0) - first.min(0))) > 0, "passes within a run differ",
+                 "all passes of a run are identical")
+    checks.check("deterministic pass repeats", np.array_equal(samples(False, seed), samples(False, seed)),
+                 "dropout off gives the same output every time", "dropout off still varies between runs")
+
+
 def _padded(x: Dict[str, np.ndarray], start: int, size: int) -> Tuple[Dict[str, np.ndarray], int]:
     """Rows start .. start + size of every input, the last chunk padded with copies of its first
     row to `size` rows; (the rows, how many are real)."""

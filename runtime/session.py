@@ -377,6 +377,12 @@ class MCSession:
         from .validate import Checklist, check_live_randomness, sample_inputs, side_by_side
 
         checks = Checklist()
+        if self._info.portable is not None:  # portable profile: masks from mask seeds (runtime/portable_masks.py)
+            x = x if x is not None else {i.name: sample_inputs(i.shape, self._info.metadata.get("preprocessing"), seed=n)
+                                         for n, i in enumerate(self._info.model_inputs)}
+            portable_masks.self_check(checks, self._info, lambda rows, kept, on: self._run(rows, 0, on, masks=kept),
+                                      self._check_inputs(x), self._mask_seed, list(self._samples))
+            return checks.passed
         checks.check("random nodes", True, f"{len(self._info.stochastic_layers)} seeded random nodes, as the metadata "
                      "lists", "")  # reached only when __init__'s check_seeds passed
         if self._info.stochastic_layers:

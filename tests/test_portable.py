@@ -200,3 +200,31 @@ def test_cli_export_portable(tmp_path):
     assert not {node.op_type for node in onnx.load(out).graph.node} & set(RANDOM_OPS)
     assert MCSession(out).info.portable["passes"] == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp_portable.onnx"]  # the standard file went
+
+
+@pytest.mark.parametrize("name, wanted", [("mlp", {"no random node", "mask seeds differ", "passes differ",
+                                                   "deterministic pass repeats"}),
+                                          ("mlp_baked", {"no random node", "passes differ", "deterministic pass repeats"})])
+def test_self_check_of_a_portable_file(files, name, wanted):
+    assert {check.name for check in MCSession(files[name]).self_check()} == wanted
+
+
+@pytest.mark.parametrize("portable, fragment", [
+    ({"batch": 1, "passes": 32, "masks": "bits", "baked": None}, "portable masks 'bits'"),
+    ({"batch": 1, "passes": 31, "masks": "keep-uint8", "baked": None}, "default_passes must be its passes"),
+    ({"batch": 0, "passes": 32, "masks": "keep-uint8", "baked": None}, "batch must be an integer >= 1"),
+    ({"batch": 1, "passes": 32, "masks": "keep-uint8", "baked": {"mask_seed": -1}}, "baked mask_seed"),
+])
+def test_broken_portable_metadata_is_refused(files, tmp_path, portable, fragment):
+    import json
+
+    from mcdrop.runtime.integrity import seal
+
+    proto = onnx.load(files["mlp"])
+    meta = json.loads(proto.metadata_props[0].value)
+    meta["portable"] = portable
+    proto.metadata_props[0].value = json.dumps(meta)
+    del proto.metadata_props[1:]
+    (tmp_path / "bad.onnx").write_bytes(seal(proto.SerializeToString()))
+    with pytest.raises(ModelFileError, match=fragment):
+        MCSession(tmp_path / "bad.onnx")
