@@ -18,7 +18,6 @@ import numpy as np
 from . import masks as mask_sets
 from .errors import InputError
 
-PROFILE = "portable"
 KEEP_MASKS = "keep-uint8"  # the only mask encoding so far: one byte per mask value, 1 keep, 0 drop
 
 
