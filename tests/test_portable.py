@@ -228,3 +228,21 @@ def test_broken_portable_metadata_is_refused(files, tmp_path, portable, fragment
     (tmp_path / "bad.onnx").write_bytes(seal(proto.SerializeToString()))
     with pytest.raises(ModelFileError, match=fragment):
         MCSession(tmp_path / "bad.onnx")
+
+
+@pytest.mark.parametrize("change, error, fragment", [
+    (lambda meta: meta["stochastic_layers"][0].update(distribution="normal"), InputError, "draws Gaussian noise"),
+    (lambda meta: meta.update(masks=None), ModelFileError, "cannot take a mask set"),
+    (lambda meta: meta.update(stochastic_layers=[]), InputError, "no stochastic layer"),
+], ids=["gaussian", "no mask layout", "deterministic"])
+def test_files_the_profile_cannot_take_are_refused(change, error, fragment):
+    import json
+
+    from mcdrop.convert import portable_model
+
+    proto = onnx.load(MLP)
+    meta = json.loads(proto.metadata_props[0].value)
+    change(meta)
+    with pytest.raises(error, match=fragment) as caught:
+        portable_model(proto, meta, path="mlp.onnx")
+    assert "\n" not in str(caught.value)
