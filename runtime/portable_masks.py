@@ -87,14 +87,15 @@ def feeds(info, x: Dict[str, np.ndarray], stochastic: bool, masks: Optional[np.n
 
 
 def run_samples(info, run: Callable, x: Dict[str, np.ndarray], passes: int, stochastic: bool, seed: int,
-                names: List[str], progress=None) -> Dict[str, np.ndarray]:
+                names: List[str], progress=None, rows_per_run: Optional[int] = None) -> Dict[str, np.ndarray]:
     """{samples output: [passes, batch, ...]} from runs of the file's shape. run(x, masks) is one
-    onnxruntime run of the file's T passes and batch."""
+    onnxruntime run of the file's T passes and batch. A file of any batch takes rows_per_run inputs
+    a run (MCSession's memory bound; default: the whole batch)."""
     portable, layout = info.portable, info.mask_layout
     file_passes, file_batch = portable["passes"], portable.get("batch")
     rates = [layer.rate for layer in info.stochastic_layers]
     batch = len(next(iter(x.values())))
-    step = file_batch or batch
+    step = file_batch or min(batch, rows_per_run or batch)
     wanted = passes if stochastic else 1
     pass_starts = list(range(0, wanted, file_passes))
     row_starts = list(range(0, batch, step))

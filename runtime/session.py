@@ -289,9 +289,10 @@ class MCSession:
         if self._info.portable is not None:
             portable_masks.check_predict(self._info, self.path, mode, asked_seed, passes)
             mask_seed = portable_masks.mask_seed_of(self._info, mask_seed)
+            rows_per_run = max(rows.stop - rows.start for rows, _ in self._plan(batch, self._info.default_passes, True)[0])
             portable = portable_masks.run_samples(
                 self._info, lambda rows, kept: self._run(rows, passes, stochastic, masks=kept), x, passes, stochastic,
-                mask_seed, list(self._samples), progress)
+                mask_seed, list(self._samples), progress, rows_per_run)
         # --- end of the portable profile ---
         else:
             plan, workers = self._plan(batch, passes, shared)
@@ -512,9 +513,12 @@ class MCSession:
             self._run_count += 1
         return dict(zip(names, result))
 
-    def _portable_masks(self, masks: Optional[np.ndarray]) -> np.ndarray:
-        """A portable file's keep masks for one run: the caller's, checked, or the session's mask seed's."""
+    def _portable_masks(self, masks: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """A portable file's keep masks for one run: the caller's, checked, or the session's mask seed's
+        (None for a baked file)."""
         portable, layout = self._info.portable, self._info.mask_layout
+        if portable["baked"] is not None:
+            return None  # stored in the file
         if masks is None:
             return portable_masks.keep_masks(layout, [layer.rate for layer in self._info.stochastic_layers],
                                              self._mask_seed, 0, portable["passes"])
