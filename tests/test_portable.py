@@ -246,3 +246,12 @@ def test_files_the_profile_cannot_take_are_refused(change, error, fragment):
     with pytest.raises(error, match=fragment) as caught:
         portable_model(proto, meta, path="mlp.onnx")
     assert "\n" not in str(caught.value)
+
+
+def test_a_file_of_any_batch_keeps_to_the_memory_bound(files):
+    x = inputs(CNN, 3)
+    calls = []
+    bounded = MCSession(files["cnn_any"], max_chunk_bytes=64 * 2**20)  # one input's 50 passes a run
+    got = bounded.predict(x, passes=50, mask_seed=4, progress=lambda done, total: calls.append(total))
+    want = MCSession(CNN).predict(x, passes=50, masks="shared", mask_seed=4)
+    assert calls == [3, 3, 3] and np.max(np.abs(got.samples - want.samples)) <= TOLERANCE
