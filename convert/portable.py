@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -287,6 +288,15 @@ def convert_file(source, output, *, batch_size: Optional[int] = None, passes: Op
             raise InputError(f"--bake-masks must be a mask seed from 0 to 2**64 - 1, got {bake_masks!r}") from None
     check_writable_target(Path(output))
     source_bytes = read_regular(str(source), limits.model_bytes, ModelFileError, "model file", "model_mb")
+    sealed = _checksum_holds(source_bytes, str(source))
+    if not sealed and verify:
+        from ..runtime.integrity import verify as check_checksum
+        from ..runtime.onnx_file import read_model
+
+        check_checksum(source_bytes, read_model(source_bytes, str(source)), str(source))  # its one-line refusal
+    if not sealed:
+        warnings.warn(f"{source}: its integrity checksum is missing or wrong; {output} is written without one, "
+                      "so loading it needs --no-verify too", stacklevel=2)
     with tempfile.TemporaryDirectory(prefix="mcdrop-convert-") as folder:
         standard_path = Path(folder) / "standard.onnx"
         standard_path.write_bytes(source_bytes)
@@ -308,11 +318,24 @@ def convert_file(source, output, *, batch_size: Optional[int] = None, passes: Op
             written.write_bytes(data)
             checks += [f"{name}: {coverage}" for name, coverage in mobile_coverage(written).items()]
     with atomic_writer(Path(output)) as f:
-        f.write(data)
+        # An unverified source gives an unsealed file, as calibrate does: a fresh checksum would
+        # vouch for bytes nobody checked (seal appends its entry, so the bytes before it are unsealed).
+        f.write(data if sealed else converted.SerializeToString())
     portable = meta["portable"]
     return ConvertReport(str(output), portable["batch"], portable["passes"], bake_masks,
                          0 if bake_masks is not None else portable["passes"] * meta["masks"]["floats_per_pass"],
                          len(data), len(converted.graph.node), checks)
+
+
+def _checksum_holds(model_bytes: bytes, path: str) -> bool:
+    from ..runtime.integrity import verify
+    from ..runtime.onnx_file import read_model
+
+    try:
+        verify(model_bytes, read_model(model_bytes, path), path)
+    except ModelFileError:
+        return False
+    return True
 
 
 def _check_parity(standard, data: bytes, meta: dict, folder: Path, limits) -> str:

@@ -255,3 +255,17 @@ def test_a_file_of_any_batch_keeps_to_the_memory_bound(files):
     got = bounded.predict(x, passes=50, mask_seed=4, progress=lambda done, total: calls.append(total))
     want = MCSession(CNN).predict(x, passes=50, masks="shared", mask_seed=4)
     assert calls == [3, 3, 3] and np.max(np.abs(got.samples - want.samples)) <= TOLERANCE
+
+
+def test_an_unverified_source_gives_an_unsealed_file(tmp_path):
+    proto = onnx.load(MLP)
+    del proto.metadata_props[1:]  # no checksum
+    onnx.save(proto, tmp_path / "unsealed.onnx")
+    out = tmp_path / "out.onnx"
+    code, output = invoke("convert", tmp_path / "unsealed.onnx", "-o", out, "--portable")
+    assert code == 2 and "has no integrity checksum" in output and not out.exists()
+    code, output = invoke("convert", tmp_path / "unsealed.onnx", "-o", out, "--portable", "--no-verify")
+    assert code == 0 and "is written without one" in output
+    with pytest.raises(ModelFileError, match="no integrity checksum"):
+        MCSession(out)
+    assert MCSession(out, verify=False).info.portable is not None
