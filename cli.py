@@ -405,9 +405,19 @@ def export(
         None, help="A Python file registering your custom layers; it is imported first, which runs its code."),
     portable: bool = typer.Option(False, "--portable", help="Write the portable profile (no random op, masks fed, "
                                   "T = --passes), as `convert --portable` would."),
+    file_format: str = typer.Option("onnx", "--format", help="onnx, or tflite: a portable TensorFlow Lite file for "
+                                    "LiteRT (T = --passes, masks fed or --bake-masks)."),
+    bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="With --portable or --format tflite: store "
+                                             "the mask set of this seed in the file (no masks to feed)."),
 ):
     """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
-    _check_export_target(output)  # before minutes of loading and converting
+    if file_format not in ("onnx", "tflite"):
+        raise InputError(f"--format {file_format!r}: choose onnx or tflite")
+    if bake_masks is not None and not (portable or file_format == "tflite"):
+        raise InputError("--bake-masks is for --portable or --format tflite")
+    if file_format == "tflite" and (portable or quantize != "none"):
+        raise InputError("--format tflite writes a portable float file: no --portable or --quantize with it")
+    _check_export_target(output, ".tflite" if file_format == "tflite" else ".onnx")  # before minutes of work
     size = None
     if image_size is not None:
         try:
@@ -427,6 +437,8 @@ def export(
     import logging
 
     missing = [name for name in ("tensorflow", "keras", "tf2onnx", "onnx") if importlib.util.find_spec(name) is None]
+    if file_format == "tflite" and importlib.util.find_spec("ai_edge_litert") is None:
+        missing.append("ai_edge_litert")  # LiteRT checks the file before it is written
     if missing:
         raise InputError(f"export needs the export extra ({', '.join(missing)} missing): pip install -e '.[export]'")
 
@@ -441,7 +453,14 @@ def export(
             os.write(terminal, (message + "\n").encode())
 
         standard = output if not portable else _standard_path(output)
-        report = export_model(
+        write = export_model
+        if file_format == "tflite":  # export/litert.py: the portable ONNX file, then TensorFlow Lite
+            from functools import partial
+
+            from .export.litert import export_litert
+
+            write, portable = partial(export_litert, bake_masks=bake_masks), False
+        report = write(
             source, standard, passes=passes, head=head,
             labels=Path(labels) if labels is not None and ("=" not in labels or Path(labels).exists()) else labels,
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
@@ -455,7 +474,7 @@ def export(
         from .convert import convert_file
 
         try:
-            converted = convert_file(standard, output)
+            converted = convert_file(standard, output, bake_masks=bake_masks)
         finally:
             standard.unlink(missing_ok=True)
         typer.echo("\n".join(line for line in report.lines() if not line.startswith("wrote")))
@@ -500,9 +519,9 @@ def convert(
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
 
 
-def _check_export_target(output: Path) -> None:
-    """-o must name an .onnx file (so `-o model.keras` cannot replace the source), not a folder or
-    a link, in a folder that is one or can be made."""
+def _check_export_target(output: Path, suffix: str = ".onnx") -> None:
+    """-o must name an .onnx (or `suffix`) file (so `-o model.keras` cannot replace the source), not
+    a folder or a link, in a folder that is one or can be made."""
     from .runtime.files import check_writable_target
 
     path = Path(os.path.abspath(output))
@@ -511,8 +530,8 @@ def _check_export_target(output: Path) -> None:
         raise InputError(f"-o {output}: {folder} is not a folder")
     if folder == path.parent:
         check_writable_target(output)
-    if output.suffix.lower() != ".onnx":
-        raise InputError(f"-o {output}: the file to write must end in .onnx")
+    if output.suffix.lower() != suffix:
+        raise InputError(f"-o {output}: the file to write must end in {suffix}")
 
 
 @app.command()

@@ -15,7 +15,7 @@ import onnxruntime as ort
 
 from . import decision, integrity, providers, seeds, tensor_bounds
 from . import masks as mask_sets
-from . import openvino_engine, portable_masks
+from . import litert_engine, openvino_engine, portable_masks
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
 from .limits import DEFAULT, Limits, usable_cores
@@ -142,12 +142,18 @@ class MCSession:
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.threads = threads or usable_cores()
         model_bytes = read_regular(self.path, limits.model_bytes, ModelFileError, "model file", "model_mb")
-        self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data,
-                                                            limits)
+        if litert_engine.wants(self.path):  # LiteRT engine (runtime/litert_engine.py): a portable .tflite file
+            if device not in ("auto", "cpu"):
+                raise InputError(f"{self.path}: a .tflite file runs on LiteRT's CPU kernels; device {device!r} "
+                                 "is for ONNX files")
+            self._parsed, self._external_folder = None, None
+        else:
+            self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data,
+                                                                limits)
         self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * self.max_chunk_bytes)
         self._checked_feeds: set = set()  # feed shapes (and small values) whose tensors are bounded
         # {input: vocabulary size} of the inputs that hold token ids (an Embedding's table rows)
-        self._vocabularies = tensor_bounds.vocabularies(self._parsed.graph)
+        self._vocabularies = tensor_bounds.vocabularies(self._parsed.graph) if self._parsed else {}
         self._session_bytes = SESSION_COPY * len(model_bytes)
         self._max_workers = min(self.threads, SEED_STREAMS - 1,
                                 max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
@@ -176,6 +182,14 @@ class MCSession:
                         threads: int) -> Tuple["ort.InferenceSession", ModelInfo]:
         """A session and what its file says; its seeds are stream `stream` of the session's seed
         (0: the main session, 1 and on: the workers)."""
+        if self._parsed is None:  # LiteRT engine: a portable file, no seed to rewrite
+            session = litert_engine.create_session(model_bytes, self.path, threads)
+            text = litert_engine.read_metadata(model_bytes, self.path)  # once LiteRT has verified the flatbuffer
+            info = ModelInfo.from_session(session, self.path, text, self.limits)
+            if info.portable is None:
+                raise ModelFileError(f"{self.path}: a .tflite mcdrop file is a portable file; its metadata has no "
+                                     "'portable' entry")
+            return session, info
         model_bytes, _ = seeds.rewrite_seeds(model_bytes, self._entropy, stream, SEED_STREAMS, self._parsed)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -532,7 +546,7 @@ class MCSession:
         key = tuple((name, value.shape, value.tobytes() if value.size <= 16 and value.dtype.kind in "iub" else None)
                     for name, value in sorted(feed.items()))
         with self._lock:
-            if key in self._checked_feeds:
+            if key in self._checked_feeds or self._parsed is None:  # LiteRT: fixed shapes but the batch
                 return
         tensor_bounds.check(self._parsed.graph, self.limits, self.path, feed)
         with self._lock:
