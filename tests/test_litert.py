@@ -77,6 +77,17 @@ def test_same_samples_as_the_portable_onnx_file(files, name):
 
 
 @pytest.mark.slow
+def test_golden_vectors_litert(files):
+    """tests/golden/portable_cnn.json on LiteRT (each runtime's test checks the same file)."""
+    from portable_golden import check, golden, golden_inputs, golden_masks
+
+    assert golden()["passes"] == PASSES
+    session = MCSession(files["cnn"][0])
+    x = golden_inputs()
+    check(session.run_raw(x, masks=golden_masks(session.info))["samples"], session.predict(x, dropout=False).samples)
+
+
+@pytest.mark.slow
 def test_the_litert_interpreter_runs_it_alone(files):
     """An app with LiteRT alone: feed input, stochastic and the keep masks of a mask seed by name."""
     from ai_edge_litert.interpreter import Interpreter

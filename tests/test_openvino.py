@@ -56,3 +56,17 @@ def test_without_openvino_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino raises ImportError
     with pytest.raises(DeviceError, match=r"pip install -e '\.\[openvino\]'"):
         MCSession(MODELS / "mlp.onnx", device="openvino")
+
+
+def test_golden_vectors_openvino(tmp_path):
+    """tests/golden/portable_cnn.json on OpenVINO (each runtime's test checks the same file)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    from mcdrop.convert import convert_file
+    from portable_golden import check, golden, golden_inputs, golden_masks
+
+    path = tmp_path / "cnn_portable.onnx"
+    convert_file(MODELS / "cnn.onnx", path, passes=golden()["passes"], validate=False)
+    session = MCSession(path, device="openvino")
+    x = golden_inputs()
+    check(session.run_raw(x, masks=golden_masks(session.info))["samples"], session.predict(x, dropout=False).samples)

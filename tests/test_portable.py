@@ -269,3 +269,15 @@ def test_an_unverified_source_gives_an_unsealed_file(tmp_path):
     with pytest.raises(ModelFileError, match="no integrity checksum"):
         MCSession(out)
     assert MCSession(out, verify=False).info.portable is not None
+
+
+def test_golden_vectors_onnxruntime_cpu(tmp_path):
+    """tests/golden/portable_cnn.json on onnxruntime CPU (each runtime's test checks the same file)."""
+    from portable_golden import check, golden, golden_inputs, golden_masks
+
+    path = tmp_path / "cnn_portable.onnx"
+    convert_file(CNN, path, passes=golden()["passes"], validate=False)
+    session = MCSession(path)
+    x = golden_inputs()
+    check(session.run_raw(x, masks=golden_masks(session.info))["samples"],
+          session.predict(x, dropout=False).samples)

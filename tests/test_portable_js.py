@@ -86,3 +86,39 @@ def test_onnxruntime_node_gives_the_python_samples(portable):
 def test_bad_feeds_are_one_line(portable, case, fragment):
     message = portable[1]["errors"][case]
     assert message is not None and fragment in message and "\n" not in message
+
+
+GOLDEN_HOOK = f"""
+import {{ readFileSync }} from "node:fs";
+import {{ createRequire }} from "node:module";
+import {{ feeds, keepMasks, readModelFile }} from "{LIB}";
+const ort = createRequire("{EXAMPLES / 'package.json'}")("onnxruntime-node");
+const [path, inputs] = process.argv.slice(1);
+const bytes = readFileSync(path);
+const {{ metadata }} = readModelFile(new Uint8Array(bytes));
+const {{ data, dims, seed }} = JSON.parse(readFileSync(inputs, "utf8"));
+const x = {{ data: Float32Array.from(data), dims }};
+const session = await ort.InferenceSession.create(bytes);
+const kept = keepMasks(metadata, seed, {{ first: 0, count: metadata.portable.passes }});
+const mc = (await session.run(feeds(ort, x, {{ masks: kept }}, metadata))).samples;
+const det = (await session.run(feeds(ort, x, {{ masks: kept, stochastic: false }}, metadata))).samples;
+process.stdout.write(JSON.stringify({{ mc: Array.from(mc.data), det: Array.from(det.data), dims: mc.dims }}));
+"""
+
+
+def test_golden_vectors_onnxruntime_node(tmp_path):
+    """tests/golden/portable_cnn.json on onnxruntime-node with mcdrop.mjs's keep masks (each
+    runtime's test checks the same file)."""
+    from portable_golden import check, golden, golden_inputs
+
+    node()
+    path = tmp_path / "cnn_portable.onnx"
+    convert_file(ROOT / "models" / "cnn.onnx", path, passes=golden()["passes"], validate=False)
+    x = golden_inputs()
+    feed = tmp_path / "inputs.json"
+    feed.write_text(json.dumps({"data": x.ravel().tolist(), "dims": list(x.shape), "seed": golden()["mask_seed"]}))
+    done = run_node(["--input-type=module", "-e", GOLDEN_HOOK, path, feed])
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    check(np.array(answer["mc"], np.float32).reshape(answer["dims"]),
+          np.array(answer["det"], np.float32).reshape(answer["dims"]))
