@@ -11,7 +11,8 @@ profile, LiteRT), so runtime/portable_masks.py's keep masks feed both and give t
 3. TensorFlow's converter writes it with TFLite builtin ops only (no Flex ops: LiteRT runs it
    alone), and mcdrop's metadata JSON goes into the flatbuffer's `metadata` list (entry "mcdrop");
 4. the file is loaded by MCSession on LiteRT and its samples checked against the portable ONNX
-   file's for one mask seed before it is written.
+   file's for one mask seed before it is written (also under --no-validate, which skips the
+   checks against Keras: this one takes milliseconds, and a file that disagrees is never written).
 Only Bernoulli noise layers whose masks are a `draw >= rate` test convert: Dropout,
 SpatialDropout1D/2D/3D, AlphaDropout (and TimeDistributed ones); the others are refused in one line.
 """
@@ -64,7 +65,8 @@ class LiteRTReport:
 def export_litert(source, output, *, passes: int = 50, bake_masks: Optional[int] = None, validate: bool = True,
                   progress=lambda message: None, **options) -> LiteRTReport:
     """Write the .tflite portable file of the Keras model `source` to `output` (atomically, after
-    LiteRT loaded it and, with `validate`, its parity with the portable ONNX file). `options`:
+    LiteRT loaded it and gave the portable ONNX file's samples; `validate`: export_model's and
+    convert_file's checks). `options`:
     export_model's (head, labels, mc_layers, preprocessing, trust_model_code, ...)."""
     from ..convert import convert_file
     from ..runtime.files import atomic_writer, check_writable_target
@@ -96,10 +98,8 @@ def export_litert(source, output, *, passes: int = 50, bake_masks: Optional[int]
         data, ops = tflite_bytes(model, meta, bake_masks)
         written = Path(folder) / "model.tflite"
         written.write_bytes(data)
-        checks = [_check_loads(written, meta)]
-        if validate:
-            progress("checking LiteRT against the portable ONNX file")
-            checks.append(_check_parity(written, portable, meta))
+        progress("checking LiteRT against the portable ONNX file")
+        checks = [_check_loads(written, meta), _check_parity(written, portable, meta)]
         with atomic_writer(output) as f:
             f.write(data)
     baked = meta["portable"]["baked"]

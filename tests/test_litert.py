@@ -232,7 +232,7 @@ def test_cli_export_tflite(tmp_path):
     pytest.importorskip("tf2onnx")
     out = tmp_path / "mlp.tflite"
     code, output = invoke("export", MODELS / "mlp.keras", "-o", out, "--format", "tflite", "--passes", "4",
-                          "--bake-masks", "5")
+                          "--bake-masks", "5", "--no-validate")  # skips the checks against Keras only
     assert code == 0, output
     assert "same samples as the portable ONNX file" in output and "baked (seed 5)" in output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mlp.tflite"]
