@@ -410,7 +410,8 @@ def export(
     bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="With --portable or --format tflite: store "
                                              "the mask set of this seed in the file (no masks to feed)."),
 ):
-    """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
+    """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph (--format tflite: a
+    portable TensorFlow Lite file for LiteRT)."""
     if file_format not in ("onnx", "tflite"):
         raise InputError(f"--format {file_format!r}: choose onnx or tflite")
     if bake_masks is not None and not (portable or file_format == "tflite"):
