@@ -403,9 +403,22 @@ def export(
         None, help="Comma-separated layers whose own randomness (RNN dropout, custom random layers) may be dropped."),
     custom_objects: Optional[Path] = typer.Option(
         None, help="A Python file registering your custom layers; it is imported first, which runs its code."),
+    portable: bool = typer.Option(False, "--portable", help="Write the portable profile (no random op, masks fed, "
+                                  "T = --passes), as `convert --portable` would."),
+    file_format: str = typer.Option("onnx", "--format", help="onnx, or tflite: a portable TensorFlow Lite file for "
+                                    "LiteRT (T = --passes, masks fed or --bake-masks)."),
+    bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="With --portable or --format tflite: store "
+                                             "the mask set of this seed in the file (no masks to feed)."),
 ):
-    """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph."""
-    _check_export_target(output)  # before minutes of loading and converting
+    """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph (--format tflite: a
+    portable TensorFlow Lite file for LiteRT)."""
+    if file_format not in ("onnx", "tflite"):
+        raise InputError(f"--format {file_format!r}: choose onnx or tflite")
+    if bake_masks is not None and not (portable or file_format == "tflite"):
+        raise InputError("--bake-masks is for --portable or --format tflite")
+    if file_format == "tflite" and (portable or quantize != "none"):
+        raise InputError("--format tflite writes a portable float file: no --portable or --quantize with it")
+    _check_export_target(output, ".tflite" if file_format == "tflite" else ".onnx")  # before minutes of work
     size = None
     if image_size is not None:
         try:
@@ -425,6 +438,8 @@ def export(
     import logging
 
     missing = [name for name in ("tensorflow", "keras", "tf2onnx", "onnx") if importlib.util.find_spec(name) is None]
+    if file_format == "tflite" and importlib.util.find_spec("ai_edge_litert") is None:
+        missing.append("ai_edge_litert")  # LiteRT checks the file before it is written
     if missing:
         raise InputError(f"export needs the export extra ({', '.join(missing)} missing): pip install -e '.[export]'")
 
@@ -438,8 +453,16 @@ def export(
         def progress(message):
             os.write(terminal, (message + "\n").encode())
 
-        report = export_model(
-            source, output, passes=passes, head=head,
+        standard = output if not portable else _standard_path(output)
+        write = export_model
+        if file_format == "tflite":  # export/litert.py: the portable ONNX file, then TensorFlow Lite
+            from functools import partial
+
+            from .export.litert import export_litert
+
+            write, portable = partial(export_litert, bake_masks=bake_masks), False
+        report = write(
+            source, standard, passes=passes, head=head,
             labels=Path(labels) if labels is not None and ("=" not in labels or Path(labels).exists()) else labels,
             mc_layers=[name.strip() for name in mc_layers.split(",") if name.strip()] if mc_layers else None,
             opset=opset, validate=validate, allow_deterministic=deterministic, image_size=size, color_mode=color_mode,
@@ -448,12 +471,58 @@ def export(
             ignore_random_layers=[n.strip() for n in ignore_random_layers.split(",") if n.strip()]
             if ignore_random_layers else None, custom_objects=custom_objects,
         )
+    if portable:  # export, then the same conversion as `convert --portable`
+        from .convert import convert_file
+
+        try:
+            converted = convert_file(standard, output, bake_masks=bake_masks)
+        finally:
+            standard.unlink(missing_ok=True)
+        typer.echo("\n".join(line for line in report.lines() if not line.startswith("wrote")))
+        typer.echo("\n".join(terminal_safe(line) for line in converted.lines()))
+        return
     typer.echo("\n".join(report.lines()))
 
 
-def _check_export_target(output: Path) -> None:
-    """-o must name an .onnx file (so `-o model.keras` cannot replace the source), not a folder or
-    a link, in a folder that is one or can be made."""
+def _standard_path(output: Path) -> Path:
+    """Where export --portable writes the standard file before converting it: beside OUT."""
+    return output.with_name(f".{output.stem}.standard.{os.getpid()}.onnx")
+
+
+@app.command()
+@reports_errors
+def convert(
+    source: Path = typer.Argument(..., help="An exported or calibrated mcdrop ONNX file."),
+    output: Path = typer.Option(..., "-o", "--output", help="The ONNX file to write."),
+    portable: bool = typer.Option(False, "--portable", help="No random op: masks fed as uint8 keep masks built "
+                                  "from a mask seed, or baked (docs/FORMAT.md: Portable profile)."),
+    batch_size: Optional[int] = typer.Option(None, help="Fix the batch size (NNAPI and Core ML need it) [default: any]."),
+    passes: Optional[int] = typer.Option(None, help="The fixed number of passes T [default: the file's]."),
+    bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="Store the mask set of this seed in the file "
+                                             "(no masks to feed; at most T passes)."),
+    limit: List[str] = LIMIT_OPTION,
+    no_verify: bool = NO_VERIFY_OPTION,
+):
+    """Rewrite an mcdrop file for other runtimes and accelerators (needs onnx, not TensorFlow)."""
+    if not portable:
+        raise InputError("convert needs a profile: --portable (the only one so far)")
+    _check_export_target(output)
+    if _same_file(output, str(source)):
+        raise InputError(f"-o {output}: is the input file; writing there would replace it")
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise InputError("convert needs onnx: pip install -e '.[convert]'")
+    from .convert import convert_file
+
+    report = convert_file(source, output, batch_size=batch_size, passes=passes, bake_masks=bake_masks,
+                          verify=not no_verify, limits=_limits(limit))
+    typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
+
+
+def _check_export_target(output: Path, suffix: str = ".onnx") -> None:
+    """-o must name an .onnx (or `suffix`) file (so `-o model.keras` cannot replace the source), not
+    a folder or a link, in a folder that is one or can be made."""
     from .runtime.files import check_writable_target
 
     path = Path(os.path.abspath(output))
@@ -462,8 +531,8 @@ def _check_export_target(output: Path) -> None:
         raise InputError(f"-o {output}: {folder} is not a folder")
     if folder == path.parent:
         check_writable_target(output)
-    if output.suffix.lower() != ".onnx":
-        raise InputError(f"-o {output}: the file to write must end in .onnx")
+    if output.suffix.lower() != suffix:
+        raise InputError(f"-o {output}: the file to write must end in {suffix}")
 
 
 @app.command()

@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from . import decision, providers, tensor_bounds
+from . import decision, litert_engine, openvino_engine, portable_masks, providers, tensor_bounds
 from .format import integrity, mask_sets, seeds
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .files import read_regular
@@ -142,12 +142,18 @@ class MCSession:
         self.max_chunk_bytes = int(max_chunk_bytes)
         self.threads = threads or usable_cores()
         model_bytes = read_regular(self.path, limits.model_bytes, ModelFileError, "model file", "model_mb")
-        self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data,
-                                                            limits)
+        if litert_engine.wants(self.path):  # LiteRT engine (runtime/litert_engine.py): a portable .tflite file
+            if device not in ("auto", "cpu"):
+                raise InputError(f"{self.path}: a .tflite file runs on LiteRT's CPU kernels; device {device!r} "
+                                 "is for ONNX files")
+            self._parsed, self._external_folder = None, None
+        else:
+            self._parsed, self._external_folder = _checked_file(model_bytes, self.path, verify, allow_external_data,
+                                                                limits)
         self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * self.max_chunk_bytes)
         self._checked_feeds: set = set()  # feed shapes (and small values) whose tensors are bounded
         # {input: vocabulary size} of the inputs that hold token ids (an Embedding's table rows)
-        self._vocabularies = tensor_bounds.vocabularies(self._parsed.graph)
+        self._vocabularies = tensor_bounds.vocabularies(self._parsed.graph) if self._parsed else {}
         self._session_bytes = SESSION_COPY * len(model_bytes)
         self._max_workers = min(self.threads, SEED_STREAMS - 1,
                                 max_chunk_bytes // WEIGHTS_SHARE // self._session_bytes)
@@ -162,8 +168,8 @@ class MCSession:
         self._factory = session_factory
         self._session, self._info = self._create_session(model_bytes, 0, device, self.threads)
         self._samples = tuple(output.prefix + SAMPLES for output in self._info.model_outputs)
-        if self.provider != providers.CPU:
-            self._max_workers = 0  # the GPU draws in parallel inside one session
+        if self.provider != providers.CPU or self._info.portable is not None:
+            self._max_workers = 0  # the GPU draws in parallel inside one session; a portable file draws nothing
         # The bytes stay for the workers, created on the first predict that wants them.
         self._model_bytes = model_bytes if self._max_workers else None
         self._workers: List = []
@@ -176,6 +182,14 @@ class MCSession:
                         threads: int) -> Tuple["ort.InferenceSession", ModelInfo]:
         """A session and what its file says; its seeds are stream `stream` of the session's seed
         (0: the main session, 1 and on: the workers)."""
+        if self._parsed is None:  # LiteRT engine: a portable file, no seed to rewrite
+            session = litert_engine.create_session(model_bytes, self.path, threads)
+            text = litert_engine.read_metadata(model_bytes, self.path)  # once LiteRT has verified the flatbuffer
+            info = ModelInfo.from_session(session, self.path, text, self.limits)
+            if info.portable is None:
+                raise ModelFileError(f"{self.path}: a .tflite mcdrop file is a portable file; its metadata has no "
+                                     "'portable' entry")
+            return session, info
         model_bytes, _ = seeds.rewrite_seeds(model_bytes, self._entropy, stream, SEED_STREAMS, self._parsed)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -183,8 +197,11 @@ class MCSession:
         if self._external_folder:
             options.add_session_config_entry(EXTERNAL_DATA_FOLDER, self._external_folder)
         try:
-            with _capped_arena(options, self._arena_bytes):
-                session = providers.create_session(model_bytes, device, options, self._factory)
+            if openvino_engine.wants(device):  # OpenVINO engine (runtime/openvino_engine.py)
+                session = openvino_engine.create_session(model_bytes, device, self.path, threads)
+            else:
+                with _capped_arena(options, self._arena_bytes):
+                    session = providers.create_session(model_bytes, device, options, self._factory)
         except Exception as err:
             if not _load_failure(err):
                 raise
@@ -275,25 +292,37 @@ class MCSession:
         x = self._check_inputs(x)
         batch = len(next(iter(x.values())))
         passes = self._check_passes(passes)
+        asked_seed = mask_seed
         mode, mask_seed = self._check_masks(masks, mask_seed)
         passes, stochastic = (passes, True) if dropout else (1, False)
         shared = mode == "shared" and dropout
         rules = [decision.Rule.parse(uncertain_if, output.head) if uncertain_if is not None
                  else decision.file_rule(output.calibration, output.head) for output in self._info.model_outputs]
-        plan, workers = self._plan(batch, passes, shared)
-        big = self._big(batch, passes)
-        if big:
-            with self._lock:
-                self._parallel_predicts += 1
-        mask_rows = self._mask_rows(mask_seed, passes) if shared else None
-        pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers,
-                                mask_rows=mask_rows)
+        # --- portable profile (runtime/portable_masks.py): runs of the file's fixed shape ---
+        portable = None
+        if self._info.portable is not None:
+            portable_masks.check_predict(self._info, self.path, mode, asked_seed, passes)
+            mask_seed = portable_masks.mask_seed_of(self._info, mask_seed)
+            rows_per_run = max(rows.stop - rows.start for rows, _ in self._plan(batch, self._info.default_passes, True)[0])
+            portable = portable_masks.run_samples(
+                self._info, lambda rows, kept: self._run(rows, passes, stochastic, masks=kept), x, passes, stochastic,
+                mask_seed, list(self._samples), progress, rows_per_run)
+        # --- end of the portable profile ---
+        else:
+            plan, workers = self._plan(batch, passes, shared)
+            big = self._big(batch, passes)
+            if big:
+                with self._lock:
+                    self._parallel_predicts += 1
+            mask_rows = self._mask_rows(mask_seed, passes) if shared else None
+            pieces = self._run_plan(x, plan, workers, stochastic, progress, shrink=big and not workers,
+                                    mask_rows=mask_rows)
         predictions = {}
         for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
             calibration = output.calibration or {}
             fitted = calibration.get("thresholds") if threshold is None and thresholds is None else None
             conformal = calibration.get("conformal")
-            samples = _assemble([piece[name] for piece in pieces], plan)
+            samples = portable[name] if portable is not None else _assemble([piece[name] for piece in pieces], plan)
             if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
                 raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
                                     "or infinite outputs for finite inputs")
@@ -346,9 +375,16 @@ class MCSession:
                 wait_for(futures, STOP_GRACE_S)
         return [future.result() for future in futures]
 
-    def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True) -> Dict[str, np.ndarray]:
-        """Every graph output of one run, unchunked (for checking the graph itself)."""
-        return self._run(self._check_inputs(x), self._check_passes(passes), bool(stochastic), ())
+    def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True,
+                masks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+        """Every graph output of one run, unchunked (for checking the graph itself). masks: a
+        portable file's own uint8 keep masks [T, floats_per_pass] (default: the session's mask seed's)."""
+        x, passes = self._check_inputs(x), self._check_passes(passes)
+        if self._info.portable is not None:  # portable profile: its fixed T and batch, masks checked
+            portable_masks.check_raw(self._info, x, passes, masks)
+        elif masks is not None:
+            raise InputError("run_raw takes masks for portable files only; predict(masks='shared') feeds a set")
+        return self._run(x, passes, bool(stochastic), (), masks=masks)
 
     def self_check(self, x=None) -> list:
         """Check on this device that the file's randomness is live (runs and passes differ, the
@@ -356,6 +392,12 @@ class MCSession:
         from .validate import Checklist, check_live_randomness, sample_inputs, side_by_side
 
         checks = Checklist()
+        if self._info.portable is not None:  # portable profile: masks from mask seeds (runtime/portable_masks.py)
+            x = x if x is not None else {i.name: sample_inputs(i.shape, self._info.metadata.get("preprocessing"), seed=n)
+                                         for n, i in enumerate(self._info.model_inputs)}
+            portable_masks.self_check(checks, self._info, lambda rows, kept, on: self._run(rows, 0, on, masks=kept),
+                                      self._check_inputs(x), self._mask_seed, list(self._samples))
+            return checks.passed
         checks.check("random nodes", True, f"{len(self._info.stochastic_layers)} seeded random nodes, as the metadata "
                      "lists", "")  # reached only when __init__'s check_seeds passed
         if self._info.stochastic_layers:
@@ -464,7 +506,9 @@ class MCSession:
         session = session or self._session
         layout = self._info.mask_layout
         feed = {**x, **mask_sets.control_feeds(passes, stochastic, masks, layout.floats_per_pass if layout else 0)}
-        if self._info.format < MASKS_FROM_FORMAT:
+        if self._info.portable is not None:  # portable profile: no passes input, uint8 keep masks
+            feed = portable_masks.feeds(self._info, x, stochastic, self._portable_masks(masks))
+        elif self._info.format < MASKS_FROM_FORMAT:
             del feed[mask_sets.MASKS]  # files from before mask sets have no such input
         names = list(self._samples if outputs is None else outputs) or [arg.name for arg in session.get_outputs()]
         # A failing kernel would also print its error straight to fd 2; the exception carries it.
@@ -483,6 +527,17 @@ class MCSession:
             self._run_count += 1
         return dict(zip(names, result))
 
+    def _portable_masks(self, masks: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """A portable file's keep masks for one run: the caller's, checked, or the session's mask seed's
+        (None for a baked file)."""
+        portable, layout = self._info.portable, self._info.mask_layout
+        if portable["baked"] is not None:
+            return None  # stored in the file
+        if masks is None:
+            return portable_masks.keep_masks(layout, [layer.rate for layer in self._info.stochastic_layers],
+                                             self._mask_seed, 0, portable["passes"])
+        return portable_masks.check_masks_feed(masks, portable["passes"], layout.floats_per_pass)
+
     def _check_tensors(self, feed: Dict[str, np.ndarray]) -> None:
         """InputError if a tensor this feed's shapes (and small values: passes) imply is over
         the tensor_mb limit (runtime/tensor_bounds.py); once per distinct feed shape."""
@@ -491,7 +546,7 @@ class MCSession:
         key = tuple((name, value.shape, value.tobytes() if value.size <= 16 and value.dtype.kind in "iub" else None)
                     for name, value in sorted(feed.items()))
         with self._lock:
-            if key in self._checked_feeds:
+            if key in self._checked_feeds or self._parsed is None:  # LiteRT: fixed shapes but the batch
                 return
         tensor_bounds.check(self._parsed.graph, self.limits, self.path, feed)
         with self._lock:
@@ -778,6 +833,11 @@ def _capped_arena(options: "ort.SessionOptions", cap: int):
 def _model_info(session, parsed: ModelFile, path: str, limits: Limits) -> ModelInfo:
     """What the file says, checked against the session's graph and its random nodes' seeds."""
     info = ModelInfo.from_session(session, path, parsed.metadata.get(METADATA_KEY), limits)
+    if info.portable is not None:  # portable profile: its masks are fed, no node may draw
+        if parsed.random_nodes:
+            raise ModelFileError(f"{path}: a portable file holds random node {parsed.random_nodes[0].name!r}; "
+                                 "convert the standard file again")
+        return info
     seeds.check_seeds(parsed, info.stochastic_layers, path)
     return info
 

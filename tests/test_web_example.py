@@ -366,3 +366,80 @@ def test_screenshot_written(report):
         data = path.read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 20_000, path
         print(f"\nscreenshot: {path} ({len(data)} bytes)")
+
+
+# --- Portable files on WebGPU (issue 25 item 5): tests/golden/portable_cnn.json in the browser ---
+PORTABLE_BACKENDS = ("auto", "wasm")  # auto: WebGPU where Chromium gives an adapter
+
+
+@pytest.fixture(scope="module")
+def portable_report(browser, server):
+    """One browser session with WebGPU allowed (browser_check.mjs --webgpu): the portable CNN
+    (convert --portable --passes 8, written to build/web-models/) loaded on each backend, and
+    window.mcdropRun on the golden inputs with the golden mask seed, dropout on and off."""
+    pytest.importorskip("onnx")
+    from mcdrop.convert import convert_file
+    from portable_golden import golden, golden_inputs
+
+    name = f"portable-{os.getpid()}"
+    folder = ROOT / "build" / "web-models" / name
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        convert_file(ROOT / "models" / "cnn.onnx", folder / "cnn_portable.onnx", passes=golden()["passes"],
+                     validate=False)
+        x = golden_inputs()
+        calls = []
+        for i, backend in enumerate(PORTABLE_BACKENDS):
+            common = {"page": i, "input": x.ravel().tolist(), "dims": list(x.shape), "samples": True}
+            calls += [{**common, "name": f"{backend}_mc", "passes": golden()["passes"], "stochastic": True,
+                       "seed": golden()["mask_seed"]},
+                      {**common, "name": f"{backend}_deterministic", "passes": 1, "stochastic": False}]
+        (folder / "calls.json").write_text(json.dumps(calls))
+        urls = [page_url(server.url, models=f"build/web-models/{name}/", model="cnn_portable", backend=backend)
+                for backend in PORTABLE_BACKENDS]
+        done = subprocess.run([node(), str(DRIVER), "--webgpu", "--timeout", "120", "--calls",
+                               str(folder / "calls.json"), *urls], cwd=ROOT, capture_output=True, text=True,
+                              timeout=DRIVER_TIMEOUT, env={**os.environ, "CHROMIUM": browser})
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    if done.returncode != 0:
+        pytest.fail(f"browser_check.mjs --webgpu failed: {done.stderr.strip()[-2000:]}")
+    found = json.loads(done.stdout)
+    found["by_backend"] = dict(zip(PORTABLE_BACKENDS, found["pages"]))
+    return found
+
+
+def portable_samples(report, backend):
+    """([T, 3, 10], [1, 3, 10]) of the golden inputs on that page, and the backend it ran on."""
+    mc, deterministic = (call(report, f"{backend}_{kind}") for kind in ("mc", "deterministic"))
+    stack = lambda results: np.array([r["samples"] for r in results]).transpose(1, 0, 2)  # noqa: E731
+    return stack(mc), stack(deterministic), {r["backend"] for r in mc + deterministic}
+
+
+def test_portable_file_golden_vectors_on_wasm(portable_report):
+    from portable_golden import check
+
+    mc, deterministic, backends = portable_samples(portable_report, "wasm")
+    assert backends == {"wasm"}
+    check(mc, deterministic)
+
+
+def test_portable_file_golden_vectors_on_webgpu(portable_report):
+    """onnxruntime-web's WebGPU backend (SwiftShader's adapter in headless Debian chromium)."""
+    from portable_golden import check
+
+    if portable_report["webgpu"] is None:
+        pytest.skip(f"Chromium {portable_report['chromium']} gave no WebGPU adapter with --enable-unsafe-webgpu")
+    record = portable_report["by_backend"]["auto"]
+    assert record["state"] == "ready" and "WebGPU backend" in record["dom"]["status"], record
+    mc, deterministic, backends = portable_samples(portable_report, "auto")
+    assert backends == {"webgpu"}
+    check(mc, deterministic)
+
+
+def test_portable_pages_have_no_console_errors(portable_report):
+    assert portable_report["console_errors"] == [], portable_report["console_errors"]
+
+
+def test_standard_files_run_on_wasm(report):
+    assert page(report, "mc")["result"]["backend"] == "wasm"

@@ -209,6 +209,7 @@ function parseMetadata(raw) {
   }
   meta.stochastic_layers ??= [];
   meta.masks ??= null;
+  meta.portable ??= null;
   try {
     maskLayout(meta);
   } catch (err) {
@@ -464,6 +465,27 @@ export function maskSet(metadata, seed, { first = 0, count } = {}) {
   return out;
 }
 
+/**
+ * A portable file's keep masks (docs/FORMAT.md: Portable profile): passes first .. first + count - 1
+ * of the mask set `seed` with each layer's threshold applied, a Uint8Array of count *
+ * floats_per_pass bytes, 1 where the uniform draw is >= the layer's rate (float32), else 0. Equal
+ * to the Python runtime's runtime/portable_masks.py keep_masks, byte for byte.
+ */
+export function keepMasks(metadata, seed, { first = 0, count } = {}) {
+  const uniform = maskSet(metadata, seed, { first, count });
+  const layout = maskLayout(metadata);
+  const P = layout.floatsPerPass;
+  const out = new Uint8Array(uniform.length);
+  metadata.stochastic_layers.forEach((layer, i) => {
+    const { offset, size } = layout.entries[i];
+    const rate = Math.fround(layer.rate);
+    for (let row = 0; row < count; row++) {
+      for (let j = row * P + offset; j < row * P + offset + size; j++) out[j] = uniform[j] >= rate ? 1 : 0;
+    }
+  });
+  return out;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Image -> model input (runtime/inputs.py: _composite, _eight_bit_pixels, _to_model_input,
 // _normalize; docs/FORMAT.md: Metadata, preprocessing)
@@ -682,6 +704,7 @@ export function feeds(ort, x, { passes, stochastic = true, masks } = {}, metadat
       at += part.data.length;
     }
   }
+  if (metadata.portable) return portableFeeds(ort, data, batch, example, { passes, stochastic, masks }, metadata);
   passes = checkPasses(passes ?? metadata.default_passes);
   const fed = {
     [metadata.inputs[0].name]: new ort.Tensor("float32", Float32Array.from(data), [batch, ...example]),
@@ -693,6 +716,31 @@ export function feeds(ort, x, { passes, stochastic = true, masks } = {}, metadat
   } else if (masks !== undefined && masks !== null) {
     throw new Error(`this file is format ${metadata.format}, from before mask sets: export it again to feed one`);
   }
+  return fed;
+}
+
+// A portable file's feeds: its fixed T and batch, `stochastic`, and its uint8 keep masks (from
+// keepMasks) unless baked; it has no `passes` input and no random node for independent masks.
+function portableFeeds(ort, data, batch, example, { passes, stochastic, masks }, metadata) {
+  const { passes: T, batch: B, baked } = metadata.portable;
+  if (passes !== undefined && passes !== T) throw new Error(`a portable file runs its ${T} passes at once; asked for ${passes}`);
+  if (B !== null && batch !== B) throw new Error(`a portable file of batch ${B} got a batch of ${batch}`);
+  const fed = {
+    [metadata.inputs[0].name]: new ort.Tensor("float32", Float32Array.from(data), [batch, ...example]),
+    stochastic: new ort.Tensor("bool", Uint8Array.of(stochastic ? 1 : 0), []),
+  };
+  if (baked) {
+    if (masks !== undefined && masks !== null) throw new Error("a baked portable file holds its masks; it takes none");
+    return fed;
+  }
+  const P = maskLayout(metadata).floatsPerPass;
+  if (masks === undefined || masks === null) {
+    throw new Error("a portable file needs its keep masks (keepMasks(metadata, seed)): it has no random nodes for independent masks");
+  }
+  if (!(masks instanceof Uint8Array)) throw new Error("a portable file's masks are uint8 keep masks: a Uint8Array from keepMasks");
+  if (masks.length !== T * P) throw new Error(`a portable file's masks hold ${T * P} bytes (${T} passes of ${P}), got ${masks.length}`);
+  if (masks.some((value) => value > 1)) throw new Error("a portable file's masks hold 0 (drop) or 1 (keep)");
+  fed.masks = new ort.Tensor("uint8", masks, [T, P]);
   return fed;
 }
 

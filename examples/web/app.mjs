@@ -4,13 +4,19 @@
 // server: the model from ../../models/, onnxruntime-web from ../node_modules/ (npm ci in
 // examples/), the reading, seeding, preprocessing and measures from ../lib/mcdrop.mjs.
 //
-// The wasm backend, not WebGPU or WebGL: only it runs the random ops (RandomUniformLike) the
-// dropout masks come from. One thread, since a plain static server (python -m http.server) sends
-// no cross-origin-isolation headers, so there is no SharedArrayBuffer.
+// Standard files run on the wasm backend, not WebGPU or WebGL: only it runs the random ops
+// (RandomUniformLike) the dropout masks come from. Portable files (docs/FORMAT.md: Portable
+// profile; `cli.py convert --portable`) have none: their keep masks are built here from a mask
+// seed (lib keepMasks), so they run on onnxruntime-web's WebGPU backend when the browser gives a
+// WebGPU adapter, on wasm otherwise (?backend=wasm or webgpu forces one), with the same samples.
+// One wasm thread, since a plain static server (python -m http.server) sends no
+// cross-origin-isolation headers, so there is no SharedArrayBuffer.
 //
 // Test hook (tests/test_web_example.py, through examples/web/test/browser_check.mjs):
 //   ?sample=digit_3&passes=1000&seed=1&samples=1   run that shipped sample on load; also
-//   &stochastic=0 (the deterministic pass) and &model=cnn_calibrated (another file of models/).
+//   &stochastic=0 (the deterministic pass) and &model=cnn_calibrated (another file of models/);
+//   &models=build/web-models/NAME/ reads the model from that folder instead (tests write portable
+//   files there), &backend=auto|wasm|webgpu picks the backend of a portable file.
 // When the run is over, <pre id="result-json"> holds the result as JSON (label, index,
 // confidence, std, mean, variance, predictive_entropy, expected_entropy, mutual_information,
 // uncertain, rule, rule_source, passes, stochastic, seed, and samples [T][classes] with
@@ -104,6 +110,30 @@ async function loadLibraries() {
   env.logLevel = "error";
 }
 
+function modelFolder() {
+  const folder = new URLSearchParams(location.search).get("models");
+  if (folder === null) return MODELS.href;
+  // Only the tests' folder inside build/: the page never fetches anything else.
+  if (!/^build\/web-models\/[A-Za-z0-9_-]+\/$/.test(folder)) throw new Error(`models ${JSON.stringify(folder)}: only build/web-models/NAME/ (for tests)`);
+  return `../../${folder}`;
+}
+
+// The backend of a portable file: WebGPU where the browser gives an adapter (navigator.gpu needs
+// a secure context: https or localhost), else wasm. Standard files always run on wasm.
+async function chooseBackend(metadata) {
+  const asked = params.get("backend") ?? "auto";
+  if (!["auto", "wasm", "webgpu"].includes(asked)) throw new Error(`backend ${JSON.stringify(asked)}: choose auto, wasm or webgpu`);
+  if (!metadata.portable) {
+    if (asked === "webgpu") throw new Error("WebGPU runs portable files only (no random ops): cli.py convert --portable");
+    return "wasm";
+  }
+  if (asked === "wasm") return "wasm";
+  const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+  if (adapter) return "webgpu";
+  if (asked === "webgpu") throw new Error("this browser gives no WebGPU adapter");
+  return "wasm";
+}
+
 function modelName() {
   const name = (params.get("model") || "cnn").replace(/\.onnx$/, "");
   // Only a plain file name inside models/: the page never fetches anything else.
@@ -112,7 +142,7 @@ function modelName() {
 }
 
 async function loadModel(name) {
-  const url = new URL(`${name}.onnx`, MODELS);
+  const url = new URL(`${name}.onnx`, new URL(modelFolder(), import.meta.url));
   let response;
   try {
     response = await fetch(url);
@@ -131,24 +161,64 @@ async function loadModel(name) {
   if (!metadata.preprocessing) throw new Error(`${name}.onnx has no image preprocessing in its metadata`);
   if (state.model?.session) await state.model.session.release();
   const classes = output.shape.at(-1);
+  const backend = await chooseBackend(metadata);
+  if (backend === "webgpu" && !state.ortWebGPU) {
+    // onnxruntime-web's WebGPU build (its wasm backend too); its tensors go to its own sessions.
+    state.ortWebGPU = await import(new URL("ort.webgpu.min.mjs", DIST).href);
+    Object.assign(state.ortWebGPU.env.wasm, { wasmPaths: DIST.href, numThreads: 1, proxy: false });
+    state.ortWebGPU.env.logLevel = "error";
+  }
   state.model = {
-    name, url, bytes, parsed, metadata,
+    name, url, bytes, parsed, metadata, backend,
+    ort: backend === "webgpu" ? state.ortWebGPU : state.ort,
     labels: output.labels ?? Array.from({ length: classes }, (_, i) => String(i)),
-    session: await createSession(bytes, parsed, undefined),
   };
+  state.model.session = await createSession(bytes, parsed, undefined);
   $("passes").value = params.get("passes") ?? metadata.default_passes;
   const pre = metadata.preprocessing;
   $("status").textContent = `${name}.onnx (${(bytes.length / 1e6).toFixed(1)} MB, ${metadata.stochastic_layers.length} dropout layers, `
     + `input ${pre.width}\u00d7${pre.height} ${pre.color_mode}) \u00b7 onnxruntime-web ${state.ort.env.versions?.web ?? ""}, `
-    + "WebAssembly backend, 1 thread";
+    + (backend === "webgpu" ? "WebGPU backend (portable file)" : `WebAssembly backend, 1 thread${metadata.portable ? " (portable file)" : ""}`);
 }
 
 // A session of the file with fresh seeds for its random nodes; `seed` (an integer) repeats them.
 // Within one session every run draws new masks, so one seeded run reproduces only on a new session.
 async function createSession(bytes, parsed, seed) {
-  const { ort, mc } = state;
+  const { mc, model } = state;
+  if (model.metadata.portable) { // no random node to seed: its masks are fed
+    // logSeverityLevel 3: onnxruntime warns at every WebGPU session that it keeps shape ops on the CPU.
+    return model.ort.InferenceSession.create(bytes, { executionProviders: [model.backend], graphOptimizationLevel: "all",
+      logSeverityLevel: 3 });
+  }
   const seeded = mc.withFreshSeeds(bytes, { seed, multiplier: mc.MINSTD.wasm, parsed });
-  return ort.InferenceSession.create(seeded, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  return model.ort.InferenceSession.create(seeded, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+}
+
+// A portable file's runs: T passes each (the file's), keep masks of rows done .. done + T - 1 of
+// the mask set `seed` (a fresh one when null), the last run's extra passes dropped; the batch
+// must be the file's when it fixes one. (docs/FORMAT.md: Portable profile.)
+async function portableRuns(x, passes, stochastic, seed, onProgress) {
+  const { mc, model } = state;
+  const { metadata, ort } = model;
+  const { passes: T, batch: B, baked } = metadata.portable;
+  if (B !== null && x.dims[0] !== B) throw new Error(`this portable file runs batches of ${B}; got ${x.dims[0]}`);
+  if (baked && seed !== null && seed !== undefined && seed !== baked.mask_seed) throw new Error(`this file holds the baked mask set of seed ${baked.mask_seed}`);
+  if (baked && passes > T) throw new Error(`this file holds ${T} baked passes; asked for ${passes}`);
+  const maskSeed = seed ?? Math.floor(Math.random() * 2 ** 53);
+  const prefix = metadata.outputs[0].prefix;
+  let joined = null, per = 0;
+  for (let done = 0; done < passes; done += T) {
+    const masks = baked ? undefined : mc.keepMasks(metadata, maskSeed, { first: stochastic ? done : 0, count: T });
+    const out = await model.session.run(mc.feeds(ort, x, { stochastic, masks }, metadata), [`${prefix}samples`]);
+    const part = out[`${prefix}samples`];
+    const data = await part.getData();
+    per = data.length / T;
+    if (!joined) joined = new Float32Array(passes * per);
+    joined.set(data.subarray(0, Math.min(T, passes - done) * per), done * per);
+    part.dispose?.();
+    onProgress?.(Math.min(done + T, passes), passes);
+  }
+  return { joined, classes: per / x.dims[0] };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -165,11 +235,13 @@ async function predict(x, { passes, stochastic = true, seed = null, samples = fa
   const perPass = Math.max(1, (metadata.activation_floats_per_sample ?? 0) * batch);
   const step = Math.max(1, Math.min(passes, Math.floor(MAX_RUN_FLOATS / perPass)));
   const fresh = seed !== null && seed !== undefined;
-  const session = fresh ? await createSession(model.bytes, model.parsed, seed) : model.session;
+  const portable = Boolean(metadata.portable);
+  const session = fresh && !portable ? await createSession(model.bytes, model.parsed, seed) : model.session;
   const prefix = metadata.outputs[0].prefix;
   const started = performance.now();
   let joined = null, classes = 0;
-  try {
+  if (portable) ({ joined, classes } = await portableRuns(x, passes, stochastic, seed, onProgress));
+  else try {
     for (let done = 0; done < passes; done += step) {
       const count = Math.min(step, passes - done);
       const out = await session.run(mc.feeds(ort, x, { passes: count, stochastic }, metadata), [`${prefix}samples`]);
@@ -181,7 +253,7 @@ async function predict(x, { passes, stochastic = true, seed = null, samples = fa
       onProgress?.(done + count, passes);
     }
   } finally {
-    if (fresh) await session.release();
+    if (fresh && !portable) await session.release();
   }
   const elapsed = performance.now() - started;
   if (!joined.every(Number.isFinite)) throw new Error("the model gave NaN or infinite outputs");
@@ -196,7 +268,7 @@ async function predict(x, { passes, stochastic = true, seed = null, samples = fa
       mutual_information: r.mutual_information, uncertain: r.uncertain,
       rule: summary.ruleText, rule_source: summary.ruleSource,
       passes, stochastic, seed: fresh ? seed : null,
-      model: `${model.name}.onnx`, elapsed_ms: Math.round(elapsed),
+      model: `${model.name}.onnx`, elapsed_ms: Math.round(elapsed), backend: model.backend,
     };
     if (r.prediction_set) result.prediction_set = r.prediction_set;
     // Per pass of this input, [T][classes]: for the plot, and for tests with samples=1.

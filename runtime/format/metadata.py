@@ -12,7 +12,8 @@ from typing import Dict, List, Optional, Tuple
 from ..errors import ModelFileError
 from ..limits import DEFAULT, Limits
 from .mask_sets import MASKS, MaskLayout
-from .rules import CONTROL_TYPES, FLOAT, FORMAT_VERSION, MASKS_FROM_FORMAT, METADATA_KEY, SAMPLES, Shape
+from .rules import (CONTROL_TYPES, FLOAT, FORMAT_VERSION, MASKS_FROM_FORMAT, METADATA_KEY, PORTABLE_CONTROL_TYPES, SAMPLES,
+                    Shape)
 
 @dataclass(frozen=True)
 class StochasticLayer:
@@ -88,10 +89,19 @@ class ModelInfo:
     format: int = FORMAT_VERSION
     # Where each layer's values sit in a shared mask set; None: the file cannot take one.
     mask_layout: Optional[MaskLayout] = None
+    # The portable profile's {"batch", "passes", "masks", "baked"}; None: a standard file.
+    portable: Optional[dict] = None
 
     @property
     def control_inputs(self) -> List[str]:
+        if self.portable is not None:
+            return ["stochastic"] + ([] if self.portable["baked"] is not None else [MASKS])
         return [name for name in CONTROL_TYPES if name != MASKS or self.format >= MASKS_FROM_FORMAT]
+
+    @property
+    def control_types(self) -> Dict[str, str]:
+        types = PORTABLE_CONTROL_TYPES if self.portable is not None else CONTROL_TYPES
+        return {name: types[name] for name in self.control_inputs}
 
     @property
     def input_names(self) -> List[str]:
@@ -141,7 +151,7 @@ def check_contract(session, info: ModelInfo) -> None:
     path = info.path
     overridable = {arg.name: arg for arg in getattr(session, "get_overridable_initializers", lambda: [])()}
     given = {arg.name: arg for arg in session.get_inputs()}
-    controls = {name: CONTROL_TYPES[name] for name in info.control_inputs}
+    controls = info.control_types
     for name, wanted in {**{i.name: FLOAT for i in info.model_inputs}, **controls}.items():
         arg = given.get(name) or overridable.get(name)
         if arg is None:

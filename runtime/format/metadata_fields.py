@@ -9,9 +9,9 @@ from typing import Any, List, Optional, Tuple
 
 from ..errors import ModelFileError
 from ..limits import DEFAULT, Limits
-from .mask_sets import layout_from_metadata
+from .mask_sets import MaskLayout, layout_from_metadata
 from .metadata import ModelInput, ModelOutput, Preprocessing, StochasticLayer, _shown
-from .rules import (CHANNEL_ORDERS, COLOR_CHANNELS, CONTROL_TYPES, HEADS, INPUT, MASKS_FROM_FORMAT, MAX_TENSORS,
+from .rules import (CHANNEL_ORDERS, COLOR_CHANNELS, CONTROL_TYPES, HEADS, INPUT, MASKS_FROM_FORMAT, MAX_TENSORS, PORTABLE_MASKS,
                     METADATA_KEY, PIPELINE_NAME, READABLE_FORMATS, TENSOR_NAME, Shape, labels_problem, output_prefixes)
 
 # Deep JSON ends in RecursionError inside json; no real metadata nests beyond a few levels.
@@ -110,7 +110,8 @@ def _fields(meta: dict, limits: Limits) -> dict:
         activation_floats_per_sample=_integer(meta, "activation_floats_per_sample", 0),
         once_floats_per_input=_integer(meta, "once_floats_per_input", 0, default=0),
         model_inputs=model_inputs, model_outputs=model_outputs,
-        format=meta["format"], mask_layout=mask_layout)
+        format=meta["format"], mask_layout=mask_layout,
+        portable=_portable(meta.get("portable"), mask_layout, layers, default_passes))
 
 
 def _model_inputs(meta: dict, input_shape: Shape) -> Tuple[ModelInput, ...]:
@@ -319,3 +320,29 @@ def _layer(entry: Any) -> StochasticLayer:
         distribution=str(entry.get("distribution")), random_node=_string(entry, "random_node"),
         seed=_number(entry, "seed"))
 
+
+def _portable(value: Any, mask_layout: Optional[MaskLayout], layers: list, default_passes: int) -> Optional[dict]:
+    """The portable profile's fields, checked (docs/FORMAT.md: Portable profile)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or mask_layout is None:
+        raise _Bad("portable must be an object, in a file with a mask layout")
+    passes = _integer(value, "passes", 1)
+    batch = value.get("batch")
+    if batch is not None:
+        _integer(value, "batch", 1)
+    if value.get("masks") not in PORTABLE_MASKS:
+        raise _Bad(f"portable masks {_short(value.get('masks'))} is not one of {', '.join(PORTABLE_MASKS)}")
+    if passes != default_passes:
+        raise _Bad("a portable file's default_passes must be its passes")
+    if any(not isinstance(layer.get("rate"), (int, float)) or isinstance(layer.get("rate"), bool)
+           or not 0 < layer["rate"] < 1 or layer.get("distribution") != "uniform" for layer in layers):
+        raise _Bad("a portable file's stochastic layers are Bernoulli: uniform draws, rates in (0, 1)")
+    baked = value.get("baked")
+    if baked is not None:
+        if not isinstance(baked, dict):
+            raise _Bad("portable baked must be an object or null")
+        seed = baked.get("mask_seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise _Bad("portable baked mask_seed must be an integer from 0 to 2**64 - 1")
+    return {"batch": batch, "passes": passes, "masks": value["masks"], "baked": baked}

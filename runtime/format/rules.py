@@ -24,6 +24,10 @@ PIPELINE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,32}")
 # (<output name>/samples for each output of a file with several).
 INPUT = "input"
 CONTROL_TYPES = {"passes": "tensor(int64)", "stochastic": "tensor(bool)", MASKS: "tensor(float)"}
+# A portable file (docs/FORMAT.md: Portable profile) fixes T, so it has no `passes`; its masks are
+# uint8 keep masks, an initializer rather than an input when they are baked.
+PORTABLE_CONTROL_TYPES = {"stochastic": "tensor(bool)", MASKS: "tensor(uint8)"}
+PORTABLE_MASKS = ("keep-uint8",)
 FLOAT = "tensor(float)"
 SAMPLES = "samples"
 # An input or output name of a file with several (export/signature.py writes them).

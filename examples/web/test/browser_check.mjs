@@ -20,6 +20,9 @@
 //   --draw-screenshot PATH  a PNG of that page with its result
 //   --timeout SECONDS   per page load and per call (default 60)
 //   --width PIXELS      viewport width (default 1280)
+//   --webgpu            let the pages have WebGPU: Chromium without --disable-gpu and with
+//                       --enable-unsafe-webgpu (headless Debian chromium then gives SwiftShader's
+//                       adapter); the report's `webgpu` says which adapter a page saw, or null
 // Chromium: $CHROMIUM, else /usr/bin/chromium (the system's; playwright's own download is not used).
 
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -28,7 +31,7 @@ import { join } from "node:path";
 import { chromium } from "playwright-core";
 
 function parseArgs(argv) {
-  const options = { urls: [], screenshot: null, calls: null, timeout: 60, width: 1280, drawUrl: null, draw: null, drawScreenshot: null };
+  const options = { urls: [], screenshot: null, calls: null, timeout: 60, width: 1280, drawUrl: null, draw: null, drawScreenshot: null, webgpu: false };
   for (let i = 0; i < argv.length; i++) {
     const arg = argv[i];
     const value = () => {
@@ -42,6 +45,7 @@ function parseArgs(argv) {
     else if (arg === "--draw-screenshot") options.drawScreenshot = value();
     else if (arg === "--timeout") options.timeout = Number(value());
     else if (arg === "--width") options.width = Number(value());
+    else if (arg === "--webgpu") options.webgpu = true;
     else if (arg.startsWith("--")) throw new Error(`unknown option ${arg}`);
     else options.urls.push(arg);
   }
@@ -52,6 +56,7 @@ function parseArgs(argv) {
 
 const FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
   "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+const WEBGPU_FLAGS = [...FLAGS.filter((flag) => flag !== "--disable-gpu"), "--enable-unsafe-webgpu"];
 
 async function loadPage(context, url, options, consoleErrors) {
   const page = await context.newPage();
@@ -128,7 +133,7 @@ async function main() {
   let context;
   try {
     context = await chromium.launchPersistentContext(profile, {
-      executablePath, headless: true, args: FLAGS,
+      executablePath, headless: true, args: options.webgpu ? WEBGPU_FLAGS : FLAGS,
       viewport: { width: options.width, height: 900 }, deviceScaleFactor: 1,
     });
     report.chromium = context.browser()?.version() ?? null;
@@ -142,6 +147,10 @@ async function main() {
       pages.push(page);
     }
     const first = pages[0];
+    report.webgpu = await first.evaluate(async () => {
+      const adapter = await navigator.gpu?.requestAdapter().catch(() => null);
+      return adapter ? { vendor: adapter.info?.vendor ?? "", architecture: adapter.info?.architecture ?? "" } : null;
+    });
     for (const call of calls) {
       const started = Date.now();
       const target = pages[call.page ?? 0];

@@ -1,0 +1,7 @@
+"""`cli.py convert`: rewrites an exported (or calibrated) mcdrop file for other runtimes and
+accelerators. Needs onnx and onnxruntime, never TensorFlow. The one profile so far is the
+portable one (convert/portable.py, docs/FORMAT.md: Portable profile)."""
+
+from .portable import ConvertReport, convert_file, portable_model
+
+__all__ = ["ConvertReport", "convert_file", "portable_model"]
