@@ -476,3 +476,48 @@ ATTENTION_ZOO = {
         attention_called_twice,
     )
 }
+
+
+def _rescaled(model, stddev=0.3):
+    """keras-hub's BERT initialiser (stddev 0.02) leaves every softmax near uniform; wider weights
+    make the dropout's effect, and so the statistical checks, count."""
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if weight.path.endswith(("kernel", "embeddings")):
+            weight.assign(rng.normal(0, stddev, weight.shape).astype("float32"))
+    return model
+
+
+def keras_hub_bert_classifier():
+    """A 2-layer keras_hub BertBackbone (vocabulary 30, width 8) called on the model's own
+    token_ids / segment_ids / padding_mask inputs (fixed length 6, so the mask set is shareable),
+    its pooled output through Dropout into a softmax. The backbone's TransformerEncoders hold
+    their MultiHeadAttention and Dropouts inside their own call."""
+    import keras_hub
+
+    _seeded()
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=16, dropout=0.1, max_sequence_length=8)
+    inputs = {name: keras.Input((6,), dtype="int32", name=name) for name in ("token_ids", "segment_ids", "padding_mask")}
+    pooled = backbone(inputs)["pooled_output"]
+    out = layers.Dense(3, activation="softmax")(layers.Dropout(0.2, name="head_dropout")(pooled))
+    return _rescaled(keras.Model(inputs, out)), {"custom_objects": "keras_hub"}
+
+
+def keras_hub_vit_classifier():
+    """A 2-layer keras_hub ViTBackbone on 8x8 images (4x4 patches, a class token), dropout and
+    attention dropout on; its class token through Dropout into a softmax. Its MLP blocks call
+    one Dropout twice, and its encoder nests the blocks: layers inside layers."""
+    import keras_hub
+
+    _seeded()
+    backbone = keras_hub.models.ViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=2, num_heads=2,
+                                            hidden_dim=8, mlp_dim=16, dropout_rate=0.1, attention_dropout=0.1)
+    images = keras.Input((8, 8, 1), name="images")
+    tokens = backbone(images)
+    out = layers.Dense(3, activation="softmax")(layers.Dropout(0.2, name="head_dropout")(tokens[:, 0, :]))
+    return keras.Model(images, out), {"custom_objects": "keras_hub"}
+
+
+# keras-hub backbones built from their constructors (no weights downloaded).
+KERAS_HUB_ZOO = {f.__name__: f for f in (keras_hub_bert_classifier, keras_hub_vit_classifier)}
