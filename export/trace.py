@@ -218,8 +218,8 @@ def hidden_noise_layers(layer) -> list:
 def as_input_dtype(value, ref):
     """The graph takes every input as float; Keras's functional call casts it to its Input's
     dtype first (int32 token ids and padding masks). Done here too, so that the casts inside the
-    model (keras-hub's padding mask: to int32, then to bool) see the values Keras's do: tf2onnx
-    folds a float -> int -> bool chain of casts into one, which would keep 0.5 as True."""
+    model see the values Keras's do: without it the converted graph read keras-hub's float
+    padding mask 0.13 as 1 where Keras's cast to int32 gives 0."""
     from keras.src import backend
 
     dtype = backend.standardize_dtype(ref.dtype)

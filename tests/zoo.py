@@ -521,3 +521,53 @@ def keras_hub_vit_classifier():
 
 # keras-hub backbones built from their constructors (no weights downloaded).
 KERAS_HUB_ZOO = {f.__name__: f for f in (keras_hub_bert_classifier, keras_hub_vit_classifier)}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class DenseWithDropout(layers.Layer):
+    """A custom layer calling a Dropout of its own inside its call, as user code often does."""
+
+    def __init__(self, units=6, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense, self.drop = layers.Dense(units, activation="relu"), layers.Dropout(0.3, name="inner_dropout")
+
+    def call(self, x, training=None):
+        return self.drop(self.dense(x), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def custom_layer_holding_dropout():
+    _seeded()
+    inp = keras.Input((5,))
+    x = DenseWithDropout(name="custom_block")(inp)
+    # The layer is code of this module, trusted here (a user would pass --custom-objects).
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {"trust_model_code": True}
+
+
+def time_distributed_lstm_dropout():
+    """TimeDistributed(LSTM(dropout)): Keras calls the LSTM once per outer step, each call
+    drawing its own input masks."""
+    _seeded()
+    inp = keras.Input((3, 4, 2))
+    x = layers.TimeDistributed(layers.LSTM(3, dropout=0.2), name="td_lstm")(inp)
+    return keras.Model(inp, layers.Dense(2, activation="softmax")(layers.Flatten()(x))), {}
+
+
+def stacked_rnn_cells():
+    """keras.layers.RNN(StackedRNNCells): an LSTM cell with both masks, a GRU cell with input
+    dropout (its input is the LSTM cell's output), a SimpleRNN cell with recurrent dropout."""
+    _seeded()
+    inp = keras.Input((6, 3))
+    cells = layers.StackedRNNCells([layers.LSTMCell(5, dropout=0.2, recurrent_dropout=0.3),
+                                    layers.GRUCell(4, dropout=0.25), layers.SimpleRNNCell(3, recurrent_dropout=0.2)])
+    x = layers.RNN(cells, name="stacked")(inp)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+# Noise layers reached inside other layers' calls, and stacked recurrent cells:
+# tests/test_export_inside_layers.py runs them.
+INSIDE_LAYERS_ZOO = {f.__name__: f for f in (custom_layer_holding_dropout, time_distributed_lstm_dropout,
+                                             stacked_rnn_cells)}
