@@ -167,3 +167,14 @@ def test_refusal_is_one_line_from_the_cli(case, tmp_path):
     assert len(errors) == 1 and all(fragment in errors[0] for fragment in fragments), done.stderr
     assert "in user code" not in errors[0] and "\\x0a" not in errors[0] and "File \"" not in errors[0]
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name, message", [("no_such_package_here", "no Python file or installed package of that name"),
+                                           ("json", "the package registers no Keras object")])
+def test_custom_objects_package_that_cannot_load_anything_is_one_line(name, message, tmp_path):
+    """--custom-objects takes an installed package (keras_hub: tests/test_export_attention.py)."""
+    keras.Sequential([keras.Input((4,)), layers.Dropout(0.2), layers.Dense(2, activation="softmax")]).save(tmp_path / "m.keras")
+    with pytest.raises(McdropError) as caught:
+        export_model(tmp_path / "m.keras", tmp_path / "m.onnx", custom_objects=name)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "m.onnx").exists()
