@@ -1,7 +1,7 @@
 """No silent loss of randomness: a layer that draws random numbers mcdrop cannot keep live (a
-ConvLSTM's or stacked cells' dropout, a custom layer calling keras.random) stops the export by
-name, unless the user names it in --ignore-random-layers (export/randomness.py). LSTM, GRU and
-SimpleRNN dropout are kept live (tests/zoo.py has their parity models)."""
+ConvLSTM's dropout, a custom layer calling keras.random) stops the export by name, unless the
+user names it in --ignore-random-layers (export/randomness.py). LSTM, GRU and SimpleRNN dropout,
+also in StackedRNNCells, are kept live (tests/zoo.py has their parity models)."""
 
 import subprocess
 import sys
@@ -35,9 +35,9 @@ def sequence_model(rnn):
 
 
 def nested_stack():
-    inner = keras.Sequential([keras.Input((5, 3)), layers.RNN([layers.GRUCell(4, dropout=0.2), layers.GRUCell(4)])],
+    inner = keras.Sequential([keras.Input((5, 3, 1)), layers.ConvLSTM1D(2, 3, dropout=0.2), layers.Flatten()],
                              name="inner")
-    inp = keras.Input((5, 3))
+    inp = keras.Input((5, 3, 1))
     x = layers.Dropout(0.2)(inner(inp))
     return keras.Model(inp, layers.Dense(2, activation="softmax")(x))
 
@@ -46,12 +46,13 @@ CASES = {
     "conv lstm dropout": (lambda: keras.Sequential([keras.Input((5, 6, 2)), layers.ConvLSTM1D(2, 3, dropout=0.3, name="convlstm"),
                                                     layers.Flatten(), layers.Dense(2, activation="softmax")]),
                           "'convlstm' (ConvLSTM1D)"),
-    "stacked cells": (lambda: sequence_model(layers.RNN([layers.GRUCell(4, dropout=0.2), layers.GRUCell(4)], name="stacked")),
-                      "'stacked' (RNN)"),
+    "conv lstm 2d recurrent dropout": (lambda: keras.Sequential([
+        keras.Input((3, 5, 5, 1)), layers.ConvLSTM2D(2, 3, recurrent_dropout=0.2, name="convlstm2d"), layers.Flatten(),
+        layers.Dense(2, activation="softmax")]), "'convlstm2d' (ConvLSTM2D)"),
     "custom random layer": (lambda: keras.Sequential([keras.Input((4,)), layers.Dense(4), JitterNoise(name="jitter"),
                                                       layers.Dropout(0.2), layers.Dense(2, activation="softmax")]),
                             "'jitter' (JitterNoise)"),
-    "inside a nested model": (nested_stack, "(RNN)"),
+    "inside a nested model": (nested_stack, "(ConvLSTM1D)"),
 }
 
 
@@ -72,7 +73,7 @@ def test_ignoring_a_wrapper_ignores_the_layers_it_holds(tmp_path):
 
 
 def test_unknown_layer_name_to_ignore_is_an_error(tmp_path):
-    CASES["stacked cells"][0]().save(tmp_path / "m.keras")
+    CASES["conv lstm 2d recurrent dropout"][0]().save(tmp_path / "m.keras")
     with pytest.raises(ExportError, match="no layer named nope"):
         export_model(tmp_path / "m.keras", tmp_path / "m.onnx", validate=False, ignore_random_layers=["nope"])
 
