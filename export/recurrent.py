@@ -23,9 +23,10 @@ import tensorflow as tf
 from ..runtime.errors import ExportError
 
 # Cells whose call reads the cached masks as shown above, alone or in keras.layers.StackedRNNCells
-# (Keras fills and resets each stacked cell's cache, keras/src/layers/rnn/rnn.py); other cells
-# (ConvLSTM, user cells) are refused by name by export/randomness.py when they would draw.
-CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
+# (Keras fills and resets each stacked cell's cache, keras/src/layers/rnn/rnn.py), and ConvLSTMCell
+# (ConvLSTM1D/2D/3D: its masks are a whole step input's and a whole state's shape, 4 of each);
+# other cells (user cells) are refused by name by export/randomness.py when they would draw.
+CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell", "ConvLSTMCell")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class RecurrentDraw:
     count: int  # masks drawn at once: 4 for an LSTM's gates, 3 for a GRU's, else 1
     stacked: str = ""  # "cell_<i>" for the i-th cell of a StackedRNNCells
     input_size: int | None = None  # a stacked cell's step input: the cell below's output; else the sequence's
+    rnn: object = None  # the RNN layer that runs the cell (a ConvLSTM's state shape is its output's)
 
     @property
     def part(self) -> str:
@@ -79,9 +81,10 @@ def is_recurrent(layer) -> bool:
 def recurrent_kind(layer) -> str:
     """'LSTM', 'GRU', 'SimpleRNN', 'StackedRNNCells' (or 'Bidirectional LSTM'...): what the
     export report shows."""
-    cells = cells_of(rnn_parts(layer)[0][1])
-    kind = "StackedRNNCells" if len(cells) > 1 or cells[0] is not rnn_parts(layer)[0][1].cell else \
-        _cell_kind(cells[0])[: -len("Cell")]
+    rnn = rnn_parts(layer)[0][1]
+    cells = cells_of(rnn)
+    kind = "StackedRNNCells" if len(cells) > 1 or cells[0] is not rnn.cell else \
+        type(rnn).__name__ if _cell_kind(cells[0]) == "ConvLSTMCell" else _cell_kind(cells[0])[: -len("Cell")]
     return f"Bidirectional {kind}" if rnn_parts(layer)[0][0] else kind
 
 
@@ -104,20 +107,29 @@ def recurrent_draws(layer) -> List[RecurrentDraw]:
                 rate = float(getattr(cell, mask))
                 if 0.0 < rate < 1.0:
                     draws.append(RecurrentDraw(cell, mask, direction, rate, count, f"cell_{i}" if stacked else "",
-                                               below))
+                                               below, rnn))
     return draws
 
 
 def draw_dims(draw: RecurrentDraw, sequences, rows) -> list:
-    """[count, rows, features] of one draw: the step input's features, or the state's units."""
-    if draw.mask == "dropout":
-        features = draw.input_size or sequences.shape[-1]
+    """[count, rows, *features] of one draw: the step input's features, or the state's units; a
+    ConvLSTM's are a whole step input's [*spatial, channels] or state's [*spatial, filters]."""
+    if _cell_kind(draw.cell) == "ConvLSTMCell":
+        if draw.mask == "dropout":
+            features = list(sequences.shape[2:])
+        else:
+            state = draw.rnn.compute_output_shape(tuple(sequences.shape))
+            state = state[0] if isinstance(state, list) else state  # return_state: output first
+            features = list(state[2:] if draw.rnn.return_sequences else state[1:])
+    elif draw.mask == "dropout":
+        features = [draw.input_size or sequences.shape[-1]]
     else:
         size = draw.cell.state_size
-        features = size[0] if isinstance(size, (list, tuple)) else size
-    if features is None:
-        raise ExportError(f"an RNN cell's {draw.mask} mask needs a known feature size")
-    return [draw.count, rows, int(features)]
+        features = [size[0] if isinstance(size, (list, tuple)) else size]
+    if any(f is None for f in features):
+        raise ExportError(f"layer '{draw.rnn.name}': its {draw.mask} masks need a known shape; build the model with "
+                          "fixed sizes, or pass --ignore-random-layers " + draw.rnn.name)
+    return [draw.count, rows, *map(int, features)]
 
 
 def masks_from_uniform(u, rate, count):

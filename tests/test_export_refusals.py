@@ -10,7 +10,7 @@ from keras import layers
 pytest.importorskip("tf2onnx")
 
 from mcdrop.export import build_graph, export_model  # noqa: E402
-from test_lost_randomness import JitterNoise  # noqa: E402
+from test_lost_randomness import JitterNoise, NoisyCell  # noqa: E402
 from mcdrop.runtime.errors import McdropError  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -70,12 +70,8 @@ def constant_output():
 CASES = {
     "custom random layer": (lambda: mlp(JitterNoise(name="jitter"), layers.Dropout(0.2)), "'jitter' (JitterNoise) draws random",
                             True),
-    "conv lstm dropout": (lambda: keras.Sequential([keras.Input((5, 6, 2)), layers.ConvLSTM1D(2, 3, dropout=0.3, name="clstm"),
-                                                    layers.Flatten(), layers.Dense(2, activation="softmax")]),
-                          "'clstm' (ConvLSTM1D) draws random", True),
-    "conv lstm 2d dropout": (lambda: keras.Sequential([keras.Input((3, 5, 5, 1)), layers.ConvLSTM2D(2, 3, dropout=0.3, name="clstm"),
-                                                       layers.Flatten(), layers.Dense(2, activation="softmax")]),
-                             "'clstm' (ConvLSTM2D) draws random", True),
+    "custom rnn cell": (lambda: keras.Sequential([keras.Input((5, 3)), layers.RNN(NoisyCell(3), name="noisy_rnn"),
+                                                  layers.Dense(2, activation="softmax")]), "(NoisyCell) draws random", True),
     "unconvertible op": (lambda: mlp(Erfinv(), layers.Dropout(0.2)), "Erfinv", True),
     "subclassed model": (Subclassed, "subclassed model", True),
     "input named passes": (input_named_passes, "'passes' cannot name a graph input", True),
@@ -133,10 +129,10 @@ CLI_CASES = {
         lambda module: attention(module.TwiceDroppedAttention, dropout=0.2, name="twice_mha"), True,
         ["'twice_mha' (TwiceDroppedAttention) applied its attention dropout 2 times", "--ignore-random-layers twice_mha"]),
     # found before tracing
-    "conv lstm 2d dropout": (
-        lambda module: keras.Sequential([keras.Input((3, 5, 5, 1)), layers.ConvLSTM2D(2, 3, dropout=0.3, name="clstm"),
-                                         layers.Flatten(), layers.Dense(2, activation="softmax")]), False,
-        ["'clstm' (ConvLSTM2D) draws random", "--ignore-random-layers clstm"]),
+    "augmentation layer": (
+        lambda module: keras.Sequential([keras.Input((4, 4, 1)), layers.RandomFlip(name="flip"), layers.Flatten(),
+                                         layers.Dropout(0.2), layers.Dense(2, activation="softmax")]), False,
+        ["'flip' (RandomFlip) draws random", "--ignore-random-layers flip"]),
     "registered layer without its module": (
         lambda module: attention(module.TwiceDroppedAttention, dropout=0.2, name="twice_mha"), False,
         ["'twice_mha' (TwiceDroppedAttention)", "--custom-objects FILE.py"]),
