@@ -461,6 +461,18 @@ def time_distributed_dropout_gru():
     return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
 
 
+def normalisations_around_attention():
+    """The layers around attention blocks: EinsumDense, GroupNormalization, UnitNormalization,
+    swish, then self-attention with dropout."""
+    _seeded()
+    inp = keras.Input((6, 8))
+    x = layers.EinsumDense("btc,cd->btd", output_shape=(None, 8), bias_axes="d")(inp)
+    x = layers.Activation("swish")(layers.GroupNormalization(groups=2)(x))
+    x = layers.UnitNormalization()(x)
+    x = layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.2, name="norm_attention")(x, x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling1D()(x))), {}
+
+
 # Attention and TimeDistributed models: tests/test_export_attention.py runs them.
 ATTENTION_ZOO = {
     f.__name__: f
@@ -474,6 +486,7 @@ ATTENTION_ZOO = {
         dot_and_additive_attention,
         grouped_query_attention,
         attention_called_twice,
+        normalisations_around_attention,
     )
 }
 
@@ -571,3 +584,19 @@ def stacked_rnn_cells():
 # tests/test_export_inside_layers.py runs them.
 INSIDE_LAYERS_ZOO = {f.__name__: f for f in (custom_layer_holding_dropout, time_distributed_lstm_dropout,
                                              stacked_rnn_cells)}
+
+
+def conv_lstm_2d_both_masks():
+    """ConvLSTM2D with dropout and recurrent_dropout: 4 masks of a whole step input [5, 5, 2] and 4
+    of a whole state [3, 3, 3] ('valid' 3x3 kernels), per sequence and pass; then a ConvLSTM1D
+    returning sequences with input dropout only."""
+    _seeded()
+    inp = keras.Input((4, 5, 5, 2))
+    x = layers.ConvLSTM2D(3, 3, dropout=0.2, recurrent_dropout=0.3, name="clstm2d")(inp)
+    y = layers.ConvLSTM1D(2, 2, padding="same", dropout=0.25, return_sequences=True, name="clstm1d")(
+        layers.Reshape((4, 50, 1))(inp))
+    x = layers.Concatenate()([layers.Flatten()(x), layers.Flatten()(y)])
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+INSIDE_LAYERS_ZOO[conv_lstm_2d_both_masks.__name__] = conv_lstm_2d_both_masks
