@@ -89,7 +89,7 @@ def find_noise_calls(model, selected):
 
     def record(layer, args, kwargs, index, tiled):
         if is_recurrent(layer):
-            calls.extend(NoiseCall(layer, 3, draw) for draw in recurrent_draws(layer))
+            calls.extend(NoiseCall(layer, len(draw_dims(draw, args[0], None)), draw) for draw in recurrent_draws(layer))
             return layer(*args, **{**kwargs, "training": False})
         if is_attention(layer):
             def probabilities(p):
@@ -183,12 +183,12 @@ def mc_function(model, heads, calls, selected, repeat_all=False):
             if is_recurrent(layer):
                 cell_masks = []
                 for k, draw in enumerate(recurrent_draws(layer)):
-                    count, _, features = draw_dims(draw, args[0], rows)
-                    r = random_tensor(index + k, [count, rows, features], axis=1)
+                    count, _, *features = draw_dims(draw, args[0], rows)
+                    r = random_tensor(index + k, [count, rows, *features], axis=1)
                     # A shared set has T rows: repeat each pass's masks for every sequence of the batch.
-                    r = tf.reshape(tf.broadcast_to(tf.reshape(r, as_shape([count, passes, -1, features])),
-                                                   as_shape([count, passes, batch, features])),
-                                   as_shape([count, rows, features]))
+                    r = tf.reshape(tf.broadcast_to(tf.reshape(r, as_shape([count, passes, -1, *features])),
+                                                   as_shape([count, passes, batch, *features])),
+                                   as_shape([count, rows, *features]))
                     cell_masks.append((draw, masks_from_uniform(r, draw.rate * on, draw.count)))
                 return call_with_masks(layer, args, kwargs, cell_masks)
             if is_attention(layer):

@@ -166,14 +166,14 @@ def is_noise_layer(layer) -> bool:
     have dropout (export/recurrent.py), or a MultiHeadAttention with dropout (export/attention.py).
     Rate 0 included for noise layers: such a layer is simply inactive."""
     from .attention import attention_rate, is_attention
-    from .recurrent import is_recurrent, rnn_parts
+    from .recurrent import cells_of, is_recurrent, rnn_parts
 
     if spec_for(layer) is not None:
         return True
     if is_attention(layer):
         return attention_rate(layer) > 0
-    return is_recurrent(layer) and any(rnn.cell.dropout > 0 or rnn.cell.recurrent_dropout > 0
-                                       for _, rnn in rnn_parts(layer))
+    return is_recurrent(layer) and any(cell.dropout > 0 or cell.recurrent_dropout > 0
+                                       for _, rnn in rnn_parts(layer) for cell in cells_of(rnn))
 
 
 def is_active(layer) -> bool:

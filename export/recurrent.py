@@ -22,9 +22,11 @@ import tensorflow as tf
 
 from ..runtime.errors import ExportError
 
-# Cells whose call reads the cached masks as shown above; other cells (ConvLSTM, stacked cells,
-# user cells) are refused by name by export/randomness.py when they would draw.
-CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell")
+# Cells whose call reads the cached masks as shown above, alone or in keras.layers.StackedRNNCells
+# (Keras fills and resets each stacked cell's cache, keras/src/layers/rnn/rnn.py), and ConvLSTMCell
+# (ConvLSTM1D/2D/3D: its masks are a whole step input's and a whole state's shape, 4 of each);
+# other cells (user cells) are refused by name by export/randomness.py when they would draw.
+CELLS = ("LSTMCell", "GRUCell", "SimpleRNNCell", "ConvLSTMCell")
 
 
 @dataclass(frozen=True)
@@ -36,10 +38,13 @@ class RecurrentDraw:
     direction: str  # "" for a plain RNN, "forward" or "backward" inside Bidirectional
     rate: float
     count: int  # masks drawn at once: 4 for an LSTM's gates, 3 for a GRU's, else 1
+    stacked: str = ""  # "cell_<i>" for the i-th cell of a StackedRNNCells
+    input_size: int | None = None  # a stacked cell's step input: the cell below's output; else the sequence's
+    rnn: object = None  # the RNN layer that runs the cell (a ConvLSTM's state shape is its output's)
 
     @property
     def part(self) -> str:
-        return f"{self.direction}/{self.mask}" if self.direction else self.mask
+        return "/".join(p for p in (self.direction, self.stacked, self.mask) if p)
 
 
 def _cell_kind(cell):
@@ -60,16 +65,32 @@ def rnn_parts(layer):
     return []
 
 
+def cells_of(rnn) -> list:
+    """The cells an RNN layer runs: a StackedRNNCells' own, in order, else its one cell."""
+    import keras
+
+    return list(rnn.cell.cells) if isinstance(rnn.cell, keras.layers.StackedRNNCells) else [rnn.cell]
+
+
 def is_recurrent(layer) -> bool:
     """An RNN (or Bidirectional) whose every cell is one whose masks mcdrop can fill."""
     parts = rnn_parts(layer)
-    return bool(parts) and all(_cell_kind(rnn.cell) is not None for _, rnn in parts)
+    return bool(parts) and all(_cell_kind(cell) is not None for _, rnn in parts for cell in cells_of(rnn))
 
 
 def recurrent_kind(layer) -> str:
-    """'LSTM', 'GRU', 'SimpleRNN' (or 'Bidirectional LSTM'...): what the export report shows."""
-    kind = _cell_kind(rnn_parts(layer)[0][1].cell)[: -len("Cell")]
+    """'LSTM', 'GRU', 'SimpleRNN', 'StackedRNNCells' (or 'Bidirectional LSTM'...): what the
+    export report shows."""
+    rnn = rnn_parts(layer)[0][1]
+    cells = cells_of(rnn)
+    kind = "StackedRNNCells" if len(cells) > 1 or cells[0] is not rnn.cell else \
+        type(rnn).__name__ if _cell_kind(cells[0]) == "ConvLSTMCell" else _cell_kind(cells[0])[: -len("Cell")]
     return f"Bidirectional {kind}" if rnn_parts(layer)[0][0] else kind
+
+
+def _output_size(cell) -> int:
+    size = getattr(cell, "output_size", None) or cell.state_size
+    return int(size[0] if isinstance(size, (list, tuple)) else size)
 
 
 def recurrent_draws(layer) -> List[RecurrentDraw]:
@@ -77,25 +98,38 @@ def recurrent_draws(layer) -> List[RecurrentDraw]:
     for 0 < rate < 1 (a rate of 1 drops nothing there), so only those get a draw."""
     draws = []
     for direction, rnn in rnn_parts(layer):
-        cell = rnn.cell
-        count = getattr(cell, "dropout_mask_count", None) or 1
-        for mask in ("dropout", "recurrent_dropout"):
-            rate = float(getattr(cell, mask))
-            if 0.0 < rate < 1.0:
-                draws.append(RecurrentDraw(cell, mask, direction, rate, count))
+        cells = cells_of(rnn)
+        stacked = cells[0] is not rnn.cell
+        for i, cell in enumerate(cells):
+            count = getattr(cell, "dropout_mask_count", None) or 1
+            below = _output_size(cells[i - 1]) if i else None
+            for mask in ("dropout", "recurrent_dropout"):
+                rate = float(getattr(cell, mask))
+                if 0.0 < rate < 1.0:
+                    draws.append(RecurrentDraw(cell, mask, direction, rate, count, f"cell_{i}" if stacked else "",
+                                               below, rnn))
     return draws
 
 
 def draw_dims(draw: RecurrentDraw, sequences, rows) -> list:
-    """[count, rows, features] of one draw: the step input's features, or the state's units."""
-    if draw.mask == "dropout":
-        features = sequences.shape[-1]
+    """[count, rows, *features] of one draw: the step input's features, or the state's units; a
+    ConvLSTM's are a whole step input's [*spatial, channels] or state's [*spatial, filters]."""
+    if _cell_kind(draw.cell) == "ConvLSTMCell":
+        if draw.mask == "dropout":
+            features = list(sequences.shape[2:])
+        else:
+            state = draw.rnn.compute_output_shape(tuple(sequences.shape))
+            state = state[0] if isinstance(state, list) else state  # return_state: output first
+            features = list(state[2:] if draw.rnn.return_sequences else state[1:])
+    elif draw.mask == "dropout":
+        features = [draw.input_size or sequences.shape[-1]]
     else:
         size = draw.cell.state_size
-        features = size[0] if isinstance(size, (list, tuple)) else size
-    if features is None:
-        raise ExportError(f"an RNN cell's {draw.mask} mask needs a known feature size")
-    return [draw.count, rows, int(features)]
+        features = [size[0] if isinstance(size, (list, tuple)) else size]
+    if any(f is None for f in features):
+        raise ExportError(f"layer '{draw.rnn.name}': its {draw.mask} masks need a known shape; build the model with "
+                          "fixed sizes, or pass --ignore-random-layers " + draw.rnn.name)
+    return [draw.count, rows, *map(int, features)]
 
 
 def masks_from_uniform(u, rate, count):

@@ -9,6 +9,7 @@ randomness first reaches one of its inputs, so the deterministic part of the mod
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -18,9 +19,9 @@ from keras import tree
 
 from ..runtime.errors import ExportError
 
-from .attention import call_attention, inner_dropout, is_attention
+from .attention import call_attention, is_attention
 from .convertible_ops import convertible_ops
-from .noise import is_active, is_noise_layer, spec_for
+from .noise import is_active, is_noise_layer, noise_layers, spec_for
 from .recurrent import is_recurrent, recurrent_draws
 
 
@@ -72,13 +73,6 @@ def layer_graph(model):
     return graph
 
 
-def noise_layers_inside(layer):
-    """Noise layers a layer's own call would run; an attention layer's inner Dropout is the
-    attention layer's (export/attention.py), and with rate 0 Keras never calls it."""
-    inner = {id(inner_dropout(sub)) for sub in layer._flatten_layers() if is_attention(sub)}
-    return [sub for sub in layer._flatten_layers(include_self=False) if is_noise_layer(sub) and id(sub) not in inner]
-
-
 def draws_of(layer) -> list:
     """The random tensors one call of an active noise layer reads: one for a noise layer, one per
     mask kind and direction for a recurrent layer (export/recurrent.py)."""
@@ -114,7 +108,7 @@ class Walk:
         graph = layer_graph(model)
         values = {}
         for ref, value, is_tiled in zip(graph.inputs, inputs, tiled):
-            values[id(ref)] = (value, is_tiled)
+            values[id(ref)] = (as_input_dtype(value, ref), is_tiled)
         for depth in sorted(graph._nodes_by_depth, reverse=True):
             for node in graph._nodes_by_depth[depth]:
                 if node.is_input or not node.operation:
@@ -128,12 +122,13 @@ class Walk:
         refs = node.input_tensors
         any_tiled = any(values[id(r)][1] for r in refs)
         stochastic = is_noise_layer(layer) and self.is_stochastic(layer)
+        inside = [] if stochastic else [sub for sub in hidden_noise_layers(layer) if self.is_stochastic(sub)]
         broadcast = stochastic and self.broadcast_noise and not any_tiled and spec_for(layer) is not None
         if broadcast:
             self.tiled_at.append(layer.name)
             local = {id(r): values[id(r)][0] for r in refs}
             out_tiled = True
-        elif any_tiled or stochastic:
+        elif any_tiled or stochastic or inside:
             # Randomness joins here: every input must carry the T passes.
             if not all(values[id(r)][1] for r in refs):
                 self.tiled_at.append(layer.name)
@@ -169,14 +164,8 @@ class Walk:
             # Functional graphs may also hold bare keras.ops operations (MobileNetV3's adds and
             # multiplies): they have neither sublayers nor a training mode.
             if hasattr(layer, "_flatten_layers"):
-                if noise_layers_inside(layer):
-                    raise ExportError(
-                        f"layer '{layer.name}' ({type(layer).__name__}) hides noise layers inside a custom call; "
-                        "mcdrop cannot reach them: call them in the model's own graph (Functional or Sequential) "
-                        "instead of inside the layer's call"
-                    )
                 kwargs["training"] = False  # BatchNorm & co. stay in inference mode
-            with convertible_ops():
+            with convertible_ops(), self._reaching(layer, inside):
                 outputs = layer(*args, **kwargs)
 
         for ref, value in zip(node.outputs, tree.flatten(outputs)):
@@ -185,6 +174,61 @@ class Walk:
                 self.activation_floats += per_sample_size(ref.shape)
             else:
                 self.once_floats += per_sample_size(ref.shape)
+
+    @contextlib.contextmanager
+    def _reaching(self, layer, inside):
+        """While `layer` (a custom layer, a keras-hub TransformerEncoder) runs its own call in
+        inference mode, each selected noise layer it holds is this walk's noise call: its `call`
+        is shadowed by an instance attribute that hands the call to `self.noise`, with the
+        shadow lifted meanwhile so that Keras's own call (the reference, an attention layer's
+        projections) runs as it would. Each call takes the next random tensors, in call order."""
+        def reach(sub):
+            def call(*args, **kwargs):
+                kwargs.pop("training", None)
+                del sub.call
+                try:
+                    self.calls.append(sub)
+                    outputs = self.noise(sub, args, kwargs, self.draws, True)
+                    self.draws += len(draws_of(sub))
+                finally:
+                    sub.call = call
+                if spec_for(sub) is not None:
+                    keep_mask(args[0], outputs)
+                return outputs
+            return call
+
+        for sub in inside:
+            sub.call = reach(sub)
+        try:
+            yield
+        finally:
+            for sub in inside:
+                del sub.call
+
+
+def hidden_noise_layers(layer) -> list:
+    """The noise layers a layer's own call runs (a custom layer, a keras-hub TransformerEncoder),
+    not looking inside one (an attention layer's inner Dropout is its own, export/attention.py);
+    none for noise layers, nested models (the walk goes through their graph) and bare ops."""
+    if not hasattr(layer, "_flatten_layers") or is_noise_layer(layer) or sub_model(layer) is not None:
+        return []
+    return noise_layers(layer)
+
+
+def as_input_dtype(value, ref):
+    """The graph takes every input as float; Keras's functional call casts it to its Input's
+    dtype first (int32 token ids and padding masks). Done here too, so that the casts inside the
+    model see the values Keras's do: without it the converted graph read keras-hub's float
+    padding mask 0.13 as 1 where Keras's cast to int32 gives 0."""
+    from keras.src import backend
+
+    dtype = backend.standardize_dtype(ref.dtype)
+    if "int" in dtype or dtype == "bool":
+        mask = backend.get_keras_mask(value)
+        value = tf.cast(value, dtype)
+        if mask is not None:
+            backend.set_keras_mask(value, mask)
+    return value
 
 
 def keep_mask(x, y, passes=None):

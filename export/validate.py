@@ -77,10 +77,30 @@ def embedding_vocabulary(model, source):
     """The smallest input_dim of the Embedding layers that read the model input `source`, or None."""
     import keras
 
+    sources = _same_tensors(model, source)
     sizes = [layer.input_dim for layer in model._flatten_layers(include_self=False)
              if isinstance(layer, keras.layers.Embedding)
-             and any(t is source for node in layer._inbound_nodes for t in node.input_tensors)]
+             and any(id(t) in sources for node in layer._inbound_nodes for t in node.input_tensors)]
     return min(sizes) if sizes else None
+
+
+def _same_tensors(model, source):
+    """ids of `source` and of the inputs of nested models it feeds (a keras-hub backbone called
+    on the model's own token_ids), which hold the same values."""
+    import keras
+
+    found, pending = {id(source)}, [source]
+    nested = [layer for layer in model._flatten_layers(include_self=False)
+              if isinstance(layer, keras.Model) and hasattr(layer, "_nodes_by_depth")]
+    while pending:
+        tensor = pending.pop()
+        for sub in nested:
+            for node in sub._inbound_nodes:
+                for outer, inner in zip(node.input_tensors, sub.inputs):
+                    if outer is tensor and id(inner) not in found:
+                        found.add(id(inner))
+                        pending.append(inner)
+    return found
 
 
 def apply_head(y, head):

@@ -62,9 +62,9 @@ def shared_set_as_noise(metadata, mask_set, batch):
     noise = []
     for layer, entry in zip(metadata["stochastic_layers"], layout.entries):
         values = mask_set[:, entry.offset:entry.offset + entry.size].reshape(len(mask_set), *entry.shape)
-        if "masks" in layer:  # recurrent: [T, count, features] -> [count, T*B, features]
-            values = np.repeat(values.transpose(1, 0, 2)[:, :, None], batch, axis=2)
-            noise.append(values.reshape(values.shape[0], -1, values.shape[-1]))
+        if "masks" in layer:  # recurrent: [T, count, *features] -> [count, T*B, *features]
+            values = np.repeat(np.swapaxes(values, 0, 1)[:, :, None], batch, axis=2)
+            noise.append(values.reshape(values.shape[0], -1, *values.shape[3:]))
         else:
             noise.append(np.repeat(values[:, None], batch, axis=1).reshape(-1, *entry.shape))
     return noise

@@ -15,7 +15,7 @@ pytest.importorskip("tf2onnx")
 
 from conftest import ROOT  # noqa: E402
 from parity import assert_parity, random_node_outputs  # noqa: E402
-from zoo import ATTENTION_ZOO, text_transformer_encoder  # noqa: E402
+from zoo import ATTENTION_ZOO, KERAS_HUB_ZOO, text_transformer_encoder  # noqa: E402
 from mcdrop.export import export_model  # noqa: E402
 from mcdrop.export.attention import is_attention  # noqa: E402
 from mcdrop.export.validate import validation_inputs  # noqa: E402
@@ -91,3 +91,19 @@ def test_cli_exports_attention_dropout_live(tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "mha (MultiHeadAttention dropout 0.2)" in done.stdout
+
+
+@pytest.mark.parametrize("name", sorted(KERAS_HUB_ZOO))
+def test_keras_hub_backbone_matches_keras(name, tmp_path):
+    """keras-hub's own layers hold their attention and Dropouts inside their call: each is reached
+    there and kept live, with parity (assert_parity: deterministic, T=1000 in both mask modes,
+    mask for mask); the model loads through `custom_objects="keras_hub"`."""
+    pytest.importorskip("keras_hub")
+    model, kwargs = KERAS_HUB_ZOO[name]()
+    result = assert_parity(model, tmp_path, name, **kwargs)
+    found = result.metadata["stochastic_layers"]
+    attention = [layer for layer in found if layer["kind"] == "MultiHeadAttention dropout"]
+    assert len(attention) == 2 and all(layer["mask_shape"][0] == 2 for layer in attention)  # 2 blocks, 2 heads
+    # Each block's Dropouts (BERT: after attention and FFN; ViT: its MLP's one Dropout called twice too)
+    assert [layer["kind"] for layer in found].count("Dropout") >= 5 and found[-1]["name"] == "head_dropout"
+    assert result.metadata["masks"] is not None  # fixed lengths: a shareable mask set

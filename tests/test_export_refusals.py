@@ -10,7 +10,7 @@ from keras import layers
 pytest.importorskip("tf2onnx")
 
 from mcdrop.export import build_graph, export_model  # noqa: E402
-from test_lost_randomness import JitterNoise  # noqa: E402
+from test_lost_randomness import JitterNoise, NoisyCell  # noqa: E402
 from mcdrop.runtime.errors import McdropError  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -22,18 +22,6 @@ class Erfinv(layers.Layer):
 
     def call(self, x):
         return tf.math.erfinv(tf.clip_by_value(x, -0.5, 0.5))
-
-
-@keras.saving.register_keras_serializable(package="refusals")
-class HiddenDropout(layers.Layer):
-    """A custom layer that calls a Dropout of its own: the walk cannot reach it."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.drop = layers.Dropout(0.3)
-
-    def call(self, x, training=None):
-        return self.drop(x, training=training)
 
 
 @keras.saving.register_keras_serializable(package="refusals")
@@ -82,9 +70,8 @@ def constant_output():
 CASES = {
     "custom random layer": (lambda: mlp(JitterNoise(name="jitter"), layers.Dropout(0.2)), "'jitter' (JitterNoise) draws random",
                             True),
-    "conv lstm dropout": (lambda: keras.Sequential([keras.Input((5, 6, 2)), layers.ConvLSTM1D(2, 3, dropout=0.3, name="clstm"),
-                                                    layers.Flatten(), layers.Dense(2, activation="softmax")]),
-                          "'clstm' (ConvLSTM1D) draws random", True),
+    "custom rnn cell": (lambda: keras.Sequential([keras.Input((5, 3)), layers.RNN(NoisyCell(3), name="noisy_rnn"),
+                                                  layers.Dense(2, activation="softmax")]), "(NoisyCell) draws random", True),
     "unconvertible op": (lambda: mlp(Erfinv(), layers.Dropout(0.2)), "Erfinv", True),
     "subclassed model": (Subclassed, "subclassed model", True),
     "input named passes": (input_named_passes, "'passes' cannot name a graph input", True),
@@ -95,13 +82,8 @@ CASES = {
     "lambda layer": (lambda: mlp(layers.Lambda(lambda x: x * 2.0, name="twice"), layers.Dropout(0.2)), "Lambda layer", True),
     "constant output": (constant_output, "same for every input", False),
     # Found while TensorFlow traces: one line, not autograph's 'in user code:' trace.
-    "noise hidden in a custom layer": (lambda: mlp(HiddenDropout(name="hidden")), "'hidden' (HiddenDropout) hides noise",
-                                       True),
     "attention dropout applied twice": (lambda: attention(TwiceDroppedAttention, dropout=0.2, name="twice_mha"), "'twice_mha' (TwiceDroppedAttention) applied its "
                                         "attention dropout 2 times", True),
-    "time distributed rnn dropout": (lambda: keras.Sequential([
-        keras.Input((3, 4, 2)), layers.TimeDistributed(layers.LSTM(3, dropout=0.2), name="td_lstm"), layers.Flatten(),
-        layers.Dense(2, activation="softmax")]), "'td_lstm' (TimeDistributed) hides noise", True),
     "attention dropout rate 1": (lambda: attention(dropout=1.0, name="all_mha"), "'all_mha' has rate 1.0", True),
 }
 
@@ -129,38 +111,66 @@ def test_broken_model_is_refused_in_one_line_and_writes_nothing(case, validate, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
 
 
-HIDDEN_DROPOUT_FILE = """
+CLI_LAYERS_FILE = """
 import keras
 
 
 @keras.saving.register_keras_serializable(package="refusals_cli")
-class HiddenDropout(keras.layers.Layer):
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.drop = keras.layers.Dropout(0.3)
-
-    def call(self, x, training=None):
-        return self.drop(x, training=training)
+class TwiceDroppedAttention(keras.layers.MultiHeadAttention):
+    def _compute_attention(self, query, key, value, attention_mask=None, training=None, *args, **kwargs):
+        super()._compute_attention(query, key, value, attention_mask, training, *args, **kwargs)
+        return super()._compute_attention(query, key, value, attention_mask, training, *args, **kwargs)
 """
 
+# name: (model builder taking the custom-objects module, whether --custom-objects names it, fragments of the one error line)
+CLI_CASES = {
+    # found while TensorFlow traces (autograph would wrap it in 'in user code:' and a trace)
+    "attention dropout applied twice": (
+        lambda module: attention(module.TwiceDroppedAttention, dropout=0.2, name="twice_mha"), True,
+        ["'twice_mha' (TwiceDroppedAttention) applied its attention dropout 2 times", "--ignore-random-layers twice_mha"]),
+    # found before tracing
+    "augmentation layer": (
+        lambda module: keras.Sequential([keras.Input((4, 4, 1)), layers.RandomFlip(name="flip"), layers.Flatten(),
+                                         layers.Dropout(0.2), layers.Dense(2, activation="softmax")]), False,
+        ["'flip' (RandomFlip) draws random", "--ignore-random-layers flip"]),
+    "registered layer without its module": (
+        lambda module: attention(module.TwiceDroppedAttention, dropout=0.2, name="twice_mha"), False,
+        ["'twice_mha' (TwiceDroppedAttention)", "--custom-objects FILE.py"]),
+    "attention dropout rate 1": (lambda module: attention(dropout=1.0, name="all_mha"), False, ["'all_mha' has rate 1.0"]),
+}
 
-def test_refusal_found_while_tracing_is_one_line_from_the_cli(tmp_path):
+
+@pytest.mark.parametrize("case", sorted(CLI_CASES))
+def test_refusal_is_one_line_from_the_cli(case, tmp_path):
     import importlib.util
     import subprocess
     import sys
 
     from conftest import ROOT
 
-    layer_file = tmp_path / "hidden_layers.py"
-    layer_file.write_text(HIDDEN_DROPOUT_FILE)
+    build, with_module, fragments = CLI_CASES[case]
+    layer_file = tmp_path / "cli_layers.py"
+    layer_file.write_text(CLI_LAYERS_FILE)
     spec = importlib.util.spec_from_file_location("refusals_cli_layers", layer_file)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    mlp(module.HiddenDropout(name="hidden")).save(tmp_path / "m.keras")
+    build(module).save(tmp_path / "m.keras")
     done = subprocess.run([sys.executable, "cli.py", "export", tmp_path / "m.keras", "-o", tmp_path / "m.onnx",
-                           "--custom-objects", layer_file], cwd=ROOT, capture_output=True, text=True)
+                           *(["--custom-objects", layer_file] if with_module else [])], cwd=ROOT, capture_output=True,
+                          text=True)
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
-    assert len(errors) == 1 and "'hidden' (HiddenDropout) hides noise" in errors[0], done.stderr
-    assert "in user code" not in errors[0] and "\\x0a" not in errors[0]
+    assert len(errors) == 1 and all(fragment in errors[0] for fragment in fragments), done.stderr
+    assert "in user code" not in errors[0] and "\\x0a" not in errors[0] and "File \"" not in errors[0]
+    assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("name, message", [("no_such_package_here", "no Python file or installed package of that name"),
+                                           ("json", "the package registers no Keras object")])
+def test_custom_objects_package_that_cannot_load_anything_is_one_line(name, message, tmp_path):
+    """--custom-objects takes an installed package (keras_hub: tests/test_export_attention.py)."""
+    keras.Sequential([keras.Input((4,)), layers.Dropout(0.2), layers.Dense(2, activation="softmax")]).save(tmp_path / "m.keras")
+    with pytest.raises(McdropError) as caught:
+        export_model(tmp_path / "m.keras", tmp_path / "m.onnx", custom_objects=name)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "m.onnx").exists()

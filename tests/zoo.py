@@ -461,6 +461,18 @@ def time_distributed_dropout_gru():
     return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
 
 
+def normalisations_around_attention():
+    """The layers around attention blocks: EinsumDense, GroupNormalization, UnitNormalization,
+    swish, then self-attention with dropout."""
+    _seeded()
+    inp = keras.Input((6, 8))
+    x = layers.EinsumDense("btc,cd->btd", output_shape=(None, 8), bias_axes="d")(inp)
+    x = layers.Activation("swish")(layers.GroupNormalization(groups=2)(x))
+    x = layers.UnitNormalization()(x)
+    x = layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.2, name="norm_attention")(x, x)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(layers.GlobalAveragePooling1D()(x))), {}
+
+
 # Attention and TimeDistributed models: tests/test_export_attention.py runs them.
 ATTENTION_ZOO = {
     f.__name__: f
@@ -474,5 +486,117 @@ ATTENTION_ZOO = {
         dot_and_additive_attention,
         grouped_query_attention,
         attention_called_twice,
+        normalisations_around_attention,
     )
 }
+
+
+def _rescaled(model, stddev=0.3):
+    """keras-hub's BERT initialiser (stddev 0.02) leaves every softmax near uniform; wider weights
+    make the dropout's effect, and so the statistical checks, count."""
+    rng = np.random.default_rng(0)
+    for weight in model.weights:
+        if weight.path.endswith(("kernel", "embeddings")):
+            weight.assign(rng.normal(0, stddev, weight.shape).astype("float32"))
+    return model
+
+
+def keras_hub_bert_classifier():
+    """A 2-layer keras_hub BertBackbone (vocabulary 30, width 8) called on the model's own
+    token_ids / segment_ids / padding_mask inputs (fixed length 6, so the mask set is shareable),
+    its pooled output through Dropout into a softmax. The backbone's TransformerEncoders hold
+    their MultiHeadAttention and Dropouts inside their own call."""
+    import keras_hub
+
+    _seeded()
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=30, num_layers=2, num_heads=2, hidden_dim=8,
+                                             intermediate_dim=16, dropout=0.1, max_sequence_length=8)
+    inputs = {name: keras.Input((6,), dtype="int32", name=name) for name in ("token_ids", "segment_ids", "padding_mask")}
+    pooled = backbone(inputs)["pooled_output"]
+    out = layers.Dense(3, activation="softmax")(layers.Dropout(0.2, name="head_dropout")(pooled))
+    return _rescaled(keras.Model(inputs, out)), {"custom_objects": "keras_hub"}
+
+
+def keras_hub_vit_classifier():
+    """A 2-layer keras_hub ViTBackbone on 8x8 images (4x4 patches, a class token), dropout and
+    attention dropout on; its class token through Dropout into a softmax. Its MLP blocks call
+    one Dropout twice, and its encoder nests the blocks: layers inside layers."""
+    import keras_hub
+
+    _seeded()
+    backbone = keras_hub.models.ViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=2, num_heads=2,
+                                            hidden_dim=8, mlp_dim=16, dropout_rate=0.1, attention_dropout=0.1)
+    images = keras.Input((8, 8, 1), name="images")
+    tokens = backbone(images)
+    out = layers.Dense(3, activation="softmax")(layers.Dropout(0.2, name="head_dropout")(tokens[:, 0, :]))
+    return keras.Model(images, out), {"custom_objects": "keras_hub"}
+
+
+# keras-hub backbones built from their constructors (no weights downloaded).
+KERAS_HUB_ZOO = {f.__name__: f for f in (keras_hub_bert_classifier, keras_hub_vit_classifier)}
+
+
+@keras.saving.register_keras_serializable(package="zoo")
+class DenseWithDropout(layers.Layer):
+    """A custom layer calling a Dropout of its own inside its call, as user code often does."""
+
+    def __init__(self, units=6, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+        self.dense, self.drop = layers.Dense(units, activation="relu"), layers.Dropout(0.3, name="inner_dropout")
+
+    def call(self, x, training=None):
+        return self.drop(self.dense(x), training=training)
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def custom_layer_holding_dropout():
+    _seeded()
+    inp = keras.Input((5,))
+    x = DenseWithDropout(name="custom_block")(inp)
+    # The layer is code of this module, trusted here (a user would pass --custom-objects).
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {"trust_model_code": True}
+
+
+def time_distributed_lstm_dropout():
+    """TimeDistributed(LSTM(dropout)): Keras calls the LSTM once per outer step, each call
+    drawing its own input masks."""
+    _seeded()
+    inp = keras.Input((3, 4, 2))
+    x = layers.TimeDistributed(layers.LSTM(3, dropout=0.2), name="td_lstm")(inp)
+    return keras.Model(inp, layers.Dense(2, activation="softmax")(layers.Flatten()(x))), {}
+
+
+def stacked_rnn_cells():
+    """keras.layers.RNN(StackedRNNCells): an LSTM cell with both masks, a GRU cell with input
+    dropout (its input is the LSTM cell's output), a SimpleRNN cell with recurrent dropout."""
+    _seeded()
+    inp = keras.Input((6, 3))
+    cells = layers.StackedRNNCells([layers.LSTMCell(5, dropout=0.2, recurrent_dropout=0.3),
+                                    layers.GRUCell(4, dropout=0.25), layers.SimpleRNNCell(3, recurrent_dropout=0.2)])
+    x = layers.RNN(cells, name="stacked")(inp)
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+# Noise layers reached inside other layers' calls, and stacked recurrent cells:
+# tests/test_export_inside_layers.py runs them.
+INSIDE_LAYERS_ZOO = {f.__name__: f for f in (custom_layer_holding_dropout, time_distributed_lstm_dropout,
+                                             stacked_rnn_cells)}
+
+
+def conv_lstm_2d_both_masks():
+    """ConvLSTM2D with dropout and recurrent_dropout: 4 masks of a whole step input [5, 5, 2] and 4
+    of a whole state [3, 3, 3] ('valid' 3x3 kernels), per sequence and pass; then a ConvLSTM1D
+    returning sequences with input dropout only."""
+    _seeded()
+    inp = keras.Input((4, 5, 5, 2))
+    x = layers.ConvLSTM2D(3, 3, dropout=0.2, recurrent_dropout=0.3, name="clstm2d")(inp)
+    y = layers.ConvLSTM1D(2, 2, padding="same", dropout=0.25, return_sequences=True, name="clstm1d")(
+        layers.Reshape((4, 50, 1))(inp))
+    x = layers.Concatenate()([layers.Flatten()(x), layers.Flatten()(y)])
+    return keras.Model(inp, layers.Dense(3, activation="softmax")(x)), {}
+
+
+INSIDE_LAYERS_ZOO[conv_lstm_2d_both_masks.__name__] = conv_lstm_2d_both_masks
