@@ -15,7 +15,7 @@ pytest.importorskip("tf2onnx")
 
 from mcdrop import cli  # noqa: E402
 from mcdrop.runtime import MCSession  # noqa: E402
-from mcdrop.runtime.masks import draw  # noqa: E402
+from mcdrop.runtime.format.mask_sets import draw  # noqa: E402
 from js_support import EXAMPLES, INFER_JS, LIVE_ATOL, node, run_node  # noqa: E402
 
 pytestmark = pytest.mark.slow
