@@ -476,7 +476,7 @@ def _check_as_the_runtime_would(data, output):
     """The runtime's own load-time checks, also under --no-validate: no file that `infer` or
     `info` would refuse is ever written."""
     from ..runtime.errors import ValidationError
-    from ..runtime.session import check_model_bytes
+    from ..runtime.load_checks import check_model_bytes
 
     try:
         check_model_bytes(data, str(output))

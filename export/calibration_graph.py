@@ -34,6 +34,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..runtime.calibration import TINY  # one value for numpy and the graph
+from ..runtime.checks import positive_int
 from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
@@ -70,9 +71,7 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
         raise ValueError(f"prefix must be '' or end with '/', not {prefix!r}")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r} (one of {', '.join(HEADS)})")
-    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
-        raise ValueError(f"classes must be a positive integer, not {classes!r}")
-    classes = int(classes)
+    classes = positive_int("classes", classes, ValueError)
     categorical, sigmoid = head in CATEGORICAL_HEADS, head in SIGMOID_HEADS
     options = {"temperature": temperature, "uncertain": uncertain, "conformal_quantile": conformal_quantile,
                "thresholds": thresholds, "sigmoid_rule": sigmoid_rule}

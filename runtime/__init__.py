@@ -15,7 +15,8 @@ from .errors import DeviceError, InputError, McdropError, ModelFileError, ModelR
 
 _LAZY = {
     "MCSession": ".session",
-    "RawPixelWarning": ".session",
+    "SessionSettings": ".settings",
+    "RawPixelWarning": ".feed_checks",
     "Prediction": ".prediction",
     "ModelInfo": ".metadata",
     "load_inputs": ".inputs",

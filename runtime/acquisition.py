@@ -20,6 +20,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .checks import positive_finite, positive_int
 from .errors import InputError
 from .files import atomic_writer, csv_safe_cell
 from .measures import categorical_entropy, expected_entropy, margin, mutual_information
@@ -231,9 +232,7 @@ def batchbald_bytes(passes: int, pool: int, classes: int, num_samples: int, samp
 def check_batchbald_memory(passes: int, pool: int, classes: int, num_samples: int,
                            max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, samples_kept: bool = True) -> None:
     """InputError, saying what to lower or raise, when batchbald_bytes is over max_memory_mb."""
-    if isinstance(max_memory_mb, bool) or not isinstance(max_memory_mb, (int, float)) \
-            or not 0 < max_memory_mb < float("inf"):
-        raise InputError(f"--max-memory-mb must be a positive finite number, got {max_memory_mb!r}")
+    positive_finite("--max-memory-mb", max_memory_mb)
     needed = batchbald_bytes(passes, pool, classes, num_samples, samples_kept)
     if needed > max_memory_mb * 2**20:
         raise InputError(f"batchbald would need about {needed / 2**20:,.0f} MiB ({pool:,} inputs x {passes:,} passes "
@@ -410,9 +409,7 @@ def _check_strategy(strategy) -> None:
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+    return positive_int(name, value)
 
 
 def _count(k, pool: int) -> int:

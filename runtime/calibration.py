@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from .checks import is_number
 from .errors import InputError, McdropError
 
 from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
@@ -104,7 +105,7 @@ def _labels(values, n: int, classes: int) -> np.ndarray:
 
 
 def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_number(value):
         raise InputError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if math.isnan(value):

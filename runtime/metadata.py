@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
+from .checks import is_int, is_number
 from .errors import ModelFileError
 from .limits import DEFAULT, Limits
 from .masks import MASKS, MaskLayout, layout_from_metadata
@@ -354,7 +355,7 @@ def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
         units = shape[-1]
         if head not in ("binary", "multilabel") or not isinstance(thresholds, list) or (
                 units is not None and len(thresholds) != units) or not all(
-                not isinstance(t, bool) and isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds):
+                is_number(t) and 0 <= t <= 1 for t in thresholds):
             raise _Bad("calibration thresholds must be one number in [0, 1] per unit of a binary or multilabel head")
     conformal = value.get("conformal")
     if conformal is not None:
@@ -396,14 +397,14 @@ def _short(value) -> str:
 
 def _integer(meta: dict, key: str, minimum: int, default=None) -> int:
     value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise _Bad(f"{key} must be an integer >= {minimum}, got {_short(value)}")
     return value
 
 
 def _number(meta: dict, key: str, default=None) -> float:
     value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise _Bad(f"{key} must be a finite number, got {_short(value)}")
     return float(value)
 
@@ -425,7 +426,7 @@ def _choice(meta: dict, key: str, choices) -> str:
 def _shape_field(meta: dict, key: str) -> Shape:
     value = meta.get(key)
     if not isinstance(value, list) or len(value) < 2 or len(value) > 8 or value[0] is not None or any(
-            d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1) for d in value[1:]):
+            d is not None and (not is_int(d) or d < 1) for d in value[1:]):
         raise _Bad(f"{key} must be [null, sizes >= 1 or null, ...] (2 to 8 axes), got {_short(value)}")
     return tuple(value)
 

@@ -104,20 +104,15 @@ class ScoreOptions:
 def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int] = None,
                   output: Optional[str] = None, measures: Sequence[str] = (), keep_samples: bool = False,
                   uncertain_if: Optional[str] = None, on_error: str = "skip",
-                  resume_from: Optional[Path] = None) -> ScoreOptions:
+                  resume_from: Optional[Path] = None, flags: bool = False) -> ScoreOptions:
     """The job's options, checked against the session's file. Masks are shared wherever the file
     takes a mask set; the mask seed defaults to that of the unfinished job in `resume_from` (a
-    checkpoint folder), else the session's."""
-    from . import masks as mask_sets
-
-    passes = session._check_passes(passes)
+    checkpoint folder), else the session's. flags: errors name the command line's flags."""
     shared = session.default_masks == "shared"
     if mask_seed is None and resume_from is not None:
         mask_seed = (read_job(resume_from) or {}).get("mask_seed")
-    if shared:
-        mask_seed = mask_sets.check_seed(mask_seed) if mask_seed is not None else session.mask_seed
-    return ScoreOptions(passes, mask_seed if shared else None, output, tuple(measures), keep_samples,
-                        uncertain_if, on_error)
+    chosen = session.resolve(passes, mask_seed=mask_seed if shared else None, flags=flags)
+    return ScoreOptions(chosen.passes, chosen.mask_seed, output, tuple(measures), keep_samples, uncertain_if, on_error)
 
 
 def measure_names(head: str) -> Tuple[str, ...]:
