@@ -26,7 +26,7 @@ if __name__ == "__main__" and not __package__:
     __package__ = "mcdrop"
 
 from .runtime.errors import InputError, McdropError, first_line  # noqa: E402
-from .runtime.files import valid_text  # noqa: E402  (stdlib only: --help stays quick)
+from .runtime.safe_files import valid_text  # noqa: E402  (stdlib only: --help stays quick)
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MODEL = HERE / "models" / "cnn.onnx"
@@ -186,21 +186,21 @@ def infer(
     if on_error not in ON_ERROR:
         raise InputError(f"--on-error {on_error!r}: choose one of {', '.join(ON_ERROR)}")
     if out is not None:
-        from .runtime.files import check_writable_target
+        from .runtime.safe_files import check_writable_target
 
         check_writable_target(out)  # refused before any work: a link, a folder, a missing folder
 
     if model == DEFAULT_MODEL and not model.exists():
         raise InputError(f"no model at {model}; export one with `python cli.py export`, or pass --model")
 
-    from .runtime.inputs import load_inputs
+    from .runtime.input_files import load_inputs
     from .runtime.session import MCSession
 
     session = MCSession(model, device=device, seed=seed, threads=threads,
                         max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)), limits=limits,
                         verify=not no_verify, allow_external_data=allow_external_data)
     if uncertain_if is not None:
-        from .runtime.decision import Rule
+        from .runtime.uncertain_rule import Rule
 
         for output in session.info.model_outputs:  # a bad rule fails before any input is read
             Rule.parse(uncertain_if, output.head)
@@ -312,7 +312,7 @@ def _write_results(out: Path, document: dict, by_output: dict, names: List[str])
     """Write through a temporary file in the same folder, so `out` is never half written. The
     format is the suffix of the path as typed (a link at `out` is refused, never followed). With
     several outputs, .npz arrays and .csv columns carry their output's name: digit/mean, ..."""
-    from .runtime.files import atomic_writer
+    from .runtime.safe_files import atomic_writer
 
     with atomic_writer(out) as f:
         if out.suffix.lower() == ".json":
@@ -340,7 +340,7 @@ def _csv_text(by_output: dict, names: List[str]) -> str:
 
     import numpy as np
 
-    from .runtime.files import csv_safe_cell
+    from .runtime.safe_files import csv_safe_cell
     from .runtime.prediction import MODEL_WIDE
 
     columns = {"input": names}
@@ -454,7 +454,7 @@ def export(
 def _check_export_target(output: Path) -> None:
     """-o must name an .onnx file (so `-o model.keras` cannot replace the source), not a folder or
     a link, in a folder that is one or can be made."""
-    from .runtime.files import check_writable_target
+    from .runtime.safe_files import check_writable_target
 
     path = Path(os.path.abspath(output))
     folder = next(p for p in path.parents if os.path.lexists(p))
@@ -558,7 +558,7 @@ def evaluate(
         check_report_folder(report)
         with_plots = plots_available()
     from .runtime.datasets import batch_size, load_labelled, load_unlabelled, pick_output
-    from .runtime.decision import Rule
+    from .runtime.uncertain_rule import Rule
     from .runtime.evaluation import evaluate as run_evaluation
     from .runtime.session import MCSession
 
@@ -674,14 +674,14 @@ def acquire(
     if out is not None:
         if out.suffix.lower() not in (".csv", ".json"):
             raise InputError(f"--out {out}: write the ranking to .csv or .json")
-        from .runtime.files import check_writable_target
+        from .runtime.safe_files import check_writable_target
 
         check_writable_target(out)
 
     import numpy as np
 
     from .runtime.acquisition import acquire_with_session, check_session_memory
-    from .runtime.inputs import load_inputs
+    from .runtime.input_files import load_inputs
     from .runtime.session import MCSession
 
     session = MCSession(model, device=device, threads=threads, max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)),

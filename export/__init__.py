@@ -129,7 +129,7 @@ def source_files(path, max_bytes=MAX_SOURCE_BYTES):
     a symbolic link whose target lies outside the folder (or is not there), and more than
     `max_bytes` in all. Links inside the folder are allowed; their targets are listed once, as
     the files they are."""
-    from ..runtime.files import open_regular
+    from ..runtime.safe_files import open_regular
 
     path = Path(path)
     if not path.is_dir():
@@ -191,7 +191,7 @@ def _amount(size):
 def read_labels(path, head, units):
     if path is None:
         return None
-    from ..runtime.files import read_regular
+    from ..runtime.safe_files import read_regular
 
     data = read_regular(path, MAX_LABELS_BYTES, error=ExportError, what="labels file", limit_name="labels",
                         raise_hint="one label per line never needs that much")
@@ -298,7 +298,7 @@ def _versions():
 def _sha256(path, max_bytes=MAX_SOURCE_BYTES):
     """SHA-256 of the source's files, in path order: regular files only, never through a link out
     of a folder, and stopped once more than `max_bytes` have been read."""
-    from ..runtime.files import open_regular
+    from ..runtime.safe_files import open_regular
 
     digest, total = hashlib.sha256(), 0
     for name in source_files(path, max_bytes):
@@ -373,7 +373,7 @@ def attach_metadata(proto, metadata):
 
 
 def write_atomically(data: bytes, output):
-    from ..runtime.files import atomic_writer
+    from ..runtime.safe_files import atomic_writer
 
     with atomic_writer(output) as f:
         f.write(data)
@@ -409,7 +409,7 @@ def export_model(
     from .heads import resolve_heads
     from .signature import ModelOutput, output_names, output_prefixes, per_output
     from .trace import layer_graph
-    from .validate import validate_export
+    from .randomness_checks import validate_export
 
     if passes < 1:
         raise ExportError(f"--passes must be >= 1, got {passes}")
@@ -486,10 +486,10 @@ def _check_as_the_runtime_would(data, output):
 
 def _quantize(proto, model, metadata, calibration, validate, progress):
     """int8 copy of the validated float graph; its structure is validated, its drift measured."""
-    from ..runtime.validate import Checklist, sample_inputs
+    from ..runtime.randomness_checks import Checklist, sample_inputs
 
     from .quantize import QUANTIZED_OPS, quantize_int8
-    from .validate import quantized_drift, validate_structure, validation_inputs
+    from .randomness_checks import quantized_drift, validate_structure, validation_inputs
 
     progress("quantizing to int8")
     shape = model.inputs[0].shape
@@ -515,7 +515,7 @@ def load_calibration(path, shape):
     size checked against the input limit before anything is read or inflated."""
     import numpy as np
 
-    from ..runtime.inputs import load_array
+    from ..runtime.input_files import load_array
 
     data = load_array(path)
     if data.dtype.kind not in "fiu":

@@ -72,7 +72,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
 
     from ..runtime import calibration as C
     from ..runtime.datasets import load_labelled, pick_output
-    from ..runtime.files import check_writable_target, read_regular
+    from ..runtime.safe_files import check_writable_target, read_regular
     from ..runtime.integrity import seal
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
@@ -143,7 +143,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         _set_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
         checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
-    from ..runtime.files import atomic_writer
+    from ..runtime.safe_files import atomic_writer
 
     with atomic_writer(Path(output)) as f:
         # An unverified source gives an unsealed file: a fresh checksum would vouch for bytes
@@ -199,7 +199,7 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
     """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
     from ..runtime import metrics
-    from ..runtime.decision import default_rule, scores
+    from ..runtime.uncertain_rule import default_rule, scores
     from ..runtime.prediction import Prediction
 
     head = output.head

@@ -35,7 +35,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..runtime.calibration import TINY  # one value for numpy and the graph
 from ..runtime.checks import positive_int
-from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
            "TINY"]

@@ -19,7 +19,7 @@ _LAZY = {
     "RawPixelWarning": ".feed_checks",
     "Prediction": ".prediction",
     "ModelInfo": ".metadata",
-    "load_inputs": ".inputs",
+    "load_inputs": ".input_files",
     "Limits": ".limits",
 }
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from .checks import positive_finite, positive_int
 from .errors import InputError
-from .files import atomic_writer, csv_safe_cell
+from .safe_files import atomic_writer, csv_safe_cell
 from .measures import categorical_entropy, expected_entropy, margin, mutual_information
 from .measures import predictive_entropy, variation_ratio
 
@@ -351,7 +351,7 @@ def session_predictor(session, passes: Optional[int] = None, mask_seed: Optional
     MCSession, every slice scored with the same shared mask set (`mask_seed`, default the
     session's): pass t is one network for the whole pool, as BatchBALD needs."""
     from .datasets import pick_output
-    from .decision import CATEGORICAL_HEADS
+    from .uncertain_rule import CATEGORICAL_HEADS
 
     chosen = pick_output(session.info, output)
     if chosen.head not in CATEGORICAL_HEADS + ("binary",):

@@ -15,7 +15,7 @@ import numpy as np
 from .checks import is_number
 from .errors import InputError, McdropError
 
-from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 # Probabilities are clipped to TINY before a log: float32's smallest normal number, so that a
 # runtime flushing subnormals to zero keeps it. The in-graph version clips to the same value.

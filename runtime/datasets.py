@@ -21,10 +21,10 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 from .errors import InputError, first_line
-from .files import open_regular
-from .inputs import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model, _check_budget,
+from .safe_files import open_regular
+from .input_files import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model, _check_budget,
                      _check_zip_directory, _header_reader, _npz_members, _read_array, _read_exactly,
                      load_inputs, npz_names)
 from .limits import DEFAULT, Limits

@@ -2,7 +2,7 @@
 
 Every figure is computed twice, for Monte Carlo dropout (T passes) and for the deterministic pass
 (the plain network), so a report shows what MC dropout buys. Scores are "higher = less certain"
-(runtime/decision.py: CATEGORICAL_SCORES); mutual information, variation ratio and the variance
+(runtime/uncertain_rule.py: CATEGORICAL_SCORES); mutual information, variation ratio and the variance
 of the top class are 0 for one pass, so the deterministic column has no figure for them.
 """
 
@@ -14,7 +14,7 @@ import numpy as np
 
 from . import metrics
 from .datasets import Batch, LabelledSet, batch_size, take
-from .decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
+from .uncertain_rule import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
 from .metadata import ModelOutput
 from .prediction import MODEL_WIDE, Prediction
 

@@ -336,7 +336,7 @@ def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
         return None
     if not isinstance(value, dict):
         raise _Bad("calibration must be an object or null")
-    from .decision import Rule
+    from .uncertain_rule import Rule
     from .errors import InputError
 
     temperature = _number(value, "temperature", 1.0)

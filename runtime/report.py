@@ -19,7 +19,7 @@ import numpy as np
 from . import metrics
 from .errors import InputError
 from .evaluation import COVERAGES, Evaluation, usable_scores, with_ood
-from .files import atomic_writer, check_writable_target
+from .safe_files import atomic_writer, check_writable_target
 
 # Every plot is FIGURE_INCHES at DPI: 1500 x 600 pixels, two panels side by side (MC, deterministic).
 FIGURE_INCHES = (10, 4)

@@ -32,7 +32,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, first_line
-from .files import sync_folder
+from .safe_files import sync_folder
 from .limits import DEFAULT, Limits
 
 try:
@@ -116,7 +116,7 @@ def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int
 
 
 def measure_names(head: str) -> Tuple[str, ...]:
-    from .decision import head_kind
+    from .uncertain_rule import head_kind
 
     return MEASURES[head_kind(head)]
 
@@ -135,7 +135,7 @@ class Scorer:
 
     def __init__(self, session, options: ScoreOptions, limits: Limits = DEFAULT):
         from .datasets import pick_output
-        from .decision import Rule, file_rule
+        from .uncertain_rule import Rule, file_rule
         from .sources import ArrayReaders
 
         require_pyarrow()
@@ -303,7 +303,7 @@ def check_output(out, engine: str = "local", resume: bool = False, overwrite: bo
     OUT or OUT.parts, OUT.parts a folder if it exists; a finished OUT is replaced only with
     `overwrite`, an unfinished job (OUT.parts) continued only with `resume` (or started again
     with `overwrite`); `resume` with nothing to continue is refused."""
-    from .files import check_writable_target
+    from .safe_files import check_writable_target
 
     out = Path(os.path.abspath(out))
     if resume and overwrite:
@@ -368,7 +368,7 @@ def _check_folder(folder: Path) -> None:
 def read_job(folder) -> Optional[dict]:
     """The _job.json of a checkpoint folder (None when there is none), as a one-line InputError
     when it cannot be read."""
-    from .files import read_regular
+    from .safe_files import read_regular
 
     path = Path(folder) / JOB_FILE
     if not os.path.lexists(path):
@@ -394,7 +394,7 @@ class Checkpoint:
     else, or a link, is refused rather than cleaned."""
 
     def __init__(self, folder: Path, job: JobIdentity, resume: bool, overwrite: bool = False):
-        from .files import ExclusiveLock
+        from .safe_files import ExclusiveLock
 
         self.folder = Path(os.path.abspath(folder))
         self.out = self.folder.with_name(self.folder.name[: -len(".parts")])
@@ -450,7 +450,7 @@ class Checkpoint:
 
     def _changed_input(self) -> str:
         """Which input file differs from the one the job started with, as a phrase."""
-        from .files import read_regular
+        from .safe_files import read_regular
 
         width = self.job.plan.DIGEST_BYTES
         try:
@@ -474,7 +474,7 @@ class Checkpoint:
                                  "(score deletes only its own files)")
 
     def _write(self, name: str, data: bytes) -> None:
-        from .files import atomic_writer
+        from .safe_files import atomic_writer
 
         try:
             with atomic_writer(self.folder / name) as f:
@@ -650,7 +650,7 @@ class PartWriter:
 def merge_parts(checkpoint: Checkpoint, out: Path, schema: "pa.Schema") -> int:
     """Write the parts, in index order, as one Parquet file at `out` (one row group per part),
     through a temporary file. Returns the row count; the checkpoint stays (the caller removes it)."""
-    from .files import atomic_writer
+    from .safe_files import atomic_writer
 
     parts = checkpoint.parts()
     firsts = [_read(path, ["index"]).column("index").to_numpy()[:1] for path in parts]

@@ -16,18 +16,19 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from . import decision, providers, run_plan, seeds, tensor_bounds
+from . import providers, run_plan, seeds, tensor_bounds
 from . import masks as mask_sets
 from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, pass_starts
 from .errors import DeviceError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
-from .files import read_regular
+from .safe_files import read_regular
 from .load_checks import checked_file, from_onnxruntime, load_error, load_failure, model_info
 from .metadata import MASKS_FROM_FORMAT, ModelInfo
 from .prediction import Prediction
 from .run_plan import RunPlan
 from .settings import SessionSettings
 from .stoppable_runs import STOP_GRACE_S, InFlight, stoppable_run
+from .uncertain_rule import Rule, file_rule
 
 SAMPLES = "samples"
 # A large predict on the main session gives its arena back afterwards, so that the workers that
@@ -217,7 +218,7 @@ class MCSession:
         What a calibrated file carries (docs/FORMAT.md: Calibration) is used: its UNCERTAIN rule,
         its per-label thresholds (unless threshold or thresholds is given) and its conformal
         prediction sets. uncertain_if ("mutual_information > 0.05 or confidence < 0.7", "never")
-        overrides the rule; without either, the default rule (runtime/decision.py).
+        overrides the rule; without either, the default rule (runtime/uncertain_rule.py).
 
         masks: "shared" or "independent" (default: default_masks); mask_seed: the shared set's seed
         (default: the session's mask_seed). See resolve.
@@ -226,8 +227,8 @@ class MCSession:
         batch = len(next(iter(x.values())))
         chosen = self.resolve(passes, masks, mask_seed, dropout)
         passes = chosen.passes
-        rules = [decision.Rule.parse(uncertain_if, output.head) if uncertain_if is not None
-                 else decision.file_rule(output.calibration, output.head) for output in self._info.model_outputs]
+        rules = [Rule.parse(uncertain_if, output.head) if uncertain_if is not None
+                 else file_rule(output.calibration, output.head) for output in self._info.model_outputs]
         plan, workers = self._plan(batch, passes, chosen.shared)
         big = self._planner.big(batch, passes)
         if big:
@@ -301,7 +302,7 @@ class MCSession:
     def self_check(self, x=None) -> list:
         """Check on this device that the file's randomness is live (runs and passes differ, the
         deterministic pass repeats); raise ValidationError otherwise. Returns the passed checks."""
-        from .validate import Checklist, check_live_randomness, sample_inputs, side_by_side
+        from .randomness_checks import Checklist, check_live_randomness, sample_inputs, side_by_side
 
         checks = Checklist()
         checks.check("random nodes", True, f"{len(self._info.stochastic_layers)} seeded random nodes, as the metadata "

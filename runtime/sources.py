@@ -6,7 +6,7 @@ arrays, Parquet or CSV lists of image paths) into an InputPlan: every input gets
 names array rows); nothing is read but array headers, and lists of image paths a chunk of rows at
 a time (checked and counted, not kept: each pass over a list reads it again). `refs` then yields
 the inputs as small columnar batches of references (index, id, path, row, member) and `load_refs`
-reads one such batch: each image decoded and preprocessed as `infer` does (runtime/inputs.py),
+reads one such batch: each image decoded and preprocessed as `infer` does (runtime/input_files.py),
 each array row read by seeking into its file, never the whole array. The references are plain columns, so the
 same batch can travel through Ray Data to another process and be read there (runtime/ray_scoring.py).
 
@@ -27,9 +27,9 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import inputs as image_inputs
+from . import input_files as image_inputs
 from .errors import InputError, first_line
-from .files import open_regular, valid_text as display_name
+from .safe_files import open_regular, valid_text as display_name
 from .limits import DEFAULT, Limits
 from .metadata import ModelInfo
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mcdrop.runtime import masks
-from mcdrop.runtime.inputs import load_inputs
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.masks import MaskLayout
 from mcdrop.runtime.onnx_file import read_model
 from mcdrop.runtime.session import MCSession

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mcdrop import cli
-from mcdrop.runtime.inputs import load_inputs
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.scoring import ScoreOptions, score_local
 from mcdrop.runtime.session import MCSession
 from mcdrop.runtime.sources import plan_inputs

@@ -22,7 +22,7 @@ from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError, first_line
-from .files import open_regular
+from .safe_files import open_regular
 from .limits import DEFAULT, Limits
 from .metadata import ModelInfo, Preprocessing
 
