@@ -515,7 +515,7 @@ def load_calibration(path, shape):
     size checked against the input limit before anything is read or inflated."""
     import numpy as np
 
-    from ..runtime.input_files import load_array
+    from ..runtime.array_files import load_array
 
     data = load_array(path)
     if data.dtype.kind not in "fiu":

@@ -24,9 +24,10 @@ import numpy as np
 from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 from .errors import InputError, first_line
 from .safe_files import open_regular
-from .input_files import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model, _check_budget,
-                     _check_zip_directory, _header_reader, _npz_members, _read_array, _read_exactly,
-                     load_inputs, npz_names)
+from .array_files import (NPY_HEADER_BYTES, _check_budget, _check_zip_directory, _header_reader, _npz_members,
+                          _read_array, _read_exactly, npz_names)
+from .image_files import IMAGE_EXTENSIONS
+from .input_files import _check_array_for_model, load_inputs
 from .limits import DEFAULT, Limits
 from .metadata import ModelInfo, ModelOutput
 

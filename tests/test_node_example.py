@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from mcdrop.runtime import uncertain_rule as decision
-from mcdrop.runtime.input_files import _pixels, load_inputs
+from mcdrop.runtime.image_files import _pixels
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.metadata import Preprocessing
 from mcdrop.runtime.prediction import Prediction
 from mcdrop.runtime.seeds import MINSTD_MODULUS, find_seeds

@@ -465,7 +465,7 @@ export function maskSet(metadata, seed, { first = 0, count } = {}) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Image -> model input (runtime/input_files.py: _composite, _eight_bit_pixels, _to_model_input,
+// Image -> model input (runtime/image_files.py: _composite, _eight_bit_pixels, _to_model_input,
 // _normalize; docs/FORMAT.md: Metadata, preprocessing)
 //
 // 8-bit steps are Pillow's integer arithmetic, so the result matches the Python runtime's for the
@@ -594,7 +594,7 @@ export function preprocessImage({ data, width, height, channels }, metadata) {
   const pixelCount = width * height;
   const colour = channels >= 3;
   const alpha = channels === 2 || channels === 4;
-  // Flatten onto the background (runtime/input_files.py _composite), to RGB.
+  // Flatten onto the background (runtime/image_files.py _composite), to RGB.
   let rgb = new Uint8Array(pixelCount * 3);
   const background = roundHalfEven(pre.background);
   let alphaLow = 255, alphaHigh = 0;
