@@ -65,9 +65,10 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                     target_coverage: Optional[float] = None, conformal: Optional[float] = None,
                     passes: Optional[int] = None, measure: str = "mutual_information",
                     target_precision: Optional[float] = None, output_name: Optional[str] = None,
-                    seed: Optional[int] = 0, verify: bool = True, limits=None,
+                    seed: Optional[int] = 0, verify: bool = True, limits=None, settings=None,
                     progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
-    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`."""
+    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`.
+    settings: the SessionSettings of the sessions it opens (default: seed, verify and limits as given)."""
     import onnx
 
     from ..runtime import calibration as C
@@ -76,10 +77,12 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from ..runtime.integrity import seal
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
+    from ..runtime.settings import SessionSettings
 
     from .calibration_graph import UNCERTAIN_MEASURES, add_calibration, strip_calibration
 
-    limits = limits or DEFAULT
+    settings = settings or SessionSettings(seed=seed, limits=limits or DEFAULT, verify=verify)
+    seed, verify, limits = settings.seed, settings.verify, settings.limits
     if target_accuracy is not None and target_coverage is not None:
         raise InputError("give --target-accuracy or --target-coverage, not both")
     for name, value in (("--target-accuracy", target_accuracy), ("--target-coverage", target_coverage),
@@ -102,7 +105,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
             _user_paths({Path(folder) / "uncalibrated.onnx": source, Path(folder) / "calibrated.onnx": output}):
         original = Path(folder) / "uncalibrated.onnx"
         original.write_bytes(source_bytes)
-        MCSession(original, limits=limits, verify=False)  # the same checks as any load (the checksum's above)
+        MCSession(original, settings=settings.replace(verify=False))  # the same checks as any load (the checksum's above)
         try:
             proto = onnx.load_from_string(source_bytes)
         except Exception as err:  # checked above; only a parser disagreement lands here
@@ -114,7 +117,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         _set_metadata(proto, metadata)
         plain = seal(proto.SerializeToString())
         original.write_bytes(plain)
-        session = MCSession(original, seed=seed, limits=limits)
+        session = MCSession(original, settings=settings.replace(verify=True))
         chosen = pick_output(session.info, output_name)
         if chosen.head == "regression":
             raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
@@ -142,7 +145,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                                     "shape": list(chosen.shape), "calibration": fitted}]
         _set_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
-        checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
+        checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), settings, C)
     from ..runtime.safe_files import atomic_writer
 
     with atomic_writer(Path(output)) as f:
@@ -279,7 +282,7 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     return fitted
 
 
-def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, seed, limits, C) -> List[str]:
+def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, settings, C) -> List[str]:
     """The runtime's load checks, live randomness, and the calibrated deterministic pass equal to
     the numpy temperature scaling of the uncalibrated one; the graph's decision outputs equal the
     runtime's."""
@@ -290,7 +293,7 @@ def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, 
     path = folder / "calibrated.onnx"
     path.write_bytes(data_bytes)
     try:  # the load makes every check the runtime makes (as check_model_bytes does for an export)
-        calibrated = MCSession(path, seed=seed, limits=limits)
+        calibrated = MCSession(path, settings=settings.replace(verify=True))
     except ModelFileError as err:
         raise ValidationError(f"validation failed (runtime contract): {err}") from None
     checks = [f"{len(calibrated.self_check())} live-randomness checks"]

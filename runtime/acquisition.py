@@ -22,7 +22,7 @@ import numpy as np
 
 from .checks import positive_finite, positive_int
 from .errors import InputError
-from .safe_files import atomic_writer, csv_safe_cell
+from .safe_files import atomic_writer, check_writable_target, csv_safe_cell, terminal_safe
 from .measures import categorical_entropy, expected_entropy, margin, mutual_information
 from .measures import predictive_entropy, variation_ratio
 
@@ -266,6 +266,13 @@ class Acquisition:
         return [{"rank": rank, "index": int(index), "id": id_, "score": float(score)}
                 for rank, (index, id_, score) in enumerate(zip(self.indices, self.ids, self.scores), start=1)]
 
+    def table_lines(self) -> List[str]:
+        """The ranking as aligned columns (rank, input, score), ids escaped for the terminal."""
+        rows = [["rank", "input", "score"]] + [[str(r["rank"]), terminal_safe(r["id"]), f"{r['score']:.4f}"]
+                                                for r in self.rows()]
+        widths = [max(len(row[j]) for row in rows) for j in range(3)]
+        return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+
     def write(self, path) -> None:
         """Write .csv (rank, index, id, score, then the strategy, passes and mask seed that
         reproduce it on every row) or .json (those, and what the score means), by the suffix as
@@ -370,12 +377,12 @@ def acquire_with_session(session, pool: Pool, k: int, strategy: str = "bald", pa
                          mask_seed: Optional[int] = None, output: Optional[str] = None, **options) -> Acquisition:
     """acquire() over an MCSession with one shared mask set; `options` go to acquire(). batchbald's
     memory is checked before the first slice is scored."""
-    seed = session.mask_seed if mask_seed is None else mask_seed
-    predict = session_predictor(session, passes, seed, output)
-    check_session_memory(session, len(next(iter(_pool_arrays(pool).values()))), strategy, passes, output,
+    predict = session_predictor(session, passes, mask_seed, output)  # refuses a head it cannot score first
+    plan = session.resolve(passes, "shared", mask_seed)
+    check_session_memory(session, len(next(iter(_pool_arrays(pool).values()))), strategy, plan.passes, output,
                          options.get("num_samples", DEFAULT_NUM_SAMPLES),
                          options.get("max_memory_mb", DEFAULT_MAX_MEMORY_MB))
-    return acquire(predict, pool, k, strategy, passes=passes, mask_seed=seed, **options)
+    return acquire(predict, pool, k, strategy, passes=plan.passes, mask_seed=plan.mask_seed, **options)
 
 
 def check_session_memory(session, pool: int, strategy: str, passes: Optional[int] = None,
@@ -388,7 +395,7 @@ def check_session_memory(session, pool: int, strategy: str, passes: Optional[int
     if strategy != "batchbald":
         return
     chosen = pick_output(session.info, output)
-    check_batchbald_memory(session.info.default_passes if passes is None else passes, pool,
+    check_batchbald_memory(session.resolve(passes).passes, pool,
                            2 if chosen.head == "binary" else chosen.shape[-1], num_samples, max_memory_mb)
 
 
@@ -401,6 +408,19 @@ def binary_as_categorical(samples) -> np.ndarray:
     if p.ndim != 2:
         raise InputError(f"binary samples must be [T, B] or [T, B, 1], got shape {p.shape}")
     return np.stack([1 - p, p], axis=-1)
+
+
+def check_flags(strategy: str, k: int, batch_size: int, num_samples: int, max_memory_mb: float, out) -> None:
+    """`cli.py acquire`'s flags that need no model, checked before any work (errors name the flags)."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    for name, value in (("--k", k), ("--batch-size", batch_size), ("--num-samples", num_samples)):
+        positive_int(name, value)
+    positive_finite("--max-memory-mb", max_memory_mb)
+    if out is not None:
+        if Path(out).suffix.lower() not in (".csv", ".json"):
+            raise InputError(f"--out {out}: write the ranking to .csv or .json")
+        check_writable_target(out)
 
 
 def _check_strategy(strategy) -> None:

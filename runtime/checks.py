@@ -6,6 +6,7 @@ A bool is never a number here (True would otherwise pass as 1), and numpy's inte
 count as ints and floats.
 """
 
+import importlib.util
 import math
 from typing import Optional, Type
 
@@ -72,3 +73,10 @@ def fraction(name: str, value, error: Type[Exception] = InputError) -> float:
     if not is_number(value) or not 0 < value <= 1:
         raise error(f"{name} must be a number in (0, 1], got {value!r}")
     return float(value)
+
+
+def require_modules(names, command: str, extra: str) -> None:
+    """InputError naming the packages `command` needs that are not installed, and the extra that brings them."""
+    missing = [name for name in names if importlib.util.find_spec(name) is None]
+    if missing:
+        raise InputError(f"{command} needs the {extra} extra ({', '.join(missing)} missing): pip install -e '.[{extra}]'")

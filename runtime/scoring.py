@@ -31,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from .checks import positive_int
 from .errors import InputError, first_line
 from .safe_files import sync_folder
 from .limits import DEFAULT, Limits
@@ -80,6 +81,28 @@ def require_pyarrow() -> None:
         raise InputError('scoring to Parquet needs pyarrow: pip install -e ".[score]"')
 
 
+def check_job_flags(engine: str, address, workers, batch_size: int, gpus_per_worker: float, on_error: str, out,
+                    resume: bool, overwrite: bool) -> None:
+    """`cli.py score`'s flags that need no model, checked before any work (errors name the flags);
+    then the engine's packages and the output (check_output)."""
+    if workers is not None:
+        positive_int("--workers", workers)
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine {engine!r}: choose local or ray")
+    if address is not None and engine != "ray":
+        raise InputError("--address is for --engine ray")
+    positive_int("--batch-size", batch_size)
+    if not 0 <= gpus_per_worker < 2**20:
+        raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    ScoreOptions.check_on_error(on_error)
+    require_pyarrow()
+    if engine == "ray":
+        from .ray_scoring import require_ray
+
+        require_ray()
+    check_output(out, engine, resume, overwrite)
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
     """What a job computes; the same options give the same rows."""
@@ -104,14 +127,14 @@ class ScoreOptions:
 def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int] = None,
                   output: Optional[str] = None, measures: Sequence[str] = (), keep_samples: bool = False,
                   uncertain_if: Optional[str] = None, on_error: str = "skip",
-                  resume_from: Optional[Path] = None, flags: bool = False) -> ScoreOptions:
+                  resume_from: Optional[Path] = None) -> ScoreOptions:
     """The job's options, checked against the session's file. Masks are shared wherever the file
     takes a mask set; the mask seed defaults to that of the unfinished job in `resume_from` (a
-    checkpoint folder), else the session's. flags: errors name the command line's flags."""
+    checkpoint folder), else the session's."""
     shared = session.default_masks == "shared"
     if mask_seed is None and resume_from is not None:
         mask_seed = (read_job(resume_from) or {}).get("mask_seed")
-    chosen = session.resolve(passes, mask_seed=mask_seed if shared else None, flags=flags)
+    chosen = session.resolve(passes, mask_seed=mask_seed if shared else None)
     return ScoreOptions(chosen.passes, chosen.mask_seed, output, tuple(measures), keep_samples, uncertain_if, on_error)
 
 
