@@ -118,6 +118,22 @@ def infer(node: Node, inputs: List[Value]) -> List[Value]:
         shape = _broadcast([v.shape for v in inputs])
         return [Value(shape, data_type, _values(op, inputs, shape), constant)]
 
+    if op in ("Shape", "Size", "ConstantOfShape"):
+        return [_shape_source(op, first, attrs, constant)]
+    found = _moved_shape(op, first, inputs, attrs, data_type) or _computed_shape(op, first, inputs, attrs, data_type)
+    if found is None:
+        return []
+    shape, values, data_type = found
+    if shape is not None and any(d is not None and d < 0 for d in shape):
+        return []  # onnxruntime refuses it
+    if values is None and shape is not None and all(v.values is not None for v in inputs[:1]) \
+            and op in ("Reshape", "Unsqueeze", "Squeeze", "Expand", "Tile", "Slice") and _small(shape):
+        values = _moved(op, first.values, shape, inputs, attrs)
+    return [Value(shape, data_type, values, constant)]
+
+
+def _shape_source(op: str, first: Value, attrs: dict, constant: bool) -> Value:
+    """Shape, Size and ConstantOfShape: a shape read, or a tensor made from one."""
     shape: Optional[Shape] = None
     values = None
     if op == "Shape":
@@ -126,10 +142,10 @@ def infer(node: Node, inputs: List[Value]) -> List[Value]:
             dims = first.shape[slice(start, end)]
             shape = (len(dims),)
             values = np.array(dims, np.int64) if all(d is not None for d in dims) else None
-        return [Value(shape, INT64, values, constant or values is not None)]
+        return Value(shape, INT64, values, constant or values is not None)
     if op == "Size":
         size = math.prod(first.shape) if first.known else None
-        return [Value((), INT64, None if size is None else np.array(size, np.int64), size is not None)]
+        return Value((), INT64, None if size is None else np.array(size, np.int64), size is not None)
     if op == "ConstantOfShape":
         fill = attrs.get("value")
         dims = _ints(first)
@@ -137,7 +153,13 @@ def infer(node: Node, inputs: List[Value]) -> List[Value]:
             shape = tuple(dims)
             if math.prod(shape) <= SMALL_TENSOR and isinstance(fill, Tensor) and fill.values is not None:
                 values = np.full(shape, fill.values.reshape(-1)[0])
-        return [Value(shape, fill.data_type if isinstance(fill, Tensor) else FLOAT, values, constant)]
+        return Value(shape, fill.data_type if isinstance(fill, Tensor) else FLOAT, values, constant)
+
+
+def _moved_shape(op: str, first: Value, inputs: List[Value], attrs: dict, data_type: int) -> Optional[tuple]:
+    """(shape, values, element type) of the operators that move, repeat or make index values; None for others."""
+    shape: Optional[Shape] = None
+    values = None
     if op == "Reshape":
         target = _ints(inputs[1]) if len(inputs) > 1 else None
         if target is not None:
@@ -186,7 +208,15 @@ def infer(node: Node, inputs: List[Value]) -> List[Value]:
         if first.shape is not None:
             axis = attrs.get("axis", 1) % (len(first.shape) + 1) if first.shape else 0
             shape = (_product(first.shape[:axis]), _product(first.shape[axis:]))
-    elif op == "MatMul":
+    else:
+        return None
+    return shape, values, data_type
+
+
+def _computed_shape(op: str, first: Value, inputs: List[Value], attrs: dict, data_type: int) -> Optional[tuple]:
+    """(shape, None, element type) of the operators that compute new values; None for others."""
+    shape: Optional[Shape] = None
+    if op == "MatMul":
         shape = _matmul(first.shape, inputs[1].shape if len(inputs) > 1 else None)
     elif op == "Gemm":
         b = inputs[1].shape if len(inputs) > 1 else None
@@ -210,13 +240,8 @@ def infer(node: Node, inputs: List[Value]) -> List[Value]:
         if op in ("ArgMax", "ArgMin"):
             data_type = INT64
     else:
-        return []
-    if shape is not None and any(d is not None and d < 0 for d in shape):
-        return []  # onnxruntime refuses it
-    if values is None and shape is not None and all(v.values is not None for v in inputs[:1]) \
-            and op in ("Reshape", "Unsqueeze", "Squeeze", "Expand", "Tile", "Slice") and _small(shape):
-        values = _moved(op, first.values, shape, inputs, attrs)
-    return [Value(shape, data_type, values, constant)]
+        return None
+    return shape, None, data_type
 
 
 def _constant(attrs: dict) -> Value:
