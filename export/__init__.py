@@ -409,7 +409,7 @@ def export_model(
     from .heads import resolve_heads
     from .signature import ModelOutput, output_names, output_prefixes, per_output
     from .trace import layer_graph
-    from .randomness_checks import validate_export
+    from .validate import validate_export
 
     if passes < 1:
         raise ExportError(f"--passes must be >= 1, got {passes}")
@@ -489,7 +489,7 @@ def _quantize(proto, model, metadata, calibration, validate, progress):
     from ..runtime.randomness_checks import Checklist, sample_inputs
 
     from .quantize import QUANTIZED_OPS, quantize_int8
-    from .randomness_checks import quantized_drift, validate_structure, validation_inputs
+    from .validate import quantized_drift, validate_structure, validation_inputs
 
     progress("quantizing to int8")
     shape = model.inputs[0].shape
