@@ -20,8 +20,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ..runtime.checks import positive_finite, positive_int
 from ..runtime.errors import InputError
-from ..runtime.files import atomic_writer, csv_safe_cell
+from ..runtime.safe_files import atomic_writer, check_writable_target, csv_safe_cell, terminal_safe
 from ..runtime.measures import categorical_entropy, expected_entropy, margin, mutual_information
 from ..runtime.measures import predictive_entropy, variation_ratio
 
@@ -231,9 +232,7 @@ def batchbald_bytes(passes: int, pool: int, classes: int, num_samples: int, samp
 def check_batchbald_memory(passes: int, pool: int, classes: int, num_samples: int,
                            max_memory_mb: float = DEFAULT_MAX_MEMORY_MB, samples_kept: bool = True) -> None:
     """InputError, saying what to lower or raise, when batchbald_bytes is over max_memory_mb."""
-    if isinstance(max_memory_mb, bool) or not isinstance(max_memory_mb, (int, float)) \
-            or not 0 < max_memory_mb < float("inf"):
-        raise InputError(f"--max-memory-mb must be a positive finite number, got {max_memory_mb!r}")
+    positive_finite("--max-memory-mb", max_memory_mb)
     needed = batchbald_bytes(passes, pool, classes, num_samples, samples_kept)
     if needed > max_memory_mb * 2**20:
         raise InputError(f"batchbald would need about {needed / 2**20:,.0f} MiB ({pool:,} inputs x {passes:,} passes "
@@ -266,6 +265,13 @@ class Acquisition:
     def rows(self) -> List[dict]:
         return [{"rank": rank, "index": int(index), "id": id_, "score": float(score)}
                 for rank, (index, id_, score) in enumerate(zip(self.indices, self.ids, self.scores), start=1)]
+
+    def table_lines(self) -> List[str]:
+        """The ranking as aligned columns (rank, input, score), ids escaped for the terminal."""
+        rows = [["rank", "input", "score"]] + [[str(r["rank"]), terminal_safe(r["id"]), f"{r['score']:.4f}"]
+                                                for r in self.rows()]
+        widths = [max(len(row[j]) for row in rows) for j in range(3)]
+        return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
 
     def write(self, path) -> None:
         """Write .csv (rank, index, id, score, then the strategy, passes and mask seed that
@@ -352,7 +358,7 @@ def session_predictor(session, passes: Optional[int] = None, mask_seed: Optional
     MCSession, every slice scored with the same shared mask set (`mask_seed`, default the
     session's): pass t is one network for the whole pool, as BatchBALD needs."""
     from ..evaluate.labelled_sets import pick_output
-    from ..runtime.decision import CATEGORICAL_HEADS
+    from ..runtime.uncertain_rule import CATEGORICAL_HEADS
 
     chosen = pick_output(session.info, output)
     if chosen.head not in CATEGORICAL_HEADS + ("binary",):
@@ -371,12 +377,12 @@ def acquire_with_session(session, pool: Pool, k: int, strategy: str = "bald", pa
                          mask_seed: Optional[int] = None, output: Optional[str] = None, **options) -> Acquisition:
     """acquire() over an MCSession with one shared mask set; `options` go to acquire(). batchbald's
     memory is checked before the first slice is scored."""
-    seed = session.mask_seed if mask_seed is None else mask_seed
-    predict = session_predictor(session, passes, seed, output)
-    check_session_memory(session, len(next(iter(_pool_arrays(pool).values()))), strategy, passes, output,
+    predict = session_predictor(session, passes, mask_seed, output)  # refuses a head it cannot score first
+    plan = session.resolve(passes, "shared", mask_seed)
+    check_session_memory(session, len(next(iter(_pool_arrays(pool).values()))), strategy, plan.passes, output,
                          options.get("num_samples", DEFAULT_NUM_SAMPLES),
                          options.get("max_memory_mb", DEFAULT_MAX_MEMORY_MB))
-    return acquire(predict, pool, k, strategy, passes=passes, mask_seed=seed, **options)
+    return acquire(predict, pool, k, strategy, passes=plan.passes, mask_seed=plan.mask_seed, **options)
 
 
 def check_session_memory(session, pool: int, strategy: str, passes: Optional[int] = None,
@@ -389,7 +395,7 @@ def check_session_memory(session, pool: int, strategy: str, passes: Optional[int
     if strategy != "batchbald":
         return
     chosen = pick_output(session.info, output)
-    check_batchbald_memory(session.info.default_passes if passes is None else passes, pool,
+    check_batchbald_memory(session.resolve(passes).passes, pool,
                            2 if chosen.head == "binary" else chosen.shape[-1], num_samples, max_memory_mb)
 
 
@@ -404,15 +410,26 @@ def binary_as_categorical(samples) -> np.ndarray:
     return np.stack([1 - p, p], axis=-1)
 
 
+def check_flags(strategy: str, k: int, batch_size: int, num_samples: int, max_memory_mb: float, out) -> None:
+    """`cli.py acquire`'s flags that need no model, checked before any work (errors name the flags)."""
+    if strategy not in STRATEGIES:
+        raise InputError(f"--strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}")
+    for name, value in (("--k", k), ("--batch-size", batch_size), ("--num-samples", num_samples)):
+        positive_int(name, value)
+    positive_finite("--max-memory-mb", max_memory_mb)
+    if out is not None:
+        if Path(out).suffix.lower() not in (".csv", ".json"):
+            raise InputError(f"--out {out}: write the ranking to .csv or .json")
+        check_writable_target(out)
+
+
 def _check_strategy(strategy) -> None:
     if strategy not in STRATEGIES:
         raise InputError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise InputError(f"{name} must be an integer >= 1, got {value!r}")
-    return int(value)
+    return positive_int(name, value)
 
 
 def _count(k, pool: int) -> int:

@@ -63,22 +63,26 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                     target_coverage: Optional[float] = None, conformal: Optional[float] = None,
                     passes: Optional[int] = None, measure: str = "mutual_information",
                     target_precision: Optional[float] = None, output_name: Optional[str] = None,
-                    seed: Optional[int] = 0, verify: bool = True, limits=None,
+                    seed: Optional[int] = 0, verify: bool = True, limits=None, settings=None,
                     progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
-    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`."""
+    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`.
+    settings: the SessionSettings of the sessions it opens (default: seed, verify and limits as given)."""
     import onnx
 
     from ..evaluate.labelled_sets import load_labelled, pick_output
-    from ..runtime.files import check_writable_target, read_regular
+    from ..runtime.safe_files import check_writable_target, read_regular
     from ..runtime.format.integrity import seal
     from ..runtime.format.metadata_writer import metadata_of, write_metadata
+    from ..runtime.settings import SessionSettings
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
+    from ..runtime.settings import SessionSettings
 
     from . import fitting as C
     from .graph import add_calibration, strip_calibration
 
-    limits = limits or DEFAULT
+    settings = settings or SessionSettings(seed=seed, limits=limits or DEFAULT, verify=verify)
+    seed, verify, limits = settings.seed, settings.verify, settings.limits
     _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure)
     check_writable_target(Path(output))
 
@@ -92,7 +96,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
             _user_paths({Path(folder) / "uncalibrated.onnx": source, Path(folder) / "calibrated.onnx": output}):
         original = Path(folder) / "uncalibrated.onnx"
         original.write_bytes(source_bytes)
-        MCSession(original, limits=limits, verify=False)  # the same checks as any load (the checksum's above)
+        MCSession(original, settings=settings.replace(verify=False))  # the same checks as any load (the checksum's above)
         try:
             proto = onnx.load_from_string(source_bytes)
         except Exception as err:  # checked above; only a parser disagreement lands here
@@ -104,7 +108,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         write_metadata(proto, metadata)
         plain = seal(proto.SerializeToString())
         original.write_bytes(plain)
-        session = MCSession(original, seed=seed, limits=limits)
+        session = MCSession(original, settings=settings.replace(verify=True))
         chosen = pick_output(session.info, output_name)
         _check_head(chosen, target_accuracy or target_coverage or conformal)
         labelled = load_labelled(data, session.info, chosen, limits)
@@ -122,8 +126,8 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         _set_calibration(metadata, chosen, fitted)
         write_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
-        checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), seed, limits, C)
-    from ..runtime.files import atomic_writer
+        checks = _validate(data_bytes, session, labelled, chosen, fitted, Path(folder), settings, C)
+    from ..runtime.safe_files import atomic_writer
 
     with atomic_writer(Path(output)) as f:
         # An unverified source gives an unsealed file: a fresh checksum would vouch for bytes
@@ -216,7 +220,7 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
     """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
     from ..evaluate import metrics
-    from ..runtime.decision import default_rule, scores
+    from ..runtime.uncertain_rule import default_rule, scores
     from ..runtime.prediction import Prediction
 
     head = output.head
@@ -303,7 +307,7 @@ def _label_thresholds(probabilities, y, target_precision, C):
     return thresholds, per_label
 
 
-def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, seed, limits, C) -> List[str]:
+def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, settings, C) -> List[str]:
     """The runtime's load checks, live randomness, and the calibrated deterministic pass equal to
     the numpy temperature scaling of the uncalibrated one; the graph's decision outputs equal the
     runtime's."""
@@ -314,7 +318,7 @@ def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, 
     path = folder / "calibrated.onnx"
     path.write_bytes(data_bytes)
     try:  # the load makes every check the runtime makes (as check_model_bytes does for an export)
-        calibrated = MCSession(path, seed=seed, limits=limits)
+        calibrated = MCSession(path, settings=settings.replace(verify=True))
     except ModelFileError as err:
         raise ValidationError(f"validation failed (runtime contract): {err}") from None
     checks = [f"{len(calibrated.self_check())} live-randomness checks"]

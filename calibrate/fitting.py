@@ -12,9 +12,10 @@ from typing import Optional
 
 import numpy as np
 
+from ..runtime.checks import is_number
 from ..runtime.errors import InputError, McdropError
 
-from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 # Probabilities are clipped to TINY before a log: float32's smallest normal number, so that a
 # runtime flushing subnormals to zero keeps it. The in-graph version clips to the same value.
@@ -104,7 +105,7 @@ def _labels(values, n: int, classes: int) -> np.ndarray:
 
 
 def _number(value, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+    if not is_number(value):
         raise InputError(f"{name} must be a number, got {value!r}")
     value = float(value)
     if math.isnan(value):

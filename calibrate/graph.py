@@ -33,8 +33,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
 from .fitting import TINY  # one value for numpy and the graph
+from ..runtime.checks import positive_int
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
            "TINY"]
@@ -58,9 +59,7 @@ def _checked_options(prefix, head, classes, temperature, deterministic_temperatu
         raise ValueError(f"prefix must be '' or end with '/', not {prefix!r}")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r} (one of {', '.join(HEADS)})")
-    if isinstance(classes, bool) or not isinstance(classes, (int, np.integer)) or classes < 1:
-        raise ValueError(f"classes must be a positive integer, not {classes!r}")
-    classes = int(classes)
+    classes = positive_int("classes", classes, ValueError)
     categorical, sigmoid = head in CATEGORICAL_HEADS, head in SIGMOID_HEADS
     options = {"temperature": temperature, "uncertain": uncertain, "conformal_quantile": conformal_quantile,
                "thresholds": thresholds, "sigmoid_rule": sigmoid_rule}

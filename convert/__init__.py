@@ -2,6 +2,6 @@
 accelerators. Needs onnx and onnxruntime, never TensorFlow. The one profile so far is the
 portable one (convert/portable.py, docs/FORMAT.md: Portable profile)."""
 
-from .portable import ConvertReport, convert_file, portable_model
+from .portable import ConvertReport, check_convert_flags, convert_file, portable_model
 
-__all__ = ["ConvertReport", "convert_file", "portable_model"]
+__all__ = ["ConvertReport", "check_convert_flags", "convert_file", "portable_model"]

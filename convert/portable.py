@@ -281,6 +281,23 @@ def _optimized(proto, path: str):
     return optimized
 
 
+def check_convert_flags(source, output, portable: bool) -> None:
+    """`cli.py convert`'s own checks, before any reading: a profile asked for, a writable .onnx
+    target that is not the source, onnx installed."""
+    import importlib.util
+
+    from ..export.flags import check_export_target
+    from ..runtime.result_files import same_file
+
+    if not portable:
+        raise InputError("convert needs a profile: --portable (the only one so far)")
+    check_export_target(Path(output))
+    if same_file(Path(output), str(source)):
+        raise InputError(f"-o {output}: is the input file; writing there would replace it")
+    if importlib.util.find_spec("onnx") is None:
+        raise InputError("convert needs onnx: pip install -e '.[convert]'")
+
+
 def convert_file(source, output, *, batch_size: Optional[int] = None, passes: Optional[int] = None,
                  bake_masks: Optional[int] = None, verify: bool = True, limits=None,
                  validate: bool = True) -> ConvertReport:
@@ -288,23 +305,22 @@ def convert_file(source, output, *, batch_size: Optional[int] = None, passes: Op
     runtime's load checks and, with `validate`, the parity check against `source`)."""
     import onnx
 
-    from ..runtime.files import atomic_writer, check_writable_target, read_regular
+    from ..runtime.safe_files import atomic_writer, check_writable_target, read_regular
     from ..runtime.format.integrity import seal
     from ..runtime.limits import DEFAULT
-    from ..runtime.format.mask_sets import check_seed
-    from ..runtime.session import MCSession, check_model_bytes
+    from ..runtime.checks import int_in_range, positive_int
+    from ..runtime.format.mask_sets import MAX_SEED
+    from ..runtime.load_checks import check_model_bytes
+    from ..runtime.session import MCSession
 
     limits = limits or DEFAULT
     for name, value in (("--batch-size", batch_size), ("--passes", passes)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+        if value is not None:
+            positive_int(name, value)
     if passes is not None:
         limits.check("passes", passes, f"--passes {passes:,}")
     if bake_masks is not None:
-        try:
-            check_seed(bake_masks)
-        except InputError:
-            raise InputError(f"--bake-masks must be a mask seed from 0 to 2**64 - 1, got {bake_masks!r}") from None
+        int_in_range("--bake-masks", bake_masks, 0, MAX_SEED, "2**64 - 1")
     check_writable_target(Path(output))
     source_bytes = read_regular(str(source), limits.model_bytes, ModelFileError, "model file", "model_mb")
     sealed = _checksum_holds(source_bytes, str(source))
@@ -360,7 +376,7 @@ def _checksum_holds(model_bytes: bytes, path: str) -> bool:
 def _check_parity(standard, data: bytes, meta: dict, folder: Path, limits) -> str:
     """The portable file's samples equal the standard file's shared-mode samples for one mask seed."""
     from ..runtime.session import MCSession
-    from ..runtime.validate import sample_inputs
+    from ..runtime.randomness_checks import sample_inputs
 
     path = folder / "portable.onnx"
     path.write_bytes(data)

@@ -2,7 +2,7 @@
 
 Every figure is computed twice, for Monte Carlo dropout (T passes) and for the deterministic pass
 (the plain network), so a report shows what MC dropout buys. Scores are "higher = less certain"
-(runtime/decision.py: CATEGORICAL_SCORES); mutual information, variation ratio and the variance
+(runtime/uncertain_rule.py: CATEGORICAL_SCORES); mutual information, variation ratio and the variance
 of the top class are 0 for one pass, so the deterministic column has no figure for them.
 """
 
@@ -12,11 +12,15 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 
-from ..runtime.decision import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
 from ..runtime.format.metadata import ModelOutput
 from ..runtime.prediction import MODEL_WIDE, Prediction
 from . import metrics
+from ..runtime.errors import InputError
 from .labelled_sets import Batch, LabelledSet, batch_size, take
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
+from ..runtime.format.metadata import ModelOutput
+from ..runtime.prediction import MODEL_WIDE, Prediction
 
 MODES = ("mc", "deterministic")
 COVERAGES = (0.5, 0.8, 0.9, 0.95)
@@ -36,6 +40,47 @@ class Evaluation:
     predictions: Dict[str, Prediction] = field(default_factory=dict)  # mode -> on the labelled set
     ood: Dict[str, Prediction] = field(default_factory=dict)  # mode -> on the OOD inputs
     y: Optional[np.ndarray] = None
+
+
+def check_flags(target_precision: float, on_error: str, report_folder=None) -> bool:
+    """`cli.py evaluate`'s flags that need no model, checked before the long evaluation (a bad
+    report folder is known at once); whether the report can have plots."""
+    if not 0 < target_precision <= 1:
+        raise InputError(f"--target-precision must lie in (0, 1], got {target_precision}")
+    if on_error not in ("skip", "stop"):
+        raise InputError(f"--on-error {on_error!r}: choose skip or stop")
+    if report_folder is None:
+        return False
+    from .report import check_report_folder, plots_available
+
+    check_report_folder(report_folder)
+    return plots_available()
+
+
+def run_facts(model, data, ood, chosen, seed, provider: str, failures) -> dict:
+    """The report's first entries: what was evaluated, where, and the inputs skipped."""
+    from ..runtime.safe_files import shown_path, valid_text
+
+    return {"model": valid_text(shown_path(model)), "data": valid_text(shown_path(data)),
+            "ood": None if ood is None else valid_text(shown_path(ood)), "output": chosen.name,
+            "seed": seed, "provider": provider,
+            "skipped": [{"input": valid_text(path), "error": valid_text(message)} for path, message in failures]}
+
+
+def load_data(session, data, ood=None, output: Optional[str] = None, uncertain_if: Optional[str] = None,
+              on_error: str = "stop"):
+    """(the output evaluated, the labelled set, the OOD batch or None, the skipped (path, message)
+    pairs) for evaluate(), read within the session's limits; a bad rule fails before any of it."""
+    from .labelled_sets import load_labelled, load_unlabelled, pick_output
+    from ..runtime.uncertain_rule import Rule
+
+    chosen = pick_output(session.info, output)
+    if uncertain_if is not None:
+        Rule.parse(uncertain_if, chosen.head)
+    failures = None if on_error == "stop" else []
+    labelled = load_labelled(data, session.info, chosen, session.limits, failures)
+    outside = load_unlabelled(ood, session.info, session.limits, failures) if ood is not None else None
+    return chosen, labelled, outside, failures or []
 
 
 def predict_all(session, x: Batch, output: ModelOutput, passes: Optional[int], dropout: bool,

@@ -21,14 +21,15 @@ from typing import Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..runtime.decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 from ..runtime.errors import InputError, first_line
-from ..runtime.files import open_regular
-from ..runtime.format.metadata import ModelInfo, ModelOutput
-from ..runtime.inputs import (IMAGE_EXTENSIONS, NPY_HEADER_BYTES, _check_array_for_model, _check_budget,
-                     _check_zip_directory, _header_reader, _npz_members, _read_array, _read_exactly,
-                     load_inputs, npz_names)
+from ..runtime.safe_files import open_regular
+from ..runtime.array_files import (NPY_HEADER_BYTES, _check_budget, _check_zip_directory, _header_reader, _npz_members,
+                          _read_array, _read_exactly, npz_names)
+from ..runtime.image_files import IMAGE_EXTENSIONS
+from ..runtime.input_files import _check_array_for_model, load_inputs
 from ..runtime.limits import DEFAULT, Limits
+from ..runtime.format.metadata import ModelInfo, ModelOutput
 
 Batch = Union[np.ndarray, Dict[str, np.ndarray]]
 Failures = Optional[List[Tuple[str, str]]]

@@ -19,6 +19,7 @@ from typing import Dict, Tuple
 
 import numpy as np
 
+from ..runtime.checks import fraction, int_at_least, non_negative_finite
 from ..runtime.errors import InputError
 
 
@@ -86,17 +87,12 @@ def _same_shape(first: np.ndarray, second: np.ndarray, names: str) -> None:
 
 
 def _count(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    return int_at_least(name, value, minimum)
 
 
 def _fraction(value, name: str) -> float:
     """A number in (0, 1]."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not 0.0 < value <= 1.0:
-        raise InputError(f"{name} must be a number in (0, 1], got {value!r}")
-    return float(value)
+    return fraction(name, value)
 
 
 def _probs_and_labels(probs, y) -> Tuple[np.ndarray, np.ndarray]:
@@ -464,7 +460,5 @@ def interval_coverage(mean, std, y, k: float) -> float:
     _same_shape(m, s, "mean and std")
     if s.min() < 0:
         raise InputError(f"std must be >= 0, got {s.min()}")
-    if isinstance(k, bool) or not isinstance(k, (int, float, np.integer, np.floating)) \
-            or not (math.isfinite(k) and k >= 0):
-        raise InputError(f"k must be a finite number >= 0, got {k!r}")
+    k = non_negative_finite("k", k)
     return float((np.abs(target - m) <= k * s).mean())

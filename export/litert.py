@@ -69,7 +69,7 @@ def export_litert(source, output, *, passes: int = 50, bake_masks: Optional[int]
     convert_file's checks). `options`:
     export_model's (head, labels, mc_layers, preprocessing, trust_model_code, ...)."""
     from ..convert import convert_file
-    from ..runtime.files import atomic_writer, check_writable_target
+    from ..runtime.safe_files import atomic_writer, check_writable_target
     from ..runtime.litert_engine import _interpreter_class
     from ..runtime.format.onnx_file import read_model
 
@@ -213,7 +213,7 @@ def _check_parity(path: Path, portable: Path, meta: dict) -> str:
     """Samples of the .tflite file against the portable ONNX file's for one mask seed: the
     deterministic pass to DETERMINISTIC_TOLERANCE, the MC mean and variance to MC_TOLERANCE."""
     from ..runtime.session import MCSession
-    from ..runtime.validate import sample_inputs
+    from ..runtime.randomness_checks import sample_inputs
 
     lite, reference = MCSession(path, seed=0, threads=1), MCSession(portable, seed=0, threads=1)
     info = reference.info

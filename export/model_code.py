@@ -91,7 +91,7 @@ def _cannot_load(path, detail) -> ModelFileError:
 
 def _keras_archive_text(path: Path) -> bytes:
     """config.json of a Keras 3 .keras zip, read from the open file with a cap on its size."""
-    from ..runtime.files import open_regular
+    from ..runtime.safe_files import open_regular
 
     with os.fdopen(open_regular(path, ModelFileError, "model file"), "rb") as f:
         try:
@@ -117,7 +117,7 @@ def _h5_text(path: Path):
     """The `model_config` attribute of a legacy HDF5 model file, size checked before it is read."""
     import h5py
 
-    from ..runtime.files import open_regular
+    from ..runtime.safe_files import open_regular
 
     with os.fdopen(open_regular(path, ModelFileError, "model file"), "rb") as f:
         try:
@@ -166,7 +166,7 @@ def _saved_model_texts(folder: Path) -> List[bytes]:
 
 
 def _read_capped(path: Path) -> bytes:
-    from ..runtime.files import open_regular
+    from ..runtime.safe_files import open_regular
 
     with os.fdopen(open_regular(path, ModelFileError, "Keras metadata file"), "rb") as f:
         data = f.read(MAX_CONFIG_BYTES + 1)

@@ -34,7 +34,7 @@ def read_source(path, max_bytes=MAX_SOURCE_BYTES, hashed=True) -> ModelSource:
     """The source's files, each checked, the total capped at `max_bytes`; with `hashed`, their
     SHA-256, read through open_regular (never through a link out of a folder) and stopped once
     more than `max_bytes` have been read (a file may grow after it was listed)."""
-    from ..runtime.files import open_regular
+    from ..runtime.safe_files import open_regular
 
     path = Path(path)
     files = source_files(path, max_bytes)
@@ -62,7 +62,7 @@ def source_files(path, max_bytes=MAX_SOURCE_BYTES) -> List[Path]:
     a symbolic link whose target lies outside the folder (or is not there), and more than
     `max_bytes` in all. Links inside the folder are allowed; their targets are listed once, as
     the files they are."""
-    from ..runtime.files import open_regular
+    from ..runtime.safe_files import open_regular
 
     path = Path(path)
     if not path.is_dir():

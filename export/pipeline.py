@@ -65,7 +65,7 @@ class ExportReport:
 def read_labels(path, head, units):
     if path is None:
         return None
-    from ..runtime.files import read_regular
+    from ..runtime.safe_files import read_regular
 
     data = read_regular(path, MAX_LABELS_BYTES, error=ExportError, what="labels file", limit_name="labels",
                         raise_hint="one label per line never needs that much")
@@ -233,7 +233,7 @@ def attach_metadata(proto, metadata):
 
 
 def write_atomically(data: bytes, output):
-    from ..runtime.files import atomic_writer
+    from ..runtime.safe_files import atomic_writer
 
     with atomic_writer(output) as f:
         f.write(data)
@@ -348,7 +348,7 @@ def _check_as_the_runtime_would(data, output):
     """The runtime's own load-time checks, also under --no-validate: no file that `infer` or
     `info` would refuse is ever written."""
     from ..runtime.errors import ValidationError
-    from ..runtime.session import check_model_bytes
+    from ..runtime.load_checks import check_model_bytes
 
     try:
         check_model_bytes(data, str(output))
@@ -358,7 +358,7 @@ def _check_as_the_runtime_would(data, output):
 
 def _quantize(proto, model, metadata, calibration, validate, progress):
     """int8 copy of the validated float graph; its structure is validated, its drift measured."""
-    from ..runtime.validate import Checklist, sample_inputs
+    from ..runtime.randomness_checks import Checklist, sample_inputs
 
     from .quantize import QUANTIZED_OPS, quantize_int8
     from .validate import quantized_drift, validate_structure, validation_inputs
@@ -387,7 +387,7 @@ def load_calibration(path, shape):
     size checked against the input limit before anything is read or inflated."""
     import numpy as np
 
-    from ..runtime.inputs import load_array
+    from ..runtime.array_files import load_array
 
     data = load_array(path)
     if data.dtype.kind not in "fiu":

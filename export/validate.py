@@ -15,7 +15,7 @@ import onnx
 from ..runtime.errors import ValidationError, first_line
 from ..runtime.format import mask_sets as masks
 from ..runtime.format.mask_sets import control_feeds, layout_from_metadata
-from ..runtime.validate import Checklist, check_live_randomness, sample_inputs, side_by_side, z_scores
+from ..runtime.randomness_checks import Checklist, check_live_randomness, sample_inputs, side_by_side, z_scores
 
 from .graph import RANDOM_PREFIX, random_nodes, seed_of
 
@@ -59,7 +59,7 @@ def max_abs_diff(a, b):
 
 def validation_inputs(model, metadata, count=2, seed=0):
     """Inputs in the model's range: token ids (0, the padding id, included) for an input that
-    feeds an Embedding, else runtime.validate.sample_inputs. An array for a one-input model, else
+    feeds an Embedding, else runtime.randomness_checks.sample_inputs. An array for a one-input model, else
     a dict by graph input name."""
     from .signature import input_names
 

@@ -15,10 +15,11 @@ from .errors import DeviceError, InputError, McdropError, ModelFileError, ModelR
 
 _LAZY = {
     "MCSession": ".session",
-    "RawPixelWarning": ".session",
+    "SessionSettings": ".settings",
+    "RawPixelWarning": ".feed_checks",
     "Prediction": ".prediction",
     "ModelInfo": ".format.metadata",
-    "load_inputs": ".inputs",
+    "load_inputs": ".input_files",
     "Limits": ".limits",
 }
 

@@ -4,12 +4,32 @@ Every error a user can cause is a subclass of McdropError; the CLI prints its me
 line and exits with its exit_code. Anything else is a bug and keeps its traceback.
 """
 
+import os
+
 
 def first_line(err: BaseException, limit: int = 200) -> str:
     """The first line of an exception's message (its type name if it has none), cut to `limit`."""
     text = str(err).strip()
     line = text.splitlines()[0] if text else type(err).__name__
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def os_error_text(err: OSError) -> str:
+    """'PATH: reason' as the system words it (the path of the file it concerns, if any)."""
+    reason = err.strerror or first_line(err)
+    if err.filename is None:
+        return reason
+    path = err.filename
+    return f"{os.fsdecode(path) if isinstance(path, (str, bytes, os.PathLike)) else path}: {reason}"
+
+
+def memory_error_text(err: MemoryError, options: dict) -> str:
+    """One line: what ran out, and the knobs among a command's `options` that bound its memory."""
+    detail = first_line(err) if str(err).strip() else "an allocation failed"
+    knobs = ["fewer inputs", "fewer --passes" if "passes" in options else None,
+             "a smaller --max-chunk-mb" if "max_chunk_mb" in options else None,
+             "lower --limit values" if options.get("limit") else None]
+    return f"out of memory ({detail}); try " + ", ".join(knob for knob in knobs if knob)
 
 
 class McdropError(Exception):

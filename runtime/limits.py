@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, fields
 from typing import Iterable, Optional
 
+from .checks import positive_finite
 from .errors import InputError
 
 
@@ -42,9 +43,7 @@ class Limits:
             value = getattr(self, field.name)
             if field.name == "threads" and value is None:
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or value <= 0:
-                raise InputError(f"limit {field.name} must be a positive finite number, got {value!r}")
+            positive_finite(f"limit {field.name}", value)
 
     @property
     def max_threads(self) -> int:

@@ -10,6 +10,7 @@ from typing import Tuple
 
 import numpy as np
 
+from .checks import positive_int
 from .errors import InputError
 
 
@@ -107,8 +108,7 @@ def top_k(mean, k: int) -> Tuple[np.ndarray, np.ndarray]:
     the number of classes.
     """
     p = _as_float64(mean, 1, "mean", classes=True)
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise InputError(f"top_k needs an integer k >= 1, got {k!r}")
+    k = positive_int("top_k", k)
     # A stable sort of -p keeps equal probabilities in index order; slicing clips k.
     indices = np.argsort(-p, axis=-1, kind="stable")[..., :k]
     return indices, np.take_along_axis(p, indices, axis=-1)

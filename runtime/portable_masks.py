@@ -125,7 +125,7 @@ def self_check(checks, info, run: Callable, x: Dict[str, np.ndarray], seed: int,
     """MCSession.self_check for a portable file: no random node (checked on load), two mask seeds
     give different samples (not for a baked file: one set), the passes of a run differ, and the
     deterministic pass repeats. run(x, masks, stochastic): one run of the file."""
-    from .validate import side_by_side
+    from .randomness_checks import side_by_side
 
     def samples(stochastic: bool, mask_seed: int) -> np.ndarray:
         found = run_samples(info, lambda rows, kept: run(rows, kept, stochastic), x,

@@ -7,9 +7,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import decision
 from . import measures as M
-from .decision import CATEGORICAL_HEADS, SIGMOID_HEADS
+from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS, Rule, default_rule
 from .errors import InputError
 
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
@@ -39,7 +38,7 @@ class Prediction:
     provider: Optional[str] = None
     labels: Optional[Sequence[str]] = None
     samples: Optional[np.ndarray] = field(default=None, repr=False)
-    rule: Optional[decision.Rule] = None  # when UNCERTAIN; None: the default rule (runtime/decision.py)
+    rule: Optional[Rule] = None  # when UNCERTAIN; None: the default rule (runtime/uncertain_rule.py)
     masks: Optional[str] = None  # "shared" or "independent" (runtime/masks.py); None: not from a session
     mask_seed: Optional[int] = None  # the shared mask set's seed
     # Monte Carlo standard error of "mean", "variance" and each measure of that name that is an
@@ -51,7 +50,7 @@ class Prediction:
                      threshold: float = 0.5, thresholds: Optional[Sequence[float]] = None,
                      top_k: int = 3, passes: Optional[int] = None, stochastic: bool = True,
                      provider: Optional[str] = None, keep_samples: bool = True,
-                     rule: Optional[decision.Rule] = None,
+                     rule: Optional[Rule] = None,
                      conformal_quantile: Optional[float] = None, masks: Optional[str] = None,
                      mask_seed: Optional[int] = None) -> "Prediction":
         """Build from `samples` [T, batch, ...out]: probabilities for classifier heads, raw values
@@ -105,9 +104,9 @@ class Prediction:
         return self.to_dict(index)
 
     @property
-    def uncertain_rule(self) -> decision.Rule:
-        """The rule `uncertain` applies: `rule`, or the default rule (runtime/decision.py)."""
-        return self.rule or decision.default_rule(self.head)
+    def uncertain_rule(self) -> Rule:
+        """The rule `uncertain` applies: `rule`, or the default rule (runtime/uncertain_rule.py)."""
+        return self.rule or default_rule(self.head)
 
     @property
     def uncertain(self) -> np.ndarray:

@@ -74,7 +74,7 @@ def check_output(out, engine: str = "local", resume: bool = False, overwrite: bo
     OUT or OUT.parts, OUT.parts a folder if it exists; a finished OUT is replaced only with
     `overwrite`, an unfinished job (OUT.parts) continued only with `resume` (or started again
     with `overwrite`); `resume` with nothing to continue is refused."""
-    from ..runtime.files import check_writable_target
+    from ..runtime.safe_files import check_writable_target
 
     out = Path(os.path.abspath(out))
     if resume and overwrite:
@@ -139,7 +139,7 @@ def _check_folder(folder: Path) -> None:
 def read_job(folder) -> Optional[dict]:
     """The _job.json of a checkpoint folder (None when there is none), as a one-line InputError
     when it cannot be read."""
-    from ..runtime.files import read_regular
+    from ..runtime.safe_files import read_regular
 
     path = Path(folder) / JOB_FILE
     if not os.path.lexists(path):
@@ -165,7 +165,7 @@ class Checkpoint:
     else, or a link, is refused rather than cleaned."""
 
     def __init__(self, folder: Path, job: JobIdentity, resume: bool, overwrite: bool = False):
-        from ..runtime.files import ExclusiveLock
+        from ..runtime.safe_files import ExclusiveLock
 
         self.folder = Path(os.path.abspath(folder))
         self.out = self.folder.with_name(self.folder.name[: -len(".parts")])
@@ -221,7 +221,7 @@ class Checkpoint:
 
     def _changed_input(self) -> str:
         """Which input file differs from the one the job started with, as a phrase."""
-        from ..runtime.files import read_regular
+        from ..runtime.safe_files import read_regular
 
         width = self.job.plan.DIGEST_BYTES
         try:
@@ -245,7 +245,7 @@ class Checkpoint:
                                  "(score deletes only its own files)")
 
     def _write(self, name: str, data: bytes) -> None:
-        from ..runtime.files import atomic_writer
+        from ..runtime.safe_files import atomic_writer
 
         try:
             with atomic_writer(self.folder / name) as f:

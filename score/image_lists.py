@@ -12,7 +12,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ..runtime.errors import InputError, first_line
-from ..runtime.files import open_regular, valid_text as display_name
+from ..runtime.safe_files import open_regular, valid_text as display_name
 from ..runtime.limits import DEFAULT, Limits
 
 LIST_EXTENSIONS = (".parquet", ".csv")

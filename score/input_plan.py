@@ -6,7 +6,7 @@ arrays, Parquet or CSV lists of image paths: score/image_lists.py) into an Input
 names array rows); nothing is read but array headers, and lists of image paths a chunk of rows at
 a time (checked and counted, not kept: each pass over a list reads it again). `refs` then yields
 the inputs as small columnar batches of references (index, id, path, row, member) and `load_refs`
-reads one such batch: each image decoded and preprocessed as `infer` does (runtime/inputs.py),
+reads one such batch: each image decoded and preprocessed as `infer` does (runtime/input_files.py),
 each array row read by seeking into its file, never the whole array. The references are plain columns, so the
 same batch can travel through Ray Data to another process and be read there (score/ray_engine.py).
 
@@ -24,11 +24,11 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ..runtime import inputs as image_inputs
+from ..runtime import array_files, image_files, input_files
 from ..runtime.errors import InputError, first_line
-from ..runtime.files import open_regular, valid_text as display_name
 from ..runtime.format.metadata import ModelInfo
 from ..runtime.limits import DEFAULT, Limits
+from ..runtime.safe_files import open_regular, valid_text as display_name
 from .image_lists import LIST_EXTENSIONS, PATH_COLUMN, ImageList
 
 NO_ROW = -1  # the `row` of an image reference
@@ -167,7 +167,7 @@ def plan_inputs(items: Sequence[str], info: ModelInfo, limits: Limits = DEFAULT,
     segments: List[Segment] = []
     start = 0
     for item in map(str, items):
-        for path in image_inputs._expand([item], None):
+        for path in input_files._expand([item], None):
             segment = _segment(path, info, names, start, limits, allow_paths_outside)
             if segment.count:
                 segments.append(segment)
@@ -189,10 +189,10 @@ def load_refs(refs: Dict[str, np.ndarray], info: ModelInfo, readers: "ArrayReade
     for i in np.flatnonzero(rows == NO_ROW):
         path = os.fsdecode(refs["path"][i])
         try:
-            if path.lower().endswith(image_inputs.IMAGE_EXTENSIONS):
-                parts[i] = {None: image_inputs._load_image(path, info, limits)}
+            if path.lower().endswith(image_files.IMAGE_EXTENSIONS):
+                parts[i] = {None: image_files._load_image(path, info, limits)}
             else:
-                raise InputError(f"{path}: not an image ({', '.join(image_inputs.IMAGE_EXTENSIONS)})")
+                raise InputError(f"{path}: not an image ({', '.join(image_files.IMAGE_EXTENSIONS)})")
         except InputError as err:
             # Named by its id (a listed image: the entry as listed, or its id), not by the path it
             # was read from: an error row shows no more of the file system than the list itself.
@@ -261,7 +261,7 @@ class _RowReader:
         self._archive = None
         try:
             if member is not None or path.lower().endswith(".npz"):
-                image_inputs._check_zip_directory(self._file, path)
+                array_files._check_zip_directory(self._file, path)
                 self._archive = zipfile.ZipFile(self._file)
                 self._stream = self._archive.open(self._member_name(member))
                 size = self._archive.getinfo(self._member_name(member)).file_size
@@ -282,13 +282,13 @@ class _RowReader:
 
     def _member_name(self, member: Optional[str]) -> str:
         if member is None:  # the only array, or the one named 'x' or 'input' (as infer reads it)
-            return image_inputs._npz_members(self._archive, self.path)[None].filename
+            return array_files._npz_members(self._archive, self.path)[None].filename
         return member + ".npy"
 
     def rows(self, start: int, count: int) -> np.ndarray:
         try:
             self._stream.seek(self._data + int(start) * self._row_bytes)
-            data = image_inputs._read_exactly(self._stream, count * self._row_bytes, self.path)
+            data = array_files._read_exactly(self._stream, count * self._row_bytes, self.path)
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
             raise InputError(f"{self.path}: cannot read array ({first_line(err)})") from None
         return np.frombuffer(data, dtype=self.dtype).reshape((count, *self.shape[1:]))
@@ -306,20 +306,20 @@ class _RowReader:
 
 def _segment(path: str, info: ModelInfo, names, start: int, limits: Limits, allow_paths_outside: bool) -> Segment:
     lower = path.lower()
-    if lower.endswith(image_inputs.ARRAY_EXTENSIONS):
+    if lower.endswith(array_files.ARRAY_EXTENSIONS):
         array = _array_file(path, info, names)
         return Segment(start, array.rows, array=array)
     if lower.endswith(LIST_EXTENSIONS):
         listed = ImageList(path, limits, allow_paths_outside)
         return Segment(start, len(listed), images=listed)
-    if lower.endswith(image_inputs.IMAGE_EXTENSIONS):
+    if lower.endswith(image_files.IMAGE_EXTENSIONS):
         if not os.path.lexists(path):
             raise InputError(f"{path}: no such file")
         return Segment(start, 1, images=[path], image_ids=[display_name(path)])
     extension = os.path.splitext(lower)[1]
     raise InputError(f"{display_name(path)}: unsupported input {extension or '(no extension)'!r}; score reads images "
-                     f"({', '.join(image_inputs.IMAGE_EXTENSIONS)}), folders and globs of them, arrays "
-                     f"({', '.join(image_inputs.ARRAY_EXTENSIONS)}) and lists of image paths "
+                     f"({', '.join(image_files.IMAGE_EXTENSIONS)}), folders and globs of them, arrays "
+                     f"({', '.join(array_files.ARRAY_EXTENSIONS)}) and lists of image paths "
                      f"({', '.join(LIST_EXTENSIONS)}, column {PATH_COLUMN!r})")
 
 
@@ -349,7 +349,7 @@ def _array_file(path: str, info: ModelInfo, names) -> ArrayFile:
 
 
 def _npy_header(stream, path: str):
-    shape, fortran_order, dtype = image_inputs.npy_header(stream, path)
+    shape, fortran_order, dtype = array_files.npy_header(stream, path)
     if fortran_order and len(shape) > 1:
         raise InputError(f"{path}: the array is stored in Fortran order; score reads rows of C-order arrays "
                          "(save np.ascontiguousarray(x))")

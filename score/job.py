@@ -18,6 +18,7 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..runtime.checks import positive_int
 from ..runtime.errors import InputError
 from ..runtime.limits import DEFAULT, Limits
 
@@ -41,6 +42,30 @@ METADATA_KEY = b"mcdrop"
 def require_pyarrow() -> None:
     if pa is None:
         raise InputError('scoring to Parquet needs pyarrow: pip install -e ".[score]"')
+
+
+def check_job_flags(engine: str, address, workers, batch_size: int, gpus_per_worker: float, on_error: str, out,
+                    resume: bool, overwrite: bool) -> None:
+    """`cli.py score`'s flags that need no model, checked before any work (errors name the flags);
+    then the engine's packages and the output (check_output)."""
+    from .checkpoint import check_output
+
+    if workers is not None:
+        positive_int("--workers", workers)
+    if engine not in ("local", "ray"):
+        raise InputError(f"--engine {engine!r}: choose local or ray")
+    if address is not None and engine != "ray":
+        raise InputError("--address is for --engine ray")
+    positive_int("--batch-size", batch_size)
+    if not 0 <= gpus_per_worker < 2**20:
+        raise InputError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    ScoreOptions.check_on_error(on_error)
+    require_pyarrow()
+    if engine == "ray":
+        from .ray_engine import require_ray
+
+        require_ray()
+    check_output(out, engine, resume, overwrite)
 
 
 @dataclass(frozen=True)
@@ -71,22 +96,17 @@ def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int
     """The job's options, checked against the session's file. Masks are shared wherever the file
     takes a mask set; the mask seed defaults to that of the unfinished job in `resume_from` (a
     checkpoint folder), else the session's."""
-    from ..runtime.format import mask_sets
-
     from .checkpoint import read_job
 
-    passes = session._check_passes(passes)
     shared = session.default_masks == "shared"
     if mask_seed is None and resume_from is not None:
         mask_seed = (read_job(resume_from) or {}).get("mask_seed")
-    if shared:
-        mask_seed = mask_sets.check_seed(mask_seed) if mask_seed is not None else session.mask_seed
-    return ScoreOptions(passes, mask_seed if shared else None, output, tuple(measures), keep_samples,
-                        uncertain_if, on_error)
+    chosen = session.resolve(passes, mask_seed=mask_seed if shared else None)
+    return ScoreOptions(chosen.passes, chosen.mask_seed, output, tuple(measures), keep_samples, uncertain_if, on_error)
 
 
 def measure_names(head: str) -> Tuple[str, ...]:
-    from ..runtime.decision import head_kind
+    from ..runtime.uncertain_rule import head_kind
 
     return MEASURES[head_kind(head)]
 
@@ -105,7 +125,7 @@ class Scorer:
 
     def __init__(self, session, options: ScoreOptions, limits: Limits = DEFAULT):
         from ..evaluate.labelled_sets import pick_output
-        from ..runtime.decision import Rule, file_rule
+        from ..runtime.uncertain_rule import Rule, file_rule
         from .input_plan import ArrayReaders
 
         require_pyarrow()
@@ -234,3 +254,28 @@ def _lists(matrix) -> "pa.ListArray":
     return pa.ListArray.from_arrays(np.arange(0, (n + 1) * width, width, dtype=np.int32),
                                     pa.array(flat.reshape(-1), pa.float32()))
 
+
+def run_job(engine: str, session, plan, out, options: ScoreOptions, model, *, batch_size: int = 256,
+            workers: Optional[int] = None, gpus_per_worker: float = 0, resume: bool = False,
+            address: Optional[str] = None, overwrite: bool = False, progress=None):
+    """Score `plan` into `out` on the local engine (`session`, every core) or with Ray Data actors
+    (each with `session`'s settings); the ScoreSummary. progress(done, total): local engine only."""
+    if engine == "local":
+        from .local import score_local
+
+        return score_local(session, plan, out, options, batch_size=batch_size, resume=resume, limits=session.limits,
+                           progress=progress, overwrite=overwrite)
+    from .ray_engine import score_with_ray
+
+    return score_with_ray(plan, out, model, options, batch_size=batch_size, workers=workers, num_gpus=gpus_per_worker,
+                          resume=resume, address=address, settings=session.settings, overwrite=overwrite)
+
+
+def summary_line(summary, engine: str) -> str:
+    """What `cli.py score` prints when a job is done."""
+    from ..runtime.safe_files import shown_path
+
+    masks = f"masks shared (seed {summary.mask_seed})" if summary.mask_seed is not None else "masks independent"
+    resumed = f", {summary.rows - summary.scored} were done before" if summary.scored < summary.rows else ""
+    return (f"scored {summary.scored} inputs{resumed} ({summary.failed} could not be read) into "
+            f"{shown_path(summary.out)}  engine {engine}  passes {summary.passes}  {masks}")

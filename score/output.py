@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import InputError, first_line
-from ..runtime.files import sync_folder
+from ..runtime.safe_files import sync_folder
 from .checkpoint import PART_NAMES, PART_PREFIX, Checkpoint, remove_file, checkpoint_folder, read_part
 from .job import require_pyarrow
 
@@ -107,7 +107,7 @@ class PartWriter:
 def merge_parts(checkpoint: Checkpoint, out: Path, schema: "pa.Schema") -> int:
     """Write the parts, in index order, as one Parquet file at `out` (one row group per part),
     through a temporary file. Returns the row count; the checkpoint stays (the caller removes it)."""
-    from ..runtime.files import atomic_writer
+    from ..runtime.safe_files import atomic_writer
 
     parts = checkpoint.parts()
     firsts = [read_part(path, ["index"]).column("index").to_numpy()[:1] for path in parts]

@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 
 from ..runtime.errors import InputError, McdropError
-from ..runtime.limits import DEFAULT, Limits
+from ..runtime.settings import SessionSettings
 from .input_plan import REF_COLUMNS
 
 # Test hook (tests/test_score_ray.py): an actor whose batch count reaches this, while the marker
@@ -49,8 +49,8 @@ def require_ray():
 class ScoreActor:
     """One MCSession per actor; a batch of input references (or of arrays) in, result rows out."""
 
-    def __init__(self, model, options: dict, session_options: dict, limits: Limits = DEFAULT,
-                 array_column: Optional[str] = None, exit_marker: Optional[str] = None):
+    def __init__(self, model, options: dict, settings: SessionSettings, array_column: Optional[str] = None,
+                 exit_marker: Optional[str] = None):
         from ..runtime.session import MCSession
         from .job import ScoreOptions, Scorer
 
@@ -62,8 +62,8 @@ class ScoreActor:
             model = ray.get(model)
         with open(path, "wb") as f:
             f.write(model)
-        session = MCSession(path, limits=limits, **session_options)
-        self.scorer = Scorer(session, ScoreOptions(**options), limits)
+        session = MCSession(path, settings=settings)
+        self.scorer = Scorer(session, ScoreOptions(**options), settings.limits)
         self.array_column = array_column
         self.exit_marker = exit_marker
         self.batches = 0
@@ -114,8 +114,7 @@ def score_dataset(ds, model, passes: Optional[int] = None, mask_seed: Optional[i
                   output: Optional[str] = None, measures=(), keep_samples: bool = False,
                   uncertain_if: Optional[str] = None, on_error: str = "skip",
                   array_column: Optional[str] = None, batch_size: int = 256, workers: Optional[int] = None,
-                  threads: int = 1, num_gpus: float = 0, device: str = "auto", max_chunk_bytes: Optional[int] = None,
-                  limits: Limits = DEFAULT, verify: bool = True, exit_marker: Optional[str] = None):
+                  num_gpus: float = 0, settings: Optional[SessionSettings] = None, exit_marker: Optional[str] = None):
     """A Ray Dataset of inputs -> a Dataset of mcdrop rows (score/job.py's columns).
 
     The inputs are either references as score/input_plan.py makes them (columns index, id, path,
@@ -123,7 +122,8 @@ def score_dataset(ds, model, passes: Optional[int] = None, mask_seed: Optional[i
     model in `array_column`, with optional `index` and `id` columns (index -1 when absent).
     mask_seed None: a fresh seed; read it back from the rows' mask_seed column. workers: actors
     (default: the cluster's CPUs / threads, or its GPUs when num_gpus > 0); each actor holds one
-    MCSession with `threads` threads (and num_gpus GPUs). Lazy, as Ray Datasets are."""
+    MCSession of `settings` (default: SessionSettings(threads=1)), with its threads (and num_gpus
+    GPUs). Lazy, as Ray Datasets are."""
     from ..runtime.session import MCSession
     from .job import Scorer, require_pyarrow, score_options
 
@@ -131,29 +131,27 @@ def score_dataset(ds, model, passes: Optional[int] = None, mask_seed: Optional[i
     require_pyarrow()
     model_bytes = Path(model).read_bytes()
     # Checked here once, so that a bad model or option is one error on the driver, not one per actor.
-    probe = MCSession(model, threads=1, limits=limits, verify=verify)
+    settings = settings or SessionSettings(threads=1)
+    threads = settings.threads or 1
+    probe = MCSession(model, settings=SessionSettings(threads=1, limits=settings.limits, verify=settings.verify))
     options = score_options(probe, passes, mask_seed, output, measures, keep_samples, uncertain_if, on_error)
-    Scorer(probe, options, limits).close()
-    options = asdict(options)
-    session_options = {"device": device, "threads": threads, "verify": verify,
-                       **({"max_chunk_bytes": max_chunk_bytes} if max_chunk_bytes else {})}
+    Scorer(probe, options, settings.limits).close()
     return ds.map_batches(ScoreActor, batch_size=batch_size, batch_format="pyarrow",
                           concurrency=workers or _default_workers(ray, threads, num_gpus),
                           num_cpus=threads, num_gpus=num_gpus or None,
-                          fn_constructor_args=(ray.put(model_bytes), options, session_options, limits,
+                          fn_constructor_args=(ray.put(model_bytes), asdict(options), settings,
                                                array_column, exit_marker))
 
 
 def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Optional[int] = None,
-                   threads: int = 1, num_gpus: float = 0, device: str = "auto", max_chunk_bytes: Optional[int] = None,
-                   resume: bool = False, address: Optional[str] = None, limits: Limits = DEFAULT,
-                   verify: bool = True, overwrite: bool = False):
+                   num_gpus: float = 0, resume: bool = False, address: Optional[str] = None,
+                   settings: Optional[SessionSettings] = None, overwrite: bool = False):
     """The Ray engine: every input of `plan` scored by Ray actors into the Parquet folder `out`.
 
     Rows are written into `OUT.parts/` (the same checkpoint as the local engine's, Ray's part
     files inside); when the job completes the folder becomes `out`. resume=True skips the inputs
     whose rows are already there; a finished `out` is replaced only with overwrite=True
-    (score/checkpoint.py: check_output)."""
+    (score/checkpoint.py: check_output). settings: each actor's session (default: SessionSettings(threads=1))."""
     import pyarrow as pa
 
     from .checkpoint import Checkpoint, check_output, checkpoint_folder, job_identity
@@ -166,7 +164,8 @@ def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Op
         before = int(done.sum())
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
-        workers = workers or _default_workers(ray, threads, num_gpus)
+        settings = settings or SessionSettings(threads=1)
+        workers = workers or _default_workers(ray, settings.threads or 1, num_gpus)
         if before < plan.total:
             block = max(batch_size, min(batch_size * BLOCK_BATCHES,
                                         -(-(plan.total - before) // (workers * BLOCKS_PER_WORKER))))
@@ -177,9 +176,8 @@ def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Op
             scored = score_dataset(ds, model, passes=options.passes, mask_seed=options.mask_seed,
                                    output=options.output, measures=options.measures,
                                    keep_samples=options.keep_samples, uncertain_if=options.uncertain_if,
-                                   on_error=options.on_error, batch_size=batch_size, workers=workers, threads=threads,
-                                   num_gpus=num_gpus, device=device, max_chunk_bytes=max_chunk_bytes, limits=limits,
-                                   verify=verify, exit_marker=os.environ.get(FAULT_ENV))
+                                   on_error=options.on_error, batch_size=batch_size, workers=workers,
+                                   num_gpus=num_gpus, settings=settings, exit_marker=os.environ.get(FAULT_ENV))
             try:
                 scored.write_parquet(str(checkpoint.folder), filename_provider=RayPartNames())
             except Exception as err:  # noqa: BLE001 - Ray wraps the actor's error; say it in one line

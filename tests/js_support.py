@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import pytest
 
-from mcdrop.runtime.validate import z_scores
+from mcdrop.runtime.randomness_checks import z_scores
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
@@ -116,7 +116,7 @@ def golden_input(entry: dict) -> np.ndarray:
 
 def assert_mc_agrees(samples_js, samples_py, limit: float = 5.0) -> dict:
     """Two sets of Monte Carlo samples ([T, ...] each) agree in mean and variance within `limit`
-    standard errors (runtime.validate.z_scores); returns the worst z of each."""
+    standard errors (runtime.randomness_checks.z_scores); returns the worst z of each."""
     worst = z_scores(np.asarray(samples_js, np.float64), np.asarray(samples_py, np.float64))
     assert max(worst.values()) <= limit, f"Monte Carlo samples disagree: worst z {worst} > {limit}"
     return worst

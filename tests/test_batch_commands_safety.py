@@ -322,7 +322,7 @@ def test_acquire_cli_csv_from_hostile_file_names(tmp_path, monkeypatch):
     ("digit_3.png", "digit_3.png"), ("é 3-1=2", "é 3-1=2"), ("", ""),
 ])
 def test_csv_safe_cell(text, safe):
-    from mcdrop.runtime.files import csv_safe_cell
+    from mcdrop.runtime.safe_files import csv_safe_cell
 
     assert csv_safe_cell(text) == safe
 

@@ -14,7 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mcdrop import cli
-from mcdrop.runtime import files
+from mcdrop.runtime import safe_files as files
 from mcdrop.runtime.session import MCSession
 from conftest import ROOT
 

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from mcdrop.runtime import decision
-from mcdrop.runtime.decision import Rule, default_rule, file_rule, scores
+from mcdrop.runtime import uncertain_rule as decision
+from mcdrop.runtime.uncertain_rule import Rule, default_rule, file_rule, scores
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.format.metadata_fields import _Bad, _calibration
 from mcdrop.runtime.prediction import Prediction

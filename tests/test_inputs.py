@@ -16,7 +16,8 @@ from PIL import Image, features
 from toy_model import build_toy_model
 
 from mcdrop.runtime.errors import InputError
-from mcdrop.runtime.inputs import load_array, load_inputs
+from mcdrop.runtime.array_files import load_array
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.limits import Limits
 from mcdrop.runtime.session import MCSession
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from mcdrop.runtime.format import mask_sets as masks
-from mcdrop.runtime.inputs import load_inputs
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.format.mask_sets import MaskLayout
 from mcdrop.runtime.format.onnx_file import read_model
 from mcdrop.runtime.session import MCSession

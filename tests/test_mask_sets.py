@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mcdrop.export import export_model
-from mcdrop.runtime import session as session_module
+from mcdrop.runtime import chunk_plan as session_module
 from mcdrop.runtime.format import mask_sets as masks
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.limits import Limits

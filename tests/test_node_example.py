@@ -14,8 +14,9 @@ import PIL
 import pytest
 from PIL import Image
 
-from mcdrop.runtime import decision
-from mcdrop.runtime.inputs import _pixels, load_inputs
+from mcdrop.runtime import uncertain_rule as decision
+from mcdrop.runtime.image_files import _pixels
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.format.metadata import Preprocessing
 from mcdrop.runtime.prediction import Prediction
 from mcdrop.runtime.format.seeds import MINSTD_MODULUS, find_seeds

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from mcdrop.runtime import decision
+from mcdrop.runtime import uncertain_rule as decision
 from mcdrop.runtime import measures as M
 from mcdrop.runtime import prediction as P
 from mcdrop.runtime.errors import InputError

@@ -16,7 +16,7 @@ from typer.testing import CliRunner  # noqa: E402
 from mcdrop import cli  # noqa: E402
 from mcdrop.export import PREPROCESS_MODES, UNKNOWN_PREPROCESS, export_model, image_preprocessing  # noqa: E402
 from mcdrop.runtime.errors import ExportError, ModelFileError  # noqa: E402
-from mcdrop.runtime.inputs import load_inputs  # noqa: E402
+from mcdrop.runtime.input_files import load_inputs  # noqa: E402
 from mcdrop.runtime.session import MCSession  # noqa: E402
 
 pytestmark = pytest.mark.slow

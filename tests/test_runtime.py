@@ -14,8 +14,10 @@ from conftest import ROOT
 from mcdrop.runtime.format import seeds
 from mcdrop.runtime.errors import InputError, ModelFileError
 from mcdrop.runtime.limits import Limits
-from mcdrop.runtime.session import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
-from mcdrop.runtime.session import SESSION_COPY, WEIGHTS_SHARE, MCSession, RawPixelWarning
+from mcdrop.runtime.chunk_plan import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
+from mcdrop.runtime.chunk_plan import SESSION_COPY, WEIGHTS_SHARE
+from mcdrop.runtime.feed_checks import RawPixelWarning
+from mcdrop.runtime.session import MCSession
 from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
 
 X = np.random.default_rng(42).normal(size=(5, 4)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""runtime.validate: the live-randomness checks shared by export validation and MCSession.self_check."""
+"""runtime.randomness_checks: the live-randomness checks shared by export validation and MCSession.self_check."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ import pytest
 
 from mcdrop.runtime import MCSession
 from mcdrop.runtime.errors import ValidationError
-from mcdrop.runtime.validate import Checklist, check_live_randomness, sample_inputs
+from mcdrop.runtime.randomness_checks import Checklist, check_live_randomness, sample_inputs
 
 ROOT = Path(__file__).resolve().parent.parent
 

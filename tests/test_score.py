@@ -372,7 +372,7 @@ def test_resume_removes_only_its_own_torn_files_and_refuses_a_folder_with_others
 
 LOCK_HOLDER = """
 import sys
-from mcdrop.runtime.files import ExclusiveLock
+from mcdrop.runtime.safe_files import ExclusiveLock
 lock = ExclusiveLock(sys.argv[1], "busy")
 print("locked", flush=True)
 sys.stdin.read()
@@ -400,7 +400,7 @@ def test_a_second_writer_is_refused_in_one_line_and_a_dead_owners_lock_is_taken(
 def test_without_flock_the_owners_pid_decides(tmp_path, monkeypatch):
     import fcntl
 
-    from mcdrop.runtime.files import ExclusiveLock
+    from mcdrop.runtime.safe_files import ExclusiveLock
 
     def refused(fd, operation):
         raise OSError(37, "No locks available")

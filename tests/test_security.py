@@ -24,7 +24,7 @@ from PIL import Image
 
 from conftest import ROOT
 from mcdrop.runtime.errors import McdropError, ModelFileError, ModelRunError
-from mcdrop.runtime.files import csv_safe_cell
+from mcdrop.runtime.safe_files import csv_safe_cell
 from mcdrop.runtime.format.integrity import seal
 from mcdrop.runtime.format.onnx_file import encode_entry
 from mcdrop.runtime.session import MCSession
@@ -142,7 +142,7 @@ import os, signal, sys, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.argv = ["cli.py", "infer", {str(SAMPLES / 'digit_3.png')!r}, "--out", {str(tmp_path / 'r.json')!r}]
 from mcdrop import cli
-from mcdrop.runtime import files
+from mcdrop.runtime import safe_files as files
 real = files.os.replace
 def slow_replace(*args):
     print("writing", flush=True)

@@ -130,7 +130,7 @@ def test_metadata_that_misdescribes_the_inputs_or_outputs_is_refused(exported, t
 
 
 def test_an_npz_member_that_cannot_be_read_is_one_line(exported, tmp_path):
-    """Named members are read as any .npz input is (runtime/inputs.py): a member stored with a
+    """Named members are read as any .npz input is (runtime/array_files.py): a member stored with a
     compression method zipfile does not know is a one-line error, not a traceback."""
     import io
     import zipfile

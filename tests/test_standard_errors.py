@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from mcdrop import cli
-from mcdrop.runtime.inputs import load_inputs
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.score.job import ScoreOptions
 from mcdrop.score.local import score_local
 from mcdrop.runtime.session import MCSession

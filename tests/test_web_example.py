@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 from js_support import LIVE_ATOL, ROOT, assert_mc_agrees, golden, golden_input, node, node_modules, unavailable
-from mcdrop.runtime.inputs import load_inputs
+from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.format.mask_sets import control_feeds
 from mcdrop.runtime.session import MCSession
 

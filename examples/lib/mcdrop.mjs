@@ -487,7 +487,7 @@ export function keepMasks(metadata, seed, { first = 0, count } = {}) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Image -> model input (runtime/inputs.py: _composite, _eight_bit_pixels, _to_model_input,
+// Image -> model input (runtime/image_files.py: _composite, _eight_bit_pixels, _to_model_input,
 // _normalize; docs/FORMAT.md: Metadata, preprocessing)
 //
 // 8-bit steps are Pillow's integer arithmetic, so the result matches the Python runtime's for the
@@ -616,7 +616,7 @@ export function preprocessImage({ data, width, height, channels }, metadata) {
   const pixelCount = width * height;
   const colour = channels >= 3;
   const alpha = channels === 2 || channels === 4;
-  // Flatten onto the background (runtime/inputs.py _composite), to RGB.
+  // Flatten onto the background (runtime/image_files.py _composite), to RGB.
   let rgb = new Uint8Array(pixelCount * 3);
   const background = roundHalfEven(pre.background);
   let alphaLow = 255, alphaHigh = 0;
@@ -669,7 +669,7 @@ export function preprocessImage({ data, width, height, channels }, metadata) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Running (docs/FORMAT.md: Inputs)
+// Running (runtime/session.py, runtime/run_plan.py; docs/FORMAT.md: Inputs)
 
 function checkPasses(passes) {
   if (!Number.isSafeInteger(passes) || passes < 1) throw new Error(`passes must be an integer >= 1, got ${passes}`);
@@ -758,7 +758,7 @@ function masksTensor(ort, masks, passes, metadata) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// When UNCERTAIN (runtime/decision.py), categorical heads
+// When UNCERTAIN (runtime/uncertain_rule.py), categorical heads
 
 export const CATEGORICAL_HEADS = ["softmax", "logits"];
 const RULE_MEASURES = ["mutual_information", "predictive_entropy", "expected_entropy", "variation_ratio",

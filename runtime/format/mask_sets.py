@@ -19,6 +19,7 @@ from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..checks import is_int
 from ..errors import InputError
 
 MASKS = "masks"
@@ -48,12 +49,6 @@ class MaskLayout:
     @property
     def bytes_per_pass(self) -> int:
         return 4 * self.floats_per_pass
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < MAX_SEED:
-        raise InputError(f"mask_seed must be an integer from 0 to 2**64 - 1, got {seed!r}")
-    return int(seed)
 
 
 def check_mode(mode) -> str:
@@ -115,16 +110,16 @@ def layout_from_metadata(meta: dict, layers: Sequence[dict]) -> Optional[MaskLay
     if not isinstance(spec, dict) or spec.get("generator") != GENERATOR:
         raise ValueError(f"masks must name the generator {GENERATOR}")
     total = spec.get("floats_per_pass")
-    if isinstance(total, bool) or not isinstance(total, int) or total < 0:
+    if not is_int(total) or total < 0:
         raise ValueError("masks.floats_per_pass must be an integer >= 0")
     entries, end = [], 0
     for layer in layers:
         if not isinstance(layer, dict):
             raise ValueError("each stochastic layer must be an object")
         offset, shape = layer.get("mask_offset"), layer.get("mask_shape")
-        if isinstance(offset, bool) or not isinstance(offset, int) or offset != end \
+        if not is_int(offset) or offset != end \
                 or not isinstance(shape, list) \
-                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in shape):
+                or not all(is_int(d) and d >= 1 for d in shape):
             raise ValueError(f"stochastic layer {layer.get('name')!r}: mask_offset and mask_shape must "
                              "place its masks right after the previous layer's")
         entry = MaskEntry(offset, tuple(shape), str(layer.get("distribution")))

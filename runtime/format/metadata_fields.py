@@ -7,6 +7,7 @@ import json
 import math
 from typing import Any, List, Optional, Tuple
 
+from ..checks import is_int, is_number
 from ..errors import ModelFileError
 from ..limits import DEFAULT, Limits
 from .mask_sets import MaskLayout, layout_from_metadata
@@ -161,7 +162,7 @@ def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
         return None
     if not isinstance(value, dict):
         raise _Bad("calibration must be an object or null")
-    from ..decision import Rule
+    from ..uncertain_rule import Rule
     from ..errors import InputError
 
     temperature = _number(value, "temperature", 1.0)
@@ -180,7 +181,7 @@ def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
         units = shape[-1]
         if head not in ("binary", "multilabel") or not isinstance(thresholds, list) or (
                 units is not None and len(thresholds) != units) or not all(
-                not isinstance(t, bool) and isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds):
+                is_number(t) and 0 <= t <= 1 for t in thresholds):
             raise _Bad("calibration thresholds must be one number in [0, 1] per unit of a binary or multilabel head")
     conformal = value.get("conformal")
     if conformal is not None:
@@ -211,14 +212,14 @@ def _short(value) -> str:
 
 def _integer(meta: dict, key: str, minimum: int, default=None) -> int:
     value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise _Bad(f"{key} must be an integer >= {minimum}, got {_short(value)}")
     return value
 
 
 def _number(meta: dict, key: str, default=None) -> float:
     value = meta.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise _Bad(f"{key} must be a finite number, got {_short(value)}")
     return float(value)
 
@@ -240,7 +241,7 @@ def _choice(meta: dict, key: str, choices) -> str:
 def _shape_field(meta: dict, key: str) -> Shape:
     value = meta.get(key)
     if not isinstance(value, list) or len(value) < 2 or len(value) > 8 or value[0] is not None or any(
-            d is not None and (isinstance(d, bool) or not isinstance(d, int) or d < 1) for d in value[1:]):
+            d is not None and (not is_int(d) or d < 1) for d in value[1:]):
         raise _Bad(f"{key} must be [null, sizes >= 1 or null, ...] (2 to 8 axes), got {_short(value)}")
     return tuple(value)
 
@@ -335,7 +336,7 @@ def _portable(value: Any, mask_layout: Optional[MaskLayout], layers: list, defau
         raise _Bad(f"portable masks {_short(value.get('masks'))} is not one of {', '.join(PORTABLE_MASKS)}")
     if passes != default_passes:
         raise _Bad("a portable file's default_passes must be its passes")
-    if any(not isinstance(layer.get("rate"), (int, float)) or isinstance(layer.get("rate"), bool)
+    if any(not is_number(layer.get("rate"))
            or not 0 < layer["rate"] < 1 or layer.get("distribution") != "uniform" for layer in layers):
         raise _Bad("a portable file's stochastic layers are Bernoulli: uniform draws, rates in (0, 1)")
     baked = value.get("baked")
@@ -343,6 +344,6 @@ def _portable(value: Any, mask_layout: Optional[MaskLayout], layers: list, defau
         if not isinstance(baked, dict):
             raise _Bad("portable baked must be an object or null")
         seed = baked.get("mask_seed")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        if not is_int(seed) or not 0 <= seed < 2**64:
             raise _Bad("portable baked mask_seed must be an integer from 0 to 2**64 - 1")
     return {"batch": batch, "passes": passes, "masks": value["masks"], "baked": baked}

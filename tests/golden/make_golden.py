@@ -1,7 +1,7 @@
 """Writes tests/golden/digits.json: golden vectors for the Python, Node and browser tests.
 
 For each shipped sample (models/samples/*.png): the model input the Python runtime makes of it
-(runtime.inputs.load_inputs), and for each shipped model the deterministic pass's mean (passes 1,
+(runtime.input_files.load_inputs), and for each shipped model the deterministic pass's mean (passes 1,
 stochastic false) as the Python runtime computes it on this machine. Run it again after the
 models are exported again:
 
@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from mcdrop.runtime.inputs import load_inputs  # noqa: E402
+from mcdrop.runtime.input_files import load_inputs  # noqa: E402
 from mcdrop.runtime.session import MCSession  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "tests"))
@@ -46,7 +46,7 @@ TOLERANCES = {
 TOLERANCES["int8_same_label_margin"] = 2 * TOLERANCES["mean_int8"]
 NOTE = ("Golden vectors for the JavaScript examples and their tests; written by tests/golden/make_golden.py, run it "
         "again after the models are exported again (each model's sha256 tells a reader that the file it has is "
-        "the one recorded). input: the model input of each sample as runtime.inputs.load_inputs makes it, float32, "
+        "the one recorded). input: the model input of each sample as runtime.input_files.load_inputs makes it, float32, "
         "of input_shape (models/mlp.onnx takes the same values flat, row by row): readers match it to "
         "tolerances.input (the same float32 operations give the same bits). means: the deterministic pass (passes 1, "
         "stochastic false) of each model, as the Python runtime computed it on `machine`; readers on other machines "

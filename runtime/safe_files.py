@@ -16,6 +16,7 @@ import errno
 import os
 import stat
 import tempfile
+import unicodedata
 from pathlib import Path
 from typing import Type
 
@@ -30,6 +31,28 @@ def valid_text(text: str) -> str:
     if any(0xD800 <= ord(char) <= 0xDFFF for char in text):
         return os.fsencode(text).decode("utf-8", "backslashreplace")
     return text
+
+
+def terminal_safe(text: str) -> str:
+    """`text` with every control, format (bidi overrides), surrogate or unassigned character
+    written as an escape, so names and labels from files cannot move the cursor, recolour or
+    rewrite the terminal, or break a one-line message or a table row. Bytes of a file name that
+    are not UTF-8 (surrogate escapes) show as \\xNN."""
+    out = []
+    for char in text:
+        if unicodedata.category(char)[0] != "C":
+            out.append(char)
+            continue
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x100:
+            out.append(f"\\x{code:02x}")
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    return "".join(out)
 
 
 def open_regular(path, error: Type[McdropError] = InputError, what: str = "file") -> int:
@@ -285,3 +308,12 @@ def _host() -> str:
     import socket
 
     return socket.gethostname() or "localhost"
+
+
+def shown_path(path) -> str:
+    """The path as the user would type it: relative to the working folder when it lies inside."""
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:  # another drive, on Windows
+        return str(path)
+    return str(path) if relative.startswith("..") else relative

@@ -1,0 +1,65 @@
+"""A predict's Monte Carlo choices, `passes`, `masks` and `mask_seed`, checked and defaulted in
+one place (MCSession.resolve): infer, score, evaluate and acquire all go through it."""
+
+from dataclasses import dataclass
+from typing import Mapping, Optional
+
+from .format import mask_sets
+from .checks import int_in_range, positive_int
+from .errors import InputError
+from .limits import Limits
+from .format.metadata import ModelInfo
+from .format.rules import MASKS_FROM_FORMAT
+
+# How errors name the choices: Python's keyword arguments, or the command line's flags.
+ARGUMENTS = {"passes": "passes", "masks": "masks", "mask_seed": "mask_seed"}
+FLAGS = {"passes": "--passes", "masks": "--masks", "mask_seed": "--mask-seed"}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What a predict runs: `passes` passes (1 with dropout off), masks "shared" or
+    "independent" (None with dropout off), and the shared set's seed (None unless shared)."""
+
+    passes: int
+    stochastic: bool
+    masks: Optional[str]
+    mask_seed: Optional[int]
+
+    @property
+    def shared(self) -> bool:
+        return self.masks == "shared"
+
+
+def check_passes(passes, limits: Limits, name: str = "passes") -> int:
+    """passes as an int >= 1 within limits.passes."""
+    passes = positive_int(name, passes)
+    limits.check("passes", passes, f"{name} {passes:,}")
+    return passes
+
+
+def resolve(info: ModelInfo, path: str, limits: Limits, default_seed: int, passes: Optional[int] = None,
+            masks: Optional[str] = None, mask_seed: Optional[int] = None, dropout: bool = True,
+            names: Mapping[str, str] = ARGUMENTS) -> RunPlan:
+    """The RunPlan of a predict of the file `info` describes; None takes the default: the file's
+    passes, shared masks where the file takes a mask set (else independent), `default_seed`."""
+    passes = info.default_passes if passes is None else check_passes(passes, limits, names["passes"])
+    if mask_seed is not None:
+        mask_seed = int_in_range(names["mask_seed"], mask_seed, 0, mask_sets.MAX_SEED, "2**64 - 1")
+    mode = default_masks(info) if masks is None else mask_sets.check_mode(masks)
+    if mode == "shared" and info.mask_layout is None:
+        why = (f"it was exported before mask sets (format {info.format}); export it again"
+               if info.format < MASKS_FROM_FORMAT else "its noise shapes depend on the input size")
+        raise InputError(f"{path} cannot take a shared mask set: {why}; use masks='independent'")
+    if mask_seed is not None and mode != "shared":
+        raise InputError("mask_seed is for masks='shared'")
+    if not dropout:
+        return RunPlan(1, False, None, None)
+    return RunPlan(passes, True, mode, (default_seed if mask_seed is None else mask_seed) if mode == "shared" else None)
+
+
+def default_masks(info: ModelInfo) -> str:
+    """"shared" where the file takes a mask set (runtime/masks.py; docs/DESIGN.md: Mask sets):
+    they score faster, and an input's result then depends on (input, mask seed, passes) alone;
+    else "independent"."""
+    return "shared" if info.mask_layout is not None else "independent"
