@@ -7,6 +7,7 @@ them), runtime/stoppable_runs.py (runs that Ctrl-C ends). Figures: docs/DESIGN.m
 """
 
 import contextlib
+import dataclasses
 import re
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -258,6 +259,8 @@ class MCSession:
             portable = portable_masks.run_samples(
                 self._info, lambda rows, kept: self._run(rows, passes, chosen.stochastic, masks=kept), x, passes,
                 chosen.stochastic, mask_seed, list(self._samples), progress, rows_per_run)
+            if chosen.shared:  # a baked file's own seed
+                chosen = dataclasses.replace(chosen, mask_seed=mask_seed)
         else:
             plan, workers = self._plan(batch, passes, chosen.shared)
             big = self._planner.big(batch, passes)

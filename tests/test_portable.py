@@ -164,8 +164,8 @@ def test_cli_infer_refuses_independent_masks_on_a_portable_file(files):
     (["missing.onnx", "--portable"], "no such model file"),
     (["README", "--portable"], "not an ONNX file"),
     (["CNN"], "needs a profile: --portable"),
-    (["CNN", "--portable", "--passes", "0"], "--passes must be an integer >= 1"),
-    (["CNN", "--portable", "--batch-size", "-2"], "--batch-size must be an integer >= 1"),
+    (["CNN", "--portable", "--passes", "0"], "--passes must be >= 1"),
+    (["CNN", "--portable", "--batch-size", "-2"], "--batch-size must be >= 1"),
     (["CNN", "--portable", "--bake-masks", "-1"], "--bake-masks must be an integer from 0 to 2**64 - 1"),
     (["PORTABLE", "--portable"], "already a portable file"),
 ], ids=["missing", "not onnx", "no profile", "passes", "batch", "bake seed", "portable"])
