@@ -64,6 +64,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                     passes: Optional[int] = None, measure: str = "mutual_information",
                     target_precision: Optional[float] = None, output_name: Optional[str] = None,
                     seed: Optional[int] = 0, verify: bool = True, limits=None, settings=None,
+                    feature_layer: Optional[str] = None,
                     progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
     """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`.
     settings: the SessionSettings of the sessions it opens (default: seed, verify and limits as given)."""
@@ -79,6 +80,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from ..runtime.settings import SessionSettings
 
     from . import fitting as C
+    from .feature_density import fit_feature_scores
     from .graph import add_calibration, strip_calibration
 
     settings = settings or SessionSettings(seed=seed, limits=limits or DEFAULT, verify=verify)
@@ -120,9 +122,14 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
                                "seed": seed, "data": os.path.basename(str(data))}
         progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
+        scores_added = []
+        if chosen.head in ("softmax", "logits"):  # single-pass scores (calibrate/feature_density.py)
+            fitted["single_pass_scores"] = fit_feature_scores(proto, session, labelled, chosen,
+                                                              int(samples.shape[-1]), feature_layer)
+            scores_added = fitted["single_pass_scores"]["outputs"]
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
-        fitted["graph_outputs"] = graph_outputs
+        fitted["graph_outputs"] = graph_outputs + scores_added
         _set_calibration(metadata, chosen, fitted)
         write_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
