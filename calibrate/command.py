@@ -74,7 +74,6 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from ..runtime.safe_files import check_writable_target, read_regular
     from ..runtime.format.integrity import seal
     from ..runtime.format.metadata_writer import metadata_of, write_metadata
-    from ..runtime.settings import SessionSettings
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
     from ..runtime.settings import SessionSettings
@@ -122,14 +121,10 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
                                "seed": seed, "data": os.path.basename(str(data))}
         progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
-        scores_added = []
-        if chosen.head in ("softmax", "logits"):  # single-pass scores (calibrate/feature_density.py)
-            fitted["single_pass_scores"] = fit_feature_scores(proto, session, labelled, chosen,
-                                                              int(samples.shape[-1]), feature_layer)
-            scores_added = fitted["single_pass_scores"]["outputs"]
+        single_pass = fit_feature_scores(proto, session, labelled, chosen, int(samples.shape[-1]), feature_layer)
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
-        fitted["graph_outputs"] = graph_outputs + scores_added
+        fitted.update(graph_outputs=graph_outputs + single_pass.get("outputs", []), **single_pass.get("entry", {}))
         _set_calibration(metadata, chosen, fitted)
         write_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())

@@ -160,7 +160,10 @@ def add_feature_scores(model: onnx.ModelProto, prefix: str, layer: Optional[str]
 def fit_feature_scores(proto: onnx.ModelProto, session, labelled, chosen, classes: int,
                        layer: Optional[str]) -> dict:
     """Fit the feature density on the calibration inputs and write every single-pass score into
-    `proto`; the metadata entry (docs/FORMAT.md: Single-pass scores)."""
+    `proto` (softmax and logits heads; {} for others): {"outputs": graph outputs added, "entry":
+    {"single_pass_scores": the metadata entry (docs/FORMAT.md: Single-pass scores)}}."""
+    if chosen.head not in ("softmax", "logits"):
+        return {}
     from ..runtime.errors import InputError
     from ..runtime.format.mask_sets import control_feeds
 
@@ -189,4 +192,4 @@ def fit_feature_scores(proto: onnx.ModelProto, session, labelled, chosen, classe
         entry.update(feature_dim=int(features.shape[1]), pooled_axes=list(range(2, rank)),
                      classes_fitted=int(len(fitted["means"])))
     entry["outputs"] = add_feature_scores(proto, chosen.prefix, layer, rank, fitted)
-    return entry
+    return {"outputs": entry["outputs"], "entry": {"single_pass_scores": entry}}
