@@ -55,6 +55,9 @@ class CalibrationReport:
         if c.get("conformal"):
             lines.append(f"conformal        alpha {c['conformal']['alpha']}, quantile {c['conformal']['quantile']:.4f}, "
                          f"set coverage {achieved['set_coverage']:.4f}, mean set size {achieved['mean_set_size']:.2f}")
+        if (c.get("single_pass_scores") or {}).get("feature_layer"):
+            lines.append(f"feature distance on {c['single_pass_scores']['feature_layer']} "
+                         f"({c['single_pass_scores']['feature_dim']} features)")
         lines.append("graph outputs    " + (", ".join(c["graph_outputs"]) or "-"))
         return lines + [f"check            ok  {check}" for check in self.checks]
 

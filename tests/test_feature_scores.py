@@ -12,7 +12,8 @@ import onnx
 import pytest
 
 from mcdrop.calibrate.command import calibrate_model
-from mcdrop.calibrate.feature_density import feature_candidates, layer_output, ledoit_wolf, pool
+from mcdrop.calibrate.feature_density import (feature_candidates, fit_gaussians, layer_output, ledoit_wolf,
+                                              mahalanobis_min, pool)
 from mcdrop.evaluate import metrics
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.format.mask_sets import control_feeds
@@ -150,3 +151,27 @@ def test_evaluate_and_score_report_the_new_scores(calibrated, tmp_path):
     table = pyarrow.read_table(tmp_path / "s.parquet")
     distance = MCSession(calibrated["path"]).run_raw(calibrated["x"][:8], passes=1, stochastic=False)["feature_distance"]
     np.testing.assert_allclose(table.column("feature_distance").to_numpy(), distance, rtol=1e-5)
+
+
+def test_mlp_dense_features_and_a_refused_layer(tmp_path):
+    """An MLP's hidden ReLU output is taken as it is (no pooling); a layer that is no candidate is refused."""
+    images, labels = build_models.digits_28x28()
+    _, test_img, _, test_y = build_models.split(images, labels)
+    cal_img, cal_y, eval_img, _ = build_models.calibration_split(test_img, test_y)
+    np.savez(tmp_path / "calibration.npz", x=build_models.to_input(cal_img, True), y=cal_y)
+    with pytest.raises(InputError, match="--feature-layer 'dense_1_2/Relu:0'"):  # after a dropout
+        calibrate_model(MODELS / "mlp.onnx", tmp_path / "bad.onnx", tmp_path / "calibration.npz", passes=2,
+                        feature_layer="dense_1_2/Relu:0")
+    assert not (tmp_path / "bad.onnx").exists()
+    report = calibrate_model(MODELS / "mlp.onnx", tmp_path / "mlp.onnx", tmp_path / "calibration.npz", passes=2)
+    entry = report.calibration["single_pass_scores"]
+    assert entry["feature_layer"] == "dense_1/Relu:0" and entry["pooled_axes"] == []
+    assert any(line.startswith("feature distance on dense_1/Relu:0") for line in report.lines())
+    plain = onnx.load(MODELS / "mlp.onnx")
+    feeds = control_feeds(1, False, None, MCSession(MODELS / "mlp.onnx").info.mask_layout.floats_per_pass)
+    f_cal = layer_output(plain, "dense_1/Relu:0", {"input": build_models.to_input(cal_img, True), **feeds})
+    fitted = fit_gaussians(f_cal, cal_y, 10)
+    x = build_models.to_input(eval_img[:20], True)
+    expected = mahalanobis_min(layer_output(plain, "dense_1/Relu:0", {"input": x, **feeds}), **fitted)
+    found = MCSession(tmp_path / "mlp.onnx").predict(x, passes=2).measures["feature_distance"]
+    np.testing.assert_allclose(found, expected, rtol=1e-4)
