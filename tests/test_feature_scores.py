@@ -175,3 +175,12 @@ def test_mlp_dense_features_and_a_refused_layer(tmp_path):
     expected = mahalanobis_min(layer_output(plain, "dense_1/Relu:0", {"input": x, **feeds}), **fitted)
     found = MCSession(tmp_path / "mlp.onnx").predict(x, passes=2).measures["feature_distance"]
     np.testing.assert_allclose(found, expected, rtol=1e-4)
+
+
+def test_cli_feature_layer_refused_in_one_line(calibrated, tmp_path):
+    done = subprocess.run([sys.executable, "cli.py", "calibrate", MODELS / "cnn.onnx", calibrated["folder"] /
+                           "calibration.npz", "-o", tmp_path / "out.onnx", "--feature-layer", "dense_1/Relu:0",
+                           "--passes", "2"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --feature-layer 'dense_1/Relu:0': not a ReLU")
+    assert not (tmp_path / "out.onnx").exists()
