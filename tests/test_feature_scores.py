@@ -184,3 +184,33 @@ def test_cli_feature_layer_refused_in_one_line(calibrated, tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: --feature-layer 'dense_1/Relu:0': not a ReLU")
     assert not (tmp_path / "out.onnx").exists()
+
+
+JS_SCORES = """
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+const ort = createRequire(process.argv[1] + "/examples/x.js")("onnxruntime-node");
+const { readModelFile, feeds, summarize } = await import(process.argv[1] + "/examples/lib/mcdrop.mjs");
+const bytes = readFileSync(process.argv[2]);
+const { metadata } = readModelFile(bytes);
+const session = await ort.InferenceSession.create(bytes);
+const x = Float32Array.from(JSON.parse(readFileSync(0, "utf8")));
+const out = await session.run(feeds(ort, { data: x, dims: [4, 28, 28, 1] }, { passes: 1, stochastic: false }, metadata));
+const r = summarize(out, metadata, { rule: "feature_distance > 200" });
+console.log(JSON.stringify(r.map((p) => [p.feature_distance, p.energy, p.max_logit, p.uncertain])));
+"""
+
+
+def test_js_library_reads_the_single_pass_scores(calibrated):
+    from js_support import node, run_node
+
+    node()  # skips (or fails where the examples are required) without node and its modules
+    x = np.concatenate([calibrated["x"][:2], calibrated["ood"][-2:]]).astype(np.float32)
+    done = run_node(["--input-type=module", "-e", JS_SCORES, ROOT, calibrated["path"]],
+                    input=json.dumps(x.reshape(-1).tolist()))
+    assert done.returncode == 0, done.stderr
+    found = np.array(json.loads(done.stdout), dtype=object)
+    expected = MCSession(calibrated["path"]).predict(x, passes=2, uncertain_if="feature_distance > 200")
+    for column, name in enumerate(("feature_distance", "energy", "max_logit")):
+        np.testing.assert_allclose(found[:, column].astype(float), expected.measures[name], rtol=1e-5)
+    assert list(found[:, 3]) == list(expected.uncertain)
