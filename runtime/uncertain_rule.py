@@ -36,9 +36,10 @@ CATEGORICAL_SCORES = ("mutual_information", "predictive_entropy", "expected_entr
 # deterministic pass; higher = less certain except max_logit. Present only in files that carry them.
 SINGLE_PASS_SCORES = ("feature_distance", "energy")
 SINGLE_PASS_MEASURES = SINGLE_PASS_SCORES + ("max_logit",)
-# Measures a rule may name, per kind of head (a score, or a measure where higher = more certain).
+# Measures a rule may name, per kind of head (a score, or a measure where higher = more certain);
+# categorical heads may also name SINGLE_PASS_MEASURES, which only calibrated files compute.
 RULE_MEASURES = {
-    "categorical": CATEGORICAL_SCORES + ("confidence", "margin") + SINGLE_PASS_MEASURES,
+    "categorical": CATEGORICAL_SCORES + ("confidence", "margin"),
     "sigmoid": ("mutual_information", "entropy", "expected_entropy", "std", "threshold_distance"),
     "regression": ("std",),
 }
@@ -83,9 +84,10 @@ class Rule:
                     raise InputError(f"uncertain rule {text!r}: expected conditions like "
                                      "'mutual_information > 0.1 or confidence < 0.6', or 'never'")
                 measure, op, value = match.groups()
-                if measure not in RULE_MEASURES[kind]:
+                allowed = RULE_MEASURES[kind] + (SINGLE_PASS_MEASURES if kind == "categorical" else ())
+                if measure not in allowed:
                     raise InputError(f"uncertain rule: a {head} head has no measure {measure!r}; "
-                                     f"choose from {', '.join(RULE_MEASURES[kind])}")
+                                     f"choose from {', '.join(allowed)}")
                 try:
                     number = float(value)
                 except ValueError:
