@@ -119,12 +119,12 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         progress(f"predicting {len(labelled)} calibration inputs")
         samples = _samples(session, labelled.x, chosen, passes, True)
         plain_pass = _samples(session, labelled.x, chosen, passes, False)
+        single_pass = fit_feature_scores(proto, session, labelled, chosen, int(samples.shape[-1]), feature_layer)
         fitted = _fit(samples, plain_pass, labelled.y, chosen, target_accuracy, target_coverage, conformal, measure,
-                      target_precision, C)
+                      target_precision, C, single_pass.get("scores", {}))
         fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
                                "seed": seed, "data": os.path.basename(str(data))}
         progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
-        single_pass = fit_feature_scores(proto, session, labelled, chosen, int(samples.shape[-1]), feature_layer)
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
         fitted.update(graph_outputs=graph_outputs + single_pass.get("outputs", []), **single_pass.get("entry", {}))
@@ -222,8 +222,10 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
     return samples.reshape(samples.shape[0], samples.shape[1], -1)
 
 
-def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
-    """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
+def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C,
+         single_pass=None) -> dict:
+    """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data.
+    single_pass: the file's single-pass scores on the data ({measure: [n]}), for a rule on them."""
     from ..evaluate import metrics
     from ..runtime.uncertain_rule import default_rule, scores
     from ..runtime.prediction import Prediction
@@ -247,6 +249,10 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
                            ("deterministic_after", plain_after)):
             achieved[f"ece_{name}"] = metrics.expected_calibration_error(mean.max(-1), mean.argmax(-1) == y)
         prediction = Prediction.from_samples(calibrated.astype(np.float32), head, keep_samples=False)
+        prediction.measures.update(single_pass or {})
+        if measure not in scores(prediction):
+            raise InputError(f"--measure {measure}: this file has no such score (single-pass scores need a "
+                             "softmax or logits head whose samples are a Softmax of logits, and a feature layer)")
         score = scores(prediction)[measure]
         correct = prediction.mean.argmax(-1) == y
         chosen = None

@@ -192,4 +192,26 @@ def fit_feature_scores(proto: onnx.ModelProto, session, labelled, chosen, classe
         entry.update(feature_dim=int(features.shape[1]), pooled_axes=list(range(2, rank)),
                      classes_fitted=int(len(fitted["means"])))
     entry["outputs"] = add_feature_scores(proto, chosen.prefix, layer, rank, fitted)
-    return {"outputs": entry["outputs"], "entry": {"single_pass_scores": entry}}
+    return {"outputs": entry["outputs"], "entry": {"single_pass_scores": entry},
+            "scores": _scores_on(proto, entry["outputs"], chosen.prefix, labelled, session)}
+
+
+def _scores_on(proto, names, prefix, labelled, session) -> Dict[str, np.ndarray]:
+    """{measure: float32 [n]}: the graph's single-pass scores on the calibration inputs (deterministic pass)."""
+    import onnxruntime as ort
+
+    from ..evaluate.labelled_sets import take
+    from ..runtime.format.mask_sets import control_feeds
+
+    if not names:
+        return {}
+    x = labelled.x if isinstance(labelled.x, dict) else {session.info.model_inputs[0].name: labelled.x}
+    layout = session.info.mask_layout
+    graph_inputs = {i.name for i in proto.graph.input}
+    feeds = {k: v for k, v in control_feeds(1, False, None, layout.floats_per_pass if layout else 0).items()
+             if k in graph_inputs}
+    run = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    parts = [run.run(names, {**feeds, **take(x, slice(start, start + FIT_ROWS))})
+             for start in range(0, len(labelled), FIT_ROWS)]
+    return {name[len(prefix):]: np.concatenate([p[i] for p in parts]).astype(np.float32).reshape(-1)
+            for i, name in enumerate(names)}

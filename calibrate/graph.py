@@ -43,7 +43,8 @@ __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION
 CALIBRATION_PREFIX = "mcdrop_calibration/"
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
 ENTROPY_MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy")
-UNCERTAIN_MEASURES = ENTROPY_MEASURES + ("one_minus_confidence", "top_class_variance")
+SINGLE_PASS_SCORES = ("feature_distance", "energy")  # graph outputs calibrate/feature_density.py adds
+UNCERTAIN_MEASURES = ENTROPY_MEASURES + ("one_minus_confidence", "top_class_variance") + SINGLE_PASS_SCORES
 
 
 def is_calibrated(model: onnx.ModelProto) -> bool:
@@ -136,7 +137,7 @@ def _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conform
     added_outputs: List[onnx.ValueInfoProto] = []
     if uncertain is not None:
         measure, threshold = uncertain
-        if measure in ENTROPY_MEASURES:
+        if measure in ENTROPY_MEASURES + SINGLE_PASS_SCORES:
             score = prefix + measure
             if score not in outputs:
                 raise ValueError(f"the graph has no output {score!r} for the measure {measure!r}")

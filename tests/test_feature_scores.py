@@ -214,3 +214,18 @@ def test_js_library_reads_the_single_pass_scores(calibrated):
     for column, name in enumerate(("feature_distance", "energy", "max_logit")):
         np.testing.assert_allclose(found[:, column].astype(float), expected.measures[name], rtol=1e-5)
     assert list(found[:, 3]) == list(expected.uncertain)
+
+
+def test_calibrated_rule_on_feature_distance_in_the_graph(calibrated, tmp_path):
+    """--measure feature_distance: the fitted rule thresholds it, and the graph's uncertain output applies it."""
+    path = tmp_path / "rule.onnx"
+    report = calibrate_model(MODELS / "cnn.onnx", path, calibrated["folder"] / "calibration.npz", passes=5,
+                             measure="feature_distance", target_coverage=0.95)
+    assert report.calibration["uncertain_rule"].startswith("feature_distance > ")
+    threshold = float(report.calibration["uncertain_rule"].split(">")[1])
+    x = np.concatenate([calibrated["x"][:40], calibrated["ood"][-40:]])
+    found = MCSession(path).run_raw(x, passes=2, stochastic=True)
+    assert np.array_equal(found["uncertain"], found["feature_distance"] > np.float32(threshold))
+    assert found["uncertain"][40:].all() and found["uncertain"][:40].mean() < 0.2
+    prediction = MCSession(path, seed=0).predict(x, passes=3)
+    assert prediction.rule.source == "calibrated" and np.array_equal(prediction.uncertain, found["uncertain"])
