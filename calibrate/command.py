@@ -166,7 +166,7 @@ def _set_calibration(metadata: dict, chosen, fitted: dict) -> None:
 
 def _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure) -> None:
     """The targets and the measure, checked before anything is read."""
-    from .graph import UNCERTAIN_MEASURES
+    from .graph import SINGLE_PASS_SCORES, UNCERTAIN_MEASURES
 
     if target_accuracy is not None and target_coverage is not None:
         raise InputError("give --target-accuracy or --target-coverage, not both")
@@ -176,8 +176,8 @@ def _check_targets(target_accuracy, target_coverage, target_precision, conformal
             raise InputError(f"{name} must lie in (0, 1], got {value}")
     if conformal is not None and not 0 < conformal < 1:
         raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
-    if measure not in UNCERTAIN_MEASURES:  # the scores the graph's uncertain output can compute
-        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES)}")
+    if measure not in UNCERTAIN_MEASURES + SINGLE_PASS_SCORES:  # the scores the graph's uncertain output can compute
+        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES + SINGLE_PASS_SCORES)}")
 
 
 def _verified(source_bytes: bytes, path: str, verify: bool) -> bool:

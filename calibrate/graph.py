@@ -38,13 +38,14 @@ from ..runtime.checks import positive_int
 from ..runtime.uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
-           "TINY"]
+           "SINGLE_PASS_SCORES", "TINY"]
 
 CALIBRATION_PREFIX = "mcdrop_calibration/"
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
 ENTROPY_MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy")
-SINGLE_PASS_SCORES = ("feature_distance", "energy")  # graph outputs calibrate/feature_density.py adds
-UNCERTAIN_MEASURES = ENTROPY_MEASURES + ("one_minus_confidence", "top_class_variance") + SINGLE_PASS_SCORES
+UNCERTAIN_MEASURES = ENTROPY_MEASURES + ("one_minus_confidence", "top_class_variance")
+# Graph outputs calibrate/feature_density.py adds; a rule may threshold them where the graph has them.
+SINGLE_PASS_SCORES = ("feature_distance", "energy")
 
 
 def is_calibrated(model: onnx.ModelProto) -> bool:
@@ -83,8 +84,9 @@ def _checked_options(prefix, head, classes, temperature, deterministic_temperatu
         if not isinstance(uncertain, (tuple, list)) or len(uncertain) != 2:
             raise ValueError("uncertain must be (measure, threshold)")
         uncertain = (uncertain[0], _number("uncertain threshold", uncertain[1]))
-        if uncertain[0] not in UNCERTAIN_MEASURES:
-            raise ValueError(f"unknown uncertainty measure {uncertain[0]!r} (one of {', '.join(UNCERTAIN_MEASURES)})")
+        if uncertain[0] not in UNCERTAIN_MEASURES + SINGLE_PASS_SCORES:
+            raise ValueError(f"unknown uncertainty measure {uncertain[0]!r} "
+                             f"(one of {', '.join(UNCERTAIN_MEASURES + SINGLE_PASS_SCORES)})")
     if conformal_quantile is not None:
         conformal_quantile = _number("conformal_quantile", conformal_quantile)
     if thresholds is not None:
