@@ -48,7 +48,7 @@ def calibrated(tmp_path_factory):
     ood = _ood_inputs(eval_img)
     np.save(folder / "ood.npy", ood)
     path = folder / "cnn_calibrated.onnx"
-    report = calibrate_model(MODELS / "cnn.onnx", path, folder / "calibration.npz", target_accuracy=0.99)
+    report = calibrate_model(MODELS / "cnn.onnx", path, folder / "calibration.npz", target_accuracy=0.99, passes=10)
     return {"folder": folder, "path": path, "report": report, "cal_x": build_models.to_input(cal_img, False),
             "cal_y": cal_y, "x": build_models.to_input(eval_img, False), "y": eval_y, "ood": ood}
 
