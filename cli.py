@@ -348,21 +348,17 @@ def calibrate(
     passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T for fitting [default: the model's]."),
     seed: int = typer.Option(0, help="Seed of the fitting runs (the fit is reproducible)."),
     head_output: Optional[str] = typer.Option(None, "--output-name", help="The output to calibrate, for a model with several."),
+    feature_layer: Optional[str] = typer.Option(None, help="The tensor the feature distance reads [default: the deepest "
+                                                "ReLU output before the first dropout]."),
     settings=None,
 ):
     """Fit temperature scaling and the UNCERTAIN rule on labelled data and write them into the file."""
-    from .runtime.checks import require_modules
-    from .runtime.run_plan import check_passes
+    from .calibrate import calibrate_from_cli
 
-    if passes is not None:
-        check_passes(passes, settings.limits, "--passes")  # the file's own passes are checked on load
-    require_modules(("onnx", "scipy"), "calibrate", "evaluate")
-    from .calibrate.command import calibrate_model
-
-    report = calibrate_model(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
-                             conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,
-                             output_name=head_output, settings=settings,
-                             progress=lambda message: typer.echo(message, err=True))
+    report = calibrate_from_cli(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
+                                conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,
+                                output_name=head_output, settings=settings, feature_layer=feature_layer,
+                                progress=lambda message: typer.echo(message, err=True))
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
 
 

@@ -55,6 +55,9 @@ class CalibrationReport:
         if c.get("conformal"):
             lines.append(f"conformal        alpha {c['conformal']['alpha']}, quantile {c['conformal']['quantile']:.4f}, "
                          f"set coverage {achieved['set_coverage']:.4f}, mean set size {achieved['mean_set_size']:.2f}")
+        if (c.get("single_pass_scores") or {}).get("feature_layer"):
+            lines.append(f"feature distance on {c['single_pass_scores']['feature_layer']} "
+                         f"({c['single_pass_scores']['feature_dim']} features)")
         lines.append("graph outputs    " + (", ".join(c["graph_outputs"]) or "-"))
         return lines + [f"check            ok  {check}" for check in self.checks]
 
@@ -64,6 +67,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                     passes: Optional[int] = None, measure: str = "mutual_information",
                     target_precision: Optional[float] = None, output_name: Optional[str] = None,
                     seed: Optional[int] = 0, verify: bool = True, limits=None, settings=None,
+                    feature_layer: Optional[str] = None,
                     progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
     """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`.
     settings: the SessionSettings of the sessions it opens (default: seed, verify and limits as given)."""
@@ -73,12 +77,12 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     from ..runtime.safe_files import check_writable_target, read_regular
     from ..runtime.format.integrity import seal
     from ..runtime.format.metadata_writer import metadata_of, write_metadata
-    from ..runtime.settings import SessionSettings
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
     from ..runtime.settings import SessionSettings
 
     from . import fitting as C
+    from .feature_density import fit_feature_scores
     from .graph import add_calibration, strip_calibration
 
     settings = settings or SessionSettings(seed=seed, limits=limits or DEFAULT, verify=verify)
@@ -115,14 +119,15 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         progress(f"predicting {len(labelled)} calibration inputs")
         samples = _samples(session, labelled.x, chosen, passes, True)
         plain_pass = _samples(session, labelled.x, chosen, passes, False)
+        single_pass = fit_feature_scores(proto, session, labelled, chosen, int(samples.shape[-1]), feature_layer)
         fitted = _fit(samples, plain_pass, labelled.y, chosen, target_accuracy, target_coverage, conformal, measure,
-                      target_precision, C)
+                      target_precision, C, single_pass.get("scores", {}))
         fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
                                "seed": seed, "data": os.path.basename(str(data))}
         progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
-        fitted["graph_outputs"] = graph_outputs
+        fitted.update(graph_outputs=graph_outputs + single_pass.get("outputs", []), **single_pass.get("entry", {}))
         _set_calibration(metadata, chosen, fitted)
         write_metadata(proto, metadata)
         data_bytes = seal(proto.SerializeToString())
@@ -161,7 +166,7 @@ def _set_calibration(metadata: dict, chosen, fitted: dict) -> None:
 
 def _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure) -> None:
     """The targets and the measure, checked before anything is read."""
-    from .graph import UNCERTAIN_MEASURES
+    from .graph import SINGLE_PASS_SCORES, UNCERTAIN_MEASURES
 
     if target_accuracy is not None and target_coverage is not None:
         raise InputError("give --target-accuracy or --target-coverage, not both")
@@ -171,8 +176,8 @@ def _check_targets(target_accuracy, target_coverage, target_precision, conformal
             raise InputError(f"{name} must lie in (0, 1], got {value}")
     if conformal is not None and not 0 < conformal < 1:
         raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
-    if measure not in UNCERTAIN_MEASURES:  # the scores the graph's uncertain output can compute
-        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES)}")
+    if measure not in UNCERTAIN_MEASURES + SINGLE_PASS_SCORES:  # the scores the graph's uncertain output can compute
+        raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES + SINGLE_PASS_SCORES)}")
 
 
 def _verified(source_bytes: bytes, path: str, verify: bool) -> bool:
@@ -217,8 +222,10 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
     return samples.reshape(samples.shape[0], samples.shape[1], -1)
 
 
-def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C) -> dict:
-    """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data."""
+def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C,
+         single_pass=None) -> dict:
+    """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data.
+    single_pass: the file's single-pass scores on the data ({measure: [n]}), for a rule on them."""
     from ..evaluate import metrics
     from ..runtime.uncertain_rule import default_rule, scores
     from ..runtime.prediction import Prediction
@@ -242,6 +249,10 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
                            ("deterministic_after", plain_after)):
             achieved[f"ece_{name}"] = metrics.expected_calibration_error(mean.max(-1), mean.argmax(-1) == y)
         prediction = Prediction.from_samples(calibrated.astype(np.float32), head, keep_samples=False)
+        prediction.measures.update(single_pass or {})
+        if measure not in scores(prediction):
+            raise InputError(f"--measure {measure}: this file has no such score (single-pass scores need a "
+                             "softmax or logits head whose samples are a Softmax of logits, and a feature layer)")
         score = scores(prediction)[measure]
         correct = prediction.mean.argmax(-1) == y
         chosen = None

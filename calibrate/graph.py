@@ -38,12 +38,14 @@ from ..runtime.checks import positive_int
 from ..runtime.uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
 
 __all__ = ["add_calibration", "strip_calibration", "is_calibrated", "CALIBRATION_PREFIX", "UNCERTAIN_MEASURES",
-           "TINY"]
+           "SINGLE_PASS_SCORES", "TINY"]
 
 CALIBRATION_PREFIX = "mcdrop_calibration/"
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
 ENTROPY_MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy")
 UNCERTAIN_MEASURES = ENTROPY_MEASURES + ("one_minus_confidence", "top_class_variance")
+# Graph outputs calibrate/feature_density.py adds; a rule may threshold them where the graph has them.
+SINGLE_PASS_SCORES = ("feature_distance", "energy")
 
 
 def is_calibrated(model: onnx.ModelProto) -> bool:
@@ -82,8 +84,9 @@ def _checked_options(prefix, head, classes, temperature, deterministic_temperatu
         if not isinstance(uncertain, (tuple, list)) or len(uncertain) != 2:
             raise ValueError("uncertain must be (measure, threshold)")
         uncertain = (uncertain[0], _number("uncertain threshold", uncertain[1]))
-        if uncertain[0] not in UNCERTAIN_MEASURES:
-            raise ValueError(f"unknown uncertainty measure {uncertain[0]!r} (one of {', '.join(UNCERTAIN_MEASURES)})")
+        if uncertain[0] not in UNCERTAIN_MEASURES + SINGLE_PASS_SCORES:
+            raise ValueError(f"unknown uncertainty measure {uncertain[0]!r} "
+                             f"(one of {', '.join(UNCERTAIN_MEASURES + SINGLE_PASS_SCORES)})")
     if conformal_quantile is not None:
         conformal_quantile = _number("conformal_quantile", conformal_quantile)
     if thresholds is not None:
@@ -136,7 +139,7 @@ def _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conform
     added_outputs: List[onnx.ValueInfoProto] = []
     if uncertain is not None:
         measure, threshold = uncertain
-        if measure in ENTROPY_MEASURES:
+        if measure in ENTROPY_MEASURES + SINGLE_PASS_SCORES:
             score = prefix + measure
             if score not in outputs:
                 raise ValueError(f"the graph has no output {score!r} for the measure {measure!r}")

@@ -201,10 +201,10 @@ def with_ood(inside: np.ndarray, outside: np.ndarray):
 
 
 def usable_scores(prediction: Prediction) -> Dict[str, np.ndarray]:
-    """The scores that rank inputs for this many passes (all of them for T > 1)."""
+    """The scores that rank inputs for this many passes (all of them for T > 1), then the file's
+    single-pass scores (runtime/uncertain_rule.py: SINGLE_PASS_SCORES) when it has them."""
     found = scores(prediction)
-    return {name: found[name] for name in CATEGORICAL_SCORES
-            if prediction.passes > 1 or name not in MC_ONLY}
+    return {name: value for name, value in found.items() if prediction.passes > 1 or name not in MC_ONLY}
 
 
 def sigmoid_report(prediction: Prediction, y: np.ndarray, output: ModelOutput, target_precision: float) -> dict:

@@ -6,7 +6,7 @@ gives NaN. For every entropy, mutual information, variation ratio and variance, 
 less certain.
 """
 
-from typing import Tuple
+from typing import Dict, Tuple
 
 import numpy as np
 
@@ -272,3 +272,21 @@ def bernoulli_expected_entropy_standard_error(samples) -> np.ndarray:
 def bernoulli_mutual_information_standard_error(samples) -> np.ndarray:
     """Jackknife standard error of the Bernoulli mutual information, per unit."""
     return _mutual_information_jackknife(_samples(samples), bernoulli_entropy)
+
+
+def single_pass_outputs(output) -> Dict[str, str]:
+    """{graph output: measure name} of the single-pass scores a calibrated output carries
+    (calibrate/feature_density.py; docs/FORMAT.md: Single-pass scores)."""
+    entry = (getattr(output, "calibration", None) or {}).get("single_pass_scores") or {}
+    return {name: name[len(output.prefix):] for name in entry.get("outputs") or []}
+
+
+def add_single_pass_scores(predictions: dict, outputs, run_deterministic) -> None:
+    """Add each output's single-pass scores to its Prediction's measures (float32 [batch]).
+    run_deterministic(names): {name: array} of the deterministic pass over the whole batch."""
+    wanted = {name: (output, measure) for output in outputs for name, measure in single_pass_outputs(output).items()}
+    if not wanted:
+        return
+    found = run_deterministic(list(wanted))
+    for name, (output, measure) in wanted.items():
+        predictions[output.name].measures[measure] = np.asarray(found[name], np.float32).reshape(-1)

@@ -24,6 +24,7 @@ from .feed_checks import FeedChecks
 from .format import mask_sets, seeds
 from .format.metadata import ModelInfo
 from .format.rules import MASKS_FROM_FORMAT
+from .measures import add_single_pass_scores
 from .load_checks import checked_file, from_onnxruntime, load_error, load_failure, model_info
 from .safe_files import read_regular
 from .prediction import Prediction
@@ -285,7 +286,15 @@ class MCSession:
                 provider=self.provider, keep_samples=keep_samples, rule=rule,
                 conformal_quantile=conformal["quantile"] if conformal else None,
                 masks=chosen.masks, mask_seed=chosen.mask_seed)
+        if self._info.portable is None:  # a calibrated file's single-pass scores: one deterministic pass
+            add_single_pass_scores(predictions, self._info.model_outputs,
+                                   lambda names: self._deterministic(x, batch, names))
         return next(iter(predictions.values())) if len(predictions) == 1 else predictions
+
+    def _deterministic(self, x, batch: int, names) -> Dict[str, np.ndarray]:
+        """The graph outputs `names` of the deterministic pass over the batch, in the planner's row blocks."""
+        runs = [self._run(_rows(x, rows), 1, False, names) for rows, _ in self._plan(batch, 1, False)[0]]
+        return {name: np.concatenate([run[name] for run in runs]) for name in names}
 
     def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False,
                   mask_rows=None) -> List[Dict[str, np.ndarray]]:

@@ -32,7 +32,12 @@ UNCERTAIN_THRESHOLD_DISTANCE = 0.1
 # The scores `evaluate` ranks inputs by and `calibrate` may threshold: higher = less certain.
 CATEGORICAL_SCORES = ("mutual_information", "predictive_entropy", "expected_entropy", "variation_ratio",
                       "top_class_variance", "one_minus_confidence")
-# Measures a rule may name, per kind of head (a score, or a measure where higher = more certain).
+# Single-pass scores a calibrated file computes in its graph (calibrate/feature_density.py), on the
+# deterministic pass; higher = less certain except max_logit. Present only in files that carry them.
+SINGLE_PASS_SCORES = ("feature_distance", "energy")
+SINGLE_PASS_MEASURES = SINGLE_PASS_SCORES + ("max_logit",)
+# Measures a rule may name, per kind of head (a score, or a measure where higher = more certain);
+# categorical heads may also name SINGLE_PASS_MEASURES, which only calibrated files compute.
 RULE_MEASURES = {
     "categorical": CATEGORICAL_SCORES + ("confidence", "margin"),
     "sigmoid": ("mutual_information", "entropy", "expected_entropy", "std", "threshold_distance"),
@@ -79,9 +84,10 @@ class Rule:
                     raise InputError(f"uncertain rule {text!r}: expected conditions like "
                                      "'mutual_information > 0.1 or confidence < 0.6', or 'never'")
                 measure, op, value = match.groups()
-                if measure not in RULE_MEASURES[kind]:
+                allowed = RULE_MEASURES[kind] + (SINGLE_PASS_MEASURES if kind == "categorical" else ())
+                if measure not in allowed:
                     raise InputError(f"uncertain rule: a {head} head has no measure {measure!r}; "
-                                     f"choose from {', '.join(RULE_MEASURES[kind])}")
+                                     f"choose from {', '.join(allowed)}")
                 try:
                     number = float(value)
                 except ValueError:
@@ -118,8 +124,14 @@ def default_rule(head: str) -> Rule:
 
 def scores(prediction) -> Dict[str, np.ndarray]:
     """Every uncertainty score of a categorical prediction, float64 [batch], higher = less certain
-    (CATEGORICAL_SCORES)."""
-    return {name: measure_value(prediction, name) for name in CATEGORICAL_SCORES}
+    (CATEGORICAL_SCORES), then the file's single-pass scores (SINGLE_PASS_SCORES, and -max_logit
+    as `negative_max_logit`) when it has them."""
+    found = {name: measure_value(prediction, name) for name in CATEGORICAL_SCORES}
+    found.update({name: np.asarray(prediction.measures[name], np.float64) for name in SINGLE_PASS_SCORES
+                  if name in prediction.measures})
+    if "max_logit" in prediction.measures:
+        found["negative_max_logit"] = -np.asarray(prediction.measures["max_logit"], np.float64)
+    return found
 
 
 def measure_value(prediction, name: str) -> np.ndarray:
@@ -127,6 +139,9 @@ def measure_value(prediction, name: str) -> np.ndarray:
     computed, since `Prediction.uncertain` evaluates the rule on every access."""
     kind = head_kind(prediction.head)
     m = prediction.measures
+    if name in SINGLE_PASS_MEASURES and name not in m:
+        raise InputError(f"the rule names {name}, which this file does not compute: `cli.py calibrate` writes "
+                         "the single-pass scores into a softmax or logits head's graph")
     if kind == "categorical":
         if name in ("confidence", "margin"):
             return np.asarray(m[name])

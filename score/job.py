@@ -111,9 +111,10 @@ def measure_names(head: str) -> Tuple[str, ...]:
     return MEASURES[head_kind(head)]
 
 
-def check_measures(head: str, wanted: Sequence[str]) -> Tuple[str, ...]:
-    """The measure columns to write: `wanted` in the head's order, every one when empty."""
-    known = measure_names(head)
+def check_measures(head: str, wanted: Sequence[str], single_pass: Sequence[str] = ()) -> Tuple[str, ...]:
+    """The measure columns to write: `wanted` in the head's order, every one when empty.
+    single_pass: the file's single-pass scores (feature_distance, energy, max_logit), after the head's."""
+    known = measure_names(head) + tuple(single_pass)
     unknown = [name for name in wanted if name not in known]
     if unknown:
         raise InputError(f"--measures {', '.join(unknown)}: a {head} head has {', '.join(known)}")
@@ -136,7 +137,10 @@ class Scorer:
         self.rule = Rule.parse(options.uncertain_if, head, source="override") if options.uncertain_if is not None \
             else file_rule(self.model_output.calibration, head)
         self.options = options
-        self.measures = check_measures(self.model_output.head, options.measures)
+        from ..runtime.measures import single_pass_outputs
+
+        self.measures = check_measures(self.model_output.head, options.measures,
+                                       tuple(single_pass_outputs(self.model_output).values()))
         self._readers = ArrayReaders()
         self.schema = self._columns(self._probe()).schema
 
@@ -178,6 +182,7 @@ class Scorer:
 
     def _probe(self):
         """A one-row Prediction of this head, labels and calibration, for the schema."""
+        from ..runtime.measures import single_pass_outputs
         from ..runtime.prediction import Prediction
 
         output = self.model_output
@@ -186,9 +191,13 @@ class Scorer:
         if output.head == "binary":
             samples[:] = 0.5
         conformal = (output.calibration or {}).get("conformal")
-        return Prediction.from_samples(samples, output.head, labels=output.labels, top_k=1,
-                                       keep_samples=self.options.keep_samples, rule=self.rule,
-                                       conformal_quantile=conformal["quantile"] if conformal else None)
+        probe = Prediction.from_samples(samples, output.head, labels=output.labels, top_k=1,
+                                        keep_samples=self.options.keep_samples, rule=None,
+                                        conformal_quantile=conformal["quantile"] if conformal else None)
+        for measure in single_pass_outputs(output).values():  # what the graph adds: one float per input
+            probe.measures[measure] = np.zeros(1, np.float32)
+        probe.rule = self.rule
+        return probe
 
     def _columns(self, prediction, index=None, ids=None) -> "pa.Table":
         n = len(prediction)
@@ -222,7 +231,7 @@ class Scorer:
         columns["mean_se"] = _lists(prediction.standard_errors["mean"])
         columns["variance_se"] = _lists(prediction.standard_errors["variance"])
         errors = prediction.measure_errors()
-        for name in self.measures:
+        for name in (name for name in self.measures if name in errors):  # single-pass scores have none
             value = np.asarray(errors[name], np.float32)
             columns[f"{name}_se"] = pa.array(value, pa.float32()) if value.ndim == 1 else _lists(value)
         return pa.table(columns).replace_schema_metadata({METADATA_KEY: self._metadata()})

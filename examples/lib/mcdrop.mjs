@@ -761,8 +761,10 @@ function masksTensor(ort, masks, passes, metadata) {
 // When UNCERTAIN (runtime/uncertain_rule.py), categorical heads
 
 export const CATEGORICAL_HEADS = ["softmax", "logits"];
+// Single-pass scores: graph outputs of a calibrated file (docs/FORMAT.md: Single-pass scores).
+const SINGLE_PASS_MEASURES = ["feature_distance", "energy", "max_logit"];
 const RULE_MEASURES = ["mutual_information", "predictive_entropy", "expected_entropy", "variation_ratio",
-  "top_class_variance", "one_minus_confidence", "confidence", "margin"];
+  "top_class_variance", "one_minus_confidence", "confidence", "margin", ...SINGLE_PASS_MEASURES];
 export const DEFAULT_RULE = "mutual_information > 0.1 or confidence < 0.6";
 const CONDITION = /^\s*([a-z_]+)\s*([<>])\s*([-+0-9.eE]+|inf)\s*$/;
 
@@ -939,7 +941,10 @@ export function passesOf(samples, index) {
  * predictive_entropy, expected_entropy, mutual_information, margin, variation_ratio, uncertain,
  * their Monte Carlo standard errors (mean_se and variance_se per class, std_se of the top class,
  * confidence_se, margin_se, predictive_entropy_se, expected_entropy_se, mutual_information_se,
- * variation_ratio_se; NaN with one pass), prediction_set (calibrated files with conformal sets), ruleText, ruleSource}, from the outputs of
+ * variation_ratio_se; NaN with one pass), prediction_set (calibrated files with conformal sets),
+ * feature_distance, energy, max_logit (calibrated files, when `outputs` holds them: energy and
+ * max_logit are averaged over the run's passes, the plain network's in a run with stochastic
+ * false), ruleText, ruleSource}, from the outputs of
  * session.run (its `samples`). The array also carries `ruleText` and `ruleSource` ("override",
  * "calibrated" or "default"). `rule`: text or a parseRule result overriding the file's rule.
  */
@@ -960,7 +965,12 @@ export function summarize(outputs, metadata, { rule } = {}) {
     const f = Math.fround;
     // The rule tests the measures as the Python runtime stores them: float32, except
     // one_minus_confidence, which it computes in float64 from the float32 mean.
-    const tested = Object.fromEntries(RULE_MEASURES.map((name) => [name, name === "one_minus_confidence" ? m[name] : f(m[name])]));
+    for (const name of SINGLE_PASS_MEASURES) {
+      const found = outputs[`${output.prefix}${name}`];
+      if (found) m[name] = found.data[b];
+    }
+    const tested = Object.fromEntries(RULE_MEASURES.filter((name) => name in m)
+      .map((name) => [name, name === "one_minus_confidence" ? m[name] : f(m[name])]));
     const result = {
       label: labelOf(m.index),
       index: m.index,
@@ -973,6 +983,7 @@ export function summarize(outputs, metadata, { rule } = {}) {
       mutual_information: m.mutual_information,
       margin: m.margin,
       variation_ratio: m.variation_ratio,
+      ...Object.fromEntries(SINGLE_PASS_MEASURES.filter((name) => name in m).map((name) => [name, m[name]])),
       ...m.standard_errors,
       uncertain: evaluateRule(effective, tested),
       ruleText: effective.text,
