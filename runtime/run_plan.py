@@ -4,6 +4,7 @@ one place (MCSession.resolve): infer, score, evaluate and acquire all go through
 from dataclasses import dataclass
 from typing import Mapping, Optional
 
+from . import adaptive_passes
 from .format import mask_sets
 from .checks import int_in_range, positive_int
 from .errors import InputError
@@ -12,19 +13,23 @@ from .format.metadata import ModelInfo
 from .format.rules import MASKS_FROM_FORMAT
 
 # How errors name the choices: Python's keyword arguments, or the command line's flags.
-ARGUMENTS = {"passes": "passes", "masks": "masks", "mask_seed": "mask_seed"}
-FLAGS = {"passes": "--passes", "masks": "--masks", "mask_seed": "--mask-seed"}
+ARGUMENTS = {"passes": "passes", "masks": "masks", "mask_seed": "mask_seed", "max_passes": "max_passes",
+             "min_passes": "min_passes"}
+FLAGS = {"passes": "--passes", "masks": "--masks", "mask_seed": "--mask-seed", "max_passes": "--max-passes",
+         "min_passes": "--min-passes"}
 
 
 @dataclass(frozen=True)
 class RunPlan:
     """What a predict runs: `passes` passes (1 with dropout off), masks "shared" or
-    "independent" (None with dropout off), and the shared set's seed (None unless shared)."""
+    "independent" (None with dropout off), and the shared set's seed (None unless shared).
+    passes="auto": `auto` holds the rounds' bounds and `passes` is their max_passes."""
 
     passes: int
     stochastic: bool
     masks: Optional[str]
     mask_seed: Optional[int]
+    auto: Optional[adaptive_passes.AutoPasses] = None
 
     @property
     def shared(self) -> bool:
@@ -40,9 +45,14 @@ def check_passes(passes, limits: Limits, name: str = "passes") -> int:
 
 def resolve(info: ModelInfo, path: str, limits: Limits, default_seed: int, passes: Optional[int] = None,
             masks: Optional[str] = None, mask_seed: Optional[int] = None, dropout: bool = True,
-            names: Mapping[str, str] = ARGUMENTS) -> RunPlan:
+            names: Mapping[str, str] = ARGUMENTS, max_passes: Optional[int] = None,
+            min_passes: Optional[int] = None) -> RunPlan:
     """The RunPlan of a predict of the file `info` describes; None takes the default: the file's
-    passes, shared masks where the file takes a mask set (else independent), `default_seed`."""
+    passes, shared masks where the file takes a mask set (else independent), `default_seed`.
+    passes="auto" (runtime/adaptive_passes.py): max_passes defaults to the file's passes."""
+    auto = adaptive_passes.check(passes, max_passes, min_passes, info.default_passes, names)
+    if auto is not None:
+        passes = check_passes(auto.max_passes, limits, names["max_passes"])
     passes = info.default_passes if passes is None else check_passes(passes, limits, names["passes"])
     if mask_seed is not None:
         mask_seed = int_in_range(names["mask_seed"], mask_seed, 0, mask_sets.MAX_SEED, "2**64 - 1")
@@ -53,9 +63,15 @@ def resolve(info: ModelInfo, path: str, limits: Limits, default_seed: int, passe
         raise InputError(f"{path} cannot take a shared mask set: {why}; use masks='independent'")
     if mask_seed is not None and mode != "shared":
         raise InputError("mask_seed is for masks='shared'")
+    if auto is not None and info.portable is not None:
+        raise InputError(f"{path} is a portable file of fixed passes; {names['passes']} auto is for ONNX mcdrop files")
+    if auto is not None and (mode != "shared" or not dropout):
+        raise InputError(f"{names['passes']} auto runs rounds of a shared mask set: "
+                         + ("it needs dropout on" if dropout else f"{names['masks']} independent cannot take it"))
     if not dropout:
         return RunPlan(1, False, None, None)
-    return RunPlan(passes, True, mode, (default_seed if mask_seed is None else mask_seed) if mode == "shared" else None)
+    return RunPlan(passes, True, mode, (default_seed if mask_seed is None else mask_seed) if mode == "shared" else None,
+                   auto)
 
 
 def default_masks(info: ModelInfo) -> str:

@@ -16,7 +16,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from . import litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
+from . import adaptive_passes, litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
 from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, pass_starts
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
@@ -210,20 +210,20 @@ class MCSession:
     def output_names(self) -> List[str]:
         return [output.name for output in self._info.model_outputs]
 
-    def resolve(self, passes: Optional[int] = None, masks: Optional[str] = None, mask_seed: Optional[int] = None,
-                dropout: bool = True, flags: bool = False) -> RunPlan:
+    def resolve(self, passes=None, masks: Optional[str] = None, mask_seed: Optional[int] = None,
+                dropout: bool = True, flags: bool = False, **auto) -> RunPlan:
         """The passes, masks and mask seed a predict with these arguments runs, checked, with
-        None taking the default: the file's passes, default_masks, this session's mask_seed.
-        flags=True: errors name the command line's flags (--passes, --mask-seed)."""
+        None taking the default: the file's passes, default_masks, this session's mask_seed;
+        auto: max_passes and min_passes of passes="auto". flags=True: errors name the flags."""
         return run_plan.resolve(self._info, self.path, self.limits, self._mask_seed, passes, masks, mask_seed,
-                                dropout, run_plan.FLAGS if flags else run_plan.ARGUMENTS)
+                                dropout, run_plan.FLAGS if flags else run_plan.ARGUMENTS, **auto)
 
     def predict(self, x, passes: Optional[int] = None, dropout: bool = True, threshold: Optional[float] = None,
                 thresholds: Optional[Sequence[float]] = None, top_k: int = 3,
                 keep_samples: bool = True,
                 progress: Optional[Callable[[int, int], None]] = None,
                 uncertain_if: Optional[str] = None, masks: Optional[str] = None,
-                mask_seed: Optional[int] = None):
+                mask_seed: Optional[int] = None, max_passes: Optional[int] = None, min_passes: Optional[int] = None):
         """Monte Carlo prediction for the batch `x` (already preprocessed, batch first): an array
         for a one-input model, else a dict by input name (a list in input order also works).
 
@@ -240,16 +240,34 @@ class MCSession:
         overrides the rule; without either, the default rule (runtime/uncertain_rule.py).
 
         masks: "shared" or "independent" (default: default_masks); mask_seed: the shared set's seed
-        (default: the session's mask_seed). See resolve.
+        (default: the session's mask_seed). See resolve. passes="auto": runtime/adaptive_passes.py.
         """
         x = self._feeds.inputs(x)
         batch = len(next(iter(x.values())))
-        asked_seed = mask_seed
-        chosen = self.resolve(passes, masks, mask_seed, dropout)
-        passes = chosen.passes
+        asked_seed, chosen = mask_seed, self.resolve(passes, masks, mask_seed, dropout, max_passes=max_passes, min_passes=min_passes)
         rules = [Rule.parse(uncertain_if, output.head) if uncertain_if is not None
                  else file_rule(output.calibration, output.head) for output in self._info.model_outputs]
-        portable = None
+
+        def predictions_of(samples_of, keep=keep_samples):
+            predictions = {}
+            for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
+                fitted, conformal = ((output.calibration or {}).get(key) for key in ("thresholds", "conformal"))
+                fitted = fitted if threshold is None and thresholds is None else None
+                samples = samples_of(name)
+                if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
+                    raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} "
+                                        "NaN or infinite outputs for finite inputs")
+                predictions[output.name] = Prediction.from_samples(
+                    samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
+                    thresholds=fitted or thresholds, top_k=top_k, stochastic=chosen.stochastic,
+                    provider=self.provider, keep_samples=keep, rule=rule,
+                    conformal_quantile=conformal["quantile"] if conformal else None,
+                    masks=chosen.masks, mask_seed=chosen.mask_seed)
+            return predictions
+
+        if chosen.auto is not None:
+            return self._predict_auto(x, batch, chosen, predictions_of, progress)
+        portable, passes = None, chosen.passes
         if self._info.portable is not None:  # runs of the file's fixed shape (runtime/portable_masks.py)
             portable_masks.check_predict(self._info, self.path, chosen.masks or "shared", asked_seed, passes)
             mask_seed = portable_masks.mask_seed_of(self._info, chosen.mask_seed if chosen.mask_seed is not None
@@ -267,22 +285,21 @@ class MCSession:
             mask_rows = self._mask_rows(chosen.mask_seed, passes) if chosen.shared else None
             pieces = self._run_plan(x, plan, workers, chosen.stochastic, progress, shrink=big and not workers,
                                     mask_rows=mask_rows)
-        predictions = {}
-        for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
-            calibration = output.calibration or {}
-            fitted = calibration.get("thresholds") if threshold is None and thresholds is None else None
-            conformal = calibration.get("conformal")
-            samples = portable[name] if portable is not None else assemble([piece[name] for piece in pieces], plan)
-            if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
-                raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
-                                    "or infinite outputs for finite inputs")
-            predictions[output.name] = Prediction.from_samples(
-                samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
-                thresholds=fitted or thresholds, top_k=top_k, passes=passes, stochastic=chosen.stochastic,
-                provider=self.provider, keep_samples=keep_samples, rule=rule,
-                conformal_quantile=conformal["quantile"] if conformal else None,
-                masks=chosen.masks, mask_seed=chosen.mask_seed)
+        predictions = predictions_of(lambda name: portable[name] if portable is not None
+                                     else assemble([piece[name] for piece in pieces], plan))
         return next(iter(predictions.values())) if len(predictions) == 1 else predictions
+
+    def _predict_auto(self, x, batch: int, chosen: RunPlan, predictions_of, progress):
+        """passes="auto": rounds of the shared set until each input settles (runtime/adaptive_passes.py)."""
+        mask_rows = self._mask_rows(chosen.mask_seed, chosen.passes)
+        def run(inputs, first, count):
+            part = {name: value[inputs] for name, value in x.items()}
+            plan, workers = self._plan(len(inputs), count, True)
+            pieces = self._run_plan(part, plan, workers, True, None,
+                                    mask_rows=lambda start, n: mask_rows(first + start, n))
+            return {name: assemble([piece[name] for piece in pieces], plan) for name in self._samples}
+
+        return adaptive_passes.predict(run, batch, chosen.auto, predictions_of, progress)
 
     def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False,
                   mask_rows=None) -> List[Dict[str, np.ndarray]]:
