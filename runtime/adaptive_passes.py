@@ -1,7 +1,7 @@
 """Adaptive passes (passes="auto"): each input runs only the passes its result needs.
 
 Passes run in rounds from the shared mask set (pass t depends on (seed, t) alone, so a round
-takes passes [done, next) of the one set): first min_passes, then doubling up to max_passes
+takes passes [done, next) of the one set): first min_passes, then x GROWTH up to max_passes
 (`schedule`). After each round, an input whose label and UNCERTAIN verdict are settled leaves the
 batch (`settled`): a quantity is settled when its distance to the boundary that would change the
 outcome is more than CONFIDENCE_Z of its Monte Carlo standard errors (runtime/measures.py). The
@@ -25,7 +25,9 @@ AUTO = "auto"
 # keep fixed T=200's label and verdict on the shipped CNN (docs/DESIGN.md: Adaptive passes).
 CONFIDENCE_Z = 3.0
 # The first round: enough passes for a jackknife standard error to mean something.
-DEFAULT_MIN_PASSES = 10
+DEFAULT_MIN_PASSES = 20
+# Each round takes the passes to GROWTH times those run so far.
+GROWTH = 1.5
 # Regression has no label to settle: its mean is settled once its standard error is this
 # share of the predictive std or less.
 REGRESSION_SE_SHARE = 0.1
@@ -43,10 +45,10 @@ class AutoPasses:
 
 
 def schedule(min_passes: int, max_passes: int) -> List[int]:
-    """The pass counts after each round: min_passes, doubling, ending at max_passes."""
+    """The pass counts after each round: min_passes, x GROWTH, ending at max_passes."""
     counts = [min_passes]
     while counts[-1] < max_passes:
-        counts.append(min(2 * counts[-1], max_passes))
+        counts.append(min(int(GROWTH * counts[-1]), max_passes))
     return counts
 
 

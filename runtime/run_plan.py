@@ -35,6 +35,14 @@ class RunPlan:
     def shared(self) -> bool:
         return self.masks == "shared"
 
+    def arguments(self) -> dict:
+        """predict's keyword arguments that run this plan."""
+        chosen = dict(passes=self.passes, dropout=self.stochastic, masks=self.masks, mask_seed=self.mask_seed)
+        if self.auto is not None:
+            chosen.update(passes=adaptive_passes.AUTO, max_passes=self.auto.max_passes,
+                          min_passes=self.auto.min_passes)
+        return chosen
+
 
 def check_passes(passes, limits: Limits, name: str = "passes") -> int:
     """passes as an int >= 1 within limits.passes."""
@@ -50,6 +58,8 @@ def resolve(info: ModelInfo, path: str, limits: Limits, default_seed: int, passe
     """The RunPlan of a predict of the file `info` describes; None takes the default: the file's
     passes, shared masks where the file takes a mask set (else independent), `default_seed`.
     passes="auto" (runtime/adaptive_passes.py): max_passes defaults to the file's passes."""
+    if names is FLAGS:  # the command line's text: a number or "auto"
+        passes = adaptive_passes.parse_passes(passes)
     auto = adaptive_passes.check(passes, max_passes, min_passes, info.default_passes, names)
     if auto is not None:
         passes = check_passes(auto.max_passes, limits, names["max_passes"])
@@ -67,11 +77,21 @@ def resolve(info: ModelInfo, path: str, limits: Limits, default_seed: int, passe
         raise InputError(f"{path} is a portable file of fixed passes; {names['passes']} auto is for ONNX mcdrop files")
     if auto is not None and (mode != "shared" or not dropout):
         raise InputError(f"{names['passes']} auto runs rounds of a shared mask set: "
-                         + ("it needs dropout on" if dropout else f"{names['masks']} independent cannot take it"))
+                         + (f"{names['masks']} independent cannot take it" if dropout else "it needs dropout on"))
     if not dropout:
         return RunPlan(1, False, None, None)
     return RunPlan(passes, True, mode, (default_seed if mask_seed is None else mask_seed) if mode == "shared" else None,
                    auto)
+
+
+def check_flags(passes, max_passes: Optional[int], min_passes: Optional[int], limits: Limits):
+    """The command line's --passes, --max-passes and --min-passes checked before a file is loaded:
+    passes as an int, "auto" or None."""
+    passes = adaptive_passes.parse_passes(passes)
+    auto = adaptive_passes.check(passes, max_passes, min_passes, max_passes or min_passes or 1, FLAGS)
+    if auto is not None or passes is not None:
+        check_passes(passes if auto is None else auto.max_passes, limits, FLAGS["passes" if auto is None else "max_passes"])
+    return passes
 
 
 def default_masks(info: ModelInfo) -> str:
