@@ -163,3 +163,16 @@ def test_score_writes_each_inputs_passes(mlp_inputs, tmp_path):
     assert (passes == expected).all() and passes.min() < 60
     with pytest.raises(InputError, match="--keep-samples is for a fixed --passes"):
         score_options(session, "auto", 0, keep_samples=True)
+
+
+def test_evaluate_runs_auto(mlp_inputs, tmp_path):
+    import json
+
+    data = tmp_path / "data.npz"
+    np.savez(data, x=mlp_inputs[:20], y=np.zeros(20, np.int64))
+    done = run_cli("evaluate", MODELS / "mlp.onnx", data, "--passes", "auto", "--max-passes", "40", "--seed", "0",
+                   "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passes"] <= 40
+    bad = run_cli("evaluate", MODELS / "mlp.onnx", data, "--passes", "auto", "--max-passes", "0")
+    assert bad.returncode != 0 and bad.stderr.strip() == "error: --max-passes must be >= 1, got 0"
