@@ -192,6 +192,6 @@ def join(parts: Sequence, rows: Sequence[np.ndarray]):
     return Prediction(head=first.head, mean=joined([p.mean for p in parts]), variance=joined([p.variance for p in parts]),
                       measures=measures, passes=int(input_passes.max()), stochastic=first.stochastic,
                       provider=first.provider, labels=first.labels, samples=None, rule=first.rule, masks=first.masks,
-                      mask_seed=first.mask_seed, input_passes=input_passes,
+                      mask_seed=first.mask_seed, input_passes=input_passes, auto=True,
                       standard_errors={name: joined([part.standard_errors[name] for part in parts])
                                        for name in first.standard_errors})

@@ -47,6 +47,7 @@ class Prediction:
     # The passes each input ran, int32 [batch]: `passes` for all with a fixed count; with
     # passes="auto", where each input stopped (runtime/adaptive_passes.py). None: `passes` for all.
     input_passes: Optional[np.ndarray] = field(default=None, repr=False)
+    auto: bool = False  # from passes="auto": input_passes vary (a column of its own in infer's CSV)
 
     def __post_init__(self):
         if self.input_passes is None:
