@@ -40,6 +40,9 @@ DEVICE_OPTION = typer.Option("auto", help="auto, cpu, cuda or openvino (openvino
 THREADS_OPTION = typer.Option(None, help="CPU threads [default: every core this process may use].")
 MAX_CHUNK_OPTION = typer.Option(256, help="Largest activation memory of one run, MiB.")
 NO_VERIFY_OPTION = typer.Option(False, "--no-verify", help="Load a file whose integrity checksum is missing or wrong.")
+PASSES_OPTION = typer.Option(None, help="Monte Carlo passes T, or auto (README: Adaptive passes) [default: the model's].")
+MAX_PASSES_OPTION = typer.Option(None, help="--passes auto: at most this many passes [default: the model's passes].")
+MIN_PASSES_OPTION = typer.Option(None, help="--passes auto: the first round's passes [default: 20].")
 EXTERNAL_DATA_OPTION = typer.Option(False, "--allow-external-data",
                                     help="Read tensors stored in other files, from the model's own folder only.")
 # The flags that make a command's SessionSettings, declared once (see takes_settings).
@@ -123,7 +126,7 @@ def takes_settings(*flags: str, own: tuple = ()):
 def infer(
     inputs: List[str] = typer.Argument(..., help="Images, folders of images, globs, .npy / .npz batches."),
     model: Path = typer.Option(DEFAULT_MODEL, help="The exported mcdrop ONNX file."),
-    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
+    passes: Optional[str] = PASSES_OPTION, max_passes: Optional[int] = MAX_PASSES_OPTION, min_passes: Optional[int] = MIN_PASSES_OPTION,
     seed: Optional[int] = typer.Option(
         None, help="Session seed: the mask seed of shared masks; with independent masks, reproducible results for "
                    "the same --threads and --max-chunk-mb [default: fresh]."),
@@ -152,7 +155,7 @@ def infer(
 
     check_infer_flags(out, inputs, top_k, threshold, on_error)  # before any work
     session = _session(model, settings)
-    plan = session.resolve(passes, masks, mask_seed, dropout=not no_dropout, flags=True)
+    plan = session.resolve(passes, masks, mask_seed, not no_dropout, True, max_passes=max_passes, min_passes=min_passes)
     for output in session.info.model_outputs if uncertain_if is not None else []:
         Rule.parse(uncertain_if, output.head)  # a bad rule fails before any input is read
 
@@ -164,9 +167,8 @@ def infer(
         if failures and on_error == "report":
             raise typer.Exit(InputError.exit_code)  # each bad input had its line
         raise InputError(f"none of the {len(failures)} inputs could be read" if failures else "no inputs given")
-    options = dict(passes=plan.passes, dropout=plan.stochastic, masks=plan.masks, mask_seed=plan.mask_seed,
-                   threshold=threshold, top_k=top_k, uncertain_if=uncertain_if)
-    if len(names) <= PROGRESS_MIN_INPUTS:
+    options = dict(plan.arguments(), threshold=threshold, top_k=top_k, uncertain_if=uncertain_if)
+    if len(names) <= PROGRESS_MIN_INPUTS or plan.auto:
         predicted = session.predict(x, **options)
     else:
         with typer.progressbar(length=len(session.chunk_plan(len(names), plan.passes, plan.masks)),
@@ -286,7 +288,7 @@ def evaluate(
     data: Path = typer.Argument(..., help="Labelled inputs: an .npz with x and y (or one array per input name and y), "
                                 "or a folder with one subfolder of images per class."),
     ood: Optional[Path] = typer.Option(None, help="Inputs that belong to no class (images, folders, .npy/.npz)."),
-    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
+    passes: Optional[str] = PASSES_OPTION, max_passes: Optional[int] = MAX_PASSES_OPTION, min_passes: Optional[int] = MIN_PASSES_OPTION,
     seed: Optional[int] = typer.Option(None, help="Seed for reproducible results [default: fresh]."),
     report: Optional[Path] = typer.Option(None, help="Write report.json, report.md and PNG plots into this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -300,19 +302,18 @@ def evaluate(
 ):
     """Measure accuracy, calibration and how well the uncertainty ranks errors and spots OOD inputs."""
     from .evaluate.labelled_sets import batch_size
-    from .evaluate.evaluation import check_flags, load_data, run_facts
-    from .evaluate.evaluation import evaluate as run_evaluation
+    from .evaluate.evaluation import check_flags, evaluate as run_evaluation, load_data, run_facts
 
     with_plots = check_flags(target_precision, on_error, report)
     session = _session(model, settings)
-    passes = session.resolve(passes, flags=True).passes
+    plan = session.resolve(passes, flags=True, max_passes=max_passes, min_passes=min_passes)
     chosen, labelled, outside, failures = load_data(session, data, ood, output, uncertain_if, on_error)
     for path, message in failures:
         typer.echo(f"warning: skipped: {terminal_safe(message)}", err=True)
     total = 2 * (len(labelled) + (0 if outside is None else batch_size(outside)))
     with typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
                            hidden=total < 2 * PROGRESS_MIN_INPUTS) as bar:
-        result = run_evaluation(session, labelled, chosen, passes=passes, ood=outside, progress=bar.update,
+        result = run_evaluation(session, labelled, chosen, passes=plan, ood=outside, progress=bar.update,
                                 target_precision=target_precision, uncertain_if=uncertain_if)
     result.report = {**run_facts(model, data, ood, chosen, seed, session.provider, failures), **result.report}
     if report is not None:
@@ -418,7 +419,7 @@ def score(
     model: Path = typer.Option(DEFAULT_MODEL, help="The mcdrop ONNX file."),
     engine: str = typer.Option("local", help="local: this process, every core; ray: Ray Data actors."),
     address: Optional[str] = typer.Option(None, help="ray: the cluster to join [default: start Ray on this machine]."),
-    passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T [default: the model's]."),
+    passes: Optional[str] = PASSES_OPTION, max_passes: Optional[int] = MAX_PASSES_OPTION, min_passes: Optional[int] = MIN_PASSES_OPTION,
     mask_seed: Optional[int] = typer.Option(None, help="Seed of the one shared mask set that scores every input "
                                                        "[default: the resumed job's, else fresh; in every row]."),
     batch_size: int = typer.Option(256, help="Inputs scored per predict."),
@@ -440,19 +441,18 @@ def score(
     settings=None,
 ):
     """Score many inputs into Parquet: a row per input with label, mean, variance, every measure and UNCERTAIN."""
-    from .runtime.run_plan import check_passes
+    from .runtime.run_plan import check_flags
     from .score.checkpoint import checkpoint_folder
     from .score.job import check_job_flags, run_job, score_options, summary_line
     from .score.input_plan import plan_inputs
 
     check_job_flags(engine, address, workers, batch_size, gpus_per_worker, on_error, out, resume, overwrite)
-    if passes is not None:
-        check_passes(passes, settings.limits, "--passes")
+    passes = check_flags(passes, max_passes, min_passes, settings.limits)
     # Local: one session with --workers threads; ray: --workers actors of one thread each.
     session = _session(model, settings.replace(threads=workers if engine == "local" else 1))
     wanted = [name.strip() for item in measures for name in item.split(",") if name.strip()]
     options = score_options(session, passes, mask_seed, output, wanted, keep_samples, uncertain_if, on_error,
-                            resume_from=checkpoint_folder(out) if resume else None)
+                            resume_from=checkpoint_folder(out) if resume else None, max_passes=max_passes, min_passes=min_passes)
     plan = plan_inputs(inputs, session.info, limits=session.limits, allow_paths_outside=allow_paths_outside)
     try:
         with typer.progressbar(length=plan.total, label="Scoring", file=sys.stderr, hidden=engine != "local") as bar:

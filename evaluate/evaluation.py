@@ -8,19 +8,17 @@ of the top class are 0 for one pass, so the deterministic column has no figure f
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Union
 
 import numpy as np
 
-from ..runtime.uncertain_rule import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
-from ..runtime.format.metadata import ModelOutput
-from ..runtime.prediction import MODEL_WIDE, Prediction
-from . import metrics
 from ..runtime.errors import InputError
-from .labelled_sets import Batch, LabelledSet, batch_size, take
-from ..runtime.uncertain_rule import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
 from ..runtime.format.metadata import ModelOutput
 from ..runtime.prediction import MODEL_WIDE, Prediction
+from ..runtime.run_plan import RunPlan
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
+from . import metrics
+from .labelled_sets import Batch, LabelledSet, batch_size, take
 
 MODES = ("mc", "deterministic")
 COVERAGES = (0.5, 0.8, 0.9, 0.95)
@@ -90,9 +88,13 @@ def predict_all(session, x: Batch, output: ModelOutput, passes: Optional[int], d
     asked: calibration fits on them)."""
     count = batch_size(x)
     parts = []
+    # passes: a count, or the RunPlan `evaluate --passes` resolved (passes="auto" for the MC mode)
+    chosen = dict(passes=passes) if not isinstance(passes, RunPlan) else \
+        {name: value for name, value in passes.arguments().items() if name != "dropout"} if dropout else \
+        dict(passes=passes.passes)
     for start in range(0, count, BLOCK):
-        found = session.predict(take(x, slice(start, start + BLOCK)), passes=passes, dropout=dropout,
-                                keep_samples=keep_samples, uncertain_if=uncertain_if)
+        found = session.predict(take(x, slice(start, start + BLOCK)), dropout=dropout,
+                                keep_samples=keep_samples, uncertain_if=uncertain_if, **chosen)
         parts.append(found[output.name] if isinstance(found, dict) else found)
         if progress:
             progress(min(start + BLOCK, count) - start)
@@ -117,10 +119,12 @@ def concatenate(parts: List[Prediction]) -> Prediction:
                       variance=np.concatenate([p.variance for p in parts]), measures=measures,
                       passes=first.passes, stochastic=first.stochastic, provider=first.provider,
                       labels=first.labels, samples=samples, rule=first.rule, masks=first.masks,
-                      mask_seed=first.mask_seed)
+                      mask_seed=first.mask_seed, input_passes=np.concatenate([p.input_passes for p in parts]),
+                      standard_errors={name: np.concatenate([p.standard_errors[name] for p in parts])
+                                       for name in first.standard_errors})
 
 
-def evaluate(session, data: LabelledSet, output: ModelOutput, passes: Optional[int] = None,
+def evaluate(session, data: LabelledSet, output: ModelOutput, passes: Union[None, int, RunPlan] = None,
              ood: Optional[Batch] = None, progress: Optional[Callable[[int], None]] = None,
              target_precision: float = TARGET_PRECISION, uncertain_if: Optional[str] = None) -> Evaluation:
     """Every metric that fits the output's head, for MC dropout and the deterministic pass."""

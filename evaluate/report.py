@@ -20,7 +20,6 @@ from ..runtime.errors import InputError
 from ..runtime.safe_files import atomic_writer, check_writable_target
 from . import metrics
 from .evaluation import COVERAGES, Evaluation, usable_scores, with_ood
-from ..runtime.safe_files import atomic_writer, check_writable_target
 
 # Every plot is FIGURE_INCHES at DPI: 1500 x 600 pixels, two panels side by side (MC, deterministic).
 FIGURE_INCHES = (10, 4)

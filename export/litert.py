@@ -174,6 +174,7 @@ def _with_metadata(data: bytes, meta: dict, names: List[str]):
     import flatbuffers
     from ai_edge_litert import schema_py_generated as schema
 
+    from ..runtime.format.metadata_writer import metadata_text
     from ..runtime.litert_engine import IDENTIFIER, METADATA_NAME
 
     model = schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
@@ -189,7 +190,7 @@ def _with_metadata(data: bytes, meta: dict, names: List[str]):
         name = next((key for key, value in vars(schema.BuiltinOperator).items() if value == op), str(op))
         ops[name] = ops.get(name, 0) + 1
     buffer = schema.BufferT()
-    buffer.data = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    buffer.data = np.frombuffer(metadata_text(meta).encode(), dtype=np.uint8)
     model.buffers.append(buffer)
     entry = schema.MetadataT()
     entry.name, entry.buffer = METADATA_NAME.encode(), len(model.buffers) - 1

@@ -152,3 +152,14 @@ def _padded(x: Dict[str, np.ndarray], start: int, size: int) -> Tuple[Dict[str, 
     if real < size:
         rows = {name: np.concatenate([value, np.repeat(value[:1], size - real, axis=0)]) for name, value in rows.items()}
     return rows, real
+
+
+def masks_for_run(info, masks: Optional[np.ndarray], mask_seed: int) -> Optional[np.ndarray]:
+    """A portable file's keep masks for one run: the caller's, checked, or those of the session's
+    mask seed (None for a baked file: stored in the file)."""
+    portable, layout = info.portable, info.mask_layout
+    if portable["baked"] is not None:
+        return None
+    if masks is None:
+        return keep_masks(layout, [layer.rate for layer in info.stochastic_layers], mask_seed, 0, portable["passes"])
+    return check_masks_feed(masks, portable["passes"], layout.floats_per_pass)

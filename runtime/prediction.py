@@ -44,6 +44,15 @@ class Prediction:
     # Monte Carlo standard error of "mean", "variance" and each measure of that name that is an
     # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors).
     standard_errors: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # The passes each input ran, int32 [batch]: `passes` for all with a fixed count; with
+    # passes="auto", where each input stopped (runtime/adaptive_passes.py). None: `passes` for all.
+    input_passes: Optional[np.ndarray] = field(default=None, repr=False)
+    auto: bool = False  # from passes="auto": input_passes vary (a column of its own in infer's CSV)
+
+    def __post_init__(self):
+        if self.input_passes is None:
+            self.input_passes = np.full(len(self.mean), self.passes, np.int32)
+        self.input_passes = np.asarray(self.input_passes, np.int32)
 
     @classmethod
     def from_samples(cls, samples, head: str, labels: Optional[Sequence[str]] = None,
@@ -161,6 +170,7 @@ class Prediction:
         return {
             "head": self.head,
             "passes": self.passes,
+            "input_passes": _jsonable(self.input_passes[rows]),
             "stochastic": self.stochastic,
             "provider": self.provider,
             **({"masks": self.masks} if self.masks else {}),
@@ -194,7 +204,7 @@ class Prediction:
         then `<name>_se`, the standard error of each of those that has one."""
         out = {name: value for name, value in self.measures.items()
                if isinstance(value, np.ndarray) and value.dtype.kind in "biuf"}
-        out.update(uncertain=self.uncertain, mean=self.mean, variance=self.variance)
+        out.update(uncertain=self.uncertain, input_passes=self.input_passes, mean=self.mean, variance=self.variance)
         if self.samples is not None:
             out["samples"] = self.samples
         out.update({f"{name}_se": value for name, value in self.measure_errors().items()})

@@ -120,6 +120,8 @@ def csv_text(outputs: Dict[Optional[str], Prediction], names: List[str]) -> str:
         per_input.update({f"{name}_se": prediction.standard_errors[name] for name in ("mean", "variance")
                           if name in prediction.standard_errors})
         per_input.update({f"{name}_se": value for name, value in prediction.measure_errors().items()})
+        if prediction.auto:  # last: the passes each input ran (a fixed run's are all `passes`)
+            per_input["input_passes"] = prediction.input_passes
         for name, value in per_input.items():
             name_ = _prefixed(output, name)
             if name in MODEL_WIDE:

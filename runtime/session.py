@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from . import litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
+from . import adaptive_passes, litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
 from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, pass_starts
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
@@ -212,20 +212,20 @@ class MCSession:
     def output_names(self) -> List[str]:
         return [output.name for output in self._info.model_outputs]
 
-    def resolve(self, passes: Optional[int] = None, masks: Optional[str] = None, mask_seed: Optional[int] = None,
-                dropout: bool = True, flags: bool = False) -> RunPlan:
+    def resolve(self, passes=None, masks: Optional[str] = None, mask_seed: Optional[int] = None,
+                dropout: bool = True, flags: bool = False, **auto) -> RunPlan:
         """The passes, masks and mask seed a predict with these arguments runs, checked, with
-        None taking the default: the file's passes, default_masks, this session's mask_seed.
-        flags=True: errors name the command line's flags (--passes, --mask-seed)."""
+        None taking the default: the file's passes, default_masks, this session's mask_seed;
+        auto: max_passes and min_passes of passes="auto". flags=True: errors name the flags."""
         return run_plan.resolve(self._info, self.path, self.limits, self._mask_seed, passes, masks, mask_seed,
-                                dropout, run_plan.FLAGS if flags else run_plan.ARGUMENTS)
+                                dropout, run_plan.FLAGS if flags else run_plan.ARGUMENTS, **auto)
 
     def predict(self, x, passes: Optional[int] = None, dropout: bool = True, threshold: Optional[float] = None,
                 thresholds: Optional[Sequence[float]] = None, top_k: int = 3,
                 keep_samples: bool = True,
                 progress: Optional[Callable[[int, int], None]] = None,
                 uncertain_if: Optional[str] = None, masks: Optional[str] = None,
-                mask_seed: Optional[int] = None):
+                mask_seed: Optional[int] = None, max_passes: Optional[int] = None, min_passes: Optional[int] = None):
         """Monte Carlo prediction for the batch `x` (already preprocessed, batch first): an array
         for a one-input model, else a dict by input name (a list in input order also works).
 
@@ -242,16 +242,34 @@ class MCSession:
         overrides the rule; without either, the default rule (runtime/uncertain_rule.py).
 
         masks: "shared" or "independent" (default: default_masks); mask_seed: the shared set's seed
-        (default: the session's mask_seed). See resolve.
+        (default: the session's mask_seed). See resolve. passes="auto": runtime/adaptive_passes.py.
         """
         x = self._feeds.inputs(x)
         batch = len(next(iter(x.values())))
-        asked_seed = mask_seed
-        chosen = self.resolve(passes, masks, mask_seed, dropout)
-        passes = chosen.passes
+        asked_seed, chosen = mask_seed, self.resolve(passes, masks, mask_seed, dropout, max_passes=max_passes, min_passes=min_passes)
         rules = [Rule.parse(uncertain_if, output.head) if uncertain_if is not None
                  else file_rule(output.calibration, output.head) for output in self._info.model_outputs]
-        portable = None
+
+        def predictions_of(samples_of, keep=keep_samples):
+            predictions = {}
+            for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
+                fitted, conformal = ((output.calibration or {}).get(key) for key in ("thresholds", "conformal"))
+                fitted = fitted if threshold is None and thresholds is None else None
+                samples = samples_of(name)
+                if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
+                    raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} "
+                                        "NaN or infinite outputs for finite inputs")
+                predictions[output.name] = Prediction.from_samples(
+                    samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
+                    thresholds=fitted or thresholds, top_k=top_k, stochastic=chosen.stochastic,
+                    provider=self.provider, keep_samples=keep, rule=rule,
+                    conformal_quantile=conformal["quantile"] if conformal else None,
+                    masks=chosen.masks, mask_seed=chosen.mask_seed)
+            return predictions
+
+        if chosen.auto is not None:
+            return self._with_single_pass_scores(x, batch, self._predict_auto(x, batch, chosen, predictions_of, progress))
+        portable, passes = None, chosen.passes
         if self._info.portable is not None:  # runs of the file's fixed shape (runtime/portable_masks.py)
             portable_masks.check_predict(self._info, self.path, chosen.masks or "shared", asked_seed, passes)
             mask_seed = portable_masks.mask_seed_of(self._info, chosen.mask_seed if chosen.mask_seed is not None
@@ -271,30 +289,30 @@ class MCSession:
             mask_rows = self._mask_rows(chosen.mask_seed, passes) if chosen.shared else None
             pieces = self._run_plan(x, plan, workers, chosen.stochastic, progress, shrink=big and not workers,
                                     mask_rows=mask_rows)
-        predictions = {}
-        for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
-            calibration = output.calibration or {}
-            fitted = calibration.get("thresholds") if threshold is None and thresholds is None else None
-            conformal = calibration.get("conformal")
-            samples = portable[name] if portable is not None else assemble([piece[name] for piece in pieces], plan)
-            if not np.isfinite(samples).all():  # a broken or hostile file; no measure means anything then
-                raise ModelRunError(f"{self.path}: the model gave {np.count_nonzero(~np.isfinite(samples))} NaN "
-                                    "or infinite outputs for finite inputs")
-            predictions[output.name] = Prediction.from_samples(
-                samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
-                thresholds=fitted or thresholds, top_k=top_k, passes=passes, stochastic=chosen.stochastic,
-                provider=self.provider, keep_samples=keep_samples, rule=rule,
-                conformal_quantile=conformal["quantile"] if conformal else None,
-                masks=chosen.masks, mask_seed=chosen.mask_seed)
-        if self._info.portable is None:  # a calibrated file's single-pass scores: one deterministic pass
-            add_single_pass_scores(predictions, self._info.model_outputs,
-                                   lambda names: self._deterministic(x, batch, names))
+        return self._with_single_pass_scores(x, batch, predictions_of(
+            lambda name: portable[name] if portable is not None else assemble([piece[name] for piece in pieces], plan)))
+
+    def _with_single_pass_scores(self, x, batch: int, predictions: dict):
+        """A calibrated file's single-pass scores from one deterministic pass (runtime/measures.py)."""
+        def deterministic(names):
+            runs = [self._run(_rows(x, rows), 1, False, names) for rows, _ in self._plan(batch, 1, False)[0]]
+            return {name: np.concatenate([run[name] for run in runs]) for name in names}
+
+        if self._info.portable is None:
+            add_single_pass_scores(predictions, self._info.model_outputs, deterministic)
         return next(iter(predictions.values())) if len(predictions) == 1 else predictions
 
-    def _deterministic(self, x, batch: int, names) -> Dict[str, np.ndarray]:
-        """The graph outputs `names` of the deterministic pass over the batch, in the planner's row blocks."""
-        runs = [self._run(_rows(x, rows), 1, False, names) for rows, _ in self._plan(batch, 1, False)[0]]
-        return {name: np.concatenate([run[name] for run in runs]) for name in names}
+    def _predict_auto(self, x, batch: int, chosen: RunPlan, predictions_of, progress):
+        """passes="auto": rounds of the shared set until each input settles (runtime/adaptive_passes.py)."""
+        mask_rows = self._mask_rows(chosen.mask_seed, chosen.passes)
+        def run(inputs, first, count):
+            part = {name: value[inputs] for name, value in x.items()}
+            plan, workers = self._plan(len(inputs), count, True)
+            pieces = self._run_plan(part, plan, workers, True, None,
+                                    mask_rows=lambda start, n: mask_rows(first + start, n))
+            return {name: assemble([piece[name] for piece in pieces], plan) for name in self._samples}
+
+        return adaptive_passes.predict(run, batch, chosen.auto, predictions_of, progress)
 
     def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False,
                   mask_rows=None) -> List[Dict[str, np.ndarray]]:
@@ -354,18 +372,16 @@ class MCSession:
         from .randomness_checks import Checklist, check_live_randomness, sample_inputs, side_by_side
 
         checks = Checklist()
+        if x is None:
+            x = {i.name: sample_inputs(i.shape, self._info.metadata.get("preprocessing"), seed=n)
+                 for n, i in enumerate(self._info.model_inputs)}
         if self._info.portable is not None:  # portable profile: masks from mask seeds (runtime/portable_masks.py)
-            x = x if x is not None else {i.name: sample_inputs(i.shape, self._info.metadata.get("preprocessing"), seed=n)
-                                         for n, i in enumerate(self._info.model_inputs)}
             portable_masks.self_check(checks, self._info, lambda rows, kept, on: self._run(rows, 0, on, masks=kept),
                                       self._feeds.inputs(x), self._mask_seed, list(self._samples))
             return checks.passed
         checks.check("random nodes", True, f"{len(self._info.stochastic_layers)} seeded random nodes, as the metadata "
                      "lists", "")  # reached only when __init__'s check_seeds passed
         if self._info.stochastic_layers:
-            if x is None:
-                x = {i.name: sample_inputs(i.shape, self._info.metadata.get("preprocessing"), seed=n)
-                     for n, i in enumerate(self._info.model_inputs)}
             check_live_randomness(checks, lambda x, t, on: side_by_side(self._run(self._feeds.inputs(x), t, on),
                                                                         self._samples), x)
         return checks.passed
@@ -404,7 +420,7 @@ class MCSession:
         layout = self._info.mask_layout
         feed = {**x, **mask_sets.control_feeds(passes, stochastic, masks, layout.floats_per_pass if layout else 0)}
         if self._info.portable is not None:  # portable profile: no passes input, uint8 keep masks
-            feed = portable_masks.feeds(self._info, x, stochastic, self._portable_masks(masks))
+            feed = portable_masks.feeds(self._info, x, stochastic, portable_masks.masks_for_run(self._info, masks, self._mask_seed))
         elif self._info.format < MASKS_FROM_FORMAT:
             del feed[mask_sets.MASKS]  # files from before mask sets have no such input
         names = list(self._samples if outputs is None else outputs) or [arg.name for arg in session.get_outputs()]
@@ -423,17 +439,6 @@ class MCSession:
         with self._lock:
             self._run_count += 1
         return dict(zip(names, result))
-
-    def _portable_masks(self, masks: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        """A portable file's keep masks for one run: the caller's, checked, or the session's mask seed's
-        (None for a baked file)."""
-        portable, layout = self._info.portable, self._info.mask_layout
-        if portable["baked"] is not None:
-            return None  # stored in the file
-        if masks is None:
-            return portable_masks.keep_masks(layout, [layer.rate for layer in self._info.stochastic_layers],
-                                             self._mask_seed, 0, portable["passes"])
-        return portable_masks.check_masks_feed(masks, portable["passes"], layout.floats_per_pass)
 
     def _run_error(self, err: BaseException) -> ModelRunError:
         """onnxruntime's failure as one line; an index outside a table names the input it comes

@@ -79,6 +79,7 @@ class ScoreOptions:
     keep_samples: bool = False
     uncertain_if: Optional[str] = None
     on_error: str = "skip"
+    auto: Optional[Tuple[int, int]] = None  # passes="auto": (min_passes, max_passes), and passes is max_passes
 
     def __post_init__(self):
         self.check_on_error(self.on_error)
@@ -92,7 +93,8 @@ class ScoreOptions:
 def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int] = None,
                   output: Optional[str] = None, measures: Sequence[str] = (), keep_samples: bool = False,
                   uncertain_if: Optional[str] = None, on_error: str = "skip",
-                  resume_from: Optional[Path] = None) -> ScoreOptions:
+                  resume_from: Optional[Path] = None, max_passes: Optional[int] = None,
+                  min_passes: Optional[int] = None) -> ScoreOptions:
     """The job's options, checked against the session's file. Masks are shared wherever the file
     takes a mask set; the mask seed defaults to that of the unfinished job in `resume_from` (a
     checkpoint folder), else the session's."""
@@ -101,8 +103,15 @@ def score_options(session, passes: Optional[int] = None, mask_seed: Optional[int
     shared = session.default_masks == "shared"
     if mask_seed is None and resume_from is not None:
         mask_seed = (read_job(resume_from) or {}).get("mask_seed")
-    chosen = session.resolve(passes, mask_seed=mask_seed if shared else None)
-    return ScoreOptions(chosen.passes, chosen.mask_seed, output, tuple(measures), keep_samples, uncertain_if, on_error)
+    from ..runtime.adaptive_passes import parse_passes
+
+    chosen = session.resolve(parse_passes(passes), mask_seed=mask_seed if shared else None, max_passes=max_passes,
+                             min_passes=min_passes)
+    if chosen.auto is not None and keep_samples:
+        raise InputError("--keep-samples is for a fixed --passes: with --passes auto each input runs its own count")
+    auto = None if chosen.auto is None else (chosen.auto.min_passes, chosen.auto.max_passes)
+    return ScoreOptions(chosen.passes, chosen.mask_seed, output, tuple(measures), keep_samples, uncertain_if, on_error,
+                        auto)
 
 
 def measure_names(head: str) -> Tuple[str, ...]:
@@ -176,8 +185,10 @@ class Scorer:
     def _predict(self, x):
         o = self.options
         masks = "shared" if o.mask_seed is not None else "independent"
-        predicted = self.session.predict(x, passes=o.passes, masks=masks, mask_seed=o.mask_seed, top_k=1,
-                                         keep_samples=o.keep_samples, uncertain_if=o.uncertain_if)
+        passes = dict(passes=o.passes) if o.auto is None else dict(passes="auto", min_passes=o.auto[0],
+                                                                    max_passes=o.auto[1])
+        predicted = self.session.predict(x, masks=masks, mask_seed=o.mask_seed, top_k=1,
+                                         keep_samples=o.keep_samples, uncertain_if=o.uncertain_if, **passes)
         return predicted[self.model_output.name] if isinstance(predicted, dict) else predicted
 
     def _probe(self):
@@ -218,7 +229,7 @@ class Scorer:
                                                  pa.list_(pa.int32()))
         seed = self.options.mask_seed
         columns["mask_seed"] = pa.array([seed] * n, pa.uint64())
-        columns["passes"] = pa.array(np.full(n, prediction.passes, np.int32), pa.int32())
+        columns["passes"] = pa.array(prediction.input_passes.astype(np.int32), pa.int32())  # per input: auto varies
         columns["error"] = pa.nulls(n, pa.string())
         if self.options.keep_samples:
             samples = np.moveaxis(prediction.samples.reshape(prediction.passes, n, -1), 1, 0)  # [n, T, out]
@@ -249,6 +260,7 @@ class Scorer:
         output = self.model_output
         return json.dumps({"model": os.path.basename(self.session.path), "output": output.name, "head": output.head,
                            "labels": output.labels, "passes": self.options.passes,
+                           "passes_auto": None if self.options.auto is None else list(self.options.auto),
                            "masks": "shared" if self.options.mask_seed is not None else "independent",
                            "mask_seed": self.options.mask_seed, "measures": list(self.measures),
                            "uncertain_rule": str(self.rule)}).encode()

@@ -157,6 +157,8 @@ def score_with_ray(plan, out, model, options, batch_size: int = 256, workers: Op
     from .checkpoint import Checkpoint, check_output, checkpoint_folder, job_identity
     from .local import ScoreSummary
     ray = require_ray()
+    if options.auto is not None:  # the actors run score_dataset's fixed passes
+        raise InputError("--passes auto runs on --engine local; --engine ray takes a fixed --passes")
     out = check_output(out, "ray", resume, overwrite)
     checkpoint = Checkpoint(checkpoint_folder(out), job_identity(model, plan, options, "ray"), resume, overwrite)
     try:

@@ -20,9 +20,15 @@ def write_metadata(proto, metadata: dict, producer_version: Optional[str] = None
     as the graph's producer (the exporter does; calibrate keeps the file's)."""
     del proto.metadata_props[:]
     entry = proto.metadata_props.add()
-    entry.key, entry.value = METADATA_KEY, json.dumps(metadata)
+    entry.key, entry.value = METADATA_KEY, metadata_text(metadata)
     if producer_version is not None:
         proto.producer_name, proto.producer_version = PRODUCER, producer_version
+
+
+def metadata_text(metadata: dict) -> str:
+    """The metadata as the file stores it: JSON text (an ONNX metadata entry; the LiteRT flatbuffer's
+    metadata buffer holds the same text, export/litert.py)."""
+    return json.dumps(metadata)
 
 
 def metadata_of(proto) -> Optional[dict]:

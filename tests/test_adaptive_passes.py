@@ -1,0 +1,178 @@
+"""Adaptive passes (issue 26 item 2): passes="auto" keeps fixed T's label and verdict with fewer
+passes, per input, whatever the batch; bad values fail with one line."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mcdrop.runtime import MCSession
+from mcdrop.runtime import adaptive_passes
+from mcdrop.runtime.errors import InputError
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+MAX_PASSES = 100
+
+
+def inputs(count: int):
+    """Held-out digits, then a few noise images and blends of two digits, [0, 1], 28x28."""
+    sys.path.insert(0, str(MODELS))
+    try:
+        import build_models
+
+        images, labels = build_models.digits_28x28()
+        _, test, _, _ = build_models.split(images, labels)
+    finally:
+        sys.path.remove(str(MODELS))
+    digits = (test[:count] / 255.0).astype(np.float32)
+    rng = np.random.default_rng(0)
+    blends = 0.5 * digits[:4] + 0.5 * digits[4:8]
+    return np.concatenate([digits, rng.random((4, 28, 28), dtype=np.float32), blends]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=1)
+
+
+@pytest.fixture(scope="module")
+def mlp_inputs():
+    return inputs(40).reshape(-1, 784)
+
+
+def agreement(fixed, auto):
+    return np.mean((fixed.measures["label"] == auto.measures["label"]) & (fixed.uncertain == auto.uncertain))
+
+
+def test_auto_keeps_fixed_label_and_verdict_with_fewer_passes(mlp, mlp_inputs):
+    fixed = mlp.predict(mlp_inputs, passes=MAX_PASSES, mask_seed=3)
+    auto = mlp.predict(mlp_inputs, passes="auto", max_passes=MAX_PASSES, mask_seed=3)
+    assert agreement(fixed, auto) >= 0.99
+    assert auto.input_passes.mean() < 0.5 * MAX_PASSES
+    assert set(auto.input_passes) <= set(adaptive_passes.schedule(adaptive_passes.DEFAULT_MIN_PASSES, MAX_PASSES))
+    assert auto.input_passes.min() < MAX_PASSES  # clear digits leave early ...
+    assert (fixed.input_passes == MAX_PASSES).all()
+
+
+def test_cnn_auto_agrees_with_fixed():
+    session = MCSession(str(MODELS / "cnn.onnx"), seed=0, threads=1)
+    x = inputs(12)[..., None]
+    fixed = session.predict(x, passes=60, mask_seed=1)
+    auto = session.predict(x, passes="auto", max_passes=60, min_passes=10, mask_seed=1)
+    assert agreement(fixed, auto) >= 0.99
+    assert auto.input_passes.mean() < 60
+
+
+def test_an_inputs_passes_do_not_depend_on_its_batch_or_chunking(mlp_inputs):
+    whole = MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=1).predict(
+        mlp_inputs, passes="auto", max_passes=MAX_PASSES, mask_seed=5)
+    chunked = MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=2, max_chunk_bytes=200_000)
+    order = np.random.default_rng(1).permutation(len(mlp_inputs))
+    parts = [chunked.predict(mlp_inputs[order[i:i + 7]], passes="auto", max_passes=MAX_PASSES, mask_seed=5)
+             for i in range(0, len(order), 7)]
+    passes = np.empty(len(order), np.int32)
+    label = np.empty(len(order), np.int64)
+    for i, part in zip(range(0, len(order), 7), parts):
+        passes[order[i:i + 7]] = part.input_passes
+        label[order[i:i + 7]] = part.measures["label"]
+    assert (passes == whole.input_passes).all()
+    assert (label == whole.measures["label"]).all()
+    assert len(set(whole.input_passes)) > 1  # the inputs did not all stop together
+
+
+def test_passes_in_outputs(mlp, mlp_inputs):
+    auto = mlp.predict(mlp_inputs[:3], passes="auto", max_passes=40, mask_seed=0)
+    assert auto.to_dict()["input_passes"] == auto.input_passes.tolist()
+    assert auto.to_dict(1)["input_passes"] == int(auto.input_passes[1])
+    assert (auto.arrays()["input_passes"] == auto.input_passes).all()
+    assert auto.passes == auto.input_passes.max()
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(passes="auto", max_passes=0), "max_passes must be >= 1"),
+    (dict(passes="auto", max_passes=10, min_passes=20), "min_passes 20 is more than max_passes 10"),
+    (dict(passes=10, max_passes=20), "max_passes is for passes auto"),
+    (dict(passes=10, min_passes=2), "min_passes is for passes auto"),
+    (dict(passes="auto", masks="independent"), "masks independent cannot take it"),
+    (dict(passes="often"), "passes must be an integer"),
+])
+def test_bad_values_fail_with_one_line(mlp, mlp_inputs, arguments, message):
+    with pytest.raises(InputError, match=message) as caught:
+        mlp.predict(mlp_inputs[:2], **arguments)
+    assert "\n" not in str(caught.value)
+
+
+def test_passes_text():
+    assert adaptive_passes.parse_passes("auto") == "auto"
+    assert adaptive_passes.parse_passes(" 12 ") == 12
+    with pytest.raises(InputError, match="--passes must be a whole number or 'auto', got '1.5'"):
+        adaptive_passes.parse_passes("1.5")
+
+
+ROOT = MODELS.parent
+
+
+def run_cli(*args):
+    import subprocess
+
+    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--passes", "auto", "--max-passes", "0"], "error: --max-passes must be >= 1, got 0"),
+    (["--passes", "auto", "--min-passes", "30", "--max-passes", "20"],
+     "error: --min-passes 30 is more than --max-passes 20"),
+    (["--max-passes", "20"], "error: --max-passes is for --passes auto"),
+    (["--passes", "auto", "--masks", "independent"], "--masks independent cannot take it"),
+    (["--passes", "1.5"], "error: --passes must be a whole number or 'auto', got '1.5'"),
+])
+def test_infer_bad_passes_flags_fail_with_one_line(flags, message):
+    done = run_cli("infer", MODELS / "samples" / "digit_3.png", "--model", MODELS / "mlp.onnx", *flags)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()] and message in done.stderr
+
+
+def test_infer_json_and_csv_carry_each_inputs_passes(tmp_path):
+    import csv
+    import json
+
+    out = tmp_path / "out.csv"
+    done = run_cli("infer", MODELS / "samples" / "digit_3.png", MODELS / "samples" / "ambiguous.png", "--model",
+                   MODELS / "mlp.onnx", "--passes", "auto", "--max-passes", "60", "--mask-seed", "0", "--json",
+                   "--out", out)
+    assert done.returncode == 0, done.stderr
+    found = [p["input_passes"] for p in json.loads(done.stdout)["predictions"]]
+    assert found[0] < 60 and found[1] <= 60
+    assert [int(row["input_passes"]) for row in csv.DictReader(out.open())] == found
+
+
+def test_score_writes_each_inputs_passes(mlp_inputs, tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from mcdrop.score.input_plan import plan_inputs
+    from mcdrop.score.job import score_options
+    from mcdrop.score.local import score_local
+
+    batch = tmp_path / "x.npy"
+    np.save(batch, mlp_inputs[:12])
+    session = MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=1)
+    options = score_options(session, "auto", 0, max_passes=60)
+    score_local(session, plan_inputs([str(batch)], session.info), tmp_path / "s.parquet", options, batch_size=5)
+    passes = pq.read_table(tmp_path / "s.parquet").column("passes").to_numpy()
+    expected = session.predict(mlp_inputs[:12], passes="auto", max_passes=60, mask_seed=0).input_passes
+    assert (passes == expected).all() and passes.min() < 60
+    with pytest.raises(InputError, match="--keep-samples is for a fixed --passes"):
+        score_options(session, "auto", 0, keep_samples=True)
+
+
+def test_evaluate_runs_auto(mlp_inputs, tmp_path):
+    import json
+
+    data = tmp_path / "data.npz"
+    np.savez(data, x=mlp_inputs[:20], y=np.zeros(20, np.int64))
+    done = run_cli("evaluate", MODELS / "mlp.onnx", data, "--passes", "auto", "--max-passes", "40", "--seed", "0",
+                   "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["passes"] <= 40
+    bad = run_cli("evaluate", MODELS / "mlp.onnx", data, "--passes", "auto", "--max-passes", "0")
+    assert bad.returncode != 0 and bad.stderr.strip() == "error: --max-passes must be >= 1, got 0"
