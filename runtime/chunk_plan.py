@@ -26,7 +26,7 @@ WEIGHTS_SHARE = 4
 # predict before, and from which it goes to them at once; DESIGN.md: Session internals.
 PARALLEL_MIN_FLOATS = 2**19
 PARALLEL_AT_ONCE_FLOATS = 2**24
-# Seeds come from one spread of this many streams (runtime/seeds.py): the main session takes
+# Seeds come from one spread of this many streams (runtime/format/seeds.py): the main session takes
 # stream 0 and worker i stream i, so the main session's masks do not depend on the core count.
 SEED_STREAMS = 64
 # A shared mask set is kept between predicts while it takes at most this share of max_chunk_bytes

@@ -39,7 +39,7 @@ class Prediction:
     labels: Optional[Sequence[str]] = None
     samples: Optional[np.ndarray] = field(default=None, repr=False)
     rule: Optional[Rule] = None  # when UNCERTAIN; None: the default rule (runtime/uncertain_rule.py)
-    masks: Optional[str] = None  # "shared" or "independent" (runtime/masks.py); None: not from a session
+    masks: Optional[str] = None  # "shared" or "independent" (runtime/format/mask_sets.py); None: not from a session
     mask_seed: Optional[int] = None  # the shared mask set's seed
     # Monte Carlo standard error of "mean", "variance" and each measure of that name that is an
     # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors).

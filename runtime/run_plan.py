@@ -95,7 +95,7 @@ def check_flags(passes, max_passes: Optional[int], min_passes: Optional[int], li
 
 
 def default_masks(info: ModelInfo) -> str:
-    """"shared" where the file takes a mask set (runtime/masks.py; docs/DESIGN.md: Mask sets):
+    """"shared" where the file takes a mask set (runtime/format/mask_sets.py; docs/DESIGN.md: Mask sets):
     they score faster, and an input's result then depends on (input, mask seed, passes) alone;
     else "independent"."""
     return "shared" if info.mask_layout is not None else "independent"

@@ -64,7 +64,7 @@ class MCSession:
     single-threaded sessions (workers), each with its own seeds, so that random masks are drawn
     on every core; they are created when first needed (runtime/chunk_plan.py).
 
-    Masks (runtime/masks.py): "shared" (the default where the file takes a mask set) scores
+    Masks (runtime/format/mask_sets.py): "shared" (the default where the file takes a mask set) scores
     every input with one set of T sampled networks drawn from the mask seed, so a result depends
     on the input, the mask seed and the passes alone, in any batch, chunking, thread count, worker
     or machine; "independent" draws new masks for every input of every pass inside onnxruntime,
@@ -103,7 +103,7 @@ class MCSession:
             self._parsed, self._external_folder = checked_file(model_bytes, self.path, settings.verify,
                                                                settings.allow_external_data, limits)
         self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * self.max_chunk_bytes)
-        # One spread of seeds for all workers (see runtime/seeds.py), drawn from fresh entropy
+        # One spread of seeds for all workers (see runtime/format/seeds.py), drawn from fresh entropy
         # when no seed is given.
         self._entropy = np.random.SeedSequence(settings.seed).entropy
         # 53 bits: a seed that survives JSON in every language.
