@@ -612,7 +612,7 @@ def test_signals_wait_for_the_end_of_a_deferred_block(monkeypatch):
     reached = []
     with pytest.raises(KeyboardInterrupt):
         with checkpoints.signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)  # to this thread: its handler runs inside the block
             time.sleep(0.05)
             reached.append(True)  # the interruption waited for the block
     assert reached and signal.getsignal(signal.SIGINT) is signal.default_int_handler
