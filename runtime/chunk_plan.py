@@ -88,6 +88,8 @@ class ChunkPlanner:
         # else runs would shrink to one row and one pass (10,000 inputs x 100 passes: 1M runs).
         budget = max(self.max_chunk_bytes - samples, self.max_chunk_bytes // 2)
         per_pass_masks = MASK_COPIES * info.mask_layout.bytes_per_pass if shared else 0
+        if shared:  # a file that skips dropped units gathers rows of weights per pass
+            per_pass_masks += FLOAT_BYTES * info.metadata.get("dropped_units", {}).get("floats_per_pass", 0)
         if shared and self.keeps_mask_set(passes):
             budget -= passes * info.mask_layout.bytes_per_pass
         floats = passes * batch * info.activation_floats_per_sample
@@ -99,7 +101,11 @@ class ChunkPlanner:
         else:
             row_parts = batch
             pass_parts = -(-passes // min(passes, max(1, (budget - per_input) // (per_sample + per_pass_masks))))
-        # Every worker gets the same number of runs: split the rows further, then the passes.
+        # Every worker gets the same number of runs: split the rows further, then the passes; a
+        # file that skips dropped units (convert/dropped_units.py) wants its rows together.
+        while workers and (row_parts * pass_parts) % workers and pass_parts < passes and shared \
+                and info.metadata.get("dropped_units") is not None:
+            pass_parts += 1
         while workers and (row_parts * pass_parts) % workers and row_parts < batch:
             row_parts += 1
         while workers and (row_parts * pass_parts) % workers and pass_parts < passes:
