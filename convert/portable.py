@@ -290,7 +290,7 @@ def check_convert_flags(source, output, portable: bool, skip_dropped: bool = Fal
     from ..runtime.result_files import same_file
 
     if portable == skip_dropped:
-        raise InputError("convert needs one profile: --portable or --skip-dropped")
+        raise InputError("convert needs a profile: --portable or --skip-dropped, one of them")
     if skip_dropped and any(option is not None for option in portable_options):
         raise InputError("--batch-size, --passes and --bake-masks are for --portable; --skip-dropped keeps the file's shapes")
     check_export_target(Path(output))
