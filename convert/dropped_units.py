@@ -104,7 +104,6 @@ def find_sites(graph, meta: dict) -> List[Site]:
     """The Dropout layers the rewrite takes, in the file's order."""
     from onnx import numpy_helper
 
-    producers = {out: node for node in graph.node for out in node.output}
     consumers: dict = {}
     for node in graph.node:
         for name in node.input:
