@@ -101,3 +101,16 @@ def test_cli_convert_skip_dropped_errors_are_one_line(skipping, tmp_path, args, 
     code, output = invoke("convert", *[named.get(arg, arg) for arg in args], "-o", out)
     assert code == 2 and output.count("\n") == 1 and output.startswith("error: ") and fragment in output, output
     assert not out.exists()
+
+
+@pytest.mark.parametrize("entry", [5, {"floats_per_pass": "many"}, {"floats_per_pass": -1}, {}])
+def test_a_broken_dropped_units_entry_is_refused_on_load(skipping, tmp_path, entry):
+    from mcdrop.runtime.errors import ModelFileError
+    from mcdrop.runtime.format.integrity import seal
+    from mcdrop.runtime.format.metadata_writer import metadata_of, write_metadata
+
+    proto = onnx.load(skipping)
+    write_metadata(proto, {**metadata_of(proto), "dropped_units": entry})
+    (tmp_path / "bad.onnx").write_bytes(seal(proto.SerializeToString()))
+    with pytest.raises(ModelFileError, match="dropped_units.floats_per_pass must be an integer"):
+        MCSession(tmp_path / "bad.onnx")
