@@ -33,6 +33,7 @@ MASK_SEED = 0
 def skip_flops(session, keras_model, passes: int, batch: int) -> float:
     """FLOPs of a call of the rewritten file, or None where it runs the original nodes."""
     from mcdrop.convert.dropped_units import MIN_BATCH
+    from mcdrop.runtime.chunk_plan import pass_starts
     from mcdrop.runtime.format import mask_sets
 
     before, after, _ = harness.work(keras_model)
@@ -41,11 +42,11 @@ def skip_flops(session, keras_model, passes: int, batch: int) -> float:
     if skipped is None:
         return None
     total = 0.0
-    for rows, count in session.chunk_plan(batch, passes):
+    plan = session.chunk_plan(batch, passes)
+    for (rows, count), start in zip(plan, pass_starts(plan)):
         size = rows.stop - rows.start
         flops = size * before + count * size * after
         if size >= MIN_BATCH:
-            start = 0  # runs of one row range split their passes in order
             uniform = mask_sets.draw(info.mask_layout, MASK_SEED, start, count)
             for name in skipped["layers"]:
                 layer = next(i for i, layer in enumerate(info.stochastic_layers) if layer.name == name)
