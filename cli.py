@@ -247,6 +247,8 @@ def convert(
     output: Path = typer.Option(..., "-o", "--output", help="The ONNX file to write."),
     portable: bool = typer.Option(False, "--portable", help="No random op: masks fed as uint8 keep masks built "
                                   "from a mask seed, or baked (docs/FORMAT.md: Portable profile)."),
+    skip_dropped: bool = typer.Option(False, "--skip-dropped", help="Shared runs skip the weights of dropped units "
+                                      "(docs/DESIGN.md: Skipping dropped units)."),
     batch_size: Optional[int] = typer.Option(None, help="Fix the batch size (NNAPI and Core ML need it) [default: any]."),
     passes: Optional[int] = typer.Option(None, help="The fixed number of passes T [default: the file's]."),
     bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="Store the mask set of this seed in the file "
@@ -254,11 +256,12 @@ def convert(
     settings=None,
 ):
     """Rewrite an mcdrop file for other runtimes and accelerators (needs onnx, not TensorFlow)."""
-    from .convert import check_convert_flags, convert_file
+    from .convert import check_convert_flags, convert_file, skip_dropped_file
 
-    check_convert_flags(source, output, portable)
-    report = convert_file(source, output, batch_size=batch_size, passes=passes, bake_masks=bake_masks,
-                          verify=settings.verify, limits=settings.limits)
+    check_convert_flags(source, output, portable, skip_dropped, batch_size, passes, bake_masks)
+    report = skip_dropped_file(source, output, verify=settings.verify, limits=settings.limits) if skip_dropped else \
+        convert_file(source, output, batch_size=batch_size, passes=passes, bake_masks=bake_masks,
+                     verify=settings.verify, limits=settings.limits)
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
 
 

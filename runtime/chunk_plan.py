@@ -8,6 +8,7 @@ from typing import List, Tuple
 
 import numpy as np
 
+from .dropped_units import gathered_floats_per_pass
 from .format.metadata import ModelInfo
 
 FLOAT_BYTES = 4
@@ -52,6 +53,8 @@ class ChunkPlanner:
         # One single-threaded worker would only be slower than the main session; the GPU draws in
         # parallel inside one session.
         self.max_workers = workers if workers >= 2 and workers_allowed else 0
+        # A file that skips dropped units (runtime/dropped_units.py): None for any other.
+        self.gathered_floats = gathered_floats_per_pass(info.metadata)
 
     def big(self, batch: int, passes: int) -> bool:
         """Whether a predict is big enough for the workers (once they pay off, see PARALLEL_*)."""
@@ -88,6 +91,8 @@ class ChunkPlanner:
         # else runs would shrink to one row and one pass (10,000 inputs x 100 passes: 1M runs).
         budget = max(self.max_chunk_bytes - samples, self.max_chunk_bytes // 2)
         per_pass_masks = MASK_COPIES * info.mask_layout.bytes_per_pass if shared else 0
+        if shared and self.gathered_floats:  # rows of weights gathered per pass
+            per_pass_masks += FLOAT_BYTES * self.gathered_floats
         if shared and self.keeps_mask_set(passes):
             budget -= passes * info.mask_layout.bytes_per_pass
         floats = passes * batch * info.activation_floats_per_sample
@@ -99,7 +104,11 @@ class ChunkPlanner:
         else:
             row_parts = batch
             pass_parts = -(-passes // min(passes, max(1, (budget - per_input) // (per_sample + per_pass_masks))))
-        # Every worker gets the same number of runs: split the rows further, then the passes.
+        # Every worker gets the same number of runs: split the rows further, then the passes; a
+        # file that skips dropped units (convert/dropped_units.py) wants its rows together.
+        while workers and (row_parts * pass_parts) % workers and pass_parts < passes and shared \
+                and self.gathered_floats is not None:
+            pass_parts += 1
         while workers and (row_parts * pass_parts) % workers and row_parts < batch:
             row_parts += 1
         while workers and (row_parts * pass_parts) % workers and pass_parts < passes:
