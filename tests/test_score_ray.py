@@ -1,5 +1,6 @@
 """The Ray engine of `cli.py score`, on a local Ray instance with 2 CPUs: the same rows as the local
-engine for any batch size, every input once, also when an actor dies midway or a job is resumed."""
+engine for any batch size, every input once, also when an actor dies midway or a job is resumed.
+Ray's driver runs in a process of its own (ray_process.py), never in the test worker."""
 
 import shutil
 import subprocess
@@ -8,9 +9,7 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from mcdrop import cli
 from mcdrop.score import checkpoint as checkpoints
 from mcdrop.score.job import ScoreOptions
 from mcdrop.score.local import score_local
@@ -18,6 +17,7 @@ from mcdrop.score.output import read_scores
 from mcdrop.runtime.session import MCSession
 from mcdrop.score.input_plan import plan_inputs
 from conftest import ROOT
+from ray_process import RayProcess, call_with_environment
 from test_score import assert_same_rows
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
@@ -27,14 +27,13 @@ from mcdrop.score.ray_engine import FAULT_ENV, score_dataset, score_with_ray  # 
 pytestmark = pytest.mark.xdist_group("ray")
 CNN = ROOT / "models" / "cnn.onnx"
 OPTIONS = ScoreOptions(passes=10, mask_seed=21)
-runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
-    yield
-    ray.shutdown()
+    process = RayProcess(num_cpus=2)
+    yield process
+    process.close()
 
 
 @pytest.fixture(scope="module")
@@ -61,34 +60,35 @@ def local_rows(inputs, tmp_path_factory):
     return read_scores(out)
 
 
-def _ray(inputs, out, batch_size=16, **kwargs):
+def _ray(local_ray, inputs, out, batch_size=16, environment=None, **kwargs):
     plan = plan_inputs(inputs, MCSession(CNN).info)
-    summary = score_with_ray(plan, out, CNN, OPTIONS, batch_size=batch_size, workers=2, **kwargs)
+    summary = local_ray.call(call_with_environment, environment or {}, score_with_ray, plan, out, CNN, OPTIONS,
+                             batch_size=batch_size, workers=2, **kwargs)
     table = read_scores(out)
     assert table.column("index").to_pylist() == list(range(plan.total))  # every input exactly once
     return summary, table
 
 
 @pytest.mark.parametrize("batch_size", [16, 48])
-def test_ray_rows_equal_the_local_engines(inputs, local_rows, tmp_path, batch_size):
-    summary, table = _ray(inputs, tmp_path / "scores.parquet", batch_size)
+def test_ray_rows_equal_the_local_engines(local_ray, inputs, local_rows, tmp_path, batch_size):
+    summary, table = _ray(local_ray, inputs, tmp_path / "scores.parquet", batch_size)
     assert summary.failed == 1 and summary.rows == local_rows.num_rows == 127
     assert (tmp_path / "scores.parquet").is_dir() and not checkpoints.checkpoint_folder(tmp_path / "scores.parquet").exists()
     assert_same_rows(table, local_rows)
 
 
-def test_an_actor_that_dies_midway_is_replaced_and_its_batch_redone(inputs, local_rows, tmp_path, monkeypatch):
+def test_an_actor_that_dies_midway_is_replaced_and_its_batch_redone(local_ray, inputs, local_rows, tmp_path):
     marker = tmp_path / "an-actor-exited"
-    monkeypatch.setenv(FAULT_ENV, str(marker))
-    summary, table = _ray(inputs, tmp_path / "scores.parquet", batch_size=8)
+    summary, table = _ray(local_ray, inputs, tmp_path / "scores.parquet", batch_size=8,
+                          environment={FAULT_ENV: str(marker)})
     assert marker.exists()  # the hook did kill an actor
     assert summary.rows == local_rows.num_rows
     assert_same_rows(table, local_rows)
 
 
-def test_resume_writes_only_the_missing_inputs(inputs, local_rows, tmp_path):
+def test_resume_writes_only_the_missing_inputs(local_ray, inputs, local_rows, tmp_path):
     whole = tmp_path / "whole.parquet"
-    _ray(inputs, whole, batch_size=16)
+    _ray(local_ray, inputs, whole, batch_size=16)
     out = tmp_path / "resumed.parquet"
     plan = plan_inputs(inputs, MCSession(CNN).info)
     checkpoint = checkpoints.Checkpoint(checkpoints.checkpoint_folder(out),
@@ -101,34 +101,46 @@ def test_resume_writes_only_the_missing_inputs(inputs, local_rows, tmp_path):
     kept = int(checkpoint.done().sum())
     checkpoint.release()
     assert 0 < kept < plan.total
-    summary, table = _ray(inputs, out, batch_size=16, resume=True)
+    summary, table = _ray(local_ray, inputs, out, batch_size=16, resume=True)
     assert summary.scored == plan.total - kept
     assert_same_rows(table, local_rows)
 
 
+def _cli(*args):
+    """cli.py in a process (and session) of its own: it becomes a Ray driver."""
+    return subprocess.run([sys.executable, str(ROOT / "cli.py"), *map(str, args)], capture_output=True, text=True,
+                          start_new_session=True, timeout=600)
+
+
 def test_the_cli_runs_the_ray_engine(inputs, local_rows, tmp_path):
     out = tmp_path / "scores.parquet"
-    result = runner.invoke(cli.app, ["score", *inputs, "--model", str(CNN), "--out", str(out), "--engine", "ray",
-                                     "--passes", "10", "--mask-seed", "21", "--batch-size", "32", "--workers", "2"])
-    assert result.exit_code == 0, result.output
-    assert "engine ray" in result.output and "masks shared (seed 21)" in result.output
+    result = _cli("score", *inputs, "--model", CNN, "--out", out, "--engine", "ray", "--passes", 10,
+                  "--mask-seed", 21, "--batch-size", 32, "--workers", 2)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "engine ray" in output and "masks shared (seed 21)" in output
     assert_same_rows(read_scores(out), local_rows)
-    stop = runner.invoke(cli.app, ["score", *inputs, "--model", str(CNN), "--out", str(tmp_path / "stop.parquet"),
-                                   "--engine", "ray", "--on-error", "stop", "--passes", "2"])
-    assert stop.exit_code == 2
-    assert stop.output.strip().splitlines()[-1].startswith("error: ") and "broken.png" in stop.output
+    stop = _cli("score", *inputs, "--model", CNN, "--out", tmp_path / "stop.parquet", "--engine", "ray",
+                "--on-error", "stop", "--passes", 2)
+    assert stop.returncode == 2, stop.stdout + stop.stderr
+    assert stop.stderr.strip().splitlines()[-1].startswith("error: ") and "broken.png" in stop.stderr
 
 
-def test_score_dataset_maps_a_dataset_of_arrays(local_rows):
-    x = np.load(local_rows.column("id")[0].as_py().split("[")[0])
+def _dataset_rows(x):
+    """score_dataset over a Ray Dataset of the rows of x (row 3 all NaN), as one table in index order."""
+    import pyarrow as pa
+
     items = [{"index": i, "id": f"row {i}", "x": x[i]} for i in range(len(x))]
     items[3]["x"] = np.full_like(x[3], np.nan)
     scored = score_dataset(ray.data.from_items(items), CNN, passes=OPTIONS.passes, mask_seed=OPTIONS.mask_seed,
                            array_column="x", batch_size=25, workers=2)
-    import pyarrow as pa
-
     table = pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
-    table = table.take(np.argsort(table.column("index").to_numpy()))
+    return table.take(np.argsort(table.column("index").to_numpy()))
+
+
+def test_score_dataset_maps_a_dataset_of_arrays(local_ray, local_rows):
+    x = np.load(local_rows.column("id")[0].as_py().split("[")[0])
+    table = local_ray.call(_dataset_rows, x)
     assert table.column("index").to_pylist() == list(range(len(x)))
     assert "NaN" in table.column("error")[3].as_py()
     expected = local_rows.slice(0, len(x))
@@ -145,20 +157,20 @@ def test_a_missing_ray_extra_is_one_line():
     assert done.stderr.strip() == 'error: --engine ray needs Ray: pip install -e ".[ray]"'
 
 
-def test_a_finished_ray_output_is_replaced_only_with_overwrite(inputs, local_rows, tmp_path):
+def test_a_finished_ray_output_is_replaced_only_with_overwrite(local_ray, inputs, local_rows, tmp_path):
     from mcdrop.runtime.errors import InputError
 
     out = tmp_path / "scores"  # a folder name with no suffix
-    _ray(inputs, out)
+    _ray(local_ray, inputs, out)
     first = sorted(path.name for path in out.iterdir())
     assert first and all(name.startswith("ray-") and name.endswith(".parquet") for name in first)
     with pytest.raises(InputError, match="exists; --overwrite replaces it"):
-        _ray(inputs, out)
+        _ray(local_ray, inputs, out)
     (out / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match="holding other files"):
-        _ray(inputs, out, overwrite=True)
+        _ray(local_ray, inputs, out, overwrite=True)
     (out / "notes.txt").unlink()
-    summary, table = _ray(inputs, out, overwrite=True)
+    summary, table = _ray(local_ray, inputs, out, overwrite=True)
     assert summary.scored == summary.rows == local_rows.num_rows
     assert_same_rows(table, local_rows)
     names = sorted(path.name for path in out.iterdir())
