@@ -10,6 +10,7 @@ ran, and the time of auto over fixed (each timed once, after a warm-up predict).
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -61,7 +62,8 @@ def main():
     from mcdrop.runtime import MCSession
 
     session = MCSession(str(ROOT / "models" / "cnn.onnx"), seed=MASK_SEED)
-    print(f"shipped CNN, fixed T={MAX_PASSES} vs passes=auto max {MAX_PASSES} (mask seed {MASK_SEED})\n")
+    print(f"shipped CNN, fixed T={MAX_PASSES} vs passes=auto max {MAX_PASSES} (mask seed {MASK_SEED}); "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (a shared machine makes the times rough)\n")
     print("| inputs | n | label agrees | verdict agrees | both agree | mean passes | time auto / fixed |")
     print("|---|---|---|---|---|---|---|")
     rows = []
@@ -76,7 +78,7 @@ def main():
     print(f"| all | {n} | | | {both:.1%} | {passes:.1f} | {ratio:.2f}x (mean) |")
     ok = both >= TARGETS[0] and passes <= TARGETS[1] and ratio <= TARGETS[2]
     print(f"\ntargets: >= {TARGETS[0]:.0%} agreement, <= {TARGETS[1]} mean passes, <= {TARGETS[2]}x time: "
-          + ("met" if ok else "NOT met"))
+          + ("met" if ok else "NOT met") + f" (load average at the end {os.getloadavg()[0]:.1f})")
 
 
 if __name__ == "__main__":

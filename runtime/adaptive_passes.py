@@ -4,9 +4,10 @@ Passes run in rounds from the shared mask set (pass t depends on (seed, t) alone
 takes passes [done, next) of the one set): first min_passes, then x GROWTH up to max_passes
 (`schedule`). After each round, an input whose label and UNCERTAIN verdict are settled leaves the
 batch (`settled`): a quantity is settled when its distance to the boundary that would change the
-outcome is more than CONFIDENCE_Z of its Monte Carlo standard errors (runtime/measures.py). The
-decision reads the input's own samples alone at fixed pass counts, so an input's passes and
-result depend on (input, mask seed, min_passes, max_passes) alone, in any batch or chunking.
+outcome is more than z of its Monte Carlo standard errors (runtime/measures.py) plus how far one
+unseen dissenting pass would move it toward that boundary. The decision reads the input's own
+samples alone at fixed pass counts, so an input's passes and result depend on (input, mask seed,
+min_passes, max_passes) alone, in any batch or chunking.
 docs/DESIGN.md: Adaptive passes has the rule and its measurements.
 """
 
@@ -15,19 +16,26 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from . import measures as M
 from .checks import is_int, positive_int
 from .errors import InputError
-from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS, Rule
+from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS, SINGLE_PASS_MEASURES, Rule
 
 AUTO = "auto"
-# A quantity counts as settled when it lies more than this many standard errors from its
-# boundary: 3 is a two-sided 99.7% normal interval per check, chosen so that >= 99% of inputs
-# keep fixed T=200's label and verdict on the shipped CNN (docs/DESIGN.md: Adaptive passes).
-CONFIDENCE_Z = 3.0
-# The first round: enough passes for a jackknife standard error to mean something.
-DEFAULT_MIN_PASSES = 20
-# Each round takes the passes to GROWTH times those run so far.
-GROWTH = 1.5
+# A quantity counts as settled when it lies more than CONFIDENCE_Z standard errors from its
+# boundary, the errors scaled by sqrt(1 - passes / max_passes): the aim is max_passes' result,
+# which shares the passes run so far (the finite population correction). With UNSEEN_DISSENT,
+# z = 2.5 kept >= 99% of fixed T=200's labels and verdicts on the shipped CNN with the fewest
+# passes (docs/DESIGN.md: Adaptive passes).
+CONFIDENCE_Z = 2.5
+# The weight, in passes, of the dissenting pass (all its probability on the runner-up; each sigmoid
+# label across its threshold) whose pull toward a boundary must be covered too: dissent the first
+# passes did not show is what the standard errors miss (docs/DESIGN.md: Adaptive passes).
+UNSEEN_DISSENT = 0.25
+# The first round: clear inputs settle within it.
+DEFAULT_MIN_PASSES = 10
+# Each round takes the passes to GROWTH times those run so far (at least one more).
+GROWTH = 1.25
 # Regression has no label to settle: its mean is settled once its standard error is this
 # share of the predictive std or less.
 REGRESSION_SE_SHARE = 0.1
@@ -45,10 +53,10 @@ class AutoPasses:
 
 
 def schedule(min_passes: int, max_passes: int) -> List[int]:
-    """The pass counts after each round: min_passes, x GROWTH, ending at max_passes."""
+    """The pass counts after each round: min_passes, x GROWTH (at least one more), ending at max_passes."""
     counts = [min_passes]
     while counts[-1] < max_passes:
-        counts.append(min(int(GROWTH * counts[-1]), max_passes))
+        counts.append(min(max(int(GROWTH * counts[-1]), counts[-1] + 1), max_passes))
     return counts
 
 
@@ -114,7 +122,8 @@ def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None) ->
     keep) gives {output name: Prediction} of samples_of(samples name)."""
     def all_settled(samples, inputs):
         found = predictions_of(samples.__getitem__, keep=False)
-        return np.logical_and.reduce([settled(prediction, prediction.rule) for prediction in found.values()])
+        return np.logical_and.reduce([settled(prediction, prediction.rule, auto.max_passes)
+                                      for prediction in found.values()])
 
     store, passes = run_rounds(run, batch, auto, all_settled, progress)
     groups = [np.flatnonzero(passes == count) for count in np.unique(passes)]
@@ -123,39 +132,104 @@ def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None) ->
     return {name: join([part[name] for part in parts], groups) for name in parts[0]}
 
 
-def settled(prediction, rule: Rule) -> np.ndarray:
-    """bool [batch]: inputs whose label and verdict are settled at CONFIDENCE_Z standard errors."""
-    return label_settled(prediction) & verdict_settled(prediction, rule)
+def settled(prediction, rule: Rule, max_passes: int) -> np.ndarray:
+    """bool [batch]: inputs whose label and verdict are settled (module docstring)."""
+    z = CONFIDENCE_Z * np.sqrt(max(1.0 - prediction.passes / max_passes, 0.0))
+    dissent = Dissent(prediction, UNSEEN_DISSENT)
+    return label_settled(prediction, z, dissent) & verdict_settled(prediction, rule, z, dissent)
 
 
-def label_settled(prediction) -> np.ndarray:
-    errors, n, z = prediction.standard_errors, len(prediction), CONFIDENCE_Z
-    if prediction.head in CATEGORICAL_HEADS:  # top-1 over top-2 by more than z SE of the margin
-        return np.asarray(prediction.measures["margin"], np.float64) > z * errors["margin"]
+def sure(value, bound, se, dissented, z: float) -> np.ndarray:
+    """bool: `value` stays on its side of `bound`: its distance is more than z x `se` plus the
+    move toward the bound of `dissented` (the value with the dissenting pass)."""
+    value = np.asarray(value, np.float64)
+    toward = np.maximum((np.asarray(dissented, np.float64) - value) * np.sign(bound - value), 0.0)
+    return np.abs(value - bound) > z * se + toward
+
+
+def label_settled(prediction, z: float, dissent: "Dissent") -> np.ndarray:
+    errors, n = prediction.standard_errors, len(prediction)
+    if prediction.head in CATEGORICAL_HEADS:  # top-1 over top-2, whatever the pass to come
+        return sure(prediction.measures["margin"], 0.0, errors["margin"], dissent.value("margin"), z)
     if prediction.head in SIGMOID_HEADS:  # every label's probability clear of its threshold
         m = prediction.measures
         limit = m["threshold"] if prediction.head == "binary" else m["thresholds"]
-        distance = np.abs(np.asarray(m["probability"], np.float64) - limit).reshape(n, -1)
-        return (distance > z * errors["mean"].reshape(n, -1)).all(axis=1)
+        found = sure(np.reshape(m["probability"], (n, -1)), np.reshape(limit, (1, -1)),
+                     errors["mean"].reshape(n, -1), dissent.mean, z)
+        return found.all(axis=1)
     std = np.asarray(prediction.measures["std"], np.float64).reshape(n, -1)
     return (errors["mean"].reshape(n, -1) <= REGRESSION_SE_SHARE * std).all(axis=1)
 
 
-def verdict_settled(prediction, rule: Rule) -> np.ndarray:
+def verdict_settled(prediction, rule: Rule, z: float, dissent: "Dissent") -> np.ndarray:
     """The OR of the rule's conditions is settled when one condition is surely met, or every one
-    surely not (a per-label measure: any label surely meets it / every label surely does not)."""
+    surely not (a per-label measure: any label surely meets it / every label surely does not).
+    A single-pass measure does not change with passes: its condition cannot unsettle the OR."""
     from .uncertain_rule import measure_value
 
-    n, z = len(prediction), CONFIDENCE_Z
+    n = len(prediction)
     surely_met, surely_not = np.zeros(n, bool), np.ones(n, bool)
     for condition in rule.conditions:
+        if condition.measure in SINGLE_PASS_MEASURES:
+            continue
         value = np.asarray(measure_value(prediction, condition.measure), np.float64).reshape(n, -1)
         se = measure_error(prediction, condition.measure).reshape(n, -1)
         met = value > condition.value if condition.op == ">" else value < condition.value
-        sure = np.abs(value - condition.value) > z * se
-        surely_met |= (met & sure).any(axis=1)
-        surely_not &= (~met & sure).all(axis=1)
+        certain = sure(value, condition.value, se, dissent.value(condition.measure).reshape(n, -1), z)
+        surely_met |= (met & certain).any(axis=1)
+        surely_not &= (~met & certain).all(axis=1)
     return surely_met | surely_not
+
+
+class Dissent:
+    """A classifier Prediction's measures with one more pass of `weight` that dissents: a
+    categorical head's puts all its probability on the runner-up class, a sigmoid head's each
+    label's on the other side of its threshold. Regression has no dissent: the measures as they are."""
+
+    def __init__(self, prediction, weight: float):
+        self.prediction, n = prediction, prediction.passes
+        mean = prediction.mean.astype(np.float64).reshape(len(prediction), -1)
+        self.kept = n / (n + weight)  # the share of the passes run in the new mean
+        if prediction.head in CATEGORICAL_HEADS:
+            runner_up = np.argsort(-mean, axis=-1, kind="stable")[:, min(1, mean.shape[-1] - 1)]
+            self.pass_ = np.eye(mean.shape[-1])[runner_up]
+        elif prediction.head in SIGMOID_HEADS:
+            limit = prediction.measures["threshold" if prediction.head == "binary" else "thresholds"]
+            self.pass_ = (mean < np.reshape(limit, (1, -1))).astype(np.float64)
+        else:
+            self.pass_ = mean
+        self.mean = self.kept * mean + (1 - self.kept) * self.pass_
+        second = prediction.variance.astype(np.float64).reshape(mean.shape) + np.square(mean)
+        self.variance = np.maximum(self.kept * second + (1 - self.kept) * np.square(self.pass_)
+                                   - np.square(self.mean), 0.0)
+
+    def value(self, name: str) -> np.ndarray:
+        """The measure `name` (a rule's, or margin) with the dissenting pass, shaped like it."""
+        from .uncertain_rule import measure_value
+
+        p, kept, mean = self.prediction, self.kept, self.mean
+        shape = np.shape(measure_value(p, name))
+        if p.head not in CATEGORICAL_HEADS + SIGMOID_HEADS:
+            return np.asarray(measure_value(p, name), np.float64)
+        entropy = M.categorical_entropy(mean) if p.head in CATEGORICAL_HEADS else M.bernoulli_entropy(mean)
+        # The dissenting pass is one-hot (0 or 1): its own entropy is 0.
+        expected = kept * np.asarray(p.measures["expected_entropy"], np.float64).reshape(entropy.shape)
+        limit = p.measures["threshold" if p.head == "binary" else "thresholds"] if p.head in SIGMOID_HEADS else 0
+        found = {
+            "confidence": lambda: mean.max(axis=-1),
+            "one_minus_confidence": lambda: 1.0 - mean.max(axis=-1),
+            "margin": lambda: M.margin(mean),
+            "predictive_entropy": lambda: entropy,
+            "entropy": lambda: entropy,
+            "expected_entropy": lambda: expected,
+            "mutual_information": lambda: np.maximum(entropy - expected, 0.0),
+            "variation_ratio": lambda: 1.0 - kept * (1.0 - np.asarray(p.measures["variation_ratio"], np.float64)),
+            "top_class_variance": lambda: np.take_along_axis(
+                self.variance, p.mean.argmax(axis=-1).reshape(-1, 1), axis=-1)[:, 0],
+            "std": lambda: np.sqrt(self.variance),
+            "threshold_distance": lambda: np.abs(mean - np.reshape(limit, (1, -1))),
+        }[name]()
+        return np.reshape(found, shape)
 
 
 def measure_error(prediction, name: str) -> np.ndarray:

@@ -10,6 +10,8 @@ import pytest
 from mcdrop.runtime import MCSession
 from mcdrop.runtime import adaptive_passes
 from mcdrop.runtime.errors import InputError
+from mcdrop.runtime.prediction import Prediction
+from mcdrop.runtime.uncertain_rule import Rule, default_rule
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MAX_PASSES = 100
@@ -101,6 +103,49 @@ def test_bad_values_fail_with_one_line(mlp, mlp_inputs, arguments, message):
     with pytest.raises(InputError, match=message) as caught:
         mlp.predict(mlp_inputs[:2], **arguments)
     assert "\n" not in str(caught.value)
+
+
+def test_schedule_grows_by_at_least_one_pass_a_round():
+    for low, high in ((1, 4), (3, 3), (10, 200)):
+        counts = adaptive_passes.schedule(low, high)
+        assert counts[0] == low and counts[-1] == high and all(b > a for a, b in zip(counts, counts[1:]))
+    assert adaptive_passes.schedule(1, 4) == [1, 2, 3, 4]  # int(GROWTH * 1) is 1: it used to loop forever
+
+
+def categorical(passes: int, top: float = 0.999):
+    """A softmax Prediction whose `passes` passes all give class 0 probability `top`."""
+    pass_ = np.full(10, (1 - top) / 9)
+    pass_[0] = top
+    return Prediction.from_samples(np.tile(pass_, (passes, 1, 1)), "softmax", rule=default_rule("softmax"))
+
+
+def test_agreeing_first_passes_do_not_settle_an_input_alone():
+    """Ten passes that all agree have mutual information and standard errors of 0; one unseen
+    dissenting pass would lift it over the default rule's 0.1, so the input runs on (fixed T=200
+    flagged such inputs where a few of its later passes dissented); sixty agreeing passes settle it."""
+    assert not adaptive_passes.settled(categorical(10), default_rule("softmax"), 200)[0]
+    assert adaptive_passes.settled(categorical(60), default_rule("softmax"), 200)[0]
+
+
+def binary(passes: int):
+    """A binary Prediction of mean 0.548 (0.048 over its threshold) with a standard error of 0.0201."""
+    samples = np.where(np.arange(passes) % 2, 0.303, 0.793).reshape(passes, 1, 1)
+    return Prediction.from_samples(samples, "binary", rule=Rule(()))
+
+
+def test_the_aim_is_max_passes_result():
+    """After 150 of 200 passes, the 200-pass mean moves by sqrt(1 - 150/200) = half the standard
+    error at most as likely: 2.4 SE from the threshold settles it there, not on the way to 10000."""
+    prediction = binary(150)
+    assert abs(float(prediction.standard_errors["mean"][0, 0]) - 0.0201) < 5e-4
+    assert adaptive_passes.settled(prediction, prediction.rule, 200)[0]
+    assert not adaptive_passes.settled(prediction, prediction.rule, 10_000)[0]
+
+
+def test_a_single_pass_condition_does_not_unsettle_the_verdict():
+    """feature_distance is one deterministic pass's (added after the rounds): more passes cannot change it."""
+    rule = Rule.parse("feature_distance > 5 or mutual_information > 0.1", "softmax")
+    assert adaptive_passes.settled(categorical(60), rule, 200)[0]
 
 
 def test_passes_text():

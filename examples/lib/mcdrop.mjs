@@ -1000,3 +1000,163 @@ export function summarize(outputs, metadata, { rule } = {}) {
   results.ruleSource = effective.source;
   return results;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Adaptive passes (runtime/adaptive_passes.py; docs/DESIGN.md: Adaptive passes)
+//
+// passes "auto" runs rounds of the shared mask set (passes [done, next) of the one set): first
+// minPasses, then x GROWTH up to maxPasses. After each round an input leaves once its label and
+// UNCERTAIN verdict are settled: a value's distance to the bound that would change the outcome is
+// more than z of its standard errors, z = CONFIDENCE_Z x sqrt(1 - passes / maxPasses), plus how far
+// a dissenting pass of weight UNSEEN_DISSENT (all on the runner-up class) would move it toward that
+// bound. The same rule and constants as the Python runtime, read off the same float32 values, so an
+// input stops after the same passes in both for a mask seed.
+
+export const CONFIDENCE_Z = 2.5;
+export const UNSEEN_DISSENT = 0.25;
+export const DEFAULT_MIN_PASSES = 10;
+export const GROWTH = 1.25;
+
+/** The pass counts after each round: minPasses, x GROWTH (at least one more), ending at maxPasses. */
+export function schedule(minPasses, maxPasses) {
+  const counts = [minPasses];
+  while (counts[counts.length - 1] < maxPasses) {
+    const last = counts[counts.length - 1];
+    counts.push(Math.min(Math.max(Math.floor(GROWTH * last), last + 1), maxPasses));
+  }
+  return counts;
+}
+
+// Whether `value` stays on its side of `bound`: more than z x se plus the dissented value's move toward it.
+function sure(value, bound, se, dissented, z) {
+  const toward = Math.max((dissented - value) * Math.sign(bound - value), 0);
+  return Math.abs(value - bound) > z * se + toward;
+}
+
+// One input's rule measures and margin with the dissenting pass of `weight`, from its float32 mean,
+// variance, expected entropy and variation ratio (as the Python runtime stores them).
+function dissentedMeasures(m, T, weight) {
+  const f = Math.fround, C = m.mean.length;
+  const meanF = m.mean.map(f);
+  const order = meanF.map((_, c) => c).sort((a, b) => meanF[b] - meanF[a] || a - b);
+  const runnerUp = order[Math.min(1, C - 1)];
+  const kept = T / (T + weight);
+  const pass = meanF.map((_, c) => (c === runnerUp ? 1 : 0));
+  const mean = meanF.map((p, c) => kept * p + (1 - kept) * pass[c]);
+  const variance = meanF.map((p, c) => Math.max(kept * (f(m.variance[c]) + p * p) + (1 - kept) * pass[c] ** 2 - mean[c] ** 2, 0));
+  const sorted = [...mean].sort((a, b) => b - a);
+  const entropy = -mean.reduce((sum, p) => sum + xlogx(p), 0);
+  const expected = kept * f(m.expected_entropy); // the dissenting pass is one-hot: entropy 0
+  return {
+    confidence: sorted[0], one_minus_confidence: 1 - sorted[0], margin: C === 1 ? mean[0] : sorted[0] - sorted[1],
+    predictive_entropy: entropy, expected_entropy: expected, mutual_information: Math.max(entropy - expected, 0),
+    variation_ratio: 1 - kept * (1 - f(m.variation_ratio)), top_class_variance: variance[argmax(meanF)],
+  };
+}
+
+// The standard error of a measure a rule may name, as runtime/adaptive_passes.py measure_error reads it.
+function measureError(m, name) {
+  const errors = m.standard_errors;
+  if (name === "one_minus_confidence") return errors.confidence_se;
+  if (name === "top_class_variance") return errors.variance_se[argmax(m.mean.map(Math.fround))];
+  return errors[`${name}_se`];
+}
+
+/**
+ * Whether one input's label and verdict are settled after T of at most maxPasses passes: `m` from
+ * measuresOf, `tested` the rule's values as summarize tests them. A condition on a single-pass
+ * measure does not change with passes, so it cannot unsettle the verdict.
+ */
+function settled(m, tested, rule, T, maxPasses) {
+  const f = Math.fround;
+  const z = CONFIDENCE_Z * Math.sqrt(Math.max(1 - T / maxPasses, 0));
+  const dissent = dissentedMeasures(m, T, UNSEEN_DISSENT);
+  if (!sure(f(m.margin), 0, f(m.standard_errors.margin_se), dissent.margin, z)) return false;
+  let surelyMet = false, surelyNot = true;
+  for (const { measure, op, value } of rule.conditions) {
+    if (SINGLE_PASS_MEASURES.includes(measure)) continue;
+    const v = tested[measure];
+    const met = op === ">" ? v > value : v < value;
+    const certain = sure(v, value, f(measureError(m, measure)), dissent[measure], z);
+    surelyMet ||= met && certain;
+    surelyNot &&= !met && certain;
+  }
+  return surelyMet || surelyNot;
+}
+
+// The input's parts one row each: a list of {data, dims} (from preprocessImage, or a batch).
+function rowsOf(x) {
+  return (Array.isArray(x) ? x : [x]).flatMap((part) => {
+    const size = part.dims.slice(1).reduce((product, d) => product * d, 1);
+    return Array.from({ length: part.dims[0] }, (_, b) => ({ data: part.data.subarray(b * size, (b + 1) * size), dims: [1, ...part.dims.slice(1)] }));
+  });
+}
+
+/**
+ * Run a categorical mcdrop file with shared masks and summarize: passes (a count, default the
+ * file's default_passes) or "auto" with maxPasses (default the file's default_passes) and minPasses
+ * (default DEFAULT_MIN_PASSES, at most maxPasses); maskSeed (default 0); rule as summarize takes it.
+ * Each result is summarize's plus `passes`: the passes its input ran. With "auto", each input runs
+ * rounds until settled (above); a calibrated file's single-pass scores come from the first round.
+ * Deterministic for a mask seed, whatever the batch, and equal to the Python runtime's
+ * predict(passes="auto") in each input's passes.
+ */
+export async function predict(ort, session, x, metadata, { passes, maxPasses, minPasses, maskSeed = 0, rule } = {}) {
+  if (!maskLayout(metadata) || metadata.portable) throw new Error("predict runs a shared mask set: this file takes none");
+  if (passes !== "auto") {
+    if (maxPasses !== undefined || minPasses !== undefined) throw new Error("maxPasses and minPasses are for passes \"auto\"");
+    const count = checkPasses(passes ?? metadata.default_passes);
+    const masks = maskSet(metadata, maskSeed, { count });
+    const results = summarize(await session.run(feeds(ort, x, { passes: count, masks }, metadata)), metadata, { rule });
+    for (const result of results) result.passes = count;
+    return results;
+  }
+  const high = maxPasses === undefined ? metadata.default_passes : maxPasses;
+  if (!Number.isSafeInteger(high) || high < 1) throw new Error(`maxPasses must be an integer >= 1, got ${maxPasses}`);
+  const low = minPasses === undefined ? Math.min(DEFAULT_MIN_PASSES, high) : minPasses;
+  if (!Number.isSafeInteger(low) || low < 1) throw new Error(`minPasses must be an integer >= 1, got ${minPasses}`);
+  if (low > high) throw new Error(`minPasses ${low} is more than maxPasses ${high}`);
+  const output = metadata.outputs[0], effective = ruleFor(metadata, rule);
+  const rows = rowsOf(x);
+  const passRows = rows.map(() => []); // per input: its passes' probabilities, one Float32Array each
+  const singlePass = rows.map(() => ({}));
+  let active = rows.map((_, b) => b), done = 0;
+  const samplesOf = (b) => { // input b's passes so far as a [T, 1, C] samples output
+    const C = passRows[b][0].length, T = passRows[b].length;
+    const data = new Float32Array(T * C);
+    passRows[b].forEach((row, t) => data.set(row, t * C));
+    return { data, dims: [T, 1, C] };
+  };
+  const summaryOf = (b) => {
+    const outputs = { [`${output.prefix}samples`]: samplesOf(b) };
+    for (const [name, value] of Object.entries(singlePass[b])) outputs[`${output.prefix}${name}`] = { data: [value] };
+    return summarize(outputs, metadata, { rule: effective })[0];
+  };
+  for (const count of schedule(low, high)) {
+    const masks = maskSet(metadata, maskSeed, { first: done, count: count - done });
+    const outputs = await session.run(feeds(ort, active.map((b) => rows[b]), { passes: count - done, masks }, metadata));
+    const samples = outputs[`${output.prefix}samples`];
+    const [T, B, C] = samples.dims.map(Number);
+    active.forEach((b, i) => {
+      for (let t = 0; t < T; t++) passRows[b].push(samples.data.slice((t * B + i) * C, (t * B + i + 1) * C));
+      for (const name of SINGLE_PASS_MEASURES) {
+        const found = outputs[`${output.prefix}${name}`];
+        if (found && done === 0) singlePass[b][name] = found.data[i];
+      }
+    });
+    done = count;
+    if (count === high) break;
+    active = active.filter((b) => {
+      const { data, dims: [T, , C] } = samplesOf(b);
+      const m = measuresOf(data, T, 1, C, 0);
+      const tested = Object.fromEntries(RULE_MEASURES.filter((name) => name in m)
+        .map((name) => [name, name === "one_minus_confidence" ? m[name] : Math.fround(m[name])]));
+      return !settled(m, tested, effective, T, high);
+    });
+    if (!active.length) break;
+  }
+  const results = rows.map((_, b) => ({ ...summaryOf(b), passes: passRows[b].length }));
+  results.ruleText = effective.text;
+  results.ruleSource = effective.source;
+  return results;
+}
