@@ -281,16 +281,18 @@ def _optimized(proto, path: str):
     return optimized
 
 
-def check_convert_flags(source, output, portable: bool) -> None:
-    """`cli.py convert`'s own checks, before any reading: a profile asked for, a writable .onnx
+def check_convert_flags(source, output, portable: bool, analytic=None) -> None:
+    """`cli.py convert`'s own checks, before any reading: one profile asked for, a writable .onnx
     target that is not the source, onnx installed."""
     import importlib.util
 
     from ..export.flags import check_export_target
     from ..runtime.result_files import same_file
 
-    if not portable:
-        raise InputError("convert needs a profile: --portable (the only one so far)")
+    if portable == (analytic is not None):
+        raise InputError("convert needs one profile: --portable, or --analytic INPUTS (convert the portable "
+                         "file from the analytic one for both)" if portable else
+                         "convert needs a profile: --portable or --analytic INPUTS")
     check_export_target(Path(output))
     if same_file(Path(output), str(source)):
         raise InputError(f"-o {output}: is the input file; writing there would replace it")
