@@ -59,9 +59,10 @@ def _check_file(meta: dict, path: str) -> None:
         raise InputError(f"{path} is a portable file; add the analytic graph to the standard file")
     if meta.get("analytic") is not None:
         raise InputError(f"{path} already has the analytic graph")
-    if meta.get("format", 0) < 3:
-        raise ModelFileError(f"{path}: format {meta.get('format')} predates the analytic profile; export it again")
     layers = meta.get("stochastic_layers") or []
+    if any(layer.get("mask_shape") is None for layer in layers):
+        raise ModelFileError(f"{path}: format {meta.get('format')} gives no layer's mask shape, which the analytic "
+                             "graph draws from; export it again")
     if not layers:
         raise InputError(f"{path} has no stochastic layer: its one pass is already exact")
     odd = [layer for layer in layers if layer.get("kind") not in LAYER_KINDS or layer.get("distribution") != "uniform"]
@@ -133,8 +134,9 @@ class _Walk:
                 seen, todo = set(), [node.output[0]]
                 while todo:
                     for user in consumers.get(todo.pop(), []):
-                        if user.name not in seen and user.op_type not in ("Shape", "Size"):
-                            seen.add(user.name)
+                        key = tuple(user.output)  # node names may be empty
+                        if key not in seen and user.op_type not in ("Shape", "Size"):
+                            seen.add(key)
                             todo.extend(user.output)
                 after[node.name] = seen
         # The last layer's draws reach the fewest nodes (an earlier layer's reach through it).
@@ -280,14 +282,16 @@ class _Walk:
     def rule_Mul(self, node, ins) -> None:
         a, b = ins
         if a in self.moments and b in self.moments:
+            layer = self.keep_of.get(a) or self.keep_of.get(b)
+            if layer == self.last:  # the last dropout's output: from here on, Gaussian draws
+                self._set(node, *self.last_moments(a, b))
+                self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))
+                return
             (ma, va), (mb, vb) = self.moments[a], self.moments[b]
             mean = self.add("Mul", [ma, mb])
             # Independent factors: Var(ab) = va vb + va mb^2 + vb ma^2.
             terms = self.add("Add", [self.add("Mul", [va, vb]), self.add("Mul", [va, self.add("Mul", [mb, mb])])])
             self._set(node, mean, self.add("Add", [terms, self.add("Mul", [vb, self.add("Mul", [ma, ma])])], "var"))
-            layer = self.keep_of.get(a) or self.keep_of.get(b)
-            if layer == self.last:  # the last dropout's output: from here on, Gaussian draws
-                self.drawn[node.output[0]] = self.draws(*self.last_moments(a, b), _features(self.meta, layer))
             return
         (m, v), c = (self.moments[a], b) if a in self.moments else (self.moments[b], a)
         c = self.alias.get(c, c)

@@ -158,3 +158,40 @@ def test_latin_hypercube_draws_are_standard_normal_per_unit():
     assert np.abs(z.mean(0)).max() < 0.01 and np.abs(z.var(0) - 1).max() < 0.1
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+
+
+def test_moments_after_a_dropout_and_a_relu_match_mc():
+    """The rules themselves: after dropout -> Dense the mean and variance are exact (independent
+    keep masks), and the rectified Gaussian's follow MC's after the ReLU (the pre-activation sums
+    512 terms: near Gaussian), and the second dropout (a product of two noisy factors) keeps them.
+    MC here: 4000 passes of the same graph."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from mcdrop.convert.analytic import _Walk
+
+    proto = onnx.load(MLP)
+    walk = _Walk(proto.graph, metadata_of(proto), "mlp.onnx")
+    walk.run()
+    tensors = {"dense": "dense_1_2/BiasAdd:0", "relu": "dense_1_2/Relu:0", "second dropout": "mul_8:0"}
+    names = {key: walk.moments[name] for key, name in tensors.items()}
+    for name in [*tensors.values(), *(n for pair in names.values() for n in pair)]:
+        proto.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = (np.random.default_rng(1).integers(0, 256, (2, 784)) / 255.0).astype(np.float32)
+    masks = np.zeros((0, 1024), np.float32)
+
+    def run(passes, wanted):
+        feed = {"input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True), "masks": masks}
+        return dict(zip(wanted, session.run(wanted, feed)))
+
+    passes = 4000
+    samples = run(passes, list(tensors.values()))
+    for key, tensor in tensors.items():
+        mean, var = (value.reshape(2, -1) for value in run(1, list(names[key])).values())
+        drawn = samples[tensor].reshape(passes, 2, -1).astype(np.float64)
+        spread = np.sqrt(drawn.var(0))
+        # Within 5 standard errors of MC's mean; the variance within 10% (where there is some).
+        assert (np.abs(mean - drawn.mean(0)) <= 5 * spread / np.sqrt(passes) + 1e-4).mean() > 0.99, key
+        some = drawn.var(0) > 1e-3
+        assert np.median(np.abs(var[some] / drawn.var(0)[some] - 1)) < 0.1, key
