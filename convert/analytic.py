@@ -87,6 +87,8 @@ class _Walk:
         self.drawn: Dict[str, str] = {}  # the Gaussian draws' version of a tensor after the last dropout
         self.alias: Dict[str, str] = {}  # a deterministic tensor recomputed without the random nodes
         self.added: List = []
+        self.inner: Dict[str, str] = {}  # an analytic output -> its name inside the If's branch
+        self.dims: Dict[str, list] = {}
         self.count = 0
         self.last = self._last_layer()
 
@@ -160,15 +162,39 @@ class _Walk:
             self.step(node)
         for prefix, name in analytic_outputs(self.meta).items():
             self.output(prefix + "samples", name)
-        # onnxruntime runs every node of a graph whatever the outputs asked for: only the nodes
-        # the analytic outputs need are added (an MC run of the file still runs them; FORMAT.md).
-        needed = set(analytic_outputs(self.meta).values())
+        needed = set(self.inner.values())
         kept = []
         for node in reversed(self.added):
             if any(out in needed for out in node.output):
                 kept.append(node)
                 needed.update(node.input)
-        self.graph.node.extend(reversed(kept))
+        self.graph.node.extend(self.branch(list(reversed(kept))))
+
+    def branch(self, nodes: list) -> list:
+        """onnxruntime runs every node of a graph whatever outputs a run asks for: the moment graph
+        sits in the then-branch of an If taken only for the analytic run's feed (passes 1, no mask
+        rows), so an MC run skips it (docs/FORMAT.md: Analytic outputs)."""
+        from onnx import TensorProto, helper
+
+        def value(name, dims):
+            return helper.make_tensor_value_info(name, TensorProto.FLOAT, dims)
+
+        names = list(self.inner)
+        then = helper.make_graph(nodes, PREFIX + "moments", [], [value(self.inner[n], None) for n in names])
+        empty = [helper.make_node("Constant", [], [self.inner[n] + "/none"], name=self.inner[n] + "/none",
+                                  value=helper.make_tensor(self.inner[n] + "/none", TensorProto.FLOAT,
+                                                           [0, 0, *self.dims[n]], []))
+                 for n in names]
+        otherwise = helper.make_graph(empty, PREFIX + "none", [], [value(self.inner[n] + "/none", None) for n in names])
+        ints = {name: self.constant(np.array(v, np.int64), name) for name, v in (("zero_rows", 0), ("one_pass", 1))}
+        test = [helper.make_node("Size", ["masks"], [PREFIX + "mask_floats"], name=PREFIX + "mask_floats"),
+                helper.make_node("Equal", [PREFIX + "mask_floats", ints["zero_rows"]], [PREFIX + "no_rows"],
+                                 name=PREFIX + "no_rows"),
+                helper.make_node("Equal", ["passes", ints["one_pass"]], [PREFIX + "one_pass"], name=PREFIX + "one_pass"),
+                helper.make_node("And", [PREFIX + "no_rows", PREFIX + "one_pass"], [PREFIX + "analytic_run"],
+                                 name=PREFIX + "analytic_run")]
+        return test + [helper.make_node("If", [PREFIX + "analytic_run"], names, name=PREFIX + "if_analytic",
+                                        then_branch=then, else_branch=otherwise)]
 
     def step(self, node) -> None:
         op, ins = node.op_type, [i for i in node.input]
@@ -257,7 +283,8 @@ class _Walk:
             raise InputError(f"{self.path}: output {samples_name!r} does not depend on the dropout draws the "
                              "analytic graph follows")
         shape = self.constant(np.array([DRAWS, -1, *dims], np.int64), "samples_shape")
-        self.add("Reshape", [self.drawn[samples_name], shape], outputs=[output_name])
+        self.inner[output_name] = self.add("Reshape", [self.drawn[samples_name], shape], "samples")
+        self.dims[output_name] = dims
         self.graph.output.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [DRAWS, "batch", *dims]))
 
     def draws(self, mean: str, variance: str, features) -> str:
