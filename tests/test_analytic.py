@@ -125,6 +125,10 @@ def test_cli_infer_and_its_one_line_errors(files, tmp_path):
     ok = runner.invoke(cli.app, ["infer", str(tmp_path / "x.npy"), "--model", str(files["vouched"]), "--no-verify",
                                  "--method", "analytic", "--json"])
     assert ok.exit_code == 0, ok.output
+    np.savez(tmp_path / "labelled.npz", x=np.load(files["inputs"]), y=np.arange(VALIDATION_INPUTS) % 10)
+    report = runner.invoke(cli.app, ["evaluate", str(files["vouched"]), str(tmp_path / "labelled.npz"), "--no-verify",
+                                     "--method", "analytic", "--json"])
+    assert report.exit_code == 0, report.output
     for flags, message in ((["--model", str(files["poor"]), "--no-verify"], "agrees poorly with MC"),
                            (["--model", str(MLP)], "has no analytic outputs"),
                            (["--model", str(files["vouched"]), "--no-verify", "--passes", "auto"], "--passes is for --method mc")):
