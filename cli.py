@@ -43,6 +43,7 @@ NO_VERIFY_OPTION = typer.Option(False, "--no-verify", help="Load a file whose in
 PASSES_OPTION = typer.Option(None, help="Monte Carlo passes T, or auto (README: Adaptive passes) [default: the model's].")
 MAX_PASSES_OPTION = typer.Option(None, help="--passes auto: at most this many passes [default: the model's passes].")
 MIN_PASSES_OPTION = typer.Option(None, help="--passes auto: the first round's passes [default: 20].")
+METHOD_OPTION = typer.Option("mc", help="mc: T passes; analytic: one pass of moments (README: Analytic mode).")
 EXTERNAL_DATA_OPTION = typer.Option(False, "--allow-external-data",
                                     help="Read tensors stored in other files, from the model's own folder only.")
 # The flags that make a command's SessionSettings, declared once (see takes_settings).
@@ -135,7 +136,7 @@ def infer(
                    "--mask-seed and --passes alone; independent: new masks per input and pass, as Keras "
                    "[default: shared where the file takes it]."),
     mask_seed: Optional[int] = typer.Option(None, help="Seed of the shared mask set [default: --seed, else fresh]."),
-    no_dropout: bool = typer.Option(False, "--no-dropout", help="One deterministic pass, dropout off."),
+    no_dropout: bool = typer.Option(False, "--no-dropout", help="One deterministic pass, dropout off."), method: str = METHOD_OPTION,
     top_k: int = typer.Option(3, help="Classes listed per input (categorical heads)."),
     threshold: Optional[float] = typer.Option(
         None, help="Decision threshold (binary / multi-label heads) [default: the file's calibrated ones, else 0.5]."),
@@ -155,7 +156,8 @@ def infer(
 
     check_infer_flags(out, inputs, top_k, threshold, on_error)  # before any work
     session = _session(model, settings)
-    plan = session.resolve(passes, masks, mask_seed, not no_dropout, True, max_passes=max_passes, min_passes=min_passes)
+    plan = session.resolve(passes, masks, mask_seed, not no_dropout, True, max_passes=max_passes, min_passes=min_passes,
+                           method=method)
     for output in session.info.model_outputs if uncertain_if is not None else []:
         Rule.parse(uncertain_if, output.head)  # a bad rule fails before any input is read
 
@@ -253,16 +255,17 @@ def convert(
     passes: Optional[int] = typer.Option(None, help="The fixed number of passes T [default: the file's]."),
     bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="Store the mask set of this seed in the file "
                                              "(no masks to feed; at most T passes)."),
+    analytic: Optional[Path] = typer.Option(None, "--analytic", metavar="INPUTS", help="Add the moment graph of "
+                                            "--method analytic; its agreement with MC is measured on INPUTS."),
     settings=None,
 ):
     """Rewrite an mcdrop file for other runtimes and accelerators (needs onnx, not TensorFlow)."""
-    from .convert import check_convert_flags, convert_file, skip_dropped_file
+    from .convert import run_convert
 
-    check_convert_flags(source, output, portable, skip_dropped, batch_size, passes, bake_masks)
-    report = skip_dropped_file(source, output, verify=settings.verify, limits=settings.limits) if skip_dropped else \
-        convert_file(source, output, batch_size=batch_size, passes=passes, bake_masks=bake_masks,
-                     verify=settings.verify, limits=settings.limits)
-    typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
+    lines = run_convert(source, output, portable=portable, skip_dropped=skip_dropped, analytic=analytic,
+                        batch_size=batch_size, passes=passes, bake_masks=bake_masks, verify=settings.verify,
+                        limits=settings.limits)
+    typer.echo("\n".join(terminal_safe(line) for line in lines))
 
 
 @app.command()
@@ -292,7 +295,7 @@ def evaluate(
                                 "or a folder with one subfolder of images per class."),
     ood: Optional[Path] = typer.Option(None, help="Inputs that belong to no class (images, folders, .npy/.npz)."),
     passes: Optional[str] = PASSES_OPTION, max_passes: Optional[int] = MAX_PASSES_OPTION, min_passes: Optional[int] = MIN_PASSES_OPTION,
-    seed: Optional[int] = typer.Option(None, help="Seed for reproducible results [default: fresh]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible results [default: fresh]."), method: str = METHOD_OPTION,
     report: Optional[Path] = typer.Option(None, help="Write report.json, report.md and PNG plots into this folder."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     output: Optional[str] = typer.Option(None, help="The output to evaluate, for a model with several."),
@@ -309,7 +312,7 @@ def evaluate(
 
     with_plots = check_flags(target_precision, on_error, report)
     session = _session(model, settings)
-    plan = session.resolve(passes, flags=True, max_passes=max_passes, min_passes=min_passes)
+    plan = session.resolve(passes, flags=True, max_passes=max_passes, min_passes=min_passes, method=method)
     chosen, labelled, outside, failures = load_data(session, data, ood, output, uncertain_if, on_error)
     for path, message in failures:
         typer.echo(f"warning: skipped: {terminal_safe(message)}", err=True)

@@ -281,7 +281,8 @@ def _optimized(proto, path: str):
     return optimized
 
 
-def check_convert_flags(source, output, portable: bool, skip_dropped: bool = False, *portable_options) -> None:
+def check_convert_flags(source, output, portable: bool, skip_dropped: bool = False, analytic=None,
+                        portable_options=()) -> None:
     """`cli.py convert`'s own checks, before any reading: one profile asked for, a writable .onnx
     target that is not the source, onnx installed."""
     import importlib.util
@@ -289,10 +290,15 @@ def check_convert_flags(source, output, portable: bool, skip_dropped: bool = Fal
     from ..export.flags import check_export_target
     from ..runtime.result_files import same_file
 
-    if portable == skip_dropped:
-        raise InputError("convert needs a profile: --portable or --skip-dropped, one of them")
-    if skip_dropped and any(option is not None for option in portable_options):
-        raise InputError("--batch-size, --passes and --bake-masks are for --portable; --skip-dropped keeps the file's shapes")
+    chosen = [flag for flag, asked in (("--portable", portable), ("--skip-dropped", skip_dropped),
+                                       ("--analytic", analytic is not None)) if asked]
+    if len(chosen) != 1:
+        profiles = "--portable, --skip-dropped or --analytic INPUTS"
+        raise InputError(f"convert needs one profile: {profiles}, not {' and '.join(chosen)}" if chosen else
+                         f"convert needs a profile: {profiles}")
+    if not portable and any(option is not None for option in portable_options):
+        raise InputError(f"--batch-size, --passes and --bake-masks are for --portable; {chosen[0]} keeps the "
+                         "file's shapes")
     check_export_target(Path(output))
     if same_file(Path(output), str(source)):
         raise InputError(f"-o {output}: is the input file; writing there would replace it")

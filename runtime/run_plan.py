@@ -2,9 +2,11 @@
 one place (MCSession.resolve): infer, score, evaluate and acquire all go through it."""
 
 from dataclasses import dataclass
-from typing import Mapping, Optional
+from typing import Dict, Mapping, Optional
 
-from . import adaptive_passes
+import numpy as np
+
+from . import adaptive_passes, analytic
 from .format import mask_sets
 from .checks import int_in_range, positive_int
 from .errors import InputError
@@ -30,6 +32,7 @@ class RunPlan:
     masks: Optional[str]
     mask_seed: Optional[int]
     auto: Optional[adaptive_passes.AutoPasses] = None
+    method: str = "mc"  # or "analytic": one run of the file's moment graph (runtime/analytic.py)
 
     @property
     def shared(self) -> bool:
@@ -37,6 +40,8 @@ class RunPlan:
 
     def arguments(self) -> dict:
         """predict's keyword arguments that run this plan."""
+        if self.method != "mc":
+            return dict(method=self.method)
         chosen = dict(passes=self.passes, dropout=self.stochastic, masks=self.masks, mask_seed=self.mask_seed)
         if self.auto is not None:
             chosen.update(passes=adaptive_passes.AUTO, max_passes=self.auto.max_passes,
@@ -54,10 +59,14 @@ def check_passes(passes, limits: Limits, name: str = "passes") -> int:
 def resolve(info: ModelInfo, path: str, limits: Limits, default_seed: int, passes: Optional[int] = None,
             masks: Optional[str] = None, mask_seed: Optional[int] = None, dropout: bool = True,
             names: Mapping[str, str] = ARGUMENTS, max_passes: Optional[int] = None,
-            min_passes: Optional[int] = None) -> RunPlan:
+            min_passes: Optional[int] = None, method: str = "mc") -> RunPlan:
     """The RunPlan of a predict of the file `info` describes; None takes the default: the file's
     passes, shared masks where the file takes a mask set (else independent), `default_seed`.
-    passes="auto" (runtime/adaptive_passes.py): max_passes defaults to the file's passes."""
+    passes="auto" (runtime/adaptive_passes.py): max_passes defaults to the file's passes.
+    method="analytic" takes none of the Monte Carlo choices (runtime/analytic.py)."""
+    analytic.check_arguments(info, path, method, names, passes, masks, mask_seed, dropout, max_passes, min_passes)
+    if method != "mc":
+        return RunPlan(1, True, None, None, method=method)
     if names is FLAGS:  # the command line's text: a number or "auto"
         passes = adaptive_passes.parse_passes(passes)
     auto = adaptive_passes.check(passes, max_passes, min_passes, info.default_passes, names)
@@ -99,3 +108,8 @@ def default_masks(info: ModelInfo) -> str:
     they score faster, and an input's result then depends on (input, mask seed, passes) alone;
     else "independent"."""
     return "shared" if info.mask_layout is not None else "independent"
+
+
+def rows_of(x: Dict[str, np.ndarray], rows: slice) -> Dict[str, np.ndarray]:
+    """The rows `rows` of each input of a batch."""
+    return {name: value[rows] for name, value in x.items()}

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import onnxruntime as ort
 
-from . import adaptive_passes, litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
+from . import adaptive_passes, analytic, litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
 from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, pass_starts
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
@@ -28,7 +28,7 @@ from .measures import add_single_pass_scores
 from .load_checks import checked_file, from_onnxruntime, load_error, load_failure, model_info
 from .safe_files import read_regular
 from .prediction import Prediction
-from .run_plan import RunPlan
+from .run_plan import RunPlan, rows_of
 from .settings import SessionSettings
 from .stoppable_runs import STOP_GRACE_S, InFlight, stoppable_run
 from .uncertain_rule import Rule, file_rule
@@ -216,7 +216,7 @@ class MCSession:
                 dropout: bool = True, flags: bool = False, **auto) -> RunPlan:
         """The passes, masks and mask seed a predict with these arguments runs, checked, with
         None taking the default: the file's passes, default_masks, this session's mask_seed;
-        auto: max_passes and min_passes of passes="auto". flags=True: errors name the flags."""
+        auto: max_passes, min_passes (passes="auto"), method. flags=True: errors name the flags."""
         return run_plan.resolve(self._info, self.path, self.limits, self._mask_seed, passes, masks, mask_seed,
                                 dropout, run_plan.FLAGS if flags else run_plan.ARGUMENTS, **auto)
 
@@ -225,7 +225,8 @@ class MCSession:
                 keep_samples: bool = True,
                 progress: Optional[Callable[[int, int], None]] = None,
                 uncertain_if: Optional[str] = None, masks: Optional[str] = None,
-                mask_seed: Optional[int] = None, max_passes: Optional[int] = None, min_passes: Optional[int] = None):
+                mask_seed: Optional[int] = None, max_passes: Optional[int] = None, min_passes: Optional[int] = None,
+                method: str = "mc"):
         """Monte Carlo prediction for the batch `x` (already preprocessed, batch first): an array
         for a one-input model, else a dict by input name (a list in input order also works).
 
@@ -242,13 +243,16 @@ class MCSession:
         overrides the rule; without either, the default rule (runtime/uncertain_rule.py).
 
         masks: "shared" or "independent" (default: default_masks); mask_seed: the shared set's seed
-        (default: the session's mask_seed). See resolve. passes="auto": runtime/adaptive_passes.py.
+        (default: the session's mask_seed). See resolve. passes="auto", method="analytic": runtime/*.py.
         """
         x = self._feeds.inputs(x)
         batch = len(next(iter(x.values())))
-        asked_seed, chosen = mask_seed, self.resolve(passes, masks, mask_seed, dropout, max_passes=max_passes, min_passes=min_passes)
+        asked_seed, chosen = mask_seed, self.resolve(passes, masks, mask_seed, dropout, max_passes=max_passes,
+                                                               min_passes=min_passes, method=method)
         rules = [Rule.parse(uncertain_if, output.head) if uncertain_if is not None
                  else file_rule(output.calibration, output.head) for output in self._info.model_outputs]
+        if chosen.method != "mc":
+            return self._with_single_pass_scores(x, batch, analytic.predict(self, x, rules, top_k))
 
         def predictions_of(samples_of, keep=keep_samples):
             predictions = {}
@@ -295,7 +299,7 @@ class MCSession:
     def _with_single_pass_scores(self, x, batch: int, predictions: dict):
         """A calibrated file's single-pass scores from one deterministic pass (runtime/measures.py)."""
         def deterministic(names):
-            runs = [self._run(_rows(x, rows), 1, False, names) for rows, _ in self._plan(batch, 1, False)[0]]
+            runs = [self._run(rows_of(x, rows), 1, False, names) for rows, _ in self._plan(batch, 1, False)[0]]
             return {name: np.concatenate([run[name] for run in runs]) for name in names}
 
         if self._info.portable is None:
@@ -328,7 +332,7 @@ class MCSession:
         if workers == 0:
             out = []
             for done, (rows, count) in enumerate(plan, 1):
-                out.append(self._run(_rows(x, rows), count, stochastic, shrink=shrink and done == len(plan),
+                out.append(self._run(rows_of(x, rows), count, stochastic, shrink=shrink and done == len(plan),
                                      masks=masks_of(done - 1)))
                 if progress:
                     progress(done, len(plan))
@@ -338,7 +342,7 @@ class MCSession:
         in_flight = InFlight()
 
         def run(i, rows, count, worker):  # on the worker's thread: a set drawn per run is drawn there too
-            return self._run(_rows(x, rows), count, stochastic, None, worker, masks=masks_of(i), in_flight=in_flight)
+            return self._run(rows_of(x, rows), count, stochastic, None, worker, masks=masks_of(i), in_flight=in_flight)
 
         futures = [self._executors[i % len(workers)].submit(run, i, rows, count, workers[i % len(workers)])
                    for i, (rows, count) in enumerate(plan)]
@@ -464,10 +468,6 @@ class MCSession:
                 f"{self._arena_bytes / 2**20:,.0f} MiB a session may hold (tensor_mb {self.limits.tensor_mb:g} + "
                 f"{ARENA_GROWTH} x the run bound); raise it with --limit tensor_mb=N if you trust this file")
         return ModelRunError(f"{self.path}: onnxruntime failed to run the model ({first_line(err)})")
-
-
-def _rows(x: Dict[str, np.ndarray], rows: slice) -> Dict[str, np.ndarray]:
-    return {name: value[rows] for name, value in x.items()}
 
 
 _ARENA_LOCK = threading.Lock()

@@ -91,7 +91,7 @@ def test_cli_convert_skip_dropped_writes_and_reports(tmp_path):
 
 @pytest.mark.parametrize("args, fragment", [
     (["CNN", "--skip-dropped"], "there is nothing to skip"),
-    (["MLP", "--skip-dropped", "--portable"], "needs a profile: --portable or --skip-dropped"),
+    (["MLP", "--skip-dropped", "--portable"], "needs one profile: --portable, --skip-dropped or --analytic INPUTS, not --portable and --skip-dropped"),
     (["MLP", "--skip-dropped", "--passes", "8"], "are for --portable"),
     (["SKIPPING", "--skip-dropped"], "skips dropped units already"),
 ], ids=["cnn", "two profiles", "portable option", "twice"])

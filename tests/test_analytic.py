@@ -1,0 +1,210 @@
+"""The analytic mode (issue 26 item 4; docs/DESIGN.md: Analytic mode): `convert --analytic INPUTS`
+adds a moment-propagation graph beside the stochastic one and records its agreement with MC;
+`predict(method="analytic")` / `--method analytic` runs it in one pass, or refuses in one line.
+The accuracy and speed targets are measured by bench/analytic.py, not here."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+
+from typer.testing import CliRunner  # noqa: E402
+
+from mcdrop import cli  # noqa: E402
+from mcdrop.convert import add_analytic_graph, convert_analytic  # noqa: E402
+from mcdrop.convert.analytic import normal_draws  # noqa: E402
+from mcdrop.convert.analytic_agreement import spearman  # noqa: E402
+from mcdrop.runtime import analytic  # noqa: E402
+from mcdrop.runtime.errors import InputError, ModelFileError  # noqa: E402
+from mcdrop.runtime.format.metadata_writer import metadata_of, write_metadata  # noqa: E402
+from mcdrop.runtime.session import MCSession  # noqa: E402
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+MLP = MODELS / "mlp.onnx"
+VALIDATION_INPUTS = 12
+REFERENCE_PASSES = 200  # enough for the file to be written; bench/analytic.py measures at T=1000
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """{"converted": the MLP as convert --analytic writes it, "vouched": the same with a good
+    recorded agreement, "poor": with a poor one, "inputs": validation .npy}."""
+    folder = tmp_path_factory.mktemp("analytic")
+    rng = np.random.default_rng(0)
+    x = (rng.integers(0, 256, (VALIDATION_INPUTS, 784)) / 255.0).astype(np.float32)
+    x[::2] *= rng.random((VALIDATION_INPUTS // 2, 1)).astype(np.float32)  # dimmer inputs: a spread of certainty
+    np.save(folder / "inputs.npy", x)
+    lines = convert_analytic(MLP, folder / "converted.onnx", folder / "inputs.npy", reference_passes=REFERENCE_PASSES)
+    found = {"converted": folder / "converted.onnx", "inputs": folder / "inputs.npy", "lines": lines}
+    for name, gap in (("vouched", 0.01), ("poor", 0.2)):
+        proto = onnx.load(folder / "converted.onnx")
+        meta = metadata_of(proto)
+        meta["analytic"]["agreement"].update(max_abs_mean_gap=gap, spearman_mutual_information=0.95)
+        write_metadata(proto, meta)
+        onnx.save(proto, folder / f"{name}.onnx")
+        found[name] = folder / f"{name}.onnx"
+    return found
+
+
+def test_convert_records_the_agreement_and_keeps_mc_as_it_was(files):
+    meta = MCSession(files["converted"]).info.metadata["analytic"]
+    agreement = meta["agreement"]
+    assert agreement["inputs"] == VALIDATION_INPUTS // 2 and agreement["passes"] == REFERENCE_PASSES
+    assert 0 <= agreement["max_abs_mean_gap"] <= 1 and -1 <= agreement["spearman_mutual_information"] <= 1
+    assert meta["draws"] == 256 and meta["spread"] >= 1
+    assert "agreement" in files["lines"][1]
+    x = np.load(files["inputs"])
+    before = MCSession(MLP).predict(x, passes=20, mask_seed=3)
+    after = MCSession(files["converted"]).predict(x, passes=20, mask_seed=3)
+    np.testing.assert_array_equal(before.mean, after.mean)
+    assert MCSession(files["converted"]).predict(x, passes=1, masks="independent").mean.shape == (len(x), 10)
+
+
+def test_analytic_predict_is_one_run_close_to_mc(files):
+    session = MCSession(files["vouched"], verify=False)
+    x = np.load(files["inputs"])
+    runs = session.run_count
+    got = session.predict(x, method="analytic")
+    assert session.run_count == runs + 1 and got.passes == 1 and got.standard_errors == {}
+    want = MCSession(MLP).predict(x, passes=1000, mask_seed=0)
+    np.testing.assert_allclose(got.mean.sum(-1), 1, atol=1e-4)
+    # The recorded agreement is what the bound is checked on (bench/analytic.py); here: the same answer.
+    assert np.abs(got.mean - want.mean).max() < 0.1
+    assert (got.measures["label"] == want.measures["label"]).mean() >= 0.9
+    assert spearman(got.measures["mutual_information"], want.measures["mutual_information"]) > 0.7
+    for name in ("predictive_entropy", "expected_entropy", "variation_ratio", "confidence"):
+        assert got.measures[name].shape == (len(x),)
+    assert (got.measures["mutual_information"] >= 0).all() and got.variance.shape == got.mean.shape
+
+
+def test_the_moment_graph_needs_no_random_node_and_mc_runs_skip_it(files):
+    """The analytic outputs are computed from the moments alone: no random op among their
+    ancestors. They come from an If taken only for the analytic run's feed, since onnxruntime runs
+    every node of a graph whatever the outputs asked for."""
+    graph = onnx.load(files["converted"]).graph
+    branch = next(node for node in graph.node if node.op_type == "If" and analytic.PREFIX + "samples" in node.output)
+    moments = next(a.g for a in branch.attribute if a.name == "then_branch")
+    made = {out: node for node in [*graph.node, *moments.node] for out in node.output}
+    assert len(moments.node) > 50
+    todo, seen = [moments.output[0].name, *branch.input], set()
+    while todo:
+        node = made.get(todo.pop())
+        if node is not None and node.name not in seen:
+            seen.add(node.name)
+            assert not node.op_type.startswith("Random"), node.name
+            todo.extend(node.input)
+
+
+@pytest.mark.parametrize("arguments, message", [
+    (dict(passes=10), "passes is for method mc"),
+    (dict(passes="auto"), "passes is for method mc"),
+    (dict(masks="independent"), "masks is for method mc"),
+    (dict(mask_seed=1), "mask_seed is for method mc"),
+    (dict(dropout=False), "dropout off is for method mc"),
+])
+def test_monte_carlo_choices_are_refused_with_analytic(files, arguments, message):
+    with pytest.raises(InputError, match=message):
+        MCSession(files["vouched"], verify=False).predict(np.zeros((1, 784), np.float32), method="analytic", **arguments)
+
+
+def test_files_without_the_graph_or_with_a_poor_agreement_are_refused(files):
+    x = np.zeros((1, 784), np.float32)
+    with pytest.raises(ModelFileError, match="has no analytic outputs; add them with"):
+        MCSession(MLP).predict(x, method="analytic")
+    with pytest.raises(ModelFileError, match="agrees poorly with MC .*0.200"):
+        MCSession(files["poor"], verify=False).predict(x, method="analytic")
+    with pytest.raises(InputError, match="expected mc or analytic"):
+        MCSession(MLP).predict(x, method="moments")
+
+
+def test_cli_infer_and_its_one_line_errors(files, tmp_path):
+    runner = CliRunner()
+    np.save(tmp_path / "x.npy", np.load(files["inputs"])[:2])
+    ok = runner.invoke(cli.app, ["infer", str(tmp_path / "x.npy"), "--model", str(files["vouched"]), "--no-verify",
+                                 "--method", "analytic", "--json"])
+    assert ok.exit_code == 0, ok.output
+    np.savez(tmp_path / "labelled.npz", x=np.load(files["inputs"]), y=np.arange(VALIDATION_INPUTS) % 10)
+    report = runner.invoke(cli.app, ["evaluate", str(files["vouched"]), str(tmp_path / "labelled.npz"), "--no-verify",
+                                     "--method", "analytic", "--json"])
+    assert report.exit_code == 0, report.output
+    for flags, message in ((["--model", str(files["poor"]), "--no-verify"], "agrees poorly with MC"),
+                           (["--model", str(MLP)], "has no analytic outputs"),
+                           (["--model", str(files["vouched"]), "--no-verify", "--passes", "auto"], "--passes is for --method mc")):
+        result = runner.invoke(cli.app, ["infer", str(tmp_path / "x.npy"), "--method", "analytic", *flags])
+        assert result.exit_code == 2 and "Traceback" not in result.output
+        assert message in result.output and len(result.output.strip().splitlines()) == 1, result.output
+
+
+def test_convert_refusals_are_one_line(files, tmp_path):
+    runner = CliRunner()
+    for flags, message in (([], "convert needs a profile"),
+                           (["--portable", "--analytic", str(files["inputs"])], "convert needs one profile"),
+                           (["--analytic", str(files["inputs"]), "--passes", "5"], "are for --portable")):
+        result = runner.invoke(cli.app, ["convert", str(MLP), "-o", str(tmp_path / "out.onnx"), *flags])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert not (tmp_path / "out.onnx").exists()
+    with pytest.raises(InputError, match="already has the analytic graph"):
+        convert_analytic(files["converted"], tmp_path / "again.onnx", files["inputs"], reference_passes=10)
+    np.save(tmp_path / "few.npy", np.zeros((3, 784), np.float32))
+    with pytest.raises(InputError, match="at least 4"):
+        convert_analytic(MLP, tmp_path / "few.onnx", tmp_path / "few.npy", reference_passes=10)
+    assert not (tmp_path / "few.onnx").exists()
+
+
+def test_an_op_without_a_moment_rule_is_refused_at_convert():
+    proto = onnx.load(MLP)
+    relu = next(node for node in proto.graph.node if node.name == "dense_1_2/Relu")  # after the first dropout
+    relu.op_type = "Tanh"
+    with pytest.raises(InputError, match=r"no moment rule for Tanh \('dense_1_2/Relu'\)"):
+        add_analytic_graph(proto, metadata_of(proto), "mlp.onnx")
+
+
+def test_latin_hypercube_draws_are_standard_normal_per_unit():
+    z = normal_draws(256, 64).astype(np.float64)
+    assert z.shape == (256, 64)
+    # One draw per stratum: the mean and variance are much closer to 0 and 1 than plain draws'.
+    assert np.abs(z.mean(0)).max() < 0.01 and np.abs(z.var(0) - 1).max() < 0.1
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1)
+
+
+def test_moments_after_a_dropout_and_a_relu_match_mc():
+    """The rules themselves: after dropout -> Dense the mean and variance are exact (independent
+    keep masks), and the rectified Gaussian's follow MC's after the ReLU (the pre-activation sums
+    512 terms: near Gaussian), and the second dropout (a product of two noisy factors) keeps them.
+    MC here: 4000 passes of the same graph."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from mcdrop.convert.analytic import _Walk
+
+    proto = onnx.load(MLP)
+    walk = _Walk(proto.graph, metadata_of(proto), "mlp.onnx")
+    walk.branch = lambda nodes: nodes  # the moment nodes in the main graph, where outputs can read them
+    walk.run()
+    for value in [value for value in proto.graph.output if value.name.startswith(analytic.PREFIX)]:
+        proto.graph.output.remove(value)
+    tensors = {"dense": "dense_1_2/BiasAdd:0", "relu": "dense_1_2/Relu:0", "second dropout": "mul_8:0"}
+    names = {key: walk.moments[name] for key, name in tensors.items()}
+    for name in [*tensors.values(), *(n for pair in names.values() for n in pair)]:
+        proto.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = (np.random.default_rng(1).integers(0, 256, (2, 784)) / 255.0).astype(np.float32)
+    masks = np.zeros((0, 1024), np.float32)
+
+    def run(passes, wanted):
+        feed = {"input": x, "passes": np.array(passes, np.int64), "stochastic": np.array(True), "masks": masks}
+        return dict(zip(wanted, session.run(wanted, feed)))
+
+    passes = 4000
+    samples = run(passes, list(tensors.values()))
+    for key, tensor in tensors.items():
+        mean, var = (value.reshape(2, -1) for value in run(1, list(names[key])).values())
+        drawn = samples[tensor].reshape(passes, 2, -1).astype(np.float64)
+        spread = np.sqrt(drawn.var(0))
+        # Within 5 standard errors of MC's mean; the variance within 10% (where there is some).
+        assert (np.abs(mean - drawn.mean(0)) <= 5 * spread / np.sqrt(passes) + 1e-4).mean() > 0.99, key
+        some = drawn.var(0) > 1e-3
+        assert np.median(np.abs(var[some] / drawn.var(0)[some] - 1)) < 0.1, key
