@@ -291,6 +291,10 @@ def export_model(
         members.append(_export_member(member_source, passes, head, labels, mc_layers, opset, allow_deterministic,
                                       (image_size, color_mode, scale, offset, preprocess), member_seed, quantize,
                                       trust_model_code, max_source_bytes, registered, ignore_random_layers, progress))
+        if k:  # members that cannot be one file are refused before any is validated
+            from .ensemble import check_members_agree
+
+            check_members_agree([str(sources[0]), str(member_source)], [members[0][2], members[-1][2]])
         checks += _validated(members[-1], validate, progress)
     model, proto, metadata, outputs, (preprocessing, preprocessing_reason) = members[0]
     drift = None
@@ -354,12 +358,11 @@ def _ensemble(sources, members, validate, progress):
     """(graph, metadata, checks) of the members in one file (export/ensemble.py)."""
     from ..runtime.randomness_checks import Checklist
 
-    from .ensemble import check_against_members, check_members_agree, combine, ensemble_metadata
+    from .ensemble import check_against_members, combine, ensemble_metadata
     from .validate import validation_inputs
 
     progress(f"combining {len(members)} members")
     metadatas = [member[2] for member in members]
-    check_members_agree([str(s) for s in sources], metadatas)
     metadata = ensemble_metadata([str(s) for s in sources], metadatas)
     proto = combine([member[1] for member in members], metadata)
     attach_metadata(proto, metadata)

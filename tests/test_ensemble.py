@@ -35,7 +35,11 @@ def cnn(seed, width=8, extra_dropout=False):
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Three members saved, each exported alone, and the ensemble exported by `cli.py export a b c`."""
+    """Three members saved, each exported alone, and the ensemble exported with validation on: each
+    member's validation is the single export's own (export/validate.py, recorded here, not rerun:
+    tests/test_export_parity.py covers it), the ensemble's own check runs for real."""
+    from mcdrop.export import validate
+
     tmp = tmp_path_factory.mktemp("ensemble")
     members = []
     for k, model in enumerate((cnn(1), cnn(2), cnn(3, width=6, extra_dropout=True))):
@@ -43,10 +47,11 @@ def files(tmp_path_factory):
         model.save(path)
         export_model(path, tmp / f"m{k}.onnx", passes=PASSES, seed=0, validate=False)
         members.append(path)
-    result = CliRunner().invoke(cli.app, ["export", *map(str, members), "-o", str(tmp / "ens.onnx"),
-                                          "--passes", str(PASSES), "--seed", "0"])
-    assert result.exit_code == 0, result.output
-    return tmp, result.output
+    validated = []
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(validate, "validate_export", lambda proto, model, metadata, progress: validated.append(model) or [])
+        report = export_model(members, tmp / "ens.onnx", passes=PASSES, seed=0)
+    return tmp, report, validated
 
 
 def x_batch(count=5):
@@ -54,8 +59,9 @@ def x_batch(count=5):
 
 
 def test_export_validates_every_member_and_the_ensemble(files):
-    tmp, output = files
-    assert "ensemble of 3:" in output and "validation:" in output and "skipped" not in output
+    tmp, report, validated = files
+    assert len(validated) == 3 and [check.name for check in report.checks] == ["ensemble = members"]
+    assert report.lines()[1].startswith("  ensemble of 3:")
     metadata = json.loads(onnx.load(tmp / "ens.onnx").metadata_props[0].value)
     assert [m["stochastic_layers"] for m in metadata["members"]] == [2, 2, 3]
     assert metadata["masks"]["floats_per_pass"] == sum(m["mask_floats"] for m in metadata["members"])
@@ -70,7 +76,7 @@ def test_the_export_check_catches_members_out_of_place(files):
     from mcdrop.runtime.errors import ValidationError
     from mcdrop.runtime.randomness_checks import Checklist
 
-    tmp, _ = files
+    tmp = files[0]
     proto = onnx.load(tmp / "ens.onnx")
     metadata = json.loads(proto.metadata_props[0].value)
     members = [onnx.load(tmp / f"m{k}.onnx") for k in range(3)]
@@ -81,7 +87,7 @@ def test_the_export_check_catches_members_out_of_place(files):
 
 
 def test_each_member_gives_its_samples_alone(files):
-    tmp, _ = files
+    tmp = files[0]
     x, seed = x_batch(), 12345
     together = MCSession(tmp / "ens.onnx", seed=0).predict(x, passes=PASSES, mask_seed=seed)
     assert together.samples.shape == (3 * PASSES, len(x), 4)
@@ -100,7 +106,7 @@ def test_each_member_gives_its_samples_alone(files):
 
 
 def test_runs_split_by_passes_keep_the_order(files):
-    tmp, _ = files
+    tmp = files[0]
     x = x_batch(3)
     whole = MCSession(tmp / "ens.onnx", seed=0).predict(x, passes=PASSES, mask_seed=7)
     session = MCSession(tmp / "ens.onnx", seed=0, max_chunk_bytes=4000, threads=1)
@@ -109,7 +115,7 @@ def test_runs_split_by_passes_keep_the_order(files):
 
 
 def test_graph_measures_are_over_all_samples(files):
-    tmp, _ = files
+    tmp = files[0]
     session = MCSession(tmp / "ens.onnx", seed=0)
     raw = session.run_raw(x_batch(), passes=PASSES, stochastic=True)
     assert raw["samples"].shape[0] == 3 * PASSES
@@ -136,7 +142,7 @@ def test_the_js_library_runs_the_ensemble_with_the_same_member_sets(files):
     from js_support import INFER_JS, LIVE_ATOL, node, run_node
 
     node()
-    tmp, _ = files
+    tmp = files[0]
     x = x_batch(2)
     np.save(tmp / "x.npy", x)
     done = run_node([INFER_JS, tmp / "ens.onnx", tmp / "x.npy", "--passes", str(PASSES), "--mask-seed", "99",
@@ -146,3 +152,10 @@ def test_the_js_library_runs_the_ensemble_with_the_same_member_sets(files):
     python = MCSession(tmp / "ens.onnx", seed=0).predict(x, passes=PASSES, mask_seed=99).samples
     assert js.shape == python.shape == (3 * PASSES, 2, 4)
     np.testing.assert_allclose(js, python, atol=LIVE_ATOL)
+
+
+def test_adaptive_passes_are_refused_for_an_ensemble(files):
+    from mcdrop.runtime.errors import InputError
+
+    with pytest.raises(InputError, match="is an ensemble"):
+        MCSession(files[0] / "ens.onnx", seed=0).predict(x_batch(2), passes="auto")
