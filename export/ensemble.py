@@ -25,7 +25,8 @@ from ..runtime.format.members import draw as members_draw, member_layout, member
 MEMBER_PREFIX = "member_{}/"
 SHARED_INPUTS = ("passes", "stochastic")
 # Members run the same ops on the same inputs in one file and alone, so their samples agree to
-# rounding (onnxruntime may fuse a member's nodes differently inside a larger graph).
+# rounding (onnxruntime may fuse a member's nodes differently inside a larger graph); measured:
+# docs/DESIGN.md: Deep ensembles.
 MEMBER_ATOL = 1e-5
 
 

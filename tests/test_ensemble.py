@@ -159,3 +159,17 @@ def test_adaptive_passes_are_refused_for_an_ensemble(files):
 
     with pytest.raises(InputError, match="is an ensemble"):
         MCSession(files[0] / "ens.onnx", seed=0).predict(x_batch(2), passes="auto")
+
+
+def test_a_members_field_that_does_not_tile_the_file_is_refused():
+    from mcdrop.runtime.format.mask_sets import MaskEntry, MaskLayout
+    from mcdrop.runtime.format.members import read_members
+
+    layout = MaskLayout(10, (MaskEntry(0, (4,), "uniform"), MaskEntry(4, (6,), "uniform")))
+    meta = {"stochastic_layers": [{}, {}], "members": [{"stochastic_layers": 1, "mask_offset": 0, "mask_floats": 4},
+                                                      {"stochastic_layers": 1, "mask_offset": 4, "mask_floats": 6}]}
+    assert [m.mask_floats for m in read_members(meta, layout)] == [4, 6]
+    for bad in ({"mask_offset": 5}, {"mask_floats": 5}, {"stochastic_layers": 2}, {"mask_floats": "6"}):
+        members = [meta["members"][0], {**meta["members"][1], **bad}]
+        with pytest.raises(ValueError):
+            read_members({**meta, "members": members}, layout)
