@@ -134,6 +134,10 @@ def test_members_that_differ_are_refused(tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "same outputs" in errors[0] and "Traceback" not in result.output
     assert not (tmp_path / "e.onnx").exists()
+    for flag in (["--portable"], ["--format", "tflite"], ["--quantize", "int8"]):
+        out = tmp_path / ("e.tflite" if "tflite" in flag else "e.onnx")
+        result = CliRunner().invoke(cli.app, ["export", str(a), str(a), "-o", str(out), *flag])
+        assert result.exit_code == 2 and "error: an ensemble is written as a standard float ONNX file" in result.output
 
 
 def test_the_js_library_runs_the_ensemble_with_the_same_member_sets(files):
