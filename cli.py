@@ -198,7 +198,7 @@ def _session(model: Path, settings):
 @app.command()
 @reports_errors
 def export(
-    source: Path = typer.Argument(..., help="A .keras file, a legacy .h5 file or a SavedModel directory."),
+    source: List[Path] = typer.Argument(..., help="A .keras or .h5 file or SavedModel; several: an ensemble, --passes each."),
     output: Path = typer.Option(..., "-o", "--output", help="The ONNX file to write."),
     passes: int = typer.Option(50, help="Default Monte Carlo passes stored in the file."),
     head: str = typer.Option("auto", help="auto, softmax, sigmoid, logits or regression; "
@@ -233,8 +233,8 @@ def export(
     bake_masks: Optional[int] = typer.Option(None, metavar="SEED", help="With --portable or --format tflite: store "
                                              "the mask set of this seed in the file (no masks to feed)."),
 ):
-    """Export a Keras model to one ONNX file that runs Monte Carlo dropout inside the graph (--format tflite: a
-    portable TensorFlow Lite file for LiteRT)."""
+    """Export a Keras model (or several: an ensemble) to one ONNX file that runs Monte Carlo dropout inside the
+    graph (--format tflite: a portable TensorFlow Lite file for LiteRT)."""
     options = dict(locals())  # every option, by name
     from .export.flags import export_from_flags
 

@@ -60,6 +60,11 @@ def export_from_flags(source, output: Path, *, passes: int, image_size: Optional
     export_model's arguments that need no parsing (head, opset, validate, seed, calibration, ...)."""
     arguments = export_arguments(output, passes, image_size, color_mode, preprocess, scale, offset, labels, mc_layers,
                                  quantize, ignore_random_layers, file_format, portable, bake_masks)
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
+    if len(sources) > 1 and (portable or file_format == "tflite" or quantize != "none"):
+        raise InputError("an ensemble is written as a standard float ONNX file: no --portable, --format tflite "
+                         "or --quantize with several models")
+    source = sources if len(sources) > 1 else sources[0]
     import logging
 
     from ..runtime.providers import quiet_stderr

@@ -38,6 +38,7 @@ class ExportReport:
     drift: dict | None = None
     preprocessing: dict | None = None  # the metadata's, None for models that take arrays only
     preprocessing_reason: str = ""  # where the pixel pipeline came from: given, the model, a default
+    members: list | None = None  # an ensemble's member sources (export/ensemble.py), None for one model
 
     def lines(self):
         layers = ", ".join(f"{s['name']} ({s['kind']} {s['rate']:g})" for s in self.stochastic_layers) or "none"
@@ -48,6 +49,8 @@ class ExportReport:
             f"  passes repeat from: {', '.join(self.repeated_from) or 'the output (deterministic export)'}",
             f"  preprocessing: {describe_preprocessing(self.preprocessing, self.preprocessing_reason)}",
         ]
+        if self.members:
+            out.insert(1, f"  ensemble of {len(self.members)}: {', '.join(self.members)}; samples are members x passes")
         if self.quantization:
             out.append(f"  quantized: int8 {', '.join(self.quantization['ops'])} (calibration: {self.quantization['calibration']})")
         if self.drift:
@@ -264,38 +267,41 @@ def export_model(
     custom_objects=None,
     progress=lambda msg: None,
 ) -> ExportReport:
+    """Export `source` (a .keras file, folder or SavedModel) to `output`; a list of several sources
+    exports a deep ensemble of them (export/ensemble.py), each exported and validated as it would
+    be alone, `passes` passes per member."""
     from ..runtime.format.integrity import seal
 
-    from .validate import validate_export
-
+    sources = list(source) if isinstance(source, (list, tuple)) else [source]
     _check_options(passes, output, quantize, calibration)
+    if not sources or (len(sources) > 1 and quantize == "int8"):
+        raise ExportError("--quantize int8 takes one model, not an ensemble" if sources else "no model to export")
     started = time.perf_counter()
-    progress(f"loading {source}")
     registered = ()
     if custom_objects is not None:
         from .custom_objects import import_custom_objects
 
         progress(f"importing custom objects from {custom_objects} (runs that file's code)")
         registered = import_custom_objects(custom_objects)
-    model, model_source = load_source(source, trust_model_code, max_source_bytes, registered)
-    outputs = model_outputs(model, head, labels)
-    heads = [o.head for o in outputs]
-    preprocessing, preprocessing_reason = image_preprocessing(model, image_size, color_mode, scale, offset, preprocess)
-    if quantize == "int8" and len(model.inputs) > 1:
-        raise ExportError("--quantize int8 takes models with one input (its calibration data is one array)")
+    members, checks = [], []
+    for k, member_source in enumerate(sources):
+        if len(sources) > 1:
+            progress(f"member {k} of {len(sources)}")
+        member_seed = seed if seed is None or k == 0 else [seed, k]  # distinct random node seeds per member
+        members.append(_export_member(member_source, passes, head, labels, mc_layers, opset, allow_deterministic,
+                                      (image_size, color_mode, scale, offset, preprocess), member_seed, quantize,
+                                      trust_model_code, max_source_bytes, registered, ignore_random_layers, progress))
+        if k:  # members that cannot be one file are refused before any is validated
+            from .ensemble import check_members_agree
 
-    progress(f"tracing and converting (head: {', '.join(heads)})")
-    proto, _, calls, extras = build_graph(model, heads, mc_layers, allow_deterministic, seed, opset,
-                                          ignore_random_layers=ignore_random_layers)
-    metadata = build_metadata(model, model_source, outputs, passes, calls, extras, preprocessing)
-    attach_metadata(proto, metadata)
-
-    checks = []
-    if validate:
-        progress("validating")
-        checks = validate_export(proto, model, metadata, progress=progress)
+            check_members_agree([str(sources[0]), str(member_source)], [members[0][2], members[-1][2]])
+        checks += _validated(members[-1], validate, progress)
+    model, proto, metadata, outputs, (preprocessing, preprocessing_reason) = members[0]
     drift = None
-    if quantize == "int8":
+    if len(sources) > 1:
+        proto, metadata, more_checks = _ensemble(sources, members, validate, progress)
+        checks += more_checks
+    elif quantize == "int8":
         proto, drift, more_checks = _quantize(proto, model, metadata, calibration, validate, progress)
         checks += more_checks
     data = seal(proto.SerializeToString())  # the runtime checks this checksum before loading
@@ -314,7 +320,58 @@ def export_model(
         drift=drift,
         preprocessing=preprocessing,
         preprocessing_reason=preprocessing_reason,
+        members=[str(s) for s in sources] if len(sources) > 1 else None,
     )
+
+
+def _export_member(source, passes, head, labels, mc_layers, opset, allow_deterministic, image_options, seed, quantize,
+                   trust_model_code, max_source_bytes, registered, ignore_random_layers, progress):
+    """(model, graph, metadata, outputs, (preprocessing, its reason)) of one model, not validated yet."""
+    progress(f"loading {source}")
+    model, model_source = load_source(source, trust_model_code, max_source_bytes, registered)
+    outputs = model_outputs(model, head, labels)
+    heads = [o.head for o in outputs]
+    preprocessing = image_preprocessing(model, *image_options)
+    if quantize == "int8" and len(model.inputs) > 1:
+        raise ExportError("--quantize int8 takes models with one input (its calibration data is one array)")
+
+    progress(f"tracing and converting (head: {', '.join(heads)})")
+    proto, _, calls, extras = build_graph(model, heads, mc_layers, allow_deterministic, seed, opset,
+                                          ignore_random_layers=ignore_random_layers)
+    metadata = build_metadata(model, model_source, outputs, passes, calls, extras, preprocessing[0])
+    attach_metadata(proto, metadata)
+    return model, proto, metadata, outputs, preprocessing
+
+
+def _validated(member, validate, progress):
+    """The checks one model passed (export/validate.py), as a single export runs them."""
+    from .validate import validate_export
+
+    model, proto, metadata = member[:3]
+    if not validate:
+        return []
+    progress("validating")
+    return validate_export(proto, model, metadata, progress=progress)
+
+
+def _ensemble(sources, members, validate, progress):
+    """(graph, metadata, checks) of the members in one file (export/ensemble.py)."""
+    from ..runtime.randomness_checks import Checklist
+
+    from .ensemble import check_against_members, combine, ensemble_metadata
+    from .validate import validation_inputs
+
+    progress(f"combining {len(members)} members")
+    metadatas = [member[2] for member in members]
+    metadata = ensemble_metadata([str(s) for s in sources], metadatas)
+    proto = combine([member[1] for member in members], metadata)
+    attach_metadata(proto, metadata)
+    checks = Checklist(progress)
+    if validate:
+        progress("validating the ensemble against its members")
+        x = validation_inputs(members[0][0], metadata)
+        check_against_members(proto.SerializeToString(), [member[1] for member in members], x, metadata, checks)
+    return proto, metadata, checks.passed
 
 
 def _check_options(passes, output, quantize, calibration):

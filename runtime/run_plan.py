@@ -82,6 +82,8 @@ def resolve(info: ModelInfo, path: str, limits: Limits, default_seed: int, passe
         raise InputError(f"{path} cannot take a shared mask set: {why}; use masks='independent'")
     if mask_seed is not None and mode != "shared":
         raise InputError("mask_seed is for masks='shared'")
+    if auto is not None and info.metadata.get("members"):  # its rounds would hold K samples per pass
+        raise InputError(f"{path} is an ensemble; {names['passes']} auto is for single-model files")
     if auto is not None and info.portable is not None:
         raise InputError(f"{path} is a portable file of fixed passes; {names['passes']} auto is for ONNX mcdrop files")
     if auto is not None and (mode != "shared" or not dropout):

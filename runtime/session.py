@@ -21,7 +21,7 @@ from . import adaptive_passes, analytic, litert_engine, openvino_engine, portabl
 from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, pass_starts
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
-from .format import mask_sets, seeds
+from .format import mask_sets, members as format_members, seeds
 from .format.metadata import ModelInfo
 from .format.rules import MASKS_FROM_FORMAT
 from .measures import add_single_pass_scores
@@ -402,13 +402,13 @@ class MCSession:
         """rows(first, count) of the set `seed`: slices of one set kept between predicts where it
         fits MASK_SET_SHARE, else drawn per run. Pass t depends on (seed, t) alone, so a set drawn
         for more passes holds the one for fewer."""
-        layout = self._info.mask_layout
+        layout, members = self._info.mask_layout, format_members.members_of(self._info)  # an ensemble's: its own
         if not self._planner.keeps_mask_set(passes):
-            return lambda first, count: mask_sets.draw(layout, seed, first, count)
+            return lambda first, count: format_members.draw(layout, members, seed, first, count)
         with self._lock:
             cached = self._mask_cache
         if cached is None or cached[0] != seed or len(cached[1]) < passes:
-            cached = (seed, mask_sets.draw(layout, seed, 0, passes))
+            cached = (seed, format_members.draw(layout, members, seed, 0, passes))
             with self._lock:
                 self._mask_cache = cached
         whole = cached[1]

@@ -394,6 +394,25 @@ function philoxRow(keys, t, hi, lo) {
   }
 }
 
+// A deep ensemble's members (docs/FORMAT.md: Members): member k's columns of a pass's row,
+// [mask_offset, mask_offset + mask_floats), come from its own seed, mask seed + k * this mod 2**64.
+const MEMBER_SEED_STEP = 0x9e3779b97f4a7c15n;
+
+// [{index, offset, floats}]: one per member, or the whole row for a single model.
+function memberColumns(metadata, total) {
+  const members = metadata.members;
+  if (members === undefined || members === null) return [{ index: 0, offset: 0, floats: total }];
+  let end = 0;
+  const out = (Array.isArray(members) ? members : [null]).map((m, index) => {
+    const { mask_offset: offset, mask_floats: floats } = m ?? {};
+    if (offset !== end || !Number.isSafeInteger(floats) || floats < 0) throw new Error("members: each member's mask columns must follow the previous member's");
+    end += floats;
+    return { index, offset, floats };
+  });
+  if (end !== total) throw new Error(`the members' masks take ${end} floats per pass, the file's ${total}`);
+  return out;
+}
+
 function checkMaskSeed(seed) {
   const ok = typeof seed === "bigint" ? seed >= 0n && seed <= U64 : Number.isSafeInteger(seed) && seed >= 0;
   if (!ok) throw new Error(`mask seed must be an integer from 0 to 2**64 - 1 (a BigInt above 2**53 - 1), got ${seed}`);
@@ -439,26 +458,32 @@ export function maskLayout(metadata) {
 export function maskSet(metadata, seed, { first = 0, count } = {}) {
   const layout = maskLayout(metadata);
   if (!layout) throw new Error("this file takes no mask set (its metadata has no masks layout): use independent masks");
-  const keys = roundKeys(checkMaskSeed(seed));
+  checkMaskSeed(seed);
   if (!Number.isSafeInteger(first) || first < 0) throw new Error(`first must be an integer >= 0, got ${first}`);
   if (!Number.isSafeInteger(count) || count < 0) throw new Error(`count must be an integer >= 0, got ${count}`);
   if (!Number.isSafeInteger(first + count)) throw new Error("first + count must stay below 2**53");
   const P = layout.floatsPerPass;
   const out = new Float32Array(count * P);
-  const hi = new Uint32Array(Math.ceil(P / 4) * 4), lo = new Uint32Array(hi.length);
-  for (let row = 0; row < count; row++) {
-    philoxRow(keys, first + row, hi, lo);
-    const base = row * P;
-    for (const { offset, size, distribution } of layout.entries) {
-      if (distribution === "normal") {
-        // Box-Muller on one word, in float64; the Float32Array rounds it to float32.
-        for (let i = offset; i < offset + size; i++) {
-          const u1 = (hi[i] + 1) * INV_32, u2 = lo[i] * INV_32;
-          out[base + i] = Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+  for (const member of memberColumns(metadata, P)) {
+    // An ensemble's member k draws its own columns from seed + k * MEMBER_SEED_STEP (runtime/format/members.py).
+    const keys = roundKeys((checkMaskSeed(seed) + BigInt(member.index) * MEMBER_SEED_STEP) & U64);
+    const entries = layout.entries.filter((e) => e.offset >= member.offset && e.offset < member.offset + member.floats);
+    const hi = new Uint32Array(Math.ceil(member.floats / 4) * 4), lo = new Uint32Array(hi.length);
+    for (let row = 0; row < count; row++) {
+      philoxRow(keys, first + row, hi, lo);
+      const base = row * P + member.offset;
+      for (const { offset, size, distribution } of entries) {
+        const start = offset - member.offset;
+        if (distribution === "normal") {
+          // Box-Muller on one word, in float64; the Float32Array rounds it to float32.
+          for (let i = start; i < start + size; i++) {
+            const u1 = (hi[i] + 1) * INV_32, u2 = lo[i] * INV_32;
+            out[base + i] = Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
+          }
+        } else {
+          // Uniform: the top 24 bits, (w >> 40) * 2**-24, exact in float32.
+          for (let i = start; i < start + size; i++) out[base + i] = (hi[i] >>> 8) * 2 ** -24;
         }
-      } else {
-        // Uniform: the top 24 bits, (w >> 40) * 2**-24, exact in float32.
-        for (let i = offset; i < offset + size; i++) out[base + i] = (hi[i] >>> 8) * 2 ** -24;
       }
     }
   }
