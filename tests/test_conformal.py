@@ -316,21 +316,29 @@ def test_calibrate_warns_once_when_mondrian_classes_are_small(toy_files):
     assert "graph's mondrian sets = the runtime's" in done.stdout
 
 
-@pytest.mark.parametrize("head, args, message", [
-    ("softmax", ["--conformal", "1.5"], "--conformal ALPHA must lie in (0, 1)"),
-    ("softmax", ["--conformal", "0", "--conformal-method", "aps"], "--conformal ALPHA must lie in (0, 1)"),
-    ("softmax", ["--conformal", "0.1", "--conformal-method", "normalized"],
-     "--conformal-method normalized is for regression heads"),
-    ("regression", ["--conformal", "0.1", "--conformal-method", "aps"], "--conformal-method aps is for softmax/logits"),
-    ("softmax", ["--conformal", "0.1", "--conformal-method", "bogus"], "--conformal-method 'bogus': choose one of"),
-    ("softmax", ["--conformal-method", "raps"], "--conformal-method raps needs --conformal ALPHA"),
-    ("regression", ["--target-accuracy", "0.9"], "regression head"),
+@pytest.mark.parametrize("head, options, message", [
+    ("softmax", dict(conformal=1.5), "--conformal ALPHA must lie in (0, 1)"),
+    ("softmax", dict(conformal=0.0, conformal_method="aps"), "--conformal ALPHA must lie in (0, 1)"),
+    ("softmax", dict(conformal=0.1, conformal_method="normalized"), "--conformal-method normalized is for regression"),
+    ("regression", dict(conformal=0.1, conformal_method="aps"), "--conformal-method aps is for softmax/logits"),
+    ("softmax", dict(conformal=0.1, conformal_method="bogus"), "--conformal-method 'bogus': choose one of"),
+    ("softmax", dict(conformal_method="raps"), "--conformal-method raps needs --conformal ALPHA"),
+    ("regression", dict(target_accuracy=0.9), "regression head"),
 ])
-def test_bad_conformal_options_get_one_line_errors(toy_files, head, args, message):
+def test_bad_conformal_options_are_refused_before_writing(toy_files, head, options, message):
+    from mcdrop.calibrate.command import calibrate_model
+
     folder, files = toy_files
     target = folder / "refused.onnx"
-    done = cli("calibrate", files[head], folder / f"{head}.npz", "-o", target, *args)
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        calibrate_model(files[head], target, folder / f"{head}.npz", **options)
+    assert not target.exists()
+
+
+def test_a_bad_conformal_option_is_one_line_on_the_command_line(toy_files):
+    folder, files = toy_files
+    done = cli("calibrate", files["regression"], folder / "regression.npz", "-o", folder / "refused.onnx",
+               "--conformal", "0.1", "--conformal-method", "mondrian")
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
-    assert not target.exists()
+    assert len(lines) == 1 and lines[0].startswith("error: --conformal-method mondrian is for softmax/logits heads")
