@@ -3,6 +3,7 @@ threshold against a numpy reference written from its paper (MAPIE is not install
 synthetic data with a known distribution (within the finite-sample bound), the graph's sets equal
 to numpy's on the same means, calibrate end to end on the toy heads, and one-line errors."""
 
+import json
 import math
 import subprocess
 import sys
@@ -342,3 +343,28 @@ def test_a_bad_conformal_option_is_one_line_on_the_command_line(toy_files):
     assert done.returncode != 0 and "Traceback" not in done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: --conformal-method mondrian is for softmax/logits heads")
+
+
+# --- the JavaScript library reads every categorical method --------------------------------------
+
+def test_js_library_sets_equal_the_python_runtime():
+    from js_support import EXAMPLES, run_node
+
+    from mcdrop.runtime.prediction import Prediction
+
+    rng = np.random.default_rng(12)
+    samples = softmax(rng.normal(scale=3.0, size=(8, 300, 5)), axis=-1).astype(np.float32)
+    mean = Prediction.from_samples(samples, "softmax").mean
+    for entry in ({"method": "lac", "quantile": 0.6}, {"method": "mondrian", "class_quantiles": [0.2, 0.4, 0.6, 0.8, 0.5]},
+                  {"method": "aps", "score_quantile": 0.9}, {"method": "raps", "score_quantile": 0.95, "k_reg": 1,
+                                                                       "penalty": 0.02}):
+        metadata = {"outputs": [{"name": "out", "prefix": "", "head": "softmax", "labels": None,
+                                 "calibration": {"conformal": entry}}]}
+        request = {"metadata": metadata, "samples": {"dims": list(samples.shape), "data": samples.ravel().tolist()},
+                   "rules": [None]}
+        done = run_node([EXAMPLES / "node" / "test" / "summarize.mjs"], input=json.dumps(request))
+        assert done.returncode == 0, done.stderr
+        found = [[int(c) for c in r["prediction_set"]] for r in json.loads(done.stdout)["results"][0]["inputs"]]
+        expected = prediction_sets(entry, mean)["prediction_set"]
+        assert found == [np.flatnonzero(row).tolist() for row in expected], entry["method"]
+        assert 0 < expected.mean() < 1
