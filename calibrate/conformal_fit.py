@@ -90,7 +90,8 @@ def conformal_line(entry: dict, achieved: dict) -> str:
     """calibrate's report line for the conformal entry."""
     numbers = {"lac": "quantile", "aps": "score_quantile", "raps": "score_quantile"}
     if entry["method"] in numbers:
-        fitted = f"quantile {entry[numbers[entry['method']]]:.6g}"
+        q = entry[numbers[entry["method"]]]
+        fitted = f"quantile {q:.4f}" if entry["method"] == "lac" else f"quantile {q:.6g}"
         if entry["method"] == "raps":
             fitted += f" (k_reg {entry['k_reg']}, penalty {entry['penalty']})"
     else:
