@@ -368,3 +368,12 @@ def test_js_library_sets_equal_the_python_runtime():
         expected = prediction_sets(entry, mean)["prediction_set"]
         assert found == [np.flatnonzero(row).tolist() for row in expected], entry["method"]
         assert 0 < expected.mean() < 1
+
+
+def test_aps_warns_when_its_quantile_sits_in_the_tail_noise():
+    from mcdrop.calibrate.conformal_fit import fit_conformal
+
+    probs = np.full((200, 3), 1e-7)
+    probs[:, 0] = 1 - 2e-7
+    with pytest.warns(UserWarning, match="mask seed"):
+        fit_conformal(("aps", ALPHA), probs, np.zeros(200, int), {}, {})
