@@ -346,8 +346,8 @@ def calibrate(
     target_accuracy: Optional[float] = typer.Option(
         None, help="UNCERTAIN rule: flag inputs so that the accepted ones reach this accuracy."),
     target_coverage: Optional[float] = typer.Option(None, help="UNCERTAIN rule: accept this share of the inputs."),
-    conformal: Optional[float] = typer.Option(None, metavar="ALPHA", help="Add conformal prediction sets that hold "
-                                              "the true class with probability >= 1 - ALPHA."),
+    conformal: Optional[float] = typer.Option(None, metavar="ALPHA", help="Conformal sets (intervals) holding the truth w.p. >= 1 - ALPHA."),
+    conformal_method: Optional[str] = typer.Option(None, help="lac, aps, raps, mondrian; per_label, risk; normalized (regression)."),
     measure: str = typer.Option("mutual_information", help="The score the UNCERTAIN rule thresholds: mutual_information, "
                                 "predictive_entropy, expected_entropy, one_minus_confidence or top_class_variance."),
     target_precision: Optional[float] = typer.Option(
@@ -364,7 +364,7 @@ def calibrate(
 
     report = calibrate_from_cli(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
                                 conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,
-                                output_name=head_output, settings=settings, feature_layer=feature_layer,
+                                output_name=head_output, settings=settings, feature_layer=feature_layer, conformal_method=conformal_method,
                                 progress=lambda message: typer.echo(message, err=True))
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
 

@@ -19,6 +19,8 @@ from typing import Callable, List, Optional
 import numpy as np
 
 from ..evaluate.report import rounded_rule
+from .conformal_fit import (check_method, conformal_for_head, conformal_line, fit_conformal, graph_check,
+                            regression_fit)
 from ..runtime.errors import InputError, ValidationError
 
 # The deterministic pass of the calibrated file must equal the numpy temperature scaling of the
@@ -37,14 +39,16 @@ class CalibrationReport:
     def lines(self) -> List[str]:
         c = self.calibration
         fitted, achieved = c["fitted_on"], c["achieved"]
-        lines = [f"wrote {self.output} ({self.head} head, fitted on {fitted['count']} inputs, {fitted['passes']} passes)",
-                 f"temperature      {c['temperature']:.4f} (MC dropout), {c['deterministic_temperature']:.4f} "
-                 "(deterministic pass)"]
+        lines = [f"wrote {self.output} ({self.head} head, fitted on {fitted['count']} inputs, {fitted['passes']} passes)"]
+        if c.get("temperature") is not None:
+            lines.append(f"temperature      {c['temperature']:.4f} (MC dropout), {c['deterministic_temperature']:.4f} "
+                 "(deterministic pass)")
         if "ece_before" in achieved:
             lines.append(f"ECE              MC {achieved['ece_before']:.4f} -> {achieved['ece_after']:.4f}, deterministic "
                          f"{achieved['ece_deterministic_before']:.4f} -> {achieved['ece_deterministic_after']:.4f} "
                          "(on the calibration set)")
-        lines.append(f"NLL              {achieved['nll_before']:.4f} -> {achieved['nll_after']:.4f}")
+        if "nll_before" in achieved:
+            lines.append(f"NLL              {achieved['nll_before']:.4f} -> {achieved['nll_after']:.4f}")
         if c.get("uncertain_rule"):
             lines.append(f"UNCERTAIN if     {rounded_rule(c['uncertain_rule'])}")
         if "accepted_accuracy" in achieved:
@@ -53,8 +57,7 @@ class CalibrationReport:
         if c.get("thresholds") is not None:
             lines.append("thresholds       " + ", ".join(f"{t:.4f}" for t in c["thresholds"]))
         if c.get("conformal"):
-            lines.append(f"conformal        alpha {c['conformal']['alpha']}, quantile {c['conformal']['quantile']:.4f}, "
-                         f"set coverage {achieved['set_coverage']:.4f}, mean set size {achieved['mean_set_size']:.2f}")
+            lines.append(conformal_line(c["conformal"], achieved))
         if (c.get("single_pass_scores") or {}).get("feature_layer"):
             lines.append(f"feature distance on {c['single_pass_scores']['feature_layer']} "
                          f"({c['single_pass_scores']['feature_dim']} features)")
@@ -67,7 +70,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                     passes: Optional[int] = None, measure: str = "mutual_information",
                     target_precision: Optional[float] = None, output_name: Optional[str] = None,
                     seed: Optional[int] = 0, verify: bool = True, limits=None, settings=None,
-                    feature_layer: Optional[str] = None,
+                    feature_layer: Optional[str] = None, conformal_method: Optional[str] = None,
                     progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
     """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`.
     settings: the SessionSettings of the sessions it opens (default: seed, verify and limits as given)."""
@@ -87,7 +90,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
 
     settings = settings or SessionSettings(seed=seed, limits=limits or DEFAULT, verify=verify)
     seed, verify, limits = settings.seed, settings.verify, settings.limits
-    _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure)
+    conformal = _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure, conformal_method)
     check_writable_target(Path(output))
 
     # The file as it was exported: calibration nodes and metadata removed.
@@ -114,17 +117,18 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         original.write_bytes(plain)
         session = MCSession(original, settings=settings.replace(verify=True))
         chosen = pick_output(session.info, output_name)
-        _check_head(chosen, target_accuracy or target_coverage or conformal)
+        conformal = _check_head(chosen, target_accuracy or target_coverage, conformal)
         labelled = load_labelled(data, session.info, chosen, limits)
         progress(f"predicting {len(labelled)} calibration inputs")
         samples = _samples(session, labelled.x, chosen, passes, True)
         plain_pass = _samples(session, labelled.x, chosen, passes, False)
         single_pass = fit_feature_scores(proto, session, labelled, chosen, int(samples.shape[-1]), feature_layer)
-        fitted = _fit(samples, plain_pass, labelled.y, chosen, target_accuracy, target_coverage, conformal, measure,
-                      target_precision, C, single_pass.get("scores", {}))
+        fitted = _fit(samples, plain_pass, labelled.y, chosen, target_accuracy, target_coverage, conformal,
+                      measure, target_precision, C, single_pass.get("scores", {}), seed)
         fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
                                "seed": seed, "data": os.path.basename(str(data))}
-        progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
+        if fitted.get("temperature") is not None:
+            progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
         fitted.update(graph_outputs=graph_outputs + single_pass.get("outputs", []), **single_pass.get("entry", {}))
@@ -143,15 +147,17 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     return CalibrationReport(str(output), chosen.head, fitted, checks)
 
 
-def _check_head(chosen, categorical_targets) -> None:
+def _check_head(chosen, categorical_targets, conformal):
     """The chosen output's head takes calibration, and the targets given (categorical_targets:
-    --target-accuracy, --target-coverage or --conformal) are for its kind."""
-    if chosen.head == "regression":
+    --target-accuracy or --target-coverage; conformal: (method or None, alpha) or None) are for
+    its kind. Returns conformal with its method (the head's default when none was given)."""
+    if chosen.head == "regression" and (categorical_targets or conformal is None):
         raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
-                         "thresholds are for classifier heads")
+                         "thresholds are for classifier heads (regression takes --conformal ALPHA: intervals)")
     if chosen.head in ("binary", "multilabel") and categorical_targets:
         raise InputError(f"{chosen.head} heads get per-label thresholds (--target-precision or best F1); "
-                         "--target-accuracy, --target-coverage and --conformal are for softmax and logits heads")
+                         "--target-accuracy and --target-coverage are for softmax and logits heads")
+    return conformal_for_head(conformal, chosen)
 
 
 def _set_calibration(metadata: dict, chosen, fitted: dict) -> None:
@@ -164,8 +170,9 @@ def _set_calibration(metadata: dict, chosen, fitted: dict) -> None:
                                 "shape": list(chosen.shape), "calibration": fitted}]
 
 
-def _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure) -> None:
-    """The targets and the measure, checked before anything is read."""
+def _check_targets(target_accuracy, target_coverage, target_precision, conformal, measure, conformal_method=None):
+    """The targets and the measure, checked before anything is read; (conformal method or None, alpha)
+    for a --conformal ALPHA, else None."""
     from .graph import SINGLE_PASS_SCORES, UNCERTAIN_MEASURES
 
     if target_accuracy is not None and target_coverage is not None:
@@ -178,6 +185,7 @@ def _check_targets(target_accuracy, target_coverage, target_precision, conformal
         raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
     if measure not in UNCERTAIN_MEASURES + SINGLE_PASS_SCORES:  # the scores the graph's uncertain output can compute
         raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES + SINGLE_PASS_SCORES)}")
+    return check_method(conformal_method, conformal)
 
 
 def _verified(source_bytes: bytes, path: str, verify: bool) -> bool:
@@ -223,7 +231,7 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
 
 
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C,
-         single_pass=None) -> dict:
+         single_pass=None, seed=0) -> dict:
     """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data.
     single_pass: the file's single-pass scores on the data ({measure: [n]}), for a rule on them."""
     from ..evaluate import metrics
@@ -231,6 +239,8 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     from ..runtime.prediction import Prediction
 
     head = output.head
+    if head == "regression":  # conformal intervals only
+        return regression_fit(samples, y, conformal)
     # MC dropout's mean and the plain network are different predictors: each gets its own
     # temperature (on the digits CNN, about 1 and 2.2: docs/DESIGN.md, Calibration).
     temperature = C.fit_temperature(samples, y, head)
@@ -278,14 +288,6 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
             flagged = prediction.uncertain  # no rule given: the default one
             achieved.update(coverage=float((~flagged).mean()),
                             accepted_accuracy=float(correct[~flagged].mean()) if (~flagged).any() else None)
-        if conformal is not None:
-            quantile = min(C.conformal_quantile(C.lac_scores(after, y), conformal), 1.0)
-            quantile = float(np.float32(quantile))
-            fitted["conformal"] = {"method": "lac", "alpha": conformal, "quantile": quantile}
-            graph["conformal_quantile"] = quantile
-            sets = after.astype(np.float32) >= np.float32(1) - np.float32(quantile)
-            achieved.update(set_coverage=float(sets[np.arange(len(y)), y].mean()),
-                            mean_set_size=float(sets.sum(axis=1).mean()))
     else:
         achieved = {"nll_before": metrics.bernoulli_negative_log_likelihood(before, y),
                     "nll_after": metrics.bernoulli_negative_log_likelihood(after, y)}
@@ -296,6 +298,8 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
         fitted["uncertain_rule"] = str(rule)
         graph.update(thresholds=thresholds, sigmoid_rule=tuple(c.value for c in rule.conditions))
         achieved["per_label"] = per_label
+    if conformal is not None:
+        fitted["conformal"] = fit_conformal(conformal, after, y, graph, achieved, seed=seed)
     fitted["achieved"] = achieved
     fitted["graph"] = graph
     return fitted
@@ -335,6 +339,8 @@ def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, 
     checks = [f"{len(calibrated.self_check())} live-randomness checks"]
     x = take(labelled.x, slice(0, CHECK_INPUTS))
     name = output.prefix + "samples"
+    if fitted.get("temperature") is None:  # a regression head: intervals only
+        return checks + [graph_check(calibrated, x, output, fitted["conformal"])]
     expected = C.apply_temperature(uncalibrated.run_raw(x, passes=1, stochastic=False)[name],
                                    fitted["deterministic_temperature"], output.head)
     found = calibrated.run_raw(x, passes=1, stochastic=False)
@@ -352,4 +358,6 @@ def _validate(data_bytes, uncalibrated, labelled, output, fitted, folder: Path, 
             raise ValidationError(f"validation failed: the graph's uncertain output disagrees with the rule on "
                                   f"{disagree} of {len(prediction)} inputs")
         checks.append(f"graph's uncertain output = the rule ({disagree} of {len(prediction)} differ)")
+    if fitted.get("conformal"):
+        checks.append(graph_check(calibrated, x, output, fitted["conformal"]))
     return checks

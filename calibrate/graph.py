@@ -54,7 +54,7 @@ def is_calibrated(model: onnx.ModelProto) -> bool:
 
 
 def _checked_options(prefix, head, classes, temperature, deterministic_temperature, uncertain, conformal_quantile,
-                     thresholds, sigmoid_rule):
+                     thresholds, sigmoid_rule, conformal=None):
     """add_calibration's options checked against the head and normalised to plain numbers:
     (classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule)."""
     if not isinstance(prefix, str) or (prefix and not prefix.endswith("/")):
@@ -70,6 +70,8 @@ def _checked_options(prefix, head, classes, temperature, deterministic_temperatu
     refused = [name for name, value in options.items() if value is not None and name not in allowed]
     if refused:
         raise ValueError(f"{', '.join(refused)} does not apply to a {head} head")
+    if conformal is not None:
+        _check_conformal(conformal, head, classes, conformal_quantile)
     if sigmoid_rule is not None and thresholds is None:
         raise ValueError("sigmoid_rule needs thresholds")
 
@@ -99,6 +101,22 @@ def _checked_options(prefix, head, classes, temperature, deterministic_temperatu
         sigmoid_rule = (_number("sigmoid_rule threshold", sigmoid_rule[0]),
                         _number("sigmoid_rule distance", sigmoid_rule[1]))
     return classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule
+
+
+def _check_conformal(conformal, head, classes, conformal_quantile) -> None:
+    """A conformal entry (runtime/conformal_sets.py) whose method fits the head, with numbers."""
+    from ..runtime.conformal_sets import CLASS_METHODS, LABEL_METHODS, REGRESSION_METHODS
+
+    method = conformal.get("method") if isinstance(conformal, dict) else None
+    fits = CLASS_METHODS if head in CATEGORICAL_HEADS else LABEL_METHODS if head in SIGMOID_HEADS else \
+        REGRESSION_METHODS
+    if method not in fits:
+        raise ValueError(f"conformal method {method!r} does not apply to a {head} head (one of {', '.join(fits)})")
+    if conformal_quantile is not None:
+        raise ValueError("give conformal_quantile or conformal, not both")
+    for key in VECTORS.get(method, ()):
+        if len(conformal[key]) != classes or not all(math.isfinite(_number(key, q)) for q in conformal[key]):
+            raise ValueError(f"conformal {key} needs {classes} finite numbers")
 
 
 def _temperature_nodes(b, graph, samples, uncalibrated, temperature, deterministic_temperature, categorical):
@@ -132,7 +150,7 @@ def _temperature_nodes(b, graph, samples, uncalibrated, temperature, determinist
 
 
 def _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conformal_quantile, thresholds,
-                      sigmoid_rule) -> List[onnx.ValueInfoProto]:
+                      sigmoid_rule, conformal=None) -> List[onnx.ValueInfoProto]:
     """The nodes of the decision outputs (uncertain, prediction_set, decision) added to `b`, and the
     graph outputs they give."""
     mean = prefix + "mean"
@@ -161,6 +179,8 @@ def _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conform
                      "one_minus_quantile")
         b.node("GreaterOrEqual", [mean, cut], "prediction_set", output=prefix + "prediction_set")
         added_outputs.append(_bool_output(prefix + "prediction_set", mean_dims, classes))
+    if conformal is not None:
+        added_outputs += _conformal_outputs(b, prefix, outputs, mean_dims, classes, conformal)
     if thresholds is not None:
         limits = b.constant("thresholds", thresholds)
         b.node("GreaterOrEqual", [mean, limits], "decision", output=prefix + "decision")
@@ -187,9 +207,12 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
                     uncertain: Optional[Tuple[str, float]] = None,
                     conformal_quantile: Optional[float] = None,
                     thresholds: Optional[Sequence[float]] = None,
-                    sigmoid_rule: Optional[Tuple[float, float]] = None) -> List[str]:
+                    sigmoid_rule: Optional[Tuple[float, float]] = None,
+                    conformal: Optional[dict] = None) -> List[str]:
     """Write calibration for the output `prefix` ("" or "<name>/") into `model`, in place.
 
+    `conformal`: a conformal entry of any method (runtime/conformal_sets.py; LAC also as
+    conformal_quantile), whose sets or intervals the graph then outputs.
     `deterministic_temperature` is the deterministic pass's own (stochastic = false): the plain
     network and the MC mean are calibrated apart (default: the same temperature).
     Returns the names of the graph outputs added (in the order appended). Raises ValueError for an
@@ -199,7 +222,7 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
     graph = model.graph
     classes, temperature, uncertain, conformal_quantile, thresholds, sigmoid_rule = _checked_options(
         prefix, head, classes, temperature, deterministic_temperature, uncertain, conformal_quantile, thresholds,
-        sigmoid_rule)
+        sigmoid_rule, conformal)
     categorical = head in CATEGORICAL_HEADS
     if _has_calibration(graph, prefix):
         raise ValueError(f"output {prefix or '(single)'!r} already has calibration: strip it first "
@@ -228,7 +251,7 @@ def add_calibration(model: onnx.ModelProto, prefix: str, head: str, classes: int
 
     # Decision outputs: appended at the end, after mean, variance and the entropies.
     added_outputs = _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conformal_quantile,
-                                      thresholds, sigmoid_rule)
+                                      thresholds, sigmoid_rule, conformal)
     decision_nodes = b.take_nodes()
 
     # Every check passed: change the graph.
@@ -266,6 +289,75 @@ def strip_calibration(model: onnx.ModelProto) -> None:
         if len(keep) != len(field):
             del field[:]
             field.extend(keep)
+
+
+# Conformal sets and intervals (runtime/conformal_sets.py computes the same in numpy) -------------
+
+# The per-class / per-label / per-unit numbers of each method's entry.
+VECTORS = {"mondrian": ("class_quantiles",), "per_label": ("label_quantiles",), "risk": ("label_quantiles",),
+           "normalized": ("unit_quantiles",)}
+
+
+def _conformal_outputs(b, prefix, outputs, mean_dims, classes, conformal) -> List[onnx.ValueInfoProto]:
+    """prediction_set (classifier heads) or interval_low / interval_high (regression) of `conformal`."""
+    from ..runtime.conformal_sets import STD_FLOOR
+
+    mean, method = prefix + "mean", conformal["method"]
+    if method == "normalized":
+        variance = prefix + "variance"
+        if variance not in outputs:
+            raise ValueError(f"the graph has no output {variance!r}")
+        trailing = [d.dim_value for d in (mean_dims or [])[1:]]
+        shape = trailing if trailing and all(trailing) else [classes]
+        q = b.constant("conformal_quantiles", np.reshape(conformal["unit_quantiles"], shape))
+        root = b.node("Sqrt", [b.node("Max", [variance, b.constant("zero", 0.0)], "nonnegative_variance")], "std")
+        half = b.node("Mul", [q, b.node("Max", [root, b.constant("std_floor", STD_FLOOR)], "floored_std")],
+                      "half_width")
+        b.node("Sub", [mean, half], "interval_low", output=prefix + "interval_low")
+        b.node("Add", [mean, half], "interval_high", output=prefix + "interval_high")
+        return [_float_output(prefix + name, mean_dims) for name in ("interval_low", "interval_high")]
+    if method in ("aps", "raps"):
+        chosen = _cumulative_set(b, mean, classes, conformal)
+    else:
+        key = "quantile" if method == "lac" else VECTORS[method][0]
+        cut = b.node("Sub", [b.constant("one", 1.0), b.constant("conformal_quantiles", conformal[key])],
+                     "one_minus_quantile")
+        chosen = b.node("GreaterOrEqual", [mean, cut], "prediction_set_kept")
+    b.node("Identity", [chosen], "prediction_set", output=prefix + "prediction_set")
+    return [_bool_output(prefix + "prediction_set", mean_dims, classes)]
+
+
+def _cumulative_set(b, mean, classes, conformal) -> str:
+    """APS / RAPS: sort the mean descending (TopK: ties keep the lower index first, like a stable
+    argsort), the tail mass below each rank minus its penalty, kept when >= 1 - score_quantile,
+    scattered back to class order."""
+    from ..runtime.conformal_sets import score_bound
+
+    sorted_mean, order = b.claim(b.base + "sorted_mean"), b.claim(b.base + "sorted_classes")
+    b.nodes.append(helper.make_node("TopK", [mean, b.constant("classes", [classes], np.int64)], [sorted_mean, order],
+                                    name=b.claim(b.base + "sort"), axis=-1, largest=1, sorted=1))
+    # The mass ranked below each class, summed from the bottom (runtime/conformal_sets.tail_margins).
+    margin = b.node("CumSum", [sorted_mean, b.constant("axis", -1, np.int64)], "tail_mass", exclusive=1, reverse=1)
+    penalty = float(conformal.get("penalty", 0.0))
+    if penalty:
+        ranks = np.maximum(np.arange(1, classes + 1) - int(conformal["k_reg"]), 0).astype(np.float32)
+        margin = b.node("Sub", [margin, b.constant("rank_penalty", np.float32(penalty) * ranks)], "raps_margin")
+    kept_sorted = b.node("GreaterOrEqual", [margin, b.constant("score_bound", score_bound(conformal["score_quantile"]))],
+                         "kept_sorted")
+    kept = b.node("Cast", [kept_sorted], "kept_sorted_float", to=TensorProto.FLOAT)
+    zeros = b.node("ConstantOfShape", [b.node("Shape", [mean], "mean_shape")], "zeros",
+                   value=helper.make_tensor("value", TensorProto.FLOAT, [1], [0.0]))
+    scattered = b.node("ScatterElements", [zeros, order, kept], "kept_by_class", axis=-1)
+    return b.node("Cast", [scattered], "kept_bool", to=TensorProto.BOOL)
+
+
+def _float_output(name, dims):
+    info = helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+    if dims is not None:
+        info.type.tensor_type.shape.SetInParent()
+        for dim in dims:
+            info.type.tensor_type.shape.dim.add().CopyFrom(dim)
+    return info
 
 
 # Helpers -------------------------------------------------------------------------------------
@@ -342,12 +434,13 @@ def _opset(model) -> int:
 def _has_calibration(graph, prefix) -> bool:
     base = CALIBRATION_PREFIX + prefix
     parameters = {base + part for part in ("temperature", "deterministic_temperature", "uncertain_threshold", "uncertain_distance",
-                                           "conformal_quantile", "thresholds")}
+                                           "conformal_quantile", "thresholds", "conformal_quantiles",
+                                           "score_bound")}
     if any(t.name in parameters for t in graph.initializer):
         return True
     if any(base + "uncalibrated_samples" in n.output for n in graph.node):
         return True
-    decisions = {prefix + part for part in ("uncertain", "prediction_set", "decision")}
+    decisions = {prefix + part for part in ("uncertain", "prediction_set", "decision", "interval_low", "interval_high")}
     return any(n.name.startswith(CALIBRATION_PREFIX) and decisions & set(n.output) for n in graph.node)
 
 

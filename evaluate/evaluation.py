@@ -185,9 +185,7 @@ def categorical_report(prediction: Prediction, y: np.ndarray, ood: Optional[Pred
         "accepted_accuracy": float(correct[~flagged].mean()) if (~flagged).any() else None,
     }
     if "prediction_set" in prediction.measures:
-        sets = prediction.measures["prediction_set"]
-        report["conformal"] = {"coverage": float(sets[np.arange(len(y)), y].mean()),
-                               "mean_set_size": float(sets.sum(axis=1).mean())}
+        report["conformal"] = metrics.conformal_coverage(prediction.measures, y, names)
     if ood is not None:
         inside, outside = ranked, usable_scores(ood)
         report["ood_auroc"], report["ood_aupr"], report["ood_fpr_at_95_tpr"] = {}, {}, {}
@@ -242,6 +240,8 @@ def sigmoid_report(prediction: Prediction, y: np.ndarray, output: ModelOutput, t
     else:
         report["accuracy"] = float((decisions == y).mean())
     report["uncertain_rule"] = {"flagged": float(prediction.uncertain.mean())}
+    if "prediction_set" in prediction.measures:
+        report["conformal"] = metrics.conformal_coverage(prediction.measures, y, names)
     return report
 
 
@@ -254,6 +254,8 @@ def regression_report(prediction: Prediction, y: np.ndarray) -> dict:
                       coverage_1_sigma=metrics.interval_coverage(mean, std, y, 1.0),
                       coverage_2_sigma=metrics.interval_coverage(mean, std, y, 2.0),
                       nominal_1_sigma=0.6827, nominal_2_sigma=0.9545)
+    if "interval_low" in prediction.measures:
+        report["conformal"] = metrics.conformal_coverage(prediction.measures, y)
     return report
 
 

@@ -15,7 +15,7 @@ rank, lengths that differ, no inputs, NaN, values out of range) raise InputError
 """
 
 import math
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -462,3 +462,36 @@ def interval_coverage(mean, std, y, k: float) -> float:
         raise InputError(f"std must be >= 0, got {s.min()}")
     k = non_negative_finite("k", k)
     return float((np.abs(target - m) <= k * s).mean())
+
+
+# --- conformal sets and intervals --------------------------------------------------------------
+
+def conformal_coverage(measures: dict, y, names=None) -> Optional[dict]:
+    """Coverage of a calibrated file's conformal output in `measures` (None when it has none):
+    prediction_set bool [n, classes] with int labels y [n] (the share of inputs whose set holds their
+    class), with bool y [n, labels] (the share of present labels in the set), or interval_low /
+    interval_high [n, ...] with targets y (the share of targets inside, over every unit). Also
+    per class (label, unit; None for one without inputs), the lowest of them, and the mean set
+    size (interval width)."""
+    if "interval_low" in measures:
+        low, high = (np.asarray(measures[k], np.float64).reshape(len(y), -1) for k in ("interval_low", "interval_high"))
+        target = np.asarray(y, np.float64).reshape(low.shape)
+        hits, counted = (low <= target) & (target <= high), np.ones(low.shape, bool)
+        extra = {"mean_interval_width": float((high - low).mean())}
+    elif "prediction_set" in measures:
+        sets = np.asarray(measures["prediction_set"], bool).reshape(len(y), -1)
+        y = np.asarray(y)
+        if y.ndim == 1:
+            hits, counted = sets, np.eye(sets.shape[1], dtype=bool)[y]  # each input counts for its class
+        else:
+            counted = y.reshape(sets.shape).astype(bool)
+            hits = sets & counted
+        extra = {"mean_set_size": float(sets.sum(axis=1).mean())}
+    else:
+        return None
+    per = [float((hits[:, j] & counted[:, j]).sum() / counted[:, j].sum()) if counted[:, j].any() else None
+           for j in range(counted.shape[1])]
+    names = names if names is not None and len(names) == len(per) else [str(j) for j in range(len(per))]
+    found = [value for value in per if value is not None]
+    return {"coverage": float((hits & counted).sum() / max(1, counted.sum())), **extra,
+            "lowest_class_coverage": min(found) if found else None, "per_class": dict(zip(names, per))}

@@ -215,8 +215,11 @@ def markdown(report: dict, with_plots: bool = True) -> str:
         lines += [f"- {item['error']}" for item in report["skipped"]] + [""]
     mc, det = report["mc"], report["deterministic"]
     lines += ["| metric | MC dropout | deterministic |", "|---|---|---|"]
-    for title, ours, theirs in _scalar_rows(mc, det, ("coverage", "mean_set_size")):
+    for title, ours, theirs in _scalar_rows(mc, det, tuple(CONFORMAL_TITLES)):
         lines.append(f"| {title} | {_cell(ours)} | {_cell(theirs)} |")
+    if (mc.get("conformal") or {}).get("per_class"):
+        lines += ["", "Conformal coverage per class (MC dropout): " + ", ".join(
+            f"{name} {_cell(value)}" for name, value in mc["conformal"]["per_class"].items()) + "."]
     if "aurc" in mc:
         lines += ["", "## Uncertainty measures (higher = less certain)", "",
                   "Each cell: MC dropout / deterministic pass (- where one pass has no such measure).", ""]
@@ -263,7 +266,7 @@ def summary_lines(report: dict) -> List[str]:
              f"{'':<40}{'MC dropout':>12}{'deterministic':>15}"]
     if report.get("skipped"):
         lines.insert(1, f"skipped {len(report['skipped'])} inputs that could not be read (listed in the JSON report)")
-    for title, ours, theirs in _scalar_rows(mc, det, ("coverage",)):
+    for title, ours, theirs in _scalar_rows(mc, det, ("coverage", "lowest_class_coverage", "mean_set_size")):
         lines.append(f"{title:<40}{_cell(ours):>12}{_cell(theirs):>15}")
     for title, key in (("AURC", "aurc"), ("error AUROC", "error_auroc"), ("OOD AUROC", "ood_auroc")):
         for name, value in mc.get(key, {}).items():
@@ -281,7 +284,8 @@ def summary_lines(report: dict) -> List[str]:
     return lines
 
 
-CONFORMAL_TITLES = {"coverage": "conformal set coverage", "mean_set_size": "conformal mean set size"}
+CONFORMAL_TITLES = {"coverage": "conformal set coverage", "lowest_class_coverage": "conformal lowest class coverage",
+                    "mean_set_size": "conformal mean set size", "mean_interval_width": "conformal mean interval width"}
 
 
 def _scalar_rows(mc: dict, det: dict, conformal_fields):
@@ -292,7 +296,8 @@ def _scalar_rows(mc: dict, det: dict, conformal_fields):
             yield key, mc.get(key), det.get(key)
     if "conformal" in mc:
         for field in conformal_fields:
-            yield CONFORMAL_TITLES[field], mc["conformal"][field], det.get("conformal", {}).get(field)
+            if field in mc["conformal"]:
+                yield CONFORMAL_TITLES[field], mc["conformal"][field], det.get("conformal", {}).get(field)
 
 
 def _cell(value) -> str:

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import measures as M
 from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS, Rule, default_rule
+from .conformal_sets import CLASS_METHODS, LABEL_METHODS, REGRESSION_METHODS, prediction_sets, set_labels
 from .errors import InputError
 
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
@@ -61,11 +62,12 @@ class Prediction:
                      provider: Optional[str] = None, keep_samples: bool = True,
                      rule: Optional[Rule] = None,
                      conformal_quantile: Optional[float] = None, masks: Optional[str] = None,
-                     mask_seed: Optional[int] = None) -> "Prediction":
+                     mask_seed: Optional[int] = None, conformal: Optional[dict] = None) -> "Prediction":
         """Build from `samples` [T, batch, ...out]: probabilities for classifier heads, raw values
         for regression. `thresholds` (one per label) overrides `threshold` for sigmoid heads.
         `rule` decides `uncertain`; `conformal_quantile` q (categorical heads) adds the conformal
-        `prediction_set`: the classes whose mean probability is at least 1 - q."""
+        `prediction_set`: the classes whose mean probability is at least 1 - q; `conformal` (a
+        calibrated file's entry, runtime/conformal_sets.py) adds its method's sets or intervals."""
         if head not in HEADS:
             raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
         samples = np.asarray(samples, dtype=np.float32)
@@ -91,13 +93,9 @@ class Prediction:
             found = {"mean": mean64, "std": M.standard_deviation(variance64)}
         errors = _standard_errors(samples, head, found, stochastic)
         if conformal_quantile is not None:
-            if head not in CATEGORICAL_HEADS:
-                raise InputError(f"conformal sets are for categorical heads, not {head}")
-            # Decided in float32 like the graph's prediction_set output: mean >= 1 - q.
-            chosen = mean64.astype(np.float32) >= np.float32(1) - np.float32(conformal_quantile)
-            found["prediction_set"] = chosen
-            if labels is not None:
-                found["prediction_set_labels"] = [[labels[j] for j in np.flatnonzero(row)] for row in chosen]
+            conformal = {"method": "lac", "quantile": conformal_quantile}
+        if conformal is not None:
+            found.update(_conformal(conformal, head, mean64, found, labels))
         return cls(head=head, mean=mean64.astype(np.float32),
                    variance=variance64.astype(np.float32),
                    measures={name: _float32(value) for name, value in found.items()},
@@ -327,6 +325,19 @@ def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[
             expected_entropy=M.bernoulli_expected_entropy_standard_error(x),
             mutual_information=M.bernoulli_mutual_information_standard_error(x))
     return errors
+
+
+def _conformal(conformal: dict, head: str, mean64, found: dict, labels) -> dict:
+    """The conformal sets (classifier heads) or intervals (regression) of a calibrated entry."""
+    method = conformal.get("method", "lac")
+    kind = "regression" if head == "regression" else "sigmoid" if head in SIGMOID_HEADS else "categorical"
+    fits = {"categorical": CLASS_METHODS, "sigmoid": LABEL_METHODS, "regression": REGRESSION_METHODS}[kind]
+    if method not in fits:
+        raise InputError(f"conformal method {method!r} is not for {head} heads (one of {', '.join(fits)})")
+    made = prediction_sets(conformal, mean64, found.get("std"))
+    if "prediction_set" in made and labels is not None:
+        made["prediction_set_labels"] = set_labels(made["prediction_set"], labels)
+    return made
 
 
 def _float32(value):

@@ -267,7 +267,7 @@ class MCSession:
                     samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
                     thresholds=fitted or thresholds, top_k=top_k, stochastic=chosen.stochastic,
                     provider=self.provider, keep_samples=keep, rule=rule,
-                    conformal_quantile=conformal["quantile"] if conformal else None,
+                    conformal=conformal,
                     masks=chosen.masks, mask_seed=chosen.mask_seed)
             return predictions
 

@@ -204,7 +204,7 @@ class Scorer:
         conformal = (output.calibration or {}).get("conformal")
         probe = Prediction.from_samples(samples, output.head, labels=output.labels, top_k=1,
                                         keep_samples=self.options.keep_samples, rule=None,
-                                        conformal_quantile=conformal["quantile"] if conformal else None)
+                                        conformal=conformal)
         for measure in single_pass_outputs(output).values():  # what the graph adds: one float per input
             probe.measures[measure] = np.zeros(1, np.float32)
         probe.rule = self.rule

@@ -962,6 +962,39 @@ export function passesOf(samples, index) {
 }
 
 /**
+ * The classes (indices) in one input's conformal set, from a calibrated file's conformal entry
+ * (docs/FORMAT.md: Calibration), decided in float32 like the graph's prediction_set and the Python
+ * runtime (runtime/conformal_sets.py): lac and mondrian keep mean >= 1 - q (one q, or one per class);
+ * aps and raps keep the classes whose tail mass (ranked below them, summed from the least likely up)
+ * minus the rank penalty is >= 1 - score_quantile.
+ */
+export function conformalSet(mean, conformal) {
+  const f = Math.fround;
+  const p = mean.map(f);
+  const method = conformal.method ?? "lac";
+  if (method === "lac" || method === "mondrian") {
+    const q = method === "lac" ? p.map(() => conformal.quantile) : conformal.class_quantiles;
+    return p.flatMap((v, c) => (v >= f(1 - f(q[c])) ? [c] : []));
+  }
+  if (method !== "aps" && method !== "raps") {
+    throw new Error(`conformal method ${method} is not one this library reads (lac, mondrian, aps, raps)`);
+  }
+  const order = p.map((_, c) => c).sort((a, b) => p[b] - p[a] || a - b);
+  const bound = f(1 - conformal.score_quantile);
+  const penalty = f(conformal.penalty ?? 0);
+  const kReg = conformal.k_reg ?? 0;
+  const tails = new Array(order.length);
+  let tail = 0;
+  for (let r = order.length - 1; r >= 0; r--) {
+    tails[r] = tail;
+    tail = f(tail + p[order[r]]);
+  }
+  const kept = order.filter((_, r) => f(tails[r] - f(penalty * Math.max(r + 1 - kReg, 0))) >= bound);
+  return kept.sort((a, b) => a - b);
+}
+
+
+/**
  * Per input of the batch: {label, index, confidence, mean, variance, std (of the top class),
  * predictive_entropy, expected_entropy, mutual_information, margin, variation_ratio, uncertain,
  * their Monte Carlo standard errors (mean_se and variance_se per class, std_se of the top class,
@@ -982,7 +1015,7 @@ export function summarize(outputs, metadata, { rule } = {}) {
   if (!samples) throw new Error(`the outputs hold no '${output.prefix}samples'; run the session for it`);
   const [T, B, C] = samples.dims.map(Number);
   const effective = ruleFor(metadata, rule);
-  const quantile = output.calibration?.conformal?.quantile;
+  const conformal = output.calibration?.conformal;
   const labelOf = (c) => (output.labels ? String(output.labels[c]) : String(c));
   const results = [];
   for (let b = 0; b < B; b++) {
@@ -1014,11 +1047,7 @@ export function summarize(outputs, metadata, { rule } = {}) {
       ruleText: effective.text,
       ruleSource: effective.source,
     };
-    if (typeof quantile === "number") {
-      // LAC conformal set, decided in float32 like the graph's prediction_set: mean >= 1 - q.
-      const bound = f(1 - f(quantile));
-      result.prediction_set = m.mean.flatMap((p, c) => (f(p) >= bound ? [labelOf(c)] : []));
-    }
+    if (conformal) result.prediction_set = conformalSet(m.mean, conformal).map(labelOf);
     results.push(result);
   }
   results.ruleText = effective.text;

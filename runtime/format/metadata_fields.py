@@ -185,12 +185,34 @@ def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
             raise _Bad("calibration thresholds must be one number in [0, 1] per unit of a binary or multilabel head")
     conformal = value.get("conformal")
     if conformal is not None:
-        if head not in ("softmax", "logits") or not isinstance(conformal, dict):
-            raise _Bad("calibration conformal is an object, for softmax and logits heads")
-        quantile = _number(conformal, "quantile")
-        if not 0 <= quantile <= 1:
-            raise _Bad(f"calibration conformal quantile must lie in [0, 1], got {quantile:g}")
+        _conformal(conformal, head, shape)
     return value
+
+
+def _conformal(conformal: Any, head: str, shape: Shape) -> None:
+    """A conformal entry the runtime can build sets from (runtime/conformal_sets.py)."""
+    from ..conformal_sets import CLASS_METHODS, LABEL_METHODS
+
+    method = conformal.get("method", "lac") if isinstance(conformal, dict) else None
+    fits = CLASS_METHODS if head in ("softmax", "logits") else LABEL_METHODS if head in ("binary", "multilabel") \
+        else ("normalized",)
+    if method not in fits:
+        raise _Bad(f"calibration conformal is an object whose method is one of {', '.join(fits)} for {head} heads")
+    if method in ("lac", "aps", "raps"):
+        key = "quantile" if method == "lac" else "score_quantile"
+        quantile, top = _number(conformal, key), 1 if method == "lac" else math.inf
+        if not 0 <= quantile <= top:
+            raise _Bad(f"calibration conformal {key} must lie in [0, {top}], got {quantile:g}")
+        if method == "raps" and not (is_number(conformal.get("penalty")) and conformal["penalty"] >= 0
+                                     and isinstance(conformal.get("k_reg"), int)):
+            raise _Bad("calibration conformal raps needs a penalty >= 0 and an integer k_reg")
+        return
+    key = {"mondrian": "class_quantiles", "normalized": "unit_quantiles"}.get(method, "label_quantiles")
+    values, units = conformal.get(key), shape[-1] if shape else None
+    top = math.inf if method == "normalized" else 1
+    if not isinstance(values, list) or (units is not None and method != "normalized" and len(values) != units) \
+            or not all(is_number(q) and 0 <= q <= top for q in values):
+        raise _Bad(f"calibration conformal {key} must be one number in [0, {top}] per unit")
 
 
 def _entries(value: Any, key: str) -> list:
