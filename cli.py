@@ -298,35 +298,25 @@ def evaluate(
     target_precision: float = typer.Option(0.9, help="Binary / multi-label heads: report the threshold that reaches it."),
     on_error: str = typer.Option("stop", help="An input that cannot be read: stop (before any run) or skip (left "
                                  "out, listed in the report)."),
+    shift: bool = typer.Option(False, "--shift", help="Also under 5 image corruptions at 5 severities (README: Under shift)."),
+    seeds: int = typer.Option(1, help="MC figures over this many mask seeds: mean and std (seed, seed + 1, ...)."),
     settings=None,
 ):
     """Measure accuracy, calibration and how well the uncertainty ranks errors and spots OOD inputs."""
-    from .evaluate.labelled_sets import batch_size
-    from .evaluate.evaluation import check_flags, evaluate as run_evaluation, load_data, run_facts
+    from .evaluate.command import evaluate_from_cli
 
-    with_plots = check_flags(target_precision, on_error, report)
-    session = _session(model, settings)
-    plan = session.resolve(passes, flags=True, max_passes=max_passes, min_passes=min_passes)
-    chosen, labelled, outside, failures = load_data(session, data, ood, output, uncertain_if, on_error)
-    for path, message in failures:
-        typer.echo(f"warning: skipped: {terminal_safe(message)}", err=True)
-    total = 2 * (len(labelled) + (0 if outside is None else batch_size(outside)))
-    with typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
-                           hidden=total < 2 * PROGRESS_MIN_INPUTS) as bar:
-        result = run_evaluation(session, labelled, chosen, passes=plan, ood=outside, progress=bar.update,
-                                target_precision=target_precision, uncertain_if=uncertain_if)
-    result.report = {**run_facts(model, data, ood, chosen, seed, session.provider, failures), **result.report}
-    if report is not None:
-        from .evaluate.report import write_report
-
-        written = write_report(report, result, with_plots)
-        typer.echo(f"wrote {', '.join(terminal_safe(shown_path(path)) for path in written)}", err=True)
+    document = evaluate_from_cli(
+        model, data, ood=ood, passes=passes, max_passes=max_passes, min_passes=min_passes, seed=seed, report=report,
+        output=output, uncertain_if=uncertain_if, target_precision=target_precision, on_error=on_error, shift=shift,
+        seeds=seeds, settings=settings, note=lambda line: typer.echo(terminal_safe(line), err=True),
+        progress_bar=lambda total: typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
+                                                     hidden=total < 2 * PROGRESS_MIN_INPUTS))
     if as_json:
-        typer.echo(json.dumps(result.report, indent=2, allow_nan=False))
+        typer.echo(json.dumps(document, indent=2, allow_nan=False))
     else:
         from .evaluate.report import summary_lines
 
-        typer.echo("\n".join(terminal_safe(line) for line in summary_lines(result.report)))
+        typer.echo("\n".join(terminal_safe(line) for line in summary_lines(document)))
 
 
 @app.command()
