@@ -332,8 +332,9 @@ def calibrate(
     target_coverage: Optional[float] = typer.Option(None, help="UNCERTAIN rule: accept this share of the inputs."),
     conformal: Optional[float] = typer.Option(None, metavar="ALPHA", help="Add conformal prediction sets that hold "
                                               "the true class with probability >= 1 - ALPHA."),
-    measure: str = typer.Option("mutual_information", help="The score the UNCERTAIN rule thresholds: mutual_information, "
-                                "predictive_entropy, expected_entropy, one_minus_confidence or top_class_variance."),
+    measure: Optional[str] = typer.Option(None, help="The score the UNCERTAIN rule thresholds [default: the best on the "
+                                          "calibration data, README: Calibrate]."),
+    ood: Optional[Path] = typer.Option(None, help="Inputs that belong to no class: the measure's OOD AUROC counts too."),
     target_precision: Optional[float] = typer.Option(
         None, help="Binary / multi-label heads: per-label thresholds reaching this precision [default: best F1]."),
     passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T for fitting [default: the model's]."),
@@ -347,7 +348,7 @@ def calibrate(
     from .calibrate import calibrate_from_cli
 
     report = calibrate_from_cli(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
-                                conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,
+                                conformal=conformal, passes=passes, measure=measure, ood=ood, target_precision=target_precision,
                                 output_name=head_output, settings=settings, feature_layer=feature_layer,
                                 progress=lambda message: typer.echo(message, err=True))
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))
