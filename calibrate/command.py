@@ -270,11 +270,10 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
         prediction.measures.update(single_pass or {})
         correct = prediction.mean.argmax(-1) == y
         choice = _choose_measure(prediction, correct, evidence, measure, temperature, head, C)
-        measure, rows = choice["chosen"], choice.pop("rule_rows")
+        measure = choice["chosen"]
         fitted["measure_choice"] = choice
-        score, correct = candidate_scores(prediction)[measure][rows], correct[rows]
-        _fit_rule(score, correct, measure, target_accuracy, target_coverage, prediction.uncertain[rows], C,
-                  fitted, graph, achieved)
+        _fit_rule(candidate_scores(prediction)[measure], correct, measure, target_accuracy, target_coverage,
+                  prediction.uncertain, C, fitted, graph, achieved)
         if conformal is not None:
             quantile = min(C.conformal_quantile(C.lac_scores(after, y), conformal), 1.0)
             quantile = float(np.float32(quantile))
@@ -300,8 +299,8 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
 
 def _fit_rule(score, correct, measure, target_accuracy, target_coverage, default_flags, C, fitted, graph,
               achieved) -> None:
-    """The UNCERTAIN rule's threshold on `score` (the chosen measure, higher = less certain, on the
-    rows the threshold is fitted on) for the target given, into `fitted`, `graph` and `achieved`;
+    """The UNCERTAIN rule's threshold on `score` (the chosen measure, higher = less certain) for the
+    target given, into `fitted`, `graph` and `achieved`;
     without a target, what the default rule (`default_flags`) achieves there."""
     from ..evaluate import metrics
 
@@ -334,7 +333,7 @@ def _fit_rule(score, correct, measure, target_accuracy, target_coverage, default
 
 def _choose_measure(prediction, correct, evidence, measure, temperature, head, C) -> dict:
     """measure_choice's entry for the prediction of the calibration set (its feature distances
-    replaced by the cross-fitted ones of `evidence`), with the rows the threshold is fitted on."""
+    replaced by the cross-fitted ones of `evidence`)."""
     from ..runtime.prediction import Prediction
     from .measure_choice import candidate_scores, measure_choice
 
@@ -348,7 +347,7 @@ def _choose_measure(prediction, correct, evidence, measure, temperature, head, C
         outside = Prediction.from_samples(C.apply_temperature(evidence.ood_samples, temperature, head).astype(
             np.float32), head, keep_samples=False)
         outside.measures.update(evidence.ood_scores)
-    return measure_choice(prediction, outside, correct, evidence, measure)
+    return measure_choice(prediction, outside, correct, measure)
 
 
 def _label_thresholds(probabilities, y, target_precision, C):

@@ -343,11 +343,11 @@ def summary_lines(report: dict) -> List[str]:
 
 def choice_lines(choice: dict) -> List[str]:
     """What `calibrate` prints about the rule's measure: how it was chosen, then every candidate's
-    error and OOD AUROC on the choice half (calibrate/measure_choice.py)."""
+    error and OOD AUROC (calibrate/measure_choice.py)."""
     how = "given (--measure)" if choice["given"] else f"chosen by {choice['criterion']}"
     ood = f", {choice['ood_inputs']} OOD inputs" if choice["ood_inputs"] else ""
-    lines = [f"rule measure     {choice['chosen']}, {how} ({choice['choice_inputs']} inputs{ood}; threshold "
-             f"fitted on {choice['rule_inputs']})", f"{'  candidate':<30}{'error AUROC':>12}{'OOD AUROC':>12}"]
+    lines = [f"rule measure     {choice['chosen']}, {how} ({choice['inputs']} inputs{ood}; feature distance "
+             "cross-fitted)", f"{'  candidate':<30}{'error AUROC':>12}{'OOD AUROC':>12}"]
     for name, row in choice["candidates"].items():
         mark = " *" if name == choice["chosen"] else ""
         lines.append(f"{'  ' + name + mark:<30}{_cell(row['error_auroc']):>12}{_cell(row['ood_auroc']):>12}")

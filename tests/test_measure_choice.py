@@ -27,12 +27,12 @@ def run_cli(*args):
 
 def test_halves_are_stratified_disjoint_and_seeded():
     y = np.repeat(np.arange(4), [6, 7, 2, 5])
-    choice, rule = M.halves(y, 3)
-    assert sorted(np.r_[choice, rule].tolist()) == list(range(len(y)))
+    first, second = M.halves(y, 3)
+    assert sorted(np.r_[first, second].tolist()) == list(range(len(y)))
     for label in range(4):
-        assert abs((y[choice] == label).sum() - (y[rule] == label).sum()) <= 1
-    np.testing.assert_array_equal(M.halves(y, 3)[0], choice)
-    assert not np.array_equal(M.halves(y, 4)[0], choice)
+        assert abs((y[first] == label).sum() - (y[second] == label).sum()) <= 1
+    np.testing.assert_array_equal(M.halves(y, 3)[0], first)
+    assert not np.array_equal(M.halves(y, 4)[0], first)
 
 
 def test_choice_by_error_auroc_then_by_the_mean_with_ood():
@@ -101,7 +101,7 @@ def test_calibrate_chooses_the_measure_with_every_candidates_aurocs(digits, tmp_
     assert done.returncode == 0, done.stderr
     choice = calibration_of(tmp_path / "c.onnx")["measure_choice"]
     assert set(choice["candidates"]) == set(M.CANDIDATES) and not choice["given"]
-    assert choice["ood_inputs"] == 40 and choice["choice_inputs"] + choice["rule_inputs"] == 80
+    assert choice["ood_inputs"] == 40 and choice["inputs"] == 80
     for row in choice["candidates"].values():
         assert 0 <= row["error_auroc"] <= 1 and 0 <= row["ood_auroc"] <= 1
         assert row["criterion"] == pytest.approx((row["error_auroc"] + row["ood_auroc"]) / 2)
@@ -109,8 +109,7 @@ def test_calibrate_chooses_the_measure_with_every_candidates_aurocs(digits, tmp_
     assert choice["candidates"][choice["chosen"]]["criterion"] == best
     rule = calibration_of(tmp_path / "c.onnx")["uncertain_rule"]
     assert rule.startswith(choice["chosen"])
-    assert "feature_distance" in done.stdout and "OOD AUROC" in done.stdout and "threshold fitted on" in done.stdout
-    # The threshold is fitted on the rule half only: it accepts at least 90% of it.
+    assert "feature_distance" in done.stdout and "OOD AUROC" in done.stdout and "cross-fitted" in done.stdout
     assert calibration_of(tmp_path / "c.onnx")["achieved"]["coverage"] >= 0.9
 
 
@@ -120,7 +119,7 @@ def test_given_max_logit_gives_a_less_than_rule_the_graph_agrees_with(digits, tm
     assert done.returncode == 0, done.stderr
     calibration = calibration_of(tmp_path / "m.onnx")
     assert calibration["uncertain_rule"].startswith("max_logit < ")
-    assert calibration["measure_choice"]["given"] and calibration["measure_choice"]["rule_inputs"] == 80
+    assert calibration["measure_choice"]["given"] and calibration["measure_choice"]["chosen"] == "max_logit"
     assert "ood_auroc" in calibration["measure_choice"]["candidates"]["energy"]
     x = np.load(digits / "calibration.npz")["x"]
     session = MCSession(tmp_path / "m.onnx", seed=0)
