@@ -304,35 +304,25 @@ def evaluate(
     target_precision: float = typer.Option(0.9, help="Binary / multi-label heads: report the threshold that reaches it."),
     on_error: str = typer.Option("stop", help="An input that cannot be read: stop (before any run) or skip (left "
                                  "out, listed in the report)."),
+    shift: bool = typer.Option(False, "--shift", help="Also under 5 image corruptions at 5 severities (README: Under shift)."),
+    seeds: int = typer.Option(1, help="MC figures over this many mask seeds: mean and std (seed, seed + 1, ...)."),
     settings=None,
 ):
     """Measure accuracy, calibration and how well the uncertainty ranks errors and spots OOD inputs."""
-    from .evaluate.labelled_sets import batch_size
-    from .evaluate.evaluation import check_flags, evaluate as run_evaluation, load_data, run_facts
+    from .evaluate.command import evaluate_from_cli
 
-    with_plots = check_flags(target_precision, on_error, report)
-    session = _session(model, settings)
-    plan = session.resolve(passes, flags=True, max_passes=max_passes, min_passes=min_passes, method=method)
-    chosen, labelled, outside, failures = load_data(session, data, ood, output, uncertain_if, on_error)
-    for path, message in failures:
-        typer.echo(f"warning: skipped: {terminal_safe(message)}", err=True)
-    total = 2 * (len(labelled) + (0 if outside is None else batch_size(outside)))
-    with typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
-                           hidden=total < 2 * PROGRESS_MIN_INPUTS) as bar:
-        result = run_evaluation(session, labelled, chosen, passes=plan, ood=outside, progress=bar.update,
-                                target_precision=target_precision, uncertain_if=uncertain_if)
-    result.report = {**run_facts(model, data, ood, chosen, seed, session.provider, failures), **result.report}
-    if report is not None:
-        from .evaluate.report import write_report
-
-        written = write_report(report, result, with_plots)
-        typer.echo(f"wrote {', '.join(terminal_safe(shown_path(path)) for path in written)}", err=True)
+    document = evaluate_from_cli(
+        model, data, ood=ood, passes=passes, max_passes=max_passes, min_passes=min_passes, method=method, seed=seed,
+        report=report, output=output, uncertain_if=uncertain_if, target_precision=target_precision, on_error=on_error,
+        shift=shift, seeds=seeds, settings=settings, note=lambda line: typer.echo(terminal_safe(line), err=True),
+        progress_bar=lambda total: typer.progressbar(length=total, label="Evaluating", file=sys.stderr,
+                                                     hidden=total < 2 * PROGRESS_MIN_INPUTS))
     if as_json:
-        typer.echo(json.dumps(result.report, indent=2, allow_nan=False))
+        typer.echo(json.dumps(document, indent=2, allow_nan=False))
     else:
         from .evaluate.report import summary_lines
 
-        typer.echo("\n".join(terminal_safe(line) for line in summary_lines(result.report)))
+        typer.echo("\n".join(terminal_safe(line) for line in summary_lines(document)))
 
 
 @app.command()
@@ -348,8 +338,9 @@ def calibrate(
     target_coverage: Optional[float] = typer.Option(None, help="UNCERTAIN rule: accept this share of the inputs."),
     conformal: Optional[float] = typer.Option(None, metavar="ALPHA", help="Conformal sets (intervals) holding the truth w.p. >= 1 - ALPHA."),
     conformal_method: Optional[str] = typer.Option(None, help="lac, aps, raps, mondrian; per_label, risk; normalized (regression)."),
-    measure: str = typer.Option("mutual_information", help="The score the UNCERTAIN rule thresholds: mutual_information, "
-                                "predictive_entropy, expected_entropy, one_minus_confidence or top_class_variance."),
+    measure: Optional[str] = typer.Option(None, help="The score the UNCERTAIN rule thresholds [default: the best on the "
+                                          "calibration data, README: Calibrate]."),
+    ood: Optional[Path] = typer.Option(None, help="Inputs that belong to no class: the measure's OOD AUROC counts too."),
     target_precision: Optional[float] = typer.Option(
         None, help="Binary / multi-label heads: per-label thresholds reaching this precision [default: best F1]."),
     passes: Optional[int] = typer.Option(None, help="Monte Carlo passes T for fitting [default: the model's]."),
@@ -363,7 +354,7 @@ def calibrate(
     from .calibrate import calibrate_from_cli
 
     report = calibrate_from_cli(model, output, data, target_accuracy=target_accuracy, target_coverage=target_coverage,
-                                conformal=conformal, passes=passes, measure=measure, target_precision=target_precision,
+                                conformal=conformal, passes=passes, measure=measure, ood=ood, target_precision=target_precision,
                                 output_name=head_output, settings=settings, feature_layer=feature_layer, conformal_method=conformal_method,
                                 progress=lambda message: typer.echo(message, err=True))
     typer.echo("\n".join(terminal_safe(line) for line in report.lines()))

@@ -18,7 +18,7 @@ from typing import Callable, List, Optional
 
 import numpy as np
 
-from ..evaluate.report import rounded_rule
+from ..evaluate.report import choice_lines, rounded_rule
 from .conformal_fit import (check_method, conformal_for_head, conformal_line, fit_conformal, graph_check,
                             regression_fit)
 from ..runtime.errors import InputError, ValidationError
@@ -42,13 +42,15 @@ class CalibrationReport:
         lines = [f"wrote {self.output} ({self.head} head, fitted on {fitted['count']} inputs, {fitted['passes']} passes)"]
         if c.get("temperature") is not None:
             lines.append(f"temperature      {c['temperature']:.4f} (MC dropout), {c['deterministic_temperature']:.4f} "
-                 "(deterministic pass)")
+                         "(deterministic pass)")
         if "ece_before" in achieved:
             lines.append(f"ECE              MC {achieved['ece_before']:.4f} -> {achieved['ece_after']:.4f}, deterministic "
                          f"{achieved['ece_deterministic_before']:.4f} -> {achieved['ece_deterministic_after']:.4f} "
                          "(on the calibration set)")
         if "nll_before" in achieved:
             lines.append(f"NLL              {achieved['nll_before']:.4f} -> {achieved['nll_after']:.4f}")
+        if c.get("measure_choice"):
+            lines += choice_lines(c["measure_choice"])
         if c.get("uncertain_rule"):
             lines.append(f"UNCERTAIN if     {rounded_rule(c['uncertain_rule'])}")
         if "accepted_accuracy" in achieved:
@@ -67,26 +69,28 @@ class CalibrationReport:
 
 def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = None,
                     target_coverage: Optional[float] = None, conformal: Optional[float] = None,
-                    passes: Optional[int] = None, measure: str = "mutual_information",
+                    passes: Optional[int] = None, measure: Optional[str] = None, ood=None,
                     target_precision: Optional[float] = None, output_name: Optional[str] = None,
                     seed: Optional[int] = 0, verify: bool = True, limits=None, settings=None,
                     feature_layer: Optional[str] = None, conformal_method: Optional[str] = None,
                     progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
-    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`.
+    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`. measure:
+    the rule's score, or None to choose it (measure_choice.py) with `ood` inputs (a path, as evaluate's) or not.
     settings: the SessionSettings of the sessions it opens (default: seed, verify and limits as given)."""
     import onnx
 
-    from ..evaluate.labelled_sets import load_labelled, pick_output
+    from ..evaluate.labelled_sets import load_labelled, load_unlabelled, pick_output
     from ..runtime.safe_files import check_writable_target, read_regular
     from ..runtime.format.integrity import seal
-    from ..runtime.format.metadata_writer import metadata_of, write_metadata
+    from ..runtime.format.metadata_writer import write_metadata
     from ..runtime.limits import DEFAULT
     from ..runtime.session import MCSession
     from ..runtime.settings import SessionSettings
 
     from . import fitting as C
     from .feature_density import fit_feature_scores
-    from .graph import add_calibration, strip_calibration
+    from .measure_choice import gather
+    from .graph import add_calibration
 
     settings = settings or SessionSettings(seed=seed, limits=limits or DEFAULT, verify=verify)
     seed, verify, limits = settings.seed, settings.verify, settings.limits
@@ -108,23 +112,22 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
             proto = onnx.load_from_string(source_bytes)
         except Exception as err:  # checked above; only a parser disagreement lands here
             raise InputError(f"{source}: onnx cannot parse it ({err})") from None
-        strip_calibration(proto)
-        metadata = metadata_of(proto)
-        for entry in metadata.get("outputs") or []:
-            entry.pop("calibration", None)
-        write_metadata(proto, metadata)
+        metadata = _stripped(proto)
         plain = seal(proto.SerializeToString())
         original.write_bytes(plain)
         session = MCSession(original, settings=settings.replace(verify=True))
         chosen = pick_output(session.info, output_name)
-        conformal = _check_head(chosen, target_accuracy or target_coverage, conformal)
+        conformal = _check_head(chosen, target_accuracy or target_coverage or ood, conformal)
         labelled = load_labelled(data, session.info, chosen, limits)
+        outside = None if ood is None else load_unlabelled(ood, session.info, limits)
         progress(f"predicting {len(labelled)} calibration inputs")
         samples = _samples(session, labelled.x, chosen, passes, True)
         plain_pass = _samples(session, labelled.x, chosen, passes, False)
         single_pass = fit_feature_scores(proto, session, labelled, chosen, int(samples.shape[-1]), feature_layer)
-        fitted = _fit(samples, plain_pass, labelled.y, chosen, target_accuracy, target_coverage, conformal,
-                      measure, target_precision, C, single_pass.get("scores", {}), seed)
+        evidence = gather(proto, session, labelled, outside, chosen, single_pass, seed,
+                          lambda x: _samples(session, x, chosen, passes, True))
+        fitted = _fit(samples, plain_pass, labelled.y, chosen, target_accuracy, target_coverage, conformal, measure,
+                      target_precision, C, single_pass.get("scores", {}), evidence, seed)
         fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
                                "seed": seed, "data": os.path.basename(str(data))}
         if fitted.get("temperature") is not None:
@@ -147,16 +150,29 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
     return CalibrationReport(str(output), chosen.head, fitted, checks)
 
 
+def _stripped(proto) -> dict:
+    """`proto` as it was exported, in place: calibration nodes and metadata entries removed; its metadata."""
+    from ..runtime.format.metadata_writer import metadata_of, write_metadata
+    from .graph import strip_calibration
+
+    strip_calibration(proto)
+    metadata = metadata_of(proto)
+    for entry in metadata.get("outputs") or []:
+        entry.pop("calibration", None)
+    write_metadata(proto, metadata)
+    return metadata
+
+
 def _check_head(chosen, categorical_targets, conformal):
     """The chosen output's head takes calibration, and the targets given (categorical_targets:
-    --target-accuracy or --target-coverage; conformal: (method or None, alpha) or None) are for
+    --target-accuracy, --target-coverage or --ood; conformal: (method or None, alpha) or None) are for
     its kind. Returns conformal with its method (the head's default when none was given)."""
     if chosen.head == "regression" and (categorical_targets or conformal is None):
         raise InputError(f"output {chosen.name} has a regression head: temperature scaling and decision "
                          "thresholds are for classifier heads (regression takes --conformal ALPHA: intervals)")
     if chosen.head in ("binary", "multilabel") and categorical_targets:
         raise InputError(f"{chosen.head} heads get per-label thresholds (--target-precision or best F1); "
-                         "--target-accuracy and --target-coverage are for softmax and logits heads")
+                         "--target-accuracy, --target-coverage and --ood are for softmax and logits heads")
     return conformal_for_head(conformal, chosen)
 
 
@@ -183,7 +199,7 @@ def _check_targets(target_accuracy, target_coverage, target_precision, conformal
             raise InputError(f"{name} must lie in (0, 1], got {value}")
     if conformal is not None and not 0 < conformal < 1:
         raise InputError(f"--conformal ALPHA must lie in (0, 1), got {conformal}")
-    if measure not in UNCERTAIN_MEASURES + SINGLE_PASS_SCORES:  # the scores the graph's uncertain output can compute
+    if measure is not None and measure not in UNCERTAIN_MEASURES + SINGLE_PASS_SCORES:  # the graph's uncertain output computes these
         raise InputError(f"--measure {measure!r}: choose one of {', '.join(UNCERTAIN_MEASURES + SINGLE_PASS_SCORES)}")
     return check_method(conformal_method, conformal)
 
@@ -231,12 +247,14 @@ def _samples(session, x, output, passes, dropout: bool) -> np.ndarray:
 
 
 def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, conformal, measure, target_precision, C,
-         single_pass=None, seed=0) -> dict:
+         single_pass=None, evidence=None, seed=0) -> dict:
     """Temperature, rule, thresholds and conformal quantile, with what they achieve on the data.
-    single_pass: the file's single-pass scores on the data ({measure: [n]}), for a rule on them."""
+    single_pass: the file's single-pass scores on the data ({measure: [n]}), for a rule on them;
+    evidence: what the rule's measure is chosen from (measure_choice.Evidence; categorical heads)."""
     from ..evaluate import metrics
-    from ..runtime.uncertain_rule import default_rule, scores
+    from ..runtime.uncertain_rule import default_rule
     from ..runtime.prediction import Prediction
+    from .measure_choice import candidate_scores
 
     head = output.head
     if head == "regression":  # conformal intervals only
@@ -260,34 +278,12 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
             achieved[f"ece_{name}"] = metrics.expected_calibration_error(mean.max(-1), mean.argmax(-1) == y)
         prediction = Prediction.from_samples(calibrated.astype(np.float32), head, keep_samples=False)
         prediction.measures.update(single_pass or {})
-        if measure not in scores(prediction):
-            raise InputError(f"--measure {measure}: this file has no such score (single-pass scores need a "
-                             "softmax or logits head whose samples are a Softmax of logits, and a feature layer)")
-        score = scores(prediction)[measure]
         correct = prediction.mean.argmax(-1) == y
-        chosen = None
-        if target_accuracy is not None:
-            chosen = C.threshold_for_accuracy(score, correct, target_accuracy)
-            if chosen["accepted"] == 0:
-                best = metrics.accuracy_at_coverage(score, correct, 1 / len(y))
-                raise InputError(f"--target-accuracy {target_accuracy}: not reached on the calibration set even by "
-                                 f"the most certain input by {measure} (accuracy {best:.3f}); lower the target")
-            fitted["target"] = {"accuracy": target_accuracy}
-        elif target_coverage is not None:
-            chosen = C.threshold_for_coverage(score, target_coverage, correct)
-            fitted["target"] = {"coverage": target_coverage}
-        if chosen is not None:
-            # Above the highest calibration score lies no evidence: keep such inputs flagged.
-            threshold = float(np.float32(min(chosen["threshold"], float(score.max()))))
-            fitted["uncertain_rule"] = f"{measure} > {threshold!r}"
-            graph["uncertain"] = (measure, threshold)
-            accepted = score <= threshold
-            achieved.update(coverage=float(accepted.mean()),
-                            accepted_accuracy=float(correct[accepted].mean()) if accepted.any() else None)
-        else:
-            flagged = prediction.uncertain  # no rule given: the default one
-            achieved.update(coverage=float((~flagged).mean()),
-                            accepted_accuracy=float(correct[~flagged].mean()) if (~flagged).any() else None)
+        choice = _choose_measure(prediction, correct, evidence, measure, temperature, head, C)
+        measure = choice["chosen"]
+        fitted["measure_choice"] = choice
+        _fit_rule(candidate_scores(prediction)[measure], correct, measure, target_accuracy, target_coverage,
+                  prediction.uncertain, C, fitted, graph, achieved)
     else:
         achieved = {"nll_before": metrics.bernoulli_negative_log_likelihood(before, y),
                     "nll_after": metrics.bernoulli_negative_log_likelihood(after, y)}
@@ -303,6 +299,59 @@ def _fit(samples, plain_pass, y, output, target_accuracy, target_coverage, confo
     fitted["achieved"] = achieved
     fitted["graph"] = graph
     return fitted
+
+
+def _fit_rule(score, correct, measure, target_accuracy, target_coverage, default_flags, C, fitted, graph,
+              achieved) -> None:
+    """The UNCERTAIN rule's threshold on `score` (the chosen measure, higher = less certain) for the
+    target given, into `fitted`, `graph` and `achieved`;
+    without a target, what the default rule (`default_flags`) achieves there."""
+    from ..evaluate import metrics
+
+    chosen = None
+    if target_accuracy is not None:
+        chosen = C.threshold_for_accuracy(score, correct, target_accuracy)
+        if chosen["accepted"] == 0:
+            best = metrics.accuracy_at_coverage(score, correct, 1 / len(score))
+            raise InputError(f"--target-accuracy {target_accuracy}: not reached on the calibration set even by "
+                             f"the most certain input by {measure} (accuracy {best:.3f}); lower the target")
+        fitted["target"] = {"accuracy": target_accuracy}
+    elif target_coverage is not None:
+        chosen = C.threshold_for_coverage(score, target_coverage, correct)
+        fitted["target"] = {"coverage": target_coverage}
+    if chosen is not None:
+        # Above the highest calibration score lies no evidence: keep such inputs flagged.
+        threshold = float(np.float32(min(chosen["threshold"], float(score.max()))))
+        # max_logit is ranked negated (higher = less certain): its rule is "max_logit < -threshold".
+        fitted["uncertain_rule"] = f"max_logit < {-threshold!r}" if measure == "max_logit" else \
+            f"{measure} > {threshold!r}"
+        graph["uncertain"] = (measure, -threshold if measure == "max_logit" else threshold)
+        accepted = score <= threshold
+        achieved.update(coverage=float(accepted.mean()),
+                        accepted_accuracy=float(correct[accepted].mean()) if accepted.any() else None)
+    else:
+        flagged = default_flags  # no rule given: the default one
+        achieved.update(coverage=float((~flagged).mean()),
+                        accepted_accuracy=float(correct[~flagged].mean()) if (~flagged).any() else None)
+
+
+def _choose_measure(prediction, correct, evidence, measure, temperature, head, C) -> dict:
+    """measure_choice's entry for the prediction of the calibration set (its feature distances
+    replaced by the cross-fitted ones of `evidence`)."""
+    from ..runtime.prediction import Prediction
+    from .measure_choice import candidate_scores, measure_choice
+
+    if evidence.feature_distance is not None:
+        prediction.measures["feature_distance"] = evidence.feature_distance.astype(np.float32)
+    if measure is not None and measure not in candidate_scores(prediction):
+        raise InputError(f"--measure {measure}: this file has no such score (single-pass scores need a "
+                         "softmax or logits head whose samples are a Softmax of logits, and a feature layer)")
+    outside = None
+    if evidence.ood_samples is not None:
+        outside = Prediction.from_samples(C.apply_temperature(evidence.ood_samples, temperature, head).astype(
+            np.float32), head, keep_samples=False)
+        outside.measures.update(evidence.ood_scores)
+    return measure_choice(prediction, outside, correct, measure)
 
 
 def _label_thresholds(probabilities, y, target_precision, C):

@@ -165,7 +165,6 @@ def fit_feature_scores(proto: onnx.ModelProto, session, labelled, chosen, classe
     if chosen.head not in ("softmax", "logits"):
         return {}
     from ..runtime.errors import InputError
-    from ..runtime.format.mask_sets import control_feeds
 
     candidates = feature_candidates(proto)
     if layer is not None and layer not in candidates:
@@ -174,44 +173,50 @@ def fit_feature_scores(proto: onnx.ModelProto, session, labelled, chosen, classe
     layer = layer or (candidates[-1] if candidates else None)  # the deepest before the first dropout
     entry = {"feature_layer": layer, "candidates": candidates}
     fitted, rank = None, 0
+    features = None
     if layer is not None:
-        x = labelled.x if isinstance(labelled.x, dict) else {session.info.model_inputs[0].name: labelled.x}
-        layout = session.info.mask_layout
-        feeds = control_feeds(1, False, None, layout.floats_per_pass if layout else 0)
-        graph_inputs = {i.name for i in proto.graph.input}
-        feeds = {name: value for name, value in feeds.items() if name in graph_inputs}
-        from ..evaluate.labelled_sets import take
-
-        count = len(labelled)
-        raw = np.concatenate([layer_output(proto, layer, {**feeds, **take(x, slice(start, start + FIT_ROWS))})
-                              for start in range(0, count, FIT_ROWS)])
-        rank = raw.ndim
-        features = pool(raw)
+        features, rank = read_features(proto, session, labelled.x, layer)
         y = np.asarray(labelled.y).reshape(-1)
         fitted = fit_gaussians(features, y, classes)
         entry.update(feature_dim=int(features.shape[1]), pooled_axes=list(range(2, rank)),
                      classes_fitted=int(len(fitted["means"])))
     entry["outputs"] = add_feature_scores(proto, chosen.prefix, layer, rank, fitted)
-    return {"outputs": entry["outputs"], "entry": {"single_pass_scores": entry},
-            "scores": _scores_on(proto, entry["outputs"], chosen.prefix, labelled, session)}
+    return {"outputs": entry["outputs"], "entry": {"single_pass_scores": entry}, "features": features,
+            "scores": scores_on(proto, entry["outputs"], chosen.prefix, labelled.x, session)}
 
 
-def _scores_on(proto, names, prefix, labelled, session) -> Dict[str, np.ndarray]:
-    """{measure: float32 [n]}: the graph's single-pass scores on the calibration inputs (deterministic pass)."""
+def read_features(proto: onnx.ModelProto, session, x, layer: str):
+    """(the pooled features [n, D] of `layer` for the batch `x` on the deterministic pass, the
+    layer's rank), read FIT_ROWS inputs at a time."""
+    from ..evaluate.labelled_sets import batch_size, take
+    from ..runtime.format.mask_sets import control_feeds
+
+    x = x if isinstance(x, dict) else {session.info.model_inputs[0].name: x}
+    layout = session.info.mask_layout
+    feeds = control_feeds(1, False, None, layout.floats_per_pass if layout else 0)
+    graph_inputs = {i.name for i in proto.graph.input}
+    feeds = {name: value for name, value in feeds.items() if name in graph_inputs}
+    raw = np.concatenate([layer_output(proto, layer, {**feeds, **take(x, slice(start, start + FIT_ROWS))})
+                          for start in range(0, batch_size(x), FIT_ROWS)])
+    return pool(raw), raw.ndim
+
+
+def scores_on(proto, names, prefix, x, session) -> Dict[str, np.ndarray]:
+    """{measure: float32 [n]}: the graph's single-pass scores on the batch `x` (deterministic pass)."""
     import onnxruntime as ort
 
-    from ..evaluate.labelled_sets import take
+    from ..evaluate.labelled_sets import batch_size, take
     from ..runtime.format.mask_sets import control_feeds
 
     if not names:
         return {}
-    x = labelled.x if isinstance(labelled.x, dict) else {session.info.model_inputs[0].name: labelled.x}
+    x = x if isinstance(x, dict) else {session.info.model_inputs[0].name: x}
     layout = session.info.mask_layout
     graph_inputs = {i.name for i in proto.graph.input}
     feeds = {k: v for k, v in control_feeds(1, False, None, layout.floats_per_pass if layout else 0).items()
              if k in graph_inputs}
     run = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
     parts = [run.run(names, {**feeds, **take(x, slice(start, start + FIT_ROWS))})
-             for start in range(0, len(labelled), FIT_ROWS)]
+             for start in range(0, batch_size(x), FIT_ROWS)]
     return {name[len(prefix):]: np.concatenate([p[i] for p in parts]).astype(np.float32).reshape(-1)
             for i, name in enumerate(names)}

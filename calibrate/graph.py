@@ -44,8 +44,9 @@ CALIBRATION_PREFIX = "mcdrop_calibration/"
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
 ENTROPY_MEASURES = ("mutual_information", "predictive_entropy", "expected_entropy")
 UNCERTAIN_MEASURES = ENTROPY_MEASURES + ("one_minus_confidence", "top_class_variance")
-# Graph outputs calibrate/feature_density.py adds; a rule may threshold them where the graph has them.
-SINGLE_PASS_SCORES = ("feature_distance", "energy")
+# Graph outputs calibrate/feature_density.py adds; a rule may threshold them where the graph has them
+# (max_logit is higher = more certain: its rule is "max_logit < threshold").
+SINGLE_PASS_SCORES = ("feature_distance", "energy", "max_logit")
 
 
 def is_calibrated(model: onnx.ModelProto) -> bool:
@@ -171,8 +172,8 @@ def _decision_outputs(b, prefix, outputs, mean_dims, classes, uncertain, conform
             top = b.node("ArgMax", [mean], "top_class", axis=-1, keepdims=1)
             picked = b.node("GatherElements", [variance, top], "top_class_variance_kept", axis=-1)
             score = b.node("Squeeze", [picked, b.constant("last_axis", [-1], np.int64)], "top_class_variance")
-        b.node("Greater", [score, b.constant("uncertain_threshold", threshold)], "uncertain",
-               output=prefix + "uncertain")
+        b.node("Less" if measure == "max_logit" else "Greater", [score, b.constant("uncertain_threshold", threshold)],
+               "uncertain", output=prefix + "uncertain")
         added_outputs.append(_bool_output(prefix + "uncertain", None if mean_dims is None else mean_dims[:-1]))
     if conformal_quantile is not None:
         cut = b.node("Sub", [b.constant("one", 1.0), b.constant("conformal_quantile", conformal_quantile)],

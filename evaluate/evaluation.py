@@ -274,3 +274,81 @@ def jsonable(value):
     if isinstance(value, (float, np.floating)):
         return float(value) if math.isfinite(value) else None
     return value
+
+
+# Under shift (evaluate --shift) and over mask seeds (evaluate --seeds): softmax and logits heads.
+HEADLINE = ("accuracy", "nll", "ece")
+
+
+def check_extras(info, output: ModelOutput, data: LabelledSet, plan, shift: bool = False, seeds: int = 1) -> None:
+    """`evaluate --shift` and `--seeds N` refused in one line before any run where they cannot apply."""
+    from .shift import shift_batch
+
+    if (shift or seeds > 1) and output.head not in CATEGORICAL_HEADS:
+        raise InputError(f"--shift and --seeds are for softmax and logits heads, not {output.head}")
+    if shift:
+        if isinstance(data.x, dict):
+            raise InputError("--shift corrupts images: this model has several inputs")
+        shift_batch(take(data.x, slice(0, 1)), info, "contrast", 0)  # the preprocessing and shape fit
+    if seeds > 1 and (not isinstance(plan, RunPlan) or plan.mask_seed is None):
+        raise InputError("--seeds varies the shared mask set's seed: this file's masks are independent (no seed)")
+
+
+def _condition_row(prediction: Prediction, y: np.ndarray, clean: Optional[Dict[str, np.ndarray]]) -> dict:
+    """Accuracy, NLL, ECE and every score's error AUROC on one (corrupted) set; with the clean set's
+    scores, each score's shift AUROC too (corrupted = positive)."""
+    probs = prediction.mean.astype(np.float64)
+    correct = probs.argmax(-1) == y
+    ranked = usable_scores(prediction)
+    row = {"accuracy": metrics.accuracy(probs, y), "nll": metrics.negative_log_likelihood(probs, y),
+           "ece": metrics.expected_calibration_error(probs.max(-1), correct, BINS),
+           "error_auroc": {name: metrics.auroc(score, ~correct) for name, score in ranked.items()}}
+    if clean is not None:
+        row["shift_auroc"] = {name: metrics.auroc(*with_ood(clean[name], score)) for name, score in ranked.items()}
+    return row
+
+
+def shift_report(session, data: LabelledSet, output: ModelOutput, passes, seed: int = 0,
+                 progress: Optional[Callable[[int], None]] = None) -> dict:
+    """report["shift"]: for MC dropout and the deterministic pass, each corruption of evaluate/shift.py
+    at severities 0 (the clean set) to shift.LEVELS, as _condition_row's figures."""
+    from .shift import CORRUPTIONS, LEVELS, SEVERITIES, shift_batch
+
+    check_extras(session.info, output, data, passes, shift=True)
+    report = {"severities": list(range(LEVELS + 1)), "parameters": {k: list(v) for k, v in SEVERITIES.items()},
+              "seed": seed}
+    for mode in MODES:
+        clean = predict_all(session, data.x, output, passes, mode == "mc", progress)
+        clean_scores, row = usable_scores(clean), _condition_row(clean, data.y, None)
+        report[mode] = {name: [row] for name in CORRUPTIONS}
+        for name in CORRUPTIONS:
+            for severity in range(1, LEVELS + 1):
+                shifted = shift_batch(data.x, session.info, name, severity, seed)
+                found = predict_all(session, shifted, output, passes, mode == "mc", progress)
+                report[mode][name].append(_condition_row(found, data.y, clean_scores))
+    return jsonable(report)
+
+
+def seed_spread(session, data: LabelledSet, output: ModelOutput, plan: RunPlan, count: int,
+                ood: Optional[Batch] = None, progress: Optional[Callable[[int], None]] = None) -> dict:
+    """report["seed_spread"]: the MC headline figures (accuracy, NLL, ECE, every score's error and
+    OOD AUROC) for `count` mask seeds (the plan's, then the next ones): each seed's, mean and std."""
+    from dataclasses import replace
+
+    check_extras(session.info, output, data, plan, seeds=count)
+    runs = []
+    for k in range(count):
+        chosen = replace(plan, mask_seed=plan.mask_seed + k)
+        inside = predict_all(session, data.x, output, chosen, True, progress)
+        outside = None if ood is None else predict_all(session, ood, output, chosen, True, progress)
+        full = categorical_report(inside, data.y, outside, output)
+        figures = {key: full[key] for key in HEADLINE}
+        for key in ("error_auroc", "ood_auroc"):
+            figures.update({f"{key} {name}": value for name, value in full.get(key, {}).items()})
+        runs.append(figures)
+    spread = {"mask_seeds": [plan.mask_seed + k for k in range(count)], "runs": runs, "mean": {}, "std": {}}
+    for key in runs[0]:
+        values = np.array([run[key] for run in runs], np.float64)
+        spread["mean"][key] = float(values.mean())
+        spread["std"][key] = float(values.std(ddof=1)) if count > 1 else 0.0
+    return jsonable(spread)

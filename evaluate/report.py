@@ -29,7 +29,7 @@ SCALAR_METRICS = ("accuracy", "nll", "brier", "ece", "mce", "adaptive_ece", "sub
                   "rmse", "mae", "gaussian_nll", "coverage_1_sigma", "coverage_2_sigma")
 MODE_TITLES = {"mc": "MC dropout", "deterministic": "deterministic pass"}
 TEXT_FILES = ("report.json", "report.md")
-PLOT_FILES = ("reliability.png", "risk_coverage.png", "mutual_information.png", "roc.png")
+PLOT_FILES = ("reliability.png", "risk_coverage.png", "mutual_information.png", "roc.png", "shift.png")
 # A rule's thresholds as shown to people; files and report.json keep the exact float32 value.
 SHOWN_DIGITS = 4
 _DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?:[eE][-+]?\d+)?|(?<![\w.])\d+[eE][-+]?\d+")
@@ -99,8 +99,11 @@ def plots(evaluation: Evaluation) -> Dict[str, bytes]:
     matplotlib.use("Agg")
     head = evaluation.report["head"]
     if head in ("softmax", "logits"):
-        return {"reliability.png": _reliability(evaluation), "risk_coverage.png": _risk_coverage(evaluation),
-                "mutual_information.png": _mutual_information(evaluation), "roc.png": _roc(evaluation)}
+        found = {"reliability.png": _reliability(evaluation), "risk_coverage.png": _risk_coverage(evaluation),
+                 "mutual_information.png": _mutual_information(evaluation), "roc.png": _roc(evaluation)}
+        if "shift" in evaluation.report:
+            found["shift.png"] = _shift(evaluation.report["shift"])
+        return found
     return {}
 
 
@@ -202,6 +205,52 @@ def _roc(evaluation: Evaluation) -> bytes:
     return _png(figure)
 
 
+def _shift(shift: dict) -> bytes:
+    """Accuracy (left) and ECE (right) against severity, per corruption: MC dropout solid, the
+    deterministic pass dashed."""
+    figure, axes = _figure()
+    severities = shift["severities"]
+    for i, name in enumerate(shift["mc"]):
+        for mode, style in (("mc", "-"), ("deterministic", "--")):
+            rows = shift[mode][name]
+            label = f"{name} ({MODE_TITLES[mode]})"
+            for axis, key in zip(axes, ("accuracy", "ece")):
+                axis.plot(severities, [np.nan if r[key] is None else r[key] for r in rows], style, color=f"C{i}",
+                          marker="o", markersize=3, linewidth=1.2, label=label)
+    axes[0].set(ylim=(0, 1.01), xlabel="severity (0: clean)", ylabel="accuracy", title="accuracy under shift")
+    axes[1].set(ylim=(0, None), xlabel="severity (0: clean)", ylabel="ECE (15 bins)", title="calibration under shift")
+    axes[0].legend(fontsize=5, ncol=2)
+    return _png(figure)
+
+
+def shift_markdown(shift: dict) -> List[str]:
+    """report.md's "Under shift" section: per mode, a row per corruption and severity with accuracy,
+    NLL, ECE and every score's error AUROC / shift AUROC (corrupted vs clean inputs)."""
+    lines = ["", "## Under shift", "",
+             "Corruptions of evaluate/shift.py applied to the labelled set (severity 0: the clean set). Each score cell: "
+             "error AUROC / shift AUROC (corrupted inputs vs the clean ones, corrupted = positive).", ""]
+    for mode in ("mc", "deterministic"):
+        names = list(shift[mode][next(iter(shift[mode]))][0]["error_auroc"])
+        lines += [f"### {MODE_TITLES[mode]}", "", "| corruption | severity | accuracy | NLL | ECE | " +
+                  " | ".join(names) + " |", "|---" * (5 + len(names)) + "|"]
+        for corruption, rows in shift[mode].items():
+            for severity, row in zip(shift["severities"], rows):
+                cells = [f"{_cell(row['error_auroc'][n])} / {_cell(row.get('shift_auroc', {}).get(n))}" for n in names]
+                lines.append(f"| {corruption} | {severity} | {_cell(row['accuracy'])} | {_cell(row['nll'])} | "
+                             f"{_cell(row['ece'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def spread_markdown(spread: dict) -> List[str]:
+    """report.md's Monte Carlo spread: each headline figure's mean +- std over the mask seeds."""
+    lines = ["", f"## Monte Carlo spread over {len(spread['mask_seeds'])} mask seeds "
+             f"({', '.join(str(s) for s in spread['mask_seeds'])})", "",
+             "| figure (MC dropout) | mean | std |", "|---|---|---|"]
+    lines += [f"| {key} | {_cell(spread['mean'][key])} | {_cell(spread['std'][key])} |" for key in spread["mean"]]
+    return lines
+
+
 def markdown(report: dict, with_plots: bool = True) -> str:
     """The report as Markdown tables, MC dropout and the deterministic pass side by side (and the
     plots' links when they are written)."""
@@ -243,9 +292,14 @@ def markdown(report: dict, with_plots: bool = True) -> str:
         for name, row in mc["per_class"].items():
             lines.append(f"| {name} | {_cell(row['precision'])} | {_cell(row['recall'])} | {_cell(row['f1'])} | "
                          f"{row['support']} |")
+        if "seed_spread" in report:
+            lines += spread_markdown(report["seed_spread"])
+        if "shift" in report:
+            lines += shift_markdown(report["shift"])
         if with_plots:
             lines += ["", "## Plots", "", "![reliability](reliability.png)", "", "![risk-coverage](risk_coverage.png)",
                       "", "![mutual information](mutual_information.png)", "", "![ROC](roc.png)"]
+            lines += ["", "![under shift](shift.png)"] if "shift" in report else []
     if "per_label" in mc:
         lines += ["", "## Per label (MC dropout / deterministic)", "",
                   "| label | ROC AUC | PR AUC | precision | recall | F1 | threshold | best-F1 threshold |",
@@ -276,11 +330,40 @@ def summary_lines(report: dict) -> List[str]:
             lines.append(f"label {name}: ROC AUC {_cell(row['roc_auc'])}  PR AUC {_cell(row['pr_auc'])}  "
                          f"F1 {_cell(row['f1'])} at {_cell(row['threshold'])}  best F1 {_cell(row['best_f1'])} at "
                          f"{_cell(row['best_f1_threshold'])}")
+    spread = report.get("seed_spread")
+    for key in (spread or {}).get("mean", {}):
+        lines.append(f"{key + ' (' + str(len(spread['mask_seeds'])) + ' mask seeds)':<52}"
+                     f"{_cell(spread['mean'][key])} +- {_cell(spread['std'][key])}")
+    if "shift" in report:
+        lines += _shift_summary(report["shift"])
     rule = mc.get("uncertain_rule")
     if rule and "rule" in rule:
         lines.append(f"UNCERTAIN ({rule['source']}: {rounded_rule(rule['rule'])}): {rule['flagged']:.1%} flagged, "
                      "accuracy of "
                      f"the rest {_cell(rule['accepted_accuracy'])}")
+    return lines
+
+
+def choice_lines(choice: dict) -> List[str]:
+    """What `calibrate` prints about the rule's measure: how it was chosen, then every candidate's
+    error and OOD AUROC (calibrate/measure_choice.py)."""
+    how = "given (--measure)" if choice["given"] else f"chosen by {choice['criterion']}"
+    ood = f", {choice['ood_inputs']} OOD inputs" if choice["ood_inputs"] else ""
+    lines = [f"rule measure     {choice['chosen']}, {how} ({choice['inputs']} inputs{ood}; feature distance "
+             "cross-fitted)", f"{'  candidate':<30}{'error AUROC':>12}{'OOD AUROC':>12}"]
+    for name, row in choice["candidates"].items():
+        mark = " *" if name == choice["chosen"] else ""
+        lines.append(f"{'  ' + name + mark:<30}{_cell(row['error_auroc']):>12}{_cell(row['ood_auroc']):>12}")
+    return lines
+
+
+def _shift_summary(shift: dict) -> List[str]:
+    """Accuracy per severity, averaged over the corruptions, MC dropout and deterministic."""
+    lines = []
+    for severity in shift["severities"]:
+        means = [np.mean([rows[severity]["accuracy"] for rows in shift[mode].values()]) for mode in ("mc", "deterministic")]
+        lines.append(f"{f'accuracy under shift, severity {severity}':<40}{_cell(float(means[0])):>12}"
+                     f"{_cell(float(means[1])):>15}")
     return lines
 
 
