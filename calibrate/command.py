@@ -74,9 +74,8 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                     seed: Optional[int] = 0, verify: bool = True, limits=None, settings=None,
                     feature_layer: Optional[str] = None, conformal_method: Optional[str] = None,
                     progress: Callable[[str], None] = lambda message: None) -> CalibrationReport:
-    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`. measure:
-    the rule's score, or None to choose it (measure_choice.py) with `ood` inputs (a path, as evaluate's) or not.
-    settings: the SessionSettings of the sessions it opens (default: seed, verify and limits as given)."""
+    """Calibrate the mcdrop file `source` on `data` (a path, as `evaluate` reads it) into `output`; measure None:
+    chosen (measure_choice.py; `ood`: a path, as evaluate's). settings: default from seed, verify and limits."""
     import onnx
 
     from ..evaluate.labelled_sets import load_labelled, load_unlabelled, pick_output
@@ -89,8 +88,8 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
 
     from . import fitting as C
     from .feature_density import fit_feature_scores
-    from .measure_choice import gather
     from .graph import add_calibration
+    from .measure_choice import gather
 
     settings = settings or SessionSettings(seed=seed, limits=limits or DEFAULT, verify=verify)
     seed, verify, limits = settings.seed, settings.verify, settings.limits
@@ -130,8 +129,8 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
                       target_precision, C, single_pass.get("scores", {}), evidence, seed)
         fitted["fitted_on"] = {"count": len(labelled), "sha256": labelled.sha256, "passes": int(samples.shape[0]),
                                "seed": seed, "data": os.path.basename(str(data))}
-        if fitted.get("temperature") is not None:
-            progress(f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
+        progress("writing the calibrated graph" if fitted.get("temperature") is None else
+                 f"temperature {fitted['temperature']:.4f}; writing the calibrated graph")
         graph_outputs = add_calibration(proto, chosen.prefix, chosen.head, int(samples.shape[-1]),
                                         **fitted.pop("graph"))
         fitted.update(graph_outputs=graph_outputs + single_pass.get("outputs", []), **single_pass.get("entry", {}))

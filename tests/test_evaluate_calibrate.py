@@ -118,7 +118,8 @@ def test_evaluate_report_writes_json_markdown_and_plots(digits, tmp_path):
         for key in ("aurc", "error_auroc", "error_aupr", "ood_auroc", "ood_aupr", "ood_fpr_at_95_tpr"):
             assert "one_minus_confidence" in printed[mode][key]
     assert set(printed["mc"]["error_auroc"]) == {"mutual_information", "predictive_entropy", "expected_entropy",
-                                                 "variation_ratio", "top_class_variance", "one_minus_confidence"}
+                                                 "variation_ratio", "top_class_variance", "one_minus_confidence",
+                                                 "feature_distance", "energy", "negative_max_logit"}  # the file's scores
     assert "mutual_information" not in printed["deterministic"]["error_auroc"]  # 0 for one pass: no figure
     assert printed["mc"]["uncertain_rule"]["source"] == "calibrated"
     assert len(printed["mc"]["confusion"]) == 10 and sum(map(sum, printed["mc"]["confusion"])) == len(digits["test_y"])
