@@ -6,7 +6,6 @@ Heavy modules (numpy, onnxruntime, Pillow) are imported inside the commands, so 
 import functools
 import inspect
 import json
-import os
 import signal
 import sys
 import warnings

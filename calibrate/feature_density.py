@@ -20,7 +20,7 @@ Imports numpy, onnx and onnxruntime only.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
 
 import numpy as np
 import onnx

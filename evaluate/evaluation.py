@@ -16,7 +16,7 @@ from ..runtime.errors import InputError
 from ..runtime.format.metadata import ModelOutput
 from ..runtime.prediction import MODEL_WIDE, Prediction
 from ..runtime.run_plan import RunPlan
-from ..runtime.uncertain_rule import CATEGORICAL_HEADS, CATEGORICAL_SCORES, SIGMOID_HEADS, scores
+from ..runtime.uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS, scores
 from . import metrics
 from .labelled_sets import Batch, LabelledSet, batch_size, take
 

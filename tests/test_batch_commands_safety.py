@@ -6,7 +6,6 @@ On the toy files (tests/toy_model.py) and the shipped CNN, a few passes each: se
 import csv
 import io
 import json
-import os
 import sys
 
 import numpy as np
