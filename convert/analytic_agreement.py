@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import numpy as np
 
-from ..runtime.errors import InputError, ModelFileError
+from ..runtime.errors import InputError
 from .analytic import DRAWS, SPREADS, add_analytic_graph, set_spread
 
 # Validation inputs the agreement is measured on (the first ones given): MC at REFERENCE_PASSES
@@ -20,8 +20,6 @@ def convert_analytic(source, output, validation, *, verify: bool = True, limits=
     checks), with the agreement between the analytic mode and MC (shared masks, mask seed 0,
     runtime/analytic.py: REFERENCE_PASSES) on the inputs in `validation` (paths infer takes)
     recorded in the metadata. Returns the report's lines."""
-    import tempfile
-    import warnings
     from pathlib import Path
 
     import onnx
@@ -32,27 +30,15 @@ def convert_analytic(source, output, validation, *, verify: bool = True, limits=
     from ..runtime.input_files import load_inputs
     from ..runtime.limits import DEFAULT
     from ..runtime.load_checks import check_model_bytes
-    from ..runtime.safe_files import atomic_writer, check_writable_target, read_regular
-    from ..runtime.session import MCSession
-    from .portable import _checksum_holds
+    from ..runtime.safe_files import atomic_writer
+    from .source_model import opened_source
 
     limits = limits or DEFAULT
     reference_passes = reference_passes or analytic.REFERENCE_PASSES
-    check_writable_target(Path(output))
-    source_bytes = read_regular(str(source), limits.model_bytes, ModelFileError, "model file", "model_mb")
-    sealed = _checksum_holds(source_bytes, str(source))
-    if not sealed:
-        warnings.warn(f"{source}: its integrity checksum is missing or wrong; {output} is written without one, "
-                      "so loading it needs --no-verify too", stacklevel=2)
-    with tempfile.TemporaryDirectory(prefix="mcdrop-convert-") as folder:
-        standard_path = Path(folder) / "standard.onnx"
-        standard_path.write_bytes(source_bytes)
-        try:
-            standard = MCSession(standard_path, seed=0, limits=limits, verify=verify)
-        except Exception as err:
-            raise type(err)(str(err).replace(str(standard_path), str(source))) from None
+    with opened_source(source, output, limits, verify, threads=None) as opened:
+        standard, sealed, folder = opened.session, opened.sealed, opened.folder
         meta = dict(standard.info.metadata)
-        proto = onnx.load_from_string(source_bytes)
+        proto = onnx.load_from_string(opened.data)
         add_analytic_graph(proto, meta, str(source))
         _, x = load_inputs([str(validation)], standard.info, limits=limits)
         x = {k: v[:MAX_VALIDATION_INPUTS] for k, v in x.items()} if isinstance(x, dict) else x[:MAX_VALIDATION_INPUTS]

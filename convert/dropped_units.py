@@ -259,8 +259,6 @@ class SkipReport:
 def skip_dropped_file(source, output, *, verify: bool = True, limits=None) -> SkipReport:
     """Write `source` rewritten to skip dropped units to `output` (atomically, after the runtime's
     load checks and the parity check against `source` in shared mode)."""
-    import tempfile
-    import warnings
     from pathlib import Path
 
     import onnx
@@ -268,25 +266,13 @@ def skip_dropped_file(source, output, *, verify: bool = True, limits=None) -> Sk
     from ..runtime.format.integrity import seal
     from ..runtime.limits import DEFAULT
     from ..runtime.load_checks import check_model_bytes
-    from ..runtime.safe_files import atomic_writer, check_writable_target, read_regular
-    from ..runtime.session import MCSession
-    from .portable import _checksum_holds
+    from ..runtime.safe_files import atomic_writer
+    from .source_model import opened_source
 
     limits = limits or DEFAULT
-    check_writable_target(Path(output))
-    source_bytes = read_regular(str(source), limits.model_bytes, ModelFileError, "model file", "model_mb")
-    sealed = _checksum_holds(source_bytes, str(source))
-    with tempfile.TemporaryDirectory(prefix="mcdrop-convert-") as folder:
-        standard_path = Path(folder) / "standard.onnx"
-        standard_path.write_bytes(source_bytes)
-        try:  # the runtime's load checks (and the checksum, unless --no-verify)
-            standard = MCSession(standard_path, seed=0, limits=limits, verify=verify, threads=1)
-        except Exception as err:
-            raise type(err)(str(err).replace(str(standard_path), str(source))) from None
-        if not sealed:
-            warnings.warn(f"{source}: its integrity checksum is missing or wrong; {output} is written without one, "
-                          "so loading it needs --no-verify too", stacklevel=2)
-        proto, meta, layers = skip_dropped_model(onnx.load_from_string(source_bytes), standard.info.metadata,
+    with opened_source(source, output, limits, verify) as opened:
+        standard, sealed, folder = opened.session, opened.sealed, opened.folder
+        proto, meta, layers = skip_dropped_model(onnx.load_from_string(opened.data), standard.info.metadata,
                                                  str(source))
         onnx.checker.check_model(proto)
         data = seal(proto.SerializeToString())

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -313,13 +312,13 @@ def convert_file(source, output, *, batch_size: Optional[int] = None, passes: Op
     runtime's load checks and, with `validate`, the parity check against `source`)."""
     import onnx
 
-    from ..runtime.safe_files import atomic_writer, check_writable_target, read_regular
-    from ..runtime.format.integrity import seal
-    from ..runtime.limits import DEFAULT
     from ..runtime.checks import int_in_range, positive_int
+    from ..runtime.format.integrity import seal
     from ..runtime.format.mask_sets import MAX_SEED
+    from ..runtime.limits import DEFAULT
     from ..runtime.load_checks import check_model_bytes
-    from ..runtime.session import MCSession
+    from ..runtime.safe_files import atomic_writer
+    from .source_model import opened_source
 
     limits = limits or DEFAULT
     for name, value in (("--batch-size", batch_size), ("--passes", passes)):
@@ -329,56 +328,28 @@ def convert_file(source, output, *, batch_size: Optional[int] = None, passes: Op
         limits.check("passes", passes, f"--passes {passes:,}")
     if bake_masks is not None:
         int_in_range("--bake-masks", bake_masks, 0, MAX_SEED, "2**64 - 1")
-    check_writable_target(Path(output))
-    source_bytes = read_regular(str(source), limits.model_bytes, ModelFileError, "model file", "model_mb")
-    sealed = _checksum_holds(source_bytes, str(source))
-    if not sealed and verify:
-        from ..runtime.format.integrity import verify as check_checksum
-        from ..runtime.format.onnx_file import read_model
-
-        check_checksum(source_bytes, read_model(source_bytes, str(source)), str(source))  # its one-line refusal
-    if not sealed:
-        warnings.warn(f"{source}: its integrity checksum is missing or wrong; {output} is written without one, "
-                      "so loading it needs --no-verify too", stacklevel=2)
-    with tempfile.TemporaryDirectory(prefix="mcdrop-convert-") as folder:
-        standard_path = Path(folder) / "standard.onnx"
-        standard_path.write_bytes(source_bytes)
-        try:
-            standard = MCSession(standard_path, seed=0, limits=limits, verify=verify, threads=1)
-        except Exception as err:
-            raise type(err)(str(err).replace(str(standard_path), str(source))) from None
-        proto = onnx.load_from_string(source_bytes)
+    with opened_source(source, output, limits, verify) as opened:
+        standard, sealed = opened.session, opened.sealed
+        proto = onnx.load_from_string(opened.data)
         converted, meta = portable_model(proto, standard.info.metadata, batch_size, passes, bake_masks, str(source))
         data = seal(converted.SerializeToString())
         check_model_bytes(data, str(output), limits)
         checks = ["loads as the runtime checks every file"]
         if validate:
-            checks.append(_check_parity(standard, data, meta, Path(folder), limits))
+            checks.append(_check_parity(standard, data, meta, opened.folder, limits))
         if batch_size is not None:  # fixed shapes: what the mobile accelerators would take
             from .accelerators import mobile_coverage
 
-            written = Path(folder) / "coverage.onnx"
+            written = opened.folder / "coverage.onnx"
             written.write_bytes(data)
             checks += [f"{name}: {coverage}" for name, coverage in mobile_coverage(written).items()]
     with atomic_writer(Path(output)) as f:
-        # An unverified source gives an unsealed file, as calibrate does: a fresh checksum would
-        # vouch for bytes nobody checked (seal appends its entry, so the bytes before it are unsealed).
+        # An unverified source gives an unsealed file (seal appends its entry: the bytes before it are unsealed).
         f.write(data if sealed else converted.SerializeToString())
     portable = meta["portable"]
     return ConvertReport(str(output), portable["batch"], portable["passes"], bake_masks,
                          0 if bake_masks is not None else portable["passes"] * meta["masks"]["floats_per_pass"],
                          len(data), len(converted.graph.node), checks)
-
-
-def _checksum_holds(model_bytes: bytes, path: str) -> bool:
-    from ..runtime.format.integrity import verify
-    from ..runtime.format.onnx_file import read_model
-
-    try:
-        verify(model_bytes, read_model(model_bytes, path), path)
-    except ModelFileError:
-        return False
-    return True
 
 
 def _check_parity(standard, data: bytes, meta: dict, folder: Path, limits) -> str:
