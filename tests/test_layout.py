@@ -5,6 +5,7 @@ imports nothing it checks.
 """
 
 import ast
+import re
 import sys
 from pathlib import Path
 
@@ -105,3 +106,24 @@ def test_every_package_folder_is_installed():
     folders = sorted(path.parent for path in package_modules() if path.name == "__init__.py" and path.parent != ROOT)
     missing = [f for f in folders if f'"mcdrop.{".".join(f.relative_to(ROOT).parts)}"' not in pyproject]
     assert not missing, missing
+
+
+METADATA_WRITES = re.compile(r"metadata_props(\[[^\]]*\])?\.(add|append|extend)\(|del [^\n]*metadata_props"
+                             r"|metadata_props\s*=|set_model_props\(")
+
+
+def metadata_writers() -> set:
+    return {name(path) for path in package_modules() if METADATA_WRITES.search(path.read_text(encoding="utf-8"))}
+
+
+def test_one_module_writes_the_metadata():
+    """docs/FORMAT.md has one owner: every write of a file's metadata entries goes through
+    runtime/format/metadata_writer.py (export, calibrate, convert, quantize call it)."""
+    assert metadata_writers() == {"runtime/format/metadata_writer.py"}
+
+
+def test_the_metadata_pattern_sees_each_way_to_write():
+    for code in ("proto.metadata_props.add()", "del proto.metadata_props[:]", "m.metadata_props.append(e)",
+                 "onnx.helper.set_model_props(m, {})", "m.metadata_props = []"):
+        assert METADATA_WRITES.search(code), code
+    assert not METADATA_WRITES.search("for entry in proto.metadata_props: pass")
