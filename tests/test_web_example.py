@@ -30,6 +30,7 @@ from js_support import LIVE_ATOL, ROOT, assert_mc_agrees, golden, golden_input, 
 from mcdrop.runtime.input_files import load_inputs
 from mcdrop.runtime.format.mask_sets import control_feeds
 from mcdrop.runtime.session import MCSession
+from mcdrop.runtime.uncertain_rule import SINGLE_PASS_MEASURES
 
 DRIVER = ROOT / "examples" / "web" / "test" / "browser_check.mjs"
 PAGE = "examples/web/"
@@ -348,9 +349,12 @@ def test_seed_repeats_and_fresh_seeds_differ(report):
 def test_calibrated_file_shows_its_rule(report):
     record = page(report, "calibrated")
     session = MCSession(ROOT / "models" / "cnn_calibrated.onnx", seed=0, threads=1)
-    rule = session.predict(sample_input(session, "ambiguous"), passes=2).uncertain_rule
+    prediction = session.predict(sample_input(session, "ambiguous"), passes=2)
+    rule = prediction.uncertain_rule
     assert record["result"]["rule"] == str(rule) and record["result"]["rule_source"] == "calibrated"
     assert "(calibrated rule)" in record["dom"]["rule"]
+    if all(c.measure in SINGLE_PASS_MEASURES for c in rule.conditions):  # the page's verdict needs no MC
+        assert record["result"]["uncertain"] == bool(prediction.uncertain[0])
 
 
 def test_drawing_is_classified(report):

@@ -787,7 +787,7 @@ function masksTensor(ort, masks, passes, metadata) {
 
 export const CATEGORICAL_HEADS = ["softmax", "logits"];
 // Single-pass scores: graph outputs of a calibrated file (docs/FORMAT.md: Single-pass scores).
-const SINGLE_PASS_MEASURES = ["feature_distance", "energy", "max_logit"];
+export const SINGLE_PASS_MEASURES = ["feature_distance", "energy", "max_logit"];
 const RULE_MEASURES = ["mutual_information", "predictive_entropy", "expected_entropy", "variation_ratio",
   "top_class_variance", "one_minus_confidence", "confidence", "margin", ...SINGLE_PASS_MEASURES];
 export const DEFAULT_RULE = "mutual_information > 0.1 or confidence < 0.6";
