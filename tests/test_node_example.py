@@ -265,6 +265,11 @@ def test_calibrated_file_shows_its_rule(sessions):
     assert (document["rule"], document["rule_source"]) == (str(rule), "calibrated")
     overridden = infer(CALIBRATED, "models/samples/digit_3.png", "--json", "--rule", "confidence<0.99,margin < 1e-5")
     assert (overridden["rule"], overridden["rule_source"]) == ("confidence < 0.99 or margin < 1e-05", "override")
+    if all(c.measure in decision.SINGLE_PASS_MEASURES for c in rule.conditions):  # the verdict needs no MC
+        paths = [f"models/samples/{name}.png" for name in ("ambiguous", "digit_3", "digit_7", "digit_8", "not_a_digit")]
+        found = infer(CALIBRATED, *paths, "--json", "--passes", "4")
+        python = sessions[CALIBRATED].predict(inputs_for(sessions[CALIBRATED], paths), passes=4)
+        assert [r["uncertain"] for r in found["results"]] == python.uncertain.tolist()
 
 
 def test_rules_and_measures_match_the_python_runtime(sessions):

@@ -995,6 +995,20 @@ export function conformalSet(mean, conformal) {
 
 
 /**
+ * A calibrated file's single-pass scores (those of SINGLE_PASS_MEASURES its graph has) from one run
+ * of the plain network (passes 1, stochastic false), as the Python runtime reads them and as the
+ * file's rule was fitted: outputs to add to a Monte Carlo run's before summarize, whose own energy
+ * and max_logit are averages over its passes. {} for other files and for portable ones.
+ */
+export async function singlePassOutputs(ort, session, x, metadata) {
+  const output = metadata.outputs[0];
+  const names = (output.calibration?.graph_outputs ?? []).filter((name) => SINGLE_PASS_MEASURES.includes(name))
+    .map((name) => `${output.prefix}${name}`);
+  if (!names.length || metadata.portable) return {};
+  return session.run(feeds(ort, x, { passes: 1, stochastic: false }, metadata), names);
+}
+
+/**
  * Per input of the batch: {label, index, confidence, mean, variance, std (of the top class),
  * predictive_entropy, expected_entropy, mutual_information, margin, variation_ratio, uncertain,
  * their Monte Carlo standard errors (mean_se and variance_se per class, std_se of the top class,
@@ -1151,7 +1165,8 @@ function rowsOf(x) {
  * file's default_passes) or "auto" with maxPasses (default the file's default_passes) and minPasses
  * (default DEFAULT_MIN_PASSES, at most maxPasses); maskSeed (default 0); rule as summarize takes it.
  * Each result is summarize's plus `passes`: the passes its input ran. With "auto", each input runs
- * rounds until settled (above); a calibrated file's single-pass scores come from the first round.
+ * rounds until settled (above). A calibrated file's single-pass scores come from one plain run
+ * (singlePassOutputs), as in Python.
  * Deterministic for a mask seed, whatever the batch, and equal to the Python runtime's
  * predict(passes="auto") in each input's passes.
  */
@@ -1161,7 +1176,9 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
     if (maxPasses !== undefined || minPasses !== undefined) throw new Error("maxPasses and minPasses are for passes \"auto\"");
     const count = checkPasses(passes ?? metadata.default_passes);
     const masks = maskSet(metadata, maskSeed, { count });
-    const results = summarize(await session.run(feeds(ort, x, { passes: count, masks }, metadata)), metadata, { rule });
+    const outputs = { ...await session.run(feeds(ort, x, { passes: count, masks }, metadata)),
+      ...await singlePassOutputs(ort, session, x, metadata) };
+    const results = summarize(outputs, metadata, { rule });
     for (const result of results) result.passes = count;
     return results;
   }
@@ -1173,7 +1190,9 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
   const output = metadata.outputs[0], effective = ruleFor(metadata, rule);
   const rows = rowsOf(x);
   const passRows = rows.map(() => []); // per input: its passes' probabilities, one Float32Array each
-  const singlePass = rows.map(() => ({}));
+  const plain = await singlePassOutputs(ort, session, x, metadata);
+  const singlePass = rows.map((_, b) => Object.fromEntries(Object.entries(plain).map(
+    ([name, found]) => [name.slice(output.prefix.length), found.data[b]])));
   let active = rows.map((_, b) => b), done = 0;
   const samplesOf = (b) => { // input b's passes so far as a [T, 1, C] samples output
     const C = passRows[b][0].length, T = passRows[b].length;
@@ -1193,10 +1212,6 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
     const [T, B, C] = samples.dims.map(Number);
     active.forEach((b, i) => {
       for (let t = 0; t < T; t++) passRows[b].push(samples.data.slice((t * B + i) * C, (t * B + i + 1) * C));
-      for (const name of SINGLE_PASS_MEASURES) {
-        const found = outputs[`${output.prefix}${name}`];
-        if (found && done === 0) singlePass[b][name] = found.data[i];
-      }
     });
     done = count;
     if (count === high) break;

@@ -22,7 +22,8 @@ import process from "node:process";
 import ort from "onnxruntime-node";
 
 import {
-  MINSTD, feeds, maskSet, parseRule, passesOf, preprocessImage, readModelFile, summarize, withFreshSeeds,
+  MINSTD, feeds, maskSet, parseRule, passesOf, preprocessImage, readModelFile, singlePassOutputs, summarize,
+  withFreshSeeds,
 } from "../lib/mcdrop.mjs";
 import { readArrayFile } from "./arrays.mjs";
 import { decodeImage } from "./images.mjs";
@@ -181,7 +182,7 @@ async function main() {
   // The shared set: row t is pass t's masks for every image (built once, fed whole).
   const masks = shared ? named(args.model, () => maskSet(metadata, maskSeedUsed, { count: passes })) : undefined;
   const outputs = await session.run(feeds(ort, inputs, { passes, stochastic, masks }, metadata));
-  const results = summarize(outputs, metadata, { rule });
+  const results = summarize({ ...outputs, ...await singlePassOutputs(ort, session, inputs, metadata) }, metadata, { rule });
   const samples = outputs[`${metadata.outputs[0].prefix}samples`];
   const document = {
     model: shown(args.model), passes, stochastic, seed: args.seed ?? null,

@@ -224,17 +224,6 @@ async function portableRuns(x, passes, stochastic, seed, onProgress) {
 // ---------------------------------------------------------------------------------------------
 // Running: T passes in runs of bounded size, their samples joined, then the lib's measures.
 
-// A calibrated file's single-pass scores (feature_distance, energy, max_logit), which its rule may
-// test: from one run of the plain network (dropout off), as the Python runtime reads them.
-async function singlePassScores(x) {
-  const { ort, mc, model } = state;
-  const output = model.metadata.outputs[0];
-  const names = (output.calibration?.graph_outputs ?? []).filter((name) => mc.SINGLE_PASS_MEASURES.includes(name))
-    .map((name) => `${output.prefix}${name}`);
-  if (!names.length) return {};
-  return model.session.run(mc.feeds(ort, x, { passes: 1, stochastic: false }, model.metadata), names);
-}
-
 async function predict(x, { passes, stochastic = true, seed = null, samples = false, onProgress } = {}) {
   const { ort, mc, model } = state;
   const { metadata } = model;
@@ -269,7 +258,8 @@ async function predict(x, { passes, stochastic = true, seed = null, samples = fa
   const elapsed = performance.now() - started;
   if (!joined.every(Number.isFinite)) throw new Error("the model gave NaN or infinite outputs");
   const all = { data: joined, dims: [passes, batch, classes] };
-  const outputs = { [`${prefix}samples`]: all, ...(portable ? {} : await singlePassScores(x)) };
+  // The rule may test a calibrated file's single-pass scores: from one plain run, as in Python.
+  const outputs = { [`${prefix}samples`]: all, ...await mc.singlePassOutputs(ort, model.session, x, metadata) };
   const summary = mc.summarize(outputs, metadata);
   return summary.map((r, b) => {
     const result = {
