@@ -12,7 +12,6 @@ interleaved rounds (bench/run.py's interleaved_ms) of Keras batched, mcdrop pred
 file and on the rewritten one (shared masks, mask seed 0, the user path with its workers).
 """
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -62,10 +61,7 @@ def skip_flops(session, keras_model, passes: int, batch: int) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter timing budget")
-    args = parser.parse_args()
-    budget, minimum = (0.3, 3) if args.quick else (1.5, 5)
+    budget, minimum = harness.timing_args(__doc__.splitlines()[0])
 
     import keras
     import tensorflow as tf
@@ -77,9 +73,10 @@ def main():
     print(harness.machine_line() + "\n")
     rng = np.random.default_rng(0)
     folder = Path(tempfile.mkdtemp(prefix="mcdrop-bench-"))
-    keras_models, standard, skipping, refused = {}, {}, {}, {}
+    keras_models, batched, standard, skipping, refused = {}, {}, {}, {}, {}
     for name in ("mlp", "cnn"):
         keras_models[name] = keras.models.load_model(ROOT / "models" / f"{name}.keras", compile=False)
+        batched[name] = harness.keras_batched(keras_models[name])
         standard[name] = MCSession(ROOT / "models" / f"{name}.onnx", seed=MASK_SEED)
         try:
             skip_dropped_file(ROOT / "models" / f"{name}.onnx", folder / f"{name}.onnx")
@@ -89,7 +86,7 @@ def main():
     rows = []
     for name, passes, batch, target in CASES:
         x = rng.random((batch, *keras_models[name].inputs[0].shape[1:]), dtype=np.float32)
-        mc = harness.keras_batched(keras_models[name])
+        mc = batched[name]
         calls = {"keras": lambda: [v.numpy() for v in mc(x, tf.constant(passes))],
                  "standard": lambda: standard[name].predict(x, passes=passes)}
         if name in skipping:

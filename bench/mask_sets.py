@@ -11,7 +11,6 @@ mask sets). Then the FLOP rate of the shared path against onnxruntime's MatMul r
 same run, and the int8 file's held-out accuracy in shared mode against the float file's.
 """
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -33,10 +32,7 @@ MASK_SEED = 0
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter timing budget")
-    args = parser.parse_args()
-    budget, minimum = (0.3, 3) if args.quick else (1.5, 5)
+    budget, minimum = harness.timing_args(__doc__.splitlines()[0])
 
     import keras
     import tensorflow as tf

@@ -323,6 +323,14 @@ def random_mask_ns(count, budget_s, min_repeats, sessions=1):
 # Report
 
 
+def timing_args(description):
+    """(budget_s, min_repeats) per cell from a script's command line: --quick shortens them. For the
+    scripts that time cells as this harness does (mask_sets.py, dropped_units.py)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="shorter timing budget")
+    return (0.3, 3) if parser.parse_args().quick else (1.5, 5)
+
+
 def machine_line():
     import onnxruntime
     import tensorflow as tf
