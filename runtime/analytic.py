@@ -7,12 +7,12 @@ The runtime runs the mode only where the file records an agreement with MC that 
 below, measured when the graph was added; anything else is refused in one line.
 """
 
-from typing import Dict, Optional, Sequence
+from typing import Dict, Sequence
 
 import numpy as np
 
 from .errors import InputError, ModelFileError, ModelRunError
-from .prediction import Prediction, _categorical, _float32
+from .prediction import Prediction, _categorical, _conformal, _float32
 from .measures import mean_and_variance, standard_deviation
 
 METHODS = ("mc", "analytic")
@@ -75,8 +75,7 @@ def draws(session, x: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     return found
 
 
-def predict(session, x: Dict[str, np.ndarray], rules: Sequence, top_k: int = 3, threshold: Optional[float] = None,
-            thresholds=None) -> dict:
+def predict(session, x: Dict[str, np.ndarray], rules: Sequence, top_k: int = 3) -> dict:
     """{output name: Prediction} of method="analytic" (passes 1, no standard errors: nothing is
     estimated from passes)."""
     found = draws(session, x)
@@ -88,12 +87,9 @@ def predict(session, x: Dict[str, np.ndarray], rules: Sequence, top_k: int = 3, 
             measures = {"mean": mean, "std": standard_deviation(variance)}
         else:
             measures = _categorical(samples, mean, variance, output.labels, top_k)
-            conformal = (output.calibration or {}).get("conformal")
-            if conformal:
-                chosen = mean.astype(np.float32) >= np.float32(1) - np.float32(conformal["quantile"])
-                measures["prediction_set"] = chosen
-                if output.labels is not None:
-                    measures["prediction_set_labels"] = [[output.labels[j] for j in np.flatnonzero(row)] for row in chosen]
+        conformal = (output.calibration or {}).get("conformal")
+        if conformal:  # every method, as the Monte Carlo path makes them (runtime/conformal_sets.py)
+            measures.update(_conformal(conformal, output.head, mean, measures, output.labels))
         predictions[output.name] = Prediction(
             head=output.head, mean=mean.astype(np.float32), variance=variance.astype(np.float32),
             measures={key: _float32(value) for key, value in measures.items()}, passes=1, stochastic=True,

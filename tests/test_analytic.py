@@ -208,3 +208,26 @@ def test_moments_after_a_dropout_and_a_relu_match_mc():
         assert (np.abs(mean - drawn.mean(0)) <= 5 * spread / np.sqrt(passes) + 1e-4).mean() > 0.99, key
         some = drawn.var(0) > 1e-3
         assert np.median(np.abs(var[some] / drawn.var(0)[some] - 1)) < 0.1, key
+
+
+def test_analytic_sets_follow_the_files_conformal_method(files, tmp_path):
+    """A file calibrated with Mondrian sets gives them in the analytic mode too, made from the
+    analytic mean exactly as the Monte Carlo path makes them (runtime/conformal_sets.py)."""
+    import sys
+
+    from mcdrop.calibrate.command import calibrate_model
+    from mcdrop.runtime.conformal_sets import prediction_sets
+
+    sys.path.insert(0, str(MODELS))
+    import build_models
+
+    images, labels = build_models.digits_28x28()
+    np.savez(tmp_path / "data.npz", x=build_models.to_input(images[:300], flat=True).astype(np.float32), y=labels[:300])
+    calibrate_model(files["vouched"], tmp_path / "calibrated.onnx", tmp_path / "data.npz", conformal=0.1,
+                    conformal_method="mondrian", verify=False)
+    session = MCSession(tmp_path / "calibrated.onnx", verify=False)
+    conformal = session.info.model_outputs[0].calibration["conformal"]
+    assert conformal["method"] == "mondrian"
+    got = session.predict(np.load(files["inputs"]), method="analytic")
+    np.testing.assert_array_equal(got.measures["prediction_set"],
+                                  prediction_sets(conformal, got.mean)["prediction_set"])
