@@ -182,7 +182,9 @@ async function main() {
   // The shared set: row t is pass t's masks for every image (built once, fed whole).
   const masks = shared ? named(args.model, () => maskSet(metadata, maskSeedUsed, { count: passes })) : undefined;
   const outputs = await session.run(feeds(ort, inputs, { passes, stochastic, masks }, metadata));
-  const results = summarize({ ...outputs, ...await singlePassOutputs(ort, session, inputs, metadata) }, metadata, { rule });
+  // A Monte Carlo run's energy and max_logit are pass averages: the rule's come from one plain run.
+  const plain = stochastic ? await singlePassOutputs(ort, session, inputs, metadata) : {};
+  const results = summarize({ ...outputs, ...plain }, metadata, { rule });
   const samples = outputs[`${metadata.outputs[0].prefix}samples`];
   const document = {
     model: shown(args.model), passes, stochastic, seed: args.seed ?? null,
