@@ -22,18 +22,15 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ..runtime.analytic import PREFIX  # the reader's names are the writer's
 from ..runtime.errors import InputError, ModelFileError
-
-PREFIX = "mcdrop_analytic/"
+from .portable import MOVES, RANDOM_OPS
 # Gaussian draws of the last dropout's output that the suffix runs on (Latin hypercube): 512 moved
 # the MLP's held-out gap to MC T=1000 by 0.001 only (docs/DESIGN.md: Analytic mode).
 DRAWS = 256
 DRAW_SEED = 0
 UNIFORM_OPS = ("RandomUniformLike", "RandomUniform")
-RANDOM_OPS = UNIFORM_OPS + ("RandomNormalLike", "RandomNormal", "Bernoulli", "Multinomial")
-# Ops that move values without computing on them: applied to the mean and the variance alike.
-MOVES = ("Slice", "Reshape", "Concat", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Expand", "Tile",
-         "Gather", "Split", "Flatten")
+# MOVES (convert/portable.py) move values without computing on them: applied to the mean and the variance alike.
 LAYER_KINDS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
 # Where a variance under this is 0: the rectified Gaussian's formulas divide by its root.
 TINY_VARIANCE = 1e-12

@@ -28,11 +28,11 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..runtime.dropped_units import KEY as METADATA_KEY  # the reader's key is the writer's
 from ..runtime.errors import InputError, ModelFileError
 from .portable import RANDOM_OPS
 
 PREFIX = "mcdrop_skip/"
-METADATA = "dropped_units"
 # The skipping branch runs from this many rows per run on: below it, gathering T x k rows of W
 # costs more than the FLOPs it saves (shipped MLP: 1.10x the original's time at 16 rows, 0.65x at
 # 32; docs/DESIGN.md "Skipping dropped units").
@@ -76,7 +76,7 @@ def skip_dropped_model(proto, meta: dict, path: str = "model"):
     meta = dict(meta)
     # A run holds the gathered rows of W, [T, k, N], per pass (the chunk planner counts them with
     # the set's masks), and one more [T, B, N] where N > n.
-    meta[METADATA] = {"layers": [site.layer for site in sites], "min_batch": MIN_BATCH,
+    meta[METADATA_KEY] = {"layers": [site.layer for site in sites], "min_batch": MIN_BATCH,
                       "floats_per_pass": sum(_most_dropped(site, meta) * site.columns for site in sites)}
     extra = sum(max(0, site.columns - site.n) for site in sites)
     meta["activation_floats_per_sample"] = int(meta.get("activation_floats_per_sample") or 0) + extra
@@ -87,7 +87,7 @@ def skip_dropped_model(proto, meta: dict, path: str = "model"):
 def _check_source(meta: dict, path: str) -> None:
     if meta.get("portable") is not None:
         raise InputError(f"{path} is a portable file; --skip-dropped rewrites the standard file")
-    if meta.get(METADATA) is not None:
+    if meta.get(METADATA_KEY) is not None:
         raise InputError(f"{path} skips dropped units already")
     if meta.get("format") != 3 or meta.get("masks") is None:
         raise ModelFileError(f"{path} cannot take a mask set (format {meta.get('format')}); skipping dropped units "
