@@ -121,7 +121,7 @@ def calibrate_model(source, output, data, *, target_accuracy: Optional[float] = 
         outside = None if ood is None else load_unlabelled(ood, session.info, limits)
         progress(f"predicting {len(labelled)} calibration inputs")
         samples = _samples(session, labelled.x, chosen, passes, True)
-        plain_pass = _samples(session, labelled.x, chosen, passes, False)
+        plain_pass = None if chosen.head == "regression" else _samples(session, labelled.x, chosen, passes, False)
         single_pass = fit_feature_scores(proto, session, labelled, chosen, int(samples.shape[-1]), feature_layer)
         evidence = gather(proto, session, labelled, outside, chosen, single_pass, seed,
                           lambda x: _samples(session, x, chosen, passes, True))

@@ -32,12 +32,9 @@ CRITERIA = {False: "error AUROC", True: "mean of error AUROC and OOD AUROC"}
 
 @dataclass
 class Evidence:
-    """What the choice is made from, beside the calibration samples: the two halves the feature
-    density is cross-fitted on (row indices), the calibration inputs' cross-fitted feature distances,
-    and the OOD inputs' samples and scores."""
+    """What the choice is made from, beside the calibration samples: the calibration inputs'
+    cross-fitted feature distances, and the OOD inputs' samples and scores."""
 
-    first_half: np.ndarray
-    second_half: np.ndarray
     feature_distance: Optional[np.ndarray] = None
     ood_samples: Optional[np.ndarray] = None
     ood_scores: Dict[str, np.ndarray] = field(default_factory=dict)
@@ -65,7 +62,7 @@ def gather(proto, session, labelled, ood_x, chosen, single_pass: dict, seed, sam
     y = np.asarray(labelled.y).reshape(-1)
     classes = int(y.max()) + 1  # fit_gaussians keeps the classes present
     first, second = halves(y, seed)
-    evidence = Evidence(first, second)
+    evidence = Evidence()
     features = single_pass.get("features")
     fitted = {}
     if features is not None:
