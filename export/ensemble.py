@@ -220,8 +220,9 @@ def check_against_members(ensemble_bytes, member_protos, x, metadata, checks):
     count, passes = len(member_protos), 4
     members = read_members(metadata, layout)
     masks = None if layout is None else members_draw(layout, members, VALIDATION_MASK_SEED, 0, passes)
-    together = run(ort_session(ensemble_bytes), x, passes, masks=masks, outputs=names)
-    off = run(ort_session(ensemble_bytes), x, 1, stochastic=False, outputs=names)
+    joined = ort_session(ensemble_bytes)
+    together = run(joined, x, passes, masks=masks, outputs=names)
+    off = run(joined, x, 1, stochastic=False, outputs=names)
     worst = 0.0
     for k, proto in enumerate(member_protos):
         member_meta = metadata["members"][k]
