@@ -994,6 +994,13 @@ export function conformalSet(mean, conformal) {
 }
 
 
+// The values a rule tests, as the Python runtime stores them: float32, except one_minus_confidence,
+// which it computes in float64 from the float32 mean. One place for summarize and predict "auto".
+function testedOf(m) {
+  return Object.fromEntries(RULE_MEASURES.filter((name) => name in m)
+    .map((name) => [name, name === "one_minus_confidence" ? m[name] : Math.fround(m[name])]));
+}
+
 /**
  * A calibrated file's single-pass scores (those of SINGLE_PASS_MEASURES its graph has) from one run
  * of the plain network (passes 1, stochastic false), as the Python runtime reads them and as the
@@ -1034,15 +1041,11 @@ export function summarize(outputs, metadata, { rule } = {}) {
   const results = [];
   for (let b = 0; b < B; b++) {
     const m = measuresOf(samples.data, T, B, C, b);
-    const f = Math.fround;
-    // The rule tests the measures as the Python runtime stores them: float32, except
-    // one_minus_confidence, which it computes in float64 from the float32 mean.
     for (const name of SINGLE_PASS_MEASURES) {
       const found = outputs[`${output.prefix}${name}`];
       if (found) m[name] = found.data[b];
     }
-    const tested = Object.fromEntries(RULE_MEASURES.filter((name) => name in m)
-      .map((name) => [name, name === "one_minus_confidence" ? m[name] : f(m[name])]));
+    const tested = testedOf(m);
     const result = {
       label: labelOf(m.index),
       index: m.index,
@@ -1218,8 +1221,7 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
     active = active.filter((b) => {
       const { data, dims: [T, , C] } = samplesOf(b);
       const m = measuresOf(data, T, 1, C, 0);
-      const tested = Object.fromEntries(RULE_MEASURES.filter((name) => name in m)
-        .map((name) => [name, name === "one_minus_confidence" ? m[name] : Math.fround(m[name])]));
+      const tested = testedOf(m);
       return !settled(m, tested, effective, T, high);
     });
     if (!active.length) break;
