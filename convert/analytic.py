@@ -305,12 +305,12 @@ class _Walk:
 
     def rule_Mul(self, node, ins) -> None:
         a, b = ins
+        layer = self.keep_of.get(a) or self.keep_of.get(b)
+        if layer == self.last:  # the last dropout's output: from here on, Gaussian draws
+            self._set(node, *self.last_moments(a, b))
+            self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))
+            return
         if a in self.moments and b in self.moments:
-            layer = self.keep_of.get(a) or self.keep_of.get(b)
-            if layer == self.last:  # the last dropout's output: from here on, Gaussian draws
-                self._set(node, *self.last_moments(a, b))
-                self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))
-                return
             (ma, va), (mb, vb) = self.moments[a], self.moments[b]
             mean = self.add("Mul", [ma, mb])
             # Independent factors: Var(ab) = va vb + va mb^2 + vb ma^2.
@@ -325,7 +325,12 @@ class _Walk:
         """The last dropout's output with its input's variance (what earlier layers' masks put
         there) scaled by SPREAD squared: the units' covariance, which the per-unit variance drops,
         restored on average (docs/DESIGN.md: Analytic mode)."""
-        (mk, vk), (ma, va) = (self.moments[a], self.moments[b]) if a in self.keep_of else (self.moments[b], self.moments[a])
+        keep, x = (a, b) if a in self.keep_of else (b, a)
+        mk, vk = self.moments[keep]
+        if x not in self.moments:  # the model's only dropout: its input is the same in every pass
+            ma = self.alias.get(x, x)
+            return self.add("Mul", [ma, mk]), self.add("Mul", [vk, self.add("Mul", [ma, ma])], "var")
+        ma, va = self.moments[x]
         va = self.add("Mul", [va, SPREAD], "inflated")
         terms = self.add("Add", [self.add("Mul", [va, vk]), self.add("Mul", [va, self.add("Mul", [mk, mk])])])
         return self.add("Mul", [ma, mk]), self.add("Add", [terms, self.add("Mul", [vk, self.add("Mul", [ma, ma])])], "var")

@@ -231,3 +231,26 @@ def test_analytic_sets_follow_the_files_conformal_method(files, tmp_path):
     got = session.predict(np.load(files["inputs"]), method="analytic")
     np.testing.assert_array_equal(got.measures["prediction_set"],
                                   prediction_sets(conformal, got.mean)["prediction_set"])
+
+
+def test_a_model_with_one_dropout_draws_its_output(tmp_path):
+    """The commonest deployment, a base, one Dropout and a softmax head: the dropout's input is the
+    same in every pass (no variance to carry), and its output is still drawn for the head."""
+    pytest.importorskip("tf2onnx")
+    import keras
+
+    from mcdrop.export import export_model
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(32, activation="relu"),
+                              keras.layers.Dropout(0.3), keras.layers.Dense(4, activation="softmax")])
+    model.save(tmp_path / "one.keras")
+    export_model(tmp_path / "one.keras", tmp_path / "one.onnx", seed=0, validate=False)
+    x = np.random.default_rng(2).normal(0, 2, (16, 8)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    convert_analytic(tmp_path / "one.onnx", tmp_path / "analytic.onnx", tmp_path / "x.npy", reference_passes=4000)
+    session = MCSession(tmp_path / "analytic.onnx", seed=0)
+    got = session.predict(x, method="analytic")
+    reference = session.predict(x, passes=4000, mask_seed=1, keep_samples=False)
+    assert np.abs(got.mean - reference.mean).max() < analytic.MAX_MEAN_GAP
+    assert spearman(got.measures["mutual_information"], reference.measures["mutual_information"]) > 0.9
