@@ -24,6 +24,7 @@ from typing import List, Optional
 
 import numpy as np
 
+from ..export.onnx_edits import prune
 from ..runtime.errors import InputError, ModelFileError, ValidationError
 from ..runtime.format.metadata_writer import metadata_of, write_metadata
 from ..runtime.portable_masks import KEEP_MASKS, keep_masks
@@ -72,10 +73,10 @@ def portable_model(proto, meta: dict, batch: Optional[int] = None, passes: Optio
     _masks_alone(graph, layers, path)
     keep = _keep_masks_in_front(graph, inputs["masks"], passes, meta["masks"]["floats_per_pass"])
     _fix_shapes(graph, inputs["passes"], meta, batch, passes)
-    _prune(graph)
+    prune(graph)
     # Each comparison of a mask with its rate becomes a Cast of the keep mask to bool.
     _replace_comparisons(graph, keep, path)
-    _prune(graph)
+    prune(graph)
     proto = _optimized(proto, path)
     left = sorted({node.op_type for node in proto.graph.node if node.op_type in RANDOM_OPS})
     if left:
@@ -205,25 +206,6 @@ def _fill(dim, size) -> None:
         dim.dim_param = size
     else:
         dim.dim_value = int(size)
-
-
-def _prune(graph) -> None:
-    """Drop the nodes no output needs, then the initializers and value infos nothing reads."""
-    needed = {value.name for value in graph.output}
-    kept = []
-    for node in reversed(graph.node):
-        if any(out in needed for out in node.output):
-            kept.append(node)
-            needed.update(node.input)
-    kept.reverse()
-    del graph.node[:]
-    graph.node.extend(kept)
-    for initializer in list(graph.initializer):
-        if initializer.name not in needed:
-            graph.initializer.remove(initializer)
-    for value in list(graph.value_info):
-        if value.name not in needed:
-            graph.value_info.remove(value)
 
 
 def _replace_comparisons(graph, keep: str, path: str) -> None:

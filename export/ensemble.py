@@ -21,6 +21,7 @@ from onnx import compose, helper, numpy_helper
 from ..runtime.errors import ExportError, ValidationError
 from ..runtime.format import mask_sets
 from ..runtime.format.members import draw as members_draw, member_layout, member_seed, read_members
+from .onnx_edits import prune
 
 MEMBER_PREFIX = "member_{}/"
 SHARED_INPUTS = ("passes", "stochastic")
@@ -99,7 +100,7 @@ def combine(protos, metadata):
     for output in metadata["outputs"]:
         _interleave(graph, output["prefix"], len(protos))
     _add_measures(graph, protos[0], metadata["outputs"])
-    _prune(graph)
+    prune(graph)
     model = helper.make_model(graph, opset_imports=_opsets(protos), producer_name=protos[0].producer_name)
     model.ir_version = protos[0].ir_version
     return model
@@ -169,24 +170,6 @@ def _rename_uses(graph, mapping, outputs_too=False):
         for attr in node.attribute:
             for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
                 _rename_uses(sub, mapping, outputs_too)
-
-
-def _prune(graph):
-    """Drop the nodes no output needs (each member's own mean, variance, ...)."""
-    from .graph import _needs
-
-    needed, kept = {o.name for o in graph.output}, []
-    for node in reversed(graph.node):
-        if any(out in needed for out in node.output):
-            kept.append(node)
-            needed.update(_needs(node))
-    kept = [_copy(n, onnx.NodeProto) for n in reversed(kept)]
-    initializers = [_copy(i, onnx.TensorProto) for i in graph.initializer if i.name in needed]
-    infos = [_copy(v, onnx.ValueInfoProto) for v in graph.value_info if v.name in needed]
-    del graph.node[:], graph.initializer[:], graph.value_info[:]
-    graph.node.extend(kept)
-    graph.initializer.extend(initializers)
-    graph.value_info.extend(infos)
 
 
 def _opsets(protos):

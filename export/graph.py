@@ -26,6 +26,7 @@ from ..runtime.errors import ExportError, first_line
 
 from .attention import call_attention, inner_dropout, is_attention
 from .noise import SPECS, as_shape, dims_of, spec_for
+from .onnx_edits import reads
 from .recurrent import RecurrentDraw, call_with_masks, draw_dims, is_recurrent, masks_from_uniform, recurrent_draws, recurrent_kind
 from .signature import input_specs, output_prefixes
 from .trace import Walk, split_passes, tile_passes
@@ -345,19 +346,10 @@ def attach_random_nodes(proto, calls, seeds):
     return proto
 
 
-def _needs(node):
-    """Names a node reads, including those its subgraphs (Loop, If, Scan) read from outside."""
-    names = list(node.input)
-    for attr in node.attribute:
-        for sub in list(attr.g.node if attr.HasField("g") else []) + [n for g in attr.graphs for n in g.node]:
-            names += _needs(sub)
-    return names
-
-
 def topological_sort(graph):
     """ONNX wants producers before consumers; the noise inputs we replaced were readable anywhere."""
     produced = {out for n in graph.node for out in n.output}
-    needs = [[name for name in _needs(n) if name in produced] for n in graph.node]
+    needs = [[name for name in reads(n) if name in produced] for n in graph.node]
     known, ordered, pending = set(), [], list(zip(graph.node, needs))
     while pending:
         still = [(n, deps) for n, deps in pending if not all(d in known for d in deps)]
