@@ -5,12 +5,11 @@ import warnings
 
 import numpy as np
 
-from ..runtime.conformal_sets import CLASS_METHODS, LABEL_METHODS, METHODS, prediction_sets
+from ..runtime.conformal_sets import LABEL_METHODS, METHODS, methods_for, prediction_sets
 from ..runtime.errors import InputError, ValidationError
+from ..runtime.prediction import HEADS
 from . import conformal as K
 
-KINDS = {"softmax": CLASS_METHODS, "logits": CLASS_METHODS, "binary": LABEL_METHODS, "multilabel": LABEL_METHODS,
-         "regression": ("normalized",)}
 # The graph's sets may differ from the runtime's on this share of the check inputs (float32 rounding of
 # scores within an ulp of the quantile), and its intervals by this much relative to their width.
 SET_DISAGREEMENT, INTERVAL_AGREEMENT = 1 / 50, 1e-4
@@ -35,11 +34,11 @@ def conformal_for_head(conformal, output):
     if conformal is None:
         return None
     method, alpha = conformal
-    fits = KINDS[output.head]
+    fits = methods_for(output.head)
     if method is None:
         return fits[0], alpha
     if method not in fits:
-        kind = "/".join(head for head, methods in KINDS.items() if method in methods)
+        kind = "/".join(head for head in HEADS if method in methods_for(head))
         raise InputError(f"--conformal-method {method} is for {kind} heads; output {output.name} has a {output.head} "
                          f"head (methods for it: {', '.join(fits)})")
     return method, alpha

@@ -106,11 +106,10 @@ def _checked_options(prefix, head, classes, temperature, deterministic_temperatu
 
 def _check_conformal(conformal, head, classes, conformal_quantile) -> None:
     """A conformal entry (runtime/conformal_sets.py) whose method fits the head, with numbers."""
-    from ..runtime.conformal_sets import CLASS_METHODS, LABEL_METHODS, REGRESSION_METHODS
+    from ..runtime.conformal_sets import methods_for
 
     method = conformal.get("method") if isinstance(conformal, dict) else None
-    fits = CLASS_METHODS if head in CATEGORICAL_HEADS else LABEL_METHODS if head in SIGMOID_HEADS else \
-        REGRESSION_METHODS
+    fits = methods_for(head)
     if method not in fits:
         raise ValueError(f"conformal method {method!r} does not apply to a {head} head (one of {', '.join(fits)})")
     if conformal_quantile is not None:

@@ -15,6 +15,8 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS
+
 # A regression output's MC standard deviation is floored here before it scales an interval (and
 # divides a calibration score): float32's smallest normal number, as the graph floors it.
 STD_FLOOR = float(np.finfo(np.float32).tiny)
@@ -22,6 +24,13 @@ CLASS_METHODS = ("lac", "mondrian", "aps", "raps")
 LABEL_METHODS = ("per_label", "risk")
 REGRESSION_METHODS = ("normalized",)
 METHODS = CLASS_METHODS + LABEL_METHODS + REGRESSION_METHODS
+
+
+def methods_for(head: str) -> tuple:
+    """The conformal methods a head's outputs take: sets of classes, of labels, or intervals."""
+    if head in CATEGORICAL_HEADS:
+        return CLASS_METHODS
+    return LABEL_METHODS if head in SIGMOID_HEADS else REGRESSION_METHODS
 
 
 def tail_margins(mean, k_reg: int = 0, penalty: float = 0.0) -> np.ndarray:

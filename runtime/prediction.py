@@ -9,7 +9,7 @@ import numpy as np
 
 from . import measures as M
 from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS, Rule, default_rule
-from .conformal_sets import CLASS_METHODS, LABEL_METHODS, REGRESSION_METHODS, prediction_sets, set_labels
+from .conformal_sets import methods_for, prediction_sets, set_labels
 from .errors import InputError
 
 HEADS = CATEGORICAL_HEADS + SIGMOID_HEADS + ("regression",)
@@ -330,8 +330,7 @@ def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[
 def _conformal(conformal: dict, head: str, mean64, found: dict, labels) -> dict:
     """The conformal sets (classifier heads) or intervals (regression) of a calibrated entry."""
     method = conformal.get("method", "lac")
-    kind = "regression" if head == "regression" else "sigmoid" if head in SIGMOID_HEADS else "categorical"
-    fits = {"categorical": CLASS_METHODS, "sigmoid": LABEL_METHODS, "regression": REGRESSION_METHODS}[kind]
+    fits = methods_for(head)
     if method not in fits:
         raise InputError(f"conformal method {method!r} is not for {head} heads (one of {', '.join(fits)})")
     made = prediction_sets(conformal, mean64, found.get("std"))

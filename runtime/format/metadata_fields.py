@@ -191,11 +191,10 @@ def _calibration(value: Any, head: str, shape: Shape) -> Optional[dict]:
 
 def _conformal(conformal: Any, head: str, shape: Shape) -> None:
     """A conformal entry the runtime can build sets from (runtime/conformal_sets.py)."""
-    from ..conformal_sets import CLASS_METHODS, LABEL_METHODS
+    from ..conformal_sets import methods_for
 
     method = conformal.get("method", "lac") if isinstance(conformal, dict) else None
-    fits = CLASS_METHODS if head in ("softmax", "logits") else LABEL_METHODS if head in ("binary", "multilabel") \
-        else ("normalized",)
+    fits = methods_for(head)
     if method not in fits:
         raise _Bad(f"calibration conformal is an object whose method is one of {', '.join(fits)} for {head} heads")
     if method in ("lac", "aps", "raps"):
