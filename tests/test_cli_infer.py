@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from mcdrop import cli
 from conftest import ROOT
 from toy_model import build_toy_model
+from cli_runs import run_cli  # noqa: E402
 
 runner = CliRunner()
 X = np.random.default_rng(7).normal(size=(3, 4)).astype(np.float32)
@@ -21,9 +22,6 @@ X = np.random.default_rng(7).normal(size=(3, 4)).astype(np.float32)
 def invoke(*args):
     return runner.invoke(cli.app, [str(a) for a in args])
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.fixture

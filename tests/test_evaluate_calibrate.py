@@ -21,12 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 sys.path.insert(0, str(MODELS))
 import build_models  # noqa: E402  (the shipped build script: its splits and data sets)
+from cli_runs import run_cli  # noqa: E402
 
 PASSES = 50
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
 def one_line_error(done, code=2):

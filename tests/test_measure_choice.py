@@ -3,7 +3,6 @@ criterion, cross-fitted feature distances against a scikit-learn reference, and 
 shipped CNN with OOD inputs (every candidate's AUROCs in the report and the metadata)."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,10 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 sys.path.insert(0, str(MODELS))
 import build_models  # noqa: E402  (the shipped build script: its data sets)
+from cli_runs import run_cli  # noqa: E402
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
 def test_halves_are_stratified_disjoint_and_seeded():

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pyarrow.parquet as pq
 
-from mcdrop.score import checkpoint as checkpoints, job
+from mcdrop.score import checkpoint as checkpoints
 from conftest import ROOT
 from test_score import assert_same_rows
 
@@ -63,20 +63,20 @@ def test_sigint_and_sigterm_at_random_points_then_resume(tmp_path):
         started = len(_logged(log))
         if started >= batches - 1:
             break
-        job = subprocess.Popen(command(*(["--resume"] if parts.exists() else [])), stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+        child = subprocess.Popen(command(*(["--resume"] if parts.exists() else [])), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
         # A random batch of what is left, then a random moment within it (between or inside batches).
         target = started + int(rng.integers(1, max(2, (batches - started) // 2)))
         deadline = time.monotonic() + 120
-        while job.poll() is None and len(_logged(log)) < target and time.monotonic() < deadline:
+        while child.poll() is None and len(_logged(log)) < target and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(float(rng.uniform(0, 0.08)))
-        job.send_signal(stop)
-        stdout, stderr = job.communicate(timeout=120)
-        if job.returncode == 0:
+        child.send_signal(stop)
+        stdout, stderr = child.communicate(timeout=120)
+        if child.returncode == 0:
             break  # it finished before the signal came
         stops += 1
-        assert job.returncode == (130 if stop == signal.SIGINT else 128 + signal.SIGTERM), stderr
+        assert child.returncode == (130 if stop == signal.SIGINT else 128 + signal.SIGTERM), stderr
         assert "Traceback" not in stderr
         line = stderr.strip().splitlines()[-1]
         assert line.startswith("error: interrupted") and "--resume" in line, stderr

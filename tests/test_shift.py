@@ -3,7 +3,6 @@ each corruption against a reference (identity at severity 0, degradation that gr
 known pixel statistics), and the report on a toy image model."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -13,12 +12,10 @@ import pytest
 from mcdrop.evaluate import shift as S
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.session import MCSession
+from cli_runs import run_cli  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
 def picture(shape=(32, 32)):
