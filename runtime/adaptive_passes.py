@@ -11,6 +11,7 @@ min_passes, max_passes) alone, in any batch or chunking.
 docs/DESIGN.md: Adaptive passes has the rule and its measurements.
 """
 
+import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -88,23 +89,61 @@ def check(passes, max_passes, min_passes, default_max: int, names: Dict[str, str
     return AutoPasses(low, high)
 
 
+class RoundCost:
+    """What a run's fixed part (the layers before the first dropout and the run's own overhead) costs,
+    in passes: measured once per session, before its first rounds, on one input (the best of
+    PROBE_REPEATS runs of 1 and of PROBE_PASSES passes). A run then computes the passes of later
+    rounds too while its fixed part would cost more than its passes. That changes which passes are
+    computed together, never the passes an input gets or its result: those are decided at the
+    schedule points on the samples up to each (docs/DESIGN.md: Adaptive passes)."""
+
+    PROBE_PASSES, PROBE_REPEATS = 16, 3
+
+    def __init__(self):
+        self.ratio: Optional[float] = None  # fixed part / one pass
+
+    def measure(self, run_one: Callable[[int], object]) -> None:
+        """run_one(passes) runs one input; the best time resists a slow spell of a shared machine."""
+        if self.ratio is not None:
+            return
+        one, many = (min(_seconds(run_one, passes) for _ in range(self.PROBE_REPEATS))
+                     for passes in (1, self.PROBE_PASSES))
+        per_pass = (many - one) / (self.PROBE_PASSES - 1)
+        self.ratio = float("inf") if per_pass <= 0 else max(one - per_pass, 0.0) / per_pass
+
+    def target(self, counts: Sequence[int], needed: int, computed: int) -> int:
+        """The schedule point a run from pass `computed` should reach, counts[needed] at least."""
+        if not self.ratio:
+            return counts[needed]
+        return next((count for count in counts[needed:] if count - computed >= self.ratio), counts[-1])
+
+
+def _seconds(run, *args) -> float:
+    start = time.perf_counter()
+    run(*args)
+    return time.perf_counter() - start
+
+
 def run_rounds(run: Callable[[np.ndarray, int, int], Dict[str, np.ndarray]], batch: int, auto: AutoPasses,
                settled: Callable[[Dict[str, np.ndarray], np.ndarray], np.ndarray],
-               progress: Optional[Callable[[int, int], None]] = None):
+               progress: Optional[Callable[[int, int], None]] = None, cost: Optional[RoundCost] = None):
     """Run the rounds: run(inputs, first pass, count) gives {name: samples [count, len(inputs), ...]};
     settled(samples so far of `inputs`, inputs) gives bool [len(inputs)]. Returns ({name: samples
-    [max_passes, batch, ...], unrun passes left as zeros}, passes per input)."""
+    [max_passes, batch, ...], unrun passes left as zeros}, passes per input). With `cost`, a run may
+    compute the passes of later rounds too (RoundCost)."""
     store: Dict[str, np.ndarray] = {}
     passes = np.zeros(batch, np.int64)
-    active, done = np.arange(batch), 0
+    active, computed = np.arange(batch), 0
     counts = auto.schedule()
     for number, count in enumerate(counts, 1):
-        found = run(active, done, count - done)
-        for name, value in found.items():
-            if name not in store:
-                store[name] = np.zeros((auto.max_passes, batch, *value.shape[2:]), value.dtype)
-            store[name][done:count, active] = value
-        done = count
+        if count > computed:
+            target = cost.target(counts, number - 1, computed) if cost else count
+            found = run(active, computed, target - computed)
+            for name, value in found.items():
+                if name not in store:
+                    store[name] = np.zeros((auto.max_passes, batch, *value.shape[2:]), value.dtype)
+                store[name][computed:target, active] = value
+            computed = target
         passes[active] = count
         if progress:
             progress(number, len(counts))
@@ -117,7 +156,7 @@ def run_rounds(run: Callable[[np.ndarray, int, int], Dict[str, np.ndarray]], bat
     return store, passes
 
 
-def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None) -> dict:
+def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None, cost=None) -> dict:
     """{output name: Prediction} of passes="auto": run as run_rounds takes it; predictions_of(samples_of,
     keep) gives {output name: Prediction} of samples_of(samples name)."""
     def all_settled(samples, inputs):
@@ -125,7 +164,9 @@ def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None) ->
         return np.logical_and.reduce([settled(prediction, prediction.rule, auto.max_passes)
                                       for prediction in found.values()])
 
-    store, passes = run_rounds(run, batch, auto, all_settled, progress)
+    if cost is not None:
+        cost.measure(lambda count: run(np.arange(1), 0, count))
+    store, passes = run_rounds(run, batch, auto, all_settled, progress, cost)
     groups = [np.flatnonzero(passes == count) for count in np.unique(passes)]
     parts = [predictions_of(lambda name, rows=rows: store[name][:passes[rows[0]], rows], keep=False)
              for rows in groups]

@@ -110,6 +110,7 @@ class MCSession:
         self._mask_seed = settings.seed if settings.seed is not None else \
             int(np.random.default_rng(self._entropy).integers(2**53))
         self._mask_cache: Optional[Tuple[int, np.ndarray]] = None  # (seed, the set's first passes)
+        self._round_cost = adaptive_passes.RoundCost()  # what passes="auto" runs cost here
         self._session, self._info = self._create_session(model_bytes, 0, settings.device, self.threads)
         self._feeds = FeedChecks(self._info, self._parsed, limits, self.path)
         self._checked_feeds = self._feeds.checked
@@ -310,13 +311,12 @@ class MCSession:
         """passes="auto": rounds of the shared set until each input settles (runtime/adaptive_passes.py)."""
         mask_rows = self._mask_rows(chosen.mask_seed, chosen.passes)
         def run(inputs, first, count):
-            part = {name: value[inputs] for name, value in x.items()}
             plan, workers = self._plan(len(inputs), count, True)
-            pieces = self._run_plan(part, plan, workers, True, None,
+            pieces = self._run_plan({name: value[inputs] for name, value in x.items()}, plan, workers, True, None,
                                     mask_rows=lambda start, n: mask_rows(first + start, n))
             return {name: assemble([piece[name] for piece in pieces], plan) for name in self._samples}
 
-        return adaptive_passes.predict(run, batch, chosen.auto, predictions_of, progress)
+        return adaptive_passes.predict(run, batch, chosen.auto, predictions_of, progress, self._round_cost)
 
     def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False,
                   mask_rows=None) -> List[Dict[str, np.ndarray]]:

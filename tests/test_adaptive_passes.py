@@ -12,6 +12,7 @@ from mcdrop.runtime import adaptive_passes
 from mcdrop.runtime.errors import InputError
 from mcdrop.runtime.prediction import Prediction
 from mcdrop.runtime.uncertain_rule import Rule, default_rule
+from cli_runs import run_cli  # noqa: E402
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MAX_PASSES = 100
@@ -81,6 +82,42 @@ def test_an_inputs_passes_do_not_depend_on_its_batch_or_chunking(mlp_inputs):
     assert (passes == whole.input_passes).all()
     assert (label == whole.measures["label"]).all()
     assert len(set(whole.input_passes)) > 1  # the inputs did not all stop together
+
+
+@pytest.mark.parametrize("ratio", [0.0, 30.0, float("inf")])
+def test_looking_ahead_changes_no_inputs_passes_or_result(mlp_inputs, ratio):
+    """However the session's measured cost makes its runs look ahead (none, a few rounds, straight
+    to max_passes), each input stops where the rounds alone would stop it, with the same samples."""
+    plain = MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=1)
+    plain._round_cost.ratio = 0.0  # one run per round
+    ahead = MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=1)
+    ahead._round_cost.ratio = ratio
+    runs = []
+    ahead_run = ahead._run_plan
+    ahead._run_plan = lambda x, plan, *args, **kwargs: (runs.append(plan), ahead_run(x, plan, *args, **kwargs))[1]
+    want = plain.predict(mlp_inputs, passes="auto", max_passes=MAX_PASSES, mask_seed=4)
+    got = ahead.predict(mlp_inputs, passes="auto", max_passes=MAX_PASSES, mask_seed=4)
+    np.testing.assert_array_equal(got.input_passes, want.input_passes)
+    np.testing.assert_array_equal(got.mean, want.mean)
+    np.testing.assert_array_equal(got.uncertain, want.uncertain)
+    schedule = adaptive_passes.schedule(adaptive_passes.DEFAULT_MIN_PASSES, MAX_PASSES)
+    first = sum(count for _, count in runs[0]) // len({(r.start, r.stop) for r, _ in runs[0]})
+    assert first == {0.0: schedule[0], 30.0: next(c for c in schedule if c >= 30)}.get(ratio, MAX_PASSES)
+    assert len(set(want.input_passes)) > 1
+
+
+def test_round_cost_measures_the_fixed_part_in_passes():
+    import time
+
+    cost = adaptive_passes.RoundCost()
+    assert cost.target([10, 12, 15, 200], 0, 0) == 10  # nothing measured: one run per round
+    cost.measure(lambda passes: time.sleep(0.02 + 0.002 * passes))  # fixed part 10 passes
+    assert 5 < cost.ratio < 20
+    cost.ratio = 50.0
+    assert cost.target([10, 12, 15, 60, 75, 200], 1, 10) == 60  # the first point 50 passes on
+    assert cost.target([10, 12, 15, 200], 1, 10) == 200
+    cost.measure(lambda passes: 1 / 0)  # measured once per session
+    assert cost.ratio == 50.0
 
 
 def test_passes_in_outputs(mlp, mlp_inputs):
@@ -153,15 +190,6 @@ def test_passes_text():
     assert adaptive_passes.parse_passes(" 12 ") == 12
     with pytest.raises(InputError, match="--passes must be a whole number or 'auto', got '1.5'"):
         adaptive_passes.parse_passes("1.5")
-
-
-ROOT = MODELS.parent
-
-
-def run_cli(*args):
-    import subprocess
-
-    return subprocess.run([sys.executable, "cli.py", *map(str, args)], cwd=ROOT, capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("flags, message", [
