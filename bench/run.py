@@ -237,20 +237,23 @@ def mcdrop_graph(session, passes):
 def work(model):
     """Per input row: FLOPs before the first Dropout, FLOPs after it, dropout-masked elements.
 
-    FLOPs are 2 * multiply-adds of Dense and Conv layers (kernel size times output positions).
-    The shipped models are Sequential, so layer order is graph order: mcdrop runs the layers
-    before the first Dropout on B rows and the rest on T*B rows (docs/DESIGN.md). Their Dropout
-    layers have no noise_shape, so each masks its whole input.
+    FLOPs are 2 * multiply-adds of Dense, Conv and DepthwiseConv layers (kernel size times output
+    positions). The models here are Sequential, or a nested base followed by Dropout and Dense
+    (bench/subjects.py), so the order of the flattened layers is graph order around the dropouts:
+    mcdrop runs the layers before the first Dropout on B rows and the rest on T*B rows
+    (docs/DESIGN.md). Their Dropout layers have no noise_shape, so each masks its whole input.
     """
     import keras
 
     before = after = masked = 0
     seen_dropout = False
-    for layer in model.layers:
+    kinds = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+             keras.layers.DepthwiseConv2D)
+    for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, keras.layers.Dropout):
             seen_dropout = True
             masked += int(np.prod(layer.output.shape[1:]))
-        elif isinstance(layer, (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)):
+        elif isinstance(layer, kinds):
             flops = 2 * int(np.prod(layer.kernel.shape)) * int(np.prod(layer.output.shape[1:-1]))
             if seen_dropout:
                 after += flops
