@@ -66,13 +66,25 @@ def draws(session, x: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     """{samples output name: [DRAWS, batch, ...]} from the moment graph, ROWS_PER_RUN inputs a run."""
     names = [PREFIX + name for name in session._samples]
     batch = len(next(iter(x.values())))
-    runs = [session._run({k: v[start:start + ROWS_PER_RUN] for k, v in x.items()}, 1, True, names)
+    moments = _moment_session(session, names)
+    runs = [session._run({k: v[start:start + ROWS_PER_RUN] for k, v in x.items()}, 1, True, names, moments)
             for start in range(0, batch, ROWS_PER_RUN)]
     found = {name[len(PREFIX):]: np.concatenate([run[name] for run in runs], axis=1) for name in names}
     for name, value in found.items():
         if not np.isfinite(value).all():
             raise ModelRunError(f"{session.path}: the analytic graph gave NaN or infinite values for finite inputs")
     return found
+
+
+def _moment_session(session, names):
+    """A session of the file cut to the moment graph's outputs, created on the first analytic predict:
+    onnxruntime runs every node of a graph, so the whole file would also run its Monte Carlo part
+    once per analytic run (a third of the shipped CNN's analytic time; BENCHMARKS.md: Analytic mode)."""
+    with session._lock:
+        if session._analytic_session is None:
+            session._analytic_session, _ = session._create_session(
+                session._model_bytes, 0, session.settings.device, session.threads, names)
+        return session._analytic_session
 
 
 def predict(session, x: Dict[str, np.ndarray], rules: Sequence, top_k: int = 3) -> dict:

@@ -21,7 +21,7 @@ from . import adaptive_passes, analytic, litert_engine, openvino_engine, portabl
 from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, pass_starts
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
-from .format import mask_sets, members as format_members, seeds
+from .format import graph_outputs, mask_sets, members as format_members, seeds
 from .format.metadata import ModelInfo
 from .format.rules import MASKS_FROM_FORMAT
 from .measures import add_single_pass_scores
@@ -118,18 +118,19 @@ class MCSession:
         # The GPU draws in parallel inside one session; a portable file draws nothing.
         self._planner = ChunkPlanner(self._info, self.max_chunk_bytes, self.threads, len(model_bytes),
                                      workers_allowed=self.provider == providers.CPU and self._info.portable is None)
-        # The bytes stay for the workers, created on the first predict that wants them.
-        self._model_bytes = model_bytes if self._planner.max_workers else None
+        # The bytes stay for the workers and the analytic mode's session, each created on first need.
+        self._model_bytes = model_bytes if self._planner.max_workers or "analytic" in self._info.metadata else None
         self._workers: List = []
+        self._analytic_session = None  # runtime/analytic.py: the moment graph alone
         self._executors: List[ThreadPoolExecutor] = []
         self._parallel_predicts = 0
         self._lock = threading.Lock()
         self._run_count = 0
 
-    def _create_session(self, model_bytes: bytes, stream: int, device: str,
-                        threads: int) -> Tuple["ort.InferenceSession", ModelInfo]:
-        """A session and what its file says; its seeds are stream `stream` of the session's seed
-        (0: the main session, 1 and on: the workers)."""
+    def _create_session(self, model_bytes: bytes, stream: int, device: str, threads: int,
+                        outputs: Sequence[str] = ()) -> Tuple["ort.InferenceSession", Optional[ModelInfo]]:
+        """A session and what its file says; its seeds are stream `stream` of the session's seed (0: the main
+        session, 1 and on: the workers). outputs: the graph cut to these (format/graph_outputs.py), no ModelInfo."""
         if self._parsed is None:  # LiteRT engine: a portable file, no seed to rewrite
             session = litert_engine.create_session(model_bytes, self.path, threads)
             text = litert_engine.read_metadata(model_bytes, self.path)  # once LiteRT has verified the flatbuffer
@@ -139,6 +140,7 @@ class MCSession:
                                      "'portable' entry")
             return session, info
         model_bytes, _ = seeds.rewrite_seeds(model_bytes, self._entropy, stream, SEED_STREAMS, self._parsed)
+        model_bytes = graph_outputs.keep_outputs(model_bytes, outputs) if outputs else model_bytes
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads
@@ -157,7 +159,7 @@ class MCSession:
                 raise DeviceError(f"{self.path}: could not start worker session {stream} "
                                   f"({first_line(err)}); use threads=1") from None
             raise load_error(err, self.path) from None
-        return session, model_info(session, self._parsed, self.path, self.limits)
+        return session, None if outputs else model_info(session, self._parsed, self.path, self.limits)
 
     def _workers_for(self, wanted: int) -> List:
         """The first `wanted` workers, created (with their threads) on first need."""
@@ -222,10 +224,8 @@ class MCSession:
                                 dropout, run_plan.FLAGS if flags else run_plan.ARGUMENTS, **auto)
 
     def predict(self, x, passes: Optional[int] = None, dropout: bool = True, threshold: Optional[float] = None,
-                thresholds: Optional[Sequence[float]] = None, top_k: int = 3,
-                keep_samples: bool = True,
-                progress: Optional[Callable[[int, int], None]] = None,
-                uncertain_if: Optional[str] = None, masks: Optional[str] = None,
+                thresholds: Optional[Sequence[float]] = None, top_k: int = 3, keep_samples: bool = True,
+                progress: Optional[Callable[[int, int], None]] = None, uncertain_if: Optional[str] = None, masks: Optional[str] = None,
                 mask_seed: Optional[int] = None, max_passes: Optional[int] = None, min_passes: Optional[int] = None,
                 method: str = "mc"):
         """Monte Carlo prediction for the batch `x` (already preprocessed, batch first): an array

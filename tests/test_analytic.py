@@ -18,6 +18,7 @@ from mcdrop.convert.analytic import normal_draws  # noqa: E402
 from mcdrop.convert.analytic_agreement import spearman  # noqa: E402
 from mcdrop.runtime import analytic  # noqa: E402
 from mcdrop.runtime.errors import InputError, ModelFileError  # noqa: E402
+from mcdrop.runtime.format.mask_sets import control_feeds  # noqa: E402
 from mcdrop.runtime.format.metadata_writer import metadata_of, write_metadata  # noqa: E402
 from mcdrop.runtime.session import MCSession  # noqa: E402
 
@@ -77,6 +78,20 @@ def test_analytic_predict_is_one_run_close_to_mc(files):
     for name in ("predictive_entropy", "expected_entropy", "variation_ratio", "confidence"):
         assert got.measures[name].shape == (len(x),)
     assert (got.measures["mutual_information"] >= 0).all() and got.variance.shape == got.mean.shape
+
+
+def test_the_analytic_run_is_the_files_moment_graph_alone(files):
+    """The analytic run gives the file's own analytic outputs, from a session of the graph cut to
+    them: on the whole file each analytic run would also run the Monte Carlo part once."""
+    import onnxruntime as ort
+
+    session = MCSession(files["vouched"], verify=False)
+    x = np.load(files["inputs"])
+    got = session.predict(x, method="analytic")
+    whole = ort.InferenceSession(str(files["vouched"]), providers=["CPUExecutionProvider"])
+    feeds = {session.input_names[0]: x, **control_feeds(1, True, None, session.info.mask_layout.floats_per_pass)}
+    np.testing.assert_allclose(got.mean, whole.run([analytic.PREFIX + "samples"], feeds)[0].mean(0), atol=1e-5)
+    assert [output.name for output in session._analytic_session.get_outputs()] == [analytic.PREFIX + "samples"]
 
 
 def test_the_moment_graph_needs_no_random_node_and_mc_runs_skip_it(files):

@@ -62,6 +62,41 @@ def test_random_nodes_inside_subgraphs_are_found(tmp_path):
     assert [(n.name, n.seed) for n in parsed.random_nodes] == onnx_random_nodes(proto) == [("inner_random", 5.0)] * 2
 
 
+def test_a_graph_cut_to_some_outputs_keeps_what_they_need_and_gives_the_same_values():
+    """runtime/format/graph_outputs.py against the onnx package and onnxruntime: the cut graph declares
+    the kept output alone and holds only the nodes and initializers it needs (an If's branch reading a
+    value from outside included); an initializer listed as a graph input stays, so the feeds do not change."""
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    from mcdrop.runtime.format.graph_outputs import keep_outputs
+
+    def branch(op):
+        return helper.make_graph([helper.make_node(op, ["h"], ["y"])], op, [],
+                                 [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+
+    values = {"w": [1.0, 2.0], "v": [3.0, 4.0], "u": [5.0, 6.0]}
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "w"], ["h"], name="add"),
+         helper.make_node("If", ["c"], ["a"], name="if", then_branch=branch("Identity"), else_branch=branch("Neg")),
+         helper.make_node("RandomUniformLike", ["x"], ["r"], name="random", seed=1.0),
+         helper.make_node("Mul", ["r", "v"], ["b"], name="mul")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("c", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("u", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2]) for name in ("a", "b")],
+        [numpy_helper.from_array(np.array(v, np.float32), name) for name, v in values.items()])
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    proto.metadata_props.add(key="kept", value="as it was")
+    cut = onnx.load_from_string(keep_outputs(proto.SerializeToString(), ["a"]))
+    onnx.checker.check_model(cut)
+    assert [o.name for o in cut.graph.output] == ["a"] and [n.name for n in cut.graph.node] == ["add", "if"]
+    assert sorted(t.name for t in cut.graph.initializer) == ["u", "w"]
+    assert [i.name for i in cut.graph.input] == ["x", "c", "u"] and cut.metadata_props[0].value == "as it was"
+    feeds = {"x": np.array([0.5, -1.0], np.float32), "c": np.array(False)}
+    whole, alone = (ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]) for p in (proto, cut))
+    np.testing.assert_array_equal(alone.run(["a"], feeds)[0], whole.run(["a"], feeds)[0])
+
+
 def test_bytes_that_look_like_a_seed_outside_the_graph_nodes_are_not_seeds(tmp_path):
     proto = onnx.load(build_toy_model(tmp_path / "toy.onnx", sealed=False))
     marker = b"\x0a\x04seed\x15" + np.float32(42.0).tobytes()
