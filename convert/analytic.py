@@ -178,10 +178,14 @@ class _Walk:
 
         names = list(self.inner)
         then = helper.make_graph(nodes, PREFIX + "moments", [], [value(self.inner[n], None) for n in names])
-        empty = [helper.make_node("Constant", [], [self.inner[n] + "/none"], name=self.inner[n] + "/none",
-                                  value=helper.make_tensor(self.inner[n] + "/none", TensorProto.FLOAT,
-                                                           [0, 0, *self.dims[n]], []))
-                 for n in names]
+        # ConstantOfShape: OpenVINO reads an empty Constant [0, 0, ...] as a scalar, and refuses an
+        # If whose branches differ in rank.
+        empty = [node for n in names for node in (
+            helper.make_node("Constant", [], [self.inner[n] + "/none_shape"], name=self.inner[n] + "/none_shape",
+                             value=helper.make_tensor(self.inner[n] + "/none_shape", TensorProto.INT64,
+                                                      [2 + len(self.dims[n])], [0, 0, *self.dims[n]])),
+            helper.make_node("ConstantOfShape", [self.inner[n] + "/none_shape"], [self.inner[n] + "/none"],
+                             name=self.inner[n] + "/none"))]
         otherwise = helper.make_graph(empty, PREFIX + "none", [], [value(self.inner[n] + "/none", None) for n in names])
         ints = {name: self.constant(np.array(v, np.int64), name) for name, v in (("zero_rows", 0), ("one_pass", 1))}
         test = [helper.make_node("Size", ["masks"], [PREFIX + "mask_floats"], name=PREFIX + "mask_floats"),

@@ -37,6 +37,30 @@ def test_same_samples_as_onnxruntime(name, portable_cnn):
         assert np.max(np.abs(got.samples - want.samples)) <= TOLERANCE
 
 
+def test_a_file_with_analytic_outputs_runs_both_modes(tmp_path):
+    """convert --analytic's If compiles on OpenVINO's CPU plugin (its branches agree in rank), and
+    both modes give onnxruntime's values."""
+    pytest.importorskip("openvino")
+    onnx = pytest.importorskip("onnx")
+    from mcdrop.convert import convert_analytic
+    from mcdrop.runtime.format.metadata_writer import metadata_of, write_metadata
+
+    x = np.random.default_rng(0).random((6, 784), dtype=np.float32)
+    np.save(tmp_path / "inputs.npy", x)
+    convert_analytic(MODELS / "mlp.onnx", tmp_path / "analytic.onnx", tmp_path / "inputs.npy", reference_passes=50)
+    proto = onnx.load(tmp_path / "analytic.onnx")
+    meta = metadata_of(proto)
+    meta["analytic"]["agreement"].update(max_abs_mean_gap=0.0, spearman_mutual_information=1.0)  # allow the mode
+    write_metadata(proto, meta)
+    onnx.save(proto, tmp_path / "vouched.onnx")
+    reference, engine = (MCSession(tmp_path / "vouched.onnx", seed=2, verify=False, device=device)
+                         for device in ("cpu", "openvino"))
+    assert engine.provider == "OpenVINO"
+    for options in (dict(passes=10), dict(method="analytic")):
+        np.testing.assert_allclose(engine.predict(x, **options).mean, reference.predict(x, **options).mean,
+                                   atol=TOLERANCE)
+
+
 def test_cli_infer_device_openvino():
     pytest.importorskip("openvino")
     from typer.testing import CliRunner
