@@ -18,6 +18,7 @@ from test_adaptive_passes import inputs
 LIB = (EXAMPLES / "lib" / "mcdrop.mjs").as_uri()
 CNN = ROOT / "models" / "cnn.onnx"
 MAX_PASSES, MASK_SEED = 60, 1
+LOOK_AHEAD = (0, 30, 10**9)  # fixedCost: what a run's fixed part costs, in passes
 
 # Reads {x: flat float32 list, dims, options: [predict options...]} on stdin; prints per options
 # entry the results' [label, uncertain, passes, mutual_information] or {error}.
@@ -30,15 +31,20 @@ const request = JSON.parse(readFileSync(0, "utf8"));
 const bytes = readFileSync("{CNN.as_posix()}");
 const {{ metadata }} = readModelFile(bytes);
 const session = await ort.InferenceSession.create(bytes);
+let calls = 0;
+const run = session.run.bind(session);
+session.run = (...args) => {{ calls += 1; return run(...args); }};
 const x = {{ data: Float32Array.from(request.x), dims: request.dims }};
-const out = {{ schedule: schedule(10, 200), runs: [] }};
+const out = {{ schedule: schedule(10, 200), runs: [], calls: [] }};
 for (const options of request.options) {{
+  calls = 0;
   try {{
     const found = await predict(ort, session, x, metadata, options);
     out.runs.push(found.map((r) => [r.index, r.uncertain, r.passes, r.mutual_information]));
   }} catch (err) {{
     out.runs.push({{ error: err.message }});
   }}
+  out.calls.push(calls);
 }}
 process.stdout.write(JSON.stringify(out));
 """
@@ -51,7 +57,9 @@ def found():
     options = [dict(passes="auto", maxPasses=MAX_PASSES, maskSeed=MASK_SEED),
                dict(passes=12, maskSeed=MASK_SEED),
                dict(passes="auto", maxPasses=0), dict(passes="auto", maxPasses=10, minPasses=20),
-               dict(passes=10, maxPasses=20)]
+               dict(passes=10, maxPasses=20), dict(passes="auto", maxPasses=MAX_PASSES, fixedCost=-1)]
+    # The same auto run with its runs looking ahead: none, a few rounds, straight to maxPasses.
+    options += [dict(passes="auto", maxPasses=MAX_PASSES, maskSeed=MASK_SEED, fixedCost=cost) for cost in LOOK_AHEAD]
     done = run_node(["--input-type=module", "-e", PREDICT_HOOK],
                     input=json.dumps(dict(x=x.reshape(-1).tolist(), dims=list(x.shape), options=options)))
     assert done.returncode == 0, done.stderr
@@ -80,6 +88,19 @@ def test_js_schedule_and_fixed_passes(found):
 
 def test_js_bad_values(found):
     _, out = found
-    assert [run["error"] for run in out["runs"][2:]] == [
+    assert [run["error"] for run in out["runs"][2:6]] == [
         "maxPasses must be an integer >= 1, got 0", "minPasses 20 is more than maxPasses 10",
-        'maxPasses and minPasses are for passes "auto"']
+        'maxPasses, minPasses and fixedCost are for passes "auto"', "fixedCost must be a number >= 0, got -1"]
+
+
+def test_js_runs_that_look_ahead_change_no_inputs_passes_or_result(found):
+    """As in Python (test_adaptive_passes.py): however far a run looks ahead (none, a few rounds,
+    straight to maxPasses), each input stops where the rounds alone stop it, with the same values;
+    only the number of runs changes. The first auto predict of the session measured the cost first
+    (PROBE_REPEATS runs at each of two pass counts)."""
+    _, out = found
+    plain, ahead, whole = out["runs"][6:9]
+    assert plain == ahead == whole == out["runs"][0]
+    rounds = adaptive_passes.schedule(10, MAX_PASSES).index(max(row[2] for row in plain)) + 1
+    assert out["calls"][6] == rounds and out["calls"][8] == 1 and 1 < out["calls"][7] < rounds
+    assert 2 * 3 + 1 <= out["calls"][0] <= 2 * 3 + rounds

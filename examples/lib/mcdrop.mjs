@@ -1088,6 +1088,39 @@ export const UNSEEN_DISSENT = 0.25;
 export const DEFAULT_MIN_PASSES = 10;
 export const GROWTH = 1.25;
 
+// A run that costs more for its fixed part (the layers before the first dropout, the call itself)
+// than for its passes also computes later rounds' passes (RoundCost in Python): measured once per
+// session, in passes, the best of PROBE_REPEATS runs of one input at 1 and PROBE_PASSES passes.
+// Decisions stay at the schedule's points, so passes and results do not change.
+export const PROBE_PASSES = 16;
+export const PROBE_REPEATS = 3;
+const fixedCosts = new WeakMap();
+
+async function fixedCostOf(ort, session, row, metadata) {
+  if (!fixedCosts.has(session)) {
+    const best = async (count) => {
+      const inputs = feeds(ort, [row], { passes: count, masks: maskSet(metadata, 0, { count }) }, metadata);
+      let found = Infinity;
+      for (let i = 0; i < PROBE_REPEATS; i++) {
+        const start = performance.now();
+        await session.run(inputs);
+        found = Math.min(found, performance.now() - start);
+      }
+      return found;
+    };
+    const one = await best(1), perPass = (await best(PROBE_PASSES) - one) / (PROBE_PASSES - 1);
+    fixedCosts.set(session, perPass <= 0 ? Infinity : Math.max(one - perPass, 0) / perPass);
+  }
+  return fixedCosts.get(session);
+}
+
+/** The schedule point a run from pass `computed` reaches: counts[i] at least, further while the
+ * run's fixed part costs more than the passes it adds (fixedCost in passes; 0: one run a round). */
+export function lookAhead(counts, i, computed, fixedCost) {
+  if (!fixedCost) return counts[i];
+  return counts.slice(i).find((count) => count - computed >= fixedCost) ?? counts[counts.length - 1];
+}
+
 /** The pass counts after each round: minPasses, x GROWTH (at least one more), ending at maxPasses. */
 export function schedule(minPasses, maxPasses) {
   const counts = [minPasses];
@@ -1166,17 +1199,20 @@ function rowsOf(x) {
 /**
  * Run a categorical mcdrop file with shared masks and summarize: passes (a count, default the
  * file's default_passes) or "auto" with maxPasses (default the file's default_passes) and minPasses
- * (default DEFAULT_MIN_PASSES, at most maxPasses); maskSeed (default 0); rule as summarize takes it.
+ * (default DEFAULT_MIN_PASSES, at most maxPasses); maskSeed (default 0); rule as summarize takes it;
+ * fixedCost: what a run's fixed part costs in passes (default: measured once per session; above).
  * Each result is summarize's plus `passes`: the passes its input ran. With "auto", each input runs
  * rounds until settled (above). A calibrated file's single-pass scores come from one plain run
  * (singlePassOutputs), as in Python.
  * Deterministic for a mask seed, whatever the batch, and equal to the Python runtime's
  * predict(passes="auto") in each input's passes.
  */
-export async function predict(ort, session, x, metadata, { passes, maxPasses, minPasses, maskSeed = 0, rule } = {}) {
+export async function predict(ort, session, x, metadata, { passes, maxPasses, minPasses, maskSeed = 0, rule, fixedCost } = {}) {
   if (!maskLayout(metadata) || metadata.portable) throw new Error("predict runs a shared mask set: this file takes none");
   if (passes !== "auto") {
-    if (maxPasses !== undefined || minPasses !== undefined) throw new Error("maxPasses and minPasses are for passes \"auto\"");
+    if (maxPasses !== undefined || minPasses !== undefined || fixedCost !== undefined) {
+      throw new Error("maxPasses, minPasses and fixedCost are for passes \"auto\"");
+    }
     const count = checkPasses(passes ?? metadata.default_passes);
     const masks = maskSet(metadata, maskSeed, { count });
     const outputs = { ...await session.run(feeds(ort, x, { passes: count, masks }, metadata)),
@@ -1196,11 +1232,15 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
   const plain = await singlePassOutputs(ort, session, x, metadata);
   const singlePass = rows.map((_, b) => Object.fromEntries(Object.entries(plain).map(
     ([name, found]) => [name.slice(output.prefix.length), found.data[b]])));
-  let active = rows.map((_, b) => b), done = 0;
-  const samplesOf = (b) => { // input b's passes so far as a [T, 1, C] samples output
-    const C = passRows[b][0].length, T = passRows[b].length;
+  if (fixedCost !== undefined && !(fixedCost >= 0)) throw new Error(`fixedCost must be a number >= 0, got ${fixedCost}`);
+  const counts = schedule(low, high);
+  const cost = fixedCost ?? await fixedCostOf(ort, session, rows[0], metadata);
+  const taken = rows.map(() => 0); // per input: the passes it counts (a run may have computed more)
+  let active = rows.map((_, b) => b), computed = 0;
+  const samplesOf = (b) => { // input b's first taken[b] passes as a [T, 1, C] samples output
+    const C = passRows[b][0].length, T = taken[b];
     const data = new Float32Array(T * C);
-    passRows[b].forEach((row, t) => data.set(row, t * C));
+    passRows[b].slice(0, T).forEach((row, t) => data.set(row, t * C));
     return { data, dims: [T, 1, C] };
   };
   const summaryOf = (b) => {
@@ -1208,15 +1248,19 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
     for (const [name, value] of Object.entries(singlePass[b])) outputs[`${output.prefix}${name}`] = { data: [value] };
     return summarize(outputs, metadata, { rule: effective })[0];
   };
-  for (const count of schedule(low, high)) {
-    const masks = maskSet(metadata, maskSeed, { first: done, count: count - done });
-    const outputs = await session.run(feeds(ort, active.map((b) => rows[b]), { passes: count - done, masks }, metadata));
-    const samples = outputs[`${output.prefix}samples`];
-    const [T, B, C] = samples.dims.map(Number);
-    active.forEach((b, i) => {
-      for (let t = 0; t < T; t++) passRows[b].push(samples.data.slice((t * B + i) * C, (t * B + i + 1) * C));
-    });
-    done = count;
+  for (const [round, count] of counts.entries()) {
+    if (count > computed) {
+      const target = lookAhead(counts, round, computed, cost);
+      const masks = maskSet(metadata, maskSeed, { first: computed, count: target - computed });
+      const outputs = await session.run(feeds(ort, active.map((b) => rows[b]), { passes: target - computed, masks }, metadata));
+      const samples = outputs[`${output.prefix}samples`];
+      const [T, B, C] = samples.dims.map(Number);
+      active.forEach((b, i) => {
+        for (let t = 0; t < T; t++) passRows[b].push(samples.data.slice((t * B + i) * C, (t * B + i + 1) * C));
+      });
+      computed = target;
+    }
+    for (const b of active) taken[b] = count;
     if (count === high) break;
     active = active.filter((b) => {
       const { data, dims: [T, , C] } = samplesOf(b);
@@ -1226,7 +1270,7 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
     });
     if (!active.length) break;
   }
-  const results = rows.map((_, b) => ({ ...summaryOf(b), passes: passRows[b].length }));
+  const results = rows.map((_, b) => ({ ...summaryOf(b), passes: taken[b] }));
   results.ruleText = effective.text;
   results.ruleSource = effective.source;
   return results;
