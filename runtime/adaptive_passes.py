@@ -102,13 +102,15 @@ class RoundCost:
     def __init__(self):
         self.ratio: Optional[float] = None  # fixed part / one pass
 
-    def measure(self, run_one: Callable[[int], object]) -> None:
-        """run_one(passes) runs one input; the best time resists a slow spell of a shared machine."""
-        if self.ratio is not None:
+    def measure(self, run_one: Callable[[int], object], max_passes: int) -> None:
+        """run_one(passes) runs one input, at most max_passes (the run's mask rows and limits stop
+        there); the best time resists a slow spell of a shared machine. With max_passes 1 there is
+        nothing to look ahead to: left unmeasured."""
+        probe = min(self.PROBE_PASSES, max_passes)
+        if self.ratio is not None or probe < 2:
             return
-        one, many = (min(_seconds(run_one, passes) for _ in range(self.PROBE_REPEATS))
-                     for passes in (1, self.PROBE_PASSES))
-        per_pass = (many - one) / (self.PROBE_PASSES - 1)
+        one, many = (min(_seconds(run_one, passes) for _ in range(self.PROBE_REPEATS)) for passes in (1, probe))
+        per_pass = (many - one) / (probe - 1)
         self.ratio = float("inf") if per_pass <= 0 else max(one - per_pass, 0.0) / per_pass
 
     def target(self, counts: Sequence[int], needed: int, computed: int) -> int:
@@ -130,7 +132,8 @@ def run_rounds(run: Callable[[np.ndarray, int, int], Dict[str, np.ndarray]], bat
     """Run the rounds: run(inputs, first pass, count) gives {name: samples [count, len(inputs), ...]};
     settled(samples so far of `inputs`, inputs) gives bool [len(inputs)]. Returns ({name: samples
     [max_passes, batch, ...], unrun passes left as zeros}, passes per input). With `cost`, a run may
-    compute the passes of later rounds too (RoundCost)."""
+    compute the passes of later rounds too (RoundCost): an input's samples past its passes are then
+    computed but not counted."""
     store: Dict[str, np.ndarray] = {}
     passes = np.zeros(batch, np.int64)
     active, computed = np.arange(batch), 0
@@ -165,7 +168,7 @@ def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None, co
                                       for prediction in found.values()])
 
     if cost is not None:
-        cost.measure(lambda count: run(np.arange(1), 0, count))
+        cost.measure(lambda count: run(np.arange(1), 0, count), auto.max_passes)
     store, passes = run_rounds(run, batch, auto, all_settled, progress, cost)
     groups = [np.flatnonzero(passes == count) for count in np.unique(passes)]
     parts = [predictions_of(lambda name, rows=rows: store[name][:passes[rows[0]], rows], keep=False)

@@ -106,17 +106,33 @@ def test_looking_ahead_changes_no_inputs_passes_or_result(mlp_inputs, ratio):
     assert len(set(want.input_passes)) > 1
 
 
+@pytest.mark.parametrize("max_passes", [1, 2, 5])
+def test_a_fresh_sessions_probe_stays_within_max_passes(mlp_inputs, max_passes):
+    """The first auto predict of a session measures the round cost with at most max_passes passes
+    (the mask rows it is given stop there), and gives what a session that does not look ahead gives."""
+    fresh = MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=1)
+    plain = MCSession(str(MODELS / "mlp.onnx"), seed=0, threads=1)
+    plain._round_cost.ratio = 0.0
+    got, want = (session.predict(mlp_inputs, passes="auto", max_passes=max_passes, min_passes=1, mask_seed=2)
+                 for session in (fresh, plain))
+    np.testing.assert_array_equal(got.input_passes, want.input_passes)
+    np.testing.assert_array_equal(got.mean, want.mean)
+    assert (fresh._round_cost.ratio is None) == (max_passes == 1)
+
+
 def test_round_cost_measures_the_fixed_part_in_passes():
     import time
 
     cost = adaptive_passes.RoundCost()
     assert cost.target([10, 12, 15, 200], 0, 0) == 10  # nothing measured: one run per round
-    cost.measure(lambda passes: time.sleep(0.02 + 0.002 * passes))  # fixed part 10 passes
+    cost.measure(lambda passes: 1 / 0, 1)  # nothing to look ahead to: no probe
+    assert cost.ratio is None
+    cost.measure(lambda passes: time.sleep(0.02 + 0.002 * passes), 200)  # fixed part 10 passes
     assert 5 < cost.ratio < 20
     cost.ratio = 50.0
     assert cost.target([10, 12, 15, 60, 75, 200], 1, 10) == 60  # the first point 50 passes on
     assert cost.target([10, 12, 15, 200], 1, 10) == 200
-    cost.measure(lambda passes: 1 / 0)  # measured once per session
+    cost.measure(lambda passes: 1 / 0, 200)  # measured once per session
     assert cost.ratio == 50.0
 
 

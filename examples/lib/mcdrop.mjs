@@ -1090,13 +1090,16 @@ export const GROWTH = 1.25;
 
 // A run that costs more for its fixed part (the layers before the first dropout, the call itself)
 // than for its passes also computes later rounds' passes (RoundCost in Python): measured once per
-// session, in passes, the best of PROBE_REPEATS runs of one input at 1 and PROBE_PASSES passes.
+// session, in passes, the best of PROBE_REPEATS runs of one input at 1 and PROBE_PASSES passes
+// (maxPasses if fewer).
 // Decisions stay at the schedule's points, so passes and results do not change.
 export const PROBE_PASSES = 16;
 export const PROBE_REPEATS = 3;
 const fixedCosts = new WeakMap();
 
-async function fixedCostOf(ort, session, row, metadata) {
+async function fixedCostOf(ort, session, row, metadata, maxPasses) {
+  const probe = Math.min(PROBE_PASSES, maxPasses);
+  if (probe < 2) return 0; // nothing to look ahead to
   if (!fixedCosts.has(session)) {
     const best = async (count) => {
       const inputs = feeds(ort, [row], { passes: count, masks: maskSet(metadata, 0, { count }) }, metadata);
@@ -1108,7 +1111,7 @@ async function fixedCostOf(ort, session, row, metadata) {
       }
       return found;
     };
-    const one = await best(1), perPass = (await best(PROBE_PASSES) - one) / (PROBE_PASSES - 1);
+    const one = await best(1), perPass = (await best(probe) - one) / (probe - 1);
     fixedCosts.set(session, perPass <= 0 ? Infinity : Math.max(one - perPass, 0) / perPass);
   }
   return fixedCosts.get(session);
@@ -1226,15 +1229,15 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
   const low = minPasses === undefined ? Math.min(DEFAULT_MIN_PASSES, high) : minPasses;
   if (!Number.isSafeInteger(low) || low < 1) throw new Error(`minPasses must be an integer >= 1, got ${minPasses}`);
   if (low > high) throw new Error(`minPasses ${low} is more than maxPasses ${high}`);
+  if (fixedCost !== undefined && !(fixedCost >= 0)) throw new Error(`fixedCost must be a number >= 0, got ${fixedCost}`);
   const output = metadata.outputs[0], effective = ruleFor(metadata, rule);
   const rows = rowsOf(x);
   const passRows = rows.map(() => []); // per input: its passes' probabilities, one Float32Array each
   const plain = await singlePassOutputs(ort, session, x, metadata);
   const singlePass = rows.map((_, b) => Object.fromEntries(Object.entries(plain).map(
     ([name, found]) => [name.slice(output.prefix.length), found.data[b]])));
-  if (fixedCost !== undefined && !(fixedCost >= 0)) throw new Error(`fixedCost must be a number >= 0, got ${fixedCost}`);
   const counts = schedule(low, high);
-  const cost = fixedCost ?? await fixedCostOf(ort, session, rows[0], metadata);
+  const cost = fixedCost ?? await fixedCostOf(ort, session, rows[0], metadata, high);
   const taken = rows.map(() => 0); // per input: the passes it counts (a run may have computed more)
   let active = rows.map((_, b) => b), computed = 0;
   const samplesOf = (b) => { // input b's first taken[b] passes as a [T, 1, C] samples output
