@@ -97,6 +97,24 @@ def test_a_graph_cut_to_some_outputs_keeps_what_they_need_and_gives_the_same_val
     np.testing.assert_array_equal(alone.run(["a"], feeds)[0], whole.run(["a"], feeds)[0])
 
 
+def test_a_graph_cut_keeps_a_producer_listed_after_its_consumer():
+    """onnxruntime loads a graph whose nodes are not sorted; the cut keeps what the output needs anyway."""
+    import onnxruntime as ort
+
+    from mcdrop.runtime.format.graph_outputs import keep_outputs
+
+    graph = helper.make_graph(
+        [helper.make_node("Neg", ["t"], ["h"], name="neg"), helper.make_node("Mul", ["x", "x"], ["t"], name="mul"),
+         helper.make_node("Abs", ["x"], ["other"], name="abs")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [2]) for name in ("h", "other")])
+    cut = keep_outputs(helper.make_model(graph, ir_version=8, opset_imports=[helper.make_opsetid("", 17)])
+                       .SerializeToString(), ["h"])
+    assert [n.name for n in onnx.load_from_string(cut).graph.node] == ["neg", "mul"]
+    found = ort.InferenceSession(cut, providers=["CPUExecutionProvider"]).run(["h"], {"x": np.array([2, 3], np.float32)})
+    np.testing.assert_array_equal(found[0], [-4, -9])
+
+
 def test_bytes_that_look_like_a_seed_outside_the_graph_nodes_are_not_seeds(tmp_path):
     proto = onnx.load(build_toy_model(tmp_path / "toy.onnx", sealed=False))
     marker = b"\x0a\x04seed\x15" + np.float32(42.0).tobytes()

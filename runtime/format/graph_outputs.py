@@ -45,11 +45,14 @@ def _graph(view, span, outputs: Set[str]) -> bytes:
              if number == GRAPH_NODE and wire == LENGTH]
     inputs = {_value_info(view, value)[0] for number, wire, value, _, _ in fields
               if number == GRAPH_INPUT and wire == LENGTH}
-    needed, kept = set(outputs), set()
-    for start, node in reversed(nodes):  # a graph lists producers before consumers
-        if any(name in needed for name in node.outputs):
-            kept.add(start)
-            needed.update(reads(node))
+    needed, kept, grown = set(outputs), set(), True
+    while grown:  # one pass for a sorted graph (producers first); onnxruntime also loads unsorted ones
+        grown = False
+        for start, node in reversed(nodes):
+            if start not in kept and any(name in needed for name in node.outputs):
+                kept.add(start)
+                needed.update(reads(node))
+                grown = True
     found = []
     for number, wire, value, start, end in fields:
         if wire == LENGTH and (
