@@ -24,6 +24,7 @@ import numpy as np
 
 from ..runtime.analytic import PREFIX  # the reader's names are the writer's
 from ..runtime.errors import InputError, ModelFileError
+from ..export.onnx_edits import needed_nodes
 from .portable import MOVES, RANDOM_OPS
 # Gaussian draws of the last dropout's output that the suffix runs on (Latin hypercube): 512 moved
 # the MLP's held-out gap to MC T=1000 by 0.001 only (docs/DESIGN.md: Analytic mode).
@@ -159,13 +160,7 @@ class _Walk:
             self.step(node)
         for prefix, name in analytic_outputs(self.meta).items():
             self.output(prefix + "samples", name)
-        needed = set(self.inner.values())
-        kept = []
-        for node in reversed(self.added):
-            if any(out in needed for out in node.output):
-                kept.append(node)
-                needed.update(node.input)
-        self.graph.node.extend(self.branch(list(reversed(kept))))
+        self.graph.node.extend(self.branch(needed_nodes(self.added, self.inner.values())[0]))
 
     def branch(self, nodes: list) -> list:
         """onnxruntime runs every node of a graph whatever outputs a run asks for: the moment graph

@@ -10,15 +10,22 @@ def reads(node):
     return names
 
 
-def prune(graph) -> None:
-    """Drop the nodes no graph output needs, then the initializers and value infos nothing reads, in
-    place. The kept messages are copied before the fields are cleared, which frees the originals."""
-    needed, kept = {value.name for value in graph.output}, []
-    for node in reversed(graph.node):
+def needed_nodes(nodes, names):
+    """The nodes of the sorted list `nodes` that `names` need, in order, and the set of every name
+    they or `names` read."""
+    needed, kept = set(names), []
+    for node in reversed(nodes):
         if any(out in needed for out in node.output):
             kept.append(node)
             needed.update(reads(node))
-    nodes = [_copy(node) for node in reversed(kept)]
+    return kept[::-1], needed
+
+
+def prune(graph) -> None:
+    """Drop the nodes no graph output needs, then the initializers and value infos nothing reads, in
+    place. The kept messages are copied before the fields are cleared, which frees the originals."""
+    kept, needed = needed_nodes(graph.node, [value.name for value in graph.output])
+    nodes = [_copy(node) for node in kept]
     initializers = [_copy(t) for t in graph.initializer if t.name in needed]
     infos = [_copy(v) for v in graph.value_info if v.name in needed]
     del graph.node[:], graph.initializer[:], graph.value_info[:]
