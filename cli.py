@@ -37,7 +37,7 @@ LIMIT_OPTION = typer.Option([], "--limit", help="Raise a bound, NAME=VALUE, repe
                             "image_pixels, metadata_kb, tensor_mb, threads (README: Trust model).")
 DEVICE_OPTION = typer.Option("auto", help="auto, cpu, cuda or openvino (openvino:bf16 lets it compute in bf16).")
 THREADS_OPTION = typer.Option(None, help="CPU threads [default: every core this process may use].")
-MAX_CHUNK_OPTION = typer.Option(256, help="Largest activation memory of one run, MiB.")
+MAX_CHUNK_OPTION = typer.Option(None, help="Largest activation memory of one run, MiB [default: 256 on CPU, 4096 on CUDA].")
 NO_VERIFY_OPTION = typer.Option(False, "--no-verify", help="Load a file whose integrity checksum is missing or wrong.")
 PASSES_OPTION = typer.Option(None, help="Monte Carlo passes T, or auto (README: Adaptive passes) [default: the model's].")
 MAX_PASSES_OPTION = typer.Option(None, help="--passes auto: at most this many passes [default: the model's passes].")
@@ -47,10 +47,10 @@ EXTERNAL_DATA_OPTION = typer.Option(False, "--allow-external-data",
                                     help="Read tensors stored in other files, from the model's own folder only.")
 # The flags that make a command's SessionSettings, declared once (see takes_settings).
 SESSION_FLAGS = {"device": (str, DEVICE_OPTION), "threads": (Optional[int], THREADS_OPTION),
-                 "max_chunk_mb": (float, MAX_CHUNK_OPTION), "limit": (List[str], LIMIT_OPTION),
+                 "max_chunk_mb": (Optional[float], MAX_CHUNK_OPTION), "limit": (List[str], LIMIT_OPTION),
                  "no_verify": (bool, NO_VERIFY_OPTION), "allow_external_data": (bool, EXTERNAL_DATA_OPTION)}
 
-app = typer.Typer(help=__doc__.splitlines()[0], add_completion=False, no_args_is_help=True,
+app = typer.Typer(help=__doc__.splitlines()[0], add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_show_locals=False)
 
 

@@ -19,6 +19,10 @@ ARENA_GROWTH = 2.5
 # temporaries); DESIGN.md: Session internals.
 SAMPLE_COPIES = 8
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
+# On CUDA a run's activations live in the GPU's memory and every run has a fixed cost: the CPU's
+# bound split the shipped CNN's T=50 B=32 predict into 16 runs, 5x slower than one run (which held
+# 2 GiB of an H200's memory); DESIGN.md: Session internals.
+CUDA_MAX_CHUNK_BYTES = 4 * 2**30
 # A worker session's copy of the weights and kernel buffers, in model-file sizes, and the share of
 # max_chunk_bytes all the copies may take; DESIGN.md: Session internals.
 SESSION_COPY = 3
@@ -37,6 +41,11 @@ MASK_SET_SHARE = 4
 MASK_COPIES = 3
 
 Plan = List[Tuple[slice, int]]
+
+
+def default_max_chunk_bytes(provider: str) -> int:
+    """The bound of a session whose settings name none, for the provider that runs it."""
+    return CUDA_MAX_CHUNK_BYTES if provider == "CUDAExecutionProvider" else DEFAULT_MAX_CHUNK_BYTES
 
 
 class ChunkPlanner:

@@ -20,6 +20,10 @@ from .errors import DeviceError
 DEVICES = ("auto", "cpu", "cuda")
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# Full float32 matrix products and convolutions on CUDA. onnxruntime's default TF32 moved the
+# shipped files' mean probabilities 4e-4 from the CPU's and changed passes="auto" decisions; off,
+# 2e-7, for up to 35% more time on an H200 (docs/DESIGN.md: Memory; BENCHMARKS.md: CUDA provider).
+CUDA_OPTIONS = {"use_tf32": "0"}
 # onnxruntime's FATAL level: its errors would also print straight to fd 2, beside the one line the
 # CLI prints for them; real failures still raise.
 QUIET_LOG_LEVEL = 4
@@ -48,7 +52,7 @@ def create_session(model_bytes: bytes, device: str, options: "ort.SessionOptions
     if device != "cpu" and cuda_listed:
         try:
             with quiet_stderr():
-                session = factory(model_bytes, sess_options=options, providers=[CUDA, CPU])
+                session = factory(model_bytes, sess_options=options, providers=[(CUDA, CUDA_OPTIONS), CPU])
         except Exception:
             if device == "cuda":
                 raise  # the model itself may be broken; the caller reports it

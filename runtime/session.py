@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from . import adaptive_passes, analytic, litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
-from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, pass_starts
+from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, default_max_chunk_bytes, pass_starts
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
 from .format import graph_outputs, mask_sets, members as format_members, seeds
@@ -37,10 +37,10 @@ SAMPLES = "samples"
 # A large predict on the main session gives its arena back afterwards, so that the workers that
 # take the next large predicts are given the whole bound (DESIGN.md: Session internals).
 SHRINK_MAIN_ARENA = ("memory.enable_memory_arena_shrinkage", "cpu:0")
-# Each session's CPU allocations come from an arena of its own capped at tensor_mb plus
-# ARENA_GROWTH x max_chunk_bytes (what a planned run peaks at), so that a tensor the checks before
-# the run could not see (tensor_bounds.py stops at operators it does not follow) is refused by
-# onnxruntime itself instead of taking the machine's memory. The weights are kept outside it.
+# Each session's CPU allocations come from an arena of its own capped at tensor_mb plus ARENA_GROWTH x
+# max_chunk_bytes (a planned run's peak; the CPU's bound under CUDA, whose runs are on the GPU), so that
+# a tensor the checks before the run could not see (tensor_bounds.py stops at operators it does not
+# follow) is refused by onnxruntime itself instead of taking the machine's memory. Weights are outside it.
 USE_ENV_ARENA = ("session.use_env_allocators", "1")
 WEIGHTS_OUTSIDE_ARENA = ("session.use_device_allocator_for_initializers", "1")
 # onnxruntime's refusal when the arena is full ("... Available memory of A is smaller than
@@ -91,7 +91,6 @@ class MCSession:
         self.path = str(path)
         self.settings = settings
         self.limits = limits = settings.limits
-        self.max_chunk_bytes = settings.max_chunk_bytes
         self.threads = settings.cores
         model_bytes = read_regular(self.path, limits.model_bytes, ModelFileError, "model file", "model_mb")
         if litert_engine.wants(self.path):  # LiteRT engine (runtime/litert_engine.py): a portable .tflite file
@@ -102,7 +101,7 @@ class MCSession:
         else:
             self._parsed, self._external_folder = checked_file(model_bytes, self.path, settings.verify,
                                                                settings.allow_external_data, limits)
-        self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * self.max_chunk_bytes)
+        self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * (settings.max_chunk_bytes or default_max_chunk_bytes(providers.CPU)))
         # One spread of seeds for all workers (see runtime/format/seeds.py), drawn from fresh entropy
         # when no seed is given.
         self._entropy = np.random.SeedSequence(settings.seed).entropy
@@ -112,6 +111,7 @@ class MCSession:
         self._mask_cache: Optional[Tuple[int, np.ndarray]] = None  # (seed, the set's first passes)
         self._round_cost = adaptive_passes.RoundCost()  # what passes="auto" runs cost here
         self._session, self._info = self._create_session(model_bytes, 0, settings.device, self.threads)
+        self.max_chunk_bytes = settings.max_chunk_bytes or default_max_chunk_bytes(self.provider)
         self._feeds = FeedChecks(self._info, self._parsed, limits, self.path)
         self._checked_feeds = self._feeds.checked
         self._samples = tuple(output.prefix + SAMPLES for output in self._info.model_outputs)

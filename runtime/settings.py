@@ -3,12 +3,10 @@ SessionOptions), then handed as one value to every session a command opens: the 
 Ray actors', calibrate's."""
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable, Optional
 
 from .checks import int_in_range, non_negative_int, positive_int
-from .chunk_plan import DEFAULT_MAX_CHUNK_BYTES
 from .errors import InputError
 from .limits import DEFAULT, Limits, usable_cores
 from .format.mask_sets import MAX_SEED
@@ -18,7 +16,8 @@ from .format.mask_sets import MAX_SEED
 class SessionSettings:
     """device: "auto", "cpu" or "cuda". seed: the session's seed (and default mask seed; None:
     fresh). threads: CPU threads (None or 0: every core this process may use). max_chunk_bytes:
-    the activation memory of the runs in flight at once. limits: the bounds on what a file or an
+    the activation memory of the runs in flight at once (None: 256 MiB on the CPU, 4 GiB on CUDA,
+    where runs are on the GPU; runtime/chunk_plan.py). limits: the bounds on what a file or an
     input may ask for. verify: refuse a file whose integrity checksum is missing or wrong.
     allow_external_data: read tensors stored in other files, from the model's own folder only.
     session_factory: stands in for onnxruntime.InferenceSession (tests)."""
@@ -26,7 +25,7 @@ class SessionSettings:
     device: str = "auto"
     seed: Optional[int] = None
     threads: Optional[int] = None
-    max_chunk_bytes: int = DEFAULT_MAX_CHUNK_BYTES
+    max_chunk_bytes: Optional[int] = None
     limits: Limits = DEFAULT
     verify: bool = True
     allow_external_data: bool = False
@@ -35,7 +34,8 @@ class SessionSettings:
     def __post_init__(self):
         if not isinstance(self.limits, Limits):
             raise InputError(f"limits must be a Limits, got {self.limits!r}")
-        self._set("max_chunk_bytes", positive_int("max_chunk_bytes", self.max_chunk_bytes))
+        if self.max_chunk_bytes is not None:
+            self._set("max_chunk_bytes", positive_int("max_chunk_bytes", self.max_chunk_bytes))
         if self.threads is not None:
             self._set("threads", non_negative_int("threads (0: every core)", self.threads))
         if self.threads:
@@ -59,17 +59,17 @@ class SessionSettings:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def from_flags(cls, device: str = "auto", threads: Optional[int] = None, max_chunk_mb: float = 256,
+    def from_flags(cls, device: str = "auto", threads: Optional[int] = None, max_chunk_mb: Optional[float] = None,
                    limit: Iterable[str] = (), no_verify: bool = False, allow_external_data: bool = False,
                    seed: Optional[int] = None) -> "SessionSettings":
         """The settings the command line's flags ask for (--device, --threads, --max-chunk-mb,
         --limit NAME=VALUE, --no-verify, --allow-external-data, --seed); errors name the flags."""
         limits = Limits.parse(limit)
-        if not 0 < max_chunk_mb < 2**40 or math.isnan(max_chunk_mb):
+        if max_chunk_mb is not None and not 0 < max_chunk_mb < 2**40:  # NaN fails the comparison too
             raise InputError(f"--max-chunk-mb must be > 0 and finite, got {max_chunk_mb}")
         if threads is not None and threads < 1:
             raise InputError(f"--threads must be >= 1, got {threads}")
         if seed is not None:
             int_in_range("--seed", seed, 0, MAX_SEED, "2**64 - 1")
-        return cls(device=device, seed=seed, threads=threads, max_chunk_bytes=max(1, int(max_chunk_mb * 2**20)),
+        return cls(device=device, seed=seed, threads=threads, max_chunk_bytes=None if max_chunk_mb is None else max(1, int(max_chunk_mb * 2**20)),
                    limits=limits, verify=not no_verify, allow_external_data=allow_external_data)

@@ -15,7 +15,7 @@ from mcdrop.runtime.format import seeds
 from mcdrop.runtime.errors import InputError, ModelFileError
 from mcdrop.runtime.limits import Limits
 from mcdrop.runtime.chunk_plan import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
-from mcdrop.runtime.chunk_plan import SESSION_COPY, WEIGHTS_SHARE
+from mcdrop.runtime.chunk_plan import CUDA_MAX_CHUNK_BYTES, SESSION_COPY, WEIGHTS_SHARE
 from mcdrop.runtime.feed_checks import RawPixelWarning
 from mcdrop.runtime.session import MCSession
 from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
@@ -306,6 +306,18 @@ def test_no_workers_where_they_do_not_pay(heavy_toy, case):
     for _ in range(2):
         session.predict(X, passes=8)
     assert factory.threads == [threads]
+
+
+def test_cuda_runs_take_the_gpus_bound_unless_one_is_given(heavy_toy):
+    # On CUDA the activations are in the GPU's memory and each run costs a fixed time: the CPU's bound
+    # would split a predict into many small runs (bench/cuda.py).
+    cuda = MCSession(heavy_toy, session_factory=CountingFactory(claim_cuda=True))
+    cpu = MCSession(heavy_toy, device="cpu")
+    assert (cuda.max_chunk_bytes, cpu.max_chunk_bytes) == (CUDA_MAX_CHUNK_BYTES, DEFAULT_BOUND)
+    given = MCSession(heavy_toy, max_chunk_bytes=DEFAULT_BOUND, session_factory=CountingFactory(claim_cuda=True))
+    assert given.max_chunk_bytes == DEFAULT_BOUND
+    runs = [len(session.chunk_plan(64, 64)) for session in (cuda, given)]  # 4 MiB of activations per sample
+    assert runs[0] > 1 and runs[1] >= 8 * runs[0], runs  # bounds 16x apart
 
 
 # The model file --------------------------------------------------------------------------
