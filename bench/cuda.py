@@ -12,7 +12,9 @@ For each shipped file, on held-out digits, rotated digits, noise and blends of t
   CPU's (5 standard errors);
 - the analytic mode (converted with --analytic on other held-out inputs of the four kinds): the
   gap to the CPU's, and the provider its own moment session got under device "cuda" and "auto";
-- the median ms per predict at B=1, 32 and 256, T=50, on each provider.
+- the median ms per predict at B=1, 32 and 256, T=50, on each provider;
+- one predict under several run bounds, TF32 on and off, and cuDNN's two algorithm searches
+  (the choices runtime/providers.py and runtime/chunk_plan.py make on CUDA).
 Then `cli.py infer models/samples/digit_3.png --device cuda --json`, as a user runs it.
 
     python bench/cuda.py            # markdown tables; exit 1 if a check fails, 0 without a GPU
@@ -50,7 +52,7 @@ GAP = 1e-5
 INT8_GAP = 1e-3
 BATCHES, REPEATS, BUDGET_S = (1, 32, 256), 20, 3.0
 CHUNK_MB = (256, 1024, 4096, 16384)
-SECTIONS = ("parity", "analytic", "time", "chunks", "tf32", "cli")
+SECTIONS = ("parity", "analytic", "time", "chunks", "tf32", "search", "cli")
 failures = []
 device, expected = "cuda", CUDA  # main() sets the dry run's
 
@@ -207,6 +209,27 @@ def tf32(rows):
                          int(np.sum(got_auto.input_passes != auto.input_passes)), f"{ms[0]:.2f}", f"{ms[1]:.2f}"])
 
 
+def conv_search(rows):
+    """Each file under cuDNN's two algorithm searches: a predict, the deterministic pass, and the
+    T=50 run alone (run_raw). The calibrated file's predict alternates the two shapes."""
+    import onnxruntime as ort
+
+    def create(search):
+        def session(model_bytes, sess_options=None, providers=None):
+            options = {"use_tf32": "0", "cudnn_conv_algo_search": search}
+            providers = [(CUDA, options) if CUDA in (p, p[0]) else p for p in providers]
+            return ort.InferenceSession(model_bytes, sess_options=sess_options, providers=providers)
+        return session
+
+    x = subjects.as_input(subjects.kinds(8)["digits"], (28, 28, 1))
+    for search in ("EXHAUSTIVE", "HEURISTIC"):
+        for name in ("cnn", "cnn_calibrated"):
+            session = MCSession(ROOT / "models" / f"{name}.onnx", device=device, seed=0, session_factory=create(search))
+            rows.append([name, search, *(f"{median_ms(run):.2f}" for run in (
+                lambda: session.predict(x[:1], passes=PASSES, masks="shared", mask_seed=0),
+                lambda: session.predict(x[:1], dropout=False), lambda: session.run_raw(x[:1], passes=PASSES)))])
+
+
 def table(header, rows):
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
@@ -288,6 +311,11 @@ def main():
         print(f"## CUDA with TF32 on and off, against the CPU ({4 * PER_KIND} inputs, T={PASSES})\n")
         table(["file", "TF32", "max mean gap", "max variance gap", f"inputs whose auto passes differ (max {AUTO_MAX})",
                "ms at B=1", "ms at B=32"], rows)
+    if "search" in sections:
+        rows = []
+        conv_search(rows)
+        print(f"## cuDNN's convolution algorithm search (batch 1, T={PASSES})\n")
+        table(["file", "cudnn_conv_algo_search", "predict ms", "dropout=False ms", "run_raw ms"], rows)
     if "cli" in sections:
         cli_infer()
     print("failed: " + ("; ".join(failures) if failures else "none"))

@@ -22,8 +22,10 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # Full float32 matrix products and convolutions on CUDA. onnxruntime's default TF32 moved the
 # shipped files' mean probabilities 4e-4 from the CPU's and changed passes="auto" decisions; off,
-# 2e-7, for up to 35% more time on an H200 (docs/DESIGN.md: Memory; BENCHMARKS.md: CUDA provider).
-CUDA_OPTIONS = {"use_tf32": "0"}
+# 2e-7, for up to 35% more time on an H200. cuDNN's exhaustive search of convolution algorithms
+# reran whenever a run's shape changed (auto rounds, single-pass scores): 35 against 12 ms per
+# calibrated CNN predict. docs/DESIGN.md: Memory; BENCHMARKS.md: CUDA provider.
+CUDA_OPTIONS = {"use_tf32": "0", "cudnn_conv_algo_search": "HEURISTIC"}
 # onnxruntime's FATAL level: its errors would also print straight to fd 2, beside the one line the
 # CLI prints for them; real failures still raise.
 QUIET_LOG_LEVEL = 4
