@@ -40,6 +40,8 @@ GROWTH = 1.25
 # Regression has no label to settle: its mean is settled once its standard error is this
 # share of the predictive std or less.
 REGRESSION_SE_SHARE = 0.1
+# The standard error a rule's measure is judged by, where it is not the measure's own.
+ERROR_OF = {"one_minus_confidence": "confidence", "top_class_variance": "variance", "threshold_distance": "mean"}
 
 
 @dataclass(frozen=True)
@@ -163,7 +165,7 @@ def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None, co
     """{output name: Prediction} of passes="auto": run as run_rounds takes it; predictions_of(samples_of,
     keep) gives {output name: Prediction} of samples_of(samples name)."""
     def all_settled(samples, inputs):
-        found = predictions_of(samples.__getitem__, keep=False)
+        found = predictions_of(samples.__getitem__, keep=False, settling=True)
         return np.logical_and.reduce([settled(prediction, prediction.rule, auto.max_passes)
                                       for prediction in found.values()])
 
@@ -276,17 +278,22 @@ class Dissent:
         return np.reshape(found, shape)
 
 
+def errors_needed(head: str, rule: Rule) -> frozenset:
+    """The standard errors `settled` reads for this head and rule: a settle check computes these
+    alone (most of its time went to the others)."""
+    names = {"margin"} if head in CATEGORICAL_HEADS else {"mean"}
+    names.update(ERROR_OF.get(condition.measure, condition.measure) for condition in rule.conditions
+                 if condition.measure not in SINGLE_PASS_MEASURES)
+    return frozenset(names)
+
+
 def measure_error(prediction, name: str) -> np.ndarray:
     """The standard error of a measure a rule may name (uncertain_rule.RULE_MEASURES)."""
     errors = prediction.standard_errors
-    if name == "one_minus_confidence":
-        return errors["confidence"].astype(np.float64)
     if name == "top_class_variance":
         label = prediction.mean.argmax(axis=-1)
         return np.take_along_axis(errors["variance"].astype(np.float64), label[:, None], axis=-1)[:, 0]
-    if name == "threshold_distance":
-        return errors["mean"].astype(np.float64)
-    return errors[name].astype(np.float64)
+    return errors[ERROR_OF.get(name, name)].astype(np.float64)
 
 
 def join(parts: Sequence, rows: Sequence[np.ndarray]):

@@ -3,7 +3,7 @@
 import json
 import operator
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -62,12 +62,14 @@ class Prediction:
                      provider: Optional[str] = None, keep_samples: bool = True,
                      rule: Optional[Rule] = None,
                      conformal_quantile: Optional[float] = None, masks: Optional[str] = None,
-                     mask_seed: Optional[int] = None, conformal: Optional[dict] = None) -> "Prediction":
+                     mask_seed: Optional[int] = None, conformal: Optional[dict] = None,
+                     errors: Optional[Collection[str]] = None) -> "Prediction":
         """Build from `samples` [T, batch, ...out]: probabilities for classifier heads, raw values
         for regression. `thresholds` (one per label) overrides `threshold` for sigmoid heads.
         `rule` decides `uncertain`; `conformal_quantile` q (categorical heads) adds the conformal
         `prediction_set`: the classes whose mean probability is at least 1 - q; `conformal` (a
-        calibrated file's entry, runtime/conformal_sets.py) adds its method's sets or intervals."""
+        calibrated file's entry, runtime/conformal_sets.py) adds its method's sets or intervals.
+        `errors`: the standard errors to compute (None: all; passes="auto"'s settle checks need few)."""
         if head not in HEADS:
             raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
         samples = np.asarray(samples, dtype=np.float32)
@@ -91,7 +93,7 @@ class Prediction:
             found = _sigmoid(samples, mean64, variance64, head, labels, threshold, thresholds)
         else:
             found = {"mean": mean64, "std": M.standard_deviation(variance64)}
-        errors = _standard_errors(samples, head, found, stochastic)
+        errors = _standard_errors(samples, head, found, stochastic, errors)
         if conformal_quantile is not None:
             conformal = {"method": "lac", "quantile": conformal_quantile}
         if conformal is not None:
@@ -291,12 +293,14 @@ def _sigmoid(samples, mean, variance, head, labels, threshold, thresholds) -> di
     return found
 
 
-def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[str, np.ndarray]:
+def _standard_errors(samples, head: str, found: dict, stochastic: bool,
+                     wanted: Optional[Collection[str]] = None) -> Dict[str, np.ndarray]:
     """The standard error of mean, variance and each estimated measure in `found`, by name, in the
-    model's output shape (a binary head's measures are read off with their unit axis dropped). A deterministic prediction (dropout off) has none to speak
-    of: 0."""
+    model's output shape (a binary head's measures are read off with their unit axis dropped); those
+    named in `wanted` alone where it is given. A deterministic prediction (dropout off) has none to
+    speak of: 0."""
     if not stochastic:
-        return {name: np.zeros_like(value) for name, value in _standard_errors(samples, head, found, True).items()}
+        return {name: np.zeros_like(value) for name, value in _standard_errors(samples, head, found, True, wanted).items()}
     # Inputs a few at a time: the estimators' float64 temporaries (up to ~10 copies of what they
     # are given) stay within a few times ERROR_CHUNK_BYTES, not a multiple of the samples, which
     # the session's memory plan counts at SAMPLE_COPIES (runtime/session.py).
@@ -305,26 +309,26 @@ def _standard_errors(samples, head: str, found: dict, stochastic: bool) -> Dict[
     if samples.shape[1] > rows:
         pieces = [_standard_errors(samples[:, start:start + rows], head,
                                    {"top_k_indices": found["top_k_indices"][start:start + rows]} if
-                                   "top_k_indices" in found else {}, True)
+                                   "top_k_indices" in found else {}, True, wanted)
                   for start in range(0, samples.shape[1], rows)]
         return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
     x = samples.astype(np.float64)
-    errors = {"mean": M.mean_standard_error(x), "variance": M.variance_standard_error(x),
-              "std": M.standard_deviation_standard_error(x)}
+    estimators = {"mean": M.mean_standard_error, "variance": M.variance_standard_error,
+                  "std": M.standard_deviation_standard_error}
     if head in CATEGORICAL_HEADS:
-        errors.update(
-            confidence=M.confidence_standard_error(x), margin=M.margin_standard_error(x),
-            predictive_entropy=M.predictive_entropy_standard_error(x),
-            expected_entropy=M.expected_entropy_standard_error(x),
-            mutual_information=M.mutual_information_standard_error(x),
-            variation_ratio=M.variation_ratio_standard_error(x),
-            top_k_probs=M.top_k_standard_error(x, found["top_k_indices"]))
+        estimators.update(
+            confidence=M.confidence_standard_error, margin=M.margin_standard_error,
+            predictive_entropy=M.predictive_entropy_standard_error,
+            expected_entropy=M.expected_entropy_standard_error,
+            mutual_information=M.mutual_information_standard_error,
+            variation_ratio=M.variation_ratio_standard_error,
+            top_k_probs=lambda x: M.top_k_standard_error(x, found["top_k_indices"]))
     elif head in SIGMOID_HEADS:
-        errors.update(
-            probability=errors["mean"], entropy=M.bernoulli_entropy_standard_error(x),
-            expected_entropy=M.bernoulli_expected_entropy_standard_error(x),
-            mutual_information=M.bernoulli_mutual_information_standard_error(x))
-    return errors
+        estimators.update(
+            probability=M.mean_standard_error, entropy=M.bernoulli_entropy_standard_error,
+            expected_entropy=M.bernoulli_expected_entropy_standard_error,
+            mutual_information=M.bernoulli_mutual_information_standard_error)
+    return {name: estimate(x) for name, estimate in estimators.items() if wanted is None or name in wanted}
 
 
 def _conformal(conformal: dict, head: str, mean64, found: dict, labels) -> dict:

@@ -255,7 +255,7 @@ class MCSession:
         if chosen.method != "mc":
             return self._with_single_pass_scores(x, batch, analytic.predict(self, x, rules, top_k))
 
-        def predictions_of(samples_of, keep=keep_samples):
+        def predictions_of(samples_of, keep=keep_samples, settling=False):  # settling: passes="auto"'s checks
             predictions = {}
             for output, name, rule in zip(self._info.model_outputs, self._samples, rules):
                 fitted, conformal = ((output.calibration or {}).get(key) for key in ("thresholds", "conformal"))
@@ -267,8 +267,8 @@ class MCSession:
                 predictions[output.name] = Prediction.from_samples(
                     samples, output.head, labels=output.labels, threshold=0.5 if threshold is None else threshold,
                     thresholds=fitted or thresholds, top_k=top_k, stochastic=chosen.stochastic,
-                    provider=self.provider, keep_samples=keep, rule=rule,
-                    conformal=conformal,
+                    provider=self.provider, keep_samples=keep, rule=rule, conformal=None if settling else conformal,
+                    errors=adaptive_passes.errors_needed(output.head, rule) if settling else None,
                     masks=chosen.masks, mask_seed=chosen.mask_seed)
             return predictions
 

@@ -201,6 +201,30 @@ def test_a_single_pass_condition_does_not_unsettle_the_verdict():
     assert adaptive_passes.settled(categorical(60), rule, 200)[0]
 
 
+@pytest.mark.parametrize("head", ["softmax", "binary", "multilabel", "regression"])
+def test_a_settle_check_computes_only_the_errors_it_reads_and_decides_the_same(head):
+    """Each measure a rule may name, alone: a Prediction holding only errors_needed's standard
+    errors settles labels and verdicts as the full one does (a missing error raises KeyError)."""
+    from mcdrop.runtime.uncertain_rule import RULE_MEASURES, head_kind
+
+    rng = np.random.default_rng(0)
+    raw = rng.random((40, 64, 3 if head != "binary" else 1))
+    samples = raw ** 4 / (raw ** 4).sum(-1, keepdims=True) if head == "softmax" else raw  # some inputs clear
+    decided = []
+    for measure in RULE_MEASURES[head_kind(head)]:
+        rule = Rule.parse(f"{measure} > 0.05", head)
+        needed = adaptive_passes.errors_needed(head, rule)
+        full, light = (Prediction.from_samples(samples, head, rule=rule, errors=errors) for errors in (None, needed))
+        assert set(light.standard_errors) == set(needed) < set(full.standard_errors)
+        label, verdict = ([check(p, 1.0, adaptive_passes.Dissent(p, 0.25)) if check is adaptive_passes.label_settled
+                           else check(p, rule, 1.0, adaptive_passes.Dissent(p, 0.25)) for p in (full, light)]
+                          for check in (adaptive_passes.label_settled, adaptive_passes.verdict_settled))
+        np.testing.assert_array_equal(label[1], label[0])
+        np.testing.assert_array_equal(verdict[1], verdict[0])
+        decided += [label[0], verdict[0]]
+    assert 0 < np.concatenate(decided).mean() < 1  # the decisions compared are not all one way
+
+
 def test_passes_text():
     assert adaptive_passes.parse_passes("auto") == "auto"
     assert adaptive_passes.parse_passes(" 12 ") == 12
