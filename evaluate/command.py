@@ -28,16 +28,17 @@ def evaluate_from_cli(model, data, *, ood=None, passes=None, max_passes=None, mi
     for path, message in failures:
         note(f"warning: skipped: {message}")
     per_set = len(labelled) + (0 if outside is None else batch_size(outside))
-    total = 2 * per_set + (seeds * per_set if seeds > 1 else 0) + \
-        (2 * len(labelled) * (1 + LEVELS * len(CORRUPTIONS)) if shift else 0)
+    # --seeds' first seed and --shift's clean set reuse the evaluation's own predictions.
+    total = 2 * per_set + (seeds - 1) * per_set + (2 * len(labelled) * LEVELS * len(CORRUPTIONS) if shift else 0)
     with progress_bar(total) as bar:
         result = evaluate(session, labelled, chosen, passes=plan, ood=outside, progress=bar.update,
                           target_precision=target_precision, uncertain_if=uncertain_if)
         if seeds > 1:
-            result.report["seed_spread"] = seed_spread(session, labelled, chosen, plan, seeds, outside, bar.update)
+            result.report["seed_spread"] = seed_spread(session, labelled, chosen, plan, seeds, outside, bar.update,
+                                                       (result.predictions["mc"], result.ood.get("mc")))
         if shift:
             result.report["shift"] = shift_report(session, labelled, chosen, plan, 0 if seed is None else seed,
-                                                  bar.update)
+                                                  bar.update, result.predictions)
     result.report = {**run_facts(model, data, ood, chosen, seed, session.provider, failures), **result.report}
     if report is not None:
         from .report import write_report

@@ -8,7 +8,7 @@ of the top class are 0 for one pass, so the deterministic column has no figure f
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -309,17 +309,21 @@ def _condition_row(prediction: Prediction, y: np.ndarray, clean: Optional[Dict[s
 
 
 def shift_report(session, data: LabelledSet, output: ModelOutput, passes, seed: int = 0,
-                 progress: Optional[Callable[[int], None]] = None) -> dict:
+                 progress: Optional[Callable[[int], None]] = None,
+                 clean: Optional[Dict[str, Prediction]] = None) -> dict:
     """report["shift"]: for MC dropout and the deterministic pass, each corruption of evaluate/shift.py
-    at severities 0 (the clean set) to shift.LEVELS, as _condition_row's figures."""
+    at severities 0 (the clean set) to shift.LEVELS, as _condition_row's figures. clean: the clean
+    set's Predictions by mode where the caller has them (evaluate's), else predicted here."""
     from .shift import CORRUPTIONS, LEVELS, SEVERITIES, shift_batch
 
     check_extras(session.info, output, data, passes, shift=True)
     report = {"severities": list(range(LEVELS + 1)), "parameters": {k: list(v) for k, v in SEVERITIES.items()},
               "seed": seed}
     for mode in MODES:
-        clean = predict_all(session, data.x, output, passes, mode == "mc", progress)
-        clean_scores, row = usable_scores(clean), _condition_row(clean, data.y, None)
+        found = clean.get(mode) if clean else None
+        if found is None:
+            found = predict_all(session, data.x, output, passes, mode == "mc", progress)
+        clean_scores, row = usable_scores(found), _condition_row(found, data.y, None)
         report[mode] = {name: [row] for name in CORRUPTIONS}
         for name in CORRUPTIONS:
             for severity in range(1, LEVELS + 1):
@@ -330,17 +334,22 @@ def shift_report(session, data: LabelledSet, output: ModelOutput, passes, seed: 
 
 
 def seed_spread(session, data: LabelledSet, output: ModelOutput, plan: RunPlan, count: int,
-                ood: Optional[Batch] = None, progress: Optional[Callable[[int], None]] = None) -> dict:
+                ood: Optional[Batch] = None, progress: Optional[Callable[[int], None]] = None,
+                first: Optional[Tuple[Prediction, Optional[Prediction]]] = None) -> dict:
     """report["seed_spread"]: the MC headline figures (accuracy, NLL, ECE, every score's error and
-    OOD AUROC) for `count` mask seeds (the plan's, then the next ones): each seed's, mean and std."""
+    OOD AUROC) for `count` mask seeds (the plan's, then the next ones): each seed's, mean and std.
+    first: the plan's own (labelled, OOD) MC Predictions where the caller has them (evaluate's)."""
     from dataclasses import replace
 
     check_extras(session.info, output, data, plan, seeds=count)
     runs = []
     for k in range(count):
         chosen = replace(plan, mask_seed=plan.mask_seed + k)
-        inside = predict_all(session, data.x, output, chosen, True, progress)
-        outside = None if ood is None else predict_all(session, ood, output, chosen, True, progress)
+        if k == 0 and first is not None:
+            inside, outside = first
+        else:
+            inside = predict_all(session, data.x, output, chosen, True, progress)
+            outside = None if ood is None else predict_all(session, ood, output, chosen, True, progress)
         full = categorical_report(inside, data.y, outside, output)
         figures = {key: full[key] for key in HEADLINE}
         for key in ("error_auroc", "ood_auroc"):
