@@ -20,7 +20,7 @@ Imports numpy, onnx and onnxruntime only.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import numpy as np
 import onnx
@@ -86,6 +86,11 @@ def feature_candidates(model: onnx.ModelProto) -> List[str]:
 
 def layer_output(model: onnx.ModelProto, layer: str, feeds: Dict[str, np.ndarray]) -> np.ndarray:
     """The tensor `layer` of the graph for the feeds (onnxruntime, CPU)."""
+    return layer_reader(model, layer)(feeds)
+
+
+def layer_reader(model: onnx.ModelProto, layer: str) -> Callable[[Dict[str, np.ndarray]], np.ndarray]:
+    """feeds -> the tensor `layer` of the graph, from one onnxruntime session (CPU) for every call."""
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
@@ -93,7 +98,7 @@ def layer_output(model: onnx.ModelProto, layer: str, feeds: Dict[str, np.ndarray
     if layer not in {o.name for o in probe.graph.output}:
         probe.graph.output.append(helper.make_tensor_value_info(layer, TensorProto.FLOAT, None))
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    return session.run([layer], feeds)[0]
+    return lambda feeds: session.run([layer], feeds)[0]
 
 
 def pool(value: np.ndarray) -> np.ndarray:
@@ -196,7 +201,8 @@ def read_features(proto: onnx.ModelProto, session, x, layer: str):
     feeds = control_feeds(1, False, None, layout.floats_per_pass if layout else 0)
     graph_inputs = {i.name for i in proto.graph.input}
     feeds = {name: value for name, value in feeds.items() if name in graph_inputs}
-    raw = np.concatenate([layer_output(proto, layer, {**feeds, **take(x, slice(start, start + FIT_ROWS))})
+    read = layer_reader(proto, layer)
+    raw = np.concatenate([read({**feeds, **take(x, slice(start, start + FIT_ROWS))})
                           for start in range(0, batch_size(x), FIT_ROWS)])
     return pool(raw), raw.ndim
 
