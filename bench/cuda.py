@@ -41,7 +41,7 @@ import subjects  # noqa: E402  (bench/subjects.py: the held-out inputs)
 
 from mcdrop.runtime import MCSession  # noqa: E402
 from mcdrop.runtime.errors import DeviceError, McdropError  # noqa: E402
-from mcdrop.runtime.providers import CPU, CUDA  # noqa: E402
+from mcdrop.runtime.providers import CPU, CUDA, CUDA_OPTIONS  # noqa: E402
 
 FILES = ("mlp", "cnn", "cnn_int8", "cnn_calibrated")
 PASSES, AUTO_MAX, INDEPENDENT_PASSES = 50, 200, 200
@@ -184,7 +184,8 @@ def with_tf32(on: bool):
     import onnxruntime as ort
 
     def create(model_bytes, sess_options=None, providers=None):
-        providers = [(CUDA, {"use_tf32": str(int(on))}) if CUDA in (p, p[0]) else p for p in providers]
+        options = {**CUDA_OPTIONS, "use_tf32": str(int(on))}
+        providers = [(CUDA, options) if CUDA in (p, p[0]) else p for p in providers]
         return ort.InferenceSession(model_bytes, sess_options=sess_options, providers=providers)
     return create
 
@@ -216,7 +217,7 @@ def conv_search(rows):
 
     def create(search):
         def session(model_bytes, sess_options=None, providers=None):
-            options = {"use_tf32": "0", "cudnn_conv_algo_search": search}
+            options = {**CUDA_OPTIONS, "cudnn_conv_algo_search": search}
             providers = [(CUDA, options) if CUDA in (p, p[0]) else p for p in providers]
             return ort.InferenceSession(model_bytes, sess_options=sess_options, providers=providers)
         return session

@@ -4,7 +4,7 @@ that fit the session's memory bound, and which of them go to worker sessions.
 The constants are measured; the figures are in docs/DESIGN.md: Session internals.
 """
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
@@ -21,7 +21,7 @@ SAMPLE_COPIES = 8
 DEFAULT_MAX_CHUNK_BYTES = 256 * 2**20
 # On CUDA a run's activations live in the GPU's memory and every run has a fixed cost: the CPU's
 # bound split the shipped CNN's T=50 B=32 predict into 16 runs, 5x slower than one run (which held
-# 2 GiB of an H200's memory); DESIGN.md: Session internals.
+# 2 GiB of an H200's memory); docs/DESIGN.md: Memory.
 CUDA_MAX_CHUNK_BYTES = 4 * 2**30
 # A worker session's copy of the weights and kernel buffers, in model-file sizes, and the share of
 # max_chunk_bytes all the copies may take; DESIGN.md: Session internals.
@@ -52,11 +52,15 @@ class ChunkPlanner:
     """The runs of a predict, for one loaded file and one memory bound.
 
     max_workers: the single-threaded worker sessions a large predict may use (0: the main session
-    alone), at most `threads`, and as many as leave 1 - 1/WEIGHTS_SHARE of the bound to runs."""
+    alone), at most `threads`, and as many as leave 1 - 1/WEIGHTS_SHARE of the bound to runs.
+    host_bytes: the bound of what stays in the process's memory between predicts (the kept mask
+    set): max_chunk_bytes, or the CPU's default where a CUDA session's runs take a larger one."""
 
-    def __init__(self, info: ModelInfo, max_chunk_bytes: int, threads: int, model_bytes: int, workers_allowed: bool):
+    def __init__(self, info: ModelInfo, max_chunk_bytes: int, threads: int, model_bytes: int,
+                 host_bytes: Optional[int] = None, *, workers_allowed: bool):
         self.info = info
         self.max_chunk_bytes = max_chunk_bytes
+        self.host_bytes = host_bytes or max_chunk_bytes
         self.session_bytes = SESSION_COPY * model_bytes
         workers = min(threads, SEED_STREAMS - 1, max_chunk_bytes // WEIGHTS_SHARE // self.session_bytes)
         # One single-threaded worker would only be slower than the main session; the GPU draws in
@@ -72,7 +76,7 @@ class ChunkPlanner:
 
     def keeps_mask_set(self, passes: int) -> bool:
         """Whether a shared set of `passes` passes is kept between predicts (MASK_SET_SHARE)."""
-        return passes * self.info.mask_layout.bytes_per_pass <= self.max_chunk_bytes // MASK_SET_SHARE
+        return passes * self.info.mask_layout.bytes_per_pass <= self.host_bytes // MASK_SET_SHARE
 
     def plan(self, batch: int, passes: int, shared: bool = False, warm: bool = False) -> Tuple[Plan, int]:
         """(The runs predict makes, the workers that share them). A run is (rows of the batch,

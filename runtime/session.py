@@ -101,13 +101,13 @@ class MCSession:
         else:
             self._parsed, self._external_folder = checked_file(model_bytes, self.path, settings.verify,
                                                                settings.allow_external_data, limits)
-        self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * (settings.max_chunk_bytes or default_max_chunk_bytes(providers.CPU)))
+        host_bound = settings.max_chunk_bytes or default_max_chunk_bytes(providers.CPU)  # the CPU's, also on CUDA
+        self._arena_bytes = limits.tensor_bytes + int(ARENA_GROWTH * host_bound)
         # One spread of seeds for all workers (see runtime/format/seeds.py), drawn from fresh entropy
         # when no seed is given.
         self._entropy = np.random.SeedSequence(settings.seed).entropy
-        # 53 bits: a seed that survives JSON in every language.
         self._mask_seed = settings.seed if settings.seed is not None else \
-            int(np.random.default_rng(self._entropy).integers(2**53))
+            int(np.random.default_rng(self._entropy).integers(2**53))  # 53 bits: a seed JSON keeps in every language
         self._mask_cache: Optional[Tuple[int, np.ndarray]] = None  # (seed, the set's first passes)
         self._round_cost = adaptive_passes.RoundCost()  # what passes="auto" runs cost here
         self._session, self._info = self._create_session(model_bytes, 0, settings.device, self.threads)
@@ -116,7 +116,7 @@ class MCSession:
         self._checked_feeds = self._feeds.checked
         self._samples = tuple(output.prefix + SAMPLES for output in self._info.model_outputs)
         # The GPU draws in parallel inside one session; a portable file draws nothing.
-        self._planner = ChunkPlanner(self._info, self.max_chunk_bytes, self.threads, len(model_bytes),
+        self._planner = ChunkPlanner(self._info, self.max_chunk_bytes, self.threads, len(model_bytes), host_bound,
                                      workers_allowed=self.provider == providers.CPU and self._info.portable is None)
         # The bytes stay for the workers and the analytic mode's session, each created on first need.
         self._model_bytes = model_bytes if self._planner.max_workers or "analytic" in self._info.metadata else None

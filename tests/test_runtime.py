@@ -15,7 +15,7 @@ from mcdrop.runtime.format import seeds
 from mcdrop.runtime.errors import InputError, ModelFileError
 from mcdrop.runtime.limits import Limits
 from mcdrop.runtime.chunk_plan import DEFAULT_MAX_CHUNK_BYTES as DEFAULT_BOUND
-from mcdrop.runtime.chunk_plan import CUDA_MAX_CHUNK_BYTES, SESSION_COPY, WEIGHTS_SHARE
+from mcdrop.runtime.chunk_plan import CUDA_MAX_CHUNK_BYTES, MASK_SET_SHARE, SESSION_COPY, WEIGHTS_SHARE
 from mcdrop.runtime.feed_checks import RawPixelWarning
 from mcdrop.runtime.session import MCSession
 from toy_model import SEEDS, build_toy_model, toy_weights, deterministic_forward
@@ -318,6 +318,10 @@ def test_cuda_runs_take_the_gpus_bound_unless_one_is_given(heavy_toy):
     assert given.max_chunk_bytes == DEFAULT_BOUND
     runs = [len(session.chunk_plan(64, 64)) for session in (cuda, given)]  # 4 MiB of activations per sample
     assert runs[0] > 1 and runs[1] >= 8 * runs[0], runs  # bounds 16x apart
+    # What stays in host memory between predicts (the kept mask set) keeps the CPU's bound.
+    shipped = MCSession(ROOT / "models" / "mlp.onnx", session_factory=CountingFactory(claim_cuda=True))
+    over_cpu_share = DEFAULT_BOUND // MASK_SET_SHARE // shipped.info.mask_layout.bytes_per_pass + 1
+    assert not shipped._planner.keeps_mask_set(over_cpu_share) and shipped._planner.keeps_mask_set(over_cpu_share - 1)
 
 
 # The model file --------------------------------------------------------------------------
