@@ -299,8 +299,9 @@ class MCSession:
 
     def _with_single_pass_scores(self, x, batch: int, predictions: dict):
         """A calibrated file's single-pass scores from one deterministic pass (runtime/measures.py)."""
-        def deterministic(names):
-            runs = [self._run(rows_of(x, rows), 1, False, names) for rows, _ in self._plan(batch, 1, False)[0]]
+        def deterministic(names):  # on a worker if any: the main session's threads spin after a run, slowing
+            session = self._workers[0] if self._workers else None  # the workers' next runs (DESIGN.md: Session internals)
+            runs = [self._run(rows_of(x, rows), 1, False, names, session) for rows, _ in self._plan(batch, 1, False)[0]]
             return {name: np.concatenate([run[name] for run in runs]) for name in names}
 
         if self._info.portable is None:
@@ -395,8 +396,7 @@ class MCSession:
         return self._plan(batch, passes, self.resolve(None, masks).shared)[0]
 
     def _plan(self, batch: int, passes: int, shared: bool):
-        warm = bool(self._workers or self._parallel_predicts)
-        return self._planner.plan(batch, passes, shared, warm)
+        return self._planner.plan(batch, passes, shared, warm=bool(self._workers or self._parallel_predicts))
 
     def _mask_rows(self, seed: int, passes: int) -> Callable[[int, int], np.ndarray]:
         """rows(first, count) of the set `seed`: slices of one set kept between predicts where it
