@@ -23,20 +23,25 @@ from .errors import InputError
 from .uncertain_rule import CATEGORICAL_HEADS, SIGMOID_HEADS, SINGLE_PASS_MEASURES, Rule
 
 AUTO = "auto"
-# A quantity counts as settled when it lies more than CONFIDENCE_Z standard errors from its
-# boundary, the errors scaled by sqrt(1 - passes / max_passes): the aim is max_passes' result,
-# which shares the passes run so far (the finite population correction). With UNSEEN_DISSENT,
-# z = 2.5 kept >= 99% of fixed T=200's labels and verdicts on the shipped CNN with the fewest
-# passes (docs/DESIGN.md: Adaptive passes).
-CONFIDENCE_Z = 2.5
+# A quantity counts as settled when it lies more than z standard errors from its boundary, the
+# errors scaled by sqrt(1 - passes / max_passes): the aim is max_passes' result, which shares the
+# passes run so far (the finite population correction). The verdict takes VERDICT_Z, the label
+# LABEL_Z: replayed on the shipped CNN's fixed T=200 samples, these kept >= 99% of its labels and
+# verdicts with the fewest passes (docs/DESIGN.md: Adaptive passes).
+VERDICT_Z = 2.5
+LABEL_Z = 2.0
 # The weight, in passes, of the dissenting pass (all its probability on the runner-up; each sigmoid
 # label across its threshold) whose pull toward a boundary must be covered too: dissent the first
-# passes did not show is what the standard errors miss (docs/DESIGN.md: Adaptive passes).
+# passes did not show is what the standard errors miss. The verdict's check adds the dissent seen
+# so far (the probability the passes put off their outcome), up to SEEN_DISSENT_CAP passes: an
+# input whose passes waver now and then dissents more often than 200 passes can rule out
+# (docs/DESIGN.md: Adaptive passes).
 UNSEEN_DISSENT = 0.25
+SEEN_DISSENT_CAP = 1.0
 # The first round: clear inputs settle within it.
 DEFAULT_MIN_PASSES = 10
 # Each round takes the passes to GROWTH times those run so far (at least one more).
-GROWTH = 1.25
+GROWTH = 1.1
 # Regression has no label to settle: its mean is settled once its standard error is this
 # share of the predictive std or less.
 REGRESSION_SE_SHARE = 0.1
@@ -180,9 +185,25 @@ def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None, co
 
 def settled(prediction, rule: Rule, max_passes: int) -> np.ndarray:
     """bool [batch]: inputs whose label and verdict are settled (module docstring)."""
-    z = CONFIDENCE_Z * np.sqrt(max(1.0 - prediction.passes / max_passes, 0.0))
-    dissent = Dissent(prediction, UNSEEN_DISSENT)
-    return label_settled(prediction, z, dissent) & verdict_settled(prediction, rule, z, dissent)
+    scale = np.sqrt(max(1.0 - prediction.passes / max_passes, 0.0))
+    seen = np.minimum(seen_dissent(prediction), SEEN_DISSENT_CAP)
+    return (label_settled(prediction, LABEL_Z * scale, Dissent(prediction, UNSEEN_DISSENT))
+            & verdict_settled(prediction, rule, VERDICT_Z * scale, Dissent(prediction, UNSEEN_DISSENT + seen)))
+
+
+def seen_dissent(prediction) -> np.ndarray:
+    """float [batch]: the passes' probability off their outcome, summed over the passes (a categorical
+    head's off the top class; a sigmoid head's across its threshold, the label with the most); 0 for
+    regression, which has no dissent."""
+    mean = prediction.mean.astype(np.float64).reshape(len(prediction), -1)
+    if prediction.head in CATEGORICAL_HEADS:
+        off = 1.0 - mean.max(axis=-1)
+    elif prediction.head in SIGMOID_HEADS:
+        limit = np.reshape(prediction.measures["threshold" if prediction.head == "binary" else "thresholds"], (1, -1))
+        off = np.where(mean >= limit, 1.0 - mean, mean).max(axis=-1)
+    else:
+        off = np.zeros(len(mean))
+    return prediction.passes * off
 
 
 def sure(value, bound, se, dissented, z: float) -> np.ndarray:
@@ -230,12 +251,15 @@ def verdict_settled(prediction, rule: Rule, z: float, dissent: "Dissent") -> np.
 class Dissent:
     """A classifier Prediction's measures with one more pass of `weight` that dissents: a
     categorical head's puts all its probability on the runner-up class, a sigmoid head's each
-    label's on the other side of its threshold. Regression has no dissent: the measures as they are."""
+    label's on the other side of its threshold. Regression has no dissent: the measures as they are.
+    weight: one for every input, or one per input."""
 
-    def __init__(self, prediction, weight: float):
+    def __init__(self, prediction, weight):
         self.prediction, n = prediction, prediction.passes
         mean = prediction.mean.astype(np.float64).reshape(len(prediction), -1)
-        self.kept = n / (n + weight)  # the share of the passes run in the new mean
+        # The share of the passes run in the new mean, per input.
+        self.kept = n / (n + np.broadcast_to(np.asarray(weight, np.float64), (len(prediction),)))
+        kept = self.kept[:, None]
         if prediction.head in CATEGORICAL_HEADS:
             runner_up = np.argsort(-mean, axis=-1, kind="stable")[:, min(1, mean.shape[-1] - 1)]
             self.pass_ = np.eye(mean.shape[-1])[runner_up]
@@ -244,20 +268,20 @@ class Dissent:
             self.pass_ = (mean < np.reshape(limit, (1, -1))).astype(np.float64)
         else:
             self.pass_ = mean
-        self.mean = self.kept * mean + (1 - self.kept) * self.pass_
+        self.mean = kept * mean + (1 - kept) * self.pass_
         second = prediction.variance.astype(np.float64).reshape(mean.shape) + np.square(mean)
-        self.variance = np.maximum(self.kept * second + (1 - self.kept) * np.square(self.pass_)
-                                   - np.square(self.mean), 0.0)
+        self.variance = np.maximum(kept * second + (1 - kept) * np.square(self.pass_) - np.square(self.mean), 0.0)
 
     def value(self, name: str) -> np.ndarray:
         """The measure `name` (a rule's, or margin) with the dissenting pass, shaped like it."""
         from .uncertain_rule import measure_value
 
-        p, kept, mean = self.prediction, self.kept, self.mean
+        p, mean = self.prediction, self.mean
         shape = np.shape(measure_value(p, name))
         if p.head not in CATEGORICAL_HEADS + SIGMOID_HEADS:
             return np.asarray(measure_value(p, name), np.float64)
         entropy = M.categorical_entropy(mean) if p.head in CATEGORICAL_HEADS else M.bernoulli_entropy(mean)
+        kept = self.kept.reshape(-1, *[1] * (entropy.ndim - 1))  # per input, against per-label values
         # The dissenting pass is one-hot (0 or 1): its own entropy is 0.
         expected = kept * np.asarray(p.measures["expected_entropy"], np.float64).reshape(entropy.shape)
         limit = p.measures["threshold" if p.head == "binary" else "thresholds"] if p.head in SIGMOID_HEADS else 0
@@ -269,7 +293,8 @@ class Dissent:
             "entropy": lambda: entropy,
             "expected_entropy": lambda: expected,
             "mutual_information": lambda: np.maximum(entropy - expected, 0.0),
-            "variation_ratio": lambda: 1.0 - kept * (1.0 - np.asarray(p.measures["variation_ratio"], np.float64)),
+            "variation_ratio": lambda: 1.0 - kept * (1.0 - np.asarray(p.measures["variation_ratio"], np.float64).reshape(
+                entropy.shape)),
             "top_class_variance": lambda: np.take_along_axis(
                 self.variance, p.mean.argmax(axis=-1).reshape(-1, 1), axis=-1)[:, 0],
             "std": lambda: np.sqrt(self.variance),

@@ -1078,15 +1078,19 @@ export function summarize(outputs, metadata, { rule } = {}) {
 // passes "auto" runs rounds of the shared mask set (passes [done, next) of the one set): first
 // minPasses, then x GROWTH up to maxPasses. After each round an input leaves once its label and
 // UNCERTAIN verdict are settled: a value's distance to the bound that would change the outcome is
-// more than z of its standard errors, z = CONFIDENCE_Z x sqrt(1 - passes / maxPasses), plus how far
-// a dissenting pass of weight UNSEEN_DISSENT (all on the runner-up class) would move it toward that
-// bound. The same rule and constants as the Python runtime, read off the same float32 values, so an
-// input stops after the same passes in both for a mask seed.
+// more than z of its standard errors, z = LABEL_Z or VERDICT_Z x sqrt(1 - passes / maxPasses), plus
+// how far a dissenting pass (all on the runner-up class) would move it toward that bound: of weight
+// UNSEEN_DISSENT for the label, and for the verdict that plus the dissent seen so far (the passes'
+// probability off the top class, summed), up to SEEN_DISSENT_CAP. The same rule and constants as
+// the Python runtime, read off the same float32 values, so an input stops after the same passes in
+// both for a mask seed.
 
-export const CONFIDENCE_Z = 2.5;
+export const VERDICT_Z = 2.5;
+export const LABEL_Z = 2.0;
 export const UNSEEN_DISSENT = 0.25;
+export const SEEN_DISSENT_CAP = 1.0;
 export const DEFAULT_MIN_PASSES = 10;
-export const GROWTH = 1.25;
+export const GROWTH = 1.1;
 
 // A run that costs more for its fixed part (the layers before the first dropout, the call itself)
 // than for its passes also computes later rounds' passes (RoundCost in Python): measured once per
@@ -1176,9 +1180,12 @@ function measureError(m, name) {
  */
 function settled(m, tested, rule, T, maxPasses) {
   const f = Math.fround;
-  const z = CONFIDENCE_Z * Math.sqrt(Math.max(1 - T / maxPasses, 0));
-  const dissent = dissentedMeasures(m, T, UNSEEN_DISSENT);
-  if (!sure(f(m.margin), 0, f(m.standard_errors.margin_se), dissent.margin, z)) return false;
+  const scale = Math.sqrt(Math.max(1 - T / maxPasses, 0));
+  const labelDissent = dissentedMeasures(m, T, UNSEEN_DISSENT);
+  if (!sure(f(m.margin), 0, f(m.standard_errors.margin_se), labelDissent.margin, LABEL_Z * scale)) return false;
+  const seen = T * (1 - Math.max(...m.mean.map(f)));
+  const dissent = dissentedMeasures(m, T, UNSEEN_DISSENT + Math.min(seen, SEEN_DISSENT_CAP));
+  const z = VERDICT_Z * scale;
   let surelyMet = false, surelyNot = true;
   for (const { measure, op, value } of rule.conditions) {
     if (SINGLE_PASS_MEASURES.includes(measure)) continue;
