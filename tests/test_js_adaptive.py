@@ -19,6 +19,10 @@ LIB = (EXAMPLES / "lib" / "mcdrop.mjs").as_uri()
 CNN = ROOT / "models" / "cnn.onnx"
 MAX_PASSES, MASK_SEED = 60, 1
 LOOK_AHEAD = (0, 30, 10**9)  # fixedCost: what a run's fixed part costs, in passes
+# A rule on each measure that changes with passes: a settle check computes only the standard errors
+# its rule reads (errorsNeeded), so each needs its own.
+RULES = ("predictive_entropy > 0.3", "expected_entropy > 0.2", "variation_ratio > 0.1",
+         "top_class_variance > 0.01", "one_minus_confidence > 0.1", "margin < 0.5", "confidence < 0.9")
 
 # Reads {x: flat float32 list, dims, options: [predict options...]} on stdin; prints per options
 # entry the results' [label, uncertain, passes, mutual_information] or {error}.
@@ -60,6 +64,7 @@ def found():
                dict(passes=10, maxPasses=20), dict(passes="auto", maxPasses=MAX_PASSES, fixedCost=-1)]
     # The same auto run with its runs looking ahead: none, a few rounds, straight to maxPasses.
     options += [dict(passes="auto", maxPasses=MAX_PASSES, maskSeed=MASK_SEED, fixedCost=cost) for cost in LOOK_AHEAD]
+    options += [dict(passes="auto", maxPasses=MAX_PASSES, maskSeed=MASK_SEED, rule=rule) for rule in RULES]
     done = run_node(["--input-type=module", "-e", PREDICT_HOOK],
                     input=json.dumps(dict(x=x.reshape(-1).tolist(), dims=list(x.shape), options=options)))
     assert done.returncode == 0, done.stderr
@@ -76,6 +81,17 @@ def test_js_auto_stops_each_input_where_python_does(found):
     assert label.tolist() == expected.measures["label"].tolist()
     assert uncertain.tolist() == expected.uncertain.tolist()
     np.testing.assert_allclose(information, expected.measures["mutual_information"], atol=LIVE_ATOL)
+
+
+@pytest.mark.parametrize("rule", RULES)
+def test_js_auto_stops_where_python_does_under_any_rule(found, rule):
+    x, out = found
+    expected = MCSession(str(CNN), seed=0, threads=1).predict(x, passes="auto", max_passes=MAX_PASSES,
+                                                              mask_seed=MASK_SEED, uncertain_if=rule)
+    label, uncertain, passes, _ = (np.array(column) for column in zip(*out["runs"][9 + RULES.index(rule)]))
+    assert passes.tolist() == expected.input_passes.tolist()
+    assert uncertain.tolist() == expected.uncertain.tolist()
+    assert label.tolist() == expected.measures["label"].tolist()
 
 
 def test_js_schedule_and_fixed_passes(found):

@@ -882,7 +882,8 @@ function jackknifeStandardError(leftOut) {
 
 const entropyOf = (p) => -p.reduce((sum, v) => sum + xlogx(v), 0);
 
-function standardErrorsOf(passes, mean, variance, index) {
+// names: the standard errors to compute (a settle check's, errorsNeeded); all of them by default.
+function standardErrorsOf(passes, mean, variance, index, names) {
   const T = passes.length, C = mean.length;
   const sums = mean.map((_, c) => passes.reduce((sum, pass) => sum + pass[c], 0));
   const entropies = passes.map(entropyOf);
@@ -902,20 +903,21 @@ function standardErrorsOf(passes, mean, variance, index) {
   // std of the top class: leaving pass t out removes T / (T - 1) d_t^2 from the sum of squares.
   const deviations = column(index).map((v) => v - mean[index]);
   const squares = deviations.reduce((sum, d) => sum + d * d, 0);
-  return {
-    mean_se: mean.map((_, c) => sampleStandardError(column(c))),
-    variance_se: mean.map((m, c) => sampleStandardError(column(c).map((v) => (v - m) ** 2))),
-    std_se: jackknifeStandardError(deviations.map((d) => Math.sqrt(Math.max(squares - (T / (T - 1)) * d * d, 0) / (T - 1)))),
-    confidence_se: jackknifeStandardError(leftOut.map((p) => topTwo(p)[0])),
-    margin_se: jackknifeStandardError(leftOut.map((p) => (C === 1 ? p[0] : topTwo(p)[0] - topTwo(p)[1]))),
-    predictive_entropy_se: jackknifeStandardError(leftOut.map(entropyOf)),
-    expected_entropy_se: sampleStandardError(entropies),
-    mutual_information_se: jackknifeStandardError(leftOut.map((p, t) => entropyOf(p) - leftOutEntropy[t])),
-    variation_ratio_se: sampleStandardError(votes.map((v) => (v === modal ? 1 : 0))),
+  const errors = {
+    mean_se: () => mean.map((_, c) => sampleStandardError(column(c))),
+    variance_se: () => mean.map((m, c) => sampleStandardError(column(c).map((v) => (v - m) ** 2))),
+    std_se: () => jackknifeStandardError(deviations.map((d) => Math.sqrt(Math.max(squares - (T / (T - 1)) * d * d, 0) / (T - 1)))),
+    confidence_se: () => jackknifeStandardError(leftOut.map((p) => topTwo(p)[0])),
+    margin_se: () => jackknifeStandardError(leftOut.map((p) => (C === 1 ? p[0] : topTwo(p)[0] - topTwo(p)[1]))),
+    predictive_entropy_se: () => jackknifeStandardError(leftOut.map(entropyOf)),
+    expected_entropy_se: () => sampleStandardError(entropies),
+    mutual_information_se: () => jackknifeStandardError(leftOut.map((p, t) => entropyOf(p) - leftOutEntropy[t])),
+    variation_ratio_se: () => sampleStandardError(votes.map((v) => (v === modal ? 1 : 0))),
   };
+  return Object.fromEntries((names ?? Object.keys(errors)).map((name) => [name, errors[name]()]));
 }
 
-function measuresOf(samples, T, B, C, b) {
+function measuresOf(samples, T, B, C, b, errorNames) {
   const at = (t, c) => samples[(t * B + b) * C + c];
   const mean = new Array(C).fill(0), variance = new Array(C).fill(0);
   for (let c = 0; c < C; c++) {
@@ -951,7 +953,7 @@ function measuresOf(samples, T, B, C, b) {
     top_class_variance: f(variance[argmax(meanF)]),
     one_minus_confidence: 1 - Math.max(...meanF),
     standard_errors: standardErrorsOf(Array.from({ length: T }, (_, t) => Array.from({ length: C }, (_, c) => at(t, c))),
-      mean, variance, index),
+      mean, variance, index, errorNames),
   };
 }
 
@@ -1165,6 +1167,17 @@ function dissentedMeasures(m, T, weight) {
   };
 }
 
+// The standard errors settled reads (runtime/adaptive_passes.py errors_needed): the margin's and
+// the rule's measures'; a settle check computes these alone.
+export function errorsNeeded(rule) {
+  const names = new Set(["margin_se"]);
+  for (const { measure } of rule.conditions) {
+    if (SINGLE_PASS_MEASURES.includes(measure)) continue;
+    names.add(`${{ one_minus_confidence: "confidence", top_class_variance: "variance" }[measure] ?? measure}_se`);
+  }
+  return [...names];
+}
+
 // The standard error of a measure a rule may name, as runtime/adaptive_passes.py measure_error reads it.
 function measureError(m, name) {
   const errors = m.standard_errors;
@@ -1244,6 +1257,7 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
   const singlePass = rows.map((_, b) => Object.fromEntries(Object.entries(plain).map(
     ([name, found]) => [name.slice(output.prefix.length), found.data[b]])));
   const counts = schedule(low, high);
+  const needed = errorsNeeded(effective);
   const cost = fixedCost ?? await fixedCostOf(ort, session, rows[0], metadata, high);
   const taken = rows.map(() => 0); // per input: the passes it counts (a run may have computed more)
   let active = rows.map((_, b) => b), computed = 0;
@@ -1274,7 +1288,7 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
     if (count === high) break;
     active = active.filter((b) => {
       const { data, dims: [T, , C] } = samplesOf(b);
-      const m = measuresOf(data, T, 1, C, 0);
+      const m = measuresOf(data, T, 1, C, 0, needed);
       const tested = testedOf(m);
       return !settled(m, tested, effective, T, high);
     });
