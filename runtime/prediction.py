@@ -233,14 +233,16 @@ def _check_labels(labels, count: int, head: str) -> None:
 def _categorical(samples, mean, variance, labels, k) -> dict:
     _check_labels(labels, mean.shape[-1], "categorical")
     indices, probs = M.top_k(mean, k)
+    # The entropies once (M.mutual_information would compute both again): the same values.
+    predictive, expected = M.categorical_entropy(mean), M.expected_entropy(samples)
     found = {
         "std": M.standard_deviation(variance),
         "label": mean.argmax(axis=-1),
         "confidence": M.confidence(mean),
         "margin": M.margin(mean),
-        "predictive_entropy": M.predictive_entropy(samples),
-        "expected_entropy": M.expected_entropy(samples),
-        "mutual_information": M.mutual_information(samples),
+        "predictive_entropy": predictive,
+        "expected_entropy": expected,
+        "mutual_information": np.maximum(predictive - expected, 0.0),
         "variation_ratio": M.variation_ratio(samples),
         "top_k_indices": indices,
         "top_k_probs": probs,
