@@ -178,8 +178,8 @@ def predict(run, batch: int, auto: AutoPasses, predictions_of, progress=None, co
         cost.measure(lambda count: run(np.arange(1), 0, count), auto.max_passes)
     store, passes = run_rounds(run, batch, auto, all_settled, progress, cost)
     groups = [np.flatnonzero(passes == count) for count in np.unique(passes)]
-    parts = [predictions_of(lambda name, rows=rows: store[name][:passes[rows[0]], rows], keep=False)
-             for rows in groups]
+    # keep: the caller's keep_samples; a part that keeps its samples computes its errors on first read.
+    parts = [predictions_of(lambda name, rows=rows: store[name][:passes[rows[0]], rows]) for rows in groups]
     return {name: join([part[name] for part in parts], groups) for name in parts[0]}
 
 
@@ -323,8 +323,9 @@ def measure_error(prediction, name: str) -> np.ndarray:
 
 def join(parts: Sequence, rows: Sequence[np.ndarray]):
     """One Prediction from Predictions of disjoint input sets (`rows`: each part's inputs), in
-    input order; samples are dropped (the parts' pass counts differ)."""
-    from .prediction import MODEL_WIDE, Prediction
+    input order; samples are dropped (the parts' pass counts differ). Standard errors are joined on
+    first read, as the parts compute them."""
+    from .prediction import MODEL_WIDE, Prediction, StandardErrors
 
     order = np.argsort(np.concatenate(rows), kind="stable")
     first = parts[0]
@@ -342,5 +343,5 @@ def join(parts: Sequence, rows: Sequence[np.ndarray]):
                       measures=measures, passes=int(input_passes.max()), stochastic=first.stochastic,
                       provider=first.provider, labels=first.labels, samples=None, rule=first.rule, masks=first.masks,
                       mask_seed=first.mask_seed, input_passes=input_passes, auto=True,
-                      standard_errors={name: joined([part.standard_errors[name] for part in parts])
-                                       for name in first.standard_errors})
+                      standard_errors=StandardErrors(list(first.standard_errors), lambda name: joined(
+                          [part.standard_errors[name] for part in parts])))

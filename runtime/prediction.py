@@ -2,8 +2,9 @@
 
 import json
 import operator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Collection, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Collection, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -43,8 +44,9 @@ class Prediction:
     masks: Optional[str] = None  # "shared" or "independent" (runtime/format/mask_sets.py); None: not from a session
     mask_seed: Optional[int] = None  # the shared mask set's seed
     # Monte Carlo standard error of "mean", "variance" and each measure of that name that is an
-    # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors).
-    standard_errors: Dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors);
+    # from_samples computes each on first read where it keeps the samples (StandardErrors).
+    standard_errors: Mapping = field(default_factory=dict, repr=False)
     # The passes each input ran, int32 [batch]: `passes` for all with a fixed count; with
     # passes="auto", where each input stopped (runtime/adaptive_passes.py). None: `passes` for all.
     input_passes: Optional[np.ndarray] = field(default=None, repr=False)
@@ -93,7 +95,15 @@ class Prediction:
             found = _sigmoid(samples, mean64, variance64, head, labels, threshold, thresholds)
         else:
             found = {"mean": mean64, "std": M.standard_deviation(variance64)}
-        errors = _standard_errors(samples, head, found, stochastic, errors)
+        names = [name for name in _estimators(head) if errors is None or name in errors]
+        top = {"top_k_indices": found["top_k_indices"]} if "top_k_indices" in found else {}
+
+        def error_of(name):
+            return _standard_errors(samples, head, top, stochastic, {name})[name].astype(np.float32)
+
+        # Kept samples: each error on first read (most callers read none; they cost 3x the measures).
+        # Else now, so that no copy of the samples outlives the call.
+        errors = StandardErrors(names, error_of) if keep_samples else {name: error_of(name) for name in names}
         if conformal_quantile is not None:
             conformal = {"method": "lac", "quantile": conformal_quantile}
         if conformal is not None:
@@ -103,8 +113,7 @@ class Prediction:
                    measures={name: _float32(value) for name, value in found.items()},
                    passes=int(samples.shape[0]), stochastic=bool(stochastic), provider=provider,
                    labels=labels, samples=samples if keep_samples else None, rule=rule, masks=masks,
-                   mask_seed=mask_seed,
-                   standard_errors={name: value.astype(np.float32) for name, value in errors.items()})
+                   mask_seed=mask_seed, standard_errors=errors)
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
@@ -295,6 +304,26 @@ def _sigmoid(samples, mean, variance, head, labels, threshold, thresholds) -> di
     return found
 
 
+class StandardErrors(Mapping):
+    """{name: float32 standard error}, each computed by `compute(name)` on its first read and kept."""
+
+    def __init__(self, names: Sequence[str], compute: Callable[[str], np.ndarray]):
+        self._names, self._compute, self._found = list(names), compute, {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._found:
+            if name not in self._names:
+                raise KeyError(name)
+            self._found[name] = self._compute(name)
+        return self._found[name]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+
 def _standard_errors(samples, head: str, found: dict, stochastic: bool,
                      wanted: Optional[Collection[str]] = None) -> Dict[str, np.ndarray]:
     """The standard error of mean, variance and each estimated measure in `found`, by name, in the
@@ -315,6 +344,12 @@ def _standard_errors(samples, head: str, found: dict, stochastic: bool,
                   for start in range(0, samples.shape[1], rows)]
         return {name: np.concatenate([piece[name] for piece in pieces]) for name in pieces[0]}
     x = samples.astype(np.float64)
+    estimators = _estimators(head, found.get("top_k_indices"))
+    return {name: estimate(x) for name, estimate in estimators.items() if wanted is None or name in wanted}
+
+
+def _estimators(head: str, top_k_indices=None) -> Dict[str, Callable[[np.ndarray], np.ndarray]]:
+    """{name: estimator of its standard error from float64 samples}: every error a head has."""
     estimators = {"mean": M.mean_standard_error, "variance": M.variance_standard_error,
                   "std": M.standard_deviation_standard_error}
     if head in CATEGORICAL_HEADS:
@@ -324,13 +359,13 @@ def _standard_errors(samples, head: str, found: dict, stochastic: bool,
             expected_entropy=M.expected_entropy_standard_error,
             mutual_information=M.mutual_information_standard_error,
             variation_ratio=M.variation_ratio_standard_error,
-            top_k_probs=lambda x: M.top_k_standard_error(x, found["top_k_indices"]))
+            top_k_probs=lambda x: M.top_k_standard_error(x, top_k_indices))
     elif head in SIGMOID_HEADS:
         estimators.update(
             probability=M.mean_standard_error, entropy=M.bernoulli_entropy_standard_error,
             expected_entropy=M.bernoulli_expected_entropy_standard_error,
             mutual_information=M.bernoulli_mutual_information_standard_error)
-    return {name: estimate(x) for name, estimate in estimators.items() if wanted is None or name in wanted}
+    return estimators
 
 
 def _conformal(conformal: dict, head: str, mean64, found: dict, labels) -> dict:

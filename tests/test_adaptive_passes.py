@@ -144,6 +144,16 @@ def test_passes_in_outputs(mlp, mlp_inputs):
     assert auto.passes == auto.input_passes.max()
 
 
+def test_auto_standard_errors_are_the_same_read_late_or_computed_at_once(mlp, mlp_inputs):
+    """Parts that keep their samples compute their errors on first read, and the joined Prediction
+    joins them then (runtime/prediction.py StandardErrors): the same values as computed at once."""
+    late = mlp.predict(mlp_inputs, passes="auto", max_passes=40, mask_seed=0)
+    now = mlp.predict(mlp_inputs, passes="auto", max_passes=40, mask_seed=0, keep_samples=False)
+    assert len(set(late.input_passes)) > 1 and set(late.standard_errors) == set(now.standard_errors)
+    for name in now.standard_errors:
+        np.testing.assert_array_equal(late.standard_errors[name], now.standard_errors[name], err_msg=name)
+
+
 @pytest.mark.parametrize("arguments, message", [
     (dict(passes="auto", max_passes=0), "max_passes must be >= 1"),
     (dict(passes="auto", max_passes=10, min_passes=20), "min_passes 20 is more than max_passes 10"),

@@ -402,11 +402,32 @@ def test_standard_errors_a_few_inputs_at_a_time_equal_all_at_once(head, monkeypa
     rng = np.random.default_rng(7)
     samples = rng.dirichlet(np.ones(4), size=(6, 10)) if head == "softmax" else \
         rng.uniform(size=(6, 10, 1)) if head == "binary" else rng.normal(size=(6, 10, 2))
-    whole = Prediction.from_samples(samples, head).standard_errors
+    whole = dict(Prediction.from_samples(samples, head).standard_errors)
     monkeypatch.setattr(P, "ERROR_CHUNK_BYTES", 3 * 8 * 6 * samples[0, 0].size)  # 3 inputs at a time
     calls = []
     monkeypatch.setattr(P.M, "mean_standard_error", lambda x: calls.append(x.shape[1]) or M.standard_error_of_mean(x))
-    pieces = Prediction.from_samples(samples, head).standard_errors
+    pieces = dict(Prediction.from_samples(samples, head).standard_errors)
     assert max(calls) == 3 and 1 in calls and set(pieces) == set(whole)  # 3 + 3 + 3 + 1 inputs
     for name in whole:
         np.testing.assert_array_equal(pieces[name], whole[name], err_msg=name)
+
+
+@pytest.mark.parametrize("keep_samples", [True, False])
+def test_standard_errors_are_computed_on_first_read_where_the_samples_are_kept(keep_samples, monkeypatch):
+    """Most callers read no standard error, and they cost about 3x the measures: with the samples
+    kept, each is computed when first read, once, with the values computed at once would have;
+    without, all at once, so that no reference to the samples outlives the call."""
+    samples = np.random.default_rng(3).dirichlet(np.ones(4), size=(8, 5))
+    eager = dict(Prediction.from_samples(samples, "softmax", keep_samples=False).standard_errors)
+    calls, original = [], M.margin_standard_error
+    monkeypatch.setattr(P.M, "margin_standard_error", lambda x: calls.append(1) or original(x))
+    pred = Prediction.from_samples(samples, "softmax", keep_samples=keep_samples)
+    assert len(calls) == (0 if keep_samples else 1)
+    assert set(pred.standard_errors) == set(eager) and "margin" in pred.standard_errors
+    for _ in range(2):
+        np.testing.assert_array_equal(pred.standard_errors["margin"], eager["margin"])
+    assert len(calls) == 1
+    np.testing.assert_allclose(pred.to_dict()["measures"]["mutual_information_se"], eager["mutual_information"],
+                               rtol=1e-6)  # to_dict writes float32 as its shortest text
+    with pytest.raises(KeyError):
+        pred.standard_errors["nonsense"]
