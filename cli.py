@@ -41,7 +41,7 @@ MAX_CHUNK_OPTION = typer.Option(None, help="Largest activation memory of one run
 NO_VERIFY_OPTION = typer.Option(False, "--no-verify", help="Load a file whose integrity checksum is missing or wrong.")
 PASSES_OPTION = typer.Option(None, help="Monte Carlo passes T, or auto (README: Adaptive passes) [default: the model's].")
 MAX_PASSES_OPTION = typer.Option(None, help="--passes auto: at most this many passes [default: the model's passes].")
-MIN_PASSES_OPTION = typer.Option(None, help="--passes auto: the first round's passes [default: 20].")
+MIN_PASSES_OPTION = typer.Option(None, help="--passes auto: the first round's passes [default: 10, or --max-passes if fewer].")
 METHOD_OPTION = typer.Option("mc", help="mc: T passes; analytic: one pass of moments (README: Analytic mode).")
 EXTERNAL_DATA_OPTION = typer.Option(False, "--allow-external-data",
                                     help="Read tensors stored in other files, from the model's own folder only.")

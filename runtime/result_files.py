@@ -148,14 +148,17 @@ def table_lines(document: dict, predicted: Predicted, names: Sequence[str]) -> L
     name and label escaped for the terminal (safe_files.terminal_safe)."""
     masks = f"  masks shared (seed {document['mask_seed']})" if document.get("masks") == "shared" else \
         "  masks independent" if document.get("masks") else ""
+    first = next(iter(by_output(predicted).values()))
+    passes = f"auto ({first.input_passes.min()}-{first.input_passes.max()} per input)" if first.auto else document["passes"]
     lines = [f"model {terminal_safe(str(document['model']))}  provider {document['provider']}  "
-             f"passes {document['passes']}" + ("" if document["stochastic"] else " (dropout off)") + masks]
+             f"passes {passes}" + ("" if document["stochastic"] else " (dropout off)") + masks]
     for output, prediction in by_output(predicted).items():
         if output is not None:
             lines.append(f"\noutput {terminal_safe(output)} ({prediction.head})")
         flagged, decided = prediction.uncertain, prediction.decided()  # once, not once per row
         sets = prediction.measures.get("prediction_set_labels", prediction.measures.get("prediction_set"))
-        summaries = [_summary(prediction, i, decided) for i in range(len(names))]
+        summaries = [{**_summary(prediction, i, decided), **({"passes": str(prediction.input_passes[i])}
+                                                             if prediction.auto else {})} for i in range(len(names))]
         header = ["input", *summaries[0]] + (["conformal set"] if sets is not None else []) + [""]
         rows = []
         for i, (name, cells) in enumerate(zip(names, summaries)):

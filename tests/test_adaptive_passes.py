@@ -272,6 +272,11 @@ def test_infer_bad_passes_flags_fail_with_one_line(flags, message):
     assert done.stderr.strip().splitlines() == [done.stderr.strip()] and message in done.stderr
 
 
+def test_the_help_gives_the_first_rounds_default():
+    done = run_cli("infer", "--help")
+    assert f"[default: {adaptive_passes.DEFAULT_MIN_PASSES}, or --max-passes if fewer]" in " ".join(done.stdout.split())
+
+
 def test_infer_json_and_csv_carry_each_inputs_passes(tmp_path):
     import csv
     import json
@@ -284,6 +289,13 @@ def test_infer_json_and_csv_carry_each_inputs_passes(tmp_path):
     found = [p["input_passes"] for p in json.loads(done.stdout)["predictions"]]
     assert found[0] < 60 and found[1] <= 60
     assert [int(row["input_passes"]) for row in csv.DictReader(out.open())] == found
+    table = run_cli("infer", MODELS / "samples" / "digit_3.png", MODELS / "samples" / "ambiguous.png", "--model",
+                    MODELS / "mlp.onnx", "--passes", "auto", "--max-passes", "60", "--mask-seed", "0")
+    assert table.returncode == 0, table.stderr
+    lines = table.stdout.splitlines()
+    assert f"passes auto ({min(found)}-{max(found)} per input)" in lines[0]
+    assert lines[1].split()[-1] == "passes"
+    assert [int(line.split()[-1] if "UNCERTAIN" not in line else line.split()[-2]) for line in lines[2:4]] == found
 
 
 def test_score_writes_each_inputs_passes(mlp_inputs, tmp_path):
