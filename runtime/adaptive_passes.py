@@ -209,7 +209,7 @@ def seen_dissent(prediction) -> np.ndarray:
 def sure(value, bound, se, dissented, z: float) -> np.ndarray:
     """bool: `value` stays on its side of `bound`: its distance is more than z x `se` plus the
     move toward the bound of `dissented` (the value with the dissenting pass)."""
-    value = np.asarray(value, np.float64)
+    value, se = np.asarray(value, np.float64), np.asarray(se, np.float64)  # float32 errors: numpy 1.x keeps float32
     toward = np.maximum((np.asarray(dissented, np.float64) - value) * np.sign(bound - value), 0.0)
     return np.abs(value - bound) > z * se + toward
 
@@ -324,7 +324,8 @@ def measure_error(prediction, name: str) -> np.ndarray:
 def join(parts: Sequence, rows: Sequence[np.ndarray]):
     """One Prediction from Predictions of disjoint input sets (`rows`: each part's inputs), in
     input order; samples are dropped (the parts' pass counts differ). Standard errors are joined on
-    first read, as the parts compute them."""
+    first read, as the parts compute them: until all are read, parts that kept their samples hold
+    them (prediction.StandardErrors)."""
     from .prediction import MODEL_WIDE, Prediction, StandardErrors
 
     order = np.argsort(np.concatenate(rows), kind="stable")

@@ -44,8 +44,8 @@ class Prediction:
     masks: Optional[str] = None  # "shared" or "independent" (runtime/format/mask_sets.py); None: not from a session
     mask_seed: Optional[int] = None  # the shared mask set's seed
     # Monte Carlo standard error of "mean", "variance" and each measure of that name that is an
-    # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors);
-    # from_samples computes each on first read where it keeps the samples (StandardErrors).
+    # estimate from the passes (runtime/measures.py; docs/DESIGN.md: Monte Carlo standard errors): a
+    # read-only Mapping; from_samples computes each on first read where it keeps the samples (StandardErrors).
     standard_errors: Mapping = field(default_factory=dict, repr=False)
     # The passes each input ran, int32 [batch]: `passes` for all with a fixed count; with
     # passes="auto", where each input stopped (runtime/adaptive_passes.py). None: `passes` for all.
@@ -71,7 +71,9 @@ class Prediction:
         `rule` decides `uncertain`; `conformal_quantile` q (categorical heads) adds the conformal
         `prediction_set`: the classes whose mean probability is at least 1 - q; `conformal` (a
         calibrated file's entry, runtime/conformal_sets.py) adds its method's sets or intervals.
-        `errors`: the standard errors to compute (None: all; passes="auto"'s settle checks need few)."""
+        `errors`: the standard errors to compute (None: all; passes="auto"'s settle checks need few).
+        With keep_samples (the default) each is computed when first read, from `samples` as they
+        are then: a float32 `samples` is not copied, so leave it unchanged afterwards."""
         if head not in HEADS:
             raise InputError(f"unknown head {head!r}; expected one of {', '.join(HEADS)}")
         samples = np.asarray(samples, dtype=np.float32)
@@ -305,7 +307,10 @@ def _sigmoid(samples, mean, variance, head, labels, threshold, thresholds) -> di
 
 
 class StandardErrors(Mapping):
-    """{name: float32 standard error}, each computed by `compute(name)` on its first read and kept."""
+    """{name: float32 standard error}, read-only, each computed by `compute(name)` on its first read
+    and kept. Until every one has been read, `compute` holds what it reads (the samples): a
+    Prediction from_samples built with keep_samples=True holds them so until it is dropped, even
+    with `samples` set to None. Pickled and copied as a plain dict of every error."""
 
     def __init__(self, names: Sequence[str], compute: Callable[[str], np.ndarray]):
         self._names, self._compute, self._found = list(names), compute, {}
@@ -315,13 +320,21 @@ class StandardErrors(Mapping):
             if name not in self._names:
                 raise KeyError(name)
             self._found[name] = self._compute(name)
+            if len(self._found) == len(self._names):
+                self._compute = None  # every error read: let go of the samples
         return self._found[name]
+
+    def __contains__(self, name) -> bool:  # Mapping's would compute the error
+        return name in self._names
 
     def __iter__(self):
         return iter(self._names)
 
     def __len__(self) -> int:
         return len(self._names)
+
+    def __reduce__(self):
+        return dict, (dict(self),)
 
 
 def _standard_errors(samples, head: str, found: dict, stochastic: bool,

@@ -205,6 +205,21 @@ def test_passes_that_waver_now_and_then_keep_the_verdict_open():
     assert adaptive_passes.verdict_settled(wavering, wavering.rule, z, adaptive_passes.Dissent(wavering, 0.25))[0]
 
 
+def test_a_sigmoid_heads_wavering_passes_keep_its_verdict_open_too():
+    """The seen dissent of a binary head: the passes' probability across the threshold. Twenty passes
+    at 0.999, four of them at 0.949: mutual information far under 0.1, but no longer settled."""
+    samples = np.full((20, 1, 1), 0.999, np.float32)
+    samples[:4] = 0.949
+    rule = Rule.parse("mutual_information > 0.1", "binary")
+    wavering = Prediction.from_samples(samples, "binary", rule=rule)
+    assert adaptive_passes.seen_dissent(wavering)[0] == pytest.approx(20 * (1 - 0.989), rel=1e-3)
+    assert not adaptive_passes.settled(wavering, rule, 200)[0]
+    steady = Prediction.from_samples(np.full((20, 1, 1), 0.999, np.float32), "binary", rule=rule)
+    assert adaptive_passes.settled(steady, rule, 200)[0]
+    z = adaptive_passes.VERDICT_Z * np.sqrt(1 - 20 / 200)  # the unseen dissent alone would settle it
+    assert adaptive_passes.verdict_settled(wavering, rule, z, adaptive_passes.Dissent(wavering, 0.25))[0]
+
+
 def binary(passes: int):
     """A binary Prediction of mean 0.53 (0.03 over its threshold) with a standard error of 0.0201."""
     samples = np.where(np.arange(passes) % 2, 0.285, 0.775).reshape(passes, 1, 1)

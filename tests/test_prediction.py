@@ -431,3 +431,17 @@ def test_standard_errors_are_computed_on_first_read_where_the_samples_are_kept(k
                                rtol=1e-6)  # to_dict writes float32 as its shortest text
     with pytest.raises(KeyError):
         pred.standard_errors["nonsense"]
+
+
+def test_lazy_standard_errors_pickle_as_values_answer_in_without_computing_and_let_go_of_the_samples(monkeypatch):
+    import pickle
+
+    samples = np.random.default_rng(4).dirichlet(np.ones(3), size=(6, 4)).astype(np.float32)
+    calls, original = [], M.margin_standard_error
+    monkeypatch.setattr(P.M, "margin_standard_error", lambda x: calls.append(1) or original(x))
+    pred = Prediction.from_samples(samples, "softmax")
+    assert "margin" in pred.standard_errors and "nonsense" not in pred.standard_errors and not calls
+    back = pickle.loads(pickle.dumps(pred))
+    assert type(back.standard_errors) is dict and len(calls) == 1
+    np.testing.assert_array_equal(back.standard_errors["margin"], pred.standard_errors["margin"])
+    assert pred.standard_errors._compute is None  # every error read: the samples are no longer held
