@@ -100,12 +100,13 @@ class Prediction:
         names = [name for name in _estimators(head) if errors is None or name in errors]
         top = {"top_k_indices": found["top_k_indices"]} if "top_k_indices" in found else {}
 
-        def error_of(name):
-            return _standard_errors(samples, head, top, stochastic, {name})[name].astype(np.float32)
+        def errors_of(wanted):
+            return {name: value.astype(np.float32)
+                    for name, value in _standard_errors(samples, head, top, stochastic, wanted).items()}
 
         # Kept samples: each error on first read (most callers read none; they cost 3x the measures).
-        # Else now, so that no copy of the samples outlives the call.
-        errors = StandardErrors(names, error_of) if keep_samples else {name: error_of(name) for name in names}
+        # Else all now, in one pass over the samples, so that no copy of them outlives the call.
+        errors = StandardErrors(names, lambda name: errors_of({name})[name]) if keep_samples else errors_of(set(names))
         if conformal_quantile is not None:
             conformal = {"method": "lac", "quantile": conformal_quantile}
         if conformal is not None:

@@ -1167,23 +1167,24 @@ function dissentedMeasures(m, T, weight) {
   };
 }
 
+// The standard error a rule's measure is judged by, where it is not the measure's own
+// (runtime/adaptive_passes.py ERROR_OF).
+const ERROR_OF = { one_minus_confidence: "confidence", top_class_variance: "variance" };
+
 // The standard errors settled reads (runtime/adaptive_passes.py errors_needed): the margin's and
 // the rule's measures'; a settle check computes these alone.
 export function errorsNeeded(rule) {
   const names = new Set(["margin_se"]);
   for (const { measure } of rule.conditions) {
-    if (SINGLE_PASS_MEASURES.includes(measure)) continue;
-    names.add(`${{ one_minus_confidence: "confidence", top_class_variance: "variance" }[measure] ?? measure}_se`);
+    if (!SINGLE_PASS_MEASURES.includes(measure)) names.add(`${ERROR_OF[measure] ?? measure}_se`);
   }
   return [...names];
 }
 
 // The standard error of a measure a rule may name, as runtime/adaptive_passes.py measure_error reads it.
 function measureError(m, name) {
-  const errors = m.standard_errors;
-  if (name === "one_minus_confidence") return errors.confidence_se;
-  if (name === "top_class_variance") return errors.variance_se[argmax(m.mean.map(Math.fround))];
-  return errors[`${name}_se`];
+  const found = m.standard_errors[`${ERROR_OF[name] ?? name}_se`];
+  return name === "top_class_variance" ? found[argmax(m.mean.map(Math.fround))] : found;
 }
 
 /**
