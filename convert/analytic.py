@@ -35,6 +35,10 @@ UNIFORM_OPS = ("RandomUniformLike", "RandomUniform")
 LAYER_KINDS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D")
 # Where a variance under this is 0: the rectified Gaussian's formulas divide by its root.
 TINY_VARIANCE = 1e-12
+# The ReLU rule's a = mu / s is clipped to +-RELU_CLIP: past it phi(a) < 7e-9 and Phi(a) rounds to 0 or
+# 1 in float32. Unclipped, exp(-a^2 / 2) went subnormal, which x86 computes ~30x slower
+# (docs/DESIGN.md: Analytic mode).
+RELU_CLIP = 6.0
 # The scalar initializer holding the squared spread factor (last_moments), fitted by convert_analytic.
 SPREAD = PREFIX + "spread_squared"
 SPREADS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.25, 3.5, 4.0)
@@ -384,21 +388,22 @@ class _Walk:
                   self.add("Conv", [v, self.squared(ins[1])], "var", **attrs))
 
     def rule_Relu(self, node, ins) -> None:
-        """The rectified Gaussian: E = mu Phi(a) + s phi(a), E[y^2] = (mu^2 + s^2) Phi(a) + mu s phi(a),
-        a = mu / s."""
+        """The rectified Gaussian: E = mu Phi(a) + s phi(a), Var = v Phi(a) + E (mu - E), a = mu / s,
+        with a clipped to +-RELU_CLIP (and E to >= 0) so that no value is subnormal; this form of Var
+        also avoids E[y^2] - E^2's cancellation (docs/DESIGN.md: Analytic mode)."""
         m, v = self.moments[ins[0]]
         c = {name: self.constant(np.array(value, np.float32), name) for name, value in
-             (("tiny", TINY_VARIANCE), ("half", 0.5), ("one", 1.0), ("sqrt_half", np.sqrt(0.5)),
-              ("minus_half", -0.5), ("inv_sqrt_2pi", 1 / np.sqrt(2 * np.pi)), ("zero", 0.0))}
-        s = self.add("Sqrt", [self.add("Max", [v, c["tiny"]])], "s")
-        a = self.add("Div", [m, s], "a")
-        cdf = self.add("Mul", [c["half"], self.add("Add", [c["one"], self.add("Erf", [self.add("Mul", [a, c["sqrt_half"]])])])], "cdf")
-        pdf = self.add("Mul", [c["inv_sqrt_2pi"], self.add("Exp", [self.add("Mul", [c["minus_half"], self.add("Mul", [a, a])])])], "pdf")
-        s_pdf = self.add("Mul", [s, pdf])
-        mean = self.add("Add", [self.add("Mul", [m, cdf]), s_pdf], "relu_mean")
-        second = self.add("Add", [self.add("Mul", [self.add("Add", [self.add("Mul", [m, m]), v]), cdf]),
-                                  self.add("Mul", [m, s_pdf])])
-        var = self.add("Max", [self.add("Sub", [second, self.add("Mul", [mean, mean])]), c["zero"]], "relu_var")
+             (("tiny", TINY_VARIANCE), ("half", 0.5), ("sqrt_half", np.sqrt(0.5)), ("zero", 0.0),
+              ("low", -RELU_CLIP), ("high", RELU_CLIP), ("log_sqrt_2pi", np.log(np.sqrt(2 * np.pi))))}
+        v = self.add("Max", [v, c["tiny"]], "v")
+        s = self.add("Sqrt", [v], "s")
+        u = self.add("Mul", [self.add("Clip", [self.add("Div", [m, s], "a"), c["low"], c["high"]]), c["sqrt_half"]], "u")
+        cdf = self.add("Add", [c["half"], self.add("Mul", [c["half"], self.add("Erf", [u])])], "cdf")
+        # phi(a) = exp(-a^2 / 2 - log sqrt(2 pi)), with u = a / sqrt(2)
+        pdf = self.add("Exp", [self.add("Sub", [self.add("Neg", [self.add("Mul", [u, u])]), c["log_sqrt_2pi"]])], "pdf")
+        mean = self.add("Relu", [self.add("Add", [self.add("Mul", [m, cdf]), self.add("Mul", [s, pdf])])], "relu_mean")
+        spread = self.add("Mul", [mean, self.add("Sub", [m, mean])])
+        var = self.add("Max", [self.add("Add", [self.add("Mul", [v, cdf]), spread]), c["zero"]], "relu_var")
         self._set(node, mean, var)
 
 
