@@ -25,6 +25,7 @@ import numpy as np
 from ..runtime.analytic import PREFIX  # the reader's names are the writer's
 from ..runtime.errors import InputError, ModelFileError
 from ..export.onnx_edits import needed_nodes
+from . import analytic_covariance as covariance
 from .portable import MOVES, RANDOM_OPS
 # Gaussian draws of the last dropout's output that the suffix runs on (Latin hypercube): 512 moved
 # the MLP's held-out gap to MC T=1000 by 0.001 only (docs/DESIGN.md: Analytic mode).
@@ -88,6 +89,8 @@ class _Walk:
         self.keep_of: Dict[str, str] = {}  # a keep mask's moment -> its layer
         self.drawn: Dict[str, str] = {}  # the Gaussian draws' version of a tensor after the last dropout
         self.alias: Dict[str, str] = {}  # a deterministic tensor recomputed without the random nodes
+        self.chains: Dict[str, covariance.Chain] = {}  # a tensor's first-order answer to an earlier noisy input
+        self.pending: Dict[str, covariance.Pending] = {}  # the last dropout's output, drawn at its product by W_out
         self.added: List = []
         self.inner: Dict[str, str] = {}  # an analytic output -> its name inside the If's branch
         self.dims: Dict[str, list] = {}
@@ -271,6 +274,10 @@ class _Walk:
             both.append(outputs)
         for out, mean, var in zip(node.output, *both):
             self.moments[out] = (mean, var)
+        if node.op_type in covariance.ORDER_KEEPING:
+            for found in (self.chains, self.pending):
+                if ins[0] in found:
+                    found[node.output[0]] = found[ins[0]]
 
     def output(self, samples_name: str, output_name: str) -> None:
         from onnx import TensorProto, helper
@@ -310,8 +317,14 @@ class _Walk:
         a, b = ins
         layer = self.keep_of.get(a) or self.keep_of.get(b)
         if layer == self.last:  # the last dropout's output: from here on, Gaussian draws
-            self._set(node, *self.last_moments(a, b))
-            self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))
+            x = b if a in self.keep_of else a
+            w_out = covariance.output_weight(self, node.output[0]) if x in self.chains else None
+            self._set(node, *self.last_moments(a, b, inflate=w_out is None))
+            if w_out is None:
+                self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))
+            else:  # drawn at its product by W_out, with the covariance its units share (analytic_covariance.py)
+                self.pending[node.output[0]] = covariance.Pending(
+                    self.chains[x], self.moments[node.output[0]], self.moments[b if x == a else a][0], w_out)
             return
         if a in self.moments and b in self.moments:
             (ma, va), (mb, vb) = self.moments[a], self.moments[b]
@@ -320,21 +333,24 @@ class _Walk:
             terms = self.add("Add", [self.add("Mul", [va, vb]), self.add("Mul", [va, self.add("Mul", [mb, mb])])])
             self._set(node, mean, self.add("Add", [terms, self.add("Mul", [vb, self.add("Mul", [ma, ma])])], "var"))
             return
-        (m, v), c = (self.moments[a], b) if a in self.moments else (self.moments[b], a)
-        c = self.alias.get(c, c)
+        x, c = (a, b) if a in self.moments else (b, a)
+        (m, v), c = self.moments[x], self.alias.get(c, c)
         self._set(node, self.add("Mul", [m, c]), self.add("Mul", [v, self.add("Mul", [c, c])], "var"))
+        if x in self.chains:
+            self.chains[node.output[0]] = self.chains[x].scaled(c)
 
-    def last_moments(self, a: str, b: str) -> Tuple[str, str]:
+    def last_moments(self, a: str, b: str, inflate: bool = True) -> Tuple[str, str]:
         """The last dropout's output with its input's variance (what earlier layers' masks put
-        there) scaled by SPREAD squared: the units' covariance, which the per-unit variance drops,
-        restored on average (docs/DESIGN.md: Analytic mode)."""
+        there) scaled by SPREAD squared (inflate): the units' covariance, which the per-unit variance
+        drops, restored on average (docs/DESIGN.md: Analytic mode). Where the draws carry that
+        covariance (analytic_covariance.py) the spread scales its part there instead."""
         keep, x = (a, b) if a in self.keep_of else (b, a)
         mk, vk = self.moments[keep]
         if x not in self.moments:  # the model's only dropout: its input is the same in every pass
             ma = self.alias.get(x, x)
             return self.add("Mul", [ma, mk]), self.add("Mul", [vk, self.add("Mul", [ma, ma])], "var")
         ma, va = self.moments[x]
-        va = self.add("Mul", [va, SPREAD], "inflated")
+        va = self.add("Mul", [va, SPREAD], "inflated") if inflate else va
         terms = self.add("Add", [self.add("Mul", [va, vk]), self.add("Mul", [va, self.add("Mul", [mk, mk])])])
         return self.add("Mul", [ma, mk]), self.add("Add", [terms, self.add("Mul", [vk, self.add("Mul", [ma, ma])])], "var")
 
@@ -344,6 +360,8 @@ class _Walk:
         m, v = self.moments[ins[0]]
         c = self.alias.get(ins[1], ins[1])
         self._set(node, self.add("Div", [m, c]), self.add("Div", [v, self.add("Mul", [c, c])], "var"))
+        if ins[0] in self.chains:
+            self.chains[node.output[0]] = self.chains[ins[0]].scaled(self.add("Reciprocal", [c]))
 
     def _add_or_sub(self, node, ins) -> None:
         a, b = ins
@@ -352,6 +370,10 @@ class _Walk:
         # Independent terms: variances add (a residual sum of correlated terms is an approximation).
         var = variances[0] if len(variances) == 1 else self.add("Add", variances, "var")
         self._set(node, self.add(node.op_type, means), var)
+        if len(variances) == 1 and ins[0] in self.chains:  # x + b, x - b: a bias moves no noise
+            self.chains[node.output[0]] = self.chains[ins[0]]
+        elif len(variances) == 1 and node.op_type == "Add" and ins[1] in self.chains:
+            self.chains[node.output[0]] = self.chains[ins[1]]
 
     rule_Add = rule_Sub = _add_or_sub
 
@@ -360,16 +382,21 @@ class _Walk:
         self._set(node, self.add("Neg", [m]), v)
 
     def rule_MatMul(self, node, ins) -> None:
+        if ins[0] in self.pending:
+            return covariance.product_drawn(self, node, ins, SPREAD)
         if all(i in self.moments for i in ins):
             self.refuse(node, " (a product of two stochastic tensors)")
         if ins[0] in self.moments:
             m, v = self.moments[ins[0]]
             self._set(node, self.add("MatMul", [m, ins[1]]), self.add("MatMul", [v, self.squared(ins[1])], "var"))
+            self.start_chain(node, ins)
         else:
             m, v = self.moments[ins[1]]
             self._set(node, self.add("MatMul", [ins[0], m]), self.add("MatMul", [self.squared(ins[0]), v], "var"))
 
     def rule_Gemm(self, node, ins) -> None:
+        if ins[0] in self.pending:
+            return covariance.product_drawn(self, node, ins, SPREAD)
         attrs = _attributes(node)
         if ins[1] in self.moments or (len(ins) > 2 and ins[2] in self.moments):
             self.refuse(node, " (a stochastic weight)")
@@ -378,6 +405,13 @@ class _Walk:
         var_attrs = {k: attrs[k] for k in ("transA", "transB") if k in attrs}
         var = self.add("Gemm", [v, self.squared(ins[1])], "var", alpha=float(attrs.get("alpha", 1.0)) ** 2, **var_attrs)
         self._set(node, mean, var)
+        self.start_chain(node, ins)
+
+    def start_chain(self, node, ins) -> None:
+        """A product of a noisy x by a stored weight starts a chain (analytic_covariance.py)."""
+        weight = covariance.product_weight(self, node, ins)
+        if weight is not None:
+            self.chains[node.output[0]] = covariance.Chain(self.moments[ins[0]], weight, self.moments[node.output[0]][1])
 
     def rule_Conv(self, node, ins) -> None:
         if any(i in self.moments for i in ins[1:]):
@@ -405,6 +439,8 @@ class _Walk:
         spread = self.add("Mul", [mean, self.add("Sub", [m, mean])])
         var = self.add("Max", [self.add("Add", [self.add("Mul", [v, cdf]), spread]), c["zero"]], "relu_var")
         self._set(node, mean, var)
+        if ins[0] in self.chains:  # the expected slope, Phi(a)
+            self.chains[node.output[0]] = self.chains[ins[0]].scaled(cdf)
 
 
 def _scalar(name: str, value: float):
@@ -432,13 +468,13 @@ def _attributes(node) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def normal_draws(count: int, units: int) -> np.ndarray:
+def normal_draws(count: int, units: int, seed: int = DRAW_SEED) -> np.ndarray:
     """[count, units] standard-normal draws by Latin hypercube: each unit's draws sit one in each of
     `count` equal-probability strata, which takes the sampling noise of a sum over units (a logit)
     well under plain draws'."""
     from statistics import NormalDist
 
-    rng = np.random.default_rng(DRAW_SEED)
+    rng = np.random.default_rng(seed)
     strata = np.stack([rng.permutation(count) for _ in range(units)], axis=1)
     uniform = (strata + rng.random((count, units))) / count
     return np.vectorize(NormalDist().inv_cdf, otypes=[np.float32])(uniform)

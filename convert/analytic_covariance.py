@@ -1,0 +1,170 @@
+"""The analytic graph's draws of the last dropout's output with the covariance its units share
+(docs/DESIGN.md: Analytic mode, "The covariance before the last dropout").
+
+The last dropout's input X is computed from an earlier noisy tensor P through a product by a stored
+weight: X = f(P @ W_mid + b), with f a ReLU, moves and products by deterministic scales. The units
+of X share P's noise, which a per-unit variance drops. To first order (the ReLU's expected slope
+Phi(a), as in the moment rule) the last dropout's output D answers to P's noise as
+D - E[D] ~ s * ((P - E[P]) @ W_mid), s the product of the slopes, the scales and the keep mean
+(units i != j: Cov(D_i, D_j) = Cov(X_i, X_j), the masks being independent with mean k). The
+logits D @ W_out see that part through G = W_mid @ (s * W_out) [n_P, K], and the rest of D's
+per-unit variance (the ReLU's nonlinear part, the last mask's own) through W_out. So the draws are
+made at the product by W_out, in the logits' space: E[D] @ W_out + [eps | z] @ [sqrt(var P) * G;
+sqrt(rest) * W_out], over fixed standard-normal draws [eps | z] of P's and D's units, with mean and
+covariance  G^T diag(var P) G + W_out^T diag(var D - s^2 var(P @ W_mid)) W_out,  and the suffix
+after the product (bias, softmax) runs on them. Nothing of size n_L x n_L or draws x n_L is made.
+
+Taken where the pattern holds (D reaches one product by a stored weight through order-keeping
+moves alone) and P has at most MAX_SOURCE_UNITS units (the draws are a constant of DRAWS x (n_P +
+n_L) floats); elsewhere the walk draws D per unit with the fitted spread.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+# P's units at most: the draws are a stored constant of DRAWS x (n_P + n_L) floats (1 MB per 1024 units). The shipped
+# MLP's P has 512; the CNN's (its flattened second conv, 25,600) would take 26 MB and 256 x 25,600
+# x 10 products per input: it keeps the fitted spread (docs/DESIGN.md: Analytic mode).
+MAX_SOURCE_UNITS = 4096
+# Ops between the last dropout and its product by W_out that keep each input's units in order.
+ORDER_KEEPING = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
+# The draws' seed: other than the per-unit draws' (analytic.DRAW_SEED), so their columns differ.
+SOURCE_DRAW_SEED = 1
+
+
+@dataclass(frozen=True)
+class Chain:
+    """How a tensor after a product by a stored weight answers, to first order, to the noise of the
+    product's input P: source (P's mean, variance), weight W_mid [n_P, n_L], product_var (the
+    variance of P @ W_mid), scales (tensors multiplied in since: slopes, constants)."""
+
+    source: Tuple[str, str]
+    weight: np.ndarray
+    product_var: str
+    scales: Tuple[str, ...] = ()
+
+    def scaled(self, name: str) -> "Chain":
+        return Chain(self.source, self.weight, self.product_var, self.scales + (name,))
+
+
+def product_weight(walk, node, ins) -> Optional[np.ndarray]:
+    """W_mid [n_P, n_L] of a MatMul/Gemm x @ W with x noisy and W stored (Gemm's transB and alpha
+    applied), or None where the product is not of that form or P is too wide."""
+    from onnx import numpy_helper
+
+    from .analytic import _attributes
+
+    if len(ins) < 2 or ins[0] not in walk.moments or ins[1] not in walk.constants:
+        return None
+    weight = numpy_helper.to_array(walk.constants[ins[1]]).astype(np.float64)
+    if weight.ndim != 2:
+        return None
+    if node.op_type == "Gemm":
+        attrs = _attributes(node)
+        if attrs.get("transA"):
+            return None
+        weight = (weight.T if attrs.get("transB") else weight) * float(attrs.get("alpha", 1.0))
+    return weight if weight.shape[0] <= MAX_SOURCE_UNITS else None
+
+
+def output_weight(walk, start: str) -> Optional[np.ndarray]:
+    """W_out [n_L, K] where `start` (the last dropout's output) reaches one MatMul/Gemm by a stored
+    weight through order-keeping moves alone, and nothing else reads it; else None."""
+    from onnx import numpy_helper
+
+    from .analytic import _attributes
+
+    consumers = {}
+    for node in walk.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    name = start
+    while True:
+        users = [user for user in consumers.get(name, []) if user.op_type not in ("Shape", "Size")]
+        if len(users) != 1:
+            return None
+        user = users[0]
+        if user.op_type in ORDER_KEEPING and user.input[0] == name:
+            name = user.output[0]
+            continue
+        if user.op_type not in ("MatMul", "Gemm") or user.input[0] != name or user.input[1] not in walk.constants:
+            return None
+        weight = numpy_helper.to_array(walk.constants[user.input[1]]).astype(np.float64)
+        if weight.ndim != 2:
+            return None
+        if user.op_type == "Gemm":
+            attrs = _attributes(user)
+            if attrs.get("transA"):
+                return None
+            weight = (weight.T if attrs.get("transB") else weight) * float(attrs.get("alpha", 1.0))
+        return weight
+
+
+@dataclass(frozen=True)
+class Pending:
+    """The last dropout's output D, drawn at its product by W_out: moments (mean, variance) unscaled
+    by the spread, keep_mean (the mask's), w_out [n_L, K]."""
+
+    chain: Chain
+    moments: Tuple[str, str]
+    keep_mean: str
+    w_out: np.ndarray
+
+
+def product_drawn(walk, node, ins, spread: str) -> None:
+    """The product of the last dropout's output by W_out, drawn: its mean plus the logits' draws,
+    laid out as the product of D's draws would be (the draws on the leading axis, the passes axis
+    being outermost); `spread`: the name of the spread squared."""
+    from .analytic import _attributes
+
+    pending = walk.pending[ins[0]]
+    mean = walk.add(node.op_type, [walk.moments[ins[0]][0], *ins[1:]], **_attributes(node))
+
+    def ints(values, hint):
+        return walk.constant(np.array(values, np.int64), hint)
+
+    per_draw = walk.add("Reshape", [mean, ints([1, -1, pending.w_out.shape[1]], "mean_shape")])
+    found = walk.add("Add", [logit_draws(walk, pending, spread), per_draw], "draws")
+    trailing = walk.add("Slice", [walk.add("Shape", [mean]), ints([1], "one"), ints([1 << 62], "end")])
+    shape = walk.add("Concat", [ints([-1], "draws_axis"), trailing], "drawn_shape", axis=0)
+    walk.drawn[node.output[0]] = walk.add("Reshape", [found, shape], "drawn")
+
+
+def logit_draws(walk, pending: Pending, spread: str) -> str:
+    """[DRAWS, batch, K] draws of (D - E[D]) @ W_out with the covariance from the chain's source;
+    `spread`: the name of the spread squared, which scales the source's part."""
+    from .analytic import DRAWS, normal_draws
+
+    chain, w_out = pending.chain, pending.w_out
+    n_p, n_l = chain.weight.shape
+    f32 = np.float32
+
+    def const(value, hint):
+        return walk.constant(np.asarray(value, f32), hint)
+
+    def rows(name, units):  # [batch, units], whatever leading axes the tensor has
+        return walk.add("Reshape", [name, walk.constant(np.array([-1, units], np.int64), "rows_shape")], "rows")
+
+    slope = pending.keep_mean
+    for scale in chain.scales:
+        slope = walk.add("Mul", [slope, scale], "slope")
+    slope = rows(walk.add("Mul", [slope, const(np.ones(n_l), "units")], "slope"), n_l)  # [batch, n_L]
+    unsqueeze = walk.constant(np.array([-1], np.int64), "last_axis")
+    w_out_name = const(w_out, "w_out")
+    # The source's part: sqrt(var P) * G, G = W_mid @ (s * W_out) [batch, n_P, K], the spread on it.
+    g = walk.add("MatMul", [const(chain.weight, "w_mid"), walk.add("Mul", [walk.add("Unsqueeze", [slope, unsqueeze]),
+                                                                           w_out_name])], "g")
+    source_std = walk.add("Mul", [walk.add("Sqrt", [rows(chain.source[1], n_p)]), walk.add("Sqrt", [spread])],
+                          "source_std")
+    source = walk.add("Mul", [walk.add("Unsqueeze", [source_std, unsqueeze]), g], "source_part")
+    # D's own part per unit: what its variance holds beyond the linear part s^2 var(P @ W_mid).
+    linear = walk.add("Mul", [walk.add("Mul", [slope, slope]), rows(chain.product_var, n_l)], "linear_var")
+    rest = walk.add("Max", [walk.add("Sub", [rows(pending.moments[1], n_l), linear]), const(0.0, "zero")], "rest_var")
+    own = walk.add("Mul", [walk.add("Unsqueeze", [walk.add("Sqrt", [rest]), unsqueeze]), w_out_name], "own_part")
+    parts = walk.add("Concat", [source, own], "parts", axis=1)  # [batch, n_P + n_L, K]
+    xi = walk.add("MatMul", [const(normal_draws(DRAWS, n_p + n_l, SOURCE_DRAW_SEED), "normal_draws"), parts], "xi")
+    return walk.add("Transpose", [xi], "xi", perm=[1, 0, 2])
