@@ -318,13 +318,13 @@ class _Walk:
         layer = self.keep_of.get(a) or self.keep_of.get(b)
         if layer == self.last:  # the last dropout's output: from here on, Gaussian draws
             x = b if a in self.keep_of else a
-            w_out = covariance.output_weight(self, node.output[0]) if x in self.chains else None
-            self._set(node, *self.last_moments(a, b, inflate=w_out is None))
+            chain, w_out = self.chains.get(x), covariance.output_weight(self, node.output[0])
+            self._set(node, *self.last_moments(a, b, inflate=chain is None or w_out is None))
             if w_out is None:
                 self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))
-            else:  # drawn at its product by W_out, with the covariance its units share (analytic_covariance.py)
+            else:  # drawn at its product by W_out, with any covariance its units share (analytic_covariance.py)
                 self.pending[node.output[0]] = covariance.Pending(
-                    self.chains[x], self.moments[node.output[0]], self.moments[b if x == a else a][0], w_out)
+                    chain, self.moments[node.output[0]], self.moments[b if x == a else a][0], w_out)
             return
         if a in self.moments and b in self.moments:
             (ma, va), (mb, vb) = self.moments[a], self.moments[b]

@@ -106,10 +106,11 @@ def output_weight(walk, start: str) -> Optional[np.ndarray]:
 
 @dataclass(frozen=True)
 class Pending:
-    """The last dropout's output D, drawn at its product by W_out: moments (mean, variance) unscaled
-    by the spread, keep_mean (the mask's), w_out [n_L, K]."""
+    """The last dropout's output D, drawn at its product by W_out: chain (None where D's units are
+    taken as independent), moments (mean, variance; unscaled by the spread where a chain carries
+    the covariance), keep_mean (the mask's), w_out [n_L, K]."""
 
-    chain: Chain
+    chain: Optional[Chain]
     moments: Tuple[str, str]
     keep_mean: str
     w_out: np.ndarray
@@ -128,19 +129,22 @@ def product_drawn(walk, node, ins, spread: str) -> None:
         return walk.constant(np.array(values, np.int64), hint)
 
     per_draw = walk.add("Reshape", [mean, ints([1, -1, pending.w_out.shape[1]], "mean_shape")])
-    found = walk.add("Add", [logit_draws(walk, pending, spread), per_draw], "draws")
+    # A MatMul's weight as stored; a Gemm's may be transposed or scaled: its own copy.
+    w_out = ins[1] if node.op_type == "MatMul" else walk.constant(pending.w_out.astype(np.float32), "w_out")
+    found = walk.add("Add", [logit_draws(walk, pending, spread, w_out), per_draw], "draws")
     trailing = walk.add("Slice", [walk.add("Shape", [mean]), ints([1], "one"), ints([1 << 62], "end")])
     shape = walk.add("Concat", [ints([-1], "draws_axis"), trailing], "drawn_shape", axis=0)
     walk.drawn[node.output[0]] = walk.add("Reshape", [found, shape], "drawn")
 
 
-def logit_draws(walk, pending: Pending, spread: str) -> str:
+def logit_draws(walk, pending: Pending, spread: str, w_out_name: str) -> str:
     """[DRAWS, batch, K] draws of (D - E[D]) @ W_out with the covariance from the chain's source;
-    `spread`: the name of the spread squared, which scales the source's part."""
+    `spread`: the name of the spread squared, which scales the source's part. Without a chain, D's
+    units are independent: z @ (sqrt(var D) * W_out), with the per-unit draws' very z, which gives
+    their logits without the [DRAWS, batch, n_L] draws of D."""
     from .analytic import DRAWS, normal_draws
 
-    chain, w_out = pending.chain, pending.w_out
-    n_p, n_l = chain.weight.shape
+    chain, n_l = pending.chain, pending.w_out.shape[0]
     f32 = np.float32
 
     def const(value, hint):
@@ -149,12 +153,17 @@ def logit_draws(walk, pending: Pending, spread: str) -> str:
     def rows(name, units):  # [batch, units], whatever leading axes the tensor has
         return walk.add("Reshape", [name, walk.constant(np.array([-1, units], np.int64), "rows_shape")], "rows")
 
+    unsqueeze = walk.constant(np.array([-1], np.int64), "last_axis")
+    if chain is None:
+        own = walk.add("Mul", [walk.add("Unsqueeze", [walk.add("Sqrt", [rows(pending.moments[1], n_l)]), unsqueeze]),
+                               w_out_name], "own_part")
+        xi = walk.add("MatMul", [const(normal_draws(DRAWS, n_l), "z"), own], "xi")
+        return walk.add("Transpose", [xi], "xi", perm=[1, 0, 2])
+    n_p = chain.weight.shape[0]
     slope = pending.keep_mean
     for scale in chain.scales:
         slope = walk.add("Mul", [slope, scale], "slope")
     slope = rows(walk.add("Mul", [slope, const(np.ones(n_l), "units")], "slope"), n_l)  # [batch, n_L]
-    unsqueeze = walk.constant(np.array([-1], np.int64), "last_axis")
-    w_out_name = const(w_out, "w_out")
     # The source's part: sqrt(var P) * G, G = W_mid @ (s * W_out) [batch, n_P, K], the spread on it.
     g = walk.add("MatMul", [const(chain.weight, "w_mid"), walk.add("Mul", [walk.add("Unsqueeze", [slope, unsqueeze]),
                                                                            w_out_name])], "g")

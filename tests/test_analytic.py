@@ -340,6 +340,36 @@ def test_products_written_as_gemm_with_a_transposed_weight_give_the_same_moments
                                rtol=1e-3, atol=1e-6)
 
 
+@pytest.mark.parametrize("model", ["cnn.onnx", "mlp.onnx"])
+def test_draws_made_at_the_output_product_equal_the_per_unit_draws(tmp_path, monkeypatch, model):
+    """Where the last dropout's units are drawn independently (the CNN: its source is too wide to
+    carry; the MLP here made the same), the logits' draws z @ (sqrt(var D) * W_out) made at the
+    product equal the draws of D itself run through W_out: the same z, without the [256, batch, n_L]
+    draws (analytic_covariance.logit_draws)."""
+    from mcdrop.convert import analytic_covariance
+
+    monkeypatch.setattr(analytic_covariance, "MAX_SOURCE_UNITS", 100)
+    x = (np.random.default_rng(3).integers(0, 256, (5, 784)) / 255.0).astype(np.float32)
+    found = {}
+    for at_product in (True, False):
+        if not at_product:
+            monkeypatch.setattr(analytic_covariance, "output_weight", lambda walk, start: None)
+        proto = onnx.load(MODELS / model)
+        meta = metadata_of(proto)
+        add_analytic_graph(proto, meta, model)
+        branch = next(a.g for node in proto.graph.node if node.op_type == "If" for a in node.attribute
+                      if a.name == "then_branch")
+        assert any("own_part" in node.output[0] for node in branch.node) == at_product
+        meta["analytic"] = {"draws": 256, "spread": 1.0, "agreement": {
+            "inputs": 1, "max_abs_mean_gap": 0.0, "spearman_mutual_information": 1.0, "passes": 1, "mask_seed": 0}}
+        write_metadata(proto, meta)
+        onnx.save(proto, tmp_path / f"{at_product}.onnx")
+        session = MCSession(tmp_path / f"{at_product}.onnx", seed=0, verify=False)
+        found[at_product] = session.predict(x.reshape(5, *session.info.input_shape[1:]), method="analytic")
+    np.testing.assert_allclose(found[True].mean, found[False].mean, atol=1e-5)
+    np.testing.assert_allclose(found[True].variance, found[False].variance, rtol=1e-3, atol=1e-7)
+
+
 def test_analytic_sets_follow_the_files_conformal_method(files, tmp_path):
     """A file calibrated with Mondrian sets gives them in the analytic mode too, made from the
     analytic mean exactly as the Monte Carlo path makes them (runtime/conformal_sets.py)."""
