@@ -16,7 +16,9 @@ after the product (bias, softmax) runs on them. Nothing of size n_L x n_L or dra
 
 Taken where the pattern holds (D reaches one product by a stored weight through order-keeping
 moves alone) and P has at most MAX_SOURCE_UNITS units (the draws are a constant of DRAWS x (n_P +
-n_L) floats); elsewhere the walk draws D per unit with the fitted spread.
+n_L) floats). Where D reaches such a product but no chain comes with it (a P too wide, or D's input
+deterministic), D's units are drawn independently, with the fitted spread, still at the product:
+z @ (sqrt(var D) * W_out). Elsewhere the walk draws D itself per unit.
 """
 
 from __future__ import annotations
