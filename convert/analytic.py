@@ -318,7 +318,9 @@ class _Walk:
         layer = self.keep_of.get(a) or self.keep_of.get(b)
         if layer == self.last:  # the last dropout's output: from here on, Gaussian draws
             x = b if a in self.keep_of else a
-            chain, w_out = self.chains.get(x), covariance.output_weight(self, node.output[0])
+            chain, w_out = self.chains.get(x), covariance.draws_at_product(self, node.output[0], layer)
+            if chain is not None and not covariance.carried(chain, w_out):
+                chain = None
             self._set(node, *self.last_moments(a, b, inflate=chain is None or w_out is None))
             if w_out is None:
                 self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))

@@ -14,6 +14,10 @@ sqrt(rest) * W_out], over fixed standard-normal draws [eps | z] of P's and D's u
 covariance  G^T diag(var P) G + W_out^T diag(var D - s^2 var(P @ W_mid)) W_out,  and the suffix
 after the product (bias, softmax) runs on them. Nothing of size n_L x n_L or draws x n_L is made.
 
+P's units are taken as independent (diag var P): exact where P is a plain Dropout's output of a
+deterministic input (the MLP's first), an approximation where P's own input is noisy, which the
+fitted spread corrects on average.
+
 Taken where the pattern holds (D reaches one product by a stored weight through order-keeping
 moves alone) and P has at most MAX_SOURCE_UNITS units (the draws are a constant of DRAWS x (n_P +
 n_L) floats). Where D reaches such a product but no chain comes with it (a P too wide, or D's input
@@ -32,6 +36,9 @@ import numpy as np
 # MLP's P has 512; the CNN's (its flattened second conv, 25,600) would take 26 MB and 256 x 25,600
 # x 10 products per input: it keeps the fitted spread (docs/DESIGN.md: Analytic mode).
 MAX_SOURCE_UNITS = 4096
+# A chain's G costs as much as K passes of the product by W_mid per input (K: W_out's columns),
+# against MC's T passes: carried for at most this many classes (the shipped models have 10).
+MAX_CHAIN_CLASSES = 16
 # Ops between the last dropout and its product by W_out that keep each input's units in order.
 ORDER_KEEPING = ("Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten")
 # The draws' seed: other than the per-unit draws' (analytic.DRAW_SEED), so their columns differ.
@@ -86,7 +93,9 @@ def output_weight(walk, start: str) -> Optional[np.ndarray]:
             consumers.setdefault(name, []).append(node)
     name = start
     while True:
-        users = [user for user in consumers.get(name, []) if user.op_type not in ("Shape", "Size")]
+        users = consumers.get(name, [])
+        # One reader; a Shape of D's path would see D's mean, not its draws (a Dense on [B, T, F]
+        # reshapes its product back by it), so such a graph keeps D's own draws.
         if len(users) != 1:
             return None
         user = users[0]
@@ -116,6 +125,27 @@ class Pending:
     moments: Tuple[str, str]
     keep_mean: str
     w_out: np.ndarray
+
+
+def draws_at_product(walk, start: str, layer: str) -> Optional[np.ndarray]:
+    """W_out where the last dropout's output D (`start`, of stochastic layer `layer`) is drawn at its
+    product by W_out: output_weight finds one, each input's D is one row of it (one mask per unit:
+    a mask of W_out's rows; a Dense on [B, T, F] or a SpatialDropout shares z across rows or masks
+    across units, which D's own draws keep), and K < DRAWS (the [batch, n_L, K] part then holds
+    fewer floats than D's [DRAWS, batch, n_L] draws). Else None."""
+    from .analytic import DRAWS, _features
+
+    w_out = output_weight(walk, start)
+    if w_out is None or int(np.prod(_features(walk.meta, layer))) != w_out.shape[0] or w_out.shape[1] >= DRAWS:
+        return None
+    return w_out
+
+
+def carried(chain: Chain, w_out: Optional[np.ndarray]) -> bool:
+    """Whether the draws at the product carry `chain`'s covariance: the products' units match (no
+    move regrouped them between W_mid and W_out, so P too is one row per input) and K is at most
+    MAX_CHAIN_CLASSES."""
+    return w_out is not None and chain.weight.shape[1] == w_out.shape[0] and w_out.shape[1] <= MAX_CHAIN_CLASSES
 
 
 def product_drawn(walk, node, ins, spread: str) -> None:

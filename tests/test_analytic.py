@@ -295,9 +295,9 @@ def test_the_covariance_before_the_last_dropout_is_carried_where_its_source_is_n
     top = mc.mean.argmax(axis=-1)[:, None]
     variance = np.median(np.take_along_axis(got.variance, top, -1) / np.take_along_axis(mc.variance, top, -1))
     information = np.median(got.measures["mutual_information"] / mc.measures["mutual_information"])
-    if carried:  # measured 0.94 and 0.99; the mean within 0.013
-        assert 0.75 < variance < 1.33 and 0.75 < information < 1.33
-        assert np.abs(got.mean - mc.mean).max() < 0.03
+    if carried:  # measured 0.94 and 0.99, the mean within 0.013; the slope without Phi gave 1.21 and 1.25
+        assert 0.85 < variance < 1.12 and 0.85 < information < 1.12
+        assert np.abs(got.mean - mc.mean).max() < 0.025
     else:  # measured 0.13 and 0.21
         assert variance < 0.5 and information < 0.5
 
@@ -368,6 +368,49 @@ def test_draws_made_at_the_output_product_equal_the_per_unit_draws(tmp_path, mon
         found[at_product] = session.predict(x.reshape(5, *session.info.input_shape[1:]), method="analytic")
     np.testing.assert_allclose(found[True].mean, found[False].mean, atol=1e-5)
     np.testing.assert_allclose(found[True].variance, found[False].variance, rtol=1e-3, atol=1e-7)
+
+
+@pytest.mark.parametrize("last", ["dense_over_time", "spatial_dropout"])
+def test_outputs_of_several_rows_or_shared_masks_keep_their_own_draws(tmp_path, last):
+    """Draws at the output product take one row per input with one mask per unit
+    (analytic_covariance.draws_at_product). A Dense over [B, T, F] after the last dropout (tf2onnx
+    reshapes its product back by a Shape of D) and a SpatialDropout1D (one mask per channel over T)
+    are neither: they keep D's own draws, which follow MC (found in review: at the product the
+    first failed to run, and the second's spread came out 1.2x MC's on another model's weights)."""
+    pytest.importorskip("tf2onnx")
+    import keras
+
+    from mcdrop.export import export_model
+
+    steps, features = 6, 8
+    keras.utils.set_random_seed(0)
+    head = ([keras.layers.Dense(16, activation="relu"), keras.layers.Dropout(0.5), keras.layers.Dense(4),
+             keras.layers.GlobalAveragePooling1D(), keras.layers.Activation("softmax")]
+            if last == "dense_over_time" else
+            [keras.layers.SpatialDropout1D(0.5), keras.layers.Flatten(), keras.layers.Dense(4, activation="softmax")])
+    model = keras.Sequential([keras.Input((steps, features)), keras.layers.Dense(16, activation="relu"),
+                              *([keras.layers.Dropout(0.5)] if last == "dense_over_time" else []), *head])
+    model.save(tmp_path / "model.keras")
+    export_model(tmp_path / "model.keras", tmp_path / "model.onnx", seed=0, validate=False)
+    proto = onnx.load(tmp_path / "model.onnx")
+    meta = metadata_of(proto)
+    add_analytic_graph(proto, meta, "model.onnx")
+    meta["analytic"] = {"draws": 256, "spread": 1.0, "agreement": {
+        "inputs": 1, "max_abs_mean_gap": 0.0, "spearman_mutual_information": 1.0, "passes": 1, "mask_seed": 0}}
+    write_metadata(proto, meta)
+    onnx.save(proto, tmp_path / "moments.onnx")
+    branch = next(a.g for node in proto.graph.node if node.op_type == "If" for a in node.attribute
+                  if a.name == "then_branch")
+    assert not any("own_part" in node.output[0] for node in branch.node)  # D's own draws
+    session = MCSession(tmp_path / "moments.onnx", seed=0, verify=False)
+    x = np.random.default_rng(0).normal(0, 1.5, (16, steps, features)).astype(np.float32)
+
+    got = session.predict(x, method="analytic")
+    mc = session.predict(x, passes=4000, mask_seed=0, keep_samples=False)
+    top = mc.mean.argmax(axis=-1)[:, None]
+    variance = np.median(np.take_along_axis(got.variance, top, -1) / np.take_along_axis(mc.variance, top, -1))
+    information = np.median(got.measures["mutual_information"] / mc.measures["mutual_information"])
+    assert 0.85 < variance < 1.12 and 0.85 < information < 1.12  # measured 0.94-0.97 and 0.97-0.98
 
 
 def test_analytic_sets_follow_the_files_conformal_method(files, tmp_path):
