@@ -63,13 +63,22 @@ class Chain:
 def product_weight(walk, node, ins) -> Optional[np.ndarray]:
     """W_mid [n_P, n_L] of a MatMul/Gemm x @ W with x noisy and W stored (Gemm's transB and alpha
     applied), or None where the product is not of that form or P is too wide."""
+    if ins[0] not in walk.moments:
+        return None
+    weight = stored_weight(walk, node)
+    return weight if weight is not None and weight.shape[0] <= MAX_SOURCE_UNITS else None
+
+
+def stored_weight(walk, node) -> Optional[np.ndarray]:
+    """W [n, N] of a MatMul/Gemm x @ W whose W is a stored 2-D weight (Gemm's transB and alpha
+    applied); None for any other form (a Gemm's transA among them)."""
     from onnx import numpy_helper
 
     from .analytic import _attributes
 
-    if len(ins) < 2 or ins[0] not in walk.moments or ins[1] not in walk.constants:
+    if len(node.input) < 2 or node.input[1] not in walk.constants:
         return None
-    weight = numpy_helper.to_array(walk.constants[ins[1]]).astype(np.float64)
+    weight = numpy_helper.to_array(walk.constants[node.input[1]]).astype(np.float64)
     if weight.ndim != 2:
         return None
     if node.op_type == "Gemm":
@@ -77,16 +86,12 @@ def product_weight(walk, node, ins) -> Optional[np.ndarray]:
         if attrs.get("transA"):
             return None
         weight = (weight.T if attrs.get("transB") else weight) * float(attrs.get("alpha", 1.0))
-    return weight if weight.shape[0] <= MAX_SOURCE_UNITS else None
+    return weight
 
 
 def output_weight(walk, start: str) -> Optional[np.ndarray]:
     """W_out [n_L, K] where `start` (the last dropout's output) reaches one MatMul/Gemm by a stored
     weight through order-keeping moves alone, and nothing else reads it; else None."""
-    from onnx import numpy_helper
-
-    from .analytic import _attributes
-
     consumers = {}
     for node in walk.graph.node:
         for name in node.input:
@@ -102,17 +107,9 @@ def output_weight(walk, start: str) -> Optional[np.ndarray]:
         if user.op_type in ORDER_KEEPING and user.input[0] == name:
             name = user.output[0]
             continue
-        if user.op_type not in ("MatMul", "Gemm") or user.input[0] != name or user.input[1] not in walk.constants:
+        if user.op_type not in ("MatMul", "Gemm") or user.input[0] != name:
             return None
-        weight = numpy_helper.to_array(walk.constants[user.input[1]]).astype(np.float64)
-        if weight.ndim != 2:
-            return None
-        if user.op_type == "Gemm":
-            attrs = _attributes(user)
-            if attrs.get("transA"):
-                return None
-            weight = (weight.T if attrs.get("transB") else weight) * float(attrs.get("alpha", 1.0))
-        return weight
+        return stored_weight(walk, user)
 
 
 @dataclass(frozen=True)
