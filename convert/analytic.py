@@ -95,6 +95,10 @@ class _Walk:
         self.inner: Dict[str, str] = {}  # an analytic output -> its name inside the If's branch
         self.dims: Dict[str, list] = {}
         self.count = 0
+        self.consumers: Dict[str, list] = {}  # a tensor -> the source graph's nodes that read it
+        for node in graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
         self.last = self._last_layer()
 
     # -- helpers --------------------------------------------------------------------------------
@@ -131,16 +135,12 @@ class _Walk:
 
     def _last_layer(self) -> str:
         """The stochastic layer after every other (shape arithmetic aside)."""
-        consumers: Dict[str, list] = {}
-        for node in self.graph.node:
-            for name in node.input:
-                consumers.setdefault(name, []).append(node)
         after = {}
         for node in self.graph.node:
             if node.name in self.layers:
                 seen, todo = set(), [node.output[0]]
                 while todo:
-                    for user in consumers.get(todo.pop(), []):
+                    for user in self.consumers.get(todo.pop(), []):
                         key = tuple(user.output)  # node names may be empty
                         if key not in seen and user.op_type not in ("Shape", "Size"):
                             seen.add(key)
@@ -321,7 +321,7 @@ class _Walk:
             chain, w_out = self.chains.get(x), covariance.draws_at_product(self, node.output[0], layer)
             if chain is not None and not covariance.carried(chain, w_out):
                 chain = None
-            self._set(node, *self.last_moments(a, b, inflate=chain is None or w_out is None))
+            self._set(node, *self.last_moments(a, b, inflate=chain is None))  # a carried chain has its w_out
             if w_out is None:
                 self.drawn[node.output[0]] = self.draws(*self.moments[node.output[0]], _features(self.meta, layer))
             else:  # drawn at its product by W_out, with any covariance its units share (analytic_covariance.py)
@@ -413,7 +413,8 @@ class _Walk:
         """A product of a noisy x by a stored weight starts a chain (analytic_covariance.py)."""
         weight = covariance.product_weight(self, node, ins)
         if weight is not None:
-            self.chains[node.output[0]] = covariance.Chain(self.moments[ins[0]], weight, self.moments[node.output[0]][1])
+            self.chains[node.output[0]] = covariance.Chain(self.moments[ins[0]], weight, self.moments[node.output[0]][1],
+                                                           covariance.stored_name(node))
 
     def rule_Conv(self, node, ins) -> None:
         if any(i in self.moments for i in ins[1:]):

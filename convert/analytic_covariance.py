@@ -49,15 +49,17 @@ SOURCE_DRAW_SEED = 1
 class Chain:
     """How a tensor after a product by a stored weight answers, to first order, to the noise of the
     product's input P: source (P's mean, variance), weight W_mid [n_P, n_L], product_var (the
-    variance of P @ W_mid), scales (tensors multiplied in since: slopes, constants)."""
+    variance of P @ W_mid), weight_name (W_mid's initializer where the product reads it as stored:
+    stored_name), scales (tensors multiplied in since: slopes, constants)."""
 
     source: Tuple[str, str]
     weight: np.ndarray
     product_var: str
+    weight_name: Optional[str] = None
     scales: Tuple[str, ...] = ()
 
     def scaled(self, name: str) -> "Chain":
-        return Chain(self.source, self.weight, self.product_var, self.scales + (name,))
+        return Chain(self.source, self.weight, self.product_var, self.weight_name, self.scales + (name,))
 
 
 def product_weight(walk, node, ins) -> Optional[np.ndarray]:
@@ -89,16 +91,18 @@ def stored_weight(walk, node) -> Optional[np.ndarray]:
     return weight
 
 
+def stored_name(node) -> Optional[str]:
+    """The initializer a MatMul reads as W (its stored_weight as is); None for a Gemm, whose
+    stored_weight may be transposed or scaled: the graph gets a copy of that where it needs W."""
+    return node.input[1] if node.op_type == "MatMul" else None
+
+
 def output_weight(walk, start: str) -> Optional[np.ndarray]:
     """W_out [n_L, K] where `start` (the last dropout's output) reaches one MatMul/Gemm by a stored
     weight through order-keeping moves alone, and nothing else reads it; else None."""
-    consumers = {}
-    for node in walk.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
     name = start
     while True:
-        users = consumers.get(name, [])
+        users = walk.consumers.get(name, [])
         # One reader; a Shape of D's path would see D's mean, not its draws (a Dense on [B, T, F]
         # reshapes its product back by it), so such a graph keeps D's own draws.
         if len(users) != 1:
@@ -158,8 +162,7 @@ def product_drawn(walk, node, ins, spread: str) -> None:
         return walk.constant(np.array(values, np.int64), hint)
 
     per_draw = walk.add("Reshape", [mean, ints([1, -1, pending.w_out.shape[1]], "mean_shape")])
-    # A MatMul's weight as stored; a Gemm's may be transposed or scaled: its own copy.
-    w_out = ins[1] if node.op_type == "MatMul" else walk.constant(pending.w_out.astype(np.float32), "w_out")
+    w_out = stored_name(node) or walk.constant(pending.w_out.astype(np.float32), "w_out")
     found = walk.add("Add", [logit_draws(walk, pending, spread, w_out), per_draw], "draws")
     trailing = walk.add("Slice", [walk.add("Shape", [mean]), ints([1], "one"), ints([1 << 62], "end")])
     shape = walk.add("Concat", [ints([-1], "draws_axis"), trailing], "drawn_shape", axis=0)
@@ -183,26 +186,29 @@ def logit_draws(walk, pending: Pending, spread: str, w_out_name: str) -> str:
         return walk.add("Reshape", [name, walk.constant(np.array([-1, units], np.int64), "rows_shape")], "rows")
 
     unsqueeze = walk.constant(np.array([-1], np.int64), "last_axis")
+
+    def times_w_out(variance):  # sqrt(variance) * W_out, [batch, n_L, K]
+        return walk.add("Mul", [walk.add("Unsqueeze", [walk.add("Sqrt", [variance]), unsqueeze]), w_out_name], "own_part")
+
+    variance = rows(pending.moments[1], n_l)
     if chain is None:
-        own = walk.add("Mul", [walk.add("Unsqueeze", [walk.add("Sqrt", [rows(pending.moments[1], n_l)]), unsqueeze]),
-                               w_out_name], "own_part")
-        xi = walk.add("MatMul", [const(normal_draws(DRAWS, n_l), "z"), own], "xi")
-        return walk.add("Transpose", [xi], "xi", perm=[1, 0, 2])
-    n_p = chain.weight.shape[0]
-    slope = pending.keep_mean
-    for scale in chain.scales:
-        slope = walk.add("Mul", [slope, scale], "slope")
-    slope = rows(walk.add("Mul", [slope, const(np.ones(n_l), "units")], "slope"), n_l)  # [batch, n_L]
-    # The source's part: sqrt(var P) * G, G = W_mid @ (s * W_out) [batch, n_P, K], the spread on it.
-    g = walk.add("MatMul", [const(chain.weight, "w_mid"), walk.add("Mul", [walk.add("Unsqueeze", [slope, unsqueeze]),
-                                                                           w_out_name])], "g")
-    source_std = walk.add("Mul", [walk.add("Sqrt", [rows(chain.source[1], n_p)]), walk.add("Sqrt", [spread])],
-                          "source_std")
-    source = walk.add("Mul", [walk.add("Unsqueeze", [source_std, unsqueeze]), g], "source_part")
-    # D's own part per unit: what its variance holds beyond the linear part s^2 var(P @ W_mid).
-    linear = walk.add("Mul", [walk.add("Mul", [slope, slope]), rows(chain.product_var, n_l)], "linear_var")
-    rest = walk.add("Max", [walk.add("Sub", [rows(pending.moments[1], n_l), linear]), const(0.0, "zero")], "rest_var")
-    own = walk.add("Mul", [walk.add("Unsqueeze", [walk.add("Sqrt", [rest]), unsqueeze]), w_out_name], "own_part")
-    parts = walk.add("Concat", [source, own], "parts", axis=1)  # [batch, n_P + n_L, K]
-    xi = walk.add("MatMul", [const(normal_draws(DRAWS, n_p + n_l, SOURCE_DRAW_SEED), "normal_draws"), parts], "xi")
+        parts, draws = times_w_out(variance), normal_draws(DRAWS, n_l)
+    else:
+        n_p = chain.weight.shape[0]
+        slope = pending.keep_mean
+        for scale in chain.scales:
+            slope = walk.add("Mul", [slope, scale], "slope")
+        slope = rows(walk.add("Mul", [slope, const(np.ones(n_l), "units")], "slope"), n_l)  # [batch, n_L]
+        # The source's part: sqrt(var P) * G, G = W_mid @ (s * W_out) [batch, n_P, K], the spread on it.
+        w_mid = chain.weight_name or const(chain.weight, "w_mid")
+        g = walk.add("MatMul", [w_mid, walk.add("Mul", [walk.add("Unsqueeze", [slope, unsqueeze]), w_out_name])], "g")
+        source_std = walk.add("Mul", [walk.add("Sqrt", [rows(chain.source[1], n_p)]), walk.add("Sqrt", [spread])],
+                              "source_std")
+        source = walk.add("Mul", [walk.add("Unsqueeze", [source_std, unsqueeze]), g], "source_part")
+        # D's own part per unit: what its variance holds beyond the linear part s^2 var(P @ W_mid).
+        linear = walk.add("Mul", [walk.add("Mul", [slope, slope]), rows(chain.product_var, n_l)], "linear_var")
+        rest = walk.add("Max", [walk.add("Sub", [variance, linear]), const(0.0, "zero")], "rest_var")
+        parts = walk.add("Concat", [source, times_w_out(rest)], "parts", axis=1)  # [batch, n_P + n_L, K]
+        draws = normal_draws(DRAWS, n_p + n_l, SOURCE_DRAW_SEED)
+    xi = walk.add("MatMul", [const(draws, "normal_draws"), parts], "xi")
     return walk.add("Transpose", [xi], "xi", perm=[1, 0, 2])
