@@ -265,6 +265,35 @@ def test_the_relu_rule_is_the_rectified_gaussians_moments_without_subnormal_valu
         assert not np.any((value != 0) & (np.abs(value) < tiny)), f"subnormal values in {name}"
 
 
+def _moments_session(proto, path):
+    """A session of `proto` with its moment graph at spread 1 and a good agreement recorded (convert
+    writes both after measuring; these tests measure themselves), saved at `path`. Adds the graph to
+    `proto` in place."""
+    from mcdrop.convert.analytic import DRAWS
+
+    meta = metadata_of(proto)
+    add_analytic_graph(proto, meta, path.name)
+    meta["analytic"] = {"draws": DRAWS, "spread": 1.0, "agreement": {
+        "inputs": 1, "max_abs_mean_gap": 0.0, "spearman_mutual_information": 1.0, "passes": 1, "mask_seed": 0}}
+    write_metadata(proto, meta)
+    onnx.save(proto, path)
+    return MCSession(path, seed=0, verify=False)
+
+
+def _moment_outputs(proto) -> list:
+    """The names the moment graph (the If's then-branch) computes."""
+    branch = next(a.g for node in proto.graph.node if node.op_type == "If" for a in node.attribute
+                  if a.name == "then_branch")
+    return [name for node in branch.node for name in node.output]
+
+
+def _spread_against(got, mc):
+    """(median of the top class's variance / MC's, median of the mutual information / MC's)."""
+    top = mc.mean.argmax(axis=-1)[:, None]
+    variance = np.median(np.take_along_axis(got.variance, top, -1) / np.take_along_axis(mc.variance, top, -1))
+    return variance, np.median(got.measures["mutual_information"] / mc.measures["mutual_information"])
+
+
 @pytest.mark.parametrize("carried", [True, False])
 def test_the_covariance_before_the_last_dropout_is_carried_where_its_source_is_narrow(tmp_path, monkeypatch, carried):
     """The MLP's last dropout's units share the first dropout's noise. Carried (convert/
@@ -275,26 +304,16 @@ def test_the_covariance_before_the_last_dropout_is_carried_where_its_source_is_n
     from sklearn.datasets import load_digits
 
     from mcdrop.convert import analytic_covariance
-    from mcdrop.convert.analytic import DRAWS
 
     if not carried:
         monkeypatch.setattr(analytic_covariance, "MAX_SOURCE_UNITS", 100)
-    proto = onnx.load(MLP)
-    meta = metadata_of(proto)
-    add_analytic_graph(proto, meta, "mlp.onnx")
-    meta["analytic"] = {"draws": DRAWS, "spread": 1.0, "agreement": {
-        "inputs": 1, "max_abs_mean_gap": 0.0, "spearman_mutual_information": 1.0, "passes": 1, "mask_seed": 0}}
-    write_metadata(proto, meta)
-    onnx.save(proto, tmp_path / "moments.onnx")
-    session = MCSession(tmp_path / "moments.onnx", seed=0, verify=False)
+    session = _moments_session(onnx.load(MLP), tmp_path / "moments.onnx")
     images = load_digits().images[:24]  # 8 x 8 digits, blown up to the MLP's 28 x 28
     x = (np.pad(np.kron(images, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2))) / 16.0).reshape(24, 784).astype(np.float32)
 
     mc = session.predict(x, passes=2000, mask_seed=0, keep_samples=False)
     got = session.predict(x, method="analytic")
-    top = mc.mean.argmax(axis=-1)[:, None]
-    variance = np.median(np.take_along_axis(got.variance, top, -1) / np.take_along_axis(mc.variance, top, -1))
-    information = np.median(got.measures["mutual_information"] / mc.measures["mutual_information"])
+    variance, information = _spread_against(got, mc)
     if carried:  # measured 0.94 and 0.99, the mean within 0.013; the slope without Phi gave 1.21 and 1.25
         assert 0.85 < variance < 1.12 and 0.85 < information < 1.12
         assert np.abs(got.mean - mc.mean).max() < 0.025
@@ -307,15 +326,6 @@ def test_products_written_as_gemm_with_a_transposed_weight_give_the_same_moments
     covariance chain read the weight the same way (analytic_covariance.product_weight and
     output_weight); the analytic draws equal the MatMul file's."""
     from onnx import helper, numpy_helper
-
-    def moments_file(proto, name):
-        meta = metadata_of(proto)
-        add_analytic_graph(proto, meta, name)
-        meta["analytic"] = {"draws": 256, "spread": 1.0, "agreement": {
-            "inputs": 1, "max_abs_mean_gap": 0.0, "spearman_mutual_information": 1.0, "passes": 1, "mask_seed": 0}}
-        write_metadata(proto, meta)
-        onnx.save(proto, tmp_path / name)
-        return MCSession(tmp_path / name, seed=0, verify=False)
 
     proto = onnx.load(MLP)
     weights = {t.name: t for t in proto.graph.initializer}
@@ -333,8 +343,8 @@ def test_products_written_as_gemm_with_a_transposed_weight_give_the_same_moments
         proto.graph.node.insert(at, gemm)
     assert sum(n.op_type == "Gemm" for n in proto.graph.node) == 3
     x = (np.random.default_rng(2).integers(0, 256, (6, 784)) / 255.0).astype(np.float32)
-    gemm = moments_file(proto, "gemm.onnx").predict(x, method="analytic")
-    matmul = moments_file(onnx.load(MLP), "matmul.onnx").predict(x, method="analytic")
+    gemm = _moments_session(proto, tmp_path / "gemm.onnx").predict(x, method="analytic")
+    matmul = _moments_session(onnx.load(MLP), tmp_path / "matmul.onnx").predict(x, method="analytic")
     np.testing.assert_allclose(gemm.mean, matmul.mean, atol=1e-5)
     np.testing.assert_allclose(gemm.measures["mutual_information"], matmul.measures["mutual_information"],
                                rtol=1e-3, atol=1e-6)
@@ -355,16 +365,8 @@ def test_draws_made_at_the_output_product_equal_the_per_unit_draws(tmp_path, mon
         if not at_product:
             monkeypatch.setattr(analytic_covariance, "output_weight", lambda walk, start: None)
         proto = onnx.load(MODELS / model)
-        meta = metadata_of(proto)
-        add_analytic_graph(proto, meta, model)
-        branch = next(a.g for node in proto.graph.node if node.op_type == "If" for a in node.attribute
-                      if a.name == "then_branch")
-        assert any("own_part" in node.output[0] for node in branch.node) == at_product
-        meta["analytic"] = {"draws": 256, "spread": 1.0, "agreement": {
-            "inputs": 1, "max_abs_mean_gap": 0.0, "spearman_mutual_information": 1.0, "passes": 1, "mask_seed": 0}}
-        write_metadata(proto, meta)
-        onnx.save(proto, tmp_path / f"{at_product}.onnx")
-        session = MCSession(tmp_path / f"{at_product}.onnx", seed=0, verify=False)
+        session = _moments_session(proto, tmp_path / f"{at_product}.onnx")
+        assert any("own_part" in name for name in _moment_outputs(proto)) == at_product
         found[at_product] = session.predict(x.reshape(5, *session.info.input_shape[1:]), method="analytic")
     np.testing.assert_allclose(found[True].mean, found[False].mean, atol=1e-5)
     np.testing.assert_allclose(found[True].variance, found[False].variance, rtol=1e-3, atol=1e-7)
@@ -393,23 +395,13 @@ def test_outputs_of_several_rows_or_shared_masks_keep_their_own_draws(tmp_path, 
     model.save(tmp_path / "model.keras")
     export_model(tmp_path / "model.keras", tmp_path / "model.onnx", seed=0, validate=False)
     proto = onnx.load(tmp_path / "model.onnx")
-    meta = metadata_of(proto)
-    add_analytic_graph(proto, meta, "model.onnx")
-    meta["analytic"] = {"draws": 256, "spread": 1.0, "agreement": {
-        "inputs": 1, "max_abs_mean_gap": 0.0, "spearman_mutual_information": 1.0, "passes": 1, "mask_seed": 0}}
-    write_metadata(proto, meta)
-    onnx.save(proto, tmp_path / "moments.onnx")
-    branch = next(a.g for node in proto.graph.node if node.op_type == "If" for a in node.attribute
-                  if a.name == "then_branch")
-    assert not any("own_part" in node.output[0] for node in branch.node)  # D's own draws
-    session = MCSession(tmp_path / "moments.onnx", seed=0, verify=False)
+    session = _moments_session(proto, tmp_path / "moments.onnx")
+    assert not any("own_part" in name for name in _moment_outputs(proto))  # D's own draws
     x = np.random.default_rng(0).normal(0, 1.5, (16, steps, features)).astype(np.float32)
 
     got = session.predict(x, method="analytic")
     mc = session.predict(x, passes=4000, mask_seed=0, keep_samples=False)
-    top = mc.mean.argmax(axis=-1)[:, None]
-    variance = np.median(np.take_along_axis(got.variance, top, -1) / np.take_along_axis(mc.variance, top, -1))
-    information = np.median(got.measures["mutual_information"] / mc.measures["mutual_information"])
+    variance, information = _spread_against(got, mc)
     assert 0.85 < variance < 1.12 and 0.85 < information < 1.12  # measured 0.94-0.97 and 0.97-0.98
 
 
