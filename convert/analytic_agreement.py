@@ -12,6 +12,10 @@ from .analytic import DRAWS, SPREADS, add_analytic_graph, set_spread
 # Validation inputs the agreement is measured on (the first ones given): MC at REFERENCE_PASSES
 # passes costs that many passes per input.
 MAX_VALIDATION_INPUTS = 128
+# The fewest validation inputs convert takes: half are held out, and a Spearman correlation over
+# fewer than 8 says little (a random ranking of 8 reaches the 0.9 bound 0.2% of the time, of 4 4%,
+# of 2 half the time; docs/DESIGN.md: Analytic mode).
+MIN_VALIDATION_INPUTS = 16
 
 
 def convert_analytic(source, output, validation, *, verify: bool = True, limits=None,
@@ -42,12 +46,12 @@ def convert_analytic(source, output, validation, *, verify: bool = True, limits=
         add_analytic_graph(proto, meta, str(source))
         _, x = load_inputs([str(validation)], standard.info, limits=limits)
         x = {k: v[:MAX_VALIDATION_INPUTS] for k, v in x.items()} if isinstance(x, dict) else x[:MAX_VALIDATION_INPUTS]
+        fit, held_out = _halves(len(next(iter(x.values())) if isinstance(x, dict) else x))  # before MC's cost
         mc = standard.predict(x, passes=reference_passes, masks="shared", mask_seed=0, keep_samples=False)
         mc = mc if isinstance(mc, dict) else {standard.info.model_outputs[0].name: mc}
         meta["analytic"] = {"draws": DRAWS, "spread": 1.0, "agreement": None}
         write_metadata(proto, meta)
         # The spread is fitted on the even inputs; the agreement recorded is the odd ones' (held out).
-        fit, held_out = _halves(len(next(iter(mc.values())).mean))
         best = None  # (gap, spread, its session): the smallest gap, then the smallest spread
         for spread in SPREADS:
             set_spread(proto, spread)
@@ -78,8 +82,10 @@ def convert_analytic(source, output, validation, *, verify: bool = True, limits=
 
 
 def _halves(count: int):
-    if count < 4:
-        raise InputError(f"--analytic: {count} validation inputs; the agreement needs at least 4")
+    if count < MIN_VALIDATION_INPUTS:
+        raise InputError(f"--analytic: {count} validation inputs; the agreement needs at least {MIN_VALIDATION_INPUTS} "
+                         f"(half fit the spread, and a rank correlation over fewer than {MIN_VALIDATION_INPUTS // 2} "
+                         "held-out inputs says little)")
     return slice(0, None, 2), slice(1, None, 2)
 
 

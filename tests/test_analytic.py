@@ -24,7 +24,7 @@ from mcdrop.runtime.session import MCSession  # noqa: E402
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 MLP = MODELS / "mlp.onnx"
-VALIDATION_INPUTS = 12
+VALIDATION_INPUTS = 16  # convert_analytic.MIN_VALIDATION_INPUTS
 REFERENCE_PASSES = 200  # enough for the file to be written; bench/analytic.py measures at T=1000
 
 
@@ -162,8 +162,8 @@ def test_convert_refusals_are_one_line(files, tmp_path):
         assert not (tmp_path / "out.onnx").exists()
     with pytest.raises(InputError, match="already has the analytic graph"):
         convert_analytic(files["converted"], tmp_path / "again.onnx", files["inputs"], reference_passes=10)
-    np.save(tmp_path / "few.npy", np.zeros((3, 784), np.float32))
-    with pytest.raises(InputError, match="at least 4"):
+    np.save(tmp_path / "few.npy", np.load(files["inputs"])[:VALIDATION_INPUTS - 1])  # the fixture's 16 convert
+    with pytest.raises(InputError, match="15 validation inputs; the agreement needs at least 16"):
         convert_analytic(MLP, tmp_path / "few.onnx", tmp_path / "few.npy", reference_passes=10)
     assert not (tmp_path / "few.onnx").exists()
 

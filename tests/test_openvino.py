@@ -45,7 +45,7 @@ def test_a_file_with_analytic_outputs_runs_both_modes(tmp_path):
     from mcdrop.convert import convert_analytic
     from mcdrop.runtime.format.metadata_writer import metadata_of, write_metadata
 
-    x = np.random.default_rng(0).random((6, 784), dtype=np.float32)
+    x = np.random.default_rng(0).random((16, 784), dtype=np.float32)  # convert's minimum
     np.save(tmp_path / "inputs.npy", x)
     convert_analytic(MODELS / "mlp.onnx", tmp_path / "analytic.onnx", tmp_path / "inputs.npy", reference_passes=50)
     proto = onnx.load(tmp_path / "analytic.onnx")
