@@ -143,6 +143,14 @@ def pass_starts(plan: Plan) -> List[int]:
     return starts
 
 
+def run_order(plan: Plan) -> List[int]:
+    """The order a predict with a shared mask set makes its runs in: by first pass, then in plan
+    order, so the runs over one range of passes follow each other and share one draw of it
+    (runtime/mask_rows.py). Shared masks make a run's samples independent of when it runs."""
+    starts = pass_starts(plan)
+    return sorted(range(len(plan)), key=lambda i: (starts[i], i))
+
+
 def even_sizes(total: int, parts: int) -> List[int]:
     """total split into `parts` sizes that differ by one at most, the larger first."""
     size, larger = divmod(total, parts)

@@ -18,13 +18,14 @@ import numpy as np
 import onnxruntime as ort
 
 from . import adaptive_passes, analytic, litert_engine, openvino_engine, portable_masks, providers, run_plan, tensor_bounds
-from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, default_max_chunk_bytes, pass_starts
+from .chunk_plan import ARENA_GROWTH, SEED_STREAMS, ChunkPlanner, assemble, default_max_chunk_bytes, pass_starts, run_order
 from .errors import DeviceError, InputError, ModelFileError, ModelRunError, first_line
 from .feed_checks import FeedChecks
-from .format import graph_outputs, mask_sets, members as format_members, seeds
+from .format import graph_outputs, mask_sets, seeds
 from .format.metadata import ModelInfo
 from .format.rules import MASKS_FROM_FORMAT
 from .measures import add_single_pass_scores
+from .mask_rows import MaskSets
 from .load_checks import checked_file, from_onnxruntime, load_error, load_failure, model_info
 from .safe_files import read_regular
 from .prediction import Prediction
@@ -108,7 +109,6 @@ class MCSession:
         self._entropy = np.random.SeedSequence(settings.seed).entropy
         self._mask_seed = settings.seed if settings.seed is not None else \
             int(np.random.default_rng(self._entropy).integers(2**53))  # 53 bits: a seed JSON keeps in every language
-        self._mask_cache: Optional[Tuple[int, np.ndarray]] = None  # (seed, the set's first passes)
         self._round_cost = adaptive_passes.RoundCost()  # what passes="auto" runs cost here
         self._session, self._info = self._create_session(model_bytes, 0, settings.device, self.threads)
         self.max_chunk_bytes = settings.max_chunk_bytes or default_max_chunk_bytes(self.provider)
@@ -118,6 +118,7 @@ class MCSession:
         # The GPU draws in parallel inside one session; a portable file draws nothing.
         self._planner = ChunkPlanner(self._info, self.max_chunk_bytes, self.threads, len(model_bytes), host_bound,
                                      workers_allowed=self.provider == providers.CPU and self._info.portable is None)
+        self._mask_sets = MaskSets(self._info, self._planner)
         # The bytes stay for the workers and the analytic mode's session, each created on first need.
         self._model_bytes = model_bytes if self._planner.max_workers or "analytic" in self._info.metadata else None
         self._workers: List = []
@@ -291,7 +292,7 @@ class MCSession:
             if big:
                 with self._lock:
                     self._parallel_predicts += 1
-            mask_rows = self._mask_rows(chosen.mask_seed, passes) if chosen.shared else None
+            mask_rows = self._mask_sets.rows(chosen.mask_seed, passes) if chosen.shared else None
             pieces = self._run_plan(x, plan, workers, chosen.stochastic, progress, shrink=big and not workers,
                                     mask_rows=mask_rows)
         return self._with_single_pass_scores(x, batch, predictions_of(
@@ -310,7 +311,7 @@ class MCSession:
 
     def _predict_auto(self, x, batch: int, chosen: RunPlan, predictions_of, progress):
         """passes="auto": rounds of the shared set until each input settles (runtime/adaptive_passes.py)."""
-        mask_rows = self._mask_rows(chosen.mask_seed, chosen.passes)
+        mask_rows = self._mask_sets.rows(chosen.mask_seed, chosen.passes)
         def run(inputs, first, count):
             plan, workers = self._plan(len(inputs), count, True)
             pieces = self._run_plan({name: value[inputs] for name, value in x.items()}, plan, workers, True, None,
@@ -324,17 +325,20 @@ class MCSession:
         """The samples of every run of the plan ({output's samples name: array}), in plan order. Run i goes to worker i mod W, and
         each worker takes its runs in order, so a seeded session repeats its results. workers=0:
         the main session, which gives its arena back after the last run if `shrink`.
-        mask_rows(first pass, count): the shared set's rows for a run; None: independent masks."""
+        mask_rows(first pass, count): the shared set's rows for a run; None: independent masks,
+        whose runs are made in plan order (a shared set's range by range: chunk_plan.run_order)."""
         starts = pass_starts(plan)
+        order = run_order(plan) if mask_rows else range(len(plan))
 
         def masks_of(i):
             return mask_rows(starts[i], plan[i][1]) if mask_rows else None
 
         if workers == 0:
-            out = []
-            for done, (rows, count) in enumerate(plan, 1):
-                out.append(self._run(rows_of(x, rows), count, stochastic, shrink=shrink and done == len(plan),
-                                     masks=masks_of(done - 1)))
+            out = [None] * len(plan)
+            for done, i in enumerate(order, 1):
+                rows, count = plan[i]
+                out[i] = self._run(rows_of(x, rows), count, stochastic, shrink=shrink and done == len(plan),
+                                   masks=masks_of(i))
                 if progress:
                     progress(done, len(plan))
             return out
@@ -345,8 +349,9 @@ class MCSession:
         def run(i, rows, count, worker):  # on the worker's thread: a set drawn per run is drawn there too
             return self._run(rows_of(x, rows), count, stochastic, None, worker, masks=masks_of(i), in_flight=in_flight)
 
-        futures = [self._executors[i % len(workers)].submit(run, i, rows, count, workers[i % len(workers)])
-                   for i, (rows, count) in enumerate(plan)]
+        futures = [None] * len(plan)
+        for n, i in enumerate(order):
+            futures[i] = self._executors[n % len(workers)].submit(run, i, *plan[i], workers[n % len(workers)])
         try:
             for done, future in enumerate(as_completed(futures), 1):
                 future.result()  # the first failure stops the predict
@@ -397,22 +402,6 @@ class MCSession:
 
     def _plan(self, batch: int, passes: int, shared: bool):
         return self._planner.plan(batch, passes, shared, warm=bool(self._workers or self._parallel_predicts))
-
-    def _mask_rows(self, seed: int, passes: int) -> Callable[[int, int], np.ndarray]:
-        """rows(first, count) of the set `seed`: slices of one set kept between predicts where it
-        fits MASK_SET_SHARE, else drawn per run. Pass t depends on (seed, t) alone, so a set drawn
-        for more passes holds the one for fewer."""
-        layout, members = self._info.mask_layout, format_members.members_of(self._info)  # an ensemble's: its own
-        if not self._planner.keeps_mask_set(passes):
-            return lambda first, count: format_members.draw(layout, members, seed, first, count)
-        with self._lock:
-            cached = self._mask_cache
-        if cached is None or cached[0] != seed or len(cached[1]) < passes:
-            cached = (seed, format_members.draw(layout, members, seed, 0, passes))
-            with self._lock:
-                self._mask_cache = cached
-        whole = cached[1]
-        return lambda first, count: whole[first:first + count]
 
     def _run(self, x: Dict[str, np.ndarray], passes: int, stochastic: bool,
              outputs: Optional[Sequence[str]] = None, session=None, shrink=False,

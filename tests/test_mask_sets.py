@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from mcdrop.export import export_model
+from mcdrop.runtime import chunk_plan
 from mcdrop.runtime import chunk_plan as session_module
 from mcdrop.runtime.format import mask_sets as masks
 from mcdrop.runtime.errors import InputError
@@ -263,3 +264,24 @@ def test_a_set_too_big_to_keep_is_drawn_per_run_with_the_same_numbers():
     assert 40 * tight.info.mask_layout.bytes_per_pass > tight.max_chunk_bytes // session_module.MASK_SET_SHARE
     assert len(tight.chunk_plan(3, 40)) > 1
     np.testing.assert_allclose(tight.predict(x, passes=40, mask_seed=5).samples, kept, atol=2e-6)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_set_too_big_to_keep_is_drawn_once_per_range_not_once_per_input(monkeypatch, threads):
+    """Inputs whose passes split over several runs each: the runs go range by range of passes, and
+    each range is drawn once for all the inputs (with workers too), with the kept set's samples."""
+    from mcdrop.runtime import mask_rows
+
+    monkeypatch.setattr(session_module, "PARALLEL_MIN_FLOATS", 1)  # workers for the 2-thread session
+    monkeypatch.setattr(session_module, "PARALLEL_AT_ONCE_FLOATS", 1)
+    x = np.random.default_rng(1).random((5, 28, 28, 1)).astype(np.float32)
+    kept = MCSession(SHIPPED_CNN, threads=1).predict(x, passes=40, mask_seed=5).samples
+    tight = MCSession(SHIPPED_CNN, max_chunk_bytes=3_000_000, threads=threads)
+    plan = tight.chunk_plan(5, 40)
+    ranges = {(start, count) for start, (_, count) in zip(chunk_plan.pass_starts(plan), plan)}
+    assert len(plan) == 5 * len(ranges) > 5 and not tight._planner.keeps_mask_set(40)
+    drawn = []
+    draw = mask_rows.MaskSets.draw
+    monkeypatch.setattr(mask_rows.MaskSets, "draw", lambda self, *args: (drawn.append(args), draw(self, *args))[1])
+    np.testing.assert_allclose(tight.predict(x, passes=40, mask_seed=5).samples, kept, atol=2e-6)
+    assert sorted(drawn) == sorted((5, start, count) for start, count in ranges)
