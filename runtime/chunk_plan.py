@@ -34,8 +34,8 @@ PARALLEL_AT_ONCE_FLOATS = 2**24
 # Seeds come from one spread of this many streams (runtime/format/seeds.py): the main session takes
 # stream 0 and worker i stream i, so the main session's masks do not depend on the core count.
 SEED_STREAMS = 64
-# A shared mask set is kept between predicts while it takes at most this share of max_chunk_bytes
-# (the shipped CNN's set at T=50 is 17.5 MB); a larger one is drawn per run, for that run's passes.
+# A shared mask set's first passes are kept between predicts up to this share of max_chunk_bytes
+# (the shipped CNN's set at T=50 is 17.5 MB, at T=200 70 MB); passes past them are drawn per predict.
 MASK_SET_SHARE = 4
 # A run holds its slice of the set about 3 times: the feed, each layer's part of it, the masks.
 MASK_COPIES = 3
@@ -74,9 +74,14 @@ class ChunkPlanner:
         floats = passes * batch * self.info.activation_floats_per_sample
         return bool(self.max_workers) and floats >= PARALLEL_MIN_FLOATS
 
+    def kept_passes(self, passes: int) -> int:
+        """How many of a shared set's first `passes` passes are kept between predicts: those that
+        fit MASK_SET_SHARE of the bound (runtime/mask_rows.py draws the rest per predict)."""
+        return min(passes, self.host_bytes // MASK_SET_SHARE // max(1, self.info.mask_layout.bytes_per_pass))
+
     def keeps_mask_set(self, passes: int) -> bool:
-        """Whether a shared set of `passes` passes is kept between predicts (MASK_SET_SHARE)."""
-        return passes * self.info.mask_layout.bytes_per_pass <= self.host_bytes // MASK_SET_SHARE
+        """Whether a shared set of `passes` passes is kept whole between predicts."""
+        return self.kept_passes(passes) == passes
 
     def plan(self, batch: int, passes: int, shared: bool = False, warm: bool = False) -> Tuple[Plan, int]:
         """(The runs predict makes, the workers that share them). A run is (rows of the batch,
@@ -106,8 +111,8 @@ class ChunkPlanner:
         per_pass_masks = MASK_COPIES * info.mask_layout.bytes_per_pass if shared else 0
         if shared and self.gathered_floats:  # rows of weights gathered per pass
             per_pass_masks += FLOAT_BYTES * self.gathered_floats
-        if shared and self.keeps_mask_set(passes):
-            budget -= passes * info.mask_layout.bytes_per_pass
+        if shared:
+            budget -= self.kept_passes(passes) * info.mask_layout.bytes_per_pass
         floats = passes * batch * info.activation_floats_per_sample
         workers = self.max_workers if self.big(batch, passes) and (warm or floats >= PARALLEL_AT_ONCE_FLOATS) else 0
         budget = (budget - workers * self.session_bytes) // max(1, workers)  # runs in flight at once

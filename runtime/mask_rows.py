@@ -1,10 +1,11 @@
 """The rows of a shared mask set each run of a predict gets (runtime/format/mask_sets.py draws them).
 
-A set that fits chunk_plan.MASK_SET_SHARE of the memory bound is kept between predicts, and a run
-takes a slice of it. A larger one is drawn range by range of passes: a predict whose inputs each
-split their passes over several runs makes its runs range by range (chunk_plan.run_order), and a
-range is drawn once for all the runs over it. Drawn per run, the shipped CNN's T=200 on 100 inputs
-drew its set 100 times, which cost more than the passes (docs/DESIGN.md: Session internals).
+A set's first passes, as many as fit chunk_plan.MASK_SET_SHARE of the memory bound, are kept
+between predicts, drawn as runs first ask for them; a run takes a slice. Passes past those are
+drawn range by range for each predict: a predict whose inputs each split their passes over several
+runs makes its runs range by range (chunk_plan.run_order), and a range is drawn once for all the
+runs over it. Drawing costs more than the passes themselves on the shipped CNN (docs/DESIGN.md:
+Session internals).
 """
 
 import threading
@@ -24,7 +25,7 @@ class MaskSets:
     def __init__(self, info, planner):
         self._layout, self._members = info.mask_layout, format_members.members_of(info)  # an ensemble's: its own
         self._planner = planner
-        self._kept: Optional[Tuple[int, np.ndarray]] = None  # (seed, the set's first passes)
+        self._kept: Optional[KeptPasses] = None
         self._lock = threading.Lock()
 
     def draw(self, seed: int, first: int, count: int) -> np.ndarray:
@@ -32,19 +33,49 @@ class MaskSets:
 
     def rows(self, seed: int, passes: int) -> Rows:
         """rows(first, count) of the set `seed` for a predict of at most `passes` passes. Pass t
-        depends on (seed, t) alone, so a set drawn for more passes holds the one for fewer."""
-        if not self._planner.keeps_mask_set(passes):
-            # The runs in flight at once read at most one range each: one worker ahead by a range
-            # still finds the range the others are on.
-            return RecentRanges(lambda first, count: self.draw(seed, first, count), self._planner.max_workers + 1)
+        depends on (seed, t) alone, so the kept passes serve every predict of that seed."""
+        keep = self._planner.kept_passes(passes)
         with self._lock:
             kept = self._kept
-        if kept is None or kept[0] != seed or len(kept[1]) < passes:
-            kept = (seed, self.draw(seed, 0, passes))
-            with self._lock:
-                self._kept = kept
-        whole = kept[1]
-        return lambda first, count: whole[first:first + count]
+            if kept is None or kept.seed != seed or len(kept.rows) < keep:
+                kept = self._kept = KeptPasses(self.draw, seed, keep, self._layout.floats_per_pass,
+                                               kept if kept is not None and kept.seed == seed else None)
+        if keep >= passes:
+            return kept
+
+        def rows(first: int, count: int) -> np.ndarray:
+            inside = max(0, min(first + count, keep) - first)
+            if inside == count:
+                return kept(first, count)
+            drawn = self.draw(seed, first + inside, count - inside)
+            return np.concatenate([kept(first, inside), drawn]) if inside else drawn
+
+        # The runs in flight at once read one range each: a worker a range ahead still finds the
+        # range the others are on.
+        return RecentRanges(rows, self._planner.max_workers + 1)
+
+
+class KeptPasses:
+    """The first len(rows) passes of the set `seed`, drawn as they are first asked for (np.empty's
+    pages take no memory until then), carrying over the passes `start` had drawn."""
+
+    def __init__(self, draw: Callable[[int, int, int], np.ndarray], seed: int, passes: int, floats: int,
+                 start: Optional["KeptPasses"] = None):
+        self.seed, self._draw = seed, draw
+        self.rows = np.empty((passes, floats), np.float32)
+        self.filled = 0
+        if start is not None:
+            self.filled = start.filled
+            self.rows[:self.filled] = start.rows[:self.filled]
+        self._lock = threading.Lock()
+
+    def __call__(self, first: int, count: int) -> np.ndarray:
+        end = first + count
+        with self._lock:
+            if end > self.filled:
+                self.rows[self.filled:end] = self._draw(self.seed, self.filled, end - self.filled)
+                self.filled = end
+        return self.rows[first:end]
 
 
 class RecentRanges:

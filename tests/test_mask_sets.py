@@ -269,7 +269,8 @@ def test_a_set_too_big_to_keep_is_drawn_per_run_with_the_same_numbers():
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_set_too_big_to_keep_is_drawn_once_per_range_not_once_per_input(monkeypatch, threads):
     """Inputs whose passes split over several runs each: the runs go range by range of passes, and
-    each range is drawn once for all the inputs (with workers too), with the kept set's samples."""
+    each pass is drawn once for all the inputs (with workers too; the first passes, those that fit
+    the share kept between predicts, are kept), with the samples of a set kept whole."""
     from mcdrop.runtime import mask_rows
 
     monkeypatch.setattr(session_module, "PARALLEL_MIN_FLOATS", 1)  # workers for the 2-thread session
@@ -284,4 +285,8 @@ def test_a_set_too_big_to_keep_is_drawn_once_per_range_not_once_per_input(monkey
     draw = mask_rows.MaskSets.draw
     monkeypatch.setattr(mask_rows.MaskSets, "draw", lambda self, *args: (drawn.append(args), draw(self, *args))[1])
     np.testing.assert_allclose(tight.predict(x, passes=40, mask_seed=5).samples, kept, atol=2e-6)
-    assert sorted(drawn) == sorted((5, start, count) for start, count in ranges)
+    assert sorted(t for seed, first, count in drawn for t in range(first, first + count)) == list(range(40))
+    assert {seed for seed, _, _ in drawn} == {5}
+    drawn.clear()
+    np.testing.assert_allclose(tight.predict(x, passes=40, mask_seed=5).samples, kept, atol=2e-6)
+    assert sorted(t for _, first, count in drawn for t in range(first, first + count)) == list(range(2, 40))
