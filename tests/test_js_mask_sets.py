@@ -304,3 +304,44 @@ def test_onnxruntime_web_takes_empty_and_shared_masks():
     want = session.predict(x, passes=6, masks="shared", mask_seed=7).samples
     assert np.abs(shared - want).max() <= LIVE_ATOL
     assert np.isfinite(independent).all() and independent.std(axis=0).max() > 0.01
+
+
+KEPT_HOOK = """
+import { readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { KEPT_MASK_BYTES, keptMaskPasses, maskLayout, predict, readModelFile } from "LIB";
+const ort = createRequire("PACKAGE")("onnxruntime-node");
+const request = JSON.parse(readFileSync(0, "utf8"));
+const bytes = readFileSync("CNN");
+const { metadata } = readModelFile(bytes);
+const session = await ort.InferenceSession.create(bytes);
+const x = { data: Float32Array.from(request.x), dims: request.dims };
+const out = { keep: Math.floor(KEPT_MASK_BYTES / 4 / maskLayout(metadata).floatsPerPass), runs: [] };
+for (const options of request.options) {
+  const found = await predict(ort, session, x, metadata, options);
+  const kept = keptMaskPasses(session);
+  out.runs.push({ mean: found.map((r) => r.mean), kept: [Number(kept.seed), kept.passes] });
+}
+process.stdout.write(JSON.stringify(out));
+"""
+
+
+def test_predict_keeps_the_first_passes_of_its_set_and_gives_the_same_results():
+    """The library's predict keeps a session's shared set's first passes between predicts (up to
+    KEPT_MASK_BYTES, 191 of the shipped CNN's passes) and draws the rest: 200 passes, drawn and
+    then from the kept 191 and 9 drawn, fewer passes, and another seed give Python's means."""
+    x = np.random.default_rng(3).random((3, 28, 28, 1), dtype=np.float32)
+    options = [dict(passes=200, maskSeed=4), dict(passes=200, maskSeed=4), dict(passes=30, maskSeed=4),
+               dict(passes=30, maskSeed=5)]
+    hook = KEPT_HOOK.replace("LIB", LIB).replace("PACKAGE", (EXAMPLES / "package.json").as_posix()).replace(
+        "CNN", (ROOT / CNN).as_posix())
+    done = run_node(["--input-type=module", "-e", hook],
+                    input=json.dumps(dict(x=x.reshape(-1).tolist(), dims=list(x.shape), options=options)))
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout)
+    assert out["keep"] == 191
+    assert [run["kept"] for run in out["runs"]] == [[4, 191], [4, 191], [4, 191], [5, 30]]
+    session = MCSession(ROOT / CNN, threads=1)
+    for options, run in zip(options, out["runs"]):
+        want = session.predict(x, passes=options["passes"], mask_seed=options["maskSeed"]).mean
+        np.testing.assert_allclose(np.array(run["mean"]), want, atol=LIVE_ATOL)

@@ -490,6 +490,43 @@ export function maskSet(metadata, seed, { first = 0, count } = {}) {
   return out;
 }
 
+// A session's shared set's first passes are kept between predicts, up to KEPT_MASK_BYTES: drawing
+// costs more than the passes (the shipped CNN's 50 passes: ~0.25 s to draw in Node, ~20 ms to run).
+// The Python runtime keeps the same share of its default bound (runtime/mask_rows.py).
+export const KEPT_MASK_BYTES = 64 * 2 ** 20;
+const keptMasks = new WeakMap(); // session -> { seed, rows: Float32Array, filled: passes drawn }
+
+/** How many passes of its shared set predict keeps for `session`, and of which mask seed. */
+export function keptMaskPasses(session) {
+  const kept = keptMasks.get(session);
+  return kept ? { seed: kept.seed, passes: kept.filled } : { seed: null, passes: 0 };
+}
+
+/** maskSet's passes first .. first + count - 1 for predict on `session` (a file that takes a
+ * set): the kept passes copied, the rest drawn. */
+function sessionMaskSet(session, metadata, seed, { first = 0, count }) {
+  const P = maskLayout(metadata).floatsPerPass, key = checkMaskSeed(seed);
+  const keep = Math.floor(KEPT_MASK_BYTES / 4 / Math.max(1, P));
+  let kept = keptMasks.get(session);
+  if (!kept || kept.seed !== key) keptMasks.set(session, kept = { seed: key, rows: new Float32Array(0), filled: 0 });
+  const end = Math.min(first + count, keep);
+  if (end > kept.filled) {
+    if (end * P > kept.rows.length) { // grow by doubling: a Float32Array is zeroed when made
+      const rows = new Float32Array(Math.min(keep, Math.max(end, 2 * kept.rows.length / P)) * P);
+      rows.set(kept.rows.subarray(0, kept.filled * P));
+      kept.rows = rows;
+    }
+    kept.rows.set(maskSet(metadata, seed, { first: kept.filled, count: end - kept.filled }), kept.filled * P);
+    kept.filled = end;
+  }
+  const inside = Math.max(0, end - first);
+  if (inside === count) return kept.rows.slice(first * P, (first + count) * P);
+  const out = new Float32Array(count * P);
+  if (inside) out.set(kept.rows.subarray(first * P, end * P));
+  out.set(maskSet(metadata, seed, { first: first + inside, count: count - inside }), inside * P);
+  return out;
+}
+
 /**
  * A portable file's keep masks (docs/FORMAT.md: Portable profile): passes first .. first + count - 1
  * of the mask set `seed` with each layer's threshold applied, a Uint8Array of count *
@@ -1238,7 +1275,7 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
       throw new Error("maxPasses, minPasses and fixedCost are for passes \"auto\"");
     }
     const count = checkPasses(passes ?? metadata.default_passes);
-    const masks = maskSet(metadata, maskSeed, { count });
+    const masks = sessionMaskSet(session, metadata, maskSeed, { count });
     const outputs = { ...await session.run(feeds(ort, x, { passes: count, masks }, metadata)),
       ...await singlePassOutputs(ort, session, x, metadata) };
     const results = summarize(outputs, metadata, { rule });
@@ -1276,7 +1313,7 @@ export async function predict(ort, session, x, metadata, { passes, maxPasses, mi
   for (const [round, count] of counts.entries()) {
     if (count > computed) {
       const target = lookAhead(counts, round, computed, cost);
-      const masks = maskSet(metadata, maskSeed, { first: computed, count: target - computed });
+      const masks = sessionMaskSet(session, metadata, maskSeed, { first: computed, count: target - computed });
       const outputs = await session.run(feeds(ort, active.map((b) => rows[b]), { passes: target - computed, masks }, metadata));
       const samples = outputs[`${output.prefix}samples`];
       const [T, B, C] = samples.dims.map(Number);
