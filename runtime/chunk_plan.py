@@ -66,6 +66,8 @@ class ChunkPlanner:
         # One single-threaded worker would only be slower than the main session; the GPU draws in
         # parallel inside one session.
         self.max_workers = workers if workers >= 2 and workers_allowed else 0
+        # Passes of a shared set the session keeps between predicts (runtime/mask_rows.py sets it).
+        self.held_mask_passes = 0
         # A file that skips dropped units (runtime/dropped_units.py): None for any other.
         self.gathered_floats = gathered_floats_per_pass(info.metadata)
 
@@ -111,8 +113,8 @@ class ChunkPlanner:
         per_pass_masks = MASK_COPIES * info.mask_layout.bytes_per_pass if shared else 0
         if shared and self.gathered_floats:  # rows of weights gathered per pass
             per_pass_masks += FLOAT_BYTES * self.gathered_floats
-        if shared:
-            budget -= self.kept_passes(passes) * info.mask_layout.bytes_per_pass
+        if info.mask_layout is not None:  # the set's passes kept between predicts: this predict's, or an earlier one's
+            budget -= max(self.kept_passes(passes) if shared else 0, self.held_mask_passes) * info.mask_layout.bytes_per_pass
         floats = passes * batch * info.activation_floats_per_sample
         workers = self.max_workers if self.big(batch, passes) and (warm or floats >= PARALLEL_AT_ONCE_FLOATS) else 0
         budget = (budget - workers * self.session_bytes) // max(1, workers)  # runs in flight at once

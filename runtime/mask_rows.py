@@ -2,15 +2,16 @@
 
 A set's first passes, as many as fit chunk_plan.MASK_SET_SHARE of the memory bound, are kept
 between predicts, drawn as runs first ask for them; a run takes a slice. Passes past those are
-drawn range by range for each predict: a predict whose inputs each split their passes over several
-runs makes its runs range by range (chunk_plan.run_order), and a range is drawn once for all the
-runs over it. Drawing costs more than the passes themselves on the shipped CNN (docs/DESIGN.md:
-Session internals).
+drawn for each predict, range by range: a predict whose inputs each split their passes over
+several runs makes its runs range by range (chunk_plan.run_order), and a range is drawn once for
+all the runs over it and let go after the last of them took it (PlanMasks). Drawing costs more
+than the passes themselves on the shipped CNN (docs/DESIGN.md: Session internals).
 """
 
 import threading
-from collections import OrderedDict
-from typing import Callable, Optional, Tuple
+from collections import Counter
+from concurrent.futures import Future
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -20,16 +21,19 @@ Rows = Callable[[int, int], np.ndarray]  # rows(first pass, count): float32 [cou
 
 
 class MaskSets:
-    """A session's shared mask sets: `rows` gives a predict's rows(first, count) of the set `seed`."""
+    """A session's shared mask sets: `rows` gives a predict's rows(first, count) of the set `seed`.
+    The planner is told how many passes are kept (chunk_plan.ChunkPlanner.held_mask_passes)."""
 
     def __init__(self, info, planner):
-        self._layout, self._members = info.mask_layout, format_members.members_of(info)  # an ensemble's: its own
-        self._planner = planner
+        self._info, self._planner = info, planner
+        self._members = None  # an ensemble's members (format/members.py), read on the first draw
         self._kept: Optional[KeptPasses] = None
         self._lock = threading.Lock()
 
     def draw(self, seed: int, first: int, count: int) -> np.ndarray:
-        return format_members.draw(self._layout, self._members, seed, first, count)
+        if self._members is None:
+            self._members = format_members.members_of(self._info) or ()
+        return format_members.draw(self._info.mask_layout, self._members, seed, first, count)
 
     def rows(self, seed: int, passes: int) -> Rows:
         """rows(first, count) of the set `seed` for a predict of at most `passes` passes. Pass t
@@ -38,8 +42,9 @@ class MaskSets:
         with self._lock:
             kept = self._kept
             if kept is None or kept.seed != seed or len(kept.rows) < keep:
-                kept = self._kept = KeptPasses(self.draw, seed, keep, self._layout.floats_per_pass,
+                kept = self._kept = KeptPasses(self.draw, seed, keep, self._info.mask_layout.floats_per_pass,
                                                kept if kept is not None and kept.seed == seed else None)
+                self._planner.held_mask_passes = len(kept.rows)
         if keep >= passes:
             return kept
 
@@ -50,9 +55,7 @@ class MaskSets:
             drawn = self.draw(seed, first + inside, count - inside)
             return np.concatenate([kept(first, inside), drawn]) if inside else drawn
 
-        # The runs in flight at once read one range each: a worker a range ahead still finds the
-        # range the others are on.
-        return RecentRanges(rows, self._planner.max_workers + 1)
+        return rows
 
 
 class KeptPasses:
@@ -64,10 +67,11 @@ class KeptPasses:
         self.seed, self._draw = seed, draw
         self.rows = np.empty((passes, floats), np.float32)
         self.filled = 0
-        if start is not None:
-            self.filled = start.filled
-            self.rows[:self.filled] = start.rows[:self.filled]
         self._lock = threading.Lock()
+        if start is not None:
+            with start._lock:
+                self.filled = start.filled
+                self.rows[:self.filled] = start.rows[:self.filled]
 
     def __call__(self, first: int, count: int) -> np.ndarray:
         end = first + count
@@ -78,21 +82,31 @@ class KeptPasses:
         return self.rows[first:end]
 
 
-class RecentRanges:
-    """draw(first, count), each range drawn once while it is among the `keep` latest asked for.
-    Threads asking for a range being drawn wait for it rather than draw it again."""
+class PlanMasks:
+    """masks(i) for the runs of one plan, run i reading passes ranges[i] = (first, count): each
+    range fetched from rows(first, count) once, by the first run that asks (the others wait for
+    it alone), and let go once the last run over it has taken it."""
 
-    def __init__(self, draw: Rows, keep: int):
-        self._draw, self._keep = draw, max(1, keep)
-        self._ranges: "OrderedDict[Tuple[int, int], np.ndarray]" = OrderedDict()
+    def __init__(self, rows: Rows, ranges: List[Tuple[int, int]]):
+        self._rows, self._ranges = rows, ranges
+        self._left = Counter(ranges)
+        self._held: Dict[Tuple[int, int], Future] = {}
         self._lock = threading.Lock()
 
-    def __call__(self, first: int, count: int) -> np.ndarray:
-        key = (int(first), int(count))
+    def __call__(self, i: int) -> np.ndarray:
+        key = self._ranges[i]
         with self._lock:
-            if key not in self._ranges:
-                self._ranges[key] = self._draw(*key)
-                while len(self._ranges) > self._keep:
-                    self._ranges.popitem(last=False)
-            self._ranges.move_to_end(key)
-            return self._ranges[key]
+            found = self._held.get(key)
+            first = found is None
+            if first:
+                found = self._held[key] = Future()
+            self._left[key] -= 1
+            if not self._left[key]:
+                del self._held[key]
+        if first:
+            try:
+                found.set_result(self._rows(*key))
+            except BaseException as err:  # the runs waiting on this range fail with it
+                found.set_exception(err)
+                raise
+        return found.result()

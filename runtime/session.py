@@ -25,7 +25,7 @@ from .format import graph_outputs, mask_sets, seeds
 from .format.metadata import ModelInfo
 from .format.rules import MASKS_FROM_FORMAT
 from .measures import add_single_pass_scores
-from .mask_rows import MaskSets
+from .mask_rows import MaskSets, PlanMasks
 from .load_checks import checked_file, from_onnxruntime, load_error, load_failure, model_info
 from .safe_files import read_regular
 from .prediction import Prediction
@@ -326,13 +326,15 @@ class MCSession:
         each worker takes its runs in order, so a seeded session repeats its results. workers=0:
         the main session, which gives its arena back after the last run if `shrink`.
         mask_rows(first pass, count): the shared set's rows for a run; None: independent masks,
-        whose runs are made in plan order (a shared set's range by range: chunk_plan.run_order)."""
+        whose runs each worker makes in plan order. With a shared set a run's samples do not depend
+        on who makes it or when: the runs are taken in chunk_plan.run_order by whichever worker is
+        free, so the runs in flight are over one or two ranges of passes, each fetched once
+        (mask_rows.PlanMasks)."""
         starts = pass_starts(plan)
-        order = run_order(plan) if mask_rows else range(len(plan))
-
-        def masks_of(i):
-            return mask_rows(starts[i], plan[i][1]) if mask_rows else None
-
+        shared = mask_rows is not None
+        order = run_order(plan) if shared else list(range(len(plan)))
+        masks_of = PlanMasks(mask_rows, [(starts[i], count) for i, (_, count) in enumerate(plan)]) if shared \
+            else (lambda i: None)
         if workers == 0:
             out = [None] * len(plan)
             for done, i in enumerate(order, 1):
@@ -345,13 +347,17 @@ class MCSession:
         workers = self._workers_for(workers)
 
         in_flight = InFlight()
+        taken, take = iter(order), threading.Lock()
 
-        def run(i, rows, count, worker):  # on the worker's thread: a set drawn per run is drawn there too
-            return self._run(rows_of(x, rows), count, stochastic, None, worker, masks=masks_of(i), in_flight=in_flight)
+        def run(i, worker):  # on the worker's thread: a range drawn for its runs is drawn there too
+            if shared:  # the next run in run_order, not the one this task was submitted for
+                with take:
+                    i = next(taken)
+            rows, count = plan[i]
+            return i, self._run(rows_of(x, rows), count, stochastic, None, worker, masks=masks_of(i), in_flight=in_flight)
 
-        futures = [None] * len(plan)
-        for n, i in enumerate(order):
-            futures[i] = self._executors[n % len(workers)].submit(run, i, *plan[i], workers[n % len(workers)])
+        futures = [self._executors[n % len(workers)].submit(run, i, workers[n % len(workers)])
+                   for n, i in enumerate(order)]
         try:
             for done, future in enumerate(as_completed(futures), 1):
                 future.result()  # the first failure stops the predict
@@ -363,7 +369,11 @@ class MCSession:
             if not all(future.done() for future in futures):  # leaving early: a failure, or a stop
                 in_flight.stop()
                 wait_for(futures, STOP_GRACE_S)
-        return [future.result() for future in futures]
+        out = [None] * len(plan)
+        for future in futures:
+            i, found = future.result()
+            out[i] = found
+        return out
 
     def run_raw(self, x, passes: Optional[int] = None, stochastic: bool = True,
                 masks: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:

@@ -268,25 +268,43 @@ def test_a_set_too_big_to_keep_is_drawn_per_run_with_the_same_numbers():
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_set_too_big_to_keep_is_drawn_once_per_range_not_once_per_input(monkeypatch, threads):
-    """Inputs whose passes split over several runs each: the runs go range by range of passes, and
-    each pass is drawn once for all the inputs (with workers too; the first passes, those that fit
-    the share kept between predicts, are kept), with the samples of a set kept whole."""
+    """Inputs whose passes split over several runs each: the set's first passes are kept between
+    predicts (carried over when a predict keeps more), the rest drawn range by range, each pass
+    once for all the inputs, whichever worker makes the run; the samples are a kept set's."""
     from mcdrop.runtime import mask_rows
 
     monkeypatch.setattr(session_module, "PARALLEL_MIN_FLOATS", 1)  # workers for the 2-thread session
     monkeypatch.setattr(session_module, "PARALLEL_AT_ONCE_FLOATS", 1)
     x = np.random.default_rng(1).random((5, 28, 28, 1)).astype(np.float32)
-    kept = MCSession(SHIPPED_CNN, threads=1).predict(x, passes=40, mask_seed=5).samples
-    tight = MCSession(SHIPPED_CNN, max_chunk_bytes=3_000_000, threads=threads)
-    plan = tight.chunk_plan(5, 40)
+    whole = MCSession(SHIPPED_CNN, threads=1)
+    tight = MCSession(SHIPPED_CNN, threads=threads)
+    # A small bound: runs of one input and 3 passes, 17 passes kept. The workers' copies of the
+    # weights are left out of it, so that their runs still take several passes.
+    tight._planner.max_chunk_bytes = tight._planner.host_bytes = 24_000_000
+    tight._planner.session_bytes = 0
+    plan, workers = tight._plan(5, 40, True)
+    keep = tight._planner.kept_passes(40)
     ranges = {(start, count) for start, (_, count) in zip(chunk_plan.pass_starts(plan), plan)}
-    assert len(plan) == 5 * len(ranges) > 5 and not tight._planner.keeps_mask_set(40)
+    assert workers == (2 if threads == 2 else 0) and len(plan) == 5 * len(ranges)
+    assert min(count for _, count in ranges) > 1 and any(start < keep < start + count for start, count in ranges)
+    want = {passes: whole.predict(x, passes=passes, mask_seed=5).samples for passes in (12, 40)}
     drawn = []
     draw = mask_rows.MaskSets.draw
     monkeypatch.setattr(mask_rows.MaskSets, "draw", lambda self, *args: (drawn.append(args), draw(self, *args))[1])
-    np.testing.assert_allclose(tight.predict(x, passes=40, mask_seed=5).samples, kept, atol=2e-6)
-    assert sorted(t for seed, first, count in drawn for t in range(first, first + count)) == list(range(40))
-    assert {seed for seed, _, _ in drawn} == {5}
-    drawn.clear()
-    np.testing.assert_allclose(tight.predict(x, passes=40, mask_seed=5).samples, kept, atol=2e-6)
-    assert sorted(t for _, first, count in drawn for t in range(first, first + count)) == list(range(2, 40))
+    for passes, kept_before in ((12, 0), (40, 12), (40, keep)):
+        drawn.clear()
+        np.testing.assert_allclose(tight.predict(x, passes=passes, mask_seed=5).samples, want[passes], atol=2e-6)
+        assert sorted(t for _, first, count in drawn for t in range(first, first + count)) == \
+            list(range(kept_before, passes)), (passes, drawn)
+        assert {seed for seed, _, _ in drawn} <= {5}
+
+
+def test_passes_kept_by_an_earlier_predict_count_against_every_later_plan():
+    """The memory a session keeps between predicts (the first 191 passes of the CNN's set, 64 MiB,
+    after a T=200 predict) is left out of the bound of its later runs, shared masks or not."""
+    session = MCSession(SHIPPED_CNN)
+    before = [len(session.chunk_plan(64, 10, masks=mode)) for mode in ("shared", "independent")]
+    session.predict(np.zeros((1, 28, 28, 1), np.float32), passes=200, mask_seed=0)
+    assert session._planner.held_mask_passes == session._planner.kept_passes(200) == 191
+    after = [len(session.chunk_plan(64, 10, masks=mode)) for mode in ("shared", "independent")]
+    assert after[0] > before[0] and after[1] > before[1], (before, after)
