@@ -81,10 +81,6 @@ class ChunkPlanner:
         fit MASK_SET_SHARE of the bound (runtime/mask_rows.py draws the rest per predict)."""
         return min(passes, self.host_bytes // MASK_SET_SHARE // max(1, self.info.mask_layout.bytes_per_pass))
 
-    def keeps_mask_set(self, passes: int) -> bool:
-        """Whether a shared set of `passes` passes is kept whole between predicts."""
-        return self.kept_passes(passes) == passes
-
     def plan(self, batch: int, passes: int, shared: bool = False, warm: bool = False) -> Tuple[Plan, int]:
         """(The runs predict makes, the workers that share them). A run is (rows of the batch,
         passes), within max_chunk_bytes less what the returned samples and their measures take,

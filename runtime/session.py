@@ -322,14 +322,13 @@ class MCSession:
 
     def _run_plan(self, x, plan, workers: int, stochastic, progress, shrink=False,
                   mask_rows=None) -> List[Dict[str, np.ndarray]]:
-        """The samples of every run of the plan ({output's samples name: array}), in plan order. Run i goes to worker i mod W, and
-        each worker takes its runs in order, so a seeded session repeats its results. workers=0:
-        the main session, which gives its arena back after the last run if `shrink`.
-        mask_rows(first pass, count): the shared set's rows for a run; None: independent masks,
-        whose runs each worker makes in plan order. With a shared set a run's samples do not depend
-        on who makes it or when: the runs are taken in chunk_plan.run_order by whichever worker is
-        free, so the runs in flight are over one or two ranges of passes, each fetched once
-        (mask_rows.PlanMasks)."""
+        """The samples of every run of the plan ({output's samples name: array}), in plan order.
+        workers=0: the main session, which gives its arena back after the last run if `shrink`.
+        mask_rows(first pass, count): the shared set's rows for a run. None: independent masks, whose
+        run i goes to worker i mod W, each worker taking its runs in order, so a seeded session
+        repeats its results. With a shared set a run's samples do not depend on who makes it or
+        when: the runs are taken in chunk_plan.run_order by whichever worker is free, so the runs in
+        flight are over one or two ranges of passes, each fetched once (mask_rows.PlanMasks)."""
         starts = pass_starts(plan)
         shared = mask_rows is not None
         order = run_order(plan) if shared else list(range(len(plan)))

@@ -357,7 +357,7 @@ def test_cuda_runs_take_the_gpus_bound_unless_one_is_given(heavy_toy):
     # What stays in host memory between predicts (the kept mask set) keeps the CPU's bound.
     shipped = MCSession(ROOT / "models" / "mlp.onnx", session_factory=CountingFactory(claim_cuda=True))
     over_cpu_share = DEFAULT_BOUND // MASK_SET_SHARE // shipped.info.mask_layout.bytes_per_pass + 1
-    assert not shipped._planner.keeps_mask_set(over_cpu_share) and shipped._planner.keeps_mask_set(over_cpu_share - 1)
+    assert shipped._planner.kept_passes(over_cpu_share) == over_cpu_share - 1 == shipped._planner.kept_passes(over_cpu_share - 1)
 
 
 # The model file --------------------------------------------------------------------------
